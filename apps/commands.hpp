@@ -1,0 +1,16 @@
+#pragma once
+
+// Each subcommand of `ceco` registers its options and its action here.
+
+#include <CLI/CLI.hpp>
+
+namespace ceco::app {
+
+void add_generate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+/// The model a command reads when --model is not given: $CECO_MODEL, else
+/// the stories260K checkpoint of the checkout's ../shared/models.
+std::string default_model_path();
+
+} // namespace ceco::app

@@ -1,0 +1,44 @@
+// ceco: cloud-edge collaborative LLM inference.
+//
+//   ceco generate --prompt "Once upon a time" --exits 2,3
+//   ceco bench --shape 15M --threads 1
+//   ceco <command> --help
+
+#include <cstdlib>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "apps/commands.hpp"
+#include "model/config.hpp"
+
+namespace ceco::app {
+
+std::string default_model_path() {
+  if (const char* env = std::getenv("CECO_MODEL"); env && *env)
+    return env;
+  return CECO_DEFAULT_MODEL;
+}
+
+} // namespace ceco::app
+
+int main(int argc, char** argv) {
+  CLI::App app{"ceco " CECO_VERSION ": cloud-edge collaborative inference of early-exit LLaMA models"};
+  app.set_version_flag("--version", CECO_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  ceco::app::add_generate_command(app);
+  ceco::app::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const ceco::model_error& e) {
+    std::cerr << "ceco: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "ceco: internal error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

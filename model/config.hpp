@@ -1,0 +1,36 @@
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace ceco {
+
+/// Shape of a LLaMA-family decoder. Plain data: no tensors, safe to copy
+/// between actors and to describe in messages.
+struct model_config {
+  int n_embd = 0;        // hidden size d
+  int n_ff = 0;          // SwiGLU inner size
+  int n_layer = 0;       // transformer blocks
+  int n_head = 0;        // query heads
+  int n_head_kv = 0;     // key/value heads (GQA when < n_head)
+  int vocab_size = 0;    // rows of the embedding and of the classifier
+  int max_seq = 0;       // context length the KV cache is sized for
+  float rope_theta = 10000.0f;  // RoPE base, interleaved pairs as llama2.c
+  float norm_eps = 1e-5f;       // RMSNorm epsilon
+
+  int head_dim() const { return n_embd / n_head; }
+  int n_embd_kv() const { return head_dim() * n_head_kv; }
+  int kv_group() const { return n_head / n_head_kv; }
+
+  /// Throws model_error naming `source` if the shape is impossible.
+  void validate(const std::string& source) const;
+};
+
+/// Bad input: a checkpoint, a tokenizer, a heads file or an argument. The
+/// message names the file or field, and the expected and actual values.
+struct model_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+} // namespace ceco

@@ -1,0 +1,142 @@
+#include "model/cpu_kernels.hpp"
+
+#include <cmath>
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+namespace ceco::kernels {
+
+namespace {
+
+#define CECO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+
+CECO_CLONES
+void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r1,
+                 int64_t cols) {
+  int64_t r = r0;
+  // Four rows at a time share each load of x.
+  for (; r + 4 <= r1; r += 4) {
+    const float* a = w + r * cols;
+    const float* b = a + cols;
+    const float* c = b + cols;
+    const float* d = c + cols;
+    float sa = 0, sb = 0, sc = 0, sd = 0;
+#pragma omp simd reduction(+ : sa, sb, sc, sd)
+    for (int64_t i = 0; i < cols; ++i) {
+      sa += a[i] * x[i];
+      sb += b[i] * x[i];
+      sc += c[i] * x[i];
+      sd += d[i] * x[i];
+    }
+    y[r] = sa;
+    y[r + 1] = sb;
+    y[r + 2] = sc;
+    y[r + 3] = sd;
+  }
+  for (; r < r1; ++r) {
+    const float* a = w + r * cols;
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < cols; ++i)
+      s += a[i] * x[i];
+    y[r] = s;
+  }
+}
+
+CECO_CLONES
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i)
+    s += a[i] * b[i];
+  return s;
+}
+
+CECO_CLONES
+void axpy(float* y, float a, const float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i)
+    y[i] += a * x[i];
+}
+
+// Below this many multiply-adds a thread hand-off costs more than it saves.
+constexpr int64_t parallel_min_work = 1 << 16;
+
+} // namespace
+
+void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols) {
+  if (rows * cols < parallel_min_work || at::get_num_threads() <= 1) {
+    matvec_rows(w, x, y, 0, rows, cols);
+    return;
+  }
+  // Contiguous row blocks, a multiple of 4 rows each, one per thread.
+  const int n_threads = at::get_num_threads();
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    int64_t per = (rows + n - 1) / n;
+    per = (per + 3) / 4 * 4;
+    const int64_t r0 = std::min(rows, int64_t(t) * per);
+    const int64_t r1 = std::min(rows, r0 + per);
+    if (r0 < r1)
+      matvec_rows(w, x, y, r0, r1, cols);
+  }
+}
+
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
+  float ss = dot(x, x, n) / float(n) + eps;
+  float inv = 1.0f / std::sqrt(ss);
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = w[i] * (x[i] * inv);
+}
+
+void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin) {
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* p = v + h * head_dim;
+    for (int64_t i = 0; i < head_dim / 2; ++i) {
+      float a = p[2 * i], b = p[2 * i + 1];
+      p[2 * i] = a * cos[i] - b * sin[i];
+      p[2 * i + 1] = a * sin[i] + b * cos[i];
+    }
+  }
+}
+
+void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
+               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores) {
+  const int64_t kv_stride = n_head_kv * head_dim;
+  const int64_t group = n_head / n_head_kv;
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  for (int64_t h = 0; h < n_head; ++h) {
+    const float* qh = q + h * head_dim;
+    const int64_t off = (h / group) * head_dim;
+    float m = -INFINITY;
+    for (int64_t t = 0; t < n_pos; ++t) {
+      scores[t] = dot(qh, k + t * kv_stride + off, head_dim) * scale;
+      m = std::max(m, scores[t]);
+    }
+    float sum = 0;
+    for (int64_t t = 0; t < n_pos; ++t) {
+      scores[t] = std::exp(scores[t] - m);
+      sum += scores[t];
+    }
+    float* oh = out + h * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i)
+      oh[i] = 0;
+    float inv = 1.0f / sum;
+    for (int64_t t = 0; t < n_pos; ++t)
+      axpy(oh, scores[t] * inv, v + t * kv_stride + off, head_dim);
+  }
+}
+
+void swiglu(float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    a[i] = a[i] / (1.0f + std::exp(-a[i])) * b[i];
+}
+
+void add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    x[i] += y[i];
+}
+
+} // namespace ceco::kernels

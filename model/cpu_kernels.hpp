@@ -1,0 +1,28 @@
+#pragma once
+
+// Plain loops for the one-token decode path on CPU, where per-op dispatch
+// in libtorch costs more than the arithmetic at small sizes. Reductions are
+// vectorised with `omp simd` and cloned for AVX2/FMA at run time.
+
+#include <cstdint>
+
+namespace ceco::kernels {
+
+/// y[rows] = W[rows, cols] · x[cols]; split over threads when large.
+void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols);
+/// out = w ⊙ x / sqrt(mean(x²) + eps)
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
+/// Rotates interleaved pairs of each head: v[h*head_dim + 2i, +1] by the
+/// angle whose cos and sin are cos[i], sin[i].
+void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin);
+/// Causal attention of one query position over n_pos cached positions.
+/// q: [n_head * head_dim]; k, v: [n_pos, n_head_kv * head_dim];
+/// out: [n_head * head_dim]; scores: n_pos floats of scratch.
+void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
+               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores);
+/// a = silu(a) ⊙ b
+void swiglu(float* a, const float* b, int64_t n);
+/// x += y
+void add(float* x, const float* y, int64_t n);
+
+} // namespace ceco::kernels

@@ -1,0 +1,154 @@
+#include "model/exit_heads.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+
+#include "model/gguf.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco {
+
+void exit_heads::check_layers(const std::vector<int>& layers, int n_layer,
+                              const std::string& what) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i] < 1 || layers[i] >= n_layer)
+      throw model_error(fmt::format(
+        "{}: exit after layer {} is outside 1..{} (the model has {} layers; an exit after "
+        "the last one is the model itself)",
+        what, layers[i], n_layer - 1, n_layer));
+    if (i > 0 && layers[i] <= layers[i - 1])
+      throw model_error(fmt::format("{}: exits must be strictly ascending, got {} after {}",
+                                    what, layers[i], layers[i - 1]));
+  }
+}
+
+exit_heads exit_heads::untrained(const transformer& model, std::vector<int> layers) {
+  check_layers(layers, model.config().n_layer, "exits");
+  exit_heads h;
+  h.norm_eps_ = model.config().norm_eps;
+  for (int l : layers) {
+    exit_head e;
+    e.layer = l;
+    e.norm = model.weights().output_norm;
+    e.output = model.weights().output;
+    h.heads_.push_back(std::move(e));
+  }
+  return h;
+}
+
+namespace {
+
+at::Tensor read(const gguf_file& f, const std::string& name, std::vector<int64_t> shape,
+                c10::Device device) {
+  const auto& t = f.get(name);
+  std::vector<int64_t> expected(shape.rbegin(), shape.rend());
+  if (t.ne != expected)
+    throw model_error(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] (ggml order)",
+                                  f.path(), name, fmt::join(t.ne, ", "),
+                                  fmt::join(expected, ", ")));
+  auto out = at::empty(shape, at::kFloat);
+  f.dequantize(t, out.data_ptr<float>());
+  return out.to(device);
+}
+
+} // namespace
+
+exit_heads exit_heads::load(const std::string& path, const transformer& model,
+                            std::vector<int> layers) {
+  c10::InferenceMode guard;
+  gguf_file f(path);
+  const auto& cfg = model.config();
+  auto n_embd = int(f.get_uint("ceco.exit_heads.n_embd"));
+  auto vocab = int(f.get_uint("ceco.exit_heads.vocab_size"));
+  if (n_embd != cfg.n_embd || vocab != cfg.vocab_size)
+    throw model_error(fmt::format(
+      "{}: heads are for n_embd={} vocab={}, but the model has n_embd={} vocab={}", path,
+      n_embd, vocab, cfg.n_embd, cfg.vocab_size));
+  std::vector<int> in_file;
+  for (auto l : f.get_int_array("ceco.exit_heads.layers"))
+    in_file.push_back(int(l));
+  check_layers(in_file, cfg.n_layer, path);
+  if (layers.empty())
+    layers = in_file;
+  check_layers(layers, cfg.n_layer, "exits");
+  for (int l : layers)
+    if (std::find(in_file.begin(), in_file.end(), l) == in_file.end())
+      throw model_error(fmt::format("{}: no head for the exit after layer {} (the file has {})",
+                                    path, l, fmt::join(in_file, ",")));
+
+  exit_heads h;
+  h.norm_eps_ = cfg.norm_eps;
+  h.source_ = path;
+  const auto dev = model.device();
+  for (int l : layers) {
+    auto n = [&](const char* s) { return fmt::format("exit.{}.{}", l, s); };
+    exit_head e;
+    e.layer = l;
+    e.norm = read(f, n("norm.weight"), {cfg.n_embd}, dev);
+    if (f.find(n("output.weight"))) {
+      e.output = read(f, n("output.weight"), {cfg.vocab_size, cfg.n_embd}, dev);
+      e.own_output = true;
+    } else {
+      e.output = model.weights().output;
+    }
+    if (auto a = f.find(n("adapter_a.weight"))) {
+      if (a->ne.size() != 2)
+        throw model_error(fmt::format("{}: tensor '{}' must be 2-D, has shape {}", path,
+                                      n("adapter_a.weight"), a->shape_string()));
+      int64_t hidden = a->ne[1];
+      e.adapter_a = read(f, n("adapter_a.weight"), {hidden, cfg.n_embd}, dev);
+      e.adapter_c = read(f, n("adapter_a.bias"), {hidden}, dev);
+      e.adapter_b = read(f, n("adapter_b.weight"), {cfg.n_embd, hidden}, dev);
+    }
+    h.heads_.push_back(std::move(e));
+  }
+  return h;
+}
+
+void exit_heads::save(const std::string& path) const {
+  c10::InferenceMode guard;
+  if (heads_.empty())
+    throw model_error(fmt::format("{}: no exit heads to save", path));
+  gguf_writer w;
+  w.set_string("general.architecture", "ceco-exit-heads");
+  auto exits = layers();
+  w.set_int32_array("ceco.exit_heads.layers", std::vector<int32_t>(exits.begin(), exits.end()));
+  w.set_uint32("ceco.exit_heads.n_embd", uint32_t(heads_[0].norm.size(0)));
+  w.set_uint32("ceco.exit_heads.vocab_size", uint32_t(heads_[0].output.size(0)));
+  auto put = [&](const std::string& name, const at::Tensor& t) {
+    auto c = t.to(at::kCPU).contiguous();
+    std::vector<int64_t> ne(c.sizes().rbegin(), c.sizes().rend());
+    w.add_tensor(name, ne, c.data_ptr<float>());
+  };
+  for (auto& e : heads_) {
+    auto n = [&](const char* s) { return fmt::format("exit.{}.{}", e.layer, s); };
+    put(n("norm.weight"), e.norm);
+    if (e.own_output)
+      put(n("output.weight"), e.output);
+    if (e.adapter_a.defined()) {
+      put(n("adapter_a.weight"), e.adapter_a);
+      put(n("adapter_a.bias"), e.adapter_c);
+      put(n("adapter_b.weight"), e.adapter_b);
+    }
+  }
+  w.write(path);
+}
+
+std::vector<int> exit_heads::layers() const {
+  std::vector<int> out;
+  for (auto& e : heads_)
+    out.push_back(e.layer);
+  return out;
+}
+
+at::Tensor exit_heads::logits(size_t i, const at::Tensor& h) const {
+  c10::InferenceMode guard;
+  const auto& e = heads_.at(i);
+  auto n = h * at::rsqrt(h.pow(2).mean(-1, true) + norm_eps_) * e.norm;
+  if (e.adapter_a.defined())
+    n = n + at::matmul(at::silu(at::matmul(n, e.adapter_a.t()) + e.adapter_c), e.adapter_b.t());
+  return at::matmul(n, e.output.t());
+}
+
+} // namespace ceco

@@ -1,0 +1,580 @@
+#include "model/gguf.hpp"
+
+#include <cstring>
+#include <fstream>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+namespace ceco {
+
+namespace {
+
+constexpr uint32_t gguf_magic = 0x46554747;  // "GGUF" little-endian
+constexpr uint64_t default_alignment = 32;
+constexpr int64_t q8_0_block = 32;            // elements per Q8_0 block
+constexpr int64_t q8_0_block_bytes = 2 + 32;  // fp16 scale + 32 int8
+
+enum value_type : uint32_t {
+  t_u8 = 0, t_i8, t_u16, t_i16, t_u32, t_i32, t_f32, t_bool, t_string,
+  t_array, t_u64, t_i64, t_f64,
+};
+
+/// Bounds-checked little-endian reader over the mapped file.
+struct cursor {
+  const uint8_t* base;
+  size_t size;
+  size_t pos;
+  const std::string& path;
+
+  void need(size_t n, const char* what) const {
+    if (n > size - pos)
+      throw model_error(fmt::format(
+        "{}: truncated or corrupt GGUF: reading {} at byte {} needs {} bytes, "
+        "but the file has {} bytes",
+        path, what, pos, n, size));
+  }
+  template <class T>
+  T read(const char* what) {
+    need(sizeof(T), what);
+    T v;
+    std::memcpy(&v, base + pos, sizeof(T));
+    pos += sizeof(T);
+    return v;
+  }
+  std::string read_string(const char* what) {
+    auto n = read<uint64_t>(what);
+    need(n, what);
+    std::string s(reinterpret_cast<const char*>(base + pos), n);
+    pos += n;
+    return s;
+  }
+};
+
+gguf_scalar read_scalar(cursor& c, uint32_t type, const std::string& key) {
+  switch (type) {
+    case t_u8: return uint64_t{c.read<uint8_t>(key.c_str())};
+    case t_i8: return int64_t{c.read<int8_t>(key.c_str())};
+    case t_u16: return uint64_t{c.read<uint16_t>(key.c_str())};
+    case t_i16: return int64_t{c.read<int16_t>(key.c_str())};
+    case t_u32: return uint64_t{c.read<uint32_t>(key.c_str())};
+    case t_i32: return int64_t{c.read<int32_t>(key.c_str())};
+    case t_f32: return double{c.read<float>(key.c_str())};
+    case t_bool: return c.read<uint8_t>(key.c_str()) != 0;
+    case t_string: return c.read_string(key.c_str());
+    case t_u64: return c.read<uint64_t>(key.c_str());
+    case t_i64: return c.read<int64_t>(key.c_str());
+    case t_f64: return c.read<double>(key.c_str());
+    default:
+      throw model_error(fmt::format(
+        "{}: metadata key '{}' has unknown value type {} at byte {}", c.path,
+        key, type, c.pos));
+  }
+}
+
+size_t type_size_bytes(ggml_type type, int64_t n_elements, const std::string& path,
+                       const std::string& name) {
+  switch (type) {
+    case ggml_type::f32: return size_t(n_elements) * 4;
+    case ggml_type::f16:
+    case ggml_type::bf16: return size_t(n_elements) * 2;
+    case ggml_type::q8_0:
+      if (n_elements % q8_0_block != 0)
+        throw model_error(fmt::format(
+          "{}: tensor '{}' is Q8_0 with {} elements, not a multiple of {}",
+          path, name, n_elements, q8_0_block));
+      return size_t(n_elements / q8_0_block) * q8_0_block_bytes;
+  }
+  throw model_error(fmt::format(
+    "{}: tensor '{}' has ggml type {}, which ceco cannot read "
+    "(supported: F32=0, F16=1, Q8_0=8, BF16=30)",
+    path, name, uint32_t(type)));
+}
+
+const char* type_name(const gguf_scalar& v) {
+  switch (v.index()) {
+    case 0: return "unsigned integer";
+    case 1: return "signed integer";
+    case 2: return "float";
+    case 3: return "bool";
+    default: return "string";
+  }
+}
+
+} // namespace
+
+// -- half precision -----------------------------------------------------------
+
+float half_to_float(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      uint32_t e = 113;
+      while (!(mant & 0x400)) {
+        mant <<= 1;
+        --e;
+      }
+      bits = sign | (e << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000 | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  uint32_t raw_exp = (x >> 23) & 0xff;
+  uint32_t mant = x & 0x7fffff;
+  if (raw_exp == 0xff)
+    return uint16_t(sign | 0x7c00 | (mant ? 0x200 : 0));
+  int32_t exp = int32_t(raw_exp) - 127 + 15;
+  if (exp >= 31)
+    return uint16_t(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10)
+      return uint16_t(sign);
+    mant |= 0x800000;
+    uint32_t shift = uint32_t(14 - exp);
+    uint32_t half_mant = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);
+    uint32_t halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (half_mant & 1)))
+      ++half_mant;
+    return uint16_t(sign | half_mant);
+  }
+  uint32_t half = sign | (uint32_t(exp) << 10) | (mant >> 13);
+  uint32_t rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (half & 1)))
+    ++half;  // may carry into the exponent, up to infinity: correct rounding
+  return uint16_t(half);
+}
+
+// -- gguf_tensor --------------------------------------------------------------
+
+int64_t gguf_tensor::n_elements() const {
+  int64_t n = 1;
+  for (auto d : ne)
+    n *= d;
+  return n;
+}
+
+std::string gguf_tensor::shape_string() const {
+  return fmt::format("[{}]", fmt::join(ne, ", "));
+}
+
+// -- gguf_file ----------------------------------------------------------------
+
+gguf_file::gguf_file(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0)
+    throw model_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw model_error(fmt::format("{}: not a regular file", path));
+  }
+  size_ = size_t(st.st_size);
+  if (size_ < 4) {
+    ::close(fd);
+    throw model_error(fmt::format(
+      "{}: truncated GGUF: {} bytes, not even the 4-byte magic", path, size_));
+  }
+  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED)
+    throw model_error(fmt::format("{}: cannot map: {}", path, std::strerror(errno)));
+  base_ = static_cast<const uint8_t*>(p);
+  try {
+    parse();
+  } catch (...) {
+    ::munmap(const_cast<uint8_t*>(base_), size_);
+    throw;
+  }
+}
+
+gguf_file::~gguf_file() {
+  if (base_)
+    ::munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+void gguf_file::parse() {
+  cursor c{base_, size_, 0, path_};
+  auto magic = c.read<uint32_t>("magic");
+  if (magic != gguf_magic)
+    throw model_error(fmt::format(
+      "{}: not a GGUF file: expected magic 0x{:08x} (\"GGUF\"), found 0x{:08x}",
+      path_, gguf_magic, magic));
+  version_ = c.read<uint32_t>("version");
+  if (version_ != 2 && version_ != 3)
+    throw model_error(fmt::format(
+      "{}: GGUF version {} is not supported (expected 2 or 3)", path_, version_));
+  auto n_tensors = c.read<uint64_t>("tensor count");
+  auto n_kv = c.read<uint64_t>("metadata count");
+  // Each entry takes at least 8 bytes, so larger counts mean corruption.
+  if (n_tensors > size_ / 8 || n_kv > size_ / 8)
+    throw model_error(fmt::format(
+      "{}: corrupt GGUF header: {} tensors and {} metadata entries cannot fit "
+      "in {} bytes",
+      path_, n_tensors, n_kv, size_));
+
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    auto key = c.read_string("metadata key");
+    auto type = c.read<uint32_t>(key.c_str());
+    gguf_value v;
+    if (type == t_array) {
+      v.is_array = true;
+      auto elem_type = c.read<uint32_t>(key.c_str());
+      auto n = c.read<uint64_t>(key.c_str());
+      if (n > size_ - c.pos)
+        throw model_error(fmt::format(
+          "{}: corrupt GGUF: array '{}' claims {} elements at byte {}, "
+          "beyond the end of the {}-byte file",
+          path_, key, n, c.pos, size_));
+      v.array.reserve(n);
+      for (uint64_t j = 0; j < n; ++j)
+        v.array.push_back(read_scalar(c, elem_type, key));
+    } else {
+      v.scalar = read_scalar(c, type, key);
+    }
+    kv_[key] = std::move(v);
+  }
+
+  tensors_.reserve(n_tensors);
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    gguf_tensor t;
+    t.name = c.read_string("tensor name");
+    auto n_dims = c.read<uint32_t>(t.name.c_str());
+    if (n_dims == 0 || n_dims > 4)
+      throw model_error(fmt::format(
+        "{}: tensor '{}' has {} dimensions (expected 1 to 4)", path_, t.name, n_dims));
+    for (uint32_t d = 0; d < n_dims; ++d) {
+      auto n = c.read<uint64_t>(t.name.c_str());
+      if (n == 0 || n > (uint64_t{1} << 40))
+        throw model_error(fmt::format(
+          "{}: tensor '{}' has impossible dimension {} = {}", path_, t.name, d, n));
+      t.ne.push_back(int64_t(n));
+    }
+    t.type = ggml_type(c.read<uint32_t>(t.name.c_str()));
+    t.offset = c.read<uint64_t>(t.name.c_str());
+    t.n_bytes = type_size_bytes(t.type, t.n_elements(), path_, t.name);
+    tensors_.push_back(std::move(t));
+  }
+
+  uint64_t alignment = get_uint_or("general.alignment", default_alignment);
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0)
+    throw model_error(fmt::format(
+      "{}: general.alignment must be a power of two, found {}", path_, alignment));
+  uint64_t data_start = (c.pos + alignment - 1) / alignment * alignment;
+  for (auto& t : tensors_) {
+    uint64_t begin = data_start + t.offset;
+    if (t.offset > size_ || begin > size_ || t.n_bytes > size_ - begin)
+      throw model_error(fmt::format(
+        "{}: truncated GGUF: tensor '{}' ({} bytes at offset {}) ends at byte {}, "
+        "but the file has {} bytes",
+        path_, t.name, t.n_bytes, begin, begin + t.n_bytes, size_));
+    t.data = base_ + begin;
+  }
+}
+
+bool gguf_file::has(const std::string& key) const {
+  return kv_.count(key) != 0;
+}
+
+namespace {
+
+const gguf_value& lookup(const std::map<std::string, gguf_value>& kv,
+                         const std::string& path, const std::string& key) {
+  auto i = kv.find(key);
+  if (i == kv.end())
+    throw model_error(fmt::format("{}: metadata key '{}' is missing", path, key));
+  return i->second;
+}
+
+[[noreturn]] void wrong_type(const std::string& path, const std::string& key,
+                             const char* expected, const gguf_value& v) {
+  throw model_error(fmt::format(
+    "{}: metadata key '{}' should be {}, found {}{}", path, key, expected,
+    v.is_array ? "an array" : "a ", v.is_array ? "" : type_name(v.scalar)));
+}
+
+} // namespace
+
+uint64_t gguf_file::get_uint(const std::string& key) const {
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array) {
+    if (auto p = std::get_if<uint64_t>(&v.scalar))
+      return *p;
+    if (auto p = std::get_if<int64_t>(&v.scalar); p && *p >= 0)
+      return uint64_t(*p);
+  }
+  wrong_type(path_, key, "a non-negative integer", v);
+}
+
+uint64_t gguf_file::get_uint_or(const std::string& key, uint64_t fallback) const {
+  return has(key) ? get_uint(key) : fallback;
+}
+
+double gguf_file::get_float_or(const std::string& key, double fallback) const {
+  if (!has(key))
+    return fallback;
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array) {
+    if (auto p = std::get_if<double>(&v.scalar))
+      return *p;
+    if (auto p = std::get_if<uint64_t>(&v.scalar))
+      return double(*p);
+    if (auto p = std::get_if<int64_t>(&v.scalar))
+      return double(*p);
+  }
+  wrong_type(path_, key, "a number", v);
+}
+
+std::string gguf_file::get_string(const std::string& key) const {
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array)
+    if (auto p = std::get_if<std::string>(&v.scalar))
+      return *p;
+  wrong_type(path_, key, "a string", v);
+}
+
+std::string gguf_file::get_string_or(const std::string& key, std::string fallback) const {
+  return has(key) ? get_string(key) : fallback;
+}
+
+std::vector<std::string> gguf_file::get_string_array(const std::string& key) const {
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array)
+    wrong_type(path_, key, "an array of strings", v);
+  std::vector<std::string> out;
+  out.reserve(v.array.size());
+  for (auto& e : v.array) {
+    auto p = std::get_if<std::string>(&e);
+    if (!p)
+      wrong_type(path_, key, "an array of strings", v);
+    out.push_back(*p);
+  }
+  return out;
+}
+
+std::vector<double> gguf_file::get_float_array(const std::string& key) const {
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array)
+    wrong_type(path_, key, "an array of numbers", v);
+  std::vector<double> out;
+  out.reserve(v.array.size());
+  for (auto& e : v.array) {
+    if (auto p = std::get_if<double>(&e))
+      out.push_back(*p);
+    else if (auto p = std::get_if<int64_t>(&e))
+      out.push_back(double(*p));
+    else if (auto p = std::get_if<uint64_t>(&e))
+      out.push_back(double(*p));
+    else
+      wrong_type(path_, key, "an array of numbers", v);
+  }
+  return out;
+}
+
+std::vector<int64_t> gguf_file::get_int_array(const std::string& key) const {
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array)
+    wrong_type(path_, key, "an array of integers", v);
+  std::vector<int64_t> out;
+  out.reserve(v.array.size());
+  for (auto& e : v.array) {
+    if (auto p = std::get_if<int64_t>(&e))
+      out.push_back(*p);
+    else if (auto p = std::get_if<uint64_t>(&e))
+      out.push_back(int64_t(*p));
+    else
+      wrong_type(path_, key, "an array of integers", v);
+  }
+  return out;
+}
+
+const gguf_tensor* gguf_file::find(const std::string& name) const {
+  for (auto& t : tensors_)
+    if (t.name == name)
+      return &t;
+  return nullptr;
+}
+
+const gguf_tensor& gguf_file::get(const std::string& name) const {
+  if (auto t = find(name))
+    return *t;
+  throw model_error(fmt::format("{}: tensor '{}' is missing", path_, name));
+}
+
+void gguf_file::dequantize(const gguf_tensor& t, float* out) const {
+  const int64_t n = t.n_elements();
+  switch (t.type) {
+    case ggml_type::f32:
+      std::memcpy(out, t.data, size_t(n) * 4);
+      return;
+    case ggml_type::f16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        out[i] = half_to_float(h);
+      }
+      return;
+    case ggml_type::bf16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        uint32_t bits = uint32_t(h) << 16;
+        std::memcpy(out + i, &bits, 4);
+      }
+      return;
+    case ggml_type::q8_0:
+      for (int64_t b = 0; b < n / q8_0_block; ++b) {
+        const uint8_t* blk = t.data + b * q8_0_block_bytes;
+        uint16_t d;
+        std::memcpy(&d, blk, 2);
+        float scale = half_to_float(d);
+        auto qs = reinterpret_cast<const int8_t*>(blk + 2);
+        for (int64_t i = 0; i < q8_0_block; ++i)
+          out[b * q8_0_block + i] = scale * float(qs[i]);
+      }
+      return;
+  }
+}
+
+// -- gguf_writer --------------------------------------------------------------
+
+namespace {
+
+template <class T>
+void put(std::vector<uint8_t>& buf, T v) {
+  auto p = reinterpret_cast<const uint8_t*>(&v);
+  buf.insert(buf.end(), p, p + sizeof(T));
+}
+
+void put_string(std::vector<uint8_t>& buf, const std::string& s) {
+  put<uint64_t>(buf, s.size());
+  buf.insert(buf.end(), s.begin(), s.end());
+}
+
+} // namespace
+
+void gguf_writer::set_uint32(const std::string& key, uint32_t v) {
+  entry e{key, t_u32, {}};
+  put(e.bytes, v);
+  kv_.push_back(std::move(e));
+}
+
+void gguf_writer::set_float32(const std::string& key, float v) {
+  entry e{key, t_f32, {}};
+  put(e.bytes, v);
+  kv_.push_back(std::move(e));
+}
+
+void gguf_writer::set_string(const std::string& key, const std::string& v) {
+  entry e{key, t_string, {}};
+  put_string(e.bytes, v);
+  kv_.push_back(std::move(e));
+}
+
+void gguf_writer::set_string_array(const std::string& key,
+                                   const std::vector<std::string>& v) {
+  entry e{key, t_array, {}};
+  put<uint32_t>(e.bytes, t_string);
+  put<uint64_t>(e.bytes, v.size());
+  for (auto& s : v)
+    put_string(e.bytes, s);
+  kv_.push_back(std::move(e));
+}
+
+void gguf_writer::set_float32_array(const std::string& key, const std::vector<float>& v) {
+  entry e{key, t_array, {}};
+  put<uint32_t>(e.bytes, t_f32);
+  put<uint64_t>(e.bytes, v.size());
+  for (auto x : v)
+    put(e.bytes, x);
+  kv_.push_back(std::move(e));
+}
+
+void gguf_writer::set_int32_array(const std::string& key, const std::vector<int32_t>& v) {
+  entry e{key, t_array, {}};
+  put<uint32_t>(e.bytes, t_i32);
+  put<uint64_t>(e.bytes, v.size());
+  for (auto x : v)
+    put(e.bytes, x);
+  kv_.push_back(std::move(e));
+}
+
+void gguf_writer::add_tensor(const std::string& name, std::vector<int64_t> ne,
+                             const float* data, bool as_f16) {
+  tensor t{name, std::move(ne), as_f16 ? ggml_type::f16 : ggml_type::f32, {}};
+  int64_t n = 1;
+  for (auto d : t.ne)
+    n *= d;
+  if (as_f16) {
+    t.bytes.resize(size_t(n) * 2);
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h = float_to_half(data[i]);
+      std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+    }
+  } else {
+    t.bytes.resize(size_t(n) * 4);
+    std::memcpy(t.bytes.data(), data, t.bytes.size());
+  }
+  tensors_.push_back(std::move(t));
+}
+
+void gguf_writer::write(const std::string& path) const {
+  std::vector<uint8_t> head;
+  put<uint32_t>(head, gguf_magic);
+  put<uint32_t>(head, 3);
+  put<uint64_t>(head, tensors_.size());
+  put<uint64_t>(head, kv_.size());
+  for (auto& e : kv_) {
+    put_string(head, e.key);
+    put<uint32_t>(head, e.type);
+    head.insert(head.end(), e.bytes.begin(), e.bytes.end());
+  }
+  uint64_t offset = 0;
+  std::vector<uint64_t> offsets;
+  for (auto& t : tensors_) {
+    put_string(head, t.name);
+    put<uint32_t>(head, uint32_t(t.ne.size()));
+    for (auto d : t.ne)
+      put<uint64_t>(head, uint64_t(d));
+    put<uint32_t>(head, uint32_t(t.type));
+    put<uint64_t>(head, offset);
+    offsets.push_back(offset);
+    offset += (t.bytes.size() + default_alignment - 1) / default_alignment * default_alignment;
+  }
+  head.resize((head.size() + default_alignment - 1) / default_alignment * default_alignment, 0);
+
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out)
+    throw model_error(fmt::format("{}: cannot open for writing", path));
+  out.write(reinterpret_cast<const char*>(head.data()), std::streamsize(head.size()));
+  static const char zeros[default_alignment] = {};
+  for (auto& t : tensors_) {
+    out.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
+    auto pad = (default_alignment - t.bytes.size() % default_alignment) % default_alignment;
+    out.write(zeros, std::streamsize(pad));
+  }
+  if (!out)
+    throw model_error(fmt::format("{}: write failed", path));
+}
+
+} // namespace ceco

@@ -1,0 +1,296 @@
+#include "model/loader.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+
+#include "model/gguf.hpp"
+
+namespace ceco {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// -- GGUF -----------------------------------------------------------------------
+
+/// Reads `name`, whose torch shape must be `shape` (ggml order reversed).
+at::Tensor read_tensor(const gguf_file& f, const std::string& name,
+                       std::vector<int64_t> shape) {
+  const auto& t = f.get(name);
+  std::vector<int64_t> expected(shape.rbegin(), shape.rend());
+  if (t.ne != expected)
+    throw model_error(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] (ggml order)",
+                                  f.path(), name, fmt::join(t.ne, ", "),
+                                  fmt::join(expected, ", ")));
+  auto out = at::empty(shape, at::kFloat);
+  f.dequantize(t, out.data_ptr<float>());
+  return out;
+}
+
+loaded_model load_gguf(const std::string& path) {
+  gguf_file f(path);
+  auto arch = f.get_string_or("general.architecture", "llama");
+  if (arch != "llama")
+    throw model_error(fmt::format(
+      "{}: general.architecture is '{}'; ceco runs LLaMA-family ('llama') models", path, arch));
+  auto key = [&](const char* k) { return arch + "." + k; };
+
+  loaded_model m;
+  m.path = path;
+  m.format = "gguf";
+  m.vocab = tokenizer::from_gguf(f);
+  auto& c = m.config;
+  c.n_embd = int(f.get_uint(key("embedding_length")));
+  c.n_ff = int(f.get_uint(key("feed_forward_length")));
+  c.n_layer = int(f.get_uint(key("block_count")));
+  c.n_head = int(f.get_uint(key("attention.head_count")));
+  c.n_head_kv = int(f.get_uint_or(key("attention.head_count_kv"), uint64_t(c.n_head)));
+  c.max_seq = int(f.get_uint(key("context_length")));
+  c.rope_theta = float(f.get_float_or(key("rope.freq_base"), 10000.0));
+  c.norm_eps = float(f.get_float_or(key("attention.layer_norm_rms_epsilon"), 1e-5));
+  const auto& embd = f.get("token_embd.weight");
+  c.vocab_size = embd.ne.size() == 2 ? int(embd.ne[1]) : 0;
+  if (f.has(key("vocab_size")) && int(f.get_uint(key("vocab_size"))) != c.vocab_size)
+    throw model_error(fmt::format("{}: {} is {}, but token_embd.weight has {} rows", path,
+                                  key("vocab_size"), f.get_uint(key("vocab_size")),
+                                  c.vocab_size));
+  c.validate(path);
+  if (f.has(key("rope.dimension_count"))
+      && int(f.get_uint(key("rope.dimension_count"))) != c.head_dim())
+    throw model_error(fmt::format(
+      "{}: {} is {}, expected the head size {} (partial RoPE is not supported)", path,
+      key("rope.dimension_count"), f.get_uint(key("rope.dimension_count")), c.head_dim()));
+  if (m.vocab.vocab_size() != c.vocab_size)
+    throw model_error(fmt::format(
+      "{}: the tokenizer has {} tokens but token_embd.weight has {} rows", path,
+      m.vocab.vocab_size(), c.vocab_size));
+
+  c10::InferenceMode guard;
+  auto& w = m.weights;
+  const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
+  w.tok_embd = read_tensor(f, "token_embd.weight", {c.vocab_size, d});
+  w.output_norm = read_tensor(f, "output_norm.weight", {d});
+  w.output = f.find("output.weight") ? read_tensor(f, "output.weight", {c.vocab_size, d})
+                                     : w.tok_embd;
+  for (int il = 0; il < c.n_layer; ++il) {
+    auto n = [&](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
+    layer_weights l;
+    l.attn_norm = read_tensor(f, n("attn_norm"), {d});
+    l.wq = read_tensor(f, n("attn_q"), {d, d});
+    l.wk = read_tensor(f, n("attn_k"), {d_kv, d});
+    l.wv = read_tensor(f, n("attn_v"), {d_kv, d});
+    l.wo = read_tensor(f, n("attn_output"), {d, d});
+    l.ffn_norm = read_tensor(f, n("ffn_norm"), {d});
+    l.w1 = read_tensor(f, n("ffn_gate"), {ff, d});
+    l.w2 = read_tensor(f, n("ffn_down"), {d, ff});
+    l.w3 = read_tensor(f, n("ffn_up"), {ff, d});
+    w.layers.push_back(std::move(l));
+  }
+  return m;
+}
+
+// -- llama2.c ---------------------------------------------------------------------
+
+loaded_model load_llama2c(const std::string& path, const std::string& tokenizer_path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw model_error(fmt::format("{}: cannot open", path));
+  in.seekg(0, std::ios::end);
+  const auto file_size = int64_t(in.tellg());
+  in.seekg(0);
+  int32_t h[7];
+  if (file_size < int64_t(sizeof h) || !in.read(reinterpret_cast<char*>(h), sizeof h))
+    throw model_error(fmt::format(
+      "{}: truncated llama2.c checkpoint: {} bytes, the header alone needs 28", path,
+      file_size));
+  if (h[0] == 0x616b3432)  // "ak42": llama2.c's newer export formats
+    throw model_error(fmt::format(
+      "{}: llama2.c version-1/2 export (magic 0x616b3432); ceco reads the legacy format "
+      "(export with --version 0) or GGUF",
+      path));
+
+  loaded_model m;
+  m.path = path;
+  m.format = "llama2c";
+  auto& c = m.config;
+  c.n_embd = h[0];
+  c.n_ff = h[1];
+  c.n_layer = h[2];
+  c.n_head = h[3];
+  c.n_head_kv = h[4];
+  const bool shared_classifier = h[5] > 0;
+  c.vocab_size = std::abs(h[5]);
+  c.max_seq = h[6];
+  try {
+    c.validate(path);
+  } catch (const model_error& e) {
+    throw model_error(fmt::format(
+      "{} (not a llama2.c legacy checkpoint? header reads dim={} hidden={} layers={} heads={} "
+      "kv_heads={} vocab={} seq_len={})",
+      e.what(), h[0], h[1], h[2], h[3], h[4], h[5], h[6]));
+  }
+
+  const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff, L = c.n_layer,
+                V = c.vocab_size, hs = c.head_dim();
+  // Tensor order of llama2.c's legacy export, with torch shapes.
+  struct part {
+    const char* name;
+    std::vector<int64_t> shape;
+  };
+  std::vector<part> parts = {
+    {"token_embedding", {V, d}},  {"rms_att", {L, d}},        {"wq", {L, d, d}},
+    {"wk", {L, d_kv, d}},         {"wv", {L, d_kv, d}},       {"wo", {L, d, d}},
+    {"rms_ffn", {L, d}},          {"w1", {L, ff, d}},         {"w2", {L, d, ff}},
+    {"w3", {L, ff, d}},           {"rms_final", {d}},         {"freq_cis_real", {c.max_seq, hs / 2}},
+    {"freq_cis_imag", {c.max_seq, hs / 2}},
+  };
+  if (!shared_classifier)
+    parts.push_back({"wcls", {V, d}});
+  int64_t expected = int64_t(sizeof h);
+  for (auto& p : parts) {
+    int64_t n = 1;
+    for (auto s : p.shape)
+      n *= s;
+    expected += n * 4;
+  }
+  if (file_size != expected)
+    throw model_error(fmt::format(
+      "{}: {} llama2.c checkpoint: the header (dim={} hidden={} layers={} heads={} "
+      "kv_heads={} vocab={} seq_len={}) needs {} bytes, the file has {}",
+      path, file_size < expected ? "truncated" : "oversized or corrupt", h[0], h[1], h[2], h[3],
+      h[4], h[5], h[6], expected, file_size));
+
+  c10::InferenceMode guard;
+  std::vector<at::Tensor> t;
+  for (auto& p : parts) {
+    auto x = at::empty(p.shape, at::kFloat);
+    in.read(reinterpret_cast<char*>(x.data_ptr<float>()), std::streamsize(x.nbytes()));
+    if (!in)
+      throw model_error(fmt::format("{}: read failed in tensor '{}'", path, p.name));
+    t.push_back(x);
+  }
+  auto& w = m.weights;
+  w.tok_embd = t[0];
+  w.output_norm = t[10];
+  w.output = shared_classifier ? t[0] : t[13];
+  for (int64_t il = 0; il < L; ++il) {
+    layer_weights l;
+    l.attn_norm = t[1][il];
+    l.wq = t[2][il];
+    l.wk = t[3][il];
+    l.wv = t[4][il];
+    l.wo = t[5][il];
+    l.ffn_norm = t[6][il];
+    l.w1 = t[7][il];
+    l.w2 = t[8][il];
+    l.w3 = t[9][il];
+    w.layers.push_back(std::move(l));
+  }
+
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    auto dir = fs::path(path).parent_path();
+    for (auto name : {fmt::format("tok{}.bin", c.vocab_size), std::string("tokenizer.bin")})
+      if (fs::exists(dir / name)) {
+        tok = (dir / name).string();
+        break;
+      }
+    if (tok.empty())
+      throw model_error(fmt::format(
+        "{}: no tokenizer given and neither tok{}.bin nor tokenizer.bin is beside it; "
+        "pass --tokenizer PATH",
+        path, c.vocab_size));
+  }
+  m.vocab = tokenizer::from_llama2c(tok, c.vocab_size);
+  return m;
+}
+
+bool has_gguf_magic(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::string(magic, 4) == "GGUF";
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (!fs::exists(path))
+    throw model_error(fmt::format("{}: no such file or folder", path));
+  if (!fs::is_directory(path))
+    return path;
+  std::vector<fs::path> gguf, bin;
+  for (auto& e : fs::directory_iterator(path)) {
+    auto name = e.path().filename().string();
+    if (e.path().extension() == ".gguf")
+      gguf.push_back(e.path());
+    else if (e.path().extension() == ".bin" && name.rfind("tok", 0) != 0)
+      bin.push_back(e.path());
+  }
+  std::sort(gguf.begin(), gguf.end());
+  std::sort(bin.begin(), bin.end());
+  if (!gguf.empty())
+    return gguf.front().string();
+  if (!bin.empty())
+    return bin.front().string();
+  throw model_error(fmt::format("{}: the folder holds no .gguf or llama2.c .bin model", path));
+}
+
+} // namespace
+
+loaded_model load_model(const std::string& path, const std::string& tokenizer_path) {
+  auto file = resolve_checkpoint(path);
+  if (has_gguf_magic(file))
+    return load_gguf(file);
+  if (fs::path(file).extension() == ".gguf")
+    return load_gguf(file);  // reports the wrong magic
+  return load_llama2c(file, tokenizer_path);
+}
+
+model_config shape_preset(const std::string& name) {
+  model_config c;
+  if (name == "260K") {
+    c = {64, 172, 5, 8, 4, 512, 512};
+  } else if (name == "15M") {
+    c = {288, 768, 6, 6, 6, 32000, 256};
+  } else if (name == "42M") {
+    c = {512, 1376, 8, 8, 8, 32000, 1024};
+  } else if (name == "110M") {
+    c = {768, 2048, 12, 12, 12, 32000, 1024};
+  } else {
+    throw model_error(fmt::format("--shape: unknown shape '{}', expected 260K, 15M, 42M or 110M",
+                                  name));
+  }
+  return c;
+}
+
+model_weights random_weights(const model_config& c, uint64_t seed) {
+  c.validate("random_weights");
+  c10::InferenceMode guard;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto randn = [&](std::vector<int64_t> shape) {
+    return at::normal(0.0, 0.02, shape, gen);
+  };
+  const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
+  model_weights w;
+  w.tok_embd = randn({c.vocab_size, d});
+  w.output_norm = at::ones({d});
+  w.output = randn({c.vocab_size, d});
+  for (int il = 0; il < c.n_layer; ++il) {
+    layer_weights l;
+    l.attn_norm = at::ones({d});
+    l.wq = randn({d, d});
+    l.wk = randn({d_kv, d});
+    l.wv = randn({d_kv, d});
+    l.wo = randn({d, d});
+    l.ffn_norm = at::ones({d});
+    l.w1 = randn({ff, d});
+    l.w2 = randn({d, ff});
+    l.w3 = randn({ff, d});
+    w.layers.push_back(std::move(l));
+  }
+  return w;
+}
+
+} // namespace ceco

@@ -1,0 +1,42 @@
+#pragma once
+
+// Checkpoint loaders. Every size and shape is checked against the header;
+// a truncated or corrupt file raises model_error naming the file, the
+// tensor, and the expected and actual values.
+//
+// Formats:
+//  - GGUF v2/v3, architecture "llama", tensors F32, F16, BF16 or Q8_0
+//    (dequantised to fp32 at load); the tokenizer comes from its metadata.
+//  - llama2.c legacy `.bin` (7 x int32 header; a negative vocab_size means a
+//    separate classifier) with a llama2.c `tokenizer.bin`.
+// A folder is accepted too: its .gguf file, else its .bin model with the
+// tok*.bin / tokenizer.bin beside it.
+
+#include <cstdint>
+#include <string>
+
+#include "model/config.hpp"
+#include "model/tokenizer.hpp"
+#include "model/weights.hpp"
+
+namespace ceco {
+
+struct loaded_model {
+  model_config config;
+  model_weights weights;
+  tokenizer vocab;
+  std::string path;    // the checkpoint file actually read
+  std::string format;  // "gguf" or "llama2c"
+};
+
+/// `tokenizer_path` is required only for a llama2.c .bin whose folder holds
+/// no tokenizer file.
+loaded_model load_model(const std::string& path, const std::string& tokenizer_path = {});
+
+/// Named shapes for benchmarks: "260K", "15M", "110M" (llama2.c's
+/// tinyllamas; 15M and 110M with a 32000-token vocabulary).
+model_config shape_preset(const std::string& name);
+/// Seeded random weights of any shape (normal, std 0.02; norms 1).
+model_weights random_weights(const model_config& cfg, uint64_t seed);
+
+} // namespace ceco

@@ -1,0 +1,77 @@
+#pragma once
+
+// The forward pass over any layer range. A node that runs layers [0, k)
+// hands its output hidden states to a node that runs [k, L); the result
+// equals the unsplit forward. Positions are explicit: forward_layers(x, pos)
+// computes positions pos .. pos+T-1 and requires the cache to hold exactly
+// the positions before pos (no gaps).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "model/config.hpp"
+#include "model/kv_cache.hpp"
+#include "model/weights.hpp"
+
+namespace ceco {
+
+class transformer {
+public:
+  transformer(model_config cfg, model_weights weights, c10::Device device);
+
+  const model_config& config() const { return cfg_; }
+  const model_weights& weights() const { return w_; }
+  c10::Device device() const { return device_; }
+
+  /// A cache for layers [first, last); capacity 0 means the model's max_seq.
+  kv_cache make_cache(int first, int last, int capacity = 0) const;
+
+  /// ids [T] -> hidden states [T, n_embd].
+  at::Tensor embed(const std::vector<int32_t>& ids) const;
+  /// Writes the embedding of one token into row 0 of x [1, n_embd].
+  void embed_into(int32_t id, at::Tensor& x) const;
+
+  /// In place on x [T, n_embd] (contiguous fp32 on this model's device):
+  /// runs layers [first, last) at positions pos .. pos+T-1 and appends their
+  /// keys and values to `cache`. Throws model_error on a bad range, a gap
+  /// or a full cache.
+  void forward_layers(at::Tensor& x, int64_t pos, int first, int last, kv_cache& cache) const;
+
+  /// Final norm and classifier: h [T, n_embd] -> logits [T, vocab].
+  at::Tensor logits(const at::Tensor& h) const;
+  /// Same for the last row of h, into out [vocab] (preallocated fp32).
+  void logits_into(const at::Tensor& h, at::Tensor& out) const;
+
+  /// The one-token CPU path uses plain loops; turning it off makes every
+  /// call take the batched libtorch path (tests compare the two).
+  void set_fast_decode(bool on) { fast_decode_ = on; }
+
+private:
+  void forward_batched(at::Tensor& x, int64_t pos, int il, kv_cache& cache) const;
+  void forward_one_cpu(float* x, int64_t pos, int il, kv_cache& cache) const;
+  at::Tensor rope(const at::Tensor& x, int64_t pos, int64_t n_heads) const;
+
+  model_config cfg_;
+  model_weights w_;
+  c10::Device device_;
+  at::Tensor rope_cos_;  // [max_seq, head_dim / 2]
+  at::Tensor rope_sin_;  // [max_seq, head_dim / 2]
+  bool fast_decode_ = true;
+};
+
+/// Threads for the decode kernels and libtorch's own ops (0 = all cores);
+/// OpenBLAS stays at one thread.
+void set_compute_threads(int n);
+
+} // namespace ceco
+
+namespace ceco {
+
+/// "cpu", "cuda" or "cuda:N"; throws model_error when this build's libtorch
+/// cannot run there (Debian's libtorch is CPU-only).
+c10::Device parse_device(const std::string& name);
+
+} // namespace ceco

@@ -1,0 +1,89 @@
+#include "test/support.hpp"
+
+#include <cstdio>
+#include <sys/wait.h>
+
+#include <nlohmann/json.hpp>
+
+using namespace ceco::test;
+
+namespace {
+
+struct run_result {
+  int status;
+  std::string out;  // stdout and stderr together
+};
+
+run_result run_ceco(const std::string& args) {
+  std::string cmd = std::string(CECO_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+    out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+} // namespace
+
+TEST_CASE("ceco generate --json prints the reference greedy tokens and an exit trace") {
+  auto r = run_ceco("generate --model " + stories_bin() +
+                    " --prompt 'Once upon a time' --max-tokens 40 --exits 2,4 --json");
+  REQUIRE(r.status == 0);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["tokens"].get<std::vector<int32_t>>() == greedy_40);
+  CHECK(j["n_prompt"] == 5);
+  CHECK(j["n_generated"] == 40);
+  CHECK(j["decode_tokens_per_s"].get<double>() > 0);
+  CHECK(j["text"].get<std::string>().rfind(", there was a little girl named Lily.", 0) == 0);
+  REQUIRE(j["exit_trace"].size() == 40);
+  for (auto& e : j["exit_trace"]) {
+    CHECK(e["confidence"].size() == 2);
+    CHECK((e["exit"].is_null() || e["exit"] == 2 || e["exit"] == 4));
+    CHECK(e["agrees"].is_boolean());
+  }
+}
+
+TEST_CASE("ceco generate streams text by default") {
+  auto r = run_ceco("generate --model " + stories_gguf() + " --max-tokens 12");
+  REQUIRE(r.status == 0);
+  CHECK(r.out.rfind("Once upon a time, there was a little girl named Lily", 0) == 0);
+  CHECK(r.out.find("decode") != std::string::npos);
+}
+
+TEST_CASE("--help documents every generate flag with its default") {
+  auto r = run_ceco("generate --help");
+  CHECK(r.status == 0);
+  for (auto flag : {"--model", "--tokenizer", "--prompt", "--max-tokens", "--temperature", "--top-p",
+                    "--seed", "--exits", "--exit-heads", "--threshold", "--min-exit-layer", "--json"})
+    CHECK_MESSAGE(r.out.find(flag) != std::string::npos, flag);
+  CHECK(r.out.find("0.8") != std::string::npos);
+}
+
+TEST_CASE("bad input exits non-zero with a message naming the problem") {
+  auto missing = run_ceco("generate --model /nonexistent/model.gguf");
+  CHECK(missing.status == 1);
+  CHECK(missing.out.find("/nonexistent/model.gguf: no such file") != std::string::npos);
+  auto exits = run_ceco("generate --model " + stories_gguf() + " --exits 7");
+  CHECK(exits.status == 1);
+  CHECK(exits.out.find("exit after layer 7 is outside 1..4") != std::string::npos);
+  auto device = run_ceco("generate --model " + stories_gguf() + " --device tpu");
+  CHECK(device.status == 1);
+  CHECK(device.out.find("'tpu' is not a device") != std::string::npos);
+  auto flag = run_ceco("generate --no-such-flag");
+  CHECK(flag.status != 0);
+}
+
+TEST_CASE("ceco bench --json reports decode speed on a real and on a random model") {
+  auto real = run_ceco("bench --model " + stories_gguf() + " --tokens 32 --json");
+  REQUIRE(real.status == 0);
+  auto j = nlohmann::json::parse(real.out);
+  CHECK(j["decode_tokens_per_s"].get<double>() > 0);
+  CHECK(j["n_generated"] == 32);
+  auto random = run_ceco("bench --shape 260K --tokens 16 --json");
+  REQUIRE(random.status == 0);
+  CHECK(nlohmann::json::parse(random.out)["n_layer"] == 5);
+}

@@ -1,0 +1,171 @@
+#include "test/support.hpp"
+
+#include <fstream>
+#include <functional>
+#include <iterator>
+
+#include "model/gguf.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+std::vector<char> read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+void write_all(const std::string& path, const std::vector<char>& bytes, size_t n) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), std::streamsize(std::min(n, bytes.size())));
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+/// Re-writes stories260K.gguf through gguf_writer, letting `edit` change a
+/// tensor's ggml shape (name, ne) -> ne.
+void rewrite_stories(const std::string& out,
+                     std::function<std::vector<int64_t>(const std::string&, std::vector<int64_t>)> edit) {
+  gguf_file f(stories_gguf());
+  gguf_writer w;
+  w.set_string("general.architecture", "llama");
+  for (auto key : {"llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
+                   "llama.attention.head_count", "llama.attention.head_count_kv",
+                   "llama.block_count", "tokenizer.ggml.bos_token_id",
+                   "tokenizer.ggml.eos_token_id"})
+    w.set_uint32(key, uint32_t(f.get_uint(key)));
+  w.set_float32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.set_string("tokenizer.ggml.model", "llama");
+  w.set_string_array("tokenizer.ggml.tokens", f.get_string_array("tokenizer.ggml.tokens"));
+  std::vector<float> scores;
+  for (auto s : f.get_float_array("tokenizer.ggml.scores"))
+    scores.push_back(float(s));
+  w.set_float32_array("tokenizer.ggml.scores", scores);
+  std::vector<int32_t> types;
+  for (auto t : f.get_int_array("tokenizer.ggml.token_type"))
+    types.push_back(int32_t(t));
+  w.set_int32_array("tokenizer.ggml.token_type", types);
+  for (const auto& t : f.tensors()) {
+    std::vector<float> data(size_t(t.n_elements()));
+    f.dequantize(t, data.data());
+    w.add_tensor(t.name, edit(t.name, t.ne), data.data(), t.name == "output.weight");
+  }
+  w.write(out);
+}
+
+} // namespace
+
+TEST_CASE("a GGUF rewritten with F16 output loads and predicts like the original") {
+  temp_dir tmp;
+  auto path = tmp.file("copy.gguf");
+  rewrite_stories(path, [](auto&, auto ne) { return ne; });
+  auto m = load_model(path);
+  transformer model(m.config, m.weights, c10::Device(c10::kCPU));
+  c10::InferenceMode guard;
+  auto x = model.embed(once_upon_a_time);
+  auto cache = model.make_cache(0, 5);
+  model.forward_layers(x, 0, 0, 5, cache);
+  auto logits = model.logits(x)[-1];
+  CHECK(logits.argmax().item<int64_t>() == 432);
+  CHECK(std::abs(logits[432].item<float>() - 17.7994f) < 0.05f);  // F16 classifier
+}
+
+TEST_CASE("a tensor whose shape disagrees with the header names the tensor and both shapes") {
+  temp_dir tmp;
+  auto path = tmp.file("bad-shape.gguf");
+  rewrite_stories(path, [](const std::string& name, std::vector<int64_t> ne) {
+    if (name == "blk.0.attn_k.weight")
+      return std::vector<int64_t>{32, 64};
+    return ne;
+  });
+  auto msg = error_of([&] { load_model(path); });
+  CHECK(contains(msg, path));
+  CHECK(contains(msg, "tensor 'blk.0.attn_k.weight' has shape [32, 64], expected [64, 32]"));
+}
+
+TEST_CASE("a truncated GGUF is reported, never crashes") {
+  temp_dir tmp;
+  auto bytes = read_all(stories_gguf());
+  for (size_t n : {size_t(0), size_t(3), size_t(20), size_t(5000), size_t(14200), size_t(600000),
+                   bytes.size() - 1}) {
+    CAPTURE(n);
+    auto path = tmp.file("cut-" + std::to_string(n) + ".gguf");
+    write_all(path, bytes, n);
+    auto msg = error_of([&] { load_model(path); });
+    CHECK(contains(msg, path));
+    CHECK(contains(msg, "truncated"));
+  }
+  auto path = tmp.file("cut.gguf");
+  write_all(path, bytes, 600000);
+  CHECK(contains(error_of([&] { load_model(path); }),
+                 "tensor 'blk.1.ffn_up.weight' (44032 bytes at offset 595808) ends at byte 639840, but the file has 600000 bytes"));
+}
+
+TEST_CASE("a wrong magic number is reported with the expected and actual values") {
+  temp_dir tmp;
+  auto bytes = read_all(stories_gguf());
+  bytes[3] = 'X';
+  auto path = tmp.file("magic.gguf");
+  write_all(path, bytes, bytes.size());
+  auto msg = error_of([&] { load_model(path); });
+  CHECK(contains(msg, path));
+  CHECK(contains(msg, "expected magic 0x46554747 (\"GGUF\"), found 0x58554747"));
+}
+
+TEST_CASE("corrupt GGUF counts are refused before any allocation") {
+  temp_dir tmp;
+  auto bytes = read_all(stories_gguf());
+  for (int i = 16; i < 24; ++i)
+    bytes[size_t(i)] = char(0xff);  // metadata count 2^64 - 1
+  auto path = tmp.file("counts.gguf");
+  write_all(path, bytes, bytes.size());
+  CHECK(contains(error_of([&] { load_model(path); }), "corrupt GGUF header"));
+}
+
+TEST_CASE("a truncated llama2.c checkpoint names the sizes it expected and found") {
+  temp_dir tmp;
+  auto bytes = read_all(stories_bin());
+  for (size_t n : {size_t(0), size_t(27), size_t(500000), bytes.size() - 4}) {
+    CAPTURE(n);
+    auto path = tmp.file("cut-" + std::to_string(n) + ".bin");
+    write_all(path, bytes, n);
+    auto msg = error_of([&] { load_model(path, stories_tok()); });
+    CHECK(contains(msg, path));
+    CHECK(contains(msg, "truncated"));
+  }
+  auto path = tmp.file("cut.bin");
+  write_all(path, bytes, 500000);
+  CHECK(contains(error_of([&] { load_model(path, stories_tok()); }),
+                 "needs 1056540 bytes, the file has 500000"));
+}
+
+TEST_CASE("a llama2.c header of nonsense is refused as such") {
+  temp_dir tmp;
+  std::vector<char> junk(4096, 'a');
+  auto path = tmp.file("junk.bin");
+  write_all(path, junk, junk.size());
+  auto msg = error_of([&] { load_model(path, stories_tok()); });
+  CHECK(contains(msg, "not a llama2.c legacy checkpoint?"));
+}
+
+TEST_CASE("a truncated llama2.c tokenizer and missing files are reported") {
+  temp_dir tmp;
+  auto bytes = read_all(stories_tok());
+  auto path = tmp.file("tok.bin");
+  write_all(path, bytes, 3000);
+  auto msg = error_of([&] { tokenizer::from_llama2c(path, 512); });
+  CHECK(contains(msg, path));
+  CHECK(contains(msg, "truncated or corrupt llama2.c tokenizer"));
+  CHECK(contains(error_of([&] { load_model(tmp.file("none.gguf")); }), "no such file"));
+  CHECK(contains(error_of([&] { load_model(stories_bin(), tmp.file("none.bin")); }),
+                 "cannot open tokenizer"));
+}
+
+TEST_CASE("a model folder resolves to its GGUF") {
+  auto m = load_model(stories_dir());
+  CHECK(m.format == "gguf");
+  CHECK(m.config.vocab_size == 512);
+}

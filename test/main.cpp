@@ -1,0 +1,37 @@
+#define DOCTEST_CONFIG_IMPLEMENT
+#include "test/support.hpp"
+
+#include <map>
+#include <random>
+
+namespace ceco::test {
+
+const stories& load_stories(const std::string& format) {
+  static std::map<std::string, stories> cache;
+  auto i = cache.find(format);
+  if (i != cache.end())
+    return i->second;
+  stories s;
+  s.files = format == "gguf" ? load_model(stories_gguf()) : load_model(stories_bin(), stories_tok());
+  s.model = std::make_shared<transformer>(s.files.config, s.files.weights, c10::Device(c10::kCPU));
+  return cache.emplace(format, std::move(s)).first->second;
+}
+
+temp_dir::temp_dir() {
+  std::random_device rd;
+  path = std::filesystem::temp_directory_path() / ("ceco-test-" + std::to_string(rd()));
+  std::filesystem::create_directories(path);
+}
+
+temp_dir::~temp_dir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
+} // namespace ceco::test
+
+int main(int argc, char** argv) {
+  ceco::set_compute_threads(1);
+  doctest::Context ctx(argc, argv);
+  return ctx.run();
+}

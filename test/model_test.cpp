@@ -1,0 +1,242 @@
+#include "test/support.hpp"
+
+#include "model/exit_heads.hpp"
+#include "model/generation.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+/// The reference prompt followed by the reference continuation: 45 tokens.
+std::vector<int32_t> reference_sequence() {
+  auto seq = once_upon_a_time;
+  seq.insert(seq.end(), greedy_40.begin(), greedy_40.end());
+  return seq;
+}
+
+float max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<float>();
+}
+
+/// Hidden states after all layers for `ids`, in one batch from position 0.
+at::Tensor forward_all(const transformer& m, const std::vector<int32_t>& ids) {
+  auto cache = m.make_cache(0, m.config().n_layer);
+  auto x = m.embed(ids);
+  m.forward_layers(x, 0, 0, m.config().n_layer, cache);
+  return x;
+}
+
+} // namespace
+
+TEST_CASE("stories260K: the top logit after 'Once upon a time' matches the reference") {
+  c10::InferenceMode guard;
+  for (auto format : {"gguf", "bin"}) {
+    CAPTURE(format);
+    const auto& s = load_stories(format);
+    CHECK(s.files.config.n_layer == 5);
+    CHECK(s.files.config.n_head_kv == 4);
+    auto logits = s.model->logits(forward_all(*s.model, once_upon_a_time))[-1];
+    auto top = logits.topk(2);
+    CHECK(std::get<1>(top)[0].item<int64_t>() == 432);
+    CHECK(std::abs(std::get<0>(top)[0].item<float>() - 17.7994f) < 1e-3f);
+    CHECK(std::get<1>(top)[1].item<int64_t>() == 383);
+    CHECK(std::abs(std::get<0>(top)[1].item<float>() - 14.2813f) < 1e-3f);
+    CHECK(at::softmax(logits, 0)[432].item<float>() == doctest::Approx(0.9688).epsilon(1e-3));
+  }
+}
+
+TEST_CASE("stories260K: 40 greedy tokens equal the reference, from both checkpoint formats") {
+  for (auto format : {"gguf", "bin"}) {
+    CAPTURE(format);
+    const auto& s = load_stories(format);
+    generation_options opts;
+    opts.max_tokens = 40;
+    auto r = generate(*s.model, once_upon_a_time, opts);
+    CHECK(r.tokens == greedy_40);
+    CHECK(r.stop_reason == "max_tokens");
+    CHECK(s.files.vocab.decode(r.tokens, 378) ==
+          ", there was a little girl named Lily. She loved to play outside in the park. One "
+          "day, she saw a big, red ball.");
+  }
+}
+
+TEST_CASE("split forward: layers [0,k) then [k,L) equal the unsplit forward for every k") {
+  c10::InferenceMode guard;
+  const auto& m = *load_stories("gguf").model;
+  const int L = m.config().n_layer;
+  auto seq = reference_sequence();
+  std::vector<int32_t> prompt(seq.begin(), seq.begin() + 20);
+  auto whole = forward_all(m, prompt);
+  for (int k = 0; k <= L; ++k) {
+    CAPTURE(k);
+    auto edge = m.make_cache(0, k);
+    auto cloud = m.make_cache(k, L);
+    auto unsplit = m.make_cache(0, L);
+    // The prompt as one batch ...
+    auto x = m.embed(prompt);
+    m.forward_layers(x, 0, 0, k, edge);
+    m.forward_layers(x, 0, k, L, cloud);
+    CHECK(max_abs_diff(x, whole) <= 1e-5f);
+    auto y = m.embed(prompt);
+    m.forward_layers(y, 0, 0, L, unsplit);
+    // ... then one-token steps, handing the state over at k each time.
+    for (size_t i = 20; i < seq.size(); ++i) {
+      auto a = m.embed({seq[i]});
+      m.forward_layers(a, int64_t(i), 0, k, edge);
+      m.forward_layers(a, int64_t(i), k, L, cloud);
+      auto b = m.embed({seq[i]});
+      m.forward_layers(b, int64_t(i), 0, L, unsplit);
+      REQUIRE(max_abs_diff(a, b) <= 1e-5f);
+    }
+  }
+}
+
+TEST_CASE("cached one-token decoding equals a full recompute") {
+  c10::InferenceMode guard;
+  for (auto format : {"gguf", "bin"}) {
+    CAPTURE(format);
+    const auto& m = *load_stories(format).model;
+    auto seq = reference_sequence();
+    auto full = m.logits(forward_all(m, seq));  // [45, vocab]
+    auto cache = m.make_cache(0, m.config().n_layer);
+    auto x = at::empty({1, m.config().n_embd});
+    auto logits = at::empty({m.config().vocab_size});
+    for (size_t i = 0; i < seq.size(); ++i) {
+      m.embed_into(seq[i], x);
+      m.forward_layers(x, int64_t(i), 0, m.config().n_layer, cache);
+      m.logits_into(x, logits);
+      REQUIRE(max_abs_diff(logits, full[int64_t(i)]) <= 1e-4f);
+      CHECK(logits.argmax().item<int64_t>() == full[int64_t(i)].argmax().item<int64_t>());
+    }
+  }
+}
+
+TEST_CASE("a batched catch-up equals one-by-one decoding, outputs and cache alike") {
+  c10::InferenceMode guard;
+  const auto& m = *load_stories("gguf").model;
+  const int L = m.config().n_layer;
+  auto seq = reference_sequence();
+  std::vector<int32_t> prompt(seq.begin(), seq.begin() + 5);
+  std::vector<int32_t> pending(seq.begin() + 5, seq.begin() + 17);  // 12 positions
+
+  auto batched = m.make_cache(0, L);
+  auto single = m.make_cache(0, L);
+  for (auto* c : {&batched, &single}) {
+    auto x = m.embed(prompt);
+    m.forward_layers(x, 0, 0, L, *c);
+  }
+  auto xb = m.embed(pending);
+  m.forward_layers(xb, 5, 0, L, batched);
+  for (size_t i = 0; i < pending.size(); ++i) {
+    auto x1 = m.embed({pending[i]});
+    m.forward_layers(x1, int64_t(5 + i), 0, L, single);
+    REQUIRE(max_abs_diff(x1[0], xb[int64_t(i)]) <= 1e-5f);
+  }
+  CHECK(batched.length() == 17);
+  CHECK(single.length() == 17);
+  for (int il = 0; il < L; ++il) {
+    CHECK(max_abs_diff(batched.keys(il).narrow(0, 0, 17), single.keys(il).narrow(0, 0, 17)) <= 1e-5f);
+    CHECK(max_abs_diff(batched.values(il).narrow(0, 0, 17), single.values(il).narrow(0, 0, 17)) <= 1e-5f);
+  }
+}
+
+TEST_CASE("the CPU decode kernels and the libtorch path generate the same tokens") {
+  auto s = load_stories("bin");
+  transformer slow(s.files.config, s.files.weights, c10::Device(c10::kCPU));
+  slow.set_fast_decode(false);
+  generation_options opts;
+  opts.max_tokens = 60;
+  auto a = generate(*s.model, once_upon_a_time, opts);
+  auto b = generate(slow, once_upon_a_time, opts);
+  CHECK(a.tokens == b.tokens);
+}
+
+TEST_CASE("forward rejects gaps, foreign layers and a full cache with clear errors") {
+  c10::InferenceMode guard;
+  const auto& m = *load_stories("gguf").model;
+  auto cache = m.make_cache(0, 2, 8);
+  auto x = m.embed({1, 403});
+  CHECK(error_of([&] { m.forward_layers(x, 3, 0, 2, cache); })
+          .find("layer 0 has 0 positions cached, so position 3 would leave a gap") != std::string::npos);
+  CHECK(error_of([&] { m.forward_layers(x, 0, 0, 3, cache); }).find("not all held by the cache") != std::string::npos);
+  CHECK(error_of([&] { m.forward_layers(x, 7, 0, 2, cache); }).find("exceed the cache capacity of 8") != std::string::npos);
+  auto wrong = at::zeros({1, 10});
+  CHECK(error_of([&] { m.forward_layers(wrong, 0, 0, 2, cache); }).find("[T, 64]") != std::string::npos);
+  CHECK(error_of([&] { m.embed({512}); }).find("token id 512 outside the vocabulary") != std::string::npos);
+}
+
+TEST_CASE("untrained exit heads are the logit lens; trained heads save and load exactly") {
+  c10::InferenceMode guard;
+  const auto& m = *load_stories("gguf").model;
+  auto cache = m.make_cache(0, 5);
+  auto x = m.embed(once_upon_a_time);
+  m.forward_layers(x, 0, 0, 2, cache);
+  auto lens = exit_heads::untrained(m, {2, 3});
+  CHECK(max_abs_diff(lens.logits(0, x), m.logits(x)) == 0.0f);
+
+  // A head with its own classifier and a residual adapter.
+  auto heads = exit_heads::untrained(m, {2, 3});
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (size_t i = 0; i < heads.size(); ++i) {
+    heads[i].norm = at::rand({64}, gen) + 0.5;
+    heads[i].output = at::randn({512, 64}, gen) * 0.1;
+    heads[i].own_output = true;
+    heads[i].adapter_a = at::randn({16, 64}, gen) * 0.1;
+    heads[i].adapter_c = at::randn({16}, gen) * 0.1;
+    heads[i].adapter_b = at::randn({64, 16}, gen) * 0.1;
+  }
+  temp_dir tmp;
+  heads.save(tmp.file("heads.gguf"));
+  auto back = exit_heads::load(tmp.file("heads.gguf"), m);
+  CHECK(back.layers() == std::vector<int>{2, 3});
+  for (size_t i = 0; i < 2; ++i)
+    CHECK(max_abs_diff(back.logits(i, x), heads.logits(i, x)) == 0.0f);
+  auto only3 = exit_heads::load(tmp.file("heads.gguf"), m, {3});
+  CHECK(max_abs_diff(only3.logits(0, x), heads.logits(1, x)) == 0.0f);
+  CHECK(error_of([&] { exit_heads::load(tmp.file("heads.gguf"), m, {1}); })
+          .find("no head for the exit after layer 1") != std::string::npos);
+  CHECK(error_of([&] { exit_heads::untrained(m, {5}); }).find("outside 1..4") != std::string::npos);
+  CHECK(error_of([&] { exit_heads::untrained(m, {3, 2}); }).find("strictly ascending") != std::string::npos);
+}
+
+TEST_CASE("the exit trace follows the threshold and never changes the generated tokens") {
+  const auto& m = *load_stories("gguf").model;
+  auto heads = exit_heads::untrained(m, {2, 3, 4});
+  generation_options opts;
+  opts.max_tokens = 40;
+  opts.exits = &heads;
+
+  opts.threshold = 1.5f;  // nothing is ever that confident
+  auto none = generate(m, once_upon_a_time, opts);
+  CHECK(none.tokens == greedy_40);
+  REQUIRE(none.exit_trace.size() == 40);
+  for (size_t i = 0; i < 40; ++i) {
+    const auto& s = none.exit_trace[i];
+    CHECK(s.exit_layer == -1);
+    CHECK(s.agrees == (s.tokens[2] == greedy_40[i]));  // the deepest exit decides
+  }
+
+  opts.threshold = 0.0f;
+  opts.min_exit_layer = 3;
+  auto all = generate(m, once_upon_a_time, opts);
+  CHECK(all.tokens == greedy_40);
+  for (size_t i = 0; i < 40; ++i) {
+    const auto& s = all.exit_trace[i];
+    CHECK(s.exit_layer == 3);
+    CHECK(s.agrees == (s.tokens[1] == greedy_40[i]));
+    for (float c : s.confidence)
+      CHECK((c > 0.0f && c <= 1.0f));
+  }
+
+  // At layer 4 the logit lens agrees with the final layer about half the time
+  // (design notes §6); it must not be all or nothing.
+  opts.threshold = 0.0f;
+  opts.min_exit_layer = 4;
+  auto deep = generate(m, once_upon_a_time, opts);
+  int agree = 0;
+  for (auto& s : deep.exit_trace)
+    agree += s.agrees;
+  CHECK(agree > 5);
+  CHECK(agree < 40);
+}

@@ -1,0 +1,69 @@
+#pragma once
+
+// Shared by the test files. Torch headers come before doctest: c10 defines
+// glog's CHECK, which doctest's must replace, not the other way round.
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "model/loader.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco::test {
+
+inline std::string shared_dir() {
+  return CECO_SHARED_DIR;
+}
+inline std::string stories_dir() {
+  return shared_dir() + "/models/stories260K";
+}
+inline std::string stories_gguf() {
+  return stories_dir() + "/stories260K.gguf";
+}
+inline std::string stories_bin() {
+  return stories_dir() + "/stories260K.bin";
+}
+inline std::string stories_tok() {
+  return stories_dir() + "/tok512.bin";
+}
+
+/// Loaded once per process: "gguf" or "bin".
+struct stories {
+  loaded_model files;
+  std::shared_ptr<transformer> model;
+};
+const stories& load_stories(const std::string& format);
+
+/// A fresh folder under the system temp dir, removed at exit of scope.
+struct temp_dir {
+  std::filesystem::path path;
+  temp_dir();
+  ~temp_dir();
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+/// The message of the model_error that `f` throws ("" if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const model_error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+/// Reference values of ../shared/docs/design-notes.md §5.
+inline const std::vector<int32_t> once_upon_a_time = {1, 403, 407, 261, 378};
+inline const std::vector<int32_t> greedy_40 = {
+  432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396,
+  267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385,
+  328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426};
+
+} // namespace ceco::test
