@@ -61,7 +61,7 @@ TEST_CASE("stories260K: 40 greedy tokens equal the reference, from both checkpoi
   }
 }
 
-TEST_CASE("split forward: layers [0,k) then [k,L) equal the unsplit forward for every k") {
+TEST_CASE("split forward: edge layers 0..k then cloud layers k..L equal the unsplit forward for every k") {
   c10::InferenceMode guard;
   const auto& m = *load_stories("gguf").model;
   const int L = m.config().n_layer;
@@ -166,7 +166,7 @@ TEST_CASE("forward rejects gaps, foreign layers and a full cache with clear erro
   CHECK(error_of([&] { m.embed({512}); }).find("token id 512 outside the vocabulary") != std::string::npos);
 }
 
-TEST_CASE("untrained exit heads are the logit lens; trained heads save and load exactly") {
+TEST_CASE("untrained exit heads are the logit lens, and trained heads save and load exactly") {
   c10::InferenceMode guard;
   const auto& m = *load_stories("gguf").model;
   auto cache = m.make_cache(0, 5);

@@ -4,7 +4,7 @@
 
 using namespace ceco;
 
-TEST_CASE("greedy sampling is argmax; ties go to the lowest id") {
+TEST_CASE("greedy sampling is argmax, and ties go to the lowest id") {
   std::vector<float> z = {0.1f, 3.0f, -1.0f, 3.0f};
   sampler s;
   CHECK(s.sample(z.data(), 4) == 1);
