@@ -2,6 +2,7 @@
 //
 //   ceco generate --prompt "Once upon a time" --exits 2,3
 //   ceco bench --shape 15M --threads 1
+//   ceco sim --mode all
 //   ceco <command> --help
 
 #include <cstdlib>
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   ceco::app::add_generate_command(app);
   ceco::app::add_bench_command(app);
+  ceco::app::add_sim_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -135,6 +135,14 @@ void exit_heads::save(const std::string& path) const {
   w.write(path);
 }
 
+int first_confident_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
+                         float threshold, int min_layer) {
+  for (size_t i = 0; i < layers.size() && i < confidence.size(); ++i)
+    if (layers[i] >= min_layer && confidence[i] >= threshold)
+      return int(i);
+  return -1;
+}
+
 std::vector<int> exit_heads::layers() const {
   std::vector<int> out;
   for (auto& e : heads_)

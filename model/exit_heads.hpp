@@ -70,4 +70,9 @@ private:
   std::string source_ = "untrained";
 };
 
+/// Index of the first exit at or after `min_layer` whose confidence reaches
+/// `threshold`, or -1 when none does.
+int first_confident_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
+                         float threshold, int min_layer);
+
 } // namespace ceco

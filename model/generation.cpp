@@ -51,14 +51,11 @@ void run_layers(const transformer& model, at::Tensor& x, int64_t pos, kv_cache& 
 }
 
 void judge_exits(const generation_options& opts, int32_t final_token, exit_step& step) {
-  const auto& heads = *opts.exits;
-  size_t chosen = heads.size() - 1;  // standalone falls back to the deepest exit
-  for (size_t i = 0; i < heads.size(); ++i)
-    if (heads[i].layer >= opts.min_exit_layer && step.confidence[i] >= opts.threshold) {
-      step.exit_layer = heads[i].layer;
-      chosen = i;
-      break;
-    }
+  const auto layers = opts.exits->layers();
+  int fired = first_confident_exit(layers, step.confidence, opts.threshold, opts.min_exit_layer);
+  // Standalone falls back to the deepest exit when none fires.
+  size_t chosen = fired >= 0 ? size_t(fired) : layers.size() - 1;
+  step.exit_layer = fired >= 0 ? layers[chosen] : -1;
   step.agrees = step.tokens[chosen] == final_token;
 }
 

@@ -1,0 +1,265 @@
+#include "actors/edge_session.hpp"
+
+#include <random>
+
+#include <fmt/format.h>
+
+namespace ceco {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+int64_t us_since(clock_type::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
+}
+
+struct edge_session_state {
+  edge_site site;
+  edge_session_options opts;
+  response_report report;
+  caf::typed_response_promise<response_report> promise;
+  uint64_t session = 0;
+  bool cloud_session = false;        // whether a cloud session was opened
+  int32_t pos = 0;                   // next position the edge computes
+  std::vector<int32_t> input;        // tokens of the next edge step
+  std::vector<uint8_t> naive_rows;   // naive: every split state so far, f32 bytes
+  int32_t naive_rows_count = 0;
+  int32_t uploads_in_flight = 0;
+  clock_type::time_point started;
+  bool finished = false;
+  static inline const char* name = "edge_session";
+};
+
+using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
+
+void step(self_ptr self);
+void finish(self_ptr self, const std::string& error = {});
+
+/// Round trip minus the time the cloud reports: the network's share.
+void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t cloud_us) {
+  auto rtt = us_since(sent);
+  self->state.report.cloud_us += cloud_us;
+  self->state.report.comm_us += std::max<int64_t>(0, rtt - cloud_us);
+}
+
+void emit(self_ptr self, int32_t token, int exit_index) {
+  auto& st = self->state;
+  if (token == st.opts.eos)
+    return finish(self);
+  st.report.tokens.push_back(token);
+  if (exit_index >= 0)
+    ++st.report.exit_counts[size_t(exit_index)];
+  else
+    ++st.report.cloud_tokens;
+  if (int(st.report.tokens.size()) >= st.opts.max_tokens || st.pos >= st.opts.max_seq)
+    return finish(self);
+  st.input.assign(1, token);
+  step(self);
+}
+
+int exit_index_of(const edge_session_state& st, int32_t layer) {
+  for (size_t i = 0; i < st.opts.exits.size(); ++i)
+    if (st.opts.exits[i] == layer)
+      return int(i);
+  return int(st.opts.exits.size()) - 1;  // standalone fallback: the deepest exit
+}
+
+void ask_cloud(self_ptr self, int32_t last) {
+  auto& st = self->state;
+  ++st.report.cloud_requests;
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout, infer_request{st.session, last})
+    .then(
+      [=](infer_reply& r) {
+        // The cloud's time here is time it held the request (waiting on
+        // uploads included); its compute comes from the session summary.
+        self->state.report.comm_us += std::max<int64_t>(0, us_since(sent) - r.cloud_us);
+        emit(self, r.token, -1);
+      },
+      [=](caf::error& err) { finish(self, "cloud request: " + describe(err)); });
+}
+
+void decide(self_ptr self, edge_output& out, int32_t last) {
+  auto& st = self->state;
+  if (st.opts.mode == "naive") {
+    ++st.report.cloud_requests;
+    naive_request req{st.session, {}};
+    req.states.dtype = uint8_t(wire_dtype::f32);
+    req.states.rows = st.naive_rows_count;
+    req.states.cols = out.split.cols;
+    req.states.bytes = st.naive_rows;
+    auto sent = clock_type::now();
+    self->request(st.site.cloud, st.opts.timeout, std::move(req))
+      .then(
+        [=](infer_reply& r) {
+          account_round_trip(self, sent, r.cloud_us);
+          emit(self, r.token, -1);
+        },
+        [=](caf::error& err) { finish(self, "naive request: " + describe(err)); });
+    return;
+  }
+  self->request(st.site.evaluator, st.opts.timeout, evaluate_atom::value, std::move(out.exit_states))
+    .then(
+      [=](exit_decision& d) {
+        auto& st = self->state;
+        st.report.edge_us += d.compute_us;
+        if (st.opts.mode == "standalone")
+          return emit(self, d.token, exit_index_of(st, d.exit_layer));
+        if (d.exit_layer >= 0)
+          return emit(self, d.token, exit_index_of(st, d.exit_layer));
+        ask_cloud(self, last);
+      },
+      [=](caf::error& err) { finish(self, "exit evaluator: " + describe(err)); });
+}
+
+void upload(self_ptr self, const tensor_blob& split, int32_t start, std::function<void()> next) {
+  auto& st = self->state;
+  ++st.report.uploads;
+  st.report.uploaded_positions += split.rows;
+  ++st.uploads_in_flight;
+  auto sent = clock_type::now();
+  auto h = self->request(st.site.uploader, st.opts.timeout, upload_atom::value, st.session, start,
+                         split);
+  if (!st.opts.sync_upload) {
+    // Asynchronous: the token loop goes on at once; the ack only settles
+    // the count (an error here surfaces as the cloud's request failing).
+    h.then([=](int32_t) { --self->state.uploads_in_flight; },
+           [=](caf::error&) { --self->state.uploads_in_flight; });
+    next();
+    return;
+  }
+  h.then(
+    [=](int32_t) {
+      --self->state.uploads_in_flight;
+      self->state.report.comm_us += us_since(sent);
+      next();
+    },
+    [=](caf::error& err) { finish(self, "upload: " + describe(err)); });
+}
+
+void step(self_ptr self) {
+  auto& st = self->state;
+  const int32_t start = st.pos;
+  const auto n = int32_t(st.input.size());
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.session, start, st.input)
+    .then(
+      [=](edge_output& out) {
+        auto& st = self->state;
+        st.report.edge_us += out.compute_us;
+        st.pos = start + n;
+        const int32_t last = start + n - 1;
+        if (st.opts.mode == "naive") {
+          st.naive_rows.insert(st.naive_rows.end(), out.split.bytes.begin(), out.split.bytes.end());
+          st.naive_rows_count += out.split.rows;
+        }
+        if (st.opts.mode == "collaborative") {
+          auto shared = std::make_shared<edge_output>(std::move(out));
+          upload(self, shared->split, start, [=] { decide(self, *shared, last); });
+          return;
+        }
+        decide(self, out, last);
+      },
+      [=](caf::error& err) { finish(self, "edge layers: " + describe(err)); });
+}
+
+void deliver(self_ptr self) {
+  self->state.promise.deliver(self->state.report);
+  self->quit();
+}
+
+void finish(self_ptr self, const std::string& error) {
+  auto& st = self->state;
+  if (st.finished)
+    return;
+  st.finished = true;
+  st.report.total_us = us_since(st.started);
+  if (!error.empty())
+    st.report.error = error;
+  self->send(st.site.layers, close_atom::value, st.session);
+  if (!st.cloud_session)
+    return deliver(self);
+  // Close the cloud session (its summary has the cloud's compute), then
+  // collect the link's byte counts, which by then include the close.
+  self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)
+    .then(
+      [=](session_summary& s) {
+        self->state.report.cloud_us += s.compute_us;
+        if (!self->state.site.link)
+          return deliver(self);
+        self->request(self->state.site.link, self->state.opts.timeout, stats_atom::value,
+                      self->state.session)
+          .then(
+            [=](link_counters& c) {
+              self->state.report.traffic = c;
+              deliver(self);
+            },
+            [=](caf::error&) { deliver(self); });
+      },
+      [=](caf::error& err) {
+        if (self->state.report.error.empty())
+          self->state.report.error = "close: " + describe(err);
+        deliver(self);
+      });
+}
+
+void start(self_ptr self) {
+  auto& st = self->state;
+  st.started = clock_type::now();
+  st.input = st.opts.prompt;
+  if (st.opts.mode == "standalone") {
+    st.session = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
+    return step(self);
+  }
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
+    .then(
+      [=](uint64_t id) {
+        auto& st = self->state;
+        st.session = id;
+        st.cloud_session = true;
+        st.report.comm_us += us_since(sent);
+        if (st.opts.mode != "cloud")
+          return step(self);
+        auto sent2 = clock_type::now();
+        self->request(st.site.cloud, st.opts.timeout,
+                      generate_request{id, st.opts.prompt, st.opts.max_tokens})
+          .then(
+            [=](generate_reply& r) {
+              account_round_trip(self, sent2, r.cloud_us);
+              self->state.report.tokens = std::move(r.tokens);
+              self->state.report.cloud_tokens = int32_t(self->state.report.tokens.size());
+              self->state.report.cloud_requests = 1;
+              finish(self);
+            },
+            [=](caf::error& err) { finish(self, "cloud generate: " + describe(err)); });
+      },
+      [=](caf::error& err) { finish(self, "open session: " + describe(err)); });
+}
+
+edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
+                                                  edge_session_options opts) {
+  auto& st = self->state;
+  st.site = std::move(site);
+  st.opts = std::move(opts);
+  st.report.mode = st.opts.mode;
+  st.report.prompt = st.opts.prompt;
+  st.report.exit_layers.assign(st.opts.exits.begin(), st.opts.exits.end());
+  st.report.exit_counts.assign(st.opts.exits.size(), 0);
+  return {
+    [=](run_atom) -> caf::result<response_report> {
+      self->state.promise = self->make_response_promise<response_report>();
+      start(self);
+      return self->state.promise;
+    },
+  };
+}
+
+} // namespace
+
+edge_session_actor spawn_edge_session(caf::actor_system& sys, edge_site site,
+                                      edge_session_options opts) {
+  return sys.spawn(edge_session_fn, std::move(site), std::move(opts));
+}
+
+} // namespace ceco

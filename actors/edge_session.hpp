@@ -1,0 +1,46 @@
+#pragma once
+
+// The edge session driver: the token loop of one response under one
+// strategy, from the prompt to the last token, over the edge actors and the
+// cloud (design notes §1-2):
+//
+//   cloud          open ─▶ generate_request(prompt) ─▶ close
+//   naive          edge layers ─▶ naive_request(all split states, f32) ─▶ token ... (no exits)
+//   standalone     edge layers ─▶ exit evaluator ─▶ token (the deepest exit when none fires)
+//   collaborative  edge layers ─▶ uploader (async) ─▶ exit evaluator ─▶ token if an exit
+//                  fires, else infer_request(pos) ─▶ cloud token
+//
+// Every step is a continuation (request().then), so the driver never blocks
+// a scheduler thread.
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "actors/messages.hpp"
+
+namespace ceco {
+
+struct edge_site {
+  edge_layers_actor layers;
+  exit_evaluator_actor evaluator;
+  uploader_actor uploader;
+  cloud_api cloud;  // a link in a simulation, the remote front in a deployment
+  link_actor link;  // where traffic is counted; may be invalid (no counts)
+};
+
+struct edge_session_options {
+  std::string mode = "collaborative";
+  std::vector<int32_t> prompt;
+  int max_tokens = 64;
+  int32_t eos = 2;
+  int max_seq = 0;            // the model's context
+  std::vector<int> exits;     // exit layers, ascending
+  bool sync_upload = false;   // wait for each upload's ack before going on
+  std::chrono::milliseconds timeout{30'000};  // per cloud request
+};
+
+edge_session_actor spawn_edge_session(caf::actor_system& sys, edge_site site,
+                                      edge_session_options opts);
+
+} // namespace ceco

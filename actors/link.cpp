@@ -1,0 +1,142 @@
+#include "actors/link.hpp"
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <random>
+
+namespace ceco {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+enum direction { up = 0, down = 1 };
+
+struct transit {
+  clock_type::time_point arrive;
+  std::function<void()> deliver;
+};
+
+struct link_state {
+  cloud_api cloud;
+  link_options opts;
+  std::mt19937_64 rng;
+  clock_type::time_point free_at[2];      // when the pipe finishes sending
+  clock_type::time_point last_arrival[2]; // keeps each direction FIFO
+  std::deque<transit> in_flight[2];
+  std::map<uint64_t, link_counters> counters;
+  static inline const char* name = "link";
+
+  void count(uint64_t session, direction dir, int64_t bytes) {
+    auto& c = counters[session];
+    (dir == up ? c.bytes_up : c.bytes_down) += bytes;
+    (dir == up ? c.messages_up : c.messages_down) += 1;
+  }
+};
+
+using self_ptr = link_actor::stateful_pointer<link_state>;
+
+/// Puts a message of `bytes` on the pipe; `deliver` runs when it arrives.
+void transmit(self_ptr self, direction dir, int64_t bytes, std::function<void()> deliver) {
+  auto& st = self->state;
+  auto now = clock_type::now();
+  std::chrono::duration<double> tx{0.0};
+  if (st.opts.bandwidth_mbps > 0)
+    tx = std::chrono::duration<double>(double(bytes) * 8.0 / (st.opts.bandwidth_mbps * 1e6));
+  auto start = std::max(now, st.free_at[dir]);
+  st.free_at[dir] = start + std::chrono::duration_cast<clock_type::duration>(tx);
+  double extra_ms = st.opts.latency_ms;
+  if (st.opts.jitter_ms > 0)
+    extra_ms += std::uniform_real_distribution<double>(0.0, st.opts.jitter_ms)(st.rng);
+  auto arrive = st.free_at[dir]
+                + std::chrono::duration_cast<clock_type::duration>(
+                  std::chrono::duration<double, std::milli>(extra_ms));
+  arrive = std::max(arrive, st.last_arrival[dir]);
+  st.last_arrival[dir] = arrive;
+  st.in_flight[dir].push_back({arrive, std::move(deliver)});
+  auto delay = std::chrono::duration_cast<std::chrono::microseconds>(arrive - now);
+  self->delayed_send(self, std::max(delay, std::chrono::microseconds(0)), deliver_atom::value,
+                     uint64_t(dir));
+}
+
+/// Request up, reply (or error) down, each through the pipe.
+template <class Reply, class... Ts>
+caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... xs) {
+  auto rp = self->template make_response_promise<Reply>();
+  const int64_t up_bytes = (wire_size(xs) + ...);
+  if (session != 0)
+    self->state.count(session, up, up_bytes);
+  transmit(self, up, up_bytes, [=]() mutable {
+    self->request(self->state.cloud, caf::infinite, xs...)
+      .then(
+        [=](Reply& r) mutable {
+          uint64_t s = session;
+          if constexpr (std::is_same_v<Reply, uint64_t>) {
+            if (s == 0) {  // an open: its traffic belongs to the new session
+              s = r;
+              self->state.count(s, up, up_bytes);
+            }
+          }
+          const int64_t bytes = wire_size(r);
+          self->state.count(s, down, bytes);
+          transmit(self, down, bytes, [=]() mutable { rp.deliver(r); });
+        },
+        [=](caf::error& err) mutable {
+          const int64_t bytes = wire_size(err);
+          self->state.count(session, down, bytes);
+          transmit(self, down, bytes, [=]() mutable { rp.deliver(err); });
+        });
+  });
+  return rp;
+}
+
+link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options opts) {
+  self->state.cloud = std::move(cloud);
+  self->state.opts = opts;
+  self->state.rng.seed(opts.seed);
+  return {
+    [=](open_atom a) { return relay<uint64_t>(self, 0, a); },
+    [=](upload_msg& m) { return relay<int32_t>(self, m.session, std::move(m)); },
+    [=](infer_request& r) { return relay<infer_reply>(self, r.session, r); },
+    [=](naive_request& r) { return relay<infer_reply>(self, r.session, std::move(r)); },
+    [=](generate_request& r) { return relay<generate_reply>(self, r.session, std::move(r)); },
+    [=](close_atom a, uint64_t id) { return relay<session_summary>(self, id, a, id); },
+    [=](stats_atom, uint64_t id) -> link_counters { return self->state.counters[id]; },
+    [=](deliver_atom, uint64_t dir) {
+      // Runs every message of that direction that has arrived, in order.
+      auto& q = self->state.in_flight[dir];
+      auto now = clock_type::now();
+      while (!q.empty() && q.front().arrive <= now) {
+        auto t = std::move(q.front());
+        q.pop_front();
+        t.deliver();
+      }
+    },
+  };
+}
+
+cloud_api::behavior_type cloud_front_fn(cloud_api::pointer self, context_manager_actor contexts,
+                                        cloud_layers_actor layers) {
+  return {
+    [=](open_atom a) { return self->delegate(contexts, a); },
+    [=](upload_msg& m) { return self->delegate(contexts, std::move(m)); },
+    [=](infer_request& r) { return self->delegate(contexts, r); },
+    [=](naive_request& r) { return self->delegate(layers, std::move(r)); },
+    [=](generate_request& r) { return self->delegate(layers, std::move(r)); },
+    [=](close_atom a, uint64_t id) { return self->delegate(contexts, a, id); },
+  };
+}
+
+} // namespace
+
+link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts) {
+  return sys.spawn(link_fn, std::move(cloud), opts);
+}
+
+cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
+                            cloud_layers_actor layers) {
+  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers));
+}
+
+} // namespace ceco

@@ -1,0 +1,34 @@
+#pragma once
+
+// The simulated network between an edge and the cloud. Every cloud_api
+// message crosses it in both directions: each direction is a FIFO pipe of
+// `bandwidth_mbps` (0 = unlimited) whose messages also take `latency_ms`
+// plus a uniform jitter in [0, jitter_ms). A message's size is its CAF
+// binary serialisation, counted per session (the session a message names;
+// an open counts for the session it returns).
+//
+// The cloud front is what the cloud exposes: one cloud_api handle that sends
+// session traffic to the context manager and stateless requests (naive,
+// generate) to the cloud layers. A deployment publishes it; a simulation
+// puts a link in front of it.
+
+#include <chrono>
+#include <cstdint>
+
+#include "actors/messages.hpp"
+
+namespace ceco {
+
+struct link_options {
+  double latency_ms = 0.0;
+  double bandwidth_mbps = 0.0;  // 0 = unlimited
+  double jitter_ms = 0.0;
+  uint64_t seed = 1;
+};
+
+link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts);
+
+cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
+                            cloud_layers_actor layers);
+
+} // namespace ceco

@@ -1,0 +1,117 @@
+#include "actors/messages.hpp"
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "model/gguf.hpp"
+
+namespace ceco {
+
+namespace {
+
+const caf::atom_value ceco_category = caf::atom("ceco");
+
+} // namespace
+
+const char* to_string(ceco_errc code) {
+  switch (code) {
+    case ceco_errc::unknown_session: return "unknown_session";
+    case ceco_errc::bad_tensor: return "bad_tensor";
+    case ceco_errc::position_gap: return "position_gap";
+    case ceco_errc::bad_position: return "bad_position";
+    case ceco_errc::compute_failed: return "compute_failed";
+    case ceco_errc::session_limit: return "session_limit";
+  }
+  return "unknown_error";
+}
+
+caf::error make_error(ceco_errc code, std::string what) {
+  return caf::error(static_cast<uint8_t>(code), ceco_category, caf::make_message(std::move(what)));
+}
+
+std::string describe(const caf::error& err) {
+  if (!err)
+    return "no error";
+  if (err.category() == ceco_category) {
+    std::string what;
+    if (err.context().match_elements<std::string>())
+      what = err.context().get_as<std::string>(0);
+    return fmt::format("{}: {}", to_string(static_cast<ceco_errc>(err.code())), what);
+  }
+  return caf::to_string(err);
+}
+
+std::string tensor_blob::check(int32_t expected_cols) const {
+  size_t elem;
+  if (dtype == uint8_t(wire_dtype::f32))
+    elem = 4;
+  else if (dtype == uint8_t(wire_dtype::f16))
+    elem = 2;
+  else
+    return fmt::format("dtype {} is neither f32 (0) nor f16 (1)", dtype);
+  if (rows <= 0 || cols <= 0)
+    return fmt::format("shape [{}, {}] is empty or negative", rows, cols);
+  if (expected_cols > 0 && cols != expected_cols)
+    return fmt::format("rows have {} values, expected {} (the model's n_embd)", cols,
+                       expected_cols);
+  size_t expected = size_t(rows) * size_t(cols) * elem;
+  if (bytes.size() != expected)
+    return fmt::format("shape [{}, {}] of {} needs {} bytes, the payload has {}", rows, cols,
+                       elem == 4 ? "f32" : "f16", expected, bytes.size());
+  return {};
+}
+
+tensor_blob make_blob(const float* data, int32_t rows, int32_t cols, wire_dtype dtype) {
+  tensor_blob b;
+  b.dtype = uint8_t(dtype);
+  b.rows = rows;
+  b.cols = cols;
+  const size_t n = size_t(rows) * size_t(cols);
+  if (dtype == wire_dtype::f32) {
+    b.bytes.resize(n * 4);
+    std::memcpy(b.bytes.data(), data, n * 4);
+  } else {
+    b.bytes.resize(n * 2);
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h = float_to_half(data[i]);
+      std::memcpy(b.bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  return b;
+}
+
+void read_blob(const tensor_blob& b, float* out) {
+  const size_t n = size_t(b.rows) * size_t(b.cols);
+  if (b.dtype == uint8_t(wire_dtype::f32)) {
+    std::memcpy(out, b.bytes.data(), n * 4);
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, b.bytes.data() + 2 * i, 2);
+      out[i] = half_to_float(h);
+    }
+  }
+}
+
+void register_message_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<std::vector<int32_t>>("ceco_ids");
+  cfg.add_message_type<tensor_blob>("tensor_blob");
+  cfg.add_message_type<upload_msg>("upload_msg");
+  cfg.add_message_type<infer_request>("infer_request");
+  cfg.add_message_type<infer_reply>("infer_reply");
+  cfg.add_message_type<naive_request>("naive_request");
+  cfg.add_message_type<generate_request>("generate_request");
+  cfg.add_message_type<generate_reply>("generate_reply");
+  cfg.add_message_type<session_summary>("session_summary");
+  cfg.add_message_type<edge_output>("edge_output");
+  cfg.add_message_type<exit_decision>("exit_decision");
+  cfg.add_message_type<link_counters>("link_counters");
+  cfg.add_message_type<response_report>("response_report");
+  cfg.add_error_category(ceco_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+    std::string what = ctx.match_elements<std::string>() ? ctx.get_as<std::string>(0) : "";
+    return fmt::format("ceco::{}: {}", to_string(static_cast<ceco_errc>(code)), what);
+  });
+}
+
+} // namespace ceco

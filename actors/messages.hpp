@@ -1,0 +1,315 @@
+#pragma once
+
+// Every atom, message type and actor interface of ceco, in one place.
+//
+// Protocol between an edge and the cloud (all through a `cloud_api` handle:
+// in the simulation a link actor that delays and counts, in a deployment the
+// cloud's published front actor):
+//
+// | message                      | from → to               | reply                  |
+// |------------------------------|-------------------------|------------------------|
+// | (open_atom)                  | edge → context manager  | session id (uint64)    |
+// | upload_msg                   | uploader → context mgr  | int32: positions held  |
+// | infer_request                | edge → context manager  | infer_reply (token id) |
+// | naive_request                | edge → cloud layers     | infer_reply            |
+// | generate_request             | edge → cloud layers     | generate_reply         |
+// | (close_atom, session)        | edge → context manager  | session_summary        |
+//
+// Uploads and inference requests are separate messages with no ordering
+// between them: a request that arrives before the uploads it needs waits at
+// the context manager until they are in and caught up. Positions are always
+// explicit (upload_msg::start); a re-sent position is ignored, a gap is
+// refused with an error and never computed over.
+//
+// Tensors cross sites as tensor_blob bytes (never vectors of floats: CAF
+// serialises byte vectors with one memcpy).
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+namespace ceco {
+
+// -- atoms (at most 10 characters) -------------------------------------------
+
+using open_atom = caf::atom_constant<caf::atom("open")>;
+using close_atom = caf::atom_constant<caf::atom("close")>;
+using forward_atom = caf::atom_constant<caf::atom("forward")>;
+using evaluate_atom = caf::atom_constant<caf::atom("evaluate")>;
+using upload_atom = caf::atom_constant<caf::atom("upload")>;
+using catchup_atom = caf::atom_constant<caf::atom("catchup")>;
+using token_atom = caf::atom_constant<caf::atom("token")>;
+using run_atom = caf::atom_constant<caf::atom("run")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
+using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
+
+// -- errors -------------------------------------------------------------------
+
+/// Errors ceco actors answer with; the message context carries the details.
+enum class ceco_errc : uint8_t {
+  unknown_session = 1,  // no such session (never opened, closed, or expired)
+  bad_tensor,           // dtype, shape and byte count disagree, or wrong width
+  position_gap,         // an upload skips positions the cloud has not seen
+  bad_position,         // a request for a position outside the sequence
+  compute_failed,       // the model refused the input
+  session_limit,        // too many sessions
+};
+
+caf::error make_error(ceco_errc code, std::string what);
+/// "unknown_session: session 7 is not open" for ceco errors, CAF's text else.
+std::string describe(const caf::error& err);
+const char* to_string(ceco_errc code);
+
+// -- wire types ---------------------------------------------------------------
+
+enum class wire_dtype : uint8_t { f32 = 0, f16 = 1 };
+
+/// A row-major [rows, cols] matrix as bytes.
+struct tensor_blob {
+  uint8_t dtype = uint8_t(wire_dtype::f32);
+  int32_t rows = 0;
+  int32_t cols = 0;
+  std::vector<uint8_t> bytes;
+
+  /// Empty when consistent, else what is wrong (dtype, sizes).
+  std::string check(int32_t expected_cols) const;
+  friend bool operator==(const tensor_blob& a, const tensor_blob& b) {
+    return a.dtype == b.dtype && a.rows == b.rows && a.cols == b.cols && a.bytes == b.bytes;
+  }
+};
+
+/// fp32 rows -> blob of `dtype` (f16 rounds to nearest even).
+tensor_blob make_blob(const float* data, int32_t rows, int32_t cols, wire_dtype dtype);
+/// blob -> fp32 rows into out[rows * cols]; the blob must pass check().
+void read_blob(const tensor_blob& b, float* out);
+
+/// Split-layer hidden states of positions [start, start + states.rows).
+struct upload_msg {
+  uint64_t session = 0;
+  int32_t start = 0;
+  tensor_blob states;
+};
+
+/// The token after position `pos`, computed by the cloud layers from the
+/// uploaded states of positions 0..pos.
+struct infer_request {
+  uint64_t session = 0;
+  int32_t pos = 0;
+};
+
+struct infer_reply {
+  int32_t token = 0;
+  int64_t cloud_us = 0;  // time the request spent in the cloud
+};
+
+/// Naive split: the whole sequence's split-layer states, fp32, every step;
+/// the cloud recomputes its layers over all of them.
+struct naive_request {
+  uint64_t session = 0;
+  tensor_blob states;
+};
+
+/// Cloud strategy: the prompt's token ids; the cloud generates everything.
+struct generate_request {
+  uint64_t session = 0;
+  std::vector<int32_t> prompt;
+  int32_t max_tokens = 0;
+};
+
+struct generate_reply {
+  std::vector<int32_t> tokens;
+  int64_t cloud_us = 0;
+};
+
+struct session_summary {
+  uint64_t session = 0;
+  int32_t positions = 0;     // uploaded positions the cloud layers computed
+  int64_t compute_us = 0;    // cloud compute spent on this session
+  int64_t gaps = 0;          // uploads refused for skipping positions
+};
+
+// -- edge-local payloads (serialisable, so any actor may live on any node) ---
+
+/// Edge layers' output for a run of positions.
+struct edge_output {
+  tensor_blob split;        // [T, n_embd] hidden states after the split layer
+  tensor_blob exit_states;  // [n_exits, n_embd] last row after each exit layer
+  int64_t compute_us = 0;
+};
+
+/// What the exit heads decided about one position.
+struct exit_decision {
+  int32_t exit_layer = -1;          // first exit that fires; -1 if none
+  int32_t token = 0;                // that exit's token, else the deepest exit's
+  std::vector<float> confidence;    // per exit
+  int64_t compute_us = 0;
+};
+
+/// Per-session traffic as seen by a link, in serialised bytes.
+struct link_counters {
+  int64_t bytes_up = 0;
+  int64_t bytes_down = 0;
+  int64_t messages_up = 0;
+  int64_t messages_down = 0;
+};
+
+/// The figures of one response; see README "Metrics".
+struct response_report {
+  std::string mode;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> exit_layers;    // the configured exits
+  std::vector<int32_t> exit_counts;    // tokens emitted per exit
+  int32_t cloud_tokens = 0;            // tokens the cloud produced
+  int32_t cloud_requests = 0;
+  int32_t uploads = 0;                 // upload messages sent
+  int32_t uploaded_positions = 0;
+  link_counters traffic;
+  int64_t edge_us = 0;
+  int64_t cloud_us = 0;
+  int64_t comm_us = 0;
+  int64_t total_us = 0;
+  std::string error;                   // empty on success
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_blob& x) {
+  return f(caf::meta::type_name("tensor_blob"), x.dtype, x.rows, x.cols, x.bytes);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, upload_msg& x) {
+  return f(caf::meta::type_name("upload_msg"), x.session, x.start, x.states);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, infer_request& x) {
+  return f(caf::meta::type_name("infer_request"), x.session, x.pos);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, infer_reply& x) {
+  return f(caf::meta::type_name("infer_reply"), x.token, x.cloud_us);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, naive_request& x) {
+  return f(caf::meta::type_name("naive_request"), x.session, x.states);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
+  return f(caf::meta::type_name("generate_request"), x.session, x.prompt, x.max_tokens);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_reply& x) {
+  return f(caf::meta::type_name("generate_reply"), x.tokens, x.cloud_us);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, session_summary& x) {
+  return f(caf::meta::type_name("session_summary"), x.session, x.positions, x.compute_us,
+           x.gaps);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, edge_output& x) {
+  return f(caf::meta::type_name("edge_output"), x.split, x.exit_states, x.compute_us);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, exit_decision& x) {
+  return f(caf::meta::type_name("exit_decision"), x.exit_layer, x.token, x.confidence,
+           x.compute_us);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, link_counters& x) {
+  return f(caf::meta::type_name("link_counters"), x.bytes_up, x.bytes_down, x.messages_up,
+           x.messages_down);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, response_report& x) {
+  return f(caf::meta::type_name("response_report"), x.mode, x.prompt, x.tokens, x.exit_layers,
+           x.exit_counts, x.cloud_tokens, x.cloud_requests, x.uploads, x.uploaded_positions,
+           x.traffic, x.edge_us, x.cloud_us, x.comm_us, x.total_us, x.error);
+}
+
+/// Bytes of `x` as CAF's binary serialiser writes it: what a link counts.
+template <class T>
+int64_t wire_size(const T& x) {
+  std::vector<char> buf;
+  caf::binary_serializer sink{nullptr, buf};
+  auto err = sink(const_cast<T&>(x));
+  return err ? -1 : int64_t(buf.size());
+}
+
+// -- cloud-local types (never cross a node: the context manager and the
+//    cloud layers always run in one process) --------------------------------
+
+/// Per-session state of the cloud layers: their KV cache and the final
+/// hidden states of computed positions. Defined in cloud_layers.cpp.
+struct cloud_context;
+using cloud_context_ptr = std::shared_ptr<cloud_context>;
+
+// -- actor interfaces ---------------------------------------------------------
+
+/// What an edge sees of the cloud; see the protocol table above.
+using cloud_api = caf::typed_actor<
+  caf::replies_to<open_atom>::with<uint64_t>,
+  caf::replies_to<upload_msg>::with<int32_t>,
+  caf::replies_to<infer_request>::with<infer_reply>,
+  caf::replies_to<naive_request>::with<infer_reply>,
+  caf::replies_to<generate_request>::with<generate_reply>,
+  caf::replies_to<close_atom, uint64_t>::with<session_summary>>;
+
+/// A simulated network link that forwards cloud_api to the cloud after the
+/// delays of its latency and bandwidth, counting serialised bytes per session.
+/// (deliver_atom, id) is its own timer message.
+using link_actor = cloud_api::extend<
+  caf::replies_to<stats_atom, uint64_t>::with<link_counters>,
+  caf::reacts_to<deliver_atom, uint64_t>>;
+
+/// Sessions, uploads and their eager catch-up, requests waiting for uploads.
+/// (stats_atom) -> (sessions open, KV bytes held); (sweep_atom) expires idle
+/// sessions (its own timer).
+using context_manager_actor = caf::typed_actor<
+  caf::replies_to<open_atom>::with<uint64_t>,
+  caf::replies_to<upload_msg>::with<int32_t>,
+  caf::replies_to<infer_request>::with<infer_reply>,
+  caf::replies_to<close_atom, uint64_t>::with<session_summary>,
+  caf::replies_to<stats_atom>::with<int64_t, int64_t>,
+  caf::reacts_to<sweep_atom>>;
+
+/// Layers [split, L) and the final head, plus the whole model for the cloud
+/// strategy. (catchup_atom, ctx, start, states) runs uploaded positions
+/// through the cloud layers and replies with the compute time in us;
+/// (token_atom, ctx, pos) answers the token after pos.
+using cloud_layers_actor = caf::typed_actor<
+  caf::replies_to<open_atom>::with<cloud_context_ptr>,
+  caf::replies_to<catchup_atom, cloud_context_ptr, int32_t, tensor_blob>::with<int64_t>,
+  caf::replies_to<token_atom, cloud_context_ptr, int32_t>::with<infer_reply>,
+  caf::replies_to<naive_request>::with<infer_reply>,
+  caf::replies_to<generate_request>::with<generate_reply>>;
+
+/// Layers [0, split) on the edge with one KV cache per session. Replies with
+/// the split-layer states of every position and the exit layers' states of
+/// the last one.
+using edge_layers_actor = caf::typed_actor<
+  caf::replies_to<forward_atom, uint64_t, int32_t, std::vector<int32_t>>::with<edge_output>,
+  caf::reacts_to<close_atom, uint64_t>>;
+
+/// Exit heads and the threshold decision for one position.
+using exit_evaluator_actor = caf::typed_actor<
+  caf::replies_to<evaluate_atom, tensor_blob>::with<exit_decision>>;
+
+/// Sends split-layer states to the cloud in the configured dtype; replies
+/// once the cloud acknowledged them (a caller that does not wait is never
+/// held up).
+using uploader_actor = caf::typed_actor<
+  caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>>;
+
+/// One response: runs the token loop of its strategy and reports.
+using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>>;
+
+/// Registers every message type above with a CAF configuration.
+void register_message_types(caf::actor_system_config& cfg);
+
+} // namespace ceco
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_context_ptr)

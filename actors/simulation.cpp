@@ -1,0 +1,123 @@
+#include "actors/simulation.hpp"
+
+#include <fmt/format.h>
+
+#include "actors/cloud_layers.hpp"
+#include "actors/context_manager.hpp"
+#include "actors/edge_actors.hpp"
+#include "actors/edge_session.hpp"
+#include "actors/link.hpp"
+#include "model/loader.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco {
+
+sim_model load_sim_model(const settings& s, const std::string& default_model) {
+  sim_model m;
+  auto loaded = load_model(s.model.path.empty() ? default_model : s.model.path, s.model.tokenizer);
+  check_against_model(s, loaded.config);
+  auto model = std::make_shared<transformer>(loaded.config, std::move(loaded.weights),
+                                             parse_device(s.model.device));
+  m.heads = s.model.exit_heads.empty() ? exit_heads::untrained(*model, s.model.exits)
+                                       : exit_heads::load(s.model.exit_heads, *model, s.model.exits);
+  m.model = std::move(model);
+  m.vocab = std::move(loaded.vocab);
+  m.path = loaded.path;
+  return m;
+}
+
+void configure_actor_system(caf::actor_system_config& cfg, int threads) {
+  register_message_types(cfg);
+  cfg.set("scheduler.max-threads", threads);
+}
+
+simulation::simulation(caf::actor_system& sys, const settings& s, const sim_model& m)
+  : sys_(sys), settings_(s), model_(m) {
+  const auto& cfg = m.model->config();
+  cloud_layers_ = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos());
+  context_manager_options cm;
+  cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
+  cm.max_sessions = s.session.max_sessions;
+  contexts_ = spawn_context_manager(sys, cloud_layers_, cfg, cm);
+  front_ = spawn_cloud_front(sys, contexts_, cloud_layers_);
+  link_options lo;
+  lo.latency_ms = s.link.latency_ms;
+  lo.bandwidth_mbps = s.link.bandwidth_mbps;
+  lo.jitter_ms = s.link.jitter_ms;
+  lo.seed = uint64_t(s.link.seed);
+  link_ = spawn_link(sys, caf::actor_cast<cloud_api>(front_), lo);
+  edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits);
+  exit_policy policy{float(s.policy.threshold), s.policy.min_exit_layer};
+  evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy);
+  uploader_ = spawn_uploader(sys, caf::actor_cast<cloud_api>(link_),
+                             s.upload.dtype == "f32" ? wire_dtype::f32 : wire_dtype::f16,
+                             std::chrono::seconds(30));
+}
+
+simulation::~simulation() {
+  // The context manager's sweep timer would keep it alive forever.
+  for (auto h : {caf::actor_cast<caf::actor>(cloud_layers_), caf::actor_cast<caf::actor>(contexts_),
+                 caf::actor_cast<caf::actor>(front_), caf::actor_cast<caf::actor>(link_),
+                 caf::actor_cast<caf::actor>(edge_layers_), caf::actor_cast<caf::actor>(evaluator_),
+                 caf::actor_cast<caf::actor>(uploader_)})
+    caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
+}
+
+edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
+                                             const std::string& mode, int max_tokens) {
+  edge_site site{edge_layers_, evaluator_, uploader_, caf::actor_cast<cloud_api>(link_), link_};
+  edge_session_options o;
+  o.mode = mode.empty() ? settings_.policy.mode : mode;
+  o.prompt = prompt;
+  o.max_tokens = max_tokens > 0 ? max_tokens : settings_.generation.max_tokens;
+  o.eos = model_.vocab.eos();
+  o.max_seq = model_.model->config().max_seq;
+  o.exits = settings_.model.exits;
+  o.sync_upload = settings_.upload.mode == "sync";
+  if (o.mode != "cloud" && o.mode != "naive" && o.mode != "standalone" && o.mode != "collaborative")
+    throw config_error(fmt::format(
+      "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", o.mode));
+  if (prompt.empty())
+    throw config_error("the prompt has no tokens");
+  if (int(prompt.size()) >= o.max_seq)
+    throw config_error(fmt::format("the prompt has {} tokens, the model's context holds {}",
+                                   prompt.size(), o.max_seq));
+  return spawn_edge_session(sys_, site, o);
+}
+
+response_report simulation::run(const std::vector<int32_t>& prompt, const std::string& mode,
+                                int max_tokens) {
+  return run_concurrently({prompt}, mode, max_tokens).front();
+}
+
+std::vector<response_report>
+simulation::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
+                             const std::string& mode, int max_tokens) {
+  std::vector<edge_session_actor> drivers;
+  for (auto& p : prompts)
+    drivers.push_back(spawn_session(p, mode, max_tokens));
+  caf::scoped_actor self{sys_};
+  // All requests go out first, so the sessions run at the same time.
+  using handle = decltype(self->request(drivers[0], caf::infinite, run_atom::value));
+  std::vector<handle> pending;
+  for (auto& d : drivers)
+    pending.push_back(self->request(d, caf::infinite, run_atom::value));
+  std::vector<response_report> out(prompts.size());
+  for (size_t i = 0; i < pending.size(); ++i)
+    pending[i].receive([&](response_report& r) { out[i] = std::move(r); },
+                       [&](caf::error& err) {
+                         throw model_error("simulation: a session failed: " + describe(err));
+                       });
+  return out;
+}
+
+std::pair<int64_t, int64_t> simulation::cloud_sessions() {
+  caf::scoped_actor self{sys_};
+  std::pair<int64_t, int64_t> out{-1, -1};
+  self->request(contexts_, std::chrono::seconds(10), stats_atom::value)
+    .receive([&](int64_t n, int64_t bytes) { out = {n, bytes}; },
+             [&](caf::error& err) { throw model_error("context manager stats: " + describe(err)); });
+  return out;
+}
+
+} // namespace ceco

@@ -1,0 +1,71 @@
+#pragma once
+
+// A single-node simulation: the cloud site (cloud layers, context manager,
+// front) and one edge site (edge layers, exit evaluator, uploader) in one
+// process, joined by a simulated link. Every strategy runs over the same
+// actors; only the session driver's wiring differs.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/messages.hpp"
+#include "config/settings.hpp"
+#include "model/exit_heads.hpp"
+#include "model/tokenizer.hpp"
+
+namespace ceco {
+
+class transformer;
+
+/// The model, its exit heads and tokenizer, loaded and checked once.
+struct sim_model {
+  std::shared_ptr<const transformer> model;
+  exit_heads heads;
+  tokenizer vocab;
+  std::string path;
+};
+
+/// Loads what `s` names (model.path, model.exit_heads, model.exits) and
+/// checks the settings against the model's shape; throws config_error or
+/// model_error before anything starts.
+sim_model load_sim_model(const settings& s, const std::string& default_model);
+
+/// Registers ceco's message types and sizes the scheduler.
+void configure_actor_system(caf::actor_system_config& cfg, int threads);
+
+class simulation {
+public:
+  simulation(caf::actor_system& sys, const settings& s, const sim_model& m);
+  ~simulation();
+  simulation(const simulation&) = delete;
+  simulation& operator=(const simulation&) = delete;
+
+  /// Runs one response to completion. `mode` overrides policy.mode when set.
+  response_report run(const std::vector<int32_t>& prompt, const std::string& mode = {},
+                      int max_tokens = 0);
+  /// Runs several responses at the same time on the same actors.
+  std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
+                                                const std::string& mode = {}, int max_tokens = 0);
+
+  context_manager_actor contexts() const { return contexts_; }
+  /// (sessions open, bytes their contexts hold) at the context manager.
+  std::pair<int64_t, int64_t> cloud_sessions();
+
+private:
+  edge_session_actor spawn_session(const std::vector<int32_t>& prompt, const std::string& mode,
+                                   int max_tokens);
+
+  caf::actor_system& sys_;
+  settings settings_;
+  const sim_model& model_;
+  cloud_layers_actor cloud_layers_;
+  context_manager_actor contexts_;
+  cloud_api front_;
+  link_actor link_;
+  edge_layers_actor edge_layers_;
+  exit_evaluator_actor evaluator_;
+  uploader_actor uploader_;
+};
+
+} // namespace ceco

@@ -1,0 +1,248 @@
+// ceco sim: the four deployment strategies in a single-node simulation,
+// edge and cloud actors in one process joined by a simulated link.
+
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "actors/simulation.hpp"
+#include "apps/commands.hpp"
+#include "model/metrics.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco::app {
+
+namespace {
+
+struct sim_args {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string mode;
+  std::string prompt;
+  std::string prompts_file;
+  int max_tokens = 0;
+  bool json = false;
+  bool print_config = false;
+};
+
+const std::vector<std::string> all_modes = {"cloud", "naive", "standalone", "collaborative"};
+
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw config_error(fmt::format("--prompts {}: cannot open", path));
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos)
+      out.push_back(line);
+  if (out.empty())
+    throw config_error(fmt::format("--prompts {}: no prompts (one per line)", path));
+  return out;
+}
+
+/// Bytes up the design notes' §2 formulas predict, payload only.
+int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
+                         int64_t dtype_bytes) {
+  if (mode == "collaborative")
+    return (p + n - 1) * d * dtype_bytes;  // the last token's state is never needed
+  if (mode == "naive") {
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; ++i)
+      total += (p + i) * d * 4;
+    return total;
+  }
+  if (mode == "cloud")
+    return p * 4;
+  return 0;
+}
+
+struct row {
+  const response_report* report;
+  std::string prompt;
+  std::string text;
+  double agreement = -1;  // with the cloud strategy's tokens; -1 = not run
+  double rouge = -1;
+  int64_t formula_up = 0;
+};
+
+nlohmann::json to_json(const row& r) {
+  const auto& x = *r.report;
+  nlohmann::json j;
+  j["mode"] = x.mode;
+  j["prompt"] = r.prompt;
+  j["text"] = r.text;
+  j["tokens"] = x.tokens;
+  j["n_prompt"] = x.prompt.size();
+  j["n_generated"] = x.tokens.size();
+  nlohmann::json exits = nlohmann::json::object();
+  for (size_t i = 0; i < x.exit_layers.size(); ++i)
+    exits[std::to_string(x.exit_layers[i])] = x.exit_counts[i];
+  exits["cloud"] = x.cloud_tokens;
+  j["exits"] = exits;
+  j["cloud_requests"] = x.cloud_requests;
+  j["cloud_request_rate"] = x.tokens.empty() ? 0.0 : double(x.cloud_tokens) / double(x.tokens.size());
+  j["uploads"] = x.uploads;
+  j["uploaded_positions"] = x.uploaded_positions;
+  j["bytes_up"] = x.traffic.bytes_up;
+  j["bytes_down"] = x.traffic.bytes_down;
+  j["messages_up"] = x.traffic.messages_up;
+  j["messages_down"] = x.traffic.messages_down;
+  j["formula_bytes_up"] = r.formula_up;
+  j["edge_ms"] = double(x.edge_us) / 1000.0;
+  j["cloud_ms"] = double(x.cloud_us) / 1000.0;
+  j["comm_ms"] = double(x.comm_us) / 1000.0;
+  j["total_ms"] = double(x.total_us) / 1000.0;
+  if (r.agreement >= 0) {
+    j["agreement_with_cloud"] = r.agreement;
+    j["rouge_l_with_cloud"] = r.rouge;
+  }
+  if (!x.error.empty())
+    j["error"] = x.error;
+  return j;
+}
+
+void print_table(const std::vector<row>& rows, const std::vector<std::string>& modes) {
+  fmt::print("\n{:<14} {:>7} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n", "mode",
+             "tokens", "cloud req", "bytes up", "bytes down", "edge ms", "cloud ms", "comm ms",
+             "total ms", "agree", "tokens per exit");
+  for (auto& mode : modes) {
+    double n = 0, tokens = 0, cloud = 0, up = 0, down = 0, edge = 0, cl = 0, comm = 0, total = 0,
+           agree = 0, agree_n = 0;
+    std::map<std::string, double> exits;
+    for (auto& r : rows) {
+      const auto& x = *r.report;
+      if (x.mode != mode)
+        continue;
+      ++n;
+      tokens += double(x.tokens.size());
+      cloud += double(x.cloud_tokens);
+      up += double(x.traffic.bytes_up);
+      down += double(x.traffic.bytes_down);
+      edge += double(x.edge_us) / 1000.0;
+      cl += double(x.cloud_us) / 1000.0;
+      comm += double(x.comm_us) / 1000.0;
+      total += double(x.total_us) / 1000.0;
+      if (r.agreement >= 0) {
+        agree += r.agreement;
+        ++agree_n;
+      }
+      for (size_t i = 0; i < x.exit_layers.size(); ++i)
+        exits[std::to_string(x.exit_layers[i])] += x.exit_counts[i];
+      exits["cloud"] += x.cloud_tokens;
+    }
+    if (n == 0)
+      continue;
+    std::string per_exit;
+    for (auto& [k, v] : exits)
+      if (v > 0)
+        per_exit += fmt::format("{}:{:.0f} ", k, v);
+    fmt::print("{:<14} {:>7.1f} {:>8.1f}% {:>11.0f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>8}  {}\n",
+               mode, tokens / n, tokens > 0 ? 100.0 * cloud / tokens : 0.0, up / n, down / n,
+               edge / n, cl / n, comm / n, total / n,
+               agree_n > 0 ? fmt::format("{:.1f}%", 100.0 * agree / agree_n) : "-", per_exit);
+  }
+  fmt::print("(means per response over {} response(s) per mode; agree = token agreement with "
+             "the cloud strategy)\n",
+             rows.size() / std::max<size_t>(1, modes.size()));
+}
+
+void run_sim(sim_args a) {
+  auto s = load_settings(a.config, a.sets);
+  if (a.max_tokens > 0)
+    s.generation.max_tokens = a.max_tokens;
+  std::vector<std::string> modes;
+  if (a.mode == "all")
+    modes = all_modes;
+  else if (!a.mode.empty())
+    apply_override(s, "policy.mode=" + a.mode), modes = {s.policy.mode};
+  else
+    modes = {s.policy.mode};
+  if (a.print_config) {
+    fmt::print("{}", describe_settings(s));
+    return;
+  }
+  std::vector<std::string> prompts;
+  if (!a.prompts_file.empty())
+    prompts = read_prompts(a.prompts_file);
+  else
+    prompts = {a.prompt.empty() ? s.generation.prompt : a.prompt};
+
+  set_compute_threads(1);  // one compute thread per actor; the scheduler runs them side by side
+  auto m = load_sim_model(s, default_model_path());
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, s.runtime.threads);
+  caf::actor_system sys{cfg};
+  std::vector<response_report> reports;
+  reports.reserve(prompts.size() * modes.size());
+  std::vector<row> rows;
+  {
+    simulation sim(sys, s, m);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      if (!a.json && prompts.size() > 1)
+        fmt::print(stderr, "\r[{}/{}] responses", i + 1, prompts.size());
+      auto ids = m.vocab.encode(prompts[i]);
+      const response_report* cloud = nullptr;
+      for (auto& mode : modes) {
+        reports.push_back(sim.run(ids, mode));
+        const auto& r = reports.back();
+        row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
+        x.formula_up = formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
+                                        m.model->config().n_embd, s.upload.dtype == "f32" ? 4 : 2);
+        if (mode == "cloud")
+          cloud = &r;
+        if (cloud) {
+          x.agreement = token_agreement(r.tokens, cloud->tokens);
+          x.rouge = rouge_l(r.tokens, cloud->tokens);
+        }
+        if (a.json)
+          std::cout << to_json(x).dump() << std::endl;
+        rows.push_back(x);
+      }
+    }
+  }
+  if (a.json)
+    return;
+  if (prompts.size() > 1)
+    fmt::print(stderr, "\n");
+  for (auto& r : rows) {
+    fmt::print("[{}] {}{}\n", r.report->mode, r.prompt, r.text);
+    if (!r.report->error.empty())
+      fmt::print("  error: {}\n", r.report->error);
+  }
+  print_table(rows, modes);
+}
+
+} // namespace
+
+void add_sim_command(CLI::App& app) {
+  auto a = std::make_shared<sim_args>();
+  auto* cmd = app.add_subcommand(
+    "sim", "simulate edge and cloud in one process: the cloud, naive, standalone and "
+           "collaborative strategies over the same actors and a simulated link");
+  cmd->add_option("--config", a->config,
+                  "TOML settings (see config/sim.toml; default: the built-in defaults)");
+  cmd->add_option("--set", a->sets,
+                  "override one setting, e.g. --set policy.threshold=0.9 (repeatable)")
+    ->take_all()->allow_extra_args(false);
+  cmd->add_option("--mode", a->mode,
+                  "cloud, naive, standalone, collaborative, or all to compare them side by side "
+                  "(default: policy.mode)")
+    ->check(CLI::IsMember({"cloud", "naive", "standalone", "collaborative", "all"}));
+  auto* prompt = cmd->add_option("--prompt", a->prompt, "prompt text (default: generation.prompt)");
+  cmd->add_option("--prompts", a->prompts_file, "file with one prompt per line")->excludes(prompt);
+  cmd->add_option("--max-tokens", a->max_tokens,
+                  "most tokens per response (default: generation.max_tokens)")
+    ->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", a->json,
+                "one JSON object per response: mode, prompt, text, tokens, n_prompt, "
+                "n_generated, exits, cloud_requests, bytes_up, bytes_down, edge_ms, cloud_ms, "
+                "comm_ms, total_ms, ...");
+  cmd->add_flag("--print-config", a->print_config, "print the effective settings and exit");
+  cmd->callback([a] { run_sim(*a); });
+}
+
+} // namespace ceco::app

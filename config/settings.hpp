@@ -1,0 +1,70 @@
+#pragma once
+
+// The settings of a simulation, a deployment or an experiment, read from a
+// TOML file (see config/sim.toml for every key, commented, with its default)
+// and overridden by `--set key=value`. Unknown keys, wrong types and
+// impossible values are rejected before anything starts, with the key, the
+// expected and the actual value.
+
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+
+namespace ceco {
+
+/// A bad configuration file, key or value.
+struct config_error : model_error {
+  using model_error::model_error;
+};
+
+struct settings {
+  struct {
+    std::string path;        // checkpoint; "" = the built-in default
+    std::string tokenizer;   // for llama2.c .bin models
+    std::vector<int> exits{4};
+    std::string exit_heads;  // trained heads file; "" = untrained
+    std::string device = "cpu";
+  } model;
+  struct {
+    int layer = 4;  // layers the edge runs
+  } split;
+  struct {
+    std::string mode = "collaborative";  // cloud | naive | standalone | collaborative
+    double threshold = 0.8;
+    int min_exit_layer = 1;
+  } policy;
+  struct {
+    std::string dtype = "f16";   // f16 | f32
+    std::string mode = "async";  // async | sync (wait for each upload's ack)
+  } upload;
+  struct {
+    double latency_ms = 5.0;       // one way
+    double bandwidth_mbps = 30.0;  // 0 = unlimited
+    double jitter_ms = 0.0;        // uniform extra delay in [0, jitter)
+    int seed = 1;
+  } link;
+  struct {
+    double ttl_s = 60.0;  // idle cloud sessions are freed after this
+    int max_sessions = 256;
+  } session;
+  struct {
+    int max_tokens = 64;
+    std::string prompt = "Once upon a time";
+  } generation;
+  struct {
+    int threads = 2;  // CAF scheduler threads
+  } runtime;
+};
+
+/// Defaults, then `file` (if not empty), then each "key=value" override.
+settings load_settings(const std::string& file, const std::vector<std::string>& overrides);
+/// Applies one "key=value" (the value in TOML syntax; bare strings and
+/// comma-separated lists are accepted too).
+void apply_override(settings& s, const std::string& assignment);
+/// Checks the values against the model's shape (split, exits).
+void check_against_model(const settings& s, const model_config& cfg);
+/// Every key with its current value, one "key = value" per line.
+std::string describe_settings(const settings& s);
+
+} // namespace ceco

@@ -1,0 +1,299 @@
+#include "test/support.hpp"
+
+#include <thread>
+
+#include "actors/simulation.hpp"
+#include "model/metrics.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+/// One actor system and simulation per test, on stories260K.
+struct sim_fixture {
+  explicit sim_fixture(std::vector<std::string> sets = {}) {
+    sets.insert(sets.begin(), "model.path=" + stories_gguf());
+    s = load_settings("", sets);
+    m = load_sim_model(s, stories_gguf());
+    configure_actor_system(cfg, 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    sim = std::make_unique<simulation>(*sys, s, m);
+  }
+  ~sim_fixture() {
+    sim.reset();
+  }
+  settings s;
+  sim_model m;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<simulation> sim;
+};
+
+const std::vector<std::string> test_prompts = {"Once upon a time", "Lily and Ben went to the park",
+                                               "The little dog"};
+
+int64_t varbyte(int64_t n) {
+  int64_t bytes = 1;
+  while (n >= 128) {
+    n >>= 7;
+    ++bytes;
+  }
+  return bytes;
+}
+
+} // namespace
+
+TEST_CASE("collaborative with a threshold above 1 gives exactly the cloud strategy's tokens") {
+  for (auto dtype : {"f32", "f16"}) {
+    CAPTURE(dtype);
+    sim_fixture f({"split.layer=3", "model.exits=2,3", "policy.threshold=1.5",
+                   std::string("upload.dtype=") + dtype, "link.latency_ms=0", "link.bandwidth_mbps=0"});
+    for (auto& p : test_prompts) {
+      auto ids = f.m.vocab.encode(p);
+      auto cloud = f.sim->run(ids, "cloud", 40);
+      auto collab = f.sim->run(ids, "collaborative", 40);
+      CHECK(cloud.error.empty());
+      CHECK(collab.error.empty());
+      CHECK(collab.tokens == cloud.tokens);
+      CHECK(collab.cloud_tokens == int(collab.tokens.size()));
+      CHECK(collab.cloud_requests == int(collab.tokens.size()));
+    }
+  }
+}
+
+TEST_CASE("collaborative with threshold 0 gives exactly standalone's tokens, and naive gives cloud's") {
+  sim_fixture f({"split.layer=3", "model.exits=2,3", "policy.threshold=0", "link.latency_ms=0",
+                 "link.bandwidth_mbps=0"});
+  for (auto& p : test_prompts) {
+    auto ids = f.m.vocab.encode(p);
+    auto standalone = f.sim->run(ids, "standalone", 30);
+    auto collab = f.sim->run(ids, "collaborative", 30);
+    auto naive = f.sim->run(ids, "naive", 30);
+    auto cloud = f.sim->run(ids, "cloud", 30);
+    CHECK(collab.tokens == standalone.tokens);
+    CHECK(collab.cloud_requests == 0);
+    CHECK(standalone.exit_counts[0] == int(standalone.tokens.size()));  // exit 2 always fires
+    CHECK(naive.tokens == cloud.tokens);
+    CHECK(cloud.tokens.size() == 30);
+  }
+}
+
+TEST_CASE("bytes up equal the design-notes formulas plus the documented per-message overhead") {
+  sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
+  const int64_t d = 64;
+  auto ids = f.m.vocab.encode("Once upon a time");
+  const int64_t p = int64_t(ids.size());
+
+  auto collab = f.sim->run(ids, "collaborative", 30);
+  const int64_t n = int64_t(collab.tokens.size());
+  REQUIRE(n == 30);
+  CHECK(collab.uploaded_positions == p + n - 1);
+  CHECK(collab.uploads == n);  // the prompt in one message, then one per generated token but the last
+  // open 8 + close 16 + 12 per cloud request + per upload 21 + length prefix + payload
+  int64_t expected = 8 + 16 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
+  expected += 21 + varbyte(p * d * 2) + (n - 1) * (21 + varbyte(d * 2));
+  CHECK(collab.traffic.bytes_up == expected);
+
+  auto naive = f.sim->run(ids, "naive", 30);
+  int64_t naive_expected = 8 + 16;
+  for (int64_t i = 0; i < 30; ++i) {
+    int64_t payload = (p + i) * d * 4;
+    naive_expected += payload + 17 + varbyte(payload);
+  }
+  CHECK(naive.traffic.bytes_up == naive_expected);
+  CHECK(naive.traffic.messages_up == 32);
+
+  auto cloud = f.sim->run(ids, "cloud", 30);
+  // open 8 + close 16 + generate_request: session 8 + ids (prefix + 4 each) + max_tokens 4
+  CHECK(cloud.traffic.bytes_up == 8 + 16 + 8 + 1 + 4 * p + 4);
+  CHECK(cloud.traffic.bytes_down > 4 * 30);
+}
+
+TEST_CASE("asynchronous upload keeps the edge from waiting on a slow link") {
+  // Every token exits on the edge (threshold 0), so no cloud request ever
+  // needs the uploads; a synchronous uploader still waits for each one.
+  std::vector<std::string> common = {"split.layer=3", "model.exits=2,3", "policy.threshold=0",
+                                     "link.latency_ms=0", "link.bandwidth_mbps=0.5"};
+  auto with = [&](const char* mode) {
+    auto sets = common;
+    sets.push_back(std::string("upload.mode=") + mode);
+    return sets;
+  };
+  sim_fixture async_sim(with("async"));
+  sim_fixture sync_sim(with("sync"));
+  auto ids = async_sim.m.vocab.encode("Once upon a time");
+  auto a = async_sim.sim->run(ids, "collaborative", 40);
+  auto s = sync_sim.sim->run(ids, "collaborative", 40);
+  CHECK(a.tokens == s.tokens);
+  // Time the uploads occupy the 0.5 Mbit/s uplink.
+  double upload_ms = double(a.traffic.bytes_up) * 8.0 / 0.5e6 * 1000.0;
+  MESSAGE("async total " << a.total_us / 1000.0 << " ms, sync total " << s.total_us / 1000.0
+                         << " ms, uplink busy " << upload_ms << " ms");
+  CHECK(double(s.total_us) / 1000.0 >= 0.9 * upload_ms);
+  CHECK(double(a.total_us) / 1000.0 < 0.5 * upload_ms);
+  CHECK(a.comm_us < s.comm_us);
+}
+
+TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
+  sim_fixture f({"session.ttl_s=0.2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  auto ids = f.m.vocab.encode("Once upon a time");
+  auto r = f.sim->run(ids, "collaborative", 10);
+  CHECK(r.error.empty());
+  CHECK(f.sim->cloud_sessions() == std::pair<int64_t, int64_t>{0, 0});
+
+  // A session the edge never closes.
+  caf::scoped_actor self{*f.sys};
+  auto cm = f.sim->contexts();
+  uint64_t id = 0;
+  self->request(cm, std::chrono::seconds(5), open_atom::value)
+    .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+  std::vector<float> rows(2 * 64, 0.5f);
+  self->request(cm, std::chrono::seconds(5), upload_msg{id, 0, make_blob(rows.data(), 2, 64, wire_dtype::f16)})
+    .receive([&](int32_t held) { CHECK(held == 2); }, [&](caf::error& e) { FAIL(describe(e)); });
+  auto [open, bytes] = f.sim->cloud_sessions();
+  CHECK(open == 1);
+  CHECK(bytes > 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  CHECK(f.sim->cloud_sessions() == std::pair<int64_t, int64_t>{0, 0});
+  self->request(cm, std::chrono::seconds(5), infer_request{id, 1})
+    .receive([&](infer_reply&) { FAIL("an expired session answered"); },
+             [&](caf::error& e) { CHECK(describe(e).find("unknown_session") == 0); });
+}
+
+TEST_CASE("concurrent sessions in one context manager never see each other's state") {
+  sim_fixture f({"split.layer=3", "model.exits=2,3", "policy.threshold=0.9", "upload.dtype=f32",
+                 "link.latency_ms=1", "link.bandwidth_mbps=0"});
+  std::vector<std::vector<int32_t>> prompts;
+  for (auto& p : test_prompts)
+    prompts.push_back(f.m.vocab.encode(p));
+  std::vector<response_report> alone;
+  for (auto& p : prompts)
+    alone.push_back(f.sim->run(p, "collaborative", 30));
+  auto together = f.sim->run_concurrently(prompts, "collaborative", 30);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    CHECK(together[i].error.empty());
+    CHECK(together[i].tokens == alone[i].tokens);
+    CHECK(together[i].cloud_requests == alone[i].cloud_requests);
+  }
+  CHECK(f.sim->cloud_sessions().first == 0);
+}
+
+TEST_CASE("the context manager answers bad messages with errors and keeps serving") {
+  sim_fixture f;
+  caf::scoped_actor self{*f.sys};
+  auto cm = f.sim->contexts();
+  auto error_of_upload = [&](upload_msg m) {
+    std::string out;
+    self->request(cm, std::chrono::seconds(5), std::move(m))
+      .receive([&](int32_t) { out = "accepted"; }, [&](caf::error& e) { out = describe(e); });
+    return out;
+  };
+  uint64_t id = 0;
+  self->request(cm, std::chrono::seconds(5), open_atom::value)
+    .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+  std::vector<float> rows(3 * 64, 0.25f);
+  auto good = make_blob(rows.data(), 3, 64, wire_dtype::f16);
+
+  auto narrow = make_blob(rows.data(), 3, 32, wire_dtype::f16);
+  CHECK(error_of_upload({id, 0, narrow}).find("bad_tensor: upload at position 0: rows have 32 values, expected 64") == 0);
+  auto short_payload = good;
+  short_payload.bytes.pop_back();
+  CHECK(error_of_upload({id, 0, short_payload}).find("needs 384 bytes, the payload has 383") != std::string::npos);
+  auto bad_dtype = good;
+  bad_dtype.dtype = 9;
+  CHECK(error_of_upload({id, 0, bad_dtype}).find("dtype 9") != std::string::npos);
+  CHECK(error_of_upload({id + 1, 0, good}).find("unknown_session") == 0);
+  CHECK(error_of_upload({id, 5, good}).find("position_gap: upload starts at position 5, but the cloud holds positions 0..-1") == 0);
+  CHECK(error_of_upload({id, 5000, good}).find("bad_position: upload of positions 5000..5002 exceeds the context of 2048") == 0);
+
+  // The same session still works: in order, with a harmless re-send.
+  CHECK(error_of_upload({id, 0, good}) == "accepted");
+  CHECK(error_of_upload({id, 1, good}) == "accepted");  // positions 1, 2 again, then 3
+  int32_t token = -1;
+  self->request(cm, std::chrono::seconds(5), infer_request{id, 3})
+    .receive([&](infer_reply& r) { token = r.token; }, [&](caf::error& e) { FAIL(describe(e)); });
+  CHECK(token >= 0);
+  self->request(cm, std::chrono::seconds(5), infer_request{id, -4})
+    .receive([&](infer_reply&) { FAIL("negative position answered"); },
+             [&](caf::error& e) { CHECK(describe(e).find("bad_position") == 0); });
+  self->request(cm, std::chrono::seconds(5), close_atom::value, id)
+    .receive([&](session_summary& s) {
+               CHECK(s.positions == 4);
+               CHECK(s.gaps == 1);
+             },
+             [&](caf::error& e) { FAIL(describe(e)); });
+}
+
+TEST_CASE("every cross-site message round-trips through CAF's binary serialiser") {
+  auto round_trip = [](auto x) {
+    std::vector<char> buf;
+    caf::binary_serializer sink{nullptr, buf};
+    REQUIRE(!sink(x));
+    decltype(x) y;
+    caf::binary_deserializer source{nullptr, buf};
+    REQUIRE(!source(y));
+    CHECK(wire_size(x) == int64_t(buf.size()));
+    return y;
+  };
+  std::vector<float> rows = {1.0f, -2.5f, 3.25f, 0.0f, 65504.0f, -1e-3f};
+  auto blob16 = make_blob(rows.data(), 2, 3, wire_dtype::f16);
+  auto blob32 = make_blob(rows.data(), 3, 2, wire_dtype::f32);
+  CHECK(round_trip(blob16) == blob16);
+  std::vector<float> back(6);
+  read_blob(round_trip(blob32), back.data());
+  CHECK(back == rows);
+  read_blob(round_trip(blob16), back.data());
+  for (size_t i = 0; i < rows.size(); ++i)
+    CHECK(back[i] == doctest::Approx(rows[i]).epsilon(1e-3));
+
+  auto u = round_trip(upload_msg{0x1234567890abcdefULL, 17, blob16});
+  CHECK(u.session == 0x1234567890abcdefULL);
+  CHECK(u.start == 17);
+  CHECK(u.states == blob16);
+  auto q = round_trip(infer_request{42, 99});
+  CHECK((q.session == 42 && q.pos == 99));
+  auto a = round_trip(infer_reply{431, 1234});
+  CHECK((a.token == 431 && a.cloud_us == 1234));
+  auto n = round_trip(naive_request{7, blob32});
+  CHECK((n.session == 7 && n.states == blob32));
+  auto g = round_trip(generate_request{9, {1, 403, 407}, 50});
+  CHECK((g.session == 9 && g.prompt == std::vector<int32_t>{1, 403, 407} && g.max_tokens == 50));
+  auto gr = round_trip(generate_reply{{432, 383}, 77});
+  CHECK((gr.tokens == std::vector<int32_t>{432, 383} && gr.cloud_us == 77));
+  auto s = round_trip(session_summary{3, 45, 999, 2});
+  CHECK((s.session == 3 && s.positions == 45 && s.compute_us == 999 && s.gaps == 2));
+  auto e = round_trip(edge_output{blob32, blob16, 5});
+  CHECK((e.split == blob32 && e.exit_states == blob16 && e.compute_us == 5));
+  auto d = round_trip(exit_decision{3, 431, {0.5f, 0.9f}, 6});
+  CHECK((d.exit_layer == 3 && d.token == 431 && d.confidence == std::vector<float>{0.5f, 0.9f}));
+  response_report r;
+  r.mode = "collaborative";
+  r.tokens = {1, 2, 3};
+  r.exit_counts = {2, 1};
+  r.traffic.bytes_up = 12345;
+  auto rr = round_trip(r);
+  CHECK((rr.mode == r.mode && rr.tokens == r.tokens && rr.exit_counts == r.exit_counts
+         && rr.traffic.bytes_up == 12345));
+  // A truncated buffer fails to deserialise instead of crashing.
+  std::vector<char> buf;
+  caf::binary_serializer sink{nullptr, buf};
+  auto m = upload_msg{1, 2, blob32};
+  REQUIRE(!sink(m));
+  buf.resize(buf.size() - 5);
+  upload_msg y;
+  caf::binary_deserializer source{nullptr, buf};
+  CHECK(static_cast<bool>(source(y)));
+}
+
+TEST_CASE("quality metrics on hand-made cases") {
+  CHECK(token_agreement({1, 2, 3}, {1, 2, 4}) == doctest::Approx(2.0 / 3.0));
+  CHECK(token_agreement({1, 2}, {1, 2, 3, 4}) == doctest::Approx(0.5));
+  CHECK(token_agreement({}, {}) == 1.0);
+  CHECK(rouge_l(std::vector<int32_t>{1, 2, 3, 4}, std::vector<int32_t>{1, 3, 4}) ==
+        doctest::Approx(2 * (0.75 * 1.0) / 1.75));
+  CHECK(exact_match("The Cat!", "cat") == 1.0);
+  CHECK(exact_match("a dog", "cat") == 0.0);
+  CHECK(token_f1("the red ball", "a big red ball") == doctest::Approx(2 * (1.0 * (2.0 / 3.0)) / (1.0 + 2.0 / 3.0)));
+  CHECK(token_f1("", "") == 1.0);
+}

@@ -1,0 +1,78 @@
+#include "test/support.hpp"
+
+#include <fstream>
+
+#include "config/settings.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+std::string write(const temp_dir& dir, const std::string& text) {
+  auto path = dir.file("s.toml");
+  std::ofstream(path) << text;
+  return path;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+} // namespace
+
+TEST_CASE("the shipped config/sim.toml lists every key with its default") {
+  auto shipped = load_settings(std::string(CECO_SOURCE_DIR) + "/config/sim.toml", {});
+  CHECK(describe_settings(shipped) == describe_settings(settings{}));
+}
+
+TEST_CASE("a settings file and --set overrides are applied in order") {
+  temp_dir tmp;
+  auto path = write(tmp, "[policy]\nthreshold = 0.9\nmode = \"standalone\"\n[link]\nlatency_ms = 12\n");
+  auto s = load_settings(path, {"policy.threshold=0.7", "model.exits=2,3", "split.layer=3",
+                                "generation.prompt=Hello there", "upload.dtype=\"f32\""});
+  CHECK(s.policy.threshold == doctest::Approx(0.7));
+  CHECK(s.policy.mode == "standalone");
+  CHECK(s.link.latency_ms == doctest::Approx(12.0));
+  CHECK(s.model.exits == std::vector<int>{2, 3});
+  CHECK(s.generation.prompt == "Hello there");
+  CHECK(s.upload.dtype == "f32");
+}
+
+TEST_CASE("unknown keys, wrong types and impossible values are rejected with key and values") {
+  temp_dir tmp;
+  auto err = [&](const std::string& toml, std::vector<std::string> sets = {}) {
+    auto path = write(tmp, toml);
+    return error_of([&] { load_settings(path, sets); });
+  };
+  CHECK(contains(err("[policy]\nthreshhold = 0.8\n"), "unknown key 'policy.threshhold'"));
+  CHECK(contains(err("[polcy]\nthreshold = 0.8\n"), "unknown section [polcy]"));
+  CHECK(contains(err("[policy]\nthreshold = \"high\"\n"), "policy.threshold must be a number, got \"high\""));
+  CHECK(contains(err("[policy]\nthreshold = -0.5\n"), "policy.threshold must be a number >= 0, got -0.5"));
+  CHECK(contains(err("[split]\nlayer = 2.5\n"), "split.layer must be an integer, got 2.5"));
+  CHECK(contains(err("[policy]\nmode = \"fast\"\n"), "policy.mode must be one of \"cloud\", \"naive\", \"standalone\", \"collaborative\", got \"fast\""));
+  CHECK(contains(err("[model]\nexits = [3, 2]\n"), "model.exits must be strictly ascending, got [3, 2]"));
+  CHECK(contains(err("[model]\npath = \"missing.gguf\"\n"), "model.path: no such file or folder"));
+  CHECK(contains(err("[session]\nttl_s = 0\n"), "session.ttl_s must be a number > 0, got 0"));
+  CHECK(contains(err("[link\n"), "s.toml:"));
+  CHECK(contains(err("", {"policy.threshold=abc"}), "policy.threshold must be a number, got 'abc'"));
+  CHECK(contains(err("", {"nokey=1"}), "unknown key 'nokey'"));
+  CHECK(contains(err("", {"policy.threshold"}), "expected key=value"));
+  CHECK(contains(error_of([&] { load_settings(tmp.file("none.toml"), {}); }), "no such configuration file"));
+}
+
+TEST_CASE("settings are checked against the model's shape") {
+  model_config five{64, 172, 5, 8, 4, 512, 512};
+  settings s;
+  s.split.layer = 5;
+  CHECK(contains(error_of([&] { check_against_model(s, five); }),
+                 "split.layer is 5, but the model has 5 layers: the edge must run 1..4 of them"));
+  s.split.layer = 2;
+  s.model.exits = {2, 3};
+  CHECK(contains(error_of([&] { check_against_model(s, five); }),
+                 "model.exits has an exit after layer 3, past split.layer = 2"));
+  s.model.exits = {};
+  CHECK(contains(error_of([&] { check_against_model(s, five); }), "model.exits is empty"));
+  s.policy.mode = "cloud";
+  CHECK(error_of([&] { check_against_model(s, five); }).empty());
+}
