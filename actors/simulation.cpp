@@ -12,14 +12,20 @@
 
 namespace ceco {
 
-sim_model load_sim_model(const settings& s, const std::string& default_model) {
+sim_model load_sim_model(const settings& s, const std::string& default_model,
+                         const std::string& default_heads) {
   sim_model m;
   auto loaded = load_model(s.model.path.empty() ? default_model : s.model.path, s.model.tokenizer);
   check_against_model(s, loaded.config);
   auto model = std::make_shared<transformer>(loaded.config, std::move(loaded.weights),
                                              parse_device(s.model.device));
-  m.heads = s.model.exit_heads.empty() ? exit_heads::untrained(*model, s.model.exits)
-                                       : exit_heads::load(s.model.exit_heads, *model, s.model.exits);
+  std::string heads = s.model.exit_heads;
+  if (heads.empty() && s.model.path.empty())
+    heads = default_heads;
+  if (heads.empty() || heads == "none")
+    m.heads = exit_heads::untrained(*model, s.model.exits);
+  else
+    m.heads = exit_heads::load(heads, *model, s.model.exits);
   m.model = std::move(model);
   m.vocab = std::move(loaded.vocab);
   m.path = loaded.path;

@@ -28,8 +28,11 @@ struct sim_model {
 
 /// Loads what `s` names (model.path, model.exit_heads, model.exits) and
 /// checks the settings against the model's shape; throws config_error or
-/// model_error before anything starts.
-sim_model load_sim_model(const settings& s, const std::string& default_model);
+/// model_error before anything starts. An empty model.path means
+/// `default_model`, whose heads are `default_heads` unless model.exit_heads
+/// names others ("none": untrained heads).
+sim_model load_sim_model(const settings& s, const std::string& default_model,
+                         const std::string& default_heads = {});
 
 /// Registers ceco's message types and sizes the scheduler.
 void configure_actor_system(caf::actor_system_config& cfg, int threads);

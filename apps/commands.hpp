@@ -9,9 +9,12 @@ namespace ceco::app {
 void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_sim_command(CLI::App& app);
+void add_tune_exits_command(CLI::App& app);
 
 /// The model a command reads when --model is not given: $CECO_MODEL, else
 /// the stories260K checkpoint of the checkout's ../shared/models.
 std::string default_model_path();
+/// The tuned exit heads of the default model (config/models/).
+std::string default_exit_heads_path();
 
 } // namespace ceco::app

@@ -83,8 +83,13 @@ void run_generate(const generate_args& a) {
   transformer model(m.config, std::move(m.weights), device);
 
   exit_heads heads;
-  if (!a.exit_heads_file.empty())
-    heads = exit_heads::load(a.exit_heads_file, model, a.exits);
+  std::string heads_file = a.exit_heads_file;
+  if (heads_file.empty() && a.model.empty() && !a.exits.empty())
+    heads_file = default_exit_heads_path();  // the default model's tuned heads
+  if (heads_file == "none")
+    heads_file.clear();
+  if (!heads_file.empty())
+    heads = exit_heads::load(heads_file, model, a.exits);
   else if (!a.exits.empty())
     heads = exit_heads::untrained(model, a.exits);
 
@@ -181,9 +186,11 @@ void add_generate_command(CLI::App& app) {
                   "--exit-heads)")
     ->delimiter(',');
   cmd->add_option("--exit-heads", a->exit_heads_file,
-                  "trained exit heads (GGUF, from ceco tune-exits); default: untrained heads "
-                  "(the model's final norm and classifier)")
-    ->check(CLI::ExistingFile);
+                  "trained exit heads (GGUF, from ceco tune-exits), or none for untrained heads "
+                  "(the model's final norm and classifier); default: the tuned heads of the "
+                  "default model (" + default_exit_heads_path() + ") when --model is not given, "
+                  "else untrained")
+    ->check(CLI::ExistingFile | CLI::IsMember({"none"}));
   cmd->add_option("--threshold", a->threshold,
                   "confidence (max softmax) an exit needs to fire")
     ->capture_default_str()->check(CLI::NonNegativeNumber);

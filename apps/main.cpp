@@ -21,6 +21,12 @@ std::string default_model_path() {
   return CECO_DEFAULT_MODEL;
 }
 
+std::string default_exit_heads_path() {
+  if (const char* env = std::getenv("CECO_MODEL"); env && *env)
+    return {};  // another model: its heads are not ours
+  return CECO_DEFAULT_EXIT_HEADS;
+}
+
 } // namespace ceco::app
 
 int main(int argc, char** argv) {
@@ -31,6 +37,7 @@ int main(int argc, char** argv) {
   ceco::app::add_generate_command(app);
   ceco::app::add_bench_command(app);
   ceco::app::add_sim_command(app);
+  ceco::app::add_tune_exits_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

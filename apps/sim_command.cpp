@@ -172,7 +172,7 @@ void run_sim(sim_args a) {
     prompts = {a.prompt.empty() ? s.generation.prompt : a.prompt};
 
   set_compute_threads(1);  // one compute thread per actor; the scheduler runs them side by side
-  auto m = load_sim_model(s, default_model_path());
+  auto m = load_sim_model(s, default_model_path(), default_exit_heads_path());
   caf::actor_system_config cfg;
   configure_actor_system(cfg, s.runtime.threads);
   caf::actor_system sys{cfg};

@@ -221,7 +221,7 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
     // Relative paths in a file are relative to the file.
     auto base = std::filesystem::path(file).parent_path();
     for (auto* p : {&s.model.path, &s.model.tokenizer, &s.model.exit_heads})
-      if (!p->empty() && std::filesystem::path(*p).is_relative())
+      if (!p->empty() && *p != "none" && std::filesystem::path(*p).is_relative())
         *p = (base / *p).lexically_normal().string();
   }
   for (auto& o : overrides)
@@ -229,7 +229,7 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
   for (auto [key, path] : {std::pair{"model.path", &s.model.path},
                            std::pair{"model.tokenizer", &s.model.tokenizer},
                            std::pair{"model.exit_heads", &s.model.exit_heads}})
-    if (!path->empty() && !std::filesystem::exists(*path))
+    if (!path->empty() && *path != "none" && !std::filesystem::exists(*path))
       throw config_error(fmt::format("{}: no such file or folder '{}'", key, *path));
   return s;
 }

@@ -22,12 +22,13 @@ struct settings {
   struct {
     std::string path;        // checkpoint; "" = the built-in default
     std::string tokenizer;   // for llama2.c .bin models
-    std::vector<int> exits{4};
-    std::string exit_heads;  // trained heads file; "" = untrained
+    std::vector<int> exits{2, 3};
+    std::string exit_heads;  // trained heads file; "" = the built-in heads with
+                             // the built-in model, else untrained; "none" = untrained
     std::string device = "cpu";
   } model;
   struct {
-    int layer = 4;  // layers the edge runs
+    int layer = 3;  // layers the edge runs
   } split;
   struct {
     std::string mode = "collaborative";  // cloud | naive | standalone | collaborative

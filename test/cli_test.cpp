@@ -87,3 +87,46 @@ TEST_CASE("ceco bench --json reports decode speed on a real and on a random mode
   REQUIRE(random.status == 0);
   CHECK(nlohmann::json::parse(random.out)["n_layer"] == 5);
 }
+
+TEST_CASE("ceco tune-exits writes heads that generate loads") {
+  temp_dir tmp;
+  auto out = tmp.file("heads.gguf");
+  auto r = run_ceco("tune-exits --model " + stories_gguf() +
+                    " --exits 3 --steps 20 --self-generated 2000 --out " + out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("after tuning") != std::string::npos);
+  auto g = run_ceco("generate --model " + stories_gguf() + " --exit-heads " + out +
+                    " --max-tokens 5 --json");
+  REQUIRE(g.status == 0);
+  auto j = nlohmann::json::parse(g.out);
+  CHECK(j["exits"] == std::vector<int>{3});
+  CHECK(j["exit_trace"].size() == 5);
+  auto bad = run_ceco("tune-exits --model " + stories_gguf() + " --loss next --steps 1");
+  CHECK(bad.status == 1);
+  CHECK(bad.out.find("--loss next needs --text") != std::string::npos);
+}
+
+TEST_CASE("ceco sim --mode all --json prints one object per strategy with the documented fields") {
+  auto r = run_ceco("sim --mode all --max-tokens 12 --json --set link.latency_ms=0");
+  REQUIRE(r.status == 0);
+  std::vector<std::string> modes;
+  size_t start = 0;
+  while (start < r.out.size()) {
+    auto end = r.out.find('\n', start);
+    auto line = r.out.substr(start, end - start);
+    start = end == std::string::npos ? r.out.size() : end + 1;
+    if (line.empty())
+      continue;
+    auto j = nlohmann::json::parse(line);
+    modes.push_back(j["mode"]);
+    for (auto key : {"prompt", "text", "tokens", "n_prompt", "n_generated", "exits", "cloud_requests",
+                     "bytes_up", "bytes_down", "edge_ms", "cloud_ms", "comm_ms", "total_ms"})
+      CHECK_MESSAGE(j.contains(key), key);
+    CHECK(j["n_generated"] == 12);
+    CHECK(j["exits"].contains("cloud"));
+  }
+  CHECK(modes == std::vector<std::string>{"cloud", "naive", "standalone", "collaborative"});
+  auto bad = run_ceco("sim --set policy.threshold=-1");
+  CHECK(bad.status == 1);
+  CHECK(bad.out.find("policy.threshold must be a number >= 0, got -1") != std::string::npos);
+}

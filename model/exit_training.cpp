@@ -1,0 +1,235 @@
+#include "model/exit_training.hpp"
+
+#include <random>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+#include <torch/optim/adamw.h>
+
+#include "model/generation.hpp"
+#include "model/tokenizer.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco {
+
+exit_dataset exit_dataset::slice(int64_t begin, int64_t end) const {
+  exit_dataset out;
+  out.exits = exits;
+  for (auto& h : hidden)
+    out.hidden.push_back(h.slice(0, begin, end));
+  out.teacher = teacher.slice(0, begin, end);
+  out.next_token = next_token.slice(0, begin, end);
+  return out;
+}
+
+std::vector<std::vector<int32_t>> self_generated_sequences(const transformer& model, int64_t n_tokens,
+                                                           int seq_len, int32_t bos, uint64_t seed) {
+  std::vector<std::vector<int32_t>> out;
+  int64_t total = 0;
+  generation_options opts;
+  opts.max_tokens = std::min(seq_len, model.config().max_seq - 2);
+  opts.stop_at_eos = true;
+  opts.sampling.temperature = 1.0f;
+  for (uint64_t i = 0; total < n_tokens; ++i) {
+    opts.sampling.seed = seed * 1000003 + i;
+    auto r = generate(model, {bos}, opts);
+    if (r.tokens.empty())
+      continue;
+    std::vector<int32_t> seq{bos};
+    seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
+    total += int64_t(r.tokens.size());
+    out.push_back(std::move(seq));
+  }
+  return out;
+}
+
+std::vector<std::vector<int32_t>> text_sequences(const tokenizer& vocab, const std::string& text,
+                                                 int seq_len) {
+  auto ids = vocab.encode(text, false);
+  std::vector<std::vector<int32_t>> out;
+  for (size_t at = 0; at < ids.size(); at += size_t(seq_len)) {
+    std::vector<int32_t> seq{vocab.bos()};
+    auto end = std::min(ids.size(), at + size_t(seq_len));
+    seq.insert(seq.end(), ids.begin() + std::ptrdiff_t(at), ids.begin() + std::ptrdiff_t(end));
+    if (seq.size() > 2)
+      out.push_back(std::move(seq));
+  }
+  return out;
+}
+
+exit_dataset collect_exit_data(const transformer& model,
+                               const std::vector<std::vector<int32_t>>& sequences,
+                               const std::vector<int>& exits) {
+  exit_heads::check_layers(exits, model.config().n_layer, "exits");
+  const int L = model.config().n_layer;
+  std::vector<std::vector<at::Tensor>> hidden(exits.size());
+  std::vector<at::Tensor> teacher, next;
+  {
+    c10::InferenceMode guard;
+    for (auto& seq : sequences) {
+      auto cache = model.make_cache(0, L, int(seq.size()));
+      auto x = model.embed(seq);
+      int done = 0;
+      for (size_t i = 0; i < exits.size(); ++i) {
+        model.forward_layers(x, 0, done, exits[i], cache);
+        hidden[i].push_back(x.to(at::kCPU).clone());
+        done = exits[i];
+      }
+      model.forward_layers(x, 0, done, L, cache);
+      teacher.push_back(model.logits(x).to(at::kCPU));
+      std::vector<int64_t> nt(seq.begin() + 1, seq.end());
+      nt.push_back(-1);
+      next.push_back(at::tensor(nt, at::kLong));
+    }
+  }
+  // Outside inference mode, so that training may use them in autograd.
+  exit_dataset d;
+  d.exits = exits;
+  for (auto& h : hidden)
+    d.hidden.push_back(at::cat(h).clone());
+  d.teacher = at::cat(teacher).clone();
+  d.next_token = at::cat(next).clone();
+  return d;
+}
+
+namespace {
+
+at::Tensor head_logits(const at::Tensor& h, const at::Tensor& norm, const at::Tensor& a,
+                       const at::Tensor& c, const at::Tensor& b, const at::Tensor& w, float eps) {
+  auto n = h * at::rsqrt(h.pow(2).mean(-1, true) + eps) * norm;
+  if (a.defined())
+    n = n + at::matmul(at::silu(at::matmul(n, a.t()) + c), b.t());
+  return at::matmul(n, w.t());
+}
+
+} // namespace
+
+exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
+                            const exit_training_options& opts,
+                            const std::function<void(size_t, int, float)>& progress) {
+  if (opts.loss != "kl" && opts.loss != "ce" && opts.loss != "mix" && opts.loss != "next")
+    throw model_error(fmt::format("--loss: '{}' is not a loss; expected kl, ce, mix or next", opts.loss));
+  if (data.size() == 0)
+    throw model_error("tune-exits: no training positions");
+  const auto& cfg = model.config();
+  const float eps = cfg.norm_eps;
+  auto heads = exit_heads::untrained(model, data.exits);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(opts.seed);
+
+  // Targets, computed once.
+  at::Tensor teacher_logp, teacher_p, teacher_top, next = data.next_token;
+  {
+    at::NoGradGuard no_grad;
+    teacher_logp = at::log_softmax(data.teacher, -1);
+    teacher_p = teacher_logp.exp();
+    teacher_top = data.teacher.argmax(-1);
+  }
+  const int64_t n = data.size();
+
+  for (size_t i = 0; i < data.exits.size(); ++i) {
+    auto norm = model.weights().output_norm.to(at::kCPU).clone().set_requires_grad(true);
+    auto w = model.weights().output.to(at::kCPU).clone().set_requires_grad(opts.own_output);
+    at::Tensor a, c, b;
+    std::vector<at::Tensor> params{norm};
+    if (opts.own_output)
+      params.push_back(w);
+    if (opts.adapter_hidden > 0) {
+      double scale = 1.0 / std::sqrt(double(cfg.n_embd));
+      a = at::normal(0.0, scale, {opts.adapter_hidden, cfg.n_embd}, gen).set_requires_grad(true);
+      c = at::zeros({opts.adapter_hidden}).set_requires_grad(true);
+      b = at::zeros({cfg.n_embd, opts.adapter_hidden}).set_requires_grad(true);  // starts as identity
+      params.insert(params.end(), {a, c, b});
+    }
+    torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(opts.lr).weight_decay(0.0));
+    const auto& hidden = data.hidden[i];
+    for (int step = 0; step < opts.steps; ++step) {
+      auto idx = at::randint(0, n, {std::min<int64_t>(opts.batch, n)}, gen, at::kLong);
+      if (opts.loss == "next") {
+        idx = idx.index_select(0, at::nonzero(next.index_select(0, idx) >= 0).flatten());
+        if (idx.numel() == 0)
+          continue;
+      }
+      auto logp = at::log_softmax(head_logits(hidden.index_select(0, idx), norm, a, c, b, w, eps), -1);
+      at::Tensor loss;
+      auto kl = [&] {
+        return (teacher_p.index_select(0, idx) * (teacher_logp.index_select(0, idx) - logp))
+          .sum(-1)
+          .mean();
+      };
+      auto ce = [&] { return at::nll_loss(logp, teacher_top.index_select(0, idx)); };
+      if (opts.loss == "kl")
+        loss = kl();
+      else if (opts.loss == "ce")
+        loss = ce();
+      else if (opts.loss == "mix")
+        loss = opts.kl_weight * kl() + (1.0f - opts.kl_weight) * ce();
+      else
+        loss = at::nll_loss(logp, next.index_select(0, idx));
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+      if (progress && (step % 10 == 0 || step + 1 == opts.steps))
+        progress(i, step + 1, loss.item<float>());
+    }
+    auto& h = heads[i];
+    auto dev = model.device();
+    h.norm = norm.detach().to(dev);
+    if (opts.own_output) {
+      h.output = w.detach().to(dev);
+      h.own_output = true;
+    }
+    if (a.defined()) {
+      h.adapter_a = a.detach().to(dev);
+      h.adapter_c = c.detach().to(dev);
+      h.adapter_b = b.detach().to(dev);
+    }
+  }
+  return heads;
+}
+
+std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exit_dataset& data,
+                                              const std::vector<float>& thresholds,
+                                              int min_exit_layer) {
+  c10::InferenceMode guard;
+  const int64_t n = data.size();
+  auto final_top = data.teacher.argmax(-1);
+  std::vector<at::Tensor> conf, agree;
+  std::vector<exit_quality> out;
+  for (size_t i = 0; i < heads.size(); ++i) {
+    auto dev = heads[i].norm.device();
+    auto logits = heads.logits(i, data.hidden[i].to(dev)).to(at::kCPU);
+    conf.push_back(at::softmax(logits, -1).amax(-1));
+    agree.push_back(logits.argmax(-1) == final_top);
+    exit_quality q;
+    q.layer = heads[i].layer;
+    q.agreement = agree.back().to(at::kDouble).mean().item<double>();
+    for (float t : thresholds) {
+      auto fired = conf.back() >= t;
+      auto k = fired.sum().item<int64_t>();
+      q.thresholds.push_back({t, double(k) / double(n),
+                              k ? (agree.back() & fired).sum().item<double>() / double(k) : 0.0});
+    }
+    out.push_back(q);
+  }
+  // The combined decision: the first eligible confident exit in order.
+  exit_quality all;
+  all.layer = 0;
+  for (float t : thresholds) {
+    auto taken = at::zeros({n}, at::kBool);
+    auto good = at::zeros({n}, at::kBool);
+    for (size_t i = 0; i < heads.size(); ++i) {
+      if (heads[i].layer < min_exit_layer)
+        continue;
+      auto now = (conf[i] >= t) & ~taken;
+      good = good | (now & agree[i]);
+      taken = taken | now;
+    }
+    auto k = taken.sum().item<int64_t>();
+    all.thresholds.push_back({t, double(k) / double(n), k ? good.sum().item<double>() / double(k) : 0.0});
+  }
+  out.push_back(all);
+  return out;
+}
+
+} // namespace ceco

@@ -1,0 +1,85 @@
+#pragma once
+
+// Tuning exit heads on a frozen model (EE-Tuning style): the backbone never
+// changes; each head learns to predict what the final layer predicts from
+// the hidden state after its layer.
+//
+// Data: positions of token sequences (sampled from the model itself, or a
+// text), with each exit layer's hidden state and the final layer's logits.
+// Loss per head, over a batch of positions:
+//   kl    KL(final ‖ head), distilling the whole distribution
+//   ce    cross-entropy to the final layer's argmax
+//   mix   kl_weight · kl + (1 - kl_weight) · ce        (default)
+//   next  cross-entropy to the true next token (text only)
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "model/exit_heads.hpp"
+
+namespace ceco {
+
+class transformer;
+class tokenizer;
+
+/// Hidden states at each exit and the final layer's logits, per position.
+struct exit_dataset {
+  std::vector<int> exits;
+  std::vector<at::Tensor> hidden;  // per exit: [N, n_embd]
+  at::Tensor teacher;              // [N, vocab] final-layer logits
+  at::Tensor next_token;           // [N] the following token, -1 at a sequence's end
+  int64_t size() const { return teacher.defined() ? teacher.size(0) : 0; }
+  /// Rows [begin, end) of everything.
+  exit_dataset slice(int64_t begin, int64_t end) const;
+};
+
+/// Samples sequences from the model itself (temperature 1), `seq_len`
+/// tokens each after BOS, until `n_tokens` tokens are collected.
+std::vector<std::vector<int32_t>> self_generated_sequences(const transformer& model, int64_t n_tokens,
+                                                           int seq_len, int32_t bos, uint64_t seed);
+/// A text cut into sequences of `seq_len` tokens, each starting with BOS.
+std::vector<std::vector<int32_t>> text_sequences(const tokenizer& vocab, const std::string& text,
+                                                 int seq_len);
+exit_dataset collect_exit_data(const transformer& model,
+                               const std::vector<std::vector<int32_t>>& sequences,
+                               const std::vector<int>& exits);
+
+struct exit_training_options {
+  int adapter_hidden = 128;  // residual adapter units; 0 = none
+  bool own_output = true;    // train a classifier per head (starts as the model's)
+  std::string loss = "mix";
+  float kl_weight = 0.5f;
+  int steps = 600;
+  int batch = 256;
+  float lr = 3e-3f;
+  uint64_t seed = 1;
+};
+
+/// Trains one head per exit of `data`; `progress(exit_index, step, loss)`
+/// is called every few steps.
+exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
+                            const exit_training_options& opts,
+                            const std::function<void(size_t, int, float)>& progress = {});
+
+struct exit_quality {
+  struct at_threshold {
+    float threshold;
+    double exit_rate;   // share of positions whose confidence reaches it
+    double agreement;   // among those, share whose token equals the final's
+  };
+  int layer = 0;           // 0 for the combined decision over all exits
+  double agreement = 0;    // argmax equals the final argmax, over all positions
+  std::vector<at_threshold> thresholds;
+};
+
+/// Per exit, then the combined decision (first confident exit in order at
+/// or after min_exit_layer) as the last entry.
+std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exit_dataset& data,
+                                              const std::vector<float>& thresholds,
+                                              int min_exit_layer = 1);
+
+} // namespace ceco
