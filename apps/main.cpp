@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   ceco::app::add_bench_command(app);
   ceco::app::add_sim_command(app);
   ceco::app::add_tune_exits_command(app);
+  ceco::app::add_experiment_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

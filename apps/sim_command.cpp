@@ -10,6 +10,7 @@
 
 #include "actors/simulation.hpp"
 #include "apps/commands.hpp"
+#include "apps/report.hpp"
 #include "model/metrics.hpp"
 #include "model/transformer.hpp"
 
@@ -44,66 +45,12 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return out;
 }
 
-/// Bytes up the design notes' §2 formulas predict, payload only.
-int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
-                         int64_t dtype_bytes) {
-  if (mode == "collaborative")
-    return (p + n - 1) * d * dtype_bytes;  // the last token's state is never needed
-  if (mode == "naive") {
-    int64_t total = 0;
-    for (int64_t i = 0; i < n; ++i)
-      total += (p + i) * d * 4;
-    return total;
-  }
-  if (mode == "cloud")
-    return p * 4;
-  return 0;
-}
-
 struct row {
   const response_report* report;
   std::string prompt;
   std::string text;
   double agreement = -1;  // with the cloud strategy's tokens; -1 = not run
-  double rouge = -1;
-  int64_t formula_up = 0;
 };
-
-nlohmann::json to_json(const row& r) {
-  const auto& x = *r.report;
-  nlohmann::json j;
-  j["mode"] = x.mode;
-  j["prompt"] = r.prompt;
-  j["text"] = r.text;
-  j["tokens"] = x.tokens;
-  j["n_prompt"] = x.prompt.size();
-  j["n_generated"] = x.tokens.size();
-  nlohmann::json exits = nlohmann::json::object();
-  for (size_t i = 0; i < x.exit_layers.size(); ++i)
-    exits[std::to_string(x.exit_layers[i])] = x.exit_counts[i];
-  exits["cloud"] = x.cloud_tokens;
-  j["exits"] = exits;
-  j["cloud_requests"] = x.cloud_requests;
-  j["cloud_request_rate"] = x.tokens.empty() ? 0.0 : double(x.cloud_tokens) / double(x.tokens.size());
-  j["uploads"] = x.uploads;
-  j["uploaded_positions"] = x.uploaded_positions;
-  j["bytes_up"] = x.traffic.bytes_up;
-  j["bytes_down"] = x.traffic.bytes_down;
-  j["messages_up"] = x.traffic.messages_up;
-  j["messages_down"] = x.traffic.messages_down;
-  j["formula_bytes_up"] = r.formula_up;
-  j["edge_ms"] = double(x.edge_us) / 1000.0;
-  j["cloud_ms"] = double(x.cloud_us) / 1000.0;
-  j["comm_ms"] = double(x.comm_us) / 1000.0;
-  j["total_ms"] = double(x.total_us) / 1000.0;
-  if (r.agreement >= 0) {
-    j["agreement_with_cloud"] = r.agreement;
-    j["rouge_l_with_cloud"] = r.rouge;
-  }
-  if (!x.error.empty())
-    j["error"] = x.error;
-  return j;
-}
 
 void print_table(const std::vector<row>& rows, const std::vector<std::string>& modes) {
   fmt::print("\n{:<14} {:>7} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n", "mode",
@@ -190,16 +137,18 @@ void run_sim(sim_args a) {
         reports.push_back(sim.run(ids, mode));
         const auto& r = reports.back();
         row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
-        x.formula_up = formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
-                                        m.model->config().n_embd, s.upload.dtype == "f32" ? 4 : 2);
+        auto j = report_json(r, x.prompt, x.text,
+                             formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
+                                              m.model->config().n_embd,
+                                              s.upload.dtype == "f32" ? 4 : 2));
         if (mode == "cloud")
           cloud = &r;
         if (cloud) {
           x.agreement = token_agreement(r.tokens, cloud->tokens);
-          x.rouge = rouge_l(r.tokens, cloud->tokens);
+          add_cloud_agreement(j, r.tokens, cloud->tokens);
         }
         if (a.json)
-          std::cout << to_json(x).dump() << std::endl;
+          std::cout << j.dump() << std::endl;
         rows.push_back(x);
       }
     }

@@ -115,6 +115,113 @@ key_spec int_list_key(std::string key, std::function<std::vector<int>&(settings&
   return k;
 }
 
+key_spec float_list_key(std::string key, double min, std::function<std::vector<double>&(settings&)> ref) {
+  key_spec k{key, "list of numbers", {}, {}};
+  k.set = [key, min, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto arr = n.as_array();
+    if (!arr)
+      wrong(where, key, "a list of numbers such as [0.5, 0.8]", n);
+    std::vector<double> out;
+    for (auto& e : *arr) {
+      std::optional<double> v = e.is_integer() ? std::optional<double>(double(*e.value<int64_t>()))
+                                               : e.value_exact<double>();
+      if (!v || *v < min)
+        wrong(where, key, fmt::format("a list of numbers >= {}", min), n);
+      out.push_back(*v);
+    }
+    ref(s) = out;
+  };
+  k.get = [ref](const settings& s) {
+    return fmt::format("[{}]", fmt::join(ref(const_cast<settings&>(s)), ", "));
+  };
+  return k;
+}
+
+key_spec string_list_key(std::string key, std::vector<std::string> allowed,
+                         std::function<std::vector<std::string>&(settings&)> ref) {
+  key_spec k{key, "list of strings", {}, {}};
+  k.set = [key, allowed, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto arr = n.as_array();
+    if (!arr)
+      wrong(where, key, "a list of strings", n);
+    std::vector<std::string> out;
+    for (auto& e : *arr) {
+      auto v = e.value_exact<std::string>();
+      if (!v)
+        wrong(where, key, "a list of strings", n);
+      if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), *v) == allowed.end())
+        throw config_error(fmt::format("{}: {} may hold \"{}\", got \"{}\"", where, key,
+                                       fmt::join(allowed, "\", \""), *v));
+      out.push_back(*v);
+    }
+    ref(s) = out;
+  };
+  k.get = [ref](const settings& s) {
+    auto& v = ref(const_cast<settings&>(s));
+    return v.empty() ? std::string("[]") : fmt::format("[\"{}\"]", fmt::join(v, "\", \""));
+  };
+  return k;
+}
+
+key_spec exits_list_key(std::string key, std::function<std::vector<std::vector<int>>&(settings&)> ref) {
+  key_spec k{key, "list of exit lists", {}, {}};
+  k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto arr = n.as_array();
+    if (!arr)
+      wrong(where, key, "a list of exit lists such as [[2, 3], [3]]", n);
+    std::vector<std::vector<int>> out;
+    for (auto& e : *arr) {
+      auto inner = e.as_array();
+      if (!inner)
+        wrong(where, key, "a list of exit lists such as [[2, 3], [3]]", n);
+      std::vector<int> exits;
+      for (auto& x : *inner) {
+        auto v = x.value_exact<int64_t>();
+        if (!v || *v < 1 || (!exits.empty() && *v <= exits.back()))
+          wrong(where, key, "lists of ascending layer counts >= 1", n);
+        exits.push_back(int(*v));
+      }
+      out.push_back(exits);
+    }
+    ref(s) = out;
+  };
+  k.get = [ref](const settings& s) {
+    std::vector<std::string> parts;
+    for (auto& e : ref(const_cast<settings&>(s)))
+      parts.push_back(fmt::format("[{}]", fmt::join(e, ", ")));
+    return fmt::format("[{}]", fmt::join(parts, ", "));
+  };
+  return k;
+}
+
+key_spec int_list_plain_key(std::string key, int min, std::function<std::vector<int>&(settings&)> ref) {
+  key_spec k{key, "list of integers", {}, {}};
+  k.set = [key, min, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto arr = n.as_array();
+    if (!arr)
+      wrong(where, key, "a list of integers", n);
+    std::vector<int> out;
+    for (auto& e : *arr) {
+      auto v = e.value_exact<int64_t>();
+      if (!v || *v < min)
+        wrong(where, key, fmt::format("a list of integers >= {}", min), n);
+      out.push_back(int(*v));
+    }
+    ref(s) = out;
+  };
+  k.get = [ref](const settings& s) {
+    return fmt::format("[{}]", fmt::join(ref(const_cast<settings&>(s)), ", "));
+  };
+  return k;
+}
+
+std::vector<std::string> profile_names() {
+  std::vector<std::string> out;
+  for (auto& p : link_profiles())
+    out.push_back(p.name);
+  return out;
+}
+
 #define CECO_REF(T, member) [](settings& s) -> T& { return s.member; }
 
 const std::vector<key_spec>& schema() {
@@ -131,6 +238,11 @@ const std::vector<key_spec>& schema() {
     int_key("policy.min_exit_layer", 0, CECO_REF(int, policy.min_exit_layer)),
     string_key("upload.dtype", {"f16", "f32"}, CECO_REF(std::string, upload.dtype)),
     string_key("upload.mode", {"async", "sync"}, CECO_REF(std::string, upload.mode)),
+    [] {
+      auto names = profile_names();
+      names.insert(names.begin(), "");
+      return string_key("link.profile", names, CECO_REF(std::string, link.profile));
+    }(),
     float_key("link.latency_ms", 0.0, CECO_REF(double, link.latency_ms)),
     float_key("link.bandwidth_mbps", 0.0, CECO_REF(double, link.bandwidth_mbps)),
     float_key("link.jitter_ms", 0.0, CECO_REF(double, link.jitter_ms)),
@@ -140,6 +252,21 @@ const std::vector<key_spec>& schema() {
     int_key("generation.max_tokens", 1, CECO_REF(int, generation.max_tokens)),
     string_key("generation.prompt", {}, CECO_REF(std::string, generation.prompt)),
     int_key("runtime.threads", 1, CECO_REF(int, runtime.threads)),
+    string_key("experiment.name", {}, CECO_REF(std::string, experiment.name)),
+    string_key("experiment.dataset", {}, CECO_REF(std::string, experiment.dataset)),
+    string_key("experiment.format", {"auto", "alpaca", "xsum", "boolq", "quac", "imdb", "text"},
+               CECO_REF(std::string, experiment.format)),
+    int_key("experiment.samples", 1, CECO_REF(int, experiment.samples)),
+    int_key("experiment.seed", 0, CECO_REF(int, experiment.seed)),
+    string_list_key("experiment.strategies", {"cloud", "naive", "standalone", "collaborative"},
+                    CECO_REF(std::vector<std::string>, experiment.strategies)),
+    int_key("experiment.repetitions", 1, CECO_REF(int, experiment.repetitions)),
+    float_list_key("sweep.threshold", 0.0, CECO_REF(std::vector<double>, sweep.threshold)),
+    int_list_plain_key("sweep.split", 1, CECO_REF(std::vector<int>, sweep.split)),
+    exits_list_key("sweep.exits", CECO_REF(std::vector<std::vector<int>>, sweep.exits)),
+    string_list_key("sweep.upload_dtype", {"f16", "f32"},
+                    CECO_REF(std::vector<std::string>, sweep.upload_dtype)),
+    string_list_key("sweep.link", profile_names(), CECO_REF(std::vector<std::string>, sweep.link)),
   };
   return keys;
 }
@@ -189,7 +316,7 @@ void apply_override(settings& s, const std::string& assignment) {
   std::string where = "--set " + assignment;
   const auto& spec = find_key(key, where);
   std::string text = value;
-  if (spec.type == "list of integers" && (text.empty() || text.front() != '['))
+  if (spec.type.rfind("list", 0) == 0 && (text.empty() || text.front() != '['))
     text = "[" + text + "]";
   toml::table doc;
   try {
@@ -220,18 +347,42 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
     apply_table(s, t, "", file);
     // Relative paths in a file are relative to the file.
     auto base = std::filesystem::path(file).parent_path();
-    for (auto* p : {&s.model.path, &s.model.tokenizer, &s.model.exit_heads})
+    for (auto* p : {&s.model.path, &s.model.tokenizer, &s.model.exit_heads, &s.experiment.dataset})
       if (!p->empty() && *p != "none" && std::filesystem::path(*p).is_relative())
         *p = (base / *p).lexically_normal().string();
   }
   for (auto& o : overrides)
     apply_override(s, o);
+  apply_link_profile(s);
   for (auto [key, path] : {std::pair{"model.path", &s.model.path},
                            std::pair{"model.tokenizer", &s.model.tokenizer},
-                           std::pair{"model.exit_heads", &s.model.exit_heads}})
+                           std::pair{"model.exit_heads", &s.model.exit_heads},
+                           std::pair{"experiment.dataset", &s.experiment.dataset}})
     if (!path->empty() && *path != "none" && !std::filesystem::exists(*path))
       throw config_error(fmt::format("{}: no such file or folder '{}'", key, *path));
   return s;
+}
+
+const std::vector<link_profile>& link_profiles() {
+  static const std::vector<link_profile> profiles = {
+    {"lan", 0.5, 1000.0, 0.0, "a local network: 0.5 ms, 1 Gbit/s"},
+    {"wan", 25.0, 10.0, 5.0, "a wide-area link: 25 ms + up to 5 ms jitter, 10 Mbit/s"},
+    {"paper", 3.0, 30.0, 0.0, "the CE-CoLLM testbed (design notes §2): 3 ms, 30 Mbit/s"},
+  };
+  return profiles;
+}
+
+void apply_link_profile(settings& s) {
+  if (s.link.profile.empty())
+    return;
+  for (auto& p : link_profiles())
+    if (s.link.profile == p.name) {
+      s.link.latency_ms = p.latency_ms;
+      s.link.bandwidth_mbps = p.bandwidth_mbps;
+      s.link.jitter_ms = p.jitter_ms;
+      return;
+    }
+  throw config_error(fmt::format("link.profile: unknown profile '{}'", s.link.profile));
 }
 
 void check_against_model(const settings& s, const model_config& cfg) {

@@ -40,6 +40,7 @@ struct settings {
     std::string mode = "async";  // async | sync (wait for each upload's ack)
   } upload;
   struct {
+    std::string profile;           // "" = the keys below; lan | wan | paper set them
     double latency_ms = 5.0;       // one way
     double bandwidth_mbps = 30.0;  // 0 = unlimited
     double jitter_ms = 0.0;        // uniform extra delay in [0, jitter)
@@ -56,7 +57,37 @@ struct settings {
   struct {
     int threads = 2;  // CAF scheduler threads
   } runtime;
+  // -- experiments only (`ceco experiment`) --
+  struct {
+    std::string name;
+    std::string dataset;          // file; "" = generation.prompt alone
+    std::string format = "auto";  // auto | alpaca | xsum | boolq | quac | imdb | text
+    int samples = 10;
+    int seed = 1;
+    std::vector<std::string> strategies{"cloud", "naive", "standalone", "collaborative"};
+    int repetitions = 1;
+  } experiment;
+  struct {
+    std::vector<double> threshold;
+    std::vector<int> split;
+    std::vector<std::vector<int>> exits;
+    std::vector<std::string> upload_dtype;
+    std::vector<std::string> link;  // profile names
+  } sweep;
 };
+
+/// Named links: latency_ms, bandwidth_mbps, jitter_ms.
+struct link_profile {
+  const char* name;
+  double latency_ms;
+  double bandwidth_mbps;
+  double jitter_ms;
+  const char* description;
+};
+const std::vector<link_profile>& link_profiles();
+/// Sets link.latency_ms, bandwidth_mbps and jitter_ms from link.profile
+/// (no-op when it is empty).
+void apply_link_profile(settings& s);
 
 /// Defaults, then `file` (if not empty), then each "key=value" override.
 settings load_settings(const std::string& file, const std::vector<std::string>& overrides);

@@ -4,6 +4,7 @@
 #
 #   sudo deploy/install-deps.sh
 #
+# gnuplot-nox draws the plots of `ceco experiment`.
 # libopenblas0 matters: without it libtorch falls back to the reference BLAS
 # and matrix products are 2-20x slower.
 set -euo pipefail
@@ -14,6 +15,7 @@ packages=(
   libcaf-dev
   libfmt-dev libcereal-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   doctest-dev
+  gnuplot-nox
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,6 +1,8 @@
 #include "test/support.hpp"
 
 #include <cstdio>
+#include <fstream>
+#include <set>
 #include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
@@ -129,4 +131,93 @@ TEST_CASE("ceco sim --mode all --json prints one object per strategy with the do
   auto bad = run_ceco("sim --set policy.threshold=-1");
   CHECK(bad.status == 1);
   CHECK(bad.out.find("policy.threshold must be a number >= 0, got -1") != std::string::npos);
+}
+
+namespace {
+
+int64_t varint_size(int64_t n) {
+  int64_t bytes = 1;
+  while (n >= 128) {
+    n >>= 7;
+    ++bytes;
+  }
+  return bytes;
+}
+
+std::vector<nlohmann::json> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<nlohmann::json> out;
+  std::string line;
+  while (std::getline(in, line))
+    out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("the smoke experiment writes results, summaries and plots with consistent numbers") {
+  temp_dir tmp;
+  auto out = tmp.file("smoke");
+  auto file = std::string(CECO_SOURCE_DIR) + "/config/experiments/smoke.toml";
+  auto r = run_ceco("experiment " + file + " --out " + out);
+  REQUIRE(r.status == 0);
+  for (auto f : {"results.jsonl", "summary.csv", "summary.md", "time_breakdown.png",
+                 "time_breakdown.svg", "bytes.png", "bytes.svg", "threshold_tradeoff.png",
+                 "threshold_tradeoff.svg"})
+    CHECK_MESSAGE(std::filesystem::file_size(out + "/" + f) > 100, f);
+  auto lines = read_lines(out + "/results.jsonl");
+  REQUIRE(lines.size() == 2 * 2 * 3 * 4);  // thresholds x repetitions x samples x strategies
+  const int64_t d = 64;
+  for (auto& j : lines) {
+    std::string mode = j["mode"];
+    CAPTURE(mode);
+    int64_t p = j["n_prompt"], n = j["n_generated"], up = j["bytes_up"], formula = j["formula_bytes_up"];
+    CHECK(j["cloud_request_rate"].get<double>() ==
+          doctest::Approx(n ? j["exits"]["cloud"].get<double>() / double(n) : 0.0));
+    if (mode == "collaborative") {
+      int64_t uploads = j["uploads"], requests = j["cloud_requests"];
+      CHECK(formula == (p + n - 1) * d * 2);
+      CHECK(up == formula + 24 + 12 * requests + 21 * uploads + varint_size(p * d * 2) +
+                    (uploads - 1) * varint_size(d * 2));
+    } else if (mode == "naive") {
+      int64_t overhead = 24;
+      for (int64_t i = 0; i < n; ++i)
+        overhead += 17 + varint_size((p + i) * d * 4);
+      CHECK(up == formula + overhead);
+    } else if (mode == "cloud") {
+      CHECK(up == formula + 36 + varint_size(p));
+      CHECK(j["agreement_with_cloud"] == 1.0);
+    } else {
+      CHECK(up == 0);
+    }
+    CHECK(j.contains("reference"));
+    CHECK(j.contains("em"));
+  }
+  std::ifstream md(out + "/summary.md");
+  std::string summary((std::istreambuf_iterator<char>(md)), {});
+  CHECK(summary.find("| collaborative | θ=0.8 |") != std::string::npos);
+
+  // Interrupted: 30 whole lines and half of the next survive; a rerun
+  // completes the rest without repeating any.
+  {
+    std::ifstream in(out + "/results.jsonl");
+    std::string all((std::istreambuf_iterator<char>(in)), {});
+    size_t cut = 0;
+    for (int i = 0; i < 30; ++i)
+      cut = all.find('\n', cut) + 1;
+    std::ofstream(out + "/results.jsonl", std::ios::trunc) << all.substr(0, cut + 40);
+  }
+  auto again = run_ceco("experiment " + file + " --out " + out + " --no-plots");
+  REQUIRE(again.status == 0);
+  CHECK(again.out.find("30 done before, resuming") != std::string::npos);
+  auto resumed = read_lines(out + "/results.jsonl");
+  CHECK(resumed.size() == lines.size());
+  std::set<std::string> keys;
+  for (auto& j : resumed)
+    keys.insert(j["setting"].get<std::string>() + j["mode"].get<std::string>() +
+                std::to_string(j["sample"].get<int>()) + std::to_string(j["repetition"].get<int>()));
+  CHECK(keys.size() == lines.size());
+  auto other = run_ceco("experiment " + file + " --out " + out + " --set generation.max_tokens=5");
+  CHECK(other.status == 1);
+  CHECK(other.out.find("holds results of different settings") != std::string::npos);
 }

@@ -1,0 +1,61 @@
+#include "apps/report.hpp"
+
+#include "model/metrics.hpp"
+
+namespace ceco::app {
+
+int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
+                         int64_t dtype_bytes) {
+  if (mode == "collaborative")
+    return n > 0 ? (p + n - 1) * d * dtype_bytes : 0;  // the last token's state is never needed
+  if (mode == "naive") {
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; ++i)
+      total += (p + i) * d * 4;
+    return total;
+  }
+  if (mode == "cloud")
+    return p * 4;
+  return 0;
+}
+
+nlohmann::json report_json(const response_report& x, const std::string& prompt,
+                           const std::string& text, int64_t formula_up) {
+  nlohmann::json j;
+  j["mode"] = x.mode;
+  j["prompt"] = prompt;
+  j["text"] = text;
+  j["tokens"] = x.tokens;
+  j["n_prompt"] = x.prompt.size();
+  j["n_generated"] = x.tokens.size();
+  nlohmann::json exits = nlohmann::json::object();
+  for (size_t i = 0; i < x.exit_layers.size(); ++i)
+    exits[std::to_string(x.exit_layers[i])] = x.exit_counts[i];
+  exits["cloud"] = x.cloud_tokens;
+  j["exits"] = exits;
+  j["cloud_requests"] = x.cloud_requests;
+  j["cloud_request_rate"] =
+    x.tokens.empty() ? 0.0 : double(x.cloud_tokens) / double(x.tokens.size());
+  j["uploads"] = x.uploads;
+  j["uploaded_positions"] = x.uploaded_positions;
+  j["bytes_up"] = x.traffic.bytes_up;
+  j["bytes_down"] = x.traffic.bytes_down;
+  j["messages_up"] = x.traffic.messages_up;
+  j["messages_down"] = x.traffic.messages_down;
+  j["formula_bytes_up"] = formula_up;
+  j["edge_ms"] = double(x.edge_us) / 1000.0;
+  j["cloud_ms"] = double(x.cloud_us) / 1000.0;
+  j["comm_ms"] = double(x.comm_us) / 1000.0;
+  j["total_ms"] = double(x.total_us) / 1000.0;
+  if (!x.error.empty())
+    j["error"] = x.error;
+  return j;
+}
+
+void add_cloud_agreement(nlohmann::json& j, const std::vector<int32_t>& tokens,
+                         const std::vector<int32_t>& cloud_tokens) {
+  j["agreement_with_cloud"] = token_agreement(tokens, cloud_tokens);
+  j["rouge_l_with_cloud"] = rouge_l(tokens, cloud_tokens);
+}
+
+} // namespace ceco::app

@@ -1,0 +1,27 @@
+#pragma once
+
+// One response's figures as JSON (`ceco sim --json`, `results.jsonl`) and
+// the byte formulas of design notes §2.
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/messages.hpp"
+
+namespace ceco::app {
+
+/// Bytes up the formulas predict, payload only: collaborative
+/// (p + n - 1)·d·dtype, naive Σ_{i<n} (p + i)·d·4, cloud 4p, standalone 0.
+int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
+                         int64_t dtype_bytes);
+
+/// The fields of `ceco sim --json` (README "ceco sim").
+nlohmann::json report_json(const response_report& r, const std::string& prompt,
+                           const std::string& text, int64_t formula_up);
+
+/// Adds agreement_with_cloud and rouge_l_with_cloud.
+void add_cloud_agreement(nlohmann::json& j, const std::vector<int32_t>& tokens,
+                         const std::vector<int32_t>& cloud_tokens);
+
+} // namespace ceco::app
