@@ -28,6 +28,8 @@ struct edge_session_state {
   int32_t uploads_in_flight = 0;
   clock_type::time_point started;
   bool finished = false;
+  bool degraded = false;             // the cloud was lost: standalone from here on
+  int32_t fallback_token = 0;        // the deepest exit's token for the current position
   static inline const char* name = "edge_session";
 };
 
@@ -48,6 +50,8 @@ void emit(self_ptr self, int32_t token, int exit_index) {
   if (token == st.opts.eos)
     return finish(self);
   st.report.tokens.push_back(token);
+  if (st.degraded)
+    ++st.report.degraded_tokens;
   if (exit_index >= 0)
     ++st.report.exit_counts[size_t(exit_index)];
   else
@@ -77,7 +81,16 @@ void ask_cloud(self_ptr self, int32_t last) {
         self->state.report.comm_us += std::max<int64_t>(0, us_since(sent) - r.cloud_us);
         emit(self, r.token, -1);
       },
-      [=](caf::error& err) { finish(self, "cloud request: " + describe(err)); });
+      [=](caf::error& err) {
+        // The cloud is gone or not answering: finish the response on the
+        // edge alone, as standalone would.
+        auto& st = self->state;
+        st.degraded = true;
+        st.report.comm_us += us_since(sent);
+        fmt::print(stderr, "ceco: cloud request failed ({}); continuing on the edge alone\n",
+                   describe(err));
+        emit(self, st.fallback_token, int(st.opts.exits.size()) - 1);
+      });
 }
 
 void decide(self_ptr self, edge_output& out, int32_t last) {
@@ -104,10 +117,9 @@ void decide(self_ptr self, edge_output& out, int32_t last) {
       [=](exit_decision& d) {
         auto& st = self->state;
         st.report.edge_us += d.compute_us;
-        if (st.opts.mode == "standalone")
+        if (st.opts.mode == "standalone" || st.degraded || d.exit_layer >= 0)
           return emit(self, d.token, exit_index_of(st, d.exit_layer));
-        if (d.exit_layer >= 0)
-          return emit(self, d.token, exit_index_of(st, d.exit_layer));
+        st.fallback_token = d.token;
         ask_cloud(self, last);
       },
       [=](caf::error& err) { finish(self, "exit evaluator: " + describe(err)); });
@@ -125,7 +137,11 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
     // Asynchronous: the token loop goes on at once; the ack only settles
     // the count (an error here surfaces as the cloud's request failing).
     h.then([=](int32_t) { --self->state.uploads_in_flight; },
-           [=](caf::error&) { --self->state.uploads_in_flight; });
+           [=](caf::error&) {
+             // A lost upload surfaces as the failure of the cloud request
+             // that needs it, which switches the session to the edge alone.
+             --self->state.uploads_in_flight;
+           });
     next();
     return;
   }
@@ -153,7 +169,7 @@ void step(self_ptr self) {
           st.naive_rows.insert(st.naive_rows.end(), out.split.bytes.begin(), out.split.bytes.end());
           st.naive_rows_count += out.split.rows;
         }
-        if (st.opts.mode == "collaborative") {
+        if (st.opts.mode == "collaborative" && !st.degraded) {
           auto shared = std::make_shared<edge_output>(std::move(out));
           upload(self, shared->split, start, [=] { decide(self, *shared, last); });
           return;
@@ -168,6 +184,20 @@ void deliver(self_ptr self) {
   self->quit();
 }
 
+/// Asks the link for the session's byte counts, then delivers the report.
+void collect_traffic(self_ptr self) {
+  if (!self->state.site.link)
+    return deliver(self);
+  self->request(self->state.site.link, self->state.opts.timeout, stats_atom::value,
+                self->state.session)
+    .then(
+      [=](link_counters& c) {
+        self->state.report.traffic = c;
+        deliver(self);
+      },
+      [=](caf::error&) { deliver(self); });
+}
+
 void finish(self_ptr self, const std::string& error) {
   auto& st = self->state;
   if (st.finished)
@@ -179,27 +209,20 @@ void finish(self_ptr self, const std::string& error) {
   self->send(st.site.layers, close_atom::value, st.session);
   if (!st.cloud_session)
     return deliver(self);
+  if (st.degraded)
+    return collect_traffic(self);
   // Close the cloud session (its summary has the cloud's compute), then
   // collect the link's byte counts, which by then include the close.
   self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)
     .then(
       [=](session_summary& s) {
         self->state.report.cloud_us += s.compute_us;
-        if (!self->state.site.link)
-          return deliver(self);
-        self->request(self->state.site.link, self->state.opts.timeout, stats_atom::value,
-                      self->state.session)
-          .then(
-            [=](link_counters& c) {
-              self->state.report.traffic = c;
-              deliver(self);
-            },
-            [=](caf::error&) { deliver(self); });
+        collect_traffic(self);
       },
       [=](caf::error& err) {
         if (self->state.report.error.empty())
           self->state.report.error = "close: " + describe(err);
-        deliver(self);
+        collect_traffic(self);
       });
 }
 

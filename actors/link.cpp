@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <set>
 
 namespace ceco {
 
@@ -26,6 +27,10 @@ struct link_state {
   clock_type::time_point last_arrival[2]; // keeps each direction FIFO
   std::deque<transit> in_flight[2];
   std::map<uint64_t, link_counters> counters;
+  // Requests the cloud has not answered yet, by id: how to fail each one.
+  std::map<uint64_t, std::function<void(const caf::error&)>> outstanding;
+  uint64_t next_request = 0;
+  caf::error down;  // set once the cloud is lost
   static inline const char* name = "link";
 
   void count(uint64_t session, direction dir, int64_t bytes) {
@@ -60,17 +65,31 @@ void transmit(self_ptr self, direction dir, int64_t bytes, std::function<void()>
                      uint64_t(dir));
 }
 
-/// Request up, reply (or error) down, each through the pipe.
+/// Request up, reply (or error) down, each through the pipe. When the cloud
+/// is lost, every request it has not answered fails at once (CAF would
+/// otherwise hold them until their timeouts).
 template <class Reply, class... Ts>
 caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... xs) {
   auto rp = self->template make_response_promise<Reply>();
+  if (self->state.down) {
+    rp.deliver(self->state.down);
+    return rp;
+  }
   const int64_t up_bytes = (wire_size(xs) + ...);
   if (session != 0)
     self->state.count(session, up, up_bytes);
   transmit(self, up, up_bytes, [=]() mutable {
+    if (self->state.down) {
+      rp.deliver(self->state.down);
+      return;
+    }
+    const uint64_t id = self->state.next_request++;
+    self->state.outstanding[id] = [rp](const caf::error& err) mutable { rp.deliver(err); };
     self->request(self->state.cloud, caf::infinite, xs...)
       .then(
         [=](Reply& r) mutable {
+          if (self->state.outstanding.erase(id) == 0)
+            return;  // already failed by the down handler
           uint64_t s = session;
           if constexpr (std::is_same_v<Reply, uint64_t>) {
             if (s == 0) {  // an open: its traffic belongs to the new session
@@ -83,6 +102,8 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
           transmit(self, down, bytes, [=]() mutable { rp.deliver(r); });
         },
         [=](caf::error& err) mutable {
+          if (self->state.outstanding.erase(id) == 0)
+            return;
           const int64_t bytes = wire_size(err);
           self->state.count(session, down, bytes);
           transmit(self, down, bytes, [=]() mutable { rp.deliver(err); });
@@ -95,7 +116,18 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
   self->state.cloud = std::move(cloud);
   self->state.opts = opts;
   self->state.rng.seed(opts.seed);
+  self->monitor(self->state.cloud);
+  self->set_down_handler([=](caf::down_msg& msg) {
+    auto& st = self->state;
+    st.down = make_error(ceco_errc::cloud_unreachable,
+                         "the connection to the cloud was lost (" + caf::to_string(msg.reason) + ")");
+    auto pending = std::move(st.outstanding);
+    st.outstanding.clear();
+    for (auto& [id, fail] : pending)
+      fail(st.down);
+  });
   return {
+    [=](hello_msg& h) { return relay<hello_msg>(self, 0, std::move(h)); },
     [=](open_atom a) { return relay<uint64_t>(self, 0, a); },
     [=](upload_msg& m) { return relay<int32_t>(self, m.session, std::move(m)); },
     [=](infer_request& r) { return relay<infer_reply>(self, r.session, r); },
@@ -116,15 +148,66 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
   };
 }
 
-cloud_api::behavior_type cloud_front_fn(cloud_api::pointer self, context_manager_actor contexts,
-                                        cloud_layers_actor layers) {
+struct cloud_front_state {
+  hello_msg mine;
+  std::set<caf::node_id> greeted;  // remote nodes whose hello was accepted
+  static inline const char* name = "cloud_front";
+};
+
+using front_ptr = cloud_api::stateful_pointer<cloud_front_state>;
+
+/// Only this process and nodes that passed the handshake are served.
+caf::error refuse_stranger(front_ptr self) {
+  auto sender = self->current_sender();
+  if (!sender || sender->node() == self->node() || self->state.greeted.count(sender->node()))
+    return {};
+  return make_error(ceco_errc::handshake_failed,
+                    "send hello_msg first: this node has not passed the handshake");
+}
+
+cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor contexts,
+                                        cloud_layers_actor layers, hello_msg mine) {
+  self->state.mine = std::move(mine);
   return {
-    [=](open_atom a) { return self->delegate(contexts, a); },
-    [=](upload_msg& m) { return self->delegate(contexts, std::move(m)); },
-    [=](infer_request& r) { return self->delegate(contexts, r); },
-    [=](naive_request& r) { return self->delegate(layers, std::move(r)); },
-    [=](generate_request& r) { return self->delegate(layers, std::move(r)); },
-    [=](close_atom a, uint64_t id) { return self->delegate(contexts, a, id); },
+    [=](hello_msg& edge) -> caf::result<hello_msg> {
+      if (auto diff = compare_hello(edge, self->state.mine); !diff.empty())
+        return make_error(ceco_errc::handshake_failed, "the cloud refuses this edge: " + diff);
+      if (auto sender = self->current_sender())
+        self->state.greeted.insert(sender->node());
+      auto reply = self->state.mine;
+      reply.secret.clear();
+      return reply;
+    },
+    [=](open_atom a) -> caf::result<uint64_t> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, a);
+    },
+    [=](upload_msg& m) -> caf::result<int32_t> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, std::move(m));
+    },
+    [=](infer_request& r) -> caf::result<infer_reply> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, r);
+    },
+    [=](naive_request& r) -> caf::result<infer_reply> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(layers, std::move(r));
+    },
+    [=](generate_request& r) -> caf::result<generate_reply> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(layers, std::move(r));
+    },
+    [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, a, id);
+    },
   };
 }
 
@@ -135,8 +218,8 @@ link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts
 }
 
 cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
-                            cloud_layers_actor layers) {
-  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers));
+                            cloud_layers_actor layers, hello_msg hello) {
+  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers), std::move(hello));
 }
 
 } // namespace ceco

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "model/gguf.hpp"
 
@@ -22,6 +23,8 @@ const char* to_string(ceco_errc code) {
     case ceco_errc::bad_position: return "bad_position";
     case ceco_errc::compute_failed: return "compute_failed";
     case ceco_errc::session_limit: return "session_limit";
+    case ceco_errc::handshake_failed: return "handshake_failed";
+    case ceco_errc::cloud_unreachable: return "cloud_unreachable";
   }
   return "unknown_error";
 }
@@ -94,7 +97,24 @@ void read_blob(const tensor_blob& b, float* out) {
   }
 }
 
+std::string compare_hello(const hello_msg& edge, const hello_msg& cloud) {
+  std::vector<std::string> diffs;
+  if (edge.protocol != cloud.protocol)
+    diffs.push_back(fmt::format("protocol version: edge {}, cloud {}", edge.protocol, cloud.protocol));
+  if (edge.fingerprint != cloud.fingerprint)
+    diffs.push_back(fmt::format("model fingerprint: edge {:016x}, cloud {:016x} (different weights)",
+                                edge.fingerprint, cloud.fingerprint));
+  if (edge.n_layer != cloud.n_layer)
+    diffs.push_back(fmt::format("layers: edge {}, cloud {}", edge.n_layer, cloud.n_layer));
+  if (edge.split != cloud.split)
+    diffs.push_back(fmt::format("split.layer: edge {}, cloud {}", edge.split, cloud.split));
+  if (edge.secret != cloud.secret)
+    diffs.push_back("cloud.secret differs");
+  return fmt::format("{}", fmt::join(diffs, "; "));
+}
+
 void register_message_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<hello_msg>("hello_msg");
   cfg.add_message_type<std::vector<int32_t>>("ceco_ids");
   cfg.add_message_type<tensor_blob>("tensor_blob");
   cfg.add_message_type<upload_msg>("upload_msg");

@@ -14,6 +14,11 @@
 // | naive_request                | edge → cloud layers     | infer_reply            |
 // | generate_request             | edge → cloud layers     | generate_reply         |
 // | (close_atom, session)        | edge → context manager  | session_summary        |
+// | hello_msg                    | edge → cloud front      | hello_msg (the cloud's)|
+//
+// A deployment starts with hello: protocol version, model fingerprint,
+// split, exits and the shared secret; the cloud refuses a mismatch with an
+// error that says what differs.
 //
 // Uploads and inference requests are separate messages with no ordering
 // between them: a request that arrives before the uploads it needs waits at
@@ -57,7 +62,12 @@ enum class ceco_errc : uint8_t {
   bad_position,         // a request for a position outside the sequence
   compute_failed,       // the model refused the input
   session_limit,        // too many sessions
+  handshake_failed,     // protocol, model, split or secret differ
+  cloud_unreachable,    // the link to the cloud is down
 };
+
+/// Version of the edge-cloud protocol; a hello with another is refused.
+constexpr uint32_t protocol_version = 1;
 
 caf::error make_error(ceco_errc code, std::string what);
 /// "unknown_session: session 7 is not open" for ceco errors, CAF's text else.
@@ -125,6 +135,20 @@ struct generate_reply {
   int64_t cloud_us = 0;
 };
 
+/// The first message of a deployment, both ways.
+struct hello_msg {
+  uint32_t protocol = protocol_version;
+  uint64_t fingerprint = 0;   // of the model's shape and weights
+  int32_t n_layer = 0;
+  int32_t split = 0;
+  std::vector<int32_t> exits;
+  std::string secret;         // must match the cloud's cloud.secret
+};
+
+/// What differs between two hellos ("" when they agree); secrets are
+/// compared but never printed.
+std::string compare_hello(const hello_msg& edge, const hello_msg& cloud);
+
 struct session_summary {
   uint64_t session = 0;
   int32_t positions = 0;     // uploaded positions the cloud layers computed
@@ -165,6 +189,7 @@ struct response_report {
   std::vector<int32_t> exit_layers;    // the configured exits
   std::vector<int32_t> exit_counts;    // tokens emitted per exit
   int32_t cloud_tokens = 0;            // tokens the cloud produced
+  int32_t degraded_tokens = 0;         // emitted on the edge because the cloud was lost
   int32_t cloud_requests = 0;
   int32_t uploads = 0;                 // upload messages sent
   int32_t uploaded_positions = 0;
@@ -205,6 +230,11 @@ typename Inspector::result_type inspect(Inspector& f, generate_reply& x) {
   return f(caf::meta::type_name("generate_reply"), x.tokens, x.cloud_us);
 }
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, hello_msg& x) {
+  return f(caf::meta::type_name("hello_msg"), x.protocol, x.fingerprint, x.n_layer, x.split,
+           x.exits, x.secret);
+}
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, session_summary& x) {
   return f(caf::meta::type_name("session_summary"), x.session, x.positions, x.compute_us,
            x.gaps);
@@ -226,7 +256,8 @@ typename Inspector::result_type inspect(Inspector& f, link_counters& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, response_report& x) {
   return f(caf::meta::type_name("response_report"), x.mode, x.prompt, x.tokens, x.exit_layers,
-           x.exit_counts, x.cloud_tokens, x.cloud_requests, x.uploads, x.uploaded_positions,
+           x.exit_counts, x.cloud_tokens, x.degraded_tokens, x.cloud_requests, x.uploads,
+           x.uploaded_positions,
            x.traffic, x.edge_us, x.cloud_us, x.comm_us, x.total_us, x.error);
 }
 
@@ -251,6 +282,7 @@ using cloud_context_ptr = std::shared_ptr<cloud_context>;
 
 /// What an edge sees of the cloud; see the protocol table above.
 using cloud_api = caf::typed_actor<
+  caf::replies_to<hello_msg>::with<hello_msg>,
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
   caf::replies_to<infer_request>::with<infer_reply>,

@@ -7,6 +7,8 @@
 #include "actors/edge_actors.hpp"
 #include "actors/edge_session.hpp"
 #include "actors/link.hpp"
+
+#include <caf/io/all.hpp>
 #include "model/loader.hpp"
 #include "model/transformer.hpp"
 
@@ -26,32 +28,69 @@ sim_model load_sim_model(const settings& s, const std::string& default_model,
     m.heads = exit_heads::untrained(*model, s.model.exits);
   else
     m.heads = exit_heads::load(heads, *model, s.model.exits);
+  m.fingerprint = model_fingerprint(model->config(), model->weights());
   m.model = std::move(model);
   m.vocab = std::move(loaded.vocab);
   m.path = loaded.path;
   return m;
 }
 
-void configure_actor_system(caf::actor_system_config& cfg, int threads) {
+void configure_actor_system(caf::actor_system_config& cfg, int threads, bool network,
+                            int heartbeat_ms) {
   register_message_types(cfg);
   cfg.set("scheduler.max-threads", threads);
+  if (network) {
+    cfg.load<caf::io::middleman>();
+    if (heartbeat_ms > 0) {
+      cfg.set("middleman.heartbeat-interval", caf::timespan(std::chrono::milliseconds(heartbeat_ms)));
+      cfg.set("middleman.connection-timeout",
+              caf::timespan(std::chrono::milliseconds(4 * heartbeat_ms)));
+    }
+  }
 }
 
-simulation::simulation(caf::actor_system& sys, const settings& s, const sim_model& m)
-  : sys_(sys), settings_(s), model_(m) {
-  const auto& cfg = m.model->config();
-  cloud_layers_ = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos());
+hello_msg make_hello(const settings& s, const sim_model& m) {
+  hello_msg h;
+  h.fingerprint = m.fingerprint;
+  h.n_layer = m.model->config().n_layer;
+  h.split = s.split.layer;
+  h.exits.assign(s.model.exits.begin(), s.model.exits.end());
+  h.secret = s.cloud.secret;
+  return h;
+}
+
+void cloud_site::stop() {
+  for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(contexts),
+                 caf::actor_cast<caf::actor>(front)})
+    if (h)
+      caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
+}
+
+cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim_model& m) {
+  cloud_site c;
+  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos());
   context_manager_options cm;
   cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
   cm.max_sessions = s.session.max_sessions;
-  contexts_ = spawn_context_manager(sys, cloud_layers_, cfg, cm);
-  front_ = spawn_cloud_front(sys, contexts_, cloud_layers_);
+  c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
+  c.front = spawn_cloud_front(sys, c.contexts, c.layers, make_hello(s, m));
+  return c;
+}
+
+simulation::simulation(caf::actor_system& sys, const settings& s, const sim_model& m,
+                       cloud_api remote_cloud)
+  : sys_(sys), settings_(s), model_(m) {
+  const auto& cfg = m.model->config();
+  if (!remote_cloud) {
+    cloud_ = spawn_cloud_site(sys, s, m);
+    remote_cloud = cloud_.front;
+  }
   link_options lo;
   lo.latency_ms = s.link.latency_ms;
   lo.bandwidth_mbps = s.link.bandwidth_mbps;
   lo.jitter_ms = s.link.jitter_ms;
   lo.seed = uint64_t(s.link.seed);
-  link_ = spawn_link(sys, caf::actor_cast<cloud_api>(front_), lo);
+  link_ = spawn_link(sys, remote_cloud, lo);
   edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits);
   exit_policy policy{float(s.policy.threshold), s.policy.min_exit_layer};
   evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy);
@@ -61,11 +100,9 @@ simulation::simulation(caf::actor_system& sys, const settings& s, const sim_mode
 }
 
 simulation::~simulation() {
-  // The context manager's sweep timer would keep it alive forever.
-  for (auto h : {caf::actor_cast<caf::actor>(cloud_layers_), caf::actor_cast<caf::actor>(contexts_),
-                 caf::actor_cast<caf::actor>(front_), caf::actor_cast<caf::actor>(link_),
-                 caf::actor_cast<caf::actor>(edge_layers_), caf::actor_cast<caf::actor>(evaluator_),
-                 caf::actor_cast<caf::actor>(uploader_)})
+  cloud_.stop();
+  for (auto h : {caf::actor_cast<caf::actor>(link_), caf::actor_cast<caf::actor>(edge_layers_),
+                 caf::actor_cast<caf::actor>(evaluator_), caf::actor_cast<caf::actor>(uploader_)})
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
 }
 
@@ -80,6 +117,7 @@ edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
   o.max_seq = model_.model->config().max_seq;
   o.exits = settings_.model.exits;
   o.sync_upload = settings_.upload.mode == "sync";
+  o.timeout = std::chrono::milliseconds(settings_.cloud.request_timeout_ms);
   if (o.mode != "cloud" && o.mode != "naive" && o.mode != "standalone" && o.mode != "collaborative")
     throw config_error(fmt::format(
       "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", o.mode));
@@ -120,7 +158,9 @@ simulation::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
 std::pair<int64_t, int64_t> simulation::cloud_sessions() {
   caf::scoped_actor self{sys_};
   std::pair<int64_t, int64_t> out{-1, -1};
-  self->request(contexts_, std::chrono::seconds(10), stats_atom::value)
+  if (!cloud_.contexts)
+    throw model_error("simulation: the cloud is remote; ask it, not this process");
+  self->request(cloud_.contexts, std::chrono::seconds(10), stats_atom::value)
     .receive([&](int64_t n, int64_t bytes) { out = {n, bytes}; },
              [&](caf::error& err) { throw model_error("context manager stats: " + describe(err)); });
   return out;

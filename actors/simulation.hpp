@@ -1,9 +1,12 @@
 #pragma once
 
-// A single-node simulation: the cloud site (cloud layers, context manager,
-// front) and one edge site (edge layers, exit evaluator, uploader) in one
-// process, joined by a simulated link. Every strategy runs over the same
-// actors; only the session driver's wiring differs.
+// Wiring of the actors. The cloud site is the cloud layers, the context
+// manager and the front; the edge site is the edge layers, the exit
+// evaluator, the uploader and a link to the cloud. A simulation holds both
+// in one process; a deployment runs the cloud site in `ceco cloud` and the
+// edge site in `ceco edge`, whose link wraps the remote front. Every
+// strategy runs over the same actors; only the session driver's wiring
+// differs.
 
 #include <memory>
 #include <string>
@@ -24,6 +27,7 @@ struct sim_model {
   exit_heads heads;
   tokenizer vocab;
   std::string path;
+  uint64_t fingerprint = 0;
 };
 
 /// Loads what `s` names (model.path, model.exit_heads, model.exits) and
@@ -34,12 +38,31 @@ struct sim_model {
 sim_model load_sim_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads = {});
 
-/// Registers ceco's message types and sizes the scheduler.
-void configure_actor_system(caf::actor_system_config& cfg, int threads);
+/// Registers ceco's message types, sizes the scheduler and, for
+/// deployments, loads the network layer with heartbeats.
+void configure_actor_system(caf::actor_system_config& cfg, int threads, bool network = false,
+                            int heartbeat_ms = 0);
+
+/// The handshake this node sends (edge) or expects (cloud).
+hello_msg make_hello(const settings& s, const sim_model& m);
+
+struct cloud_site {
+  cloud_layers_actor layers;
+  context_manager_actor contexts;
+  cloud_api front;
+  /// Stops the site's actors (the context manager's timer would keep it alive).
+  void stop();
+};
+
+cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim_model& m);
 
 class simulation {
 public:
-  simulation(caf::actor_system& sys, const settings& s, const sim_model& m);
+  /// With `remote_cloud` set, the edge site talks to it (through a link that
+  /// adds the configured delays, counts bytes and fails requests when the
+  /// cloud is lost) and no cloud site is spawned here.
+  simulation(caf::actor_system& sys, const settings& s, const sim_model& m,
+             cloud_api remote_cloud = {});
   ~simulation();
   simulation(const simulation&) = delete;
   simulation& operator=(const simulation&) = delete;
@@ -51,7 +74,7 @@ public:
   std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
                                                 const std::string& mode = {}, int max_tokens = 0);
 
-  context_manager_actor contexts() const { return contexts_; }
+  context_manager_actor contexts() const { return cloud_.contexts; }
   /// (sessions open, bytes their contexts hold) at the context manager.
   std::pair<int64_t, int64_t> cloud_sessions();
 
@@ -62,9 +85,7 @@ private:
   caf::actor_system& sys_;
   settings settings_;
   const sim_model& model_;
-  cloud_layers_actor cloud_layers_;
-  context_manager_actor contexts_;
-  cloud_api front_;
+  cloud_site cloud_;  // empty with a remote cloud
   link_actor link_;
   edge_layers_actor edge_layers_;
   exit_evaluator_actor evaluator_;

@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
   ceco::app::add_sim_command(app);
   ceco::app::add_tune_exits_command(app);
   ceco::app::add_experiment_command(app);
+  ceco::app::add_cloud_command(app);
+  ceco::app::add_edge_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

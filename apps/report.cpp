@@ -34,6 +34,7 @@ nlohmann::json report_json(const response_report& x, const std::string& prompt,
   exits["cloud"] = x.cloud_tokens;
   j["exits"] = exits;
   j["cloud_requests"] = x.cloud_requests;
+  j["degraded_tokens"] = x.degraded_tokens;
   j["cloud_request_rate"] =
     x.tokens.empty() ? 0.0 : double(x.cloud_tokens) / double(x.tokens.size());
   j["uploads"] = x.uploads;

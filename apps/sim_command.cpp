@@ -4,6 +4,9 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <thread>
+
+#include <caf/io/all.hpp>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -97,7 +100,36 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
              rows.size() / std::max<size_t>(1, modes.size()));
 }
 
-void run_sim(sim_args a) {
+/// Connects to the cloud that `s` names, with doubling backoff, and checks
+/// the handshake; throws model_error when it cannot.
+cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const sim_model& m) {
+  std::string last_error;
+  auto backoff = std::chrono::milliseconds(100);
+  for (int attempt = 1; attempt <= s.cloud.connect_tries; ++attempt) {
+    auto remote = sys.middleman().remote_actor<cloud_api>(s.cloud.host, uint16_t(s.cloud.port));
+    if (remote) {
+      caf::scoped_actor self{sys};
+      std::string refused;
+      self->request(*remote, std::chrono::milliseconds(s.cloud.request_timeout_ms), make_hello(s, m))
+        .receive([&](hello_msg&) {}, [&](caf::error& err) { refused = describe(err); });
+      if (!refused.empty())
+        throw model_error(fmt::format("cloud at {}:{}: {}", s.cloud.host, s.cloud.port, refused));
+      return *remote;
+    }
+    last_error = caf::to_string(remote.error());
+    if (attempt < s.cloud.connect_tries) {
+      fmt::print(stderr, "ceco edge: cannot reach {}:{} ({}); retrying in {} ms\n", s.cloud.host,
+                 s.cloud.port, last_error, backoff.count());
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(3000));
+    }
+  }
+  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}",
+                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error));
+}
+
+/// `deployed`: the cloud is a `ceco cloud` process, not simulated here.
+void run_sessions(sim_args a, bool deployed) {
   auto s = load_settings(a.config, a.sets);
   if (a.max_tokens > 0)
     s.generation.max_tokens = a.max_tokens;
@@ -121,21 +153,39 @@ void run_sim(sim_args a) {
   set_compute_threads(1);  // one compute thread per actor; the scheduler runs them side by side
   auto m = load_sim_model(s, default_model_path(), default_exit_heads_path());
   caf::actor_system_config cfg;
-  configure_actor_system(cfg, s.runtime.threads);
+  configure_actor_system(cfg, s.runtime.threads, deployed, s.cloud.heartbeat_ms);
   caf::actor_system sys{cfg};
   std::vector<response_report> reports;
   reports.reserve(prompts.size() * modes.size());
   std::vector<row> rows;
   {
-    simulation sim(sys, s, m);
+    auto make = [&] {
+      return deployed ? std::make_unique<simulation>(sys, s, m, connect_to_cloud(sys, s, m))
+                      : std::make_unique<simulation>(sys, s, m);
+    };
+    auto sim = make();
+    bool lost = false;
     for (size_t i = 0; i < prompts.size(); ++i) {
       if (!a.json && prompts.size() > 1)
         fmt::print(stderr, "\r[{}/{}] responses", i + 1, prompts.size());
       auto ids = m.vocab.encode(prompts[i]);
       const response_report* cloud = nullptr;
       for (auto& mode : modes) {
-        reports.push_back(sim.run(ids, mode));
+        if (lost) {
+          // The cloud was lost during an earlier response: reconnect (it may
+          // be back), else carry on at the edge alone.
+          try {
+            sim = make();
+            lost = false;
+            fmt::print(stderr, "ceco edge: reconnected to the cloud\n");
+          } catch (const model_error& e) {
+            fmt::print(stderr, "ceco edge: {}; this response runs on the edge alone\n", e.what());
+          }
+        }
+        reports.push_back(sim->run(ids, lost && mode == "collaborative" ? "standalone" : mode));
         const auto& r = reports.back();
+        if (r.degraded_tokens > 0 || r.error.find("cloud_unreachable") != std::string::npos)
+          lost = deployed;
         row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
         auto j = report_json(r, x.prompt, x.text,
                              formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
@@ -159,6 +209,9 @@ void run_sim(sim_args a) {
     fmt::print(stderr, "\n");
   for (auto& r : rows) {
     fmt::print("[{}] {}{}\n", r.report->mode, r.prompt, r.text);
+    if (r.report->degraded_tokens > 0)
+      fmt::print("  ({} tokens produced on the edge alone after the cloud was lost)\n",
+                 r.report->degraded_tokens);
     if (!r.report->error.empty())
       fmt::print("  error: {}\n", r.report->error);
   }
@@ -167,11 +220,9 @@ void run_sim(sim_args a) {
 
 } // namespace
 
-void add_sim_command(CLI::App& app) {
-  auto a = std::make_shared<sim_args>();
-  auto* cmd = app.add_subcommand(
-    "sim", "simulate edge and cloud in one process: the cloud, naive, standalone and "
-           "collaborative strategies over the same actors and a simulated link");
+namespace {
+
+void add_session_options(CLI::App* cmd, const std::shared_ptr<sim_args>& a) {
   cmd->add_option("--config", a->config,
                   "TOML settings (see config/sim.toml; default: the built-in defaults)");
   cmd->add_option("--set", a->sets,
@@ -188,10 +239,30 @@ void add_sim_command(CLI::App& app) {
     ->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a->json,
                 "one JSON object per response: mode, prompt, text, tokens, n_prompt, "
-                "n_generated, exits, cloud_requests, bytes_up, bytes_down, edge_ms, cloud_ms, "
-                "comm_ms, total_ms, ...");
+                "n_generated, exits, cloud_requests, degraded_tokens, bytes_up, bytes_down, "
+                "edge_ms, cloud_ms, comm_ms, total_ms, ...");
   cmd->add_flag("--print-config", a->print_config, "print the effective settings and exit");
-  cmd->callback([a] { run_sim(*a); });
+}
+
+} // namespace
+
+void add_sim_command(CLI::App& app) {
+  auto a = std::make_shared<sim_args>();
+  auto* cmd = app.add_subcommand(
+    "sim", "simulate edge and cloud in one process: the cloud, naive, standalone and "
+           "collaborative strategies over the same actors and a simulated link");
+  add_session_options(cmd, a);
+  cmd->callback([a] { run_sessions(*a, false); });
+}
+
+void add_edge_command(CLI::App& app) {
+  auto a = std::make_shared<sim_args>();
+  auto* cmd = app.add_subcommand(
+    "edge", "run the edge of a two-node deployment: connect to `ceco cloud` at cloud.host and "
+            "cloud.port and generate (same settings, output and JSON as sim; the link.* delays "
+            "are added on top of the real network, so set them to 0 on a real link)");
+  add_session_options(cmd, a);
+  cmd->callback([a] { run_sessions(*a, true); });
 }
 
 } // namespace ceco::app

@@ -252,6 +252,12 @@ const std::vector<key_spec>& schema() {
     int_key("generation.max_tokens", 1, CECO_REF(int, generation.max_tokens)),
     string_key("generation.prompt", {}, CECO_REF(std::string, generation.prompt)),
     int_key("runtime.threads", 1, CECO_REF(int, runtime.threads)),
+    string_key("cloud.host", {}, CECO_REF(std::string, cloud.host)),
+    int_key("cloud.port", 0, CECO_REF(int, cloud.port)),
+    string_key("cloud.secret", {}, CECO_REF(std::string, cloud.secret)),
+    int_key("cloud.heartbeat_ms", 0, CECO_REF(int, cloud.heartbeat_ms)),
+    int_key("cloud.request_timeout_ms", 1, CECO_REF(int, cloud.request_timeout_ms)),
+    int_key("cloud.connect_tries", 1, CECO_REF(int, cloud.connect_tries)),
     string_key("experiment.name", {}, CECO_REF(std::string, experiment.name)),
     string_key("experiment.dataset", {}, CECO_REF(std::string, experiment.dataset)),
     string_key("experiment.format", {"auto", "alpaca", "xsum", "boolq", "quac", "imdb", "text"},
@@ -354,6 +360,8 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
   for (auto& o : overrides)
     apply_override(s, o);
   apply_link_profile(s);
+  if (s.cloud.port > 65535)
+    throw config_error(fmt::format("cloud.port must be 0..65535, got {}", s.cloud.port));
   for (auto [key, path] : {std::pair{"model.path", &s.model.path},
                            std::pair{"model.tokenizer", &s.model.tokenizer},
                            std::pair{"model.exit_heads", &s.model.exit_heads},

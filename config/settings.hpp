@@ -57,6 +57,15 @@ struct settings {
   struct {
     int threads = 2;  // CAF scheduler threads
   } runtime;
+  // -- two-node deployment (`ceco cloud`, `ceco edge`) --
+  struct {
+    std::string host = "127.0.0.1";  // where the cloud listens / the edge connects
+    int port = 7070;                 // 0: any free port (the cloud prints it)
+    std::string secret;              // shared secret checked in the handshake
+    int heartbeat_ms = 500;          // 0 = no heartbeats (a hung peer goes unnoticed)
+    int request_timeout_ms = 10000;  // per cloud request
+    int connect_tries = 5;           // connection attempts, with doubling backoff
+  } cloud;
   // -- experiments only (`ceco experiment`) --
   struct {
     std::string name;

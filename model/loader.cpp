@@ -248,6 +248,31 @@ loaded_model load_model(const std::string& path, const std::string& tokenizer_pa
   return load_llama2c(file, tokenizer_path);
 }
 
+uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto mix = [&](const void* data, size_t n) {
+    auto p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; ++i)
+      h = (h ^ p[i]) * 0x100000001b3ULL;
+  };
+  int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
+  mix(dims, sizeof dims);
+  c10::InferenceMode guard;
+  auto add = [&](const at::Tensor& t) {
+    if (!t.defined())
+      return;
+    auto cpu = t.to(at::kCPU).contiguous();
+    mix(cpu.data_ptr(), size_t(cpu.nbytes()));
+  };
+  add(w.tok_embd);
+  for (auto& l : w.layers)
+    for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w1, &l.w2, &l.w3})
+      add(*t);
+  add(w.output_norm);
+  add(w.output);
+  return h;
+}
+
 model_config shape_preset(const std::string& name) {
   model_config c;
   if (name == "260K") {

@@ -33,6 +33,10 @@ struct loaded_model {
 /// no tokenizer file.
 loaded_model load_model(const std::string& path, const std::string& tokenizer_path = {});
 
+/// FNV-1a over the shape and every weight: equal for the same checkpoint in
+/// any format (both loaders produce the same fp32 weights).
+uint64_t model_fingerprint(const model_config& cfg, const model_weights& w);
+
 /// Named shapes for benchmarks: "260K", "15M", "110M" (llama2.c's
 /// tinyllamas; 15M and 110M with a 32000-token vocabulary).
 model_config shape_preset(const std::string& name);

@@ -1,0 +1,217 @@
+#include "test/support.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/simulation.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+/// A `ceco cloud` process on loopback; killed when the object goes.
+struct cloud_process {
+  pid_t pid = -1;
+  int port = 0;
+  std::string banner;
+
+  explicit cloud_process(const std::string& args) {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      dup2(fds[1], 1);
+      dup2(fds[1], 2);
+      close(fds[0]);
+      std::string cmd = std::string("exec ") + CECO_BINARY + " cloud " + args;
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
+      _exit(127);
+    }
+    close(fds[1]);
+    FILE* out = fdopen(fds[0], "r");
+    char line[1024] = {};
+    if (fgets(line, sizeof line, out))
+      banner = line;
+    fclose(out);  // the child's further output goes nowhere
+    auto at = banner.rfind(':');
+    if (banner.find("serving") != std::string::npos && at != std::string::npos)
+      port = std::atoi(banner.c_str() + at + 1);
+  }
+  void kill_now() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      pid = -1;
+    }
+  }
+  ~cloud_process() { kill_now(); }
+};
+
+struct run_result {
+  int status;
+  std::string out;
+};
+
+run_result run_edge(const std::string& args) {
+  std::string cmd = std::string(CECO_BINARY) + " edge " + args + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+    out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  size_t start = 0;
+  while (start < out.size()) {
+    auto end = out.find('\n', start);
+    if (end == std::string::npos)
+      end = out.size();
+    if (end > start)
+      lines.push_back(nlohmann::json::parse(out.substr(start, end - start)));
+    start = end + 1;
+  }
+  return lines;
+}
+
+std::string port_arg(const cloud_process& c) {
+  return " --set cloud.port=" + std::to_string(c.port);
+}
+
+} // namespace
+
+TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cloud's tokens") {
+  cloud_process cloud("--set cloud.port=0");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto r = run_edge("--set policy.threshold=1.5 --set upload.dtype=f32 --set link.latency_ms=0 "
+                    "--max-tokens 40 --mode all --json" + port_arg(cloud));
+  REQUIRE(r.status == 0);
+  auto lines = json_lines(r.out);
+  REQUIRE(lines.size() == 4);
+  for (auto& j : lines) {
+    CAPTURE(j["mode"]);
+    if (j["mode"] == "standalone")
+      continue;
+    CHECK(j["tokens"].get<std::vector<int32_t>>() == greedy_40);
+    CHECK(j["degraded_tokens"] == 0);
+    CHECK(j["bytes_up"].get<int64_t>() > 0);
+  }
+}
+
+TEST_CASE("the handshake refuses another split, another secret and a node that skipped it") {
+  cloud_process cloud("--set cloud.port=0 --set cloud.secret=s3cret");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto split = run_edge("--set split.layer=2 --set model.exits=2 --set cloud.secret=s3cret" + port_arg(cloud));
+  CHECK(split.status == 1);
+  auto secret = run_edge("--set cloud.secret=guess" + port_arg(cloud));
+  CHECK(secret.status == 1);
+  auto ok = run_edge("--set cloud.secret=s3cret --max-tokens 5 --json" + port_arg(cloud));
+  CHECK(ok.status == 0);
+
+  // A peer of our own that talks to the published front directly.
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, 2, true);
+  caf::actor_system sys{cfg};
+  auto front = sys.middleman().remote_actor<cloud_api>("127.0.0.1", uint16_t(cloud.port));
+  REQUIRE(front);
+  caf::scoped_actor self{sys};
+  const auto timeout = std::chrono::seconds(5);
+  std::string open_error;
+  self->request(*front, timeout, open_atom::value)
+    .receive([&](uint64_t) { open_error = "answered"; },
+             [&](caf::error& e) { open_error = describe(e); });
+  CHECK(open_error.find("handshake_failed: send hello_msg first") == 0);
+}
+
+TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving") {
+  cloud_process cloud("--set cloud.port=0");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, 2, true);
+  caf::actor_system sys{cfg};
+  auto front = sys.middleman().remote_actor<cloud_api>("127.0.0.1", uint16_t(cloud.port));
+  REQUIRE(front);
+  caf::scoped_actor self{sys};
+  const auto timeout = std::chrono::seconds(5);
+
+  // The model's hello, as an edge with the default settings sends it.
+  auto s = load_settings("", {"model.path=" + stories_gguf()});
+  auto m = load_sim_model(s, stories_gguf());
+  self->request(*front, timeout, make_hello(s, m))
+    .receive([&](hello_msg& h) { CHECK(h.split == 3); }, [&](caf::error& e) { FAIL(describe(e)); });
+  uint64_t id = 0;
+  self->request(*front, timeout, open_atom::value)
+    .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+
+  auto upload_error = [&](upload_msg msg) {
+    std::string out = "accepted";
+    self->request(*front, timeout, std::move(msg))
+      .receive([&](int32_t) {}, [&](caf::error& e) { out = describe(e); });
+    return out;
+  };
+  std::vector<float> rows(4 * 64, 0.1f);
+  auto good = make_blob(rows.data(), 4, 64, wire_dtype::f16);
+  auto lying = good;
+  lying.rows = 400;  // claims more rows than its bytes hold
+  CHECK(upload_error({id, 0, lying}).find("bad_tensor") == 0);
+  CHECK(upload_error({id, 0, make_blob(rows.data(), 8, 32, wire_dtype::f16)}).find("bad_tensor") == 0);
+  CHECK(upload_error({id ^ 1, 0, good}).find("unknown_session") == 0);
+  CHECK(upload_error({id, 2, good}).find("position_gap") == 0);
+  std::vector<float> huge(size_t(3000) * 64, 0.0f);
+  CHECK(upload_error({id, 0, make_blob(huge.data(), 3000, 64, wire_dtype::f16)}).find("bad_position") == 0);
+  CHECK(upload_error({id, 0, good}) == "accepted");
+  std::string answer;
+  self->request(*front, timeout, infer_request{id, 3})
+    .receive([&](infer_reply& r) { answer = std::to_string(r.token); },
+             [&](caf::error& e) { answer = describe(e); });
+  CHECK(answer.find_first_not_of("0123456789") == std::string::npos);
+
+  // Meanwhile a real edge is served as usual.
+  auto r = run_edge("--max-tokens 20 --json --set link.latency_ms=0" + port_arg(cloud));
+  REQUIRE(r.status == 0);
+  CHECK(json_lines(r.out).at(0)["n_generated"] == 20);
+}
+
+TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects to a new cloud") {
+  auto first = std::make_unique<cloud_process>("--set cloud.port=0");
+  REQUIRE_MESSAGE(first->port > 0, first->banner);
+  const int port = first->port;
+  run_result r;
+  std::thread edge([&] {
+    // Every token goes to the cloud (threshold above 1), 10 ms each way.
+    r = run_edge("--set policy.threshold=1.5 --set link.latency_ms=10 --set cloud.connect_tries=9 "
+                 "--max-tokens 300 --json --prompts " + std::string(CECO_SOURCE_DIR) +
+                 "/test/two-prompts.txt --set cloud.port=" + std::to_string(port));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  first->kill_now();
+  // The edge finishes the first response alone, then tries to reconnect
+  // with backoff; a new cloud on the same port picks up the next one.
+  auto second = std::make_unique<cloud_process>("--set cloud.port=" + std::to_string(port));
+  edge.join();
+  REQUIRE(r.status == 0);
+  auto lines = json_lines(r.out);
+  REQUIRE(lines.size() == 2);
+  MESSAGE("first response: " << lines[0]["degraded_tokens"] << " of " << lines[0]["n_generated"]
+                             << " tokens without the cloud");
+  CHECK(lines[0]["n_generated"] == 300);
+  CHECK(lines[0]["degraded_tokens"].get<int>() > 0);
+  CHECK(lines[0]["cloud_requests"].get<int>() > 0);
+  CHECK(lines[1]["mode"] == "collaborative");
+  CHECK(lines[1]["degraded_tokens"] == 0);
+  CHECK(lines[1]["cloud_requests"].get<int>() == lines[1]["n_generated"].get<int>());
+}
