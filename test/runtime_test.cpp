@@ -130,9 +130,11 @@ TEST_CASE("asynchronous upload keeps the edge from waiting on a slow link") {
   double upload_ms = double(a.traffic.bytes_up) * 8.0 / 0.5e6 * 1000.0;
   MESSAGE("async total " << a.total_us / 1000.0 << " ms, sync total " << s.total_us / 1000.0
                          << " ms, uplink busy " << upload_ms << " ms");
-  CHECK(double(s.total_us) / 1000.0 >= 0.9 * upload_ms);
-  CHECK(double(a.total_us) / 1000.0 < 0.5 * upload_ms);
-  CHECK(a.comm_us < s.comm_us);
+  // The synchronous edge waits for every upload; the asynchronous one only
+  // for its session's open, a tiny message.
+  CHECK(double(s.comm_us) / 1000.0 >= 0.9 * upload_ms);
+  CHECK(a.comm_us * 4 < s.comm_us);
+  CHECK(double(s.total_us - a.total_us) / 1000.0 >= 0.5 * upload_ms);
 }
 
 TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
