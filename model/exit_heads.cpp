@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "model/gguf.hpp"
+#include "model/loader.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco {
@@ -41,15 +42,7 @@ namespace {
 
 at::Tensor read(const gguf_file& f, const std::string& name, std::vector<int64_t> shape,
                 c10::Device device) {
-  const auto& t = f.get(name);
-  std::vector<int64_t> expected(shape.rbegin(), shape.rend());
-  if (t.ne != expected)
-    throw model_error(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] (ggml order)",
-                                  f.path(), name, fmt::join(t.ne, ", "),
-                                  fmt::join(expected, ", ")));
-  auto out = at::empty(shape, at::kFloat);
-  f.dequantize(t, out.data_ptr<float>());
-  return out.to(device);
+  return read_gguf_tensor(f, name, shape).to(device);
 }
 
 } // namespace

@@ -13,13 +13,8 @@ namespace ceco {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-// -- GGUF -----------------------------------------------------------------------
-
-/// Reads `name`, whose torch shape must be `shape` (ggml order reversed).
-at::Tensor read_tensor(const gguf_file& f, const std::string& name,
-                       std::vector<int64_t> shape) {
+at::Tensor read_gguf_tensor(const gguf_file& f, const std::string& name,
+                            const std::vector<int64_t>& shape) {
   const auto& t = f.get(name);
   std::vector<int64_t> expected(shape.rbegin(), shape.rend());
   if (t.ne != expected)
@@ -29,6 +24,14 @@ at::Tensor read_tensor(const gguf_file& f, const std::string& name,
   auto out = at::empty(shape, at::kFloat);
   f.dequantize(t, out.data_ptr<float>());
   return out;
+}
+
+namespace {
+
+// -- GGUF -----------------------------------------------------------------------
+
+at::Tensor read_tensor(const gguf_file& f, const std::string& name, std::vector<int64_t> shape) {
+  return read_gguf_tensor(f, name, shape);
 }
 
 loaded_model load_gguf(const std::string& path) {

@@ -33,6 +33,12 @@ struct loaded_model {
 /// no tokenizer file.
 loaded_model load_model(const std::string& path, const std::string& tokenizer_path = {});
 
+class gguf_file;
+/// Tensor `name` of a GGUF file as fp32 with torch shape `shape` (its ggml
+/// shape reversed); throws model_error naming both shapes when they differ.
+at::Tensor read_gguf_tensor(const gguf_file& f, const std::string& name,
+                            const std::vector<int64_t>& shape);
+
 /// FNV-1a over the shape and every weight: equal for the same checkpoint in
 /// any format (both loaders produce the same fp32 weights).
 uint64_t model_fingerprint(const model_config& cfg, const model_weights& w);

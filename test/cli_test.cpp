@@ -11,24 +11,6 @@ using namespace ceco::test;
 
 namespace {
 
-struct run_result {
-  int status;
-  std::string out;  // stdout and stderr together
-};
-
-run_result run_ceco(const std::string& args) {
-  std::string cmd = std::string(CECO_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0)
-    out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 } // namespace
 
 TEST_CASE("ceco generate --json prints the reference greedy tokens and an exit trace") {

@@ -56,22 +56,8 @@ struct cloud_process {
   ~cloud_process() { kill_now(); }
 };
 
-struct run_result {
-  int status;
-  std::string out;
-};
-
 run_result run_edge(const std::string& args) {
-  std::string cmd = std::string(CECO_BINARY) + " edge " + args + " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0)
-    out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return run_shell(std::string(CECO_BINARY) + " edge " + args + " 2>/dev/null");
 }
 
 std::vector<nlohmann::json> json_lines(const std::string& out) {
@@ -219,15 +205,7 @@ TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects
 TEST_CASE("the two-node setup in network namespaces runs where the machine allows it") {
   std::string cmd = "bash " + std::string(CECO_SOURCE_DIR) + "/deploy/two-node-netns.sh --binary " +
                     CECO_BINARY + " --profile paper --max-tokens 10 --json 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0)
-    out.append(buf, n);
-  int status = pclose(p);
-  int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto [code, out] = run_shell(cmd);
   if (code == 77) {
     MESSAGE("network namespaces are not available here: " << out);
     return;

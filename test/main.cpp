@@ -4,6 +4,8 @@
 #include <map>
 #include <random>
 
+#include <sys/wait.h>
+
 namespace ceco::test {
 
 const stories& load_stories(const std::string& format) {
@@ -26,6 +28,18 @@ temp_dir::temp_dir() {
 temp_dir::~temp_dir() {
   std::error_code ec;
   std::filesystem::remove_all(path, ec);
+}
+
+run_result run_shell(const std::string& command) {
+  FILE* p = popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+    out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 } // namespace ceco::test

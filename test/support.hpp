@@ -59,6 +59,18 @@ std::string error_of(F&& f) {
   return {};
 }
 
+/// Exit status and output of a shell command (the command decides whether
+/// stderr is included).
+struct run_result {
+  int status;
+  std::string out;
+};
+run_result run_shell(const std::string& command);
+/// `ceco <args>`, stdout and stderr together.
+inline run_result run_ceco(const std::string& args) {
+  return run_shell(std::string(CECO_BINARY) + " " + args + " 2>&1");
+}
+
 /// Reference values of ../shared/docs/design-notes.md §5.
 inline const std::vector<int32_t> once_upon_a_time = {1, 403, 407, 261, 378};
 inline const std::vector<int32_t> greedy_40 = {
