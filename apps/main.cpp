@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   ceco::app::add_experiment_command(app);
   ceco::app::add_cloud_command(app);
   ceco::app::add_edge_command(app);
+  ceco::app::add_train_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

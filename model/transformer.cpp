@@ -26,6 +26,12 @@ void set_compute_threads(int n) {
     openblas_set_num_threads(1);
 }
 
+void set_blas_threads(int n) {
+  at::set_num_threads(n);
+  if (openblas_set_num_threads)
+    openblas_set_num_threads(n);
+}
+
 // -- kv_cache -------------------------------------------------------------------
 
 kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int capacity,

@@ -1,0 +1,403 @@
+#include "model/training.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/types.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+
+#include "model/gguf.hpp"
+
+namespace ceco {
+
+// -- BPE ----------------------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> utf8_chars(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
+    n = std::min(n, s.size() - i);
+    out.push_back(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+/// " word" units, as SentencePiece sees a line after its dummy prefix.
+void count_words(const std::string& line, std::map<std::string, int64_t>& counts) {
+  std::string text = " " + line;
+  size_t start = 0;
+  for (size_t i = 1; i <= text.size(); ++i)
+    if (i == text.size() || text[i] == ' ') {
+      if (i > start)
+        ++counts[text.substr(start, i - start)];
+      start = i;
+    }
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r')
+      line.pop_back();
+    if (!line.empty())
+      out.push_back(line);
+  }
+  return out;
+}
+
+} // namespace
+
+tokenizer train_bpe(const std::string& text, int vocab_size, int min_char_count) {
+  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
+  std::vector<token_kind> kinds = {token_kind::unknown, token_kind::control, token_kind::control};
+  for (int b = 0; b < 256; ++b) {
+    pieces.push_back(fmt::format("<0x{:02X}>", b));
+    kinds.push_back(token_kind::byte);
+  }
+  std::vector<float> scores(pieces.size(), 0.0f);
+  std::map<std::string, int64_t> words;
+  std::map<std::string, int64_t> char_counts;
+  for (auto& line : lines_of(text))
+    count_words(line, words);
+  for (auto& [w, n] : words)
+    for (auto& c : utf8_chars(w))
+      char_counts[c] += n;
+  char_counts["\n"] += min_char_count;  // lines end with it in the training stream
+  std::map<std::string, int> id;
+  for (auto& [c, n] : char_counts)
+    if (n >= min_char_count) {
+      id[c] = int(pieces.size());
+      pieces.push_back(c);
+      kinds.push_back(token_kind::normal);
+      scores.push_back(-1e6f);
+    }
+  if (int(pieces.size()) > vocab_size)
+    throw model_error(fmt::format("train_bpe: {} base pieces already exceed the vocabulary of {}",
+                                  pieces.size(), vocab_size));
+  // Words as symbol sequences; characters without a piece stay out of merges.
+  std::vector<std::pair<std::vector<int>, int64_t>> seqs;
+  for (auto& [w, n] : words) {
+    std::vector<int> s;
+    for (auto& c : utf8_chars(w))
+      s.push_back(id.count(c) ? id[c] : -1);
+    seqs.push_back({std::move(s), n});
+  }
+  int merge = 0;
+  while (int(pieces.size()) < vocab_size) {
+    std::map<std::pair<int, int>, int64_t> pairs;
+    for (auto& [s, n] : seqs)
+      for (size_t i = 0; i + 1 < s.size(); ++i)
+        if (s[i] >= 0 && s[i + 1] >= 0)
+          pairs[{s[i], s[i + 1]}] += n;
+    if (pairs.empty())
+      break;
+    // Most frequent pair; ties by the merged text, for determinism.
+    auto best = pairs.begin();
+    for (auto i = pairs.begin(); i != pairs.end(); ++i)
+      if (i->second > best->second
+          || (i->second == best->second
+              && pieces[size_t(i->first.first)] + pieces[size_t(i->first.second)]
+                   < pieces[size_t(best->first.first)] + pieces[size_t(best->first.second)]))
+        best = i;
+    if (best->second < 2)
+      break;
+    auto [a, b] = best->first;
+    int merged = int(pieces.size());
+    pieces.push_back(pieces[size_t(a)] + pieces[size_t(b)]);
+    kinds.push_back(token_kind::normal);
+    scores.push_back(-float(merge++));  // earlier merges score higher
+    for (auto& [s, n] : seqs) {
+      std::vector<int> out;
+      out.reserve(s.size());
+      for (size_t i = 0; i < s.size(); ++i) {
+        if (i + 1 < s.size() && s[i] == a && s[i + 1] == b) {
+          out.push_back(merged);
+          ++i;
+        } else {
+          out.push_back(s[i]);
+        }
+      }
+      s = std::move(out);
+    }
+  }
+  return tokenizer::from_pieces(std::move(pieces), std::move(scores), std::move(kinds), 1, 2);
+}
+
+std::vector<int32_t> encode_corpus(const tokenizer& vocab, const std::string& text) {
+  auto newline = vocab.encode("\n", false);
+  newline.erase(newline.begin());  // the dummy-prefix space
+  std::vector<int32_t> out;
+  for (auto& line : lines_of(text)) {
+    auto ids = vocab.encode(line, true);
+    out.insert(out.end(), ids.begin(), ids.end());
+    out.insert(out.end(), newline.begin(), newline.end());
+  }
+  return out;
+}
+
+// -- the model ----------------------------------------------------------------
+
+struct model_trainer::params {
+  at::Tensor emb;  // [V, d], tied classifier
+  struct layer {
+    at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3;
+  };
+  std::vector<layer> layers;
+  at::Tensor out_norm;
+  std::vector<at::Tensor> exit_norms;  // one per exit
+  at::Tensor cos, sin;                 // [seq, hd/2], constants
+
+  std::vector<at::Tensor> all() {
+    std::vector<at::Tensor> v{emb, out_norm};
+    for (auto& l : layers)
+      v.insert(v.end(), {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.ffn_norm, l.w1, l.w2, l.w3});
+    v.insert(v.end(), exit_norms.begin(), exit_norms.end());
+    return v;
+  }
+};
+
+namespace {
+
+at::Tensor rms(const at::Tensor& x, const at::Tensor& w, float eps) {
+  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
+}
+
+/// x [B, T, H, hd] rotated by interleaved pairs, as the inference path does.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  auto sizes = x.sizes().vec();
+  auto v = x.reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
+  auto c = cos.narrow(0, 0, sizes[1]).view({1, sizes[1], 1, sizes[3] / 2});
+  auto s = sin.narrow(0, 0, sizes[1]).view({1, sizes[1], 1, sizes[3] / 2});
+  auto a = v.select(4, 0), b = v.select(4, 1);
+  return at::stack({a * c - b * s, a * s + b * c}, 4).reshape(sizes);
+}
+
+/// Final logits and each exit's, for tokens [B, T].
+std::vector<at::Tensor> forward(model_trainer::params& p, const model_config& c,
+                                const std::vector<int>& exits, const at::Tensor& tokens) {
+  const int64_t B = tokens.size(0), T = tokens.size(1), hd = c.head_dim();
+  auto x = p.emb.index_select(0, tokens.flatten()).view({B, T, c.n_embd});
+  auto mask = at::ones({T, T}, at::kBool).triu(1);
+  std::vector<at::Tensor> out;
+  for (int il = 0; il < c.n_layer; ++il) {
+    auto& w = p.layers[size_t(il)];
+    auto h = rms(x, w.attn_norm, c.norm_eps);
+    auto q = rope(at::matmul(h, w.wq.t()).view({B, T, c.n_head, hd}), p.cos, p.sin).transpose(1, 2);
+    auto k = rope(at::matmul(h, w.wk.t()).view({B, T, c.n_head_kv, hd}), p.cos, p.sin).transpose(1, 2);
+    auto v = at::matmul(h, w.wv.t()).view({B, T, c.n_head_kv, hd}).transpose(1, 2);
+    if (c.n_head_kv != c.n_head) {
+      k = k.repeat_interleave(c.kv_group(), 1);
+      v = v.repeat_interleave(c.kv_group(), 1);
+    }
+    auto scores = at::matmul(q, k.transpose(2, 3)) / std::sqrt(double(hd));
+    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    auto att = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({B, T, c.n_embd});
+    x = x + at::matmul(att, w.wo.t());
+    h = rms(x, w.ffn_norm, c.norm_eps);
+    x = x + at::matmul(at::silu(at::matmul(h, w.w1.t())) * at::matmul(h, w.w3.t()), w.w2.t());
+    for (size_t e = 0; e < exits.size(); ++e)
+      if (exits[e] == il + 1)
+        out.push_back(at::matmul(rms(x, p.exit_norms[e], c.norm_eps), p.emb.t()));
+  }
+  out.insert(out.begin(), at::matmul(rms(x, p.out_norm, c.norm_eps), p.emb.t()));
+  return out;
+}
+
+} // namespace
+
+model_trainer::model_trainer(model_config cfg, training_options opts)
+  : cfg_(cfg), opts_(std::move(opts)), p_(std::make_unique<params>()) {
+  cfg_.validate("train");
+  for (int e : opts_.exits)
+    if (e < 1 || e >= cfg_.n_layer)
+      throw model_error(fmt::format("--exits: exit after layer {} is outside 1..{}", e, cfg_.n_layer - 1));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(opts_.seed);
+  const int64_t d = cfg_.n_embd, dkv = cfg_.n_embd_kv(), ff = cfg_.n_ff;
+  const double std_out = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
+  auto init = [&](std::vector<int64_t> shape, double sd) {
+    return at::normal(0.0, sd, shape, gen).set_requires_grad(true);
+  };
+  auto ones = [&](int64_t n) { return at::ones({n}).set_requires_grad(true); };
+  p_->emb = init({cfg_.vocab_size, d}, 0.02);
+  p_->out_norm = ones(d);
+  for (int il = 0; il < cfg_.n_layer; ++il)
+    p_->layers.push_back({ones(d), init({d, d}, 0.02), init({dkv, d}, 0.02), init({dkv, d}, 0.02),
+                          init({d, d}, std_out), ones(d), init({ff, d}, 0.02),
+                          init({d, ff}, std_out), init({ff, d}, 0.02)});
+  for (size_t e = 0; e < opts_.exits.size(); ++e)
+    p_->exit_norms.push_back(ones(d));
+  // The inference path's RoPE table, computed the same way (fp32).
+  const int half = cfg_.head_dim() / 2;
+  p_->cos = at::empty({cfg_.max_seq, half});
+  p_->sin = at::empty({cfg_.max_seq, half});
+  auto pc = p_->cos.data_ptr<float>(), ps = p_->sin.data_ptr<float>();
+  for (int pos = 0; pos < cfg_.max_seq; ++pos)
+    for (int i = 0; i < half; ++i) {
+      float freq = 1.0f / std::pow(cfg_.rope_theta, float(2 * i) / float(cfg_.head_dim()));
+      pc[pos * half + i] = std::cos(float(pos) * freq);
+      ps[pos * half + i] = std::sin(float(pos) * freq);
+    }
+}
+
+model_trainer::~model_trainer() = default;
+
+void model_trainer::train(const std::vector<int32_t>& tokens,
+                          const std::function<void(int, float)>& progress) {
+  const int64_t T = std::min(opts_.seq_len, cfg_.max_seq);
+  if (int64_t(tokens.size()) < T + 2)
+    throw model_error(fmt::format("train: {} tokens of text, need more than {}", tokens.size(), T + 1));
+  auto data = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::kLong);
+  auto params = p_->all();
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(opts_.lr).betas({0.9, 0.95}).weight_decay(0.01));
+  std::mt19937_64 rng(opts_.seed);
+  std::uniform_int_distribution<int64_t> start(0, int64_t(tokens.size()) - T - 1);
+  for (int step = 0; step < opts_.steps; ++step) {
+    // Warmup, then cosine decay to a tenth.
+    double lr = opts_.lr;
+    if (step < opts_.warmup)
+      lr *= double(step + 1) / double(opts_.warmup);
+    else
+      lr *= 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * double(step - opts_.warmup) /
+                                          double(std::max(1, opts_.steps - opts_.warmup))));
+    for (auto& g : opt.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    std::vector<at::Tensor> xs, ys;
+    for (int b = 0; b < opts_.batch; ++b) {
+      auto s = start(rng);
+      xs.push_back(data.narrow(0, s, T));
+      ys.push_back(data.narrow(0, s + 1, T));
+    }
+    auto x = at::stack(xs), y = at::stack(ys).flatten();
+    auto outs = forward(*p_, cfg_, opts_.exits, x);
+    auto ce = [&](const at::Tensor& logits) {
+      return at::cross_entropy_loss(logits.reshape({-1, cfg_.vocab_size}), y);
+    };
+    auto loss = ce(outs[0]);
+    auto final_loss = loss.item<float>();
+    if (outs.size() > 1) {
+      auto exit_loss = ce(outs[1]);
+      for (size_t i = 2; i < outs.size(); ++i)
+        exit_loss = exit_loss + ce(outs[i]);
+      loss = loss + opts_.exit_weight * exit_loss / double(outs.size() - 1);
+    }
+    opt.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    opt.step();
+    if (progress)
+      progress(step + 1, final_loss);
+  }
+}
+
+float model_trainer::evaluate(const std::vector<int32_t>& tokens, int windows) {
+  at::NoGradGuard no_grad;
+  const int64_t T = std::min(opts_.seq_len, cfg_.max_seq);
+  auto data = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::kLong);
+  double total = 0;
+  int n = 0;
+  for (int64_t s = 0; s + T + 1 < int64_t(tokens.size()) && n < windows; s += T, ++n) {
+    auto logits = forward(*p_, cfg_, {}, data.narrow(0, s, T).unsqueeze(0))[0];
+    total += at::cross_entropy_loss(logits.reshape({-1, cfg_.vocab_size}), data.narrow(0, s + 1, T))
+               .item<double>();
+  }
+  return n ? float(total / n) : 0.0f;
+}
+
+at::Tensor model_trainer::logits(const std::vector<int32_t>& ids) {
+  at::NoGradGuard no_grad;
+  auto x = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).unsqueeze(0);
+  return forward(*p_, cfg_, {}, x)[0][0];
+}
+
+void model_trainer::save(const std::string& model_path, const std::string& heads_path,
+                         const tokenizer& vocab) const {
+  if (vocab.vocab_size() != cfg_.vocab_size)
+    throw model_error(fmt::format("train: the vocabulary has {} pieces, the model {}",
+                                  vocab.vocab_size(), cfg_.vocab_size));
+  at::NoGradGuard no_grad;
+  gguf_writer w;
+  w.set_string("general.architecture", "llama");
+  w.set_string("general.name", "ceco");
+  w.set_uint32("llama.context_length", uint32_t(cfg_.max_seq));
+  w.set_uint32("llama.embedding_length", uint32_t(cfg_.n_embd));
+  w.set_uint32("llama.feed_forward_length", uint32_t(cfg_.n_ff));
+  w.set_uint32("llama.block_count", uint32_t(cfg_.n_layer));
+  w.set_uint32("llama.attention.head_count", uint32_t(cfg_.n_head));
+  w.set_uint32("llama.attention.head_count_kv", uint32_t(cfg_.n_head_kv));
+  w.set_uint32("llama.rope.dimension_count", uint32_t(cfg_.head_dim()));
+  w.set_float32("llama.rope.freq_base", cfg_.rope_theta);
+  w.set_float32("llama.attention.layer_norm_rms_epsilon", cfg_.norm_eps);
+  w.set_string("tokenizer.ggml.model", "llama");
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  for (int i = 0; i < vocab.vocab_size(); ++i) {
+    auto piece = vocab.piece(i);
+    std::string spm;
+    for (char ch : piece)
+      spm += ch == ' ' ? std::string("\xe2\x96\x81") : std::string(1, ch);
+    pieces.push_back(spm);
+    scores.push_back(vocab.score(i));
+    switch (vocab.kind(i)) {
+      case token_kind::unknown: types.push_back(2); break;
+      case token_kind::control: types.push_back(3); break;
+      case token_kind::byte: types.push_back(6); break;
+      case token_kind::unused: types.push_back(5); break;
+      default: types.push_back(1);
+    }
+  }
+  w.set_string_array("tokenizer.ggml.tokens", pieces);
+  w.set_float32_array("tokenizer.ggml.scores", scores);
+  w.set_int32_array("tokenizer.ggml.token_type", types);
+  w.set_uint32("tokenizer.ggml.bos_token_id", uint32_t(vocab.bos()));
+  w.set_uint32("tokenizer.ggml.eos_token_id", uint32_t(vocab.eos()));
+  auto put = [&](const std::string& name, const at::Tensor& t) {
+    auto c = t.detach().contiguous();
+    std::vector<int64_t> ne(c.sizes().rbegin(), c.sizes().rend());
+    w.add_tensor(name, ne, c.data_ptr<float>());
+  };
+  put("token_embd.weight", p_->emb);
+  put("output_norm.weight", p_->out_norm);
+  for (int il = 0; il < cfg_.n_layer; ++il) {
+    auto& l = p_->layers[size_t(il)];
+    auto n = [&](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
+    put(n("attn_norm"), l.attn_norm);
+    put(n("attn_q"), l.wq);
+    put(n("attn_k"), l.wk);
+    put(n("attn_v"), l.wv);
+    put(n("attn_output"), l.wo);
+    put(n("ffn_norm"), l.ffn_norm);
+    put(n("ffn_gate"), l.w1);
+    put(n("ffn_down"), l.w2);
+    put(n("ffn_up"), l.w3);
+  }
+  w.write(model_path);
+
+  if (opts_.exits.empty() || heads_path.empty())
+    return;
+  gguf_writer h;
+  h.set_string("general.architecture", "ceco-exit-heads");
+  h.set_int32_array("ceco.exit_heads.layers",
+                    std::vector<int32_t>(opts_.exits.begin(), opts_.exits.end()));
+  h.set_uint32("ceco.exit_heads.n_embd", uint32_t(cfg_.n_embd));
+  h.set_uint32("ceco.exit_heads.vocab_size", uint32_t(cfg_.vocab_size));
+  for (size_t e = 0; e < opts_.exits.size(); ++e) {
+    auto c = p_->exit_norms[e].detach().contiguous();
+    h.add_tensor(fmt::format("exit.{}.norm.weight", opts_.exits[e]), {cfg_.n_embd}, c.data_ptr<float>());
+  }
+  h.write(heads_path);
+}
+
+} // namespace ceco
