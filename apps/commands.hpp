@@ -16,9 +16,9 @@ void add_edge_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 
 /// The model a command reads when --model is not given: $CECO_MODEL, else
-/// the stories260K checkpoint of the checkout's ../shared/models.
+/// the built-in model in config/models/kjv/.
 std::string default_model_path();
-/// The tuned exit heads of the default model (config/models/).
+/// The exit heads of the built-in model, trained with it.
 std::string default_exit_heads_path();
 
 } // namespace ceco::app

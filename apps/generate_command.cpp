@@ -20,7 +20,7 @@ namespace {
 struct generate_args {
   std::string model;
   std::string tokenizer;
-  std::string prompt = "Once upon a time";
+  std::string prompt = "And God said";
   int max_tokens = 128;
   float temperature = 0.0f;
   float top_p = 1.0f;

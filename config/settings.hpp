@@ -52,7 +52,7 @@ struct settings {
   } session;
   struct {
     int max_tokens = 64;
-    std::string prompt = "Once upon a time";
+    std::string prompt = "And God said";
   } generation;
   struct {
     int threads = 2;  // CAF scheduler threads

@@ -4,7 +4,8 @@
 #
 #   sudo deploy/install-deps.sh
 #
-# gnuplot-nox draws the plots of `ceco experiment`.
+# gnuplot-nox draws the plots of `ceco experiment`; bible-kjv is the corpus
+# the built-in model was trained on (README "The built-in default model").
 # libopenblas0 matters: without it libtorch falls back to the reference BLAS
 # and matrix products are 2-20x slower.
 set -euo pipefail
@@ -16,6 +17,7 @@ packages=(
   libfmt-dev libcereal-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   doctest-dev
   gnuplot-nox
+  bible-kjv
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -32,7 +32,7 @@ TEST_CASE("ceco generate --json prints the reference greedy tokens and an exit t
 }
 
 TEST_CASE("ceco generate streams text by default") {
-  auto r = run_ceco("generate --model " + stories_gguf() + " --max-tokens 12");
+  auto r = run_ceco("generate --model " + stories_gguf() + " --prompt 'Once upon a time' --max-tokens 12");
   REQUIRE(r.status == 0);
   CHECK(r.out.rfind("Once upon a time, there was a little girl named Lily", 0) == 0);
   CHECK(r.out.find("decode") != std::string::npos);
@@ -149,7 +149,13 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
     CHECK_MESSAGE(std::filesystem::file_size(out + "/" + f) > 100, f);
   auto lines = read_lines(out + "/results.jsonl");
   REQUIRE(lines.size() == 2 * 2 * 3 * 4);  // thresholds x repetitions x samples x strategies
-  const int64_t d = 64;
+  // The default model's width, from a collaborative line's payload formula.
+  int64_t d = 0;
+  for (auto& j : lines)
+    if (j["mode"] == "collaborative" && j["n_generated"].get<int64_t>() > 0)
+      d = j["formula_bytes_up"].get<int64_t>() /
+          ((j["n_prompt"].get<int64_t>() + j["n_generated"].get<int64_t>() - 1) * 2);
+  REQUIRE(d > 0);
   for (auto& j : lines) {
     std::string mode = j["mode"];
     CAPTURE(mode);

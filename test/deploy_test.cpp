@@ -17,6 +17,11 @@ using namespace ceco::test;
 
 namespace {
 
+/// Both sides run stories260K, whose reference tokens are known.
+std::string model_arg() {
+  return " --set model.path=" + stories_gguf();
+}
+
 /// A `ceco cloud` process on loopback; killed when the object goes.
 struct cloud_process {
   pid_t pid = -1;
@@ -32,7 +37,7 @@ struct cloud_process {
       dup2(fds[1], 1);
       dup2(fds[1], 2);
       close(fds[0]);
-      std::string cmd = std::string("exec ") + CECO_BINARY + " cloud " + args;
+      std::string cmd = std::string("exec ") + CECO_BINARY + " cloud " + args + model_arg();
       execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
       _exit(127);
     }
@@ -57,7 +62,7 @@ struct cloud_process {
 };
 
 run_result run_edge(const std::string& args) {
-  return run_shell(std::string(CECO_BINARY) + " edge " + args + " 2>/dev/null");
+  return run_shell(std::string(CECO_BINARY) + " edge " + args + model_arg() + " 2>/dev/null");
 }
 
 std::vector<nlohmann::json> json_lines(const std::string& out) {
@@ -83,7 +88,7 @@ std::string port_arg(const cloud_process& c) {
 TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cloud's tokens") {
   cloud_process cloud("--set cloud.port=0");
   REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
-  auto r = run_edge("--set policy.threshold=1.5 --set upload.dtype=f32 --set link.latency_ms=0 "
+  auto r = run_edge("--prompt 'Once upon a time' --set policy.threshold=1.5 --set upload.dtype=f32 --set link.latency_ms=0 "
                     "--max-tokens 40 --mode all --json" + port_arg(cloud));
   REQUIRE(r.status == 0);
   auto lines = json_lines(r.out);

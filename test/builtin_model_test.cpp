@@ -1,0 +1,58 @@
+#include "test/support.hpp"
+
+#include "model/exit_heads.hpp"
+#include "model/generation.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+std::string builtin(const char* file) {
+  return std::string(CECO_SOURCE_DIR) + "/config/models/kjv/" + file;
+}
+
+} // namespace
+
+TEST_CASE("the built-in model has learned its corpus and exits early at 0.8 with agreement") {
+  auto m = load_model(builtin("model.gguf"));
+  CHECK(m.config.n_layer == 4);
+  transformer model(m.config, m.weights, c10::Device(c10::kCPU));
+  auto heads = exit_heads::load(builtin("exits.gguf"), model);
+  CHECK(heads.layers() == std::vector<int>{2, 3});
+
+  // Mean next-token loss on verses (public domain, KJV) far below chance.
+  c10::InferenceMode guard;
+  auto ids = m.vocab.encode("The LORD is my shepherd; I shall not want. He maketh me to lie down in "
+                            "green pastures: he leadeth me beside the still waters.");
+  auto cache = model.make_cache(0, 4);
+  auto x = model.embed(ids);
+  model.forward_layers(x, 0, 0, 4, cache);
+  auto logp = at::log_softmax(model.logits(x), -1);
+  auto target = at::tensor(std::vector<int64_t>(ids.begin() + 1, ids.end()), at::kLong);
+  float nll = -logp.narrow(0, 0, int64_t(ids.size()) - 1).gather(1, target.unsqueeze(1)).mean().item<float>();
+  MESSAGE("loss " << nll << " nats per token (chance: " << std::log(float(m.config.vocab_size)) << ")");
+  CHECK(nll < 3.5f);
+
+  generation_options opts;
+  opts.max_tokens = 80;
+  opts.exits = &heads;
+  opts.threshold = 0.8f;
+  opts.eos = m.vocab.eos();
+  int tokens = 0, exited = 0, agree = 0;
+  for (auto p : {"And God said", "In the beginning", "Blessed are the"}) {
+    auto r = generate(model, m.vocab.encode(p), opts);
+    auto text = m.vocab.decode(r.tokens);
+    CHECK(text.find(" the ") != std::string::npos);
+    for (auto& s : r.exit_trace) {
+      ++tokens;
+      if (s.exit_layer >= 0) {
+        ++exited;
+        agree += s.agrees;
+      }
+    }
+  }
+  MESSAGE(exited << " of " << tokens << " tokens exited at 0.8, " << agree << " agree");
+  CHECK(exited >= tokens / 10);
+  CHECK(agree >= 0.9 * exited);
+}
