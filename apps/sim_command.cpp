@@ -4,6 +4,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <chrono>
 #include <thread>
 
 #include <caf/io/all.hpp>
@@ -28,6 +29,7 @@ struct sim_args {
   std::string prompt;
   std::string prompts_file;
   int max_tokens = 0;
+  int sessions = 1;
   bool json = false;
   bool print_config = false;
 };
@@ -156,7 +158,14 @@ void run_sessions(sim_args a, bool deployed) {
   configure_actor_system(cfg, s.runtime.threads, deployed, s.cloud.heartbeat_ms);
   caf::actor_system sys{cfg};
   std::vector<response_report> reports;
-  reports.reserve(prompts.size() * modes.size());
+  reports.reserve(prompts.size() * modes.size() * size_t(a.sessions));
+  struct throughput {
+    std::string mode;
+    double ms = 0;
+    int64_t tokens = 0;
+    int64_t cloud_tokens = 0;
+  };
+  std::vector<throughput> rates;
   std::vector<row> rows;
   {
     auto make = [&] {
@@ -182,24 +191,37 @@ void run_sessions(sim_args a, bool deployed) {
             fmt::print(stderr, "ceco edge: {}; this response runs on the edge alone\n", e.what());
           }
         }
-        reports.push_back(sim->run(ids, lost && mode == "collaborative" ? "standalone" : mode));
-        const auto& r = reports.back();
-        if (r.degraded_tokens > 0 || r.error.find("cloud_unreachable") != std::string::npos)
-          lost = deployed;
-        row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
-        auto j = report_json(r, x.prompt, x.text,
-                             formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
-                                              m.model->config().n_embd,
-                                              s.upload.dtype == "f32" ? 4 : 2));
-        if (mode == "cloud")
-          cloud = &r;
-        if (cloud) {
-          x.agreement = token_agreement(r.tokens, cloud->tokens);
-          add_cloud_agreement(j, r.tokens, cloud->tokens);
+        auto run_mode = lost && mode == "collaborative" ? "standalone" : mode;
+        // --sessions N: N edge sessions of this prompt at the same time.
+        auto t0 = std::chrono::steady_clock::now();
+        auto batch = sim->run_concurrently(std::vector<std::vector<int32_t>>(size_t(a.sessions), ids),
+                                           run_mode);
+        throughput t{mode, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()};
+        for (auto& r : batch) {
+          t.tokens += int64_t(r.tokens.size());
+          t.cloud_tokens += r.cloud_tokens;
         }
-        if (a.json)
-          std::cout << j.dump() << std::endl;
-        rows.push_back(x);
+        rates.push_back(t);
+        for (auto& b : batch) {
+          reports.push_back(std::move(b));
+          const auto& r = reports.back();
+          if (r.degraded_tokens > 0 || r.error.find("cloud_unreachable") != std::string::npos)
+            lost = deployed;
+          row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
+          auto j = report_json(r, x.prompt, x.text,
+                               formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
+                                                m.model->config().n_embd,
+                                                s.upload.dtype == "f32" ? 4 : 2));
+          if (mode == "cloud" && !cloud)
+            cloud = &r;
+          if (cloud) {
+            x.agreement = token_agreement(r.tokens, cloud->tokens);
+            add_cloud_agreement(j, r.tokens, cloud->tokens);
+          }
+          if (a.json)
+            std::cout << j.dump() << std::endl;
+          rows.push_back(x);
+        }
       }
     }
   }
@@ -216,6 +238,20 @@ void run_sessions(sim_args a, bool deployed) {
       fmt::print("  error: {}\n", r.report->error);
   }
   print_table(rows, modes);
+  if (a.sessions > 1) {
+    fmt::print("\n{} concurrent sessions per prompt:\n", a.sessions);
+    for (auto& mode : modes) {
+      double ms = 0, tokens = 0, cloud = 0;
+      for (auto& t : rates)
+        if (t.mode == mode) {
+          ms += t.ms;
+          tokens += double(t.tokens);
+          cloud += double(t.cloud_tokens);
+        }
+      fmt::print("{:<14} {:>9.1f} tokens/s in all, {:>9.1f} of them from the cloud\n", mode,
+                 ms > 0 ? tokens / ms * 1000 : 0.0, ms > 0 ? cloud / ms * 1000 : 0.0);
+    }
+  }
 }
 
 } // namespace
@@ -241,6 +277,10 @@ void add_session_options(CLI::App* cmd, const std::shared_ptr<sim_args>& a) {
                 "one JSON object per response: mode, prompt, text, tokens, n_prompt, "
                 "n_generated, exits, cloud_requests, degraded_tokens, bytes_up, bytes_down, "
                 "edge_ms, cloud_ms, comm_ms, total_ms, ...");
+  cmd->add_option("--sessions", a->sessions,
+                  "run each prompt as this many edge sessions at the same time (all sharing one "
+                  "cloud) and report the aggregate tokens/s")
+    ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_flag("--print-config", a->print_config, "print the effective settings and exit");
 }
 

@@ -110,6 +110,12 @@ TEST_CASE("ceco sim --mode all --json prints one object per strategy with the do
     CHECK(j["exits"].contains("cloud"));
   }
   CHECK(modes == std::vector<std::string>{"cloud", "naive", "standalone", "collaborative"});
+  auto many = run_ceco("sim --mode collaborative --sessions 3 --max-tokens 8 --json --set link.latency_ms=0");
+  REQUIRE(many.status == 0);
+  int sessions = 0;
+  for (size_t at = 0; (at = many.out.find("\"n_generated\":8", at)) != std::string::npos; ++at)
+    ++sessions;
+  CHECK(sessions == 3);
   auto bad = run_ceco("sim --set policy.threshold=-1");
   CHECK(bad.status == 1);
   CHECK(bad.out.find("policy.threshold must be a number >= 0, got -1") != std::string::npos);
