@@ -51,6 +51,10 @@ struct cloud_process {
     if (banner.find("serving") != std::string::npos && at != std::string::npos)
       port = std::atoi(banner.c_str() + at + 1);
   }
+  void signal(int sig) {
+    if (pid > 0)
+      ::kill(pid, sig);
+  }
   void kill_now() {
     if (pid > 0) {
       ::kill(pid, SIGKILL);
@@ -205,6 +209,28 @@ TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects
   CHECK(lines[1]["mode"] == "collaborative");
   CHECK(lines[1]["degraded_tokens"] == 0);
   CHECK(lines[1]["cloud_requests"].get<int>() == lines[1]["n_generated"].get<int>());
+}
+
+TEST_CASE("a hung cloud is noticed by heartbeats and the edge finishes alone") {
+  cloud_process cloud("--set cloud.port=0 --set cloud.heartbeat_ms=200");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  run_result r;
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread edge([&] {
+    r = run_edge("--set policy.threshold=1.5 --set link.latency_ms=10 --set cloud.heartbeat_ms=200 "
+                 "--set cloud.connect_tries=1 --max-tokens 300 --json" + port_arg(cloud));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  cloud.signal(SIGSTOP);  // alive but silent: only heartbeats can tell
+  edge.join();
+  auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  cloud.signal(SIGCONT);
+  REQUIRE(r.status == 0);
+  auto j = json_lines(r.out).at(0);
+  MESSAGE("edge done after " << seconds << " s, " << j["degraded_tokens"] << " tokens without the cloud");
+  CHECK(j["n_generated"] == 300);
+  CHECK(j["degraded_tokens"].get<int>() > 0);
+  CHECK(seconds < 9.0);  // well before the 10 s request timeout would have fired
 }
 
 TEST_CASE("the two-node setup in network namespaces runs where the machine allows it") {
