@@ -462,8 +462,9 @@ namespace {
 
 template <class T>
 void put(std::vector<uint8_t>& buf, T v) {
-  auto p = reinterpret_cast<const uint8_t*>(&v);
-  buf.insert(buf.end(), p, p + sizeof(T));
+  size_t at = buf.size();
+  buf.resize(at + sizeof(T));
+  std::memcpy(buf.data() + at, &v, sizeof(T));
 }
 
 void put_string(std::vector<uint8_t>& buf, const std::string& s) {
