@@ -46,6 +46,17 @@ int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
 }
 
+caf::error unknown(uint64_t id);
+
+/// The open session `id`, marked active now; nullptr if it is not open.
+session_entry* touch(self_ptr self, uint64_t id) {
+  auto i = self->state.sessions.find(id);
+  if (i == self->state.sessions.end())
+    return nullptr;
+  i->second.last_active = clock_type::now();
+  return &i->second;
+}
+
 caf::error unknown(uint64_t id) {
   return make_error(ceco_errc::unknown_session,
                     fmt::format("session {:016x} is not open (never opened, closed, or expired)",
@@ -184,11 +195,10 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
     },
     [=](upload_msg& m) -> caf::result<int32_t> {
       auto& st = self->state;
-      auto i = st.sessions.find(m.session);
-      if (i == st.sessions.end())
+      auto* session = touch(self, m.session);
+      if (!session)
         return unknown(m.session);
-      auto& e = i->second;
-      e.last_active = clock_type::now();
+      auto& e = *session;
       if (auto bad = m.states.check(st.cfg.n_embd); !bad.empty())
         return make_error(ceco_errc::bad_tensor, fmt::format("upload at position {}: {}", m.start, bad));
       if (m.start < 0 || int64_t(m.start) + m.states.rows > st.cfg.max_seq)
@@ -215,11 +225,10 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
     },
     [=](infer_request& r) -> caf::result<infer_reply> {
       auto& st = self->state;
-      auto i = st.sessions.find(r.session);
-      if (i == st.sessions.end())
+      auto* session = touch(self, r.session);
+      if (!session)
         return unknown(r.session);
-      auto& e = i->second;
-      e.last_active = clock_type::now();
+      auto& e = *session;
       if (r.pos < 0 || r.pos >= st.cfg.max_seq)
         return make_error(ceco_errc::bad_position,
                           fmt::format("token after position {} requested; the context holds "

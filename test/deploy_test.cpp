@@ -83,6 +83,24 @@ std::vector<nlohmann::json> json_lines(const std::string& out) {
   return lines;
 }
 
+/// A CAF node of the test's own, connected to a cloud's published front.
+struct remote_peer {
+  explicit remote_peer(int port) : sys(configured(cfg)), self(sys) {
+    auto h = sys.middleman().remote_actor<cloud_api>("127.0.0.1", uint16_t(port));
+    REQUIRE(h);
+    front = *h;
+  }
+  static caf::actor_system_config& configured(caf::actor_system_config& c) {
+    configure_actor_system(c, 2, true);
+    return c;
+  }
+  caf::actor_system_config cfg;  // declared before sys: initialised first
+  caf::actor_system sys;
+  caf::scoped_actor self;
+  cloud_api front;
+  const std::chrono::seconds timeout{5};
+};
+
 std::string port_arg(const cloud_process& c) {
   return " --set cloud.port=" + std::to_string(c.port);
 }
@@ -118,15 +136,9 @@ TEST_CASE("the handshake refuses another split, another secret and a node that s
   CHECK(ok.status == 0);
 
   // A peer of our own that talks to the published front directly.
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg, 2, true);
-  caf::actor_system sys{cfg};
-  auto front = sys.middleman().remote_actor<cloud_api>("127.0.0.1", uint16_t(cloud.port));
-  REQUIRE(front);
-  caf::scoped_actor self{sys};
-  const auto timeout = std::chrono::seconds(5);
+  remote_peer peer(cloud.port);
   std::string open_error;
-  self->request(*front, timeout, open_atom::value)
+  peer.self->request(peer.front, peer.timeout, open_atom::value)
     .receive([&](uint64_t) { open_error = "answered"; },
              [&](caf::error& e) { open_error = describe(e); });
   CHECK(open_error.find("handshake_failed: send hello_msg first") == 0);
@@ -135,13 +147,10 @@ TEST_CASE("the handshake refuses another split, another secret and a node that s
 TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving") {
   cloud_process cloud("--set cloud.port=0");
   REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg, 2, true);
-  caf::actor_system sys{cfg};
-  auto front = sys.middleman().remote_actor<cloud_api>("127.0.0.1", uint16_t(cloud.port));
-  REQUIRE(front);
-  caf::scoped_actor self{sys};
-  const auto timeout = std::chrono::seconds(5);
+  remote_peer peer(cloud.port);
+  auto& self = peer.self;
+  auto front = &peer.front;
+  const auto timeout = peer.timeout;
 
   // The model's hello, as an edge with the default settings sends it.
   auto s = load_settings("", {"model.path=" + stories_gguf()});

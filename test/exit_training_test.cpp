@@ -64,20 +64,12 @@ TEST_CASE("the shipped stories260K heads exit early on a quarter of the tokens a
   opts.max_tokens = 100;
   opts.exits = &heads;
   opts.threshold = 0.8f;
-  int tokens = 0, exited = 0, agree = 0;
+  exit_tally t;
   // Prompts not used in tuning (the heads were tuned on self-generated text).
   for (auto p : {"Tom and his dog", "The sun was shining", "One day, a little bird",
-                 "Sara wanted to bake a cake"}) {
-    auto r = generate(m, vocab.encode(p), opts);
-    for (auto& s : r.exit_trace) {
-      ++tokens;
-      if (s.exit_layer >= 0) {
-        ++exited;
-        agree += s.agrees;
-      }
-    }
-  }
-  MESSAGE(exited << " of " << tokens << " tokens exited, " << agree << " agree");
-  CHECK(exited >= tokens / 4);
-  CHECK(agree >= 0.9 * exited);
+                 "Sara wanted to bake a cake"})
+    t.add(generate(m, vocab.encode(p), opts).exit_trace);
+  MESSAGE(t.exited << " of " << t.tokens << " tokens exited, " << t.agree << " agree");
+  CHECK(t.exited >= t.tokens / 4);
+  CHECK(t.agree >= 0.9 * t.exited);
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "model/generation.hpp"
 #include "model/loader.hpp"
 #include "model/transformer.hpp"
 
@@ -70,6 +71,22 @@ run_result run_shell(const std::string& command);
 inline run_result run_ceco(const std::string& args) {
   return run_shell(std::string(CECO_BINARY) + " " + args + " 2>&1");
 }
+
+/// Tokens, early exits and agreeing early exits over exit traces.
+struct exit_tally {
+  int tokens = 0;
+  int exited = 0;
+  int agree = 0;
+  void add(const std::vector<exit_step>& trace) {
+    for (auto& s : trace) {
+      ++tokens;
+      if (s.exit_layer >= 0) {
+        ++exited;
+        agree += s.agrees;
+      }
+    }
+  }
+};
 
 /// Reference values of ../shared/docs/design-notes.md §5.
 inline const std::vector<int32_t> once_upon_a_time = {1, 403, 407, 261, 378};
