@@ -50,8 +50,8 @@ void run_layers(const transformer& model, at::Tensor& x, int64_t pos, kv_cache& 
   model.forward_layers(x, pos, done, n_layer, cache);
 }
 
-void judge_exits(const generation_options& opts, int32_t final_token, exit_step& step) {
-  const auto layers = opts.exits->layers();
+void judge_exits(const generation_options& opts, const std::vector<int>& layers,
+                 int32_t final_token, exit_step& step) {
   int fired = first_confident_exit(layers, step.confidence, opts.threshold, opts.min_exit_layer);
   // Standalone falls back to the deepest exit when none fires.
   size_t chosen = fired >= 0 ? size_t(fired) : layers.size() - 1;
@@ -72,6 +72,7 @@ generation_result generate(const transformer& model, const std::vector<int32_t>&
       "generate: the prompt has {} tokens, the model's context holds {}", prompt.size(),
       cfg.max_seq));
   const bool tracing = opts.exits && !opts.exits->empty();
+  const auto exit_layers = tracing ? opts.exits->layers() : std::vector<int>{};
 
   c10::InferenceMode guard;
   generation_result r;
@@ -95,7 +96,7 @@ generation_result generate(const transformer& model, const std::vector<int32_t>&
       return false;
     }
     if (step) {
-      judge_exits(opts, next, *step);
+      judge_exits(opts, exit_layers, next, *step);
       r.exit_trace.push_back(std::move(*step));
     }
     r.tokens.push_back(next);
