@@ -131,7 +131,9 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
     auto norm = model.weights().output_norm.to(at::kCPU).clone().set_requires_grad(true);
     auto w = model.weights().output.to(at::kCPU).clone().set_requires_grad(opts.own_output);
     at::Tensor a, c, b;
-    std::vector<at::Tensor> params{norm};
+    std::vector<at::Tensor> params;
+    params.reserve(5);
+    params.push_back(norm);
     if (opts.own_output)
       params.push_back(w);
     if (opts.adapter_hidden > 0) {
