@@ -37,7 +37,9 @@ struct cloud_layers_state {
   std::shared_ptr<const transformer> model;
   int split = 0;
   int32_t eos = 2;
-  at::Tensor logits;  // [vocab], reused by every token request
+  at::Tensor logits;       // [vocab], reused by every token request
+  at::Tensor step_hidden;  // [rows, n_embd]: final states of a step's requests
+  at::Tensor step_logits;  // [rows, vocab]; both grow to the largest step
   static inline const char* name = "cloud_layers";
 };
 
@@ -52,6 +54,95 @@ int32_t final_token(cloud_layers_state& st, const at::Tensor& hidden_row) {
   st.model->logits_into(hidden_row, st.logits);
   auto cpu = st.logits.is_cpu() ? st.logits : st.logits.to(at::kCPU);
   return argmax(cpu.data_ptr<float>(), int(cpu.numel()));
+}
+
+/// Why `w` cannot be computed, or none.
+caf::error check_work(const cloud_layers_state& st, const cloud_work& w) {
+  const auto& cfg = st.model->config();
+  auto& ctx = *w.ctx;
+  if (w.states.rows > 0) {
+    if (auto bad = w.states.check(cfg.n_embd); !bad.empty())
+      return make_error(ceco_errc::bad_tensor, "catch-up states: " + bad);
+    if (w.start != ctx.computed)
+      return make_error(ceco_errc::bad_position,
+                        fmt::format("catch-up from position {}, but {} are computed", w.start,
+                                    ctx.computed));
+    if (int64_t(w.start) + w.states.rows > ctx.cache.capacity())
+      return make_error(ceco_errc::bad_position,
+                        fmt::format("catch-up of positions {}..{} exceeds the context of {}",
+                                    w.start, int64_t(w.start) + w.states.rows - 1,
+                                    ctx.cache.capacity()));
+  }
+  const int64_t computed = ctx.computed + int64_t(w.states.rows);
+  for (auto pos : w.tokens_after)
+    if (pos < 0 || pos >= computed)
+      return make_error(ceco_errc::bad_position,
+                        fmt::format("token after position {} requested, positions 0..{} are "
+                                    "computed", pos, computed - 1));
+  return {};
+}
+
+/// Catches every valid work item up in one multi-sequence forward, then
+/// answers all requested tokens from one logits product.
+void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
+  auto& m = *st.model;
+  c10::InferenceMode guard;
+  std::vector<at::Tensor> inputs(step.work.size());
+  std::vector<transformer::sequence_step> seqs;
+  std::vector<size_t> seq_work;  // work index of each entry of seqs
+  for (size_t i = 0; i < step.work.size(); ++i) {
+    auto& w = step.work[i];
+    if (auto err = check_work(st, w)) {
+      out.done[i].error = std::move(err);
+      continue;
+    }
+    if (w.states.rows == 0)
+      continue;
+    inputs[i] = to_tensor(w.states, m);
+    seqs.push_back({&inputs[i], w.start, &w.ctx->cache});
+    seq_work.push_back(i);
+  }
+  try {
+    m.forward_sequences(seqs, st.split, m.config().n_layer);
+  } catch (const model_error& e) {
+    for (auto i : seq_work)
+      out.done[i].error = make_error(ceco_errc::compute_failed, e.what());
+    return;
+  }
+  for (auto i : seq_work) {
+    auto& w = step.work[i];
+    w.ctx->final_hidden.narrow(0, w.start, w.states.rows).copy_(inputs[i]);
+    w.ctx->computed = w.start + w.states.rows;
+  }
+
+  int64_t n_rows = 0;
+  for (size_t i = 0; i < step.work.size(); ++i)
+    if (!out.done[i].error)
+      n_rows += int64_t(step.work[i].tokens_after.size());
+  if (n_rows == 0)
+    return;
+  const auto& cfg = m.config();
+  if (!st.step_hidden.defined() || st.step_hidden.size(0) < n_rows) {
+    auto opts = at::TensorOptions().dtype(at::kFloat).device(m.device());
+    st.step_hidden = at::empty({n_rows, cfg.n_embd}, opts);
+    st.step_logits = at::empty({n_rows, cfg.vocab_size}, opts);
+  }
+  int64_t row = 0;
+  for (size_t i = 0; i < step.work.size(); ++i)
+    if (!out.done[i].error)
+      for (auto pos : step.work[i].tokens_after)
+        st.step_hidden[row++].copy_(step.work[i].ctx->final_hidden[pos]);
+  auto logits = st.step_logits.narrow(0, 0, n_rows);
+  m.logits_rows_into(st.step_hidden.narrow(0, 0, n_rows), logits);
+  auto cpu = logits.is_cpu() ? logits : logits.to(at::kCPU);
+  std::vector<int32_t> tokens;
+  for (int64_t r = 0; r < n_rows; ++r)
+    tokens.push_back(argmax(cpu.data_ptr<float>() + r * cfg.vocab_size, cfg.vocab_size));
+  size_t next = 0;
+  for (size_t i = 0; i < step.work.size(); ++i)
+    if (!out.done[i].error)
+      for (size_t j = 0; j < step.work[i].tokens_after.size(); ++j)
+        out.done[i].tokens.push_back(tokens[next++]);
 }
 
 cloud_layers_actor::behavior_type
@@ -73,38 +164,13 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
                                     at::TensorOptions().dtype(at::kFloat).device(m.device()));
       return ctx;
     },
-    [=](catchup_atom, cloud_context_ptr& ctx, int32_t start,
-        tensor_blob& states) -> caf::result<int64_t> {
+    [=](cloud_step& step) -> cloud_step_done {
       auto t0 = clock_type::now();
-      auto& m = *self->state.model;
-      if (auto bad = states.check(m.config().n_embd); !bad.empty())
-        return make_error(ceco_errc::bad_tensor, "catch-up states: " + bad);
-      if (start != ctx->computed)
-        return make_error(ceco_errc::bad_position,
-                          fmt::format("catch-up from position {}, but {} are computed", start,
-                                      ctx->computed));
-      try {
-        c10::InferenceMode guard;
-        auto x = to_tensor(states, m);
-        m.forward_layers(x, start, self->state.split, n_layer, ctx->cache);
-        ctx->final_hidden.narrow(0, start, states.rows).copy_(x);
-        ctx->computed = start + states.rows;
-      } catch (const model_error& e) {
-        return make_error(ceco_errc::compute_failed, e.what());
-      }
-      return us_since(t0);
-    },
-    [=](token_atom, cloud_context_ptr& ctx, int32_t pos) -> caf::result<infer_reply> {
-      auto t0 = clock_type::now();
-      if (pos < 0 || pos >= ctx->computed)
-        return make_error(ceco_errc::bad_position,
-                          fmt::format("token after position {} requested, positions 0..{} are "
-                                      "computed", pos, ctx->computed - 1));
-      c10::InferenceMode guard;
-      infer_reply r;
-      r.token = final_token(self->state, ctx->final_hidden.narrow(0, pos, 1));
-      r.cloud_us = us_since(t0);
-      return r;
+      cloud_step_done out;
+      out.done.resize(step.work.size());
+      run_step(self->state, step, out);
+      out.compute_us = us_since(t0);
+      return out;
     },
     [=](naive_request& req) -> caf::result<infer_reply> {
       auto t0 = clock_type::now();

@@ -1,5 +1,6 @@
 #include "actors/context_manager.hpp"
 
+#include <deque>
 #include <random>
 #include <unordered_map>
 
@@ -23,9 +24,10 @@ struct session_entry {
   cloud_context_ptr ctx;
   int32_t received = 0;              // positions [0, received) uploaded
   int32_t computed = 0;              // positions [0, computed) caught up
-  std::vector<tensor_blob> pending;  // uploaded, not yet sent to catch-up
-  bool catching_up = false;
-  std::vector<waiting_request> waiting;
+  std::vector<tensor_blob> pending;  // uploaded, not yet in a step
+  std::vector<waiting_request> waiting;  // for positions not yet in a step
+  std::vector<waiting_request> asked;    // answered by the step in flight
+  bool queued = false;               // in `ready`
   clock_type::time_point last_active;
   int64_t compute_us = 0;
   int64_t gaps = 0;
@@ -36,6 +38,11 @@ struct context_manager_state {
   model_config cfg;
   context_manager_options opts;
   std::unordered_map<uint64_t, session_entry> sessions;
+  std::deque<uint64_t> ready;  // sessions with work for the next step, oldest first
+  bool stepping = false;       // a step is in flight at the cloud layers
+  int64_t steps = 0;
+  int64_t stepped_sessions = 0;
+  int64_t session_bytes = 0;
   std::mt19937_64 ids{std::random_device{}()};
   static inline const char* name = "context_manager";
 };
@@ -45,8 +52,6 @@ using self_ptr = context_manager_actor::stateful_pointer<context_manager_state>;
 int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
 }
-
-caf::error unknown(uint64_t id);
 
 /// The open session `id`, marked active now; nullptr if it is not open.
 session_entry* touch(self_ptr self, uint64_t id) {
@@ -96,66 +101,130 @@ void drop_rows(tensor_blob& b, int32_t n) {
   b.rows -= n;
 }
 
-void ask_token(self_ptr self, uint64_t id, waiting_request w) {
-  auto& e = self->state.sessions.at(id);
-  self->request(self->state.layers, caf::infinite, token_atom::value, e.ctx, w.pos)
-    .then(
-      [=](infer_reply r) mutable {
-        if (auto i = self->state.sessions.find(id); i != self->state.sessions.end())
-          i->second.compute_us += r.cloud_us;
-        r.cloud_us = us_since(w.arrived);  // time in the cloud, waiting included
-        w.promise.deliver(r);
-      },
-      [=](caf::error& err) mutable { w.promise.deliver(err); });
+void fail_all(session_entry& e, const caf::error& err) {
+  for (auto* list : {&e.waiting, &e.asked}) {
+    for (auto& w : *list)
+      w.promise.deliver(err);
+    list->clear();
+  }
 }
 
-void serve_waiting(self_ptr self, uint64_t id) {
-  auto& e = self->state.sessions.at(id);
-  std::vector<waiting_request> still;
-  std::vector<waiting_request> ready;
+/// Whether the next step has something to do for `e`: uploads to catch up
+/// on, or a request whose position is uploaded.
+bool has_work(const session_entry& e) {
+  if (!e.pending.empty())
+    return true;
   for (auto& w : e.waiting)
-    (w.pos < e.computed ? ready : still).push_back(std::move(w));
-  e.waiting = std::move(still);
-  for (auto& w : ready)
-    ask_token(self, id, std::move(w));
+    if (w.pos < e.received)
+      return true;
+  return false;
 }
 
-void fail_waiting(session_entry& e, const caf::error& err) {
-  for (auto& w : e.waiting)
-    w.promise.deliver(err);
-  e.waiting.clear();
+void dispatch(self_ptr self);
+
+void mark_ready(self_ptr self, uint64_t id, session_entry& e) {
+  if (!e.queued && has_work(e)) {
+    e.queued = true;
+    self->state.ready.push_back(id);
+  }
+  dispatch(self);
 }
 
-void catch_up(self_ptr self, uint64_t id) {
-  auto& e = self->state.sessions.at(id);
-  if (e.catching_up || e.pending.empty())
+void step_done(self_ptr self, const std::vector<uint64_t>& ids,
+               const std::vector<int32_t>& targets, cloud_step_done& r) {
+  auto& st = self->state;
+  st.stepping = false;
+  const int64_t share = r.compute_us / int64_t(std::max<size_t>(1, ids.size()));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = st.sessions.find(ids[i]);
+    if (it == st.sessions.end())
+      continue;  // closed or expired meanwhile; its requests were failed then
+    auto& e = it->second;
+    auto& done = r.done[i];
+    if (done.error) {
+      // The session cannot continue consistently: fail what waits on it.
+      fail_all(e, done.error);
+      continue;
+    }
+    e.computed = targets[i];
+    e.compute_us += share;
+    for (size_t j = 0; j < e.asked.size(); ++j) {
+      auto& w = e.asked[j];
+      w.promise.deliver(infer_reply{done.tokens[j], us_since(w.arrived)});
+    }
+    e.asked.clear();
+    if (!e.queued && has_work(e)) {
+      e.queued = true;
+      st.ready.push_back(ids[i]);
+    }
+  }
+  dispatch(self);
+}
+
+/// Sends the work of up to `batch_sessions` ready sessions to the cloud
+/// layers as one step, unless a step is in flight: whatever arrives
+/// meanwhile goes into the next one, so steps grow with the load.
+void dispatch(self_ptr self) {
+  auto& st = self->state;
+  if (st.stepping)
     return;
-  auto batch = merge(e.pending);
-  e.pending.clear();
-  e.catching_up = true;
-  const int32_t start = e.computed;
-  const int32_t rows = batch.rows;
-  self->request(self->state.layers, caf::infinite, catchup_atom::value, e.ctx, start,
-                std::move(batch))
-    .then(
-      [=](int64_t us) {
-        auto i = self->state.sessions.find(id);
-        if (i == self->state.sessions.end())
-          return;  // closed or expired meanwhile
-        i->second.catching_up = false;
-        i->second.computed = start + rows;
-        i->second.compute_us += us;
-        serve_waiting(self, id);
-        catch_up(self, id);
-      },
-      [=](caf::error& err) {
-        auto i = self->state.sessions.find(id);
-        if (i == self->state.sessions.end())
-          return;
-        // The session cannot continue consistently: fail what waits on it.
-        i->second.catching_up = false;
-        fail_waiting(i->second, err);
-      });
+  cloud_step step;
+  std::vector<uint64_t> ids;
+  std::vector<int32_t> targets;  // positions computed once the step is done
+  while (!st.ready.empty() && int(ids.size()) < st.opts.batch_sessions) {
+    auto id = st.ready.front();
+    st.ready.pop_front();
+    auto it = st.sessions.find(id);
+    if (it == st.sessions.end())
+      continue;
+    auto& e = it->second;
+    e.queued = false;
+    if (!has_work(e))
+      continue;
+    cloud_work w;
+    w.ctx = e.ctx;
+    w.start = e.computed;
+    if (!e.pending.empty()) {
+      w.states = merge(e.pending);
+      e.pending.clear();
+    } else {
+      w.states.cols = st.cfg.n_embd;
+    }
+    std::vector<waiting_request> later;
+    for (auto& r : e.waiting) {
+      if (r.pos < e.received) {
+        w.tokens_after.push_back(r.pos);
+        e.asked.push_back(std::move(r));
+      } else {
+        later.push_back(std::move(r));
+      }
+    }
+    e.waiting = std::move(later);
+    ids.push_back(id);
+    targets.push_back(e.computed + w.states.rows);
+    step.work.push_back(std::move(w));
+  }
+  if (ids.empty())
+    return;
+  st.stepping = true;
+  ++st.steps;
+  st.stepped_sessions += int64_t(ids.size());
+  self->request(st.layers, caf::infinite, std::move(step))
+    .then([=](cloud_step_done& r) { step_done(self, ids, targets, r); },
+          [=](caf::error& err) {
+            cloud_step_done r;
+            r.done.resize(ids.size());
+            for (auto& d : r.done)
+              d.error = err;
+            step_done(self, ids, targets, r);
+          });
+}
+
+int64_t held_bytes(const context_manager_state& st) {
+  int64_t bytes = 0;
+  for (auto& [id, e] : st.sessions)
+    bytes += cloud_context_bytes(*e.ctx);
+  return bytes;
 }
 
 void schedule_sweep(self_ptr self) {
@@ -181,6 +250,21 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       self->request(st.layers, caf::infinite, open_atom::value)
         .then(
           [=](cloud_context_ptr& ctx) mutable {
+            auto& st = self->state;
+            if (st.opts.max_context_bytes > 0) {
+              auto held = held_bytes(st);
+              auto more = cloud_context_bytes(*ctx);
+              if (held + more > st.opts.max_context_bytes) {
+                rp.deliver(make_error(
+                  ceco_errc::session_limit,
+                  fmt::format("a new session needs {:.1f} MiB of cloud memory, {:.1f} of {:.1f} MiB "
+                              "are held by {} sessions (session.max_memory_mb)",
+                              double(more) / 1048576, double(held) / 1048576,
+                              double(st.opts.max_context_bytes) / 1048576, st.sessions.size())));
+                return;
+              }
+            }
+            st.session_bytes = cloud_context_bytes(*ctx);
             uint64_t id;
             do
               id = self->state.ids();
@@ -220,7 +304,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
         drop_rows(m.states, overlap);
       e.received += m.states.rows;
       e.pending.push_back(std::move(m.states));
-      catch_up(self, m.session);
+      mark_ready(self, m.session, e);
       return e.received;
     },
     [=](infer_request& r) -> caf::result<infer_reply> {
@@ -234,11 +318,8 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
                           fmt::format("token after position {} requested; the context holds "
                                       "positions 0..{}", r.pos, st.cfg.max_seq - 1));
       auto rp = self->make_response_promise<infer_reply>();
-      waiting_request w{r.pos, clock_type::now(), rp};
-      if (r.pos < e.computed)
-        ask_token(self, r.session, std::move(w));
-      else
-        e.waiting.push_back(std::move(w));
+      e.waiting.push_back(waiting_request{r.pos, clock_type::now(), rp});
+      mark_ready(self, r.session, e);
       return rp;
     },
     [=](close_atom, uint64_t id) -> caf::result<session_summary> {
@@ -247,23 +328,22 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       if (i == st.sessions.end())
         return unknown(id);
       session_summary s{id, i->second.computed, i->second.compute_us, i->second.gaps};
-      fail_waiting(i->second, make_error(ceco_errc::unknown_session, "the session was closed"));
+      fail_all(i->second, make_error(ceco_errc::unknown_session, "the session was closed"));
       st.sessions.erase(i);
       return s;
     },
-    [=](stats_atom) -> caf::result<int64_t, int64_t> {
-      int64_t bytes = 0;
-      for (auto& [id, e] : self->state.sessions)
-        bytes += cloud_context_bytes(*e.ctx);
-      return {int64_t(self->state.sessions.size()), bytes};
+    [=](stats_atom) -> cloud_stats {
+      auto& st = self->state;
+      return {int64_t(st.sessions.size()), held_bytes(st), st.steps, st.stepped_sessions,
+              st.session_bytes};
     },
     [=](sweep_atom) {
       auto& st = self->state;
       auto now = clock_type::now();
       for (auto i = st.sessions.begin(); i != st.sessions.end();) {
         if (now - i->second.last_active > st.opts.ttl) {
-          fail_waiting(i->second,
-                       make_error(ceco_errc::unknown_session, "the session expired (session.ttl_s)"));
+          fail_all(i->second,
+                   make_error(ceco_errc::unknown_session, "the session expired (session.ttl_s)"));
           i = st.sessions.erase(i);
         } else {
           ++i;

@@ -8,10 +8,17 @@
 //   upload ──▶ pending ──(catch-up, batched, one in flight)──▶ computed
 //   infer_request(pos) ──▶ answered at once if pos < computed, else parked
 //
-// Catch-up runs eagerly as uploads arrive; uploads that arrive while one is
-// being computed are merged into the next batch. Sessions never share state;
-// a session is freed when the edge closes it or after `ttl` without traffic.
-// Beyond `max_sessions` a new session is refused (session_limit).
+// Work runs eagerly as uploads and requests arrive, in steps: one step in
+// flight at the cloud layers computes the catch-up and the answerable
+// requests of every ready session (up to `batch_sessions`) together, and
+// whatever arrives meanwhile goes into the next step. So at low load a step
+// holds one session and adds no wait; under load steps grow and the
+// weights are read once per step instead of once per session. Sessions
+// never share state; a session is freed when the edge closes it or after
+// `ttl` without traffic. A new session beyond `max_sessions`, or one whose
+// context would take the memory held past `max_context_bytes`, is refused
+// (session_limit): refusing keeps every running response intact, where
+// evicting would break one.
 
 #include <chrono>
 
@@ -23,6 +30,8 @@ namespace ceco {
 struct context_manager_options {
   std::chrono::milliseconds ttl{60'000};
   int max_sessions = 256;
+  int batch_sessions = 64;        // most sessions per cloud step
+  int64_t max_context_bytes = 0;  // 0 = no limit
 };
 
 context_manager_actor spawn_context_manager(caf::actor_system& sys, cloud_layers_actor layers,

@@ -45,8 +45,6 @@ using close_atom = caf::atom_constant<caf::atom("close")>;
 using forward_atom = caf::atom_constant<caf::atom("forward")>;
 using evaluate_atom = caf::atom_constant<caf::atom("evaluate")>;
 using upload_atom = caf::atom_constant<caf::atom("upload")>;
-using catchup_atom = caf::atom_constant<caf::atom("catchup")>;
-using token_atom = caf::atom_constant<caf::atom("token")>;
 using run_atom = caf::atom_constant<caf::atom("run")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
@@ -278,6 +276,32 @@ int64_t wire_size(const T& x) {
 struct cloud_context;
 using cloud_context_ptr = std::shared_ptr<cloud_context>;
 
+/// One session's share of a cloud step: run its uploaded positions
+/// [start, start + states.rows) through the cloud layers (rows may be 0),
+/// then answer the token after each position in `tokens_after`.
+struct cloud_work {
+  cloud_context_ptr ctx;
+  int32_t start = 0;
+  tensor_blob states;
+  std::vector<int32_t> tokens_after;
+};
+
+struct cloud_work_done {
+  std::vector<int32_t> tokens;  // one per tokens_after
+  caf::error error;             // when set, none of the work was done
+};
+
+/// The work of every session the context manager had ready, computed
+/// together: one matrix product per weight over all their rows.
+struct cloud_step {
+  std::vector<cloud_work> work;
+};
+
+struct cloud_step_done {
+  std::vector<cloud_work_done> done;  // one per work, in order
+  int64_t compute_us = 0;
+};
+
 // -- actor interfaces ---------------------------------------------------------
 
 /// What an edge sees of the cloud; see the protocol table above.
@@ -297,25 +321,32 @@ using link_actor = cloud_api::extend<
   caf::replies_to<stats_atom, uint64_t>::with<link_counters>,
   caf::reacts_to<deliver_atom, uint64_t>>;
 
+/// What the context manager holds and has done.
+struct cloud_stats {
+  int64_t sessions = 0;          // open now
+  int64_t context_bytes = 0;     // their KV caches and final states
+  int64_t steps = 0;             // cloud steps computed so far
+  int64_t stepped_sessions = 0;  // sessions over all steps (/ steps = mean batch)
+  int64_t session_bytes = 0;     // context of the last session opened
+};
+
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.
-/// (stats_atom) -> (sessions open, KV bytes held); (sweep_atom) expires idle
-/// sessions (its own timer).
+/// (stats_atom) -> cloud_stats; (sweep_atom) expires idle sessions (its own
+/// timer).
 using context_manager_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<close_atom, uint64_t>::with<session_summary>,
-  caf::replies_to<stats_atom>::with<int64_t, int64_t>,
+  caf::replies_to<stats_atom>::with<cloud_stats>,
   caf::reacts_to<sweep_atom>>;
 
 /// Layers [split, L) and the final head, plus the whole model for the cloud
-/// strategy. (catchup_atom, ctx, start, states) runs uploaded positions
-/// through the cloud layers and replies with the compute time in us;
-/// (token_atom, ctx, pos) answers the token after pos.
+/// strategy. A cloud_step catches up several sessions on their uploads and
+/// answers their tokens in one pass.
 using cloud_layers_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<cloud_context_ptr>,
-  caf::replies_to<catchup_atom, cloud_context_ptr, int32_t, tensor_blob>::with<int64_t>,
-  caf::replies_to<token_atom, cloud_context_ptr, int32_t>::with<infer_reply>,
+  caf::replies_to<cloud_step>::with<cloud_step_done>,
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>>;
 
@@ -345,3 +376,6 @@ void register_message_types(caf::actor_system_config& cfg);
 } // namespace ceco
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_context_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_step)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_step_done)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_stats)

@@ -72,6 +72,8 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim
   context_manager_options cm;
   cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
   cm.max_sessions = s.session.max_sessions;
+  cm.batch_sessions = s.session.batch_sessions;
+  cm.max_context_bytes = int64_t(s.session.max_memory_mb * 1024.0 * 1024.0);
   c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
   c.front = spawn_cloud_front(sys, c.contexts, c.layers, make_hello(s, m));
   return c;
@@ -155,13 +157,13 @@ simulation::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
   return out;
 }
 
-std::pair<int64_t, int64_t> simulation::cloud_sessions() {
+cloud_stats simulation::cloud_state() {
   caf::scoped_actor self{sys_};
-  std::pair<int64_t, int64_t> out{-1, -1};
+  cloud_stats out;
   if (!cloud_.contexts)
     throw model_error("simulation: the cloud is remote; ask it, not this process");
   self->request(cloud_.contexts, std::chrono::seconds(10), stats_atom::value)
-    .receive([&](int64_t n, int64_t bytes) { out = {n, bytes}; },
+    .receive([&](cloud_stats& st) { out = st; },
              [&](caf::error& err) { throw model_error("context manager stats: " + describe(err)); });
   return out;
 }

@@ -75,8 +75,9 @@ public:
                                                 const std::string& mode = {}, int max_tokens = 0);
 
   context_manager_actor contexts() const { return cloud_.contexts; }
-  /// (sessions open, bytes their contexts hold) at the context manager.
-  std::pair<int64_t, int64_t> cloud_sessions();
+  /// Sessions open, the bytes their contexts hold and the steps computed,
+  /// at the context manager (a local cloud only).
+  cloud_stats cloud_state();
 
 private:
   edge_session_actor spawn_session(const std::vector<int32_t>& prompt, const std::string& mode,

@@ -1,16 +1,20 @@
 // ceco bench: prefill and decode speed of the forward pass, on a real
 // checkpoint or on seeded random weights of a named shape.
 
+#include <chrono>
 #include <iostream>
 #include <random>
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.hpp"
 #include "model/generation.hpp"
 #include "model/loader.hpp"
+#include "model/sampler.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco::app {
@@ -26,8 +30,78 @@ struct bench_args {
   int threads = 1;
   uint64_t seed = 1;
   std::string device = "cpu";
+  int sessions = 1;
   bool json = false;
 };
+
+using bench_clock = std::chrono::steady_clock;
+
+double seconds_since(bench_clock::time_point t0) {
+  return std::chrono::duration<double>(bench_clock::now() - t0).count();
+}
+
+/// Decode speed of `sessions` sequences stepped one after another and
+/// stepped together (the cloud's multi-session step), in tokens/s.
+std::pair<double, double> measure_sessions(const transformer& model, const bench_args& a,
+                                           std::mt19937& rng) {
+  c10::InferenceMode guard;
+  const auto& cfg = model.config();
+  const int L = cfg.n_layer;
+  const auto n = size_t(a.sessions);
+  auto run = [&](bool together) {
+    std::vector<kv_cache> caches;
+    std::vector<at::Tensor> xs;
+    std::vector<int32_t> next(n);
+    auto fp32 = at::TensorOptions().dtype(at::kFloat).device(model.device());
+    auto out = at::empty({cfg.vocab_size}, fp32);
+    auto hidden = at::empty({int64_t(n), cfg.n_embd}, fp32);
+    auto logits = at::empty({int64_t(n), cfg.vocab_size}, fp32);
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<int32_t> prompt{1};
+      while (int(prompt.size()) < a.prompt_tokens)
+        prompt.push_back(int32_t(rng() % uint32_t(cfg.vocab_size)));
+      caches.push_back(model.make_cache(0, L));
+      auto x = model.embed(prompt);
+      model.forward_layers(x, 0, 0, L, caches.back());
+      model.logits_into(x, out);
+      auto cpu = out.to(at::kCPU);
+      next[i] = argmax(cpu.data_ptr<float>(), cfg.vocab_size);
+      xs.push_back(at::empty({1, cfg.n_embd}, out.options()));
+    }
+    std::vector<transformer::sequence_step> steps;
+    for (size_t i = 0; i < n; ++i)
+      steps.push_back({&xs[i], 0, &caches[i]});
+    auto t0 = bench_clock::now();
+    for (int t = 0; t < a.tokens; ++t) {
+      const int64_t pos = a.prompt_tokens + t;
+      for (size_t i = 0; i < n; ++i) {
+        model.embed_into(next[i], xs[i]);
+        steps[i].pos = pos;
+      }
+      if (together) {
+        model.forward_sequences(steps, 0, L);
+        for (size_t i = 0; i < n; ++i)
+          hidden[int64_t(i)].copy_(xs[i][0]);
+        model.logits_rows_into(hidden, logits);
+        auto cpu = logits.to(at::kCPU);
+        for (size_t i = 0; i < n; ++i)
+          next[i] = argmax(cpu.data_ptr<float>() + int64_t(i) * cfg.vocab_size, cfg.vocab_size);
+      } else {
+        for (size_t i = 0; i < n; ++i) {
+          model.forward_layers(xs[i], pos, 0, L, caches[i]);
+          model.logits_into(xs[i], out);
+          auto cpu = out.to(at::kCPU);
+          next[i] = argmax(cpu.data_ptr<float>(), cfg.vocab_size);
+        }
+      }
+    }
+    return double(n) * a.tokens / seconds_since(t0);
+  };
+  run(true);  // warm-up
+  double alone = run(false);
+  double together = run(true);
+  return {alone, together};
+}
 
 void run_bench(const bench_args& a) {
   set_compute_threads(a.threads);
@@ -65,6 +139,30 @@ void run_bench(const bench_args& a) {
   std::vector<int32_t> prompt{1};
   while (int(prompt.size()) < std::max(1, a.prompt_tokens))
     prompt.push_back(int32_t(rng() % uint32_t(cfg.vocab_size)));
+
+  if (a.sessions > 1) {
+    auto [alone, together] = measure_sessions(model, a, rng);
+    if (a.json) {
+      nlohmann::json j;
+      j["model"] = source;
+      j["n_params"] = n_params;
+      j["threads"] = at::get_num_threads();
+      j["sessions"] = a.sessions;
+      j["decode_tokens_per_s_one_at_a_time"] = alone;
+      j["decode_tokens_per_s_together"] = together;
+      std::cout << j.dump() << "\n";
+      return;
+    }
+    fmt::print("model     {} ({:.2f}M parameters, dim {}, {} layers, vocab {})\n", source,
+               double(n_params) / 1e6, cfg.n_embd, cfg.n_layer, cfg.vocab_size);
+    fmt::print("threads   {} on {}\n", at::get_num_threads(), a.device);
+    fmt::print("decode of {} sessions, {} tokens each after {} prompt tokens:\n", a.sessions,
+               a.tokens, a.prompt_tokens);
+    fmt::print("  one session at a time  {:>9.1f} tokens/s\n", alone);
+    fmt::print("  all in one step        {:>9.1f} tokens/s  ({:.2f}x)\n", together,
+               together / alone);
+    return;
+  }
 
   generation_options opts;
   opts.stop_at_eos = false;
@@ -121,6 +219,10 @@ void add_bench_command(CLI::App& app) {
     ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", a->seed, "seed of the random weights and prompt")
     ->capture_default_str();
+  cmd->add_option("--sessions", a->sessions,
+                  "decode this many sequences, first one at a time, then all in one step as "
+                  "the cloud does for concurrent sessions, and compare")
+    ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_flag("--json", a->json, "print one JSON object (decode_tokens_per_s, ...)");
   cmd->callback([a] { run_bench(*a); });

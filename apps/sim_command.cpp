@@ -167,6 +167,7 @@ void run_sessions(sim_args a, bool deployed) {
   };
   std::vector<throughput> rates;
   std::vector<row> rows;
+  cloud_stats cloud_seen;
   {
     auto make = [&] {
       return deployed ? std::make_unique<simulation>(sys, s, m, connect_to_cloud(sys, s, m))
@@ -224,6 +225,8 @@ void run_sessions(sim_args a, bool deployed) {
         }
       }
     }
+    if (!deployed)
+      cloud_seen = sim->cloud_state();
   }
   if (a.json)
     return;
@@ -251,6 +254,11 @@ void run_sessions(sim_args a, bool deployed) {
       fmt::print("{:<14} {:>9.1f} tokens/s in all, {:>9.1f} of them from the cloud\n", mode,
                  ms > 0 ? tokens / ms * 1000 : 0.0, ms > 0 ? cloud / ms * 1000 : 0.0);
     }
+    if (cloud_seen.steps > 0)
+      fmt::print("cloud: {} steps, {:.2f} sessions per step on average (session.batch_sessions = "
+                 "{}); {:.1f} KiB of context per session\n",
+                 cloud_seen.steps, double(cloud_seen.stepped_sessions) / double(cloud_seen.steps),
+                 s.session.batch_sessions, double(cloud_seen.session_bytes) / 1024.0);
   }
 }
 

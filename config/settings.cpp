@@ -249,6 +249,8 @@ const std::vector<key_spec>& schema() {
     int_key("link.seed", 0, CECO_REF(int, link.seed)),
     float_key("session.ttl_s", 0.0, CECO_REF(double, session.ttl_s), true),
     int_key("session.max_sessions", 1, CECO_REF(int, session.max_sessions)),
+    float_key("session.max_memory_mb", 0.0, CECO_REF(double, session.max_memory_mb)),
+    int_key("session.batch_sessions", 1, CECO_REF(int, session.batch_sessions)),
     int_key("generation.max_tokens", 1, CECO_REF(int, generation.max_tokens)),
     string_key("generation.prompt", {}, CECO_REF(std::string, generation.prompt)),
     int_key("runtime.threads", 1, CECO_REF(int, runtime.threads)),

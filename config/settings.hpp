@@ -49,6 +49,8 @@ struct settings {
   struct {
     double ttl_s = 60.0;  // idle cloud sessions are freed after this
     int max_sessions = 256;
+    double max_memory_mb = 0.0;  // cloud contexts in all; 0 = no limit
+    int batch_sessions = 64;     // most sessions computed together in one cloud step
   } session;
   struct {
     int max_tokens = 64;

@@ -1,5 +1,6 @@
 #include "model/cpu_kernels.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/Parallel.h>
@@ -81,6 +82,41 @@ void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols
     const int64_t r1 = std::min(rows, r0 + per);
     if (r0 < r1)
       matvec_rows(w, x, y, r0, r1, cols);
+  }
+}
+
+namespace {
+
+/// Rows [r0, r1) of matmat, in blocks that stay in cache while every input
+/// passes over them. Blocks start at multiples of 4 rows, as matvec's do,
+/// so each row is reduced by the same code.
+void matmat_rows(const float* w, const float* x, float* y, int64_t n, int64_t rows,
+                 int64_t r0, int64_t r1, int64_t cols) {
+  const int64_t block = std::max<int64_t>(4, (int64_t(1) << 14) / std::max<int64_t>(1, cols) / 4 * 4);
+  for (int64_t b0 = r0; b0 < r1; b0 += block) {
+    const int64_t b1 = std::min(r1, b0 + block);
+    for (int64_t j = 0; j < n; ++j)
+      matvec_rows(w, x + j * cols, y + j * rows, b0, b1, cols);
+  }
+}
+
+} // namespace
+
+void matmat(const float* w, const float* x, float* y, int64_t n, int64_t rows, int64_t cols) {
+  if (n * rows * cols < parallel_min_work || at::get_num_threads() <= 1) {
+    matmat_rows(w, x, y, n, rows, 0, rows, cols);
+    return;
+  }
+  const int n_threads = at::get_num_threads();
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t per = (rows + nt - 1) / nt;
+    per = (per + 3) / 4 * 4;
+    const int64_t r0 = std::min(rows, int64_t(t) * per);
+    const int64_t r1 = std::min(rows, r0 + per);
+    if (r0 < r1)
+      matmat_rows(w, x, y, n, rows, r0, r1, cols);
   }
 }
 

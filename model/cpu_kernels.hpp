@@ -10,6 +10,10 @@ namespace ceco::kernels {
 
 /// y[rows] = W[rows, cols] · x[cols]; split over threads when large.
 void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols);
+/// y[n, rows]: row j is W[rows, cols] · x[j] for each of the n inputs
+/// x[n, cols]. Reads each block of W once for all inputs; each output row is
+/// reduced by the same code as matvec's.
+void matmat(const float* w, const float* x, float* y, int64_t n, int64_t rows, int64_t cols);
 /// out = w ⊙ x / sqrt(mean(x²) + eps)
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
 /// Rotates interleaved pairs of each head: v[h*head_dim + 2i, +1] by the

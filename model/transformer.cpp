@@ -141,8 +141,8 @@ void transformer::embed_into(int32_t id, at::Tensor& x) const {
   }
 }
 
-void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last,
-                                 kv_cache& cache) const {
+void transformer::check_forward(const at::Tensor& x, int64_t pos, int first, int last,
+                                const kv_cache& cache) const {
   if (first < 0 || last < first || last > cfg_.n_layer)
     throw model_error(fmt::format("forward: layer range [{}, {}) is not inside [0, {})", first,
                                   last, cfg_.n_layer));
@@ -165,15 +165,72 @@ void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last
       throw model_error(fmt::format(
         "forward: layer {} has {} positions cached, so position {} would leave a gap", il,
         cache.length(il), pos));
+}
 
+void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last,
+                                 kv_cache& cache) const {
+  check_forward(x, pos, first, last, cache);
   c10::InferenceMode guard;
+  const int64_t n = x.size(0);
   const bool one_cpu = fast_decode_ && n == 1 && x.is_cpu();
   for (int il = first; il < last; ++il) {
     if (one_cpu)
       forward_one_cpu(x.data_ptr<float>(), pos, il, cache);
     else
-      forward_batched(x, pos, il, cache);
+      forward_stacked(x, {{&x, pos, &cache}}, il);
     cache.set_length(il, int(pos + n));
+  }
+}
+
+void transformer::forward_sequences(const std::vector<sequence_step>& steps, int first,
+                                    int last) const {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    for (size_t j = 0; j < i; ++j)
+      if (steps[j].cache == steps[i].cache)
+        throw model_error(fmt::format(
+          "forward: steps {} and {} share one cache; a sequence takes one step at a time", j, i));
+    check_forward(*steps[i].x, steps[i].pos, first, last, *steps[i].cache);
+  }
+  if (steps.size() == 1) {
+    forward_layers(*steps[0].x, steps[0].pos, first, last, *steps[0].cache);
+    return;
+  }
+  if (steps.empty())
+    return;
+  c10::InferenceMode guard;
+  bool decode_rows = fast_decode_;
+  for (const auto& s : steps)
+    decode_rows = decode_rows && s.x->size(0) == 1 && s.x->is_cpu();
+  if (decode_rows) {
+    // The cloud's steady state: one new position per session.
+    const int64_t d = cfg_.n_embd;
+    thread_local std::vector<float> x;
+    x.resize(steps.size() * size_t(d));
+    for (size_t i = 0; i < steps.size(); ++i)
+      std::copy_n(steps[i].x->data_ptr<float>(), d, x.data() + int64_t(i) * d);
+    for (int il = first; il < last; ++il) {
+      forward_rows_cpu(x.data(), steps, il);
+      for (const auto& s : steps)
+        s.cache->set_length(il, int(s.pos + 1));
+    }
+    for (size_t i = 0; i < steps.size(); ++i)
+      std::copy_n(x.data() + int64_t(i) * d, d, steps[i].x->data_ptr<float>());
+    return;
+  }
+  std::vector<at::Tensor> rows;
+  rows.reserve(steps.size());
+  for (const auto& s : steps)
+    rows.push_back(*s.x);
+  auto x = at::cat(rows, 0);  // [sum T_i, n_embd]
+  for (int il = first; il < last; ++il) {
+    forward_stacked(x, steps, il);
+    for (const auto& s : steps)
+      s.cache->set_length(il, int(s.pos + s.x->size(0)));
+  }
+  int64_t row = 0;
+  for (const auto& s : steps) {
+    s.x->copy_(x.narrow(0, row, s.x->size(0)));
+    row += s.x->size(0);
   }
 }
 
@@ -196,19 +253,13 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, float eps) {
 
 } // namespace
 
-// Batched path for T positions: one matrix product per weight.
-void transformer::forward_batched(at::Tensor& x, int64_t pos, int il, kv_cache& cache) const {
-  const auto& w = w_.layers[size_t(il)];
-  const int64_t n = x.size(0);
+at::Tensor transformer::attend(const at::Tensor& q_raw, const at::Tensor& k_raw,
+                              const at::Tensor& v, int64_t pos, int il, kv_cache& cache) const {
+  const int64_t n = q_raw.size(0);
   const int64_t n_kv = cfg_.n_head_kv, group = cfg_.kv_group(), hd = cfg_.head_dim();
   const int64_t total = pos + n;  // positions attended to by the last row
-
-  // -- attention
-  auto h = rms_norm(x, w.attn_norm, cfg_.norm_eps);                 // [T, d]
-  auto q = rope(at::matmul(h, w.wq.t()), pos, cfg_.n_head);        // [T, d]
-  auto k = rope(at::matmul(h, w.wk.t()), pos, n_kv);               // [T, d_kv]
-  auto v = at::matmul(h, w.wv.t());                                 // [T, d_kv]
-  cache.keys(il).narrow(0, pos, n).copy_(k);
+  auto q = rope(q_raw, pos, cfg_.n_head);  // [T, d]
+  cache.keys(il).narrow(0, pos, n).copy_(rope(k_raw, pos, n_kv));
   cache.values(il).narrow(0, pos, n).copy_(v);
   auto keys = cache.keys(il).narrow(0, 0, total).view({total, n_kv, hd}).permute({1, 2, 0});
   auto vals = cache.values(il).narrow(0, 0, total).view({total, n_kv, hd}).permute({1, 0, 2});
@@ -217,30 +268,113 @@ void transformer::forward_batched(at::Tensor& x, int64_t pos, int il, kv_cache& 
   auto scores = at::bmm(qg, keys).mul_(1.0 / std::sqrt(double(hd)));  // [n_kv, g*T, total]
   if (n > 1) {
     // Row t (absolute position pos + t) sees columns 0 .. pos + t.
-    auto col = at::arange(total, x.options().dtype(at::kLong));
-    auto row = at::arange(pos, total, x.options().dtype(at::kLong)).unsqueeze(1);
+    auto col = at::arange(total, q.options().dtype(at::kLong));
+    auto row = at::arange(pos, total, q.options().dtype(at::kLong)).unsqueeze(1);
     auto future = col.unsqueeze(0) > row;  // [T, total]
     scores = scores.view({n_kv, group, n, total})
                .masked_fill(future, -std::numeric_limits<float>::infinity())
                .view({n_kv, group * n, total});
   }
-  auto att = at::bmm(at::softmax(scores, -1), vals);                // [n_kv, g*T, hd]
-  att = att.view({n_kv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, cfg_.n_embd});
+  auto att = at::bmm(at::softmax(scores, -1), vals);  // [n_kv, g*T, hd]
+  return att.view({n_kv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, cfg_.n_embd});
+}
+
+void transformer::attend_one_cpu(float* out, float* q, int64_t pos, int il,
+                                 kv_cache& cache) const {
+  const int64_t d_kv = cfg_.n_embd_kv(), hd = cfg_.head_dim();
+  const float* cos = rope_cos_.data_ptr<float>() + pos * (hd / 2);
+  const float* sin = rope_sin_.data_ptr<float>() + pos * (hd / 2);
+  float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
+  kernels::rope(q, cfg_.n_head, hd, cos, sin);
+  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin);
+  kernels::attention(out, q, cache.keys(il).data_ptr<float>(), cache.values(il).data_ptr<float>(),
+                     pos + 1, cfg_.n_head, cfg_.n_head_kv, hd,
+                     cache.scratch_space().scores.data());
+}
+
+// The rows of one or more sequences stacked in x: one product per weight,
+// attention per sequence.
+void transformer::forward_stacked(at::Tensor& x, const std::vector<sequence_step>& steps,
+                                  int il) const {
+  const auto& w = w_.layers[size_t(il)];
+  const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv();
+  auto h = rms_norm(x, w.attn_norm, cfg_.norm_eps);  // [N, d]
+  auto q = at::matmul(h, w.wq.t()).contiguous();     // [N, d]
+  auto k = at::matmul(h, w.wk.t()).contiguous();     // [N, d_kv]
+  auto v = at::matmul(h, w.wv.t()).contiguous();     // [N, d_kv]
+  auto att = at::empty_like(q);                      // [N, d]
+  int64_t row = 0;
+  for (const auto& s : steps) {
+    const int64_t n = s.x->size(0);
+    auto& cache = *s.cache;
+    if (fast_decode_ && n == 1 && x.is_cpu()) {
+      // One decode position: plain loops, no per-op dispatch.
+      std::copy_n(k.data_ptr<float>() + row * d_kv, d_kv,
+                  cache.keys(il).data_ptr<float>() + s.pos * d_kv);
+      std::copy_n(v.data_ptr<float>() + row * d_kv, d_kv,
+                  cache.values(il).data_ptr<float>() + s.pos * d_kv);
+      attend_one_cpu(att.data_ptr<float>() + row * d, q.data_ptr<float>() + row * d, s.pos, il,
+                     cache);
+    } else {
+      att.narrow(0, row, n).copy_(attend(q.narrow(0, row, n), k.narrow(0, row, n),
+                                         v.narrow(0, row, n), s.pos, il, cache));
+    }
+    row += n;
+  }
   x.add_(at::matmul(att, w.wo.t()));
 
-  // -- feed-forward (SwiGLU)
   h = rms_norm(x, w.ffn_norm, cfg_.norm_eps);
   auto gate = at::silu(at::matmul(h, w.w1.t())) * at::matmul(h, w.w3.t());
   x.add_(at::matmul(gate, w.w2.t()));
+}
+
+void transformer::forward_rows_cpu(float* x, const std::vector<sequence_step>& steps,
+                                   int il) const {
+  const auto& w = w_.layers[size_t(il)];
+  const int64_t n = int64_t(steps.size());
+  const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv(), ff = cfg_.n_ff;
+  // Grown once per thread, reused by every later step.
+  thread_local std::vector<float> xb, q, k, v, att, hb, hb2;
+  xb.resize(size_t(n * d));
+  q.resize(size_t(n * d));
+  k.resize(size_t(n * d_kv));
+  v.resize(size_t(n * d_kv));
+  att.resize(size_t(n * d));
+  hb.resize(size_t(n * ff));
+  hb2.resize(size_t(n * ff));
+
+  // -- attention
+  for (int64_t i = 0; i < n; ++i)
+    kernels::rmsnorm(xb.data() + i * d, x + i * d, w.attn_norm.data_ptr<float>(), d,
+                     cfg_.norm_eps);
+  kernels::matmat(w.wq.data_ptr<float>(), xb.data(), q.data(), n, d, d);
+  kernels::matmat(w.wk.data_ptr<float>(), xb.data(), k.data(), n, d_kv, d);
+  kernels::matmat(w.wv.data_ptr<float>(), xb.data(), v.data(), n, d_kv, d);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& s = steps[size_t(i)];
+    std::copy_n(k.data() + i * d_kv, d_kv, s.cache->keys(il).data_ptr<float>() + s.pos * d_kv);
+    std::copy_n(v.data() + i * d_kv, d_kv, s.cache->values(il).data_ptr<float>() + s.pos * d_kv);
+    attend_one_cpu(att.data() + i * d, q.data() + i * d, s.pos, il, *s.cache);
+  }
+  kernels::matmat(w.wo.data_ptr<float>(), att.data(), xb.data(), n, d, d);
+  kernels::add(x, xb.data(), n * d);
+
+  // -- feed-forward (SwiGLU)
+  for (int64_t i = 0; i < n; ++i)
+    kernels::rmsnorm(xb.data() + i * d, x + i * d, w.ffn_norm.data_ptr<float>(), d,
+                     cfg_.norm_eps);
+  kernels::matmat(w.w1.data_ptr<float>(), xb.data(), hb.data(), n, ff, d);
+  kernels::matmat(w.w3.data_ptr<float>(), xb.data(), hb2.data(), n, ff, d);
+  kernels::swiglu(hb.data(), hb2.data(), n * ff);
+  kernels::matmat(w.w2.data_ptr<float>(), hb.data(), xb.data(), n, d, ff);
+  kernels::add(x, xb.data(), n * d);
 }
 
 // One position on CPU, llama2.c style, into the cache's scratch buffers.
 void transformer::forward_one_cpu(float* x, int64_t pos, int il, kv_cache& cache) const {
   const auto& w = w_.layers[size_t(il)];
   auto& s = cache.scratch_space();
-  const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv(), hd = cfg_.head_dim();
-  const float* cos = rope_cos_.data_ptr<float>() + pos * (hd / 2);
-  const float* sin = rope_sin_.data_ptr<float>() + pos * (hd / 2);
+  const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv();
   float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
   float* v_row = cache.values(il).data_ptr<float>() + pos * d_kv;
 
@@ -249,11 +383,7 @@ void transformer::forward_one_cpu(float* x, int64_t pos, int il, kv_cache& cache
   kernels::matvec(w.wq.data_ptr<float>(), s.xb.data(), s.q.data(), d, d);
   kernels::matvec(w.wk.data_ptr<float>(), s.xb.data(), k_row, d_kv, d);
   kernels::matvec(w.wv.data_ptr<float>(), s.xb.data(), v_row, d_kv, d);
-  kernels::rope(s.q.data(), cfg_.n_head, hd, cos, sin);
-  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin);
-  kernels::attention(s.att.data(), s.q.data(), cache.keys(il).data_ptr<float>(),
-                     cache.values(il).data_ptr<float>(), pos + 1, cfg_.n_head, cfg_.n_head_kv,
-                     hd, s.scores.data());
+  attend_one_cpu(s.att.data(), s.q.data(), pos, il, cache);
   kernels::matvec(w.wo.data_ptr<float>(), s.att.data(), s.xb.data(), d, d);
   kernels::add(x, s.xb.data(), d);
 
@@ -284,6 +414,22 @@ void transformer::logits_into(const at::Tensor& h, at::Tensor& out) const {
     return;
   }
   out.copy_(at::mv(w_.output, rms_norm(last, w_.output_norm, cfg_.norm_eps)));
+}
+
+void transformer::logits_rows_into(const at::Tensor& h, at::Tensor& out) const {
+  c10::InferenceMode guard;
+  if (fast_decode_ && h.is_cpu() && out.is_cpu() && h.is_contiguous() && out.is_contiguous()) {
+    const int64_t n = h.size(0), d = cfg_.n_embd;
+    thread_local std::vector<float> normed;
+    normed.resize(size_t(n * d));
+    for (int64_t i = 0; i < n; ++i)
+      kernels::rmsnorm(normed.data() + i * d, h.data_ptr<float>() + i * d,
+                       w_.output_norm.data_ptr<float>(), d, cfg_.norm_eps);
+    kernels::matmat(w_.output.data_ptr<float>(), normed.data(), out.data_ptr<float>(), n,
+                    cfg_.vocab_size, d);
+    return;
+  }
+  out.copy_(logits(h));
 }
 
 // -- model_config ---------------------------------------------------------------

@@ -40,17 +40,45 @@ public:
   /// or a full cache.
   void forward_layers(at::Tensor& x, int64_t pos, int first, int last, kv_cache& cache) const;
 
+  /// One step of several independent sequences (one per session) at once.
+  struct sequence_step {
+    at::Tensor* x;    // [T_i, n_embd], updated in place
+    int64_t pos;      // position of its first row
+    kv_cache* cache;  // this sequence's own cache
+  };
+  /// The same as forward_layers on every step in turn (up to float
+  /// rounding), but the projections and the feed-forward run as one matrix
+  /// product over the rows of all sequences, so the weights are read once
+  /// per layer instead of once per sequence. Attention stays per sequence.
+  /// Checks every step before computing any.
+  void forward_sequences(const std::vector<sequence_step>& steps, int first, int last) const;
+
   /// Final norm and classifier: h [T, n_embd] -> logits [T, vocab].
   at::Tensor logits(const at::Tensor& h) const;
   /// Same for the last row of h, into out [vocab] (preallocated fp32).
   void logits_into(const at::Tensor& h, at::Tensor& out) const;
+  /// Every row of h [N, n_embd] into out [N, vocab] (preallocated fp32); on
+  /// CPU the same arithmetic as logits_into, row by row, with the
+  /// classifier read once for all rows.
+  void logits_rows_into(const at::Tensor& h, at::Tensor& out) const;
 
   /// The one-token CPU path uses plain loops; turning it off makes every
   /// call take the batched libtorch path (tests compare the two).
   void set_fast_decode(bool on) { fast_decode_ = on; }
 
 private:
-  void forward_batched(at::Tensor& x, int64_t pos, int il, kv_cache& cache) const;
+  void check_forward(const at::Tensor& x, int64_t pos, int first, int last,
+                     const kv_cache& cache) const;
+  void forward_stacked(at::Tensor& x, const std::vector<sequence_step>& steps, int il) const;
+  /// One decode position of each step, rows of x [N, n_embd], in plain loops.
+  void forward_rows_cpu(float* x, const std::vector<sequence_step>& steps, int il) const;
+  /// Rotates q [T, d] and k [T, d_kv] of positions pos.., stores k and v in
+  /// the cache and returns the attention output [T, n_embd].
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
+                    int il, kv_cache& cache) const;
+  /// The same for one position on CPU into raw rows (k and v already in the
+  /// cache rows of pos; q rotated in place).
+  void attend_one_cpu(float* out, float* q, int64_t pos, int il, kv_cache& cache) const;
   void forward_one_cpu(float* x, int64_t pos, int il, kv_cache& cache) const;
   at::Tensor rope(const at::Tensor& x, int64_t pos, int64_t n_heads) const;
 

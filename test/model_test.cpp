@@ -141,6 +141,90 @@ TEST_CASE("a batched catch-up equals one-by-one decoding, outputs and cache alik
   }
 }
 
+namespace {
+
+/// Steps sequences of the reference text through layers [split, L), each
+/// alone and all together, and returns the largest difference between the
+/// two in outputs, keys and values.
+struct step_item {
+  size_t prefix;  // positions already in the cache
+  size_t rows;    // positions this step computes
+};
+
+float step_alone_vs_together(const transformer& m, int split, const std::vector<step_item>& items,
+                             std::vector<kv_cache>& together_caches) {
+  const int L = m.config().n_layer;
+  auto seq = reference_sequence();
+  std::vector<kv_cache> alone_caches;
+  std::vector<at::Tensor> alone, together;
+  for (auto& it : items) {
+    for (auto* caches : {&alone_caches, &together_caches}) {
+      caches->push_back(m.make_cache(split, L));
+      if (it.prefix > 0) {
+        // Layers [split, L) take the hidden states of layers [0, split).
+        auto edge = m.make_cache(0, split);
+        auto x = m.embed({seq.begin(), seq.begin() + std::ptrdiff_t(it.prefix)});
+        m.forward_layers(x, 0, 0, split, edge);
+        m.forward_layers(x, 0, split, L, caches->back());
+      }
+    }
+    auto edge = m.make_cache(0, split);
+    auto x = m.embed({seq.begin(), seq.begin() + std::ptrdiff_t(it.prefix + it.rows)});
+    m.forward_layers(x, 0, 0, split, edge);
+    auto rows = x.narrow(0, int64_t(it.prefix), int64_t(it.rows)).contiguous();
+    alone.push_back(rows.clone());
+    together.push_back(rows.clone());
+  }
+  std::vector<transformer::sequence_step> steps;
+  for (size_t i = 0; i < items.size(); ++i) {
+    m.forward_layers(alone[i], int64_t(items[i].prefix), split, L, alone_caches[i]);
+    steps.push_back({&together[i], int64_t(items[i].prefix), &together_caches[i]});
+  }
+  m.forward_sequences(steps, split, L);
+  float worst = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto n = int64_t(items[i].prefix + items[i].rows);
+    CHECK(together_caches[i].length() == n);
+    worst = std::max(worst, max_abs_diff(alone[i], together[i]));
+    for (int il = split; il < L; ++il) {
+      worst = std::max(worst, max_abs_diff(alone_caches[i].keys(il).narrow(0, 0, n),
+                                           together_caches[i].keys(il).narrow(0, 0, n)));
+      worst = std::max(worst, max_abs_diff(alone_caches[i].values(il).narrow(0, 0, n),
+                                           together_caches[i].values(il).narrow(0, 0, n)));
+    }
+  }
+  return worst;
+}
+
+} // namespace
+
+TEST_CASE("one step over several sequences equals stepping each sequence alone") {
+  c10::InferenceMode guard;
+  const auto& m = *load_stories("gguf").model;
+  const int L = m.config().n_layer, split = 2;
+  auto seq = reference_sequence();
+  // Decode steps only (the cloud's steady state: plain loops), then decode
+  // steps mixed with catch-ups of several positions (libtorch products).
+  std::vector<kv_cache> decode_caches;
+  CHECK(step_alone_vs_together(m, split, {{5, 1}, {12, 1}, {20, 1}, {1, 1}, {33, 1}},
+                               decode_caches) <= 1e-5f);
+  std::vector<kv_cache> together_caches;
+  CHECK(step_alone_vs_together(m, split, {{5, 1}, {12, 1}, {3, 6}, {0, 4}, {20, 1}},
+                               together_caches) <= 1e-5f);
+
+  // Every step is checked before any is computed.
+  auto before = together_caches[0].length();
+  auto gap = m.embed({seq[40]});
+  auto x0 = m.embed({seq[7]});
+  std::vector<transformer::sequence_step> bad{{&x0, before, &together_caches[0]},
+                                              {&gap, 40, &together_caches[1]}};
+  CHECK(error_of([&] { m.forward_sequences(bad, split, L); }).find("would leave a gap") != std::string::npos);
+  CHECK(together_caches[0].length() == before);
+  std::vector<transformer::sequence_step> shared{{&x0, before, &together_caches[0]},
+                                                 {&gap, before, &together_caches[0]}};
+  CHECK(error_of([&] { m.forward_sequences(shared, split, L); }).find("share one cache") != std::string::npos);
+}
+
 TEST_CASE("the CPU decode kernels and the libtorch path generate the same tokens") {
   auto s = load_stories("bin");
   transformer slow(s.files.config, s.files.weights, c10::Device(c10::kCPU));

@@ -142,7 +142,8 @@ TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
   auto ids = f.m.vocab.encode("Once upon a time");
   auto r = f.sim->run(ids, "collaborative", 10);
   CHECK(r.error.empty());
-  CHECK(f.sim->cloud_sessions() == std::pair<int64_t, int64_t>{0, 0});
+  CHECK(f.sim->cloud_state().sessions == 0);
+  CHECK(f.sim->cloud_state().context_bytes == 0);
 
   // A session the edge never closes.
   caf::scoped_actor self{*f.sys};
@@ -153,11 +154,12 @@ TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
   std::vector<float> rows(2 * 64, 0.5f);
   self->request(cm, std::chrono::seconds(5), upload_msg{id, 0, make_blob(rows.data(), 2, 64, wire_dtype::f16)})
     .receive([&](int32_t held) { CHECK(held == 2); }, [&](caf::error& e) { FAIL(describe(e)); });
-  auto [open, bytes] = f.sim->cloud_sessions();
-  CHECK(open == 1);
-  CHECK(bytes > 0);
+  auto held = f.sim->cloud_state();
+  CHECK(held.sessions == 1);
+  CHECK(held.context_bytes > 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(600));
-  CHECK(f.sim->cloud_sessions() == std::pair<int64_t, int64_t>{0, 0});
+  CHECK(f.sim->cloud_state().sessions == 0);
+  CHECK(f.sim->cloud_state().context_bytes == 0);
   self->request(cm, std::chrono::seconds(5), infer_request{id, 1})
     .receive([&](infer_reply&) { FAIL("an expired session answered"); },
              [&](caf::error& e) { CHECK(describe(e).find("unknown_session") == 0); });
@@ -178,7 +180,56 @@ TEST_CASE("concurrent sessions in one context manager never see each other's sta
     CHECK(together[i].tokens == alone[i].tokens);
     CHECK(together[i].cloud_requests == alone[i].cloud_requests);
   }
-  CHECK(f.sim->cloud_sessions().first == 0);
+  CHECK(f.sim->cloud_state().sessions == 0);
+}
+
+TEST_CASE("the cloud computes ready sessions together, and each gets the tokens it gets alone") {
+  for (auto batch : {1, 64}) {
+    CAPTURE(batch);
+    // Threshold above 1: every token is a cloud request.
+    sim_fixture f({"policy.threshold=1.5", "link.latency_ms=0", "link.bandwidth_mbps=0",
+                   "session.batch_sessions=" + std::to_string(batch)});
+    std::vector<std::vector<int32_t>> prompts;
+    for (int copy = 0; copy < 3; ++copy)
+      for (auto& p : test_prompts)
+        prompts.push_back(f.m.vocab.encode(p));
+    std::vector<response_report> alone;
+    for (auto& p : prompts)
+      alone.push_back(f.sim->run(p, "collaborative", 30));
+    auto before = f.sim->cloud_state();
+    auto together = f.sim->run_concurrently(prompts, "collaborative", 30);
+    auto after = f.sim->cloud_state();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      CAPTURE(i);
+      CHECK(together[i].error.empty());
+      CHECK(together[i].tokens == alone[i].tokens);
+      CHECK(together[i].cloud_tokens == 30);
+    }
+    const auto steps = after.steps - before.steps;
+    const auto stepped = after.stepped_sessions - before.stepped_sessions;
+    CHECK(steps > 0);
+    if (batch == 1)
+      CHECK(stepped == steps);
+    else
+      CHECK(stepped > steps);  // some steps served several sessions
+  }
+}
+
+TEST_CASE("the cloud refuses a session past its memory limit, naming the limit") {
+  // stories260K's cloud context (layers 3..5, 2048 positions) is 1.5 MiB.
+  sim_fixture f({"session.max_memory_mb=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  caf::scoped_actor self{*f.sys};
+  auto cm = f.sim->contexts();
+  self->request(cm, std::chrono::seconds(5), open_atom::value)
+    .receive([&](uint64_t) {}, [&](caf::error& e) { FAIL(describe(e)); });
+  self->request(cm, std::chrono::seconds(5), open_atom::value)
+    .receive([&](uint64_t) { FAIL("a session past the memory limit was opened"); },
+             [&](caf::error& e) {
+               auto what = describe(e);
+               CHECK(what.find("session_limit") == 0);
+               CHECK(what.find("session.max_memory_mb") != std::string::npos);
+             });
+  CHECK(f.sim->cloud_state().sessions == 1);
 }
 
 TEST_CASE("the context manager answers bad messages with errors and keeps serving") {
