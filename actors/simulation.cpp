@@ -35,20 +35,6 @@ sim_model load_sim_model(const settings& s, const std::string& default_model,
   return m;
 }
 
-void configure_actor_system(caf::actor_system_config& cfg, int threads, bool network,
-                            int heartbeat_ms) {
-  register_message_types(cfg);
-  cfg.set("scheduler.max-threads", threads);
-  if (network) {
-    cfg.load<caf::io::middleman>();
-    if (heartbeat_ms > 0) {
-      cfg.set("middleman.heartbeat-interval", caf::timespan(std::chrono::milliseconds(heartbeat_ms)));
-      cfg.set("middleman.connection-timeout",
-              caf::timespan(std::chrono::milliseconds(4 * heartbeat_ms)));
-    }
-  }
-}
-
 hello_msg make_hello(const settings& s, const sim_model& m) {
   hello_msg h;
   h.fingerprint = m.fingerprint;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "actors/messages.hpp"
+#include "actors/network.hpp"
 #include "config/settings.hpp"
 #include "model/exit_heads.hpp"
 #include "model/tokenizer.hpp"
@@ -37,11 +38,6 @@ struct sim_model {
 /// names others ("none": untrained heads).
 sim_model load_sim_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads = {});
-
-/// Registers ceco's message types, sizes the scheduler and, for
-/// deployments, loads the network layer with heartbeats.
-void configure_actor_system(caf::actor_system_config& cfg, int threads, bool network = false,
-                            int heartbeat_ms = 0);
 
 /// The handshake this node sends (edge) or expects (cloud).
 hello_msg make_hello(const settings& s, const sim_model& m);

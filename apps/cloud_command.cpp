@@ -36,25 +36,26 @@ void run_cloud(const cloud_args& a) {
   set_compute_threads(1);
   auto m = load_sim_model(s, default_model_path(), default_exit_heads_path());
   caf::actor_system_config cfg;
-  configure_actor_system(cfg, s.runtime.threads, true, s.cloud.heartbeat_ms);
+  configure_deployment(cfg, s);
   caf::actor_system sys{cfg};
   auto site = spawn_cloud_site(sys, s, m);
-  auto port = sys.middleman().publish(site.front, uint16_t(s.cloud.port), s.cloud.host.c_str(), true);
+  auto port = publish_cloud(sys, site.front, s);
   if (!port) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,
                                    caf::to_string(port.error())));
   }
   const auto& c = m.model->config();
-  fmt::print("ceco cloud: serving {} (layers {}..{} of {}, fingerprint {:016x}) on {}:{}{}\n",
+  // The port ends the first line's first part: scripts read it after the last ':'.
+  fmt::print("ceco cloud: serving {} (layers {}..{} of {}, fingerprint {:016x}) on {}:{} over {}{}\n",
              m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cloud.host, *port,
-             s.cloud.secret.empty() ? "" : ", secret required");
+             describe_transport(s), s.cloud.secret.empty() ? "" : ", secret required");
   std::cout.flush();
   int sig = 0;
   sigwait(&stop, &sig);
   fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   site.stop();
-  sys.middleman().unpublish(site.front, *port);
+  unpublish_cloud(sys, site.front, *port, s);
 }
 
 } // namespace

@@ -108,7 +108,7 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const sim_
   std::string last_error;
   auto backoff = std::chrono::milliseconds(100);
   for (int attempt = 1; attempt <= s.cloud.connect_tries; ++attempt) {
-    auto remote = sys.middleman().remote_actor<cloud_api>(s.cloud.host, uint16_t(s.cloud.port));
+    auto remote = remote_cloud(sys, s);
     if (remote) {
       caf::scoped_actor self{sys};
       std::string refused;
@@ -126,8 +126,15 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const sim_
       backoff = std::min(backoff * 2, std::chrono::milliseconds(3000));
     }
   }
-  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}",
-                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error));
+  std::string hint;
+  if (last_error.find("disconnect_during_handshake") != std::string::npos)
+    hint = fmt::format(
+      " (the cloud dropped the connection while setting it up: both nodes must agree on "
+      "cloud.tls, here {}, and with certificates each must be signed by the other's "
+      "cloud.tls_ca_file)", s.cloud.tls ? "true" : "false");
+  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}{}",
+                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error,
+                                hint));
 }
 
 /// `deployed`: the cloud is a `ceco cloud` process, not simulated here.
@@ -155,7 +162,10 @@ void run_sessions(sim_args a, bool deployed) {
   set_compute_threads(1);  // one compute thread per actor; the scheduler runs them side by side
   auto m = load_sim_model(s, default_model_path(), default_exit_heads_path());
   caf::actor_system_config cfg;
-  configure_actor_system(cfg, s.runtime.threads, deployed, s.cloud.heartbeat_ms);
+  if (deployed)
+    configure_deployment(cfg, s);
+  else
+    configure_actor_system(cfg, s.runtime.threads);
   caf::actor_system sys{cfg};
   std::vector<response_report> reports;
   reports.reserve(prompts.size() * modes.size() * size_t(a.sessions));

@@ -69,6 +69,18 @@ key_spec float_key(std::string key, double min, std::function<double&(settings&)
   return k;
 }
 
+key_spec bool_key(std::string key, std::function<bool&(settings&)> ref) {
+  key_spec k{key, "boolean", {}, {}};
+  k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto v = n.value_exact<bool>();
+    if (!v)
+      wrong(where, key, "true or false", n);
+    ref(s) = *v;
+  };
+  k.get = [ref](const settings& s) { return ref(const_cast<settings&>(s)) ? "true" : "false"; };
+  return k;
+}
+
 key_spec string_key(std::string key, std::vector<std::string> allowed,
                     std::function<std::string&(settings&)> ref) {
   key_spec k{key, "string", {}, {}};
@@ -260,6 +272,10 @@ const std::vector<key_spec>& schema() {
     int_key("cloud.heartbeat_ms", 0, CECO_REF(int, cloud.heartbeat_ms)),
     int_key("cloud.request_timeout_ms", 1, CECO_REF(int, cloud.request_timeout_ms)),
     int_key("cloud.connect_tries", 1, CECO_REF(int, cloud.connect_tries)),
+    bool_key("cloud.tls", CECO_REF(bool, cloud.tls)),
+    string_key("cloud.tls_certificate", {}, CECO_REF(std::string, cloud.tls_certificate)),
+    string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),
+    string_key("cloud.tls_ca_file", {}, CECO_REF(std::string, cloud.tls_ca_file)),
     string_key("experiment.name", {}, CECO_REF(std::string, experiment.name)),
     string_key("experiment.dataset", {}, CECO_REF(std::string, experiment.dataset)),
     string_key("experiment.format", {"auto", "alpaca", "xsum", "boolq", "quac", "imdb", "text"},
@@ -340,6 +356,28 @@ void apply_override(settings& s, const std::string& assignment) {
   spec.set(s, *node, where);
 }
 
+namespace {
+
+void check_tls(const settings& s) {
+  const auto& c = s.cloud;
+  const bool any_file = !c.tls_certificate.empty() || !c.tls_key.empty() || !c.tls_ca_file.empty();
+  if (!c.tls && any_file)
+    throw config_error("cloud.tls_certificate, cloud.tls_key and cloud.tls_ca_file are only used "
+                       "with cloud.tls = true, which is false");
+  if (c.tls_certificate.empty() != c.tls_key.empty())
+    throw config_error(fmt::format(
+      "cloud.tls_certificate and cloud.tls_key go together, but only {} is set",
+      c.tls_key.empty() ? "cloud.tls_certificate" : "cloud.tls_key"));
+  if (!c.tls_certificate.empty() && c.tls_ca_file.empty())
+    throw config_error("cloud.tls_ca_file is empty, but checking the peer's certificate needs "
+                       "the CA that signed it (for a self-signed certificate: the certificate)");
+  if (c.tls_certificate.empty() && !c.tls_ca_file.empty())
+    throw config_error("cloud.tls_ca_file is set without cloud.tls_certificate and cloud.tls_key: "
+                       "a node that checks its peer must present its own certificate too");
+}
+
+} // namespace
+
 settings load_settings(const std::string& file, const std::vector<std::string>& overrides) {
   settings s;
   if (!file.empty()) {
@@ -355,7 +393,8 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
     apply_table(s, t, "", file);
     // Relative paths in a file are relative to the file.
     auto base = std::filesystem::path(file).parent_path();
-    for (auto* p : {&s.model.path, &s.model.tokenizer, &s.model.exit_heads, &s.experiment.dataset})
+    for (auto* p : {&s.model.path, &s.model.tokenizer, &s.model.exit_heads, &s.experiment.dataset,
+                    &s.cloud.tls_certificate, &s.cloud.tls_key, &s.cloud.tls_ca_file})
       if (!p->empty() && *p != "none" && std::filesystem::path(*p).is_relative())
         *p = (base / *p).lexically_normal().string();
   }
@@ -367,9 +406,13 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
   for (auto [key, path] : {std::pair{"model.path", &s.model.path},
                            std::pair{"model.tokenizer", &s.model.tokenizer},
                            std::pair{"model.exit_heads", &s.model.exit_heads},
-                           std::pair{"experiment.dataset", &s.experiment.dataset}})
+                           std::pair{"experiment.dataset", &s.experiment.dataset},
+                           std::pair{"cloud.tls_certificate", &s.cloud.tls_certificate},
+                           std::pair{"cloud.tls_key", &s.cloud.tls_key},
+                           std::pair{"cloud.tls_ca_file", &s.cloud.tls_ca_file}})
     if (!path->empty() && *path != "none" && !std::filesystem::exists(*path))
       throw config_error(fmt::format("{}: no such file or folder '{}'", key, *path));
+  check_tls(s);
   return s;
 }
 

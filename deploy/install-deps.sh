@@ -5,7 +5,8 @@
 #   sudo deploy/install-deps.sh
 #
 # gnuplot-nox draws the plots of `ceco experiment`; bible-kjv is the corpus
-# the built-in model was trained on (README "The built-in default model").
+# the built-in model was trained on (README "The built-in default model");
+# openssl makes TLS certificates (deploy/make-tls-certs.sh).
 # libopenblas0 matters: without it libtorch falls back to the reference BLAS
 # and matrix products are 2-20x slower.
 set -euo pipefail
@@ -18,6 +19,7 @@ packages=(
   doctest-dev
   gnuplot-nox
   bible-kjv
+  openssl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

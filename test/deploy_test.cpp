@@ -144,6 +144,48 @@ TEST_CASE("the handshake refuses another split, another secret and a node that s
   CHECK(open_error.find("handshake_failed: send hello_msg first") == 0);
 }
 
+TEST_CASE("TLS with certificates: the cloud serves edges its CA signed and refuses the rest") {
+  temp_dir certs;
+  auto made = run_shell("sh " + std::string(CECO_SOURCE_DIR) + "/deploy/make-tls-certs.sh " +
+                        certs.path.string() + " 2>&1");
+  REQUIRE_MESSAGE(made.status == 0, made.out);
+  auto node = [&](const std::string& name, const std::string& ca) {
+    return " --set cloud.tls=true --set cloud.tls_certificate=" + certs.file(name + ".pem") +
+           " --set cloud.tls_key=" + certs.file(name + "-key.pem") +
+           " --set cloud.tls_ca_file=" + certs.file(ca);
+  };
+  cloud_process cloud("--set cloud.port=0" + node("cloud", "ca.pem"));
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  CHECK(cloud.banner.find("over TLS with certificates") != std::string::npos);
+
+  auto ok = run_edge("--prompt 'Once upon a time' --set policy.threshold=1.5 --set link.latency_ms=0 "
+                     "--max-tokens 40 --mode collaborative --json" + node("edge", "ca.pem") +
+                     port_arg(cloud));
+  REQUIRE(ok.status == 0);
+  auto lines = json_lines(ok.out);
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0]["tokens"].get<std::vector<int32_t>>() == greedy_40);
+  CHECK(lines[0]["degraded_tokens"] == 0);
+
+  // A second CA whose certificate the cloud does not trust.
+  temp_dir other;
+  REQUIRE(run_shell("sh " + std::string(CECO_SOURCE_DIR) + "/deploy/make-tls-certs.sh " +
+                    other.path.string() + " >/dev/null 2>&1").status == 0);
+  auto foreign = " --set cloud.tls=true --set cloud.tls_certificate=" + other.file("edge.pem") +
+                 " --set cloud.tls_key=" + other.file("edge-key.pem") +
+                 " --set cloud.tls_ca_file=" + other.file("ca.pem");
+  for (const std::string& refused :
+       {std::string(" --set cloud.tls=false"), std::string(" --set cloud.tls=true"), foreign}) {
+    CAPTURE(refused);
+    auto r = run_shell(std::string(CECO_BINARY) + " edge --max-tokens 5 --set cloud.connect_tries=1" +
+                       refused + port_arg(cloud) + model_arg() + " 2>&1");
+    CHECK(r.status == 1);
+    CHECK(r.out.find("both nodes must agree on cloud.tls") != std::string::npos);
+  }
+  // Still serving.
+  CHECK(run_edge("--max-tokens 5" + node("edge", "ca.pem") + port_arg(cloud)).status == 0);
+}
+
 TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving") {
   cloud_process cloud("--set cloud.port=0");
   REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);

@@ -59,6 +59,20 @@ TEST_CASE("unknown keys, wrong types and impossible values are rejected with key
   CHECK(contains(err("", {"nokey=1"}), "unknown key 'nokey'"));
   CHECK(contains(err("", {"policy.threshold"}), "expected key=value"));
   CHECK(contains(error_of([&] { load_settings(tmp.file("none.toml"), {}); }), "no such configuration file"));
+  CHECK(contains(err("[cloud]\ntls = \"yes\"\n"), "cloud.tls must be true or false, got \"yes\""));
+  CHECK(contains(err("[cloud]\ntls = true\ntls_certificate = \"nope.pem\"\n"),
+                 "cloud.tls_certificate: no such file or folder"));
+  auto pem = tmp.file("node.pem");
+  std::ofstream(pem) << "-";
+  CHECK(contains(err("", {"cloud.tls_certificate=" + pem, "cloud.tls_key=" + pem}),
+                 "only used with cloud.tls = true"));
+  CHECK(contains(err("", {"cloud.tls=true", "cloud.tls_certificate=" + pem}),
+                 "go together, but only cloud.tls_certificate is set"));
+  CHECK(contains(err("", {"cloud.tls=true", "cloud.tls_certificate=" + pem, "cloud.tls_key=" + pem}),
+                 "cloud.tls_ca_file is empty"));
+  auto tls = load_settings("", {"cloud.tls=true", "cloud.tls_certificate=" + pem,
+                                "cloud.tls_key=" + pem, "cloud.tls_ca_file=" + pem});
+  CHECK(tls.cloud.tls);
 }
 
 TEST_CASE("settings are checked against the model's shape") {
