@@ -100,7 +100,7 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
   self->state.n_embd = n_embd;
   self->state.policy = policy;
   return {
-    [=](evaluate_atom, tensor_blob& states) -> caf::result<exit_decision> {
+    [=](evaluate_atom, uint64_t, tensor_blob& states) -> caf::result<exit_decision> {
       auto t0 = clock_type::now();
       auto& st = self->state;
       if (auto bad = states.check(st.n_embd); !bad.empty())
@@ -136,7 +136,7 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
 // -- uploader -------------------------------------------------------------------
 
 struct uploader_state {
-  cloud_api cloud;
+  upload_sink cloud;
   wire_dtype dtype = wire_dtype::f16;
   std::chrono::milliseconds timeout{30'000};
   std::vector<float> rows;  // conversion buffer, reused
@@ -144,7 +144,7 @@ struct uploader_state {
 };
 
 uploader_actor::behavior_type uploader_fn(uploader_actor::stateful_pointer<uploader_state> self,
-                                          cloud_api cloud, wire_dtype dtype,
+                                          upload_sink cloud, wire_dtype dtype,
                                           std::chrono::milliseconds timeout) {
   self->state.cloud = std::move(cloud);
   self->state.dtype = dtype;
@@ -172,7 +172,35 @@ uploader_actor::behavior_type uploader_fn(uploader_actor::stateful_pointer<uploa
   };
 }
 
+// -- stand-ins for actors placed on the cloud -------------------------------------
+
+exit_evaluator_actor::behavior_type remote_evaluator_fn(exit_evaluator_actor::pointer self,
+                                                        cloud_api cloud) {
+  return {
+    [=](evaluate_atom a, uint64_t session, tensor_blob& states) -> caf::result<exit_decision> {
+      return self->delegate(cloud, a, session, std::move(states));
+    },
+  };
+}
+
+uploader_actor::behavior_type remote_uploader_fn(uploader_actor::pointer self, cloud_api cloud) {
+  return {
+    [=](upload_atom a, uint64_t session, int32_t start,
+        tensor_blob& states) -> caf::result<int32_t> {
+      return self->delegate(cloud, a, session, start, std::move(states));
+    },
+  };
+}
+
 } // namespace
+
+exit_evaluator_actor spawn_remote_evaluator(caf::actor_system& sys, cloud_api cloud) {
+  return sys.spawn(remote_evaluator_fn, std::move(cloud));
+}
+
+uploader_actor spawn_remote_uploader(caf::actor_system& sys, cloud_api cloud) {
+  return sys.spawn(remote_uploader_fn, std::move(cloud));
+}
 
 edge_layers_actor spawn_edge_layers(caf::actor_system& sys,
                                     std::shared_ptr<const transformer> model, int split,
@@ -185,7 +213,7 @@ exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_hea
   return sys.spawn(exit_evaluator_fn, heads, n_embd, policy);
 }
 
-uploader_actor spawn_uploader(caf::actor_system& sys, cloud_api cloud, wire_dtype dtype,
+uploader_actor spawn_uploader(caf::actor_system& sys, upload_sink cloud, wire_dtype dtype,
                               std::chrono::milliseconds timeout) {
   return sys.spawn(uploader_fn, std::move(cloud), dtype, timeout);
 }

@@ -2,7 +2,9 @@
 
 // The edge site's actors: edge layers (layers [0, split) with a KV cache per
 // session), the exit evaluator (heads, confidence, threshold) and the
-// uploader (split-layer states to the cloud, in the configured dtype).
+// uploader (split-layer states to the cloud, in the configured dtype). The
+// evaluator and the uploader may be placed on the cloud instead
+// (placement.*); the edge then talks to them through stand-ins.
 
 #include <memory>
 #include <vector>
@@ -27,8 +29,16 @@ struct exit_policy {
 exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
                                           int n_embd, exit_policy policy);
 
-/// `timeout` bounds how long an upload may wait for the cloud's ack.
-uploader_actor spawn_uploader(caf::actor_system& sys, cloud_api cloud, wire_dtype dtype,
+/// Sends uploads to `cloud` (a link or front on the edge, the context
+/// manager when placed on the cloud); `timeout` bounds how long an upload
+/// may wait for the ack.
+uploader_actor spawn_uploader(caf::actor_system& sys, upload_sink cloud, wire_dtype dtype,
                               std::chrono::milliseconds timeout);
+
+/// Edge-side stand-ins for an exit evaluator or uploader placed on the
+/// cloud: they pass each request through `cloud` (the link), so its bytes
+/// and delays count like any other cloud traffic.
+exit_evaluator_actor spawn_remote_evaluator(caf::actor_system& sys, cloud_api cloud);
+uploader_actor spawn_remote_uploader(caf::actor_system& sys, cloud_api cloud);
 
 } // namespace ceco

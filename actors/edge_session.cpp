@@ -28,6 +28,7 @@ struct edge_session_state {
   int32_t uploads_in_flight = 0;
   clock_type::time_point started;
   bool finished = false;
+  bool close_pending = false;        // finished, closing once uploads settle
   bool degraded = false;             // the cloud was lost: standalone from here on
   int32_t fallback_token = 0;        // the deepest exit's token for the current position
   static inline const char* name = "edge_session";
@@ -37,6 +38,8 @@ using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
 
 void step(self_ptr self);
 void finish(self_ptr self, const std::string& error = {});
+void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last);
+void close_cloud(self_ptr self);
 
 /// Round trip minus the time the cloud reports: the network's share.
 void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t cloud_us) {
@@ -112,17 +115,52 @@ void decide(self_ptr self, edge_output& out, int32_t last) {
         [=](caf::error& err) { finish(self, "naive request: " + describe(err)); });
     return;
   }
-  self->request(st.site.evaluator, st.opts.timeout, evaluate_atom::value, std::move(out.exit_states))
+  evaluate(self, std::make_shared<tensor_blob>(std::move(out.exit_states)), last);
+}
+
+/// Asks the exit evaluator about the position `last`: the placed one, or
+/// the edge's own for standalone and after the cloud was lost.
+void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) {
+  auto& st = self->state;
+  const bool local = st.opts.mode == "standalone" || st.degraded || !st.site.local_evaluator
+                     || st.site.evaluator == st.site.local_evaluator;
+  auto evaluator = local && st.site.local_evaluator ? st.site.local_evaluator : st.site.evaluator;
+  auto sent = clock_type::now();
+  self->request(evaluator, st.opts.timeout, evaluate_atom::value, st.session, *states)
     .then(
       [=](exit_decision& d) {
         auto& st = self->state;
-        st.report.edge_us += d.compute_us;
+        if (local)
+          st.report.edge_us += d.compute_us;
+        else
+          account_round_trip(self, sent, d.compute_us);  // evaluated on the cloud
         if (st.opts.mode == "standalone" || st.degraded || d.exit_layer >= 0)
           return emit(self, d.token, exit_index_of(st, d.exit_layer));
         st.fallback_token = d.token;
         ask_cloud(self, last);
       },
-      [=](caf::error& err) { finish(self, "exit evaluator: " + describe(err)); });
+      [=](caf::error& err) {
+        auto& st = self->state;
+        if (local)
+          return finish(self, "exit evaluator: " + describe(err));
+        // The evaluator on the cloud is out of reach: continue on the edge.
+        st.degraded = true;
+        st.report.comm_us += us_since(sent);
+        fmt::print(stderr, "ceco: exit evaluation on the cloud failed ({}); continuing on the "
+                           "edge alone\n", describe(err));
+        evaluate(self, states, last);
+      });
+}
+
+/// Counts an upload as acknowledged (or failed); the last one lets a
+/// finished response close its cloud session.
+void upload_settled(self_ptr self) {
+  auto& st = self->state;
+  --st.uploads_in_flight;
+  if (st.close_pending && st.uploads_in_flight == 0) {
+    st.close_pending = false;
+    close_cloud(self);
+  }
 }
 
 void upload(self_ptr self, const tensor_blob& split, int32_t start, std::function<void()> next) {
@@ -136,11 +174,11 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
   if (!st.opts.sync_upload) {
     // Asynchronous: the token loop goes on at once; the ack only settles
     // the count (an error here surfaces as the cloud's request failing).
-    h.then([=](int32_t) { --self->state.uploads_in_flight; },
+    h.then([=](int32_t) { upload_settled(self); },
            [=](caf::error&) {
              // A lost upload surfaces as the failure of the cloud request
              // that needs it, which switches the session to the edge alone.
-             --self->state.uploads_in_flight;
+             upload_settled(self);
            });
     next();
     return;
@@ -151,7 +189,10 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
       self->state.report.comm_us += us_since(sent);
       next();
     },
-    [=](caf::error& err) { finish(self, "upload: " + describe(err)); });
+    [=](caf::error& err) {
+      --self->state.uploads_in_flight;
+      finish(self, "upload: " + describe(err));
+    });
 }
 
 void step(self_ptr self) {
@@ -211,6 +252,16 @@ void finish(self_ptr self, const std::string& error) {
     return deliver(self);
   if (st.degraded)
     return collect_traffic(self);
+  // Uploads still on their way would reach a closed session and would be
+  // missing from the byte counts: close once they are acknowledged.
+  if (st.uploads_in_flight == 0)
+    close_cloud(self);
+  else
+    st.close_pending = true;
+}
+
+void close_cloud(self_ptr self) {
+  auto& st = self->state;
   // Close the cloud session (its summary has the cloud's compute), then
   // collect the link's byte counts, which by then include the close.
   self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)

@@ -23,7 +23,8 @@ namespace ceco {
 
 struct edge_site {
   edge_layers_actor layers;
-  exit_evaluator_actor evaluator;
+  exit_evaluator_actor evaluator;        // may be a stand-in for one on the cloud
+  exit_evaluator_actor local_evaluator;  // on the edge: standalone, and after losing the cloud
   uploader_actor uploader;
   cloud_api cloud;  // a link in a simulation, the remote front in a deployment
   link_actor link;  // where traffic is counted; may be invalid (no counts)

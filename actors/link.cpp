@@ -6,6 +6,8 @@
 #include <random>
 #include <set>
 
+#include <fmt/format.h>
+
 namespace ceco {
 
 namespace {
@@ -134,6 +136,12 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
     [=](naive_request& r) { return relay<infer_reply>(self, r.session, std::move(r)); },
     [=](generate_request& r) { return relay<generate_reply>(self, r.session, std::move(r)); },
     [=](close_atom a, uint64_t id) { return relay<session_summary>(self, id, a, id); },
+    [=](evaluate_atom a, uint64_t id, tensor_blob& b) {
+      return relay<exit_decision>(self, id, a, id, std::move(b));
+    },
+    [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) {
+      return relay<int32_t>(self, id, a, id, start, std::move(b));
+    },
     [=](stats_atom, uint64_t id) -> link_counters { return self->state.counters[id]; },
     [=](deliver_atom, uint64_t dir) {
       // Runs every message of that direction that has arrived, in order.
@@ -165,8 +173,14 @@ caf::error refuse_stranger(front_ptr self) {
                     "send hello_msg first: this node has not passed the handshake");
 }
 
+caf::error not_here(const char* actor, const char* key) {
+  return make_error(ceco_errc::not_placed_here,
+                    fmt::format("the {} runs on the edge ({} = \"edge\")", actor, key));
+}
+
 cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor contexts,
-                                        cloud_layers_actor layers, hello_msg mine) {
+                                        cloud_layers_actor layers, cloud_placed placed,
+                                        hello_msg mine) {
   self->state.mine = std::move(mine);
   return {
     [=](hello_msg& edge) -> caf::result<hello_msg> {
@@ -208,6 +222,20 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
         return err;
       return self->delegate(contexts, a, id);
     },
+    [=](evaluate_atom a, uint64_t id, tensor_blob& b) -> caf::result<exit_decision> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      if (!placed.evaluator)
+        return not_here("exit evaluator", "placement.exit_evaluator");
+      return self->delegate(placed.evaluator, a, id, std::move(b));
+    },
+    [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) -> caf::result<int32_t> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      if (!placed.uploader)
+        return not_here("uploader", "placement.uploader");
+      return self->delegate(placed.uploader, a, id, start, std::move(b));
+    },
   };
 }
 
@@ -218,8 +246,9 @@ link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts
 }
 
 cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
-                            cloud_layers_actor layers, hello_msg hello) {
-  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers), std::move(hello));
+                            cloud_layers_actor layers, cloud_placed placed, hello_msg hello) {
+  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers), std::move(placed),
+                   std::move(hello));
 }
 
 } // namespace ceco

@@ -8,8 +8,9 @@
 // an open counts for the session it returns).
 //
 // The cloud front is what the cloud exposes: one cloud_api handle that checks
-// an edge's hello, sends session traffic to the context manager and stateless
-// requests (naive, generate) to the cloud layers. A deployment publishes it
+// an edge's hello, sends session traffic to the context manager, stateless
+// requests (naive, generate) to the cloud layers, and exit evaluations and
+// uploads to the evaluator and uploader when they are placed on the cloud. A deployment publishes it
 // (and the edge puts a link with no added delay in front of the remote
 // handle, to count bytes and to fail requests when the cloud is lost); a
 // simulation puts a link in front of it in the same process.
@@ -30,8 +31,14 @@ struct link_options {
 
 link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts);
 
+/// The movable actors placed on the cloud (invalid handles: on the edge).
+struct cloud_placed {
+  exit_evaluator_actor evaluator;
+  uploader_actor uploader;
+};
+
 /// `hello` is what the cloud serves: an edge's hello must agree with it.
 cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
-                            cloud_layers_actor layers, hello_msg hello);
+                            cloud_layers_actor layers, cloud_placed placed, hello_msg hello);
 
 } // namespace ceco

@@ -25,6 +25,7 @@ const char* to_string(ceco_errc code) {
     case ceco_errc::session_limit: return "session_limit";
     case ceco_errc::handshake_failed: return "handshake_failed";
     case ceco_errc::cloud_unreachable: return "cloud_unreachable";
+    case ceco_errc::not_placed_here: return "not_placed_here";
   }
   return "unknown_error";
 }
@@ -108,6 +109,25 @@ std::string compare_hello(const hello_msg& edge, const hello_msg& cloud) {
     diffs.push_back(fmt::format("layers: edge {}, cloud {}", edge.n_layer, cloud.n_layer));
   if (edge.split != cloud.split)
     diffs.push_back(fmt::format("split.layer: edge {}, cloud {}", edge.split, cloud.split));
+  if (edge.exits != cloud.exits)
+    diffs.push_back(fmt::format("model.exits: edge [{}], cloud [{}]", fmt::join(edge.exits, ", "),
+                                fmt::join(cloud.exits, ", ")));
+  auto where = [](bool on_cloud) { return on_cloud ? "cloud" : "edge"; };
+  if (edge.evaluator_on_cloud != cloud.evaluator_on_cloud)
+    diffs.push_back(fmt::format("placement.exit_evaluator: edge \"{}\", cloud \"{}\"",
+                                where(edge.evaluator_on_cloud), where(cloud.evaluator_on_cloud)));
+  else if (edge.evaluator_on_cloud && (edge.threshold != cloud.threshold
+                                       || edge.min_exit_layer != cloud.min_exit_layer))
+    diffs.push_back(fmt::format(
+      "policy.threshold / min_exit_layer of the exit evaluator on the cloud: edge {} / {}, "
+      "cloud {} / {}", edge.threshold, edge.min_exit_layer, cloud.threshold, cloud.min_exit_layer));
+  if (edge.uploader_on_cloud != cloud.uploader_on_cloud)
+    diffs.push_back(fmt::format("placement.uploader: edge \"{}\", cloud \"{}\"",
+                                where(edge.uploader_on_cloud), where(cloud.uploader_on_cloud)));
+  else if (edge.uploader_on_cloud && edge.upload_dtype != cloud.upload_dtype)
+    diffs.push_back(fmt::format("upload.dtype of the uploader on the cloud: edge {}, cloud {}",
+                                edge.upload_dtype == 0 ? "f32" : "f16",
+                                cloud.upload_dtype == 0 ? "f32" : "f16"));
   if (edge.secret != cloud.secret)
     diffs.push_back("cloud.secret differs");
   return fmt::format("{}", fmt::join(diffs, "; "));

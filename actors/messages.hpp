@@ -15,10 +15,13 @@
 // | generate_request             | edge → cloud layers     | generate_reply         |
 // | (close_atom, session)        | edge → context manager  | session_summary        |
 // | hello_msg                    | edge → cloud front      | hello_msg (the cloud's)|
+// | (evaluate_atom, session, exit states) | edge → exit evaluator placed on the cloud | exit_decision |
+// | (upload_atom, session, start, states) | edge → uploader placed on the cloud | int32 |
 //
 // A deployment starts with hello: protocol version, model fingerprint,
-// split, exits and the shared secret; the cloud refuses a mismatch with an
-// error that says what differs.
+// split, exits, where the movable actors run (and, for those on the cloud,
+// the settings they use) and the shared secret; the cloud refuses a mismatch
+// with an error that says what differs.
 //
 // Uploads and inference requests are separate messages with no ordering
 // between them: a request that arrives before the uploads it needs waits at
@@ -62,10 +65,11 @@ enum class ceco_errc : uint8_t {
   session_limit,        // too many sessions
   handshake_failed,     // protocol, model, split or secret differ
   cloud_unreachable,    // the link to the cloud is down
+  not_placed_here,      // the actor asked for runs on the other node
 };
 
 /// Version of the edge-cloud protocol; a hello with another is refused.
-constexpr uint32_t protocol_version = 1;
+constexpr uint32_t protocol_version = 2;
 
 caf::error make_error(ceco_errc code, std::string what);
 /// "unknown_session: session 7 is not open" for ceco errors, CAF's text else.
@@ -141,6 +145,11 @@ struct hello_msg {
   int32_t split = 0;
   std::vector<int32_t> exits;
   std::string secret;         // must match the cloud's cloud.secret
+  bool evaluator_on_cloud = false;  // placement.exit_evaluator = "cloud"
+  bool uploader_on_cloud = false;   // placement.uploader = "cloud"
+  float threshold = 0;              // compared when the evaluator is on the cloud
+  int32_t min_exit_layer = 0;       // likewise
+  uint8_t upload_dtype = 0;         // compared when the uploader is on the cloud
 };
 
 /// What differs between two hellos ("" when they agree); secrets are
@@ -230,7 +239,8 @@ typename Inspector::result_type inspect(Inspector& f, generate_reply& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, hello_msg& x) {
   return f(caf::meta::type_name("hello_msg"), x.protocol, x.fingerprint, x.n_layer, x.split,
-           x.exits, x.secret);
+           x.exits, x.secret, x.evaluator_on_cloud, x.uploader_on_cloud, x.threshold,
+           x.min_exit_layer, x.upload_dtype);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, session_summary& x) {
@@ -312,7 +322,9 @@ using cloud_api = caf::typed_actor<
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
-  caf::replies_to<close_atom, uint64_t>::with<session_summary>>;
+  caf::replies_to<close_atom, uint64_t>::with<session_summary>,
+  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
+  caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>>;
 
 /// A simulated network link that forwards cloud_api to the cloud after the
 /// delays of its latency and bandwidth, counting serialised bytes per session.
@@ -359,7 +371,10 @@ using edge_layers_actor = caf::typed_actor<
 
 /// Exit heads and the threshold decision for one position.
 using exit_evaluator_actor = caf::typed_actor<
-  caf::replies_to<evaluate_atom, tensor_blob>::with<exit_decision>>;
+  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>>;
+
+/// Where uploads go: the context manager, or a cloud front / link to it.
+using upload_sink = caf::typed_actor<caf::replies_to<upload_msg>::with<int32_t>>;
 
 /// Sends split-layer states to the cloud in the configured dtype; replies
 /// once the cloud acknowledged them (a caller that does not wait is never

@@ -14,6 +14,18 @@
 
 namespace ceco {
 
+namespace {
+
+wire_dtype upload_dtype(const settings& s) {
+  return s.upload.dtype == "f32" ? wire_dtype::f32 : wire_dtype::f16;
+}
+
+exit_policy policy_of(const settings& s) {
+  return {float(s.policy.threshold), s.policy.min_exit_layer};
+}
+
+} // namespace
+
 sim_model load_sim_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads) {
   sim_model m;
@@ -42,12 +54,19 @@ hello_msg make_hello(const settings& s, const sim_model& m) {
   h.split = s.split.layer;
   h.exits.assign(s.model.exits.begin(), s.model.exits.end());
   h.secret = s.cloud.secret;
+  h.evaluator_on_cloud = s.placement.exit_evaluator == "cloud";
+  h.uploader_on_cloud = s.placement.uploader == "cloud";
+  h.threshold = float(s.policy.threshold);
+  h.min_exit_layer = s.policy.min_exit_layer;
+  h.upload_dtype = uint8_t(upload_dtype(s));
   return h;
 }
 
+
 void cloud_site::stop() {
   for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(contexts),
-                 caf::actor_cast<caf::actor>(front)})
+                 caf::actor_cast<caf::actor>(placed.evaluator),
+                 caf::actor_cast<caf::actor>(placed.uploader), caf::actor_cast<caf::actor>(front)})
     if (h)
       caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
 }
@@ -61,7 +80,12 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim
   cm.batch_sessions = s.session.batch_sessions;
   cm.max_context_bytes = int64_t(s.session.max_memory_mb * 1024.0 * 1024.0);
   c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
-  c.front = spawn_cloud_front(sys, c.contexts, c.layers, make_hello(s, m));
+  if (s.placement.exit_evaluator == "cloud")
+    c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd, policy_of(s));
+  if (s.placement.uploader == "cloud")
+    c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
+                                       upload_dtype(s), std::chrono::seconds(30));
+  c.front = spawn_cloud_front(sys, c.contexts, c.layers, c.placed, make_hello(s, m));
   return c;
 }
 
@@ -80,23 +104,31 @@ simulation::simulation(caf::actor_system& sys, const settings& s, const sim_mode
   lo.seed = uint64_t(s.link.seed);
   link_ = spawn_link(sys, remote_cloud, lo);
   edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits);
-  exit_policy policy{float(s.policy.threshold), s.policy.min_exit_layer};
-  evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy);
-  uploader_ = spawn_uploader(sys, caf::actor_cast<cloud_api>(link_),
-                             s.upload.dtype == "f32" ? wire_dtype::f32 : wire_dtype::f16,
-                             std::chrono::seconds(30));
+  // The edge always has its own evaluator: standalone runs, and a session
+  // that lost the cloud continues, without the network.
+  local_evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy_of(s));
+  auto link = caf::actor_cast<cloud_api>(link_);
+  evaluator_ = s.placement.exit_evaluator == "cloud" ? spawn_remote_evaluator(sys, link)
+                                                     : local_evaluator_;
+  uploader_ = s.placement.uploader == "cloud"
+                ? spawn_remote_uploader(sys, link)
+                : spawn_uploader(sys, caf::actor_cast<upload_sink>(link_), upload_dtype(s),
+                                 std::chrono::seconds(30));
 }
 
 simulation::~simulation() {
   cloud_.stop();
   for (auto h : {caf::actor_cast<caf::actor>(link_), caf::actor_cast<caf::actor>(edge_layers_),
-                 caf::actor_cast<caf::actor>(evaluator_), caf::actor_cast<caf::actor>(uploader_)})
+                 caf::actor_cast<caf::actor>(evaluator_),
+                 caf::actor_cast<caf::actor>(local_evaluator_),
+                 caf::actor_cast<caf::actor>(uploader_)})
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
 }
 
 edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
                                              const std::string& mode, int max_tokens) {
-  edge_site site{edge_layers_, evaluator_, uploader_, caf::actor_cast<cloud_api>(link_), link_};
+  edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
+                 caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
   o.mode = mode.empty() ? settings_.policy.mode : mode;
   o.prompt = prompt;

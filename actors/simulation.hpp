@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/link.hpp"
 #include "actors/messages.hpp"
 #include "actors/network.hpp"
 #include "config/settings.hpp"
@@ -45,6 +46,7 @@ hello_msg make_hello(const settings& s, const sim_model& m);
 struct cloud_site {
   cloud_layers_actor layers;
   context_manager_actor contexts;
+  cloud_placed placed;  // the exit evaluator and uploader, when placed here
   cloud_api front;
   /// Stops the site's actors (the context manager's timer would keep it alive).
   void stop();
@@ -85,7 +87,8 @@ private:
   cloud_site cloud_;  // empty with a remote cloud
   link_actor link_;
   edge_layers_actor edge_layers_;
-  exit_evaluator_actor evaluator_;
+  exit_evaluator_actor evaluator_;        // where placement.exit_evaluator says
+  exit_evaluator_actor local_evaluator_;  // on the edge, always
   uploader_actor uploader_;
 };
 

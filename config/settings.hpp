@@ -53,6 +53,10 @@ struct settings {
     int batch_sessions = 64;     // most sessions computed together in one cloud step
   } session;
   struct {
+    std::string exit_evaluator = "edge";  // edge | cloud
+    std::string uploader = "edge";        // edge | cloud
+  } placement;
+  struct {
     int max_tokens = 64;
     std::string prompt = "And God said";
   } generation;

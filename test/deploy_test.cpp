@@ -134,6 +134,10 @@ TEST_CASE("the handshake refuses another split, another secret and a node that s
   CHECK(secret.status == 1);
   auto ok = run_edge("--set cloud.secret=s3cret --max-tokens 5 --json" + port_arg(cloud));
   CHECK(ok.status == 0);
+  auto placed = run_shell(std::string(CECO_BINARY) + " edge --set placement.exit_evaluator=cloud "
+                          "--set cloud.secret=s3cret" + port_arg(cloud) + model_arg() + " 2>&1");
+  CHECK(placed.status == 1);
+  CHECK(placed.out.find("placement.exit_evaluator: edge \"cloud\", cloud \"edge\"") != std::string::npos);
 
   // A peer of our own that talks to the published front directly.
   remote_peer peer(cloud.port);
@@ -225,6 +229,15 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
     .receive([&](infer_reply& r) { answer = std::to_string(r.token); },
              [&](caf::error& e) { answer = describe(e); });
   CHECK(answer.find_first_not_of("0123456789") == std::string::npos);
+
+  // Asking for actors this cloud does not run (they are placed on the edge).
+  std::string placed;
+  self->request(*front, timeout, evaluate_atom::value, id, good)
+    .receive([&](exit_decision&) { placed = "answered"; }, [&](caf::error& e) { placed = describe(e); });
+  CHECK(placed.find("not_placed_here: the exit evaluator runs on the edge") == 0);
+  self->request(*front, timeout, upload_atom::value, id, int32_t(4), good)
+    .receive([&](int32_t) { placed = "answered"; }, [&](caf::error& e) { placed = describe(e); });
+  CHECK(placed.find("not_placed_here: the uploader runs on the edge") == 0);
 
   // Meanwhile a real edge is served as usual.
   auto r = run_edge("--max-tokens 20 --json --set link.latency_ms=0" + port_arg(cloud));

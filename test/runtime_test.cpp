@@ -232,6 +232,45 @@ TEST_CASE("the cloud refuses a session past its memory limit, naming the limit")
   CHECK(f.sim->cloud_state().sessions == 1);
 }
 
+TEST_CASE("moving the exit evaluator or the uploader to the cloud changes the traffic, never the tokens") {
+  auto run = [](const std::string& evaluator, const std::string& uploader, const char* mode) {
+    sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0", "placement.exit_evaluator=" + evaluator,
+                   "placement.uploader=" + uploader,
+                   "model.exit_heads=" + std::string(CECO_SOURCE_DIR) +
+                     "/config/models/stories260K-exits-2-3.gguf"});
+    return f.sim->run(f.m.vocab.encode("Once upon a time"), mode, 30);
+  };
+  const int64_t d = 64, n_exits = 2;
+  auto base = run("edge", "edge", "collaborative");
+  REQUIRE(base.error.empty());
+  REQUIRE(base.cloud_tokens > 0);
+  REQUIRE(base.cloud_tokens < int(base.tokens.size()));  // some exits fire
+
+  // The uploader on the cloud receives fp32 states: the f16 payload again on top.
+  auto up = run("edge", "cloud", "collaborative");
+  CHECK(up.error.empty());
+  CHECK(up.tokens == base.tokens);
+  CHECK(up.exit_counts == base.exit_counts);
+  const int64_t extra_up = up.traffic.bytes_up - base.traffic.bytes_up;
+  CHECK(extra_up >= base.uploaded_positions * d * 2);
+  CHECK(extra_up <= base.uploaded_positions * d * 2 + int64_t(base.uploads) * 16);
+
+  // The evaluator on the cloud gets every token's exit states (fp32) over the link.
+  auto ev = run("cloud", "edge", "collaborative");
+  CHECK(ev.error.empty());
+  CHECK(ev.tokens == base.tokens);
+  CHECK(ev.exit_counts == base.exit_counts);
+  const auto evaluations = int64_t(base.tokens.size());
+  CHECK(ev.traffic.messages_up == base.traffic.messages_up + evaluations);
+  CHECK(ev.traffic.bytes_up - base.traffic.bytes_up >= evaluations * n_exits * d * 4);
+
+  // Standalone stays on the edge wherever the evaluator is placed.
+  auto alone = run("cloud", "cloud", "standalone");
+  CHECK(alone.error.empty());
+  CHECK(alone.traffic.bytes_up == 0);
+  CHECK(alone.tokens == run("edge", "edge", "standalone").tokens);
+}
+
 TEST_CASE("the context manager answers bad messages with errors and keeps serving") {
   sim_fixture f;
   caf::scoped_actor self{*f.sys};
