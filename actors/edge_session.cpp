@@ -19,12 +19,18 @@ struct edge_session_state {
   edge_session_options opts;
   response_report report;
   caf::typed_response_promise<response_report> promise;
-  uint64_t session = 0;
+  uint64_t session = 0;              // the current cloud session
+  uint64_t edge_id = 0;              // the edge layers' cache for this response
   bool cloud_session = false;        // whether a cloud session was opened
+  std::vector<uint64_t> cloud_sessions;  // every one this response used
+  int64_t link_epoch = 0;            // the link's epoch when the cloud session opened
   int32_t pos = 0;                   // next position the edge computes
   std::vector<int32_t> input;        // tokens of the next edge step
-  std::vector<uint8_t> naive_rows;   // naive: every split state so far, f32 bytes
-  int32_t naive_rows_count = 0;
+  // Every split state so far, f32 bytes: naive sends them all each token;
+  // collaborative re-uploads them to a new cloud session after a loss.
+  std::vector<uint8_t> split_rows;
+  int32_t split_rows_count = 0;
+  int32_t split_cols = 0;
   int32_t uploads_in_flight = 0;
   clock_type::time_point started;
   bool finished = false;
@@ -37,6 +43,7 @@ struct edge_session_state {
 using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
 
 void step(self_ptr self);
+void forward(self_ptr self);
 void finish(self_ptr self, const std::string& error = {});
 void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last);
 void close_cloud(self_ptr self);
@@ -102,9 +109,9 @@ void decide(self_ptr self, edge_output& out, int32_t last) {
     ++st.report.cloud_requests;
     naive_request req{st.session, {}};
     req.states.dtype = uint8_t(wire_dtype::f32);
-    req.states.rows = st.naive_rows_count;
+    req.states.rows = st.split_rows_count;
     req.states.cols = out.split.cols;
-    req.states.bytes = st.naive_rows;
+    req.states.bytes = st.split_rows;
     auto sent = clock_type::now();
     self->request(st.site.cloud, st.opts.timeout, std::move(req))
       .then(
@@ -195,20 +202,68 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
     });
 }
 
+/// After a loss, once the link is back: a new cloud session, to which the
+/// edge uploads every position so far (the new cloud lacks them all), and
+/// the response goes on collaboratively.
+void resume(self_ptr self, int64_t epoch) {
+  auto& st = self->state;
+  st.link_epoch = epoch;
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
+    .then(
+      [=](uint64_t id) {
+        auto& st = self->state;
+        st.report.comm_us += us_since(sent);
+        st.session = id;
+        st.cloud_sessions.push_back(id);
+        st.degraded = false;
+        ++st.report.resumed;
+        fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
+                           "collaboratively\n", st.split_rows_count);
+        if (st.split_rows_count == 0)
+          return forward(self);
+        tensor_blob context;
+        context.dtype = uint8_t(wire_dtype::f32);
+        context.rows = st.split_rows_count;
+        context.cols = st.split_cols;
+        context.bytes = st.split_rows;
+        upload(self, context, 0, [=] { forward(self); });
+      },
+      [=](caf::error&) { forward(self); });  // not yet: stay on the edge
+}
+
 void step(self_ptr self) {
+  auto& st = self->state;
+  if (st.degraded && st.opts.mode == "collaborative" && st.site.link) {
+    // Has the link reconnected since this session lost the cloud?
+    self->request(st.site.link, st.opts.timeout, status_atom::value)
+      .then(
+        [=](int64_t epoch) {
+          if (epoch > self->state.link_epoch)
+            return resume(self, epoch);
+          forward(self);
+        },
+        [=](caf::error&) { forward(self); });
+    return;
+  }
+  forward(self);
+}
+
+void forward(self_ptr self) {
   auto& st = self->state;
   const int32_t start = st.pos;
   const auto n = int32_t(st.input.size());
-  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.session, start, st.input)
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start, st.input)
     .then(
       [=](edge_output& out) {
         auto& st = self->state;
         st.report.edge_us += out.compute_us;
         st.pos = start + n;
         const int32_t last = start + n - 1;
-        if (st.opts.mode == "naive") {
-          st.naive_rows.insert(st.naive_rows.end(), out.split.bytes.begin(), out.split.bytes.end());
-          st.naive_rows_count += out.split.rows;
+        if (st.opts.mode == "naive" || (st.opts.mode == "collaborative" && st.site.link)) {
+          st.split_rows.insert(st.split_rows.end(), out.split.bytes.begin(), out.split.bytes.end());
+          st.split_rows_count += out.split.rows;
+          st.split_cols = out.split.cols;
         }
         if (st.opts.mode == "collaborative" && !st.degraded) {
           auto shared = std::make_shared<edge_output>(std::move(out));
@@ -225,16 +280,21 @@ void deliver(self_ptr self) {
   self->quit();
 }
 
-/// Asks the link for the session's byte counts, then delivers the report.
-void collect_traffic(self_ptr self) {
-  if (!self->state.site.link)
+/// Adds the link's byte counts of every cloud session this response used,
+/// from the i-th on, then delivers the report.
+void collect_traffic(self_ptr self, size_t i = 0) {
+  auto& st = self->state;
+  if (!st.site.link || i >= st.cloud_sessions.size())
     return deliver(self);
-  self->request(self->state.site.link, self->state.opts.timeout, stats_atom::value,
-                self->state.session)
+  self->request(st.site.link, st.opts.timeout, stats_atom::value, st.cloud_sessions[i])
     .then(
       [=](link_counters& c) {
-        self->state.report.traffic = c;
-        deliver(self);
+        auto& t = self->state.report.traffic;
+        t.bytes_up += c.bytes_up;
+        t.bytes_down += c.bytes_down;
+        t.messages_up += c.messages_up;
+        t.messages_down += c.messages_down;
+        collect_traffic(self, i + 1);
       },
       [=](caf::error&) { deliver(self); });
 }
@@ -247,7 +307,7 @@ void finish(self_ptr self, const std::string& error) {
   st.report.total_us = us_since(st.started);
   if (!error.empty())
     st.report.error = error;
-  self->send(st.site.layers, close_atom::value, st.session);
+  self->send(st.site.layers, close_atom::value, st.edge_id);
   if (!st.cloud_session)
     return deliver(self);
   if (st.degraded)
@@ -277,14 +337,8 @@ void close_cloud(self_ptr self) {
       });
 }
 
-void start(self_ptr self) {
+void open_cloud(self_ptr self) {
   auto& st = self->state;
-  st.started = clock_type::now();
-  st.input = st.opts.prompt;
-  if (st.opts.mode == "standalone") {
-    st.session = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
-    return step(self);
-  }
   auto sent = clock_type::now();
   self->request(st.site.cloud, st.opts.timeout, open_atom::value)
     .then(
@@ -292,6 +346,7 @@ void start(self_ptr self) {
         auto& st = self->state;
         st.session = id;
         st.cloud_session = true;
+        st.cloud_sessions.push_back(id);
         st.report.comm_us += us_since(sent);
         if (st.opts.mode != "cloud")
           return step(self);
@@ -308,7 +363,39 @@ void start(self_ptr self) {
             },
             [=](caf::error& err) { finish(self, "cloud generate: " + describe(err)); });
       },
-      [=](caf::error& err) { finish(self, "open session: " + describe(err)); });
+      [=](caf::error& err) {
+        auto& st = self->state;
+        if (st.opts.mode == "collaborative" && st.site.link
+            && is(err, ceco_errc::cloud_unreachable)) {
+          // Start on the edge alone; the response resumes collaboratively
+          // if the link reconnects while it runs.
+          st.degraded = true;
+          st.report.comm_us += us_since(sent);
+          fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
+          return step(self);
+        }
+        finish(self, "open session: " + describe(err));
+      });
+}
+
+void start(self_ptr self) {
+  auto& st = self->state;
+  st.started = clock_type::now();
+  st.input = st.opts.prompt;
+  st.edge_id = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
+  if (st.opts.mode == "standalone")
+    return step(self);
+  if (!st.site.link)
+    return open_cloud(self);
+  // The link's epoch now: a reconnection later is what lets a session that
+  // lost the cloud resume.
+  self->request(st.site.link, st.opts.timeout, status_atom::value)
+    .then(
+      [=](int64_t epoch) {
+        self->state.link_epoch = epoch;
+        open_cloud(self);
+      },
+      [=](caf::error&) { open_cloud(self); });
 }
 
 edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,

@@ -1,6 +1,8 @@
 #include "actors/link.hpp"
 
+#include <atomic>
 #include <deque>
+#include <thread>
 #include <functional>
 #include <map>
 #include <random>
@@ -32,8 +34,13 @@ struct link_state {
   // Requests the cloud has not answered yet, by id: how to fail each one.
   std::map<uint64_t, std::function<void(const caf::error&)>> outstanding;
   uint64_t next_request = 0;
-  caf::error down;  // set once the cloud is lost
+  caf::error down;  // set while the cloud is lost
+  int64_t epoch = 0;  // reconnections so far
+  std::shared_ptr<std::atomic<bool>> stop_reconnecting = std::make_shared<std::atomic<bool>>(false);
+  bool reconnecting = false;
   static inline const char* name = "link";
+
+  ~link_state() { *stop_reconnecting = true; }
 
   void count(uint64_t session, direction dir, int64_t bytes) {
     auto& c = counters[session];
@@ -114,6 +121,32 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
   return rp;
 }
 
+/// Runs in its own thread: calls `reconnect` until it gives a cloud front,
+/// then hands it to the link.
+void reconnector_fn(caf::blocking_actor*, link_actor link,
+                    std::function<caf::expected<cloud_api>()> reconnect,
+                    std::shared_ptr<std::atomic<bool>> stop) {
+  auto backoff = std::chrono::milliseconds(100);
+  std::string last_error;
+  while (!*stop) {
+    auto front = reconnect();
+    if (front) {
+      caf::anon_send(link, reconnect_atom::value, caf::actor_cast<caf::actor>(*front));
+      return;
+    }
+    auto err = caf::to_string(front.error());
+    if (err != last_error)
+      fmt::print(stderr, "ceco: cannot reconnect to the cloud yet ({}); retrying with backoff\n",
+                 err);
+    last_error = err;
+    // Sleep in slices, so a link that goes away is not kept waiting.
+    for (auto slept = std::chrono::milliseconds(0); slept < backoff && !*stop;
+         slept += std::chrono::milliseconds(20))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+  }
+}
+
 link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options opts) {
   self->state.cloud = std::move(cloud);
   self->state.opts = opts;
@@ -127,6 +160,11 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
     st.outstanding.clear();
     for (auto& [id, fail] : pending)
       fail(st.down);
+    if (st.opts.reconnect && !st.reconnecting) {
+      st.reconnecting = true;
+      self->home_system().spawn(reconnector_fn, caf::actor_cast<link_actor>(self),
+                                st.opts.reconnect, st.stop_reconnecting);
+    }
   });
   return {
     [=](hello_msg& h) { return relay<hello_msg>(self, 0, std::move(h)); },
@@ -143,6 +181,16 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
       return relay<int32_t>(self, id, a, id, start, std::move(b));
     },
     [=](stats_atom, uint64_t id) -> link_counters { return self->state.counters[id]; },
+    [=](reconnect_atom, caf::actor front) {
+      auto& st = self->state;
+      st.cloud = caf::actor_cast<cloud_api>(front);
+      self->monitor(st.cloud);
+      st.down = {};
+      st.reconnecting = false;
+      ++st.epoch;
+      fmt::print(stderr, "ceco: reconnected to the cloud\n");
+    },
+    [=](status_atom) -> int64_t { return self->state.down ? -1 : self->state.epoch; },
     [=](deliver_atom, uint64_t dir) {
       // Runs every message of that direction that has arrived, in order.
       auto& q = self->state.in_flight[dir];

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 
 #include "actors/messages.hpp"
 
@@ -27,6 +28,11 @@ struct link_options {
   double bandwidth_mbps = 0.0;  // 0 = unlimited
   double jitter_ms = 0.0;
   uint64_t seed = 1;
+  /// Connects to the cloud again (blocking: connection and handshake), for
+  /// a link to a remote cloud. When the cloud is lost the link calls it from
+  /// a thread of its own, at once and then with doubling backoff (100 ms to
+  /// 2 s) until it succeeds; empty = the link stays down.
+  std::function<caf::expected<cloud_api>()> reconnect;
 };
 
 link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts);

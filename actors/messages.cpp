@@ -30,6 +30,10 @@ const char* to_string(ceco_errc code) {
   return "unknown_error";
 }
 
+bool is(const caf::error& err, ceco_errc code) {
+  return err.category() == ceco_category && err.code() == static_cast<uint8_t>(code);
+}
+
 caf::error make_error(ceco_errc code, std::string what) {
   return caf::error(static_cast<uint8_t>(code), ceco_category, caf::make_message(std::move(what)));
 }

@@ -52,6 +52,8 @@ using run_atom = caf::atom_constant<caf::atom("run")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
 using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
+using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
+using status_atom = caf::atom_constant<caf::atom("status")>;
 
 // -- errors -------------------------------------------------------------------
 
@@ -72,6 +74,8 @@ enum class ceco_errc : uint8_t {
 constexpr uint32_t protocol_version = 2;
 
 caf::error make_error(ceco_errc code, std::string what);
+/// Whether `err` is the ceco error `code`.
+bool is(const caf::error& err, ceco_errc code);
 /// "unknown_session: session 7 is not open" for ceco errors, CAF's text else.
 std::string describe(const caf::error& err);
 const char* to_string(ceco_errc code);
@@ -197,6 +201,7 @@ struct response_report {
   std::vector<int32_t> exit_counts;    // tokens emitted per exit
   int32_t cloud_tokens = 0;            // tokens the cloud produced
   int32_t degraded_tokens = 0;         // emitted on the edge because the cloud was lost
+  int32_t resumed = 0;                 // times it moved to a new cloud session after a loss
   int32_t cloud_requests = 0;
   int32_t uploads = 0;                 // upload messages sent
   int32_t uploaded_positions = 0;
@@ -264,7 +269,7 @@ typename Inspector::result_type inspect(Inspector& f, link_counters& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, response_report& x) {
   return f(caf::meta::type_name("response_report"), x.mode, x.prompt, x.tokens, x.exit_layers,
-           x.exit_counts, x.cloud_tokens, x.degraded_tokens, x.cloud_requests, x.uploads,
+           x.exit_counts, x.cloud_tokens, x.degraded_tokens, x.resumed, x.cloud_requests, x.uploads,
            x.uploaded_positions,
            x.traffic, x.edge_us, x.cloud_us, x.comm_us, x.total_us, x.error);
 }
@@ -328,10 +333,15 @@ using cloud_api = caf::typed_actor<
 
 /// A simulated network link that forwards cloud_api to the cloud after the
 /// delays of its latency and bandwidth, counting serialised bytes per session.
-/// (deliver_atom, id) is its own timer message.
+/// (deliver_atom, id) is its own timer message; (reconnect_atom, front)
+/// comes from its reconnector with a new cloud front; (status_atom) answers
+/// the link's epoch (how many times it reconnected), or -1 while the cloud
+/// is lost.
 using link_actor = cloud_api::extend<
   caf::replies_to<stats_atom, uint64_t>::with<link_counters>,
-  caf::reacts_to<deliver_atom, uint64_t>>;
+  caf::reacts_to<deliver_atom, uint64_t>,
+  caf::reacts_to<reconnect_atom, caf::actor>,
+  caf::replies_to<status_atom>::with<int64_t>>;
 
 /// What the context manager holds and has done.
 struct cloud_stats {

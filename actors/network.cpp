@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <caf/openssl/all.hpp>
+#include <fmt/format.h>
 
 namespace ceco {
 
@@ -51,6 +52,22 @@ caf::expected<cloud_api> remote_cloud(caf::actor_system& sys, const settings& s)
   if (s.cloud.tls)
     return caf::openssl::remote_actor<cloud_api>(sys, s.cloud.host, uint16_t(s.cloud.port));
   return sys.middleman().remote_actor<cloud_api>(s.cloud.host, uint16_t(s.cloud.port));
+}
+
+caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings& s,
+                                          const hello_msg& hello) {
+  auto front = remote_cloud(sys, s);
+  if (!front)
+    return front;
+  caf::scoped_actor self{sys};
+  caf::error refused;
+  self->request(*front, std::chrono::milliseconds(s.cloud.request_timeout_ms), hello)
+    .receive([](hello_msg&) {}, [&](caf::error& err) { refused = std::move(err); });
+  if (refused)
+    return make_error(ceco_errc::handshake_failed,
+                      fmt::format("cloud at {}:{}: {}", s.cloud.host, s.cloud.port,
+                                  describe(refused)));
+  return front;
 }
 
 std::string describe_transport(const settings& s) {

@@ -36,6 +36,12 @@ void unpublish_cloud(caf::actor_system& sys, const cloud_api& front, uint16_t po
 /// cloud.tls). One attempt; no handshake.
 caf::expected<cloud_api> remote_cloud(caf::actor_system& sys, const settings& s);
 
+/// One attempt to connect and pass the handshake with `hello`: the cloud
+/// front, or why not (handshake_failed when the cloud refused this edge).
+/// Blocking; safe from any thread but a scheduler's.
+caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings& s,
+                                          const hello_msg& hello);
+
 /// "TLS with certificates", "TLS without certificates (encrypted, peer not
 /// authenticated)" or "plain TCP", for banners and logs.
 std::string describe_transport(const settings& s);

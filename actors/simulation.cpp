@@ -1,5 +1,7 @@
 #include "actors/simulation.hpp"
 
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "actors/cloud_layers.hpp"
@@ -90,7 +92,8 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim
 }
 
 simulation::simulation(caf::actor_system& sys, const settings& s, const sim_model& m,
-                       cloud_api remote_cloud)
+                       cloud_api remote_cloud,
+                       std::function<caf::expected<cloud_api>()> reconnect)
   : sys_(sys), settings_(s), model_(m) {
   const auto& cfg = m.model->config();
   if (!remote_cloud) {
@@ -102,6 +105,7 @@ simulation::simulation(caf::actor_system& sys, const settings& s, const sim_mode
   lo.bandwidth_mbps = s.link.bandwidth_mbps;
   lo.jitter_ms = s.link.jitter_ms;
   lo.seed = uint64_t(s.link.seed);
+  lo.reconnect = std::move(reconnect);
   link_ = spawn_link(sys, remote_cloud, lo);
   edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits);
   // The edge always has its own evaluator: standalone runs, and a session
@@ -173,6 +177,21 @@ simulation::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
                          throw model_error("simulation: a session failed: " + describe(err));
                        });
   return out;
+}
+
+bool simulation::wait_for_cloud(std::chrono::milliseconds max_wait) {
+  caf::scoped_actor self{sys_};
+  auto until = std::chrono::steady_clock::now() + max_wait;
+  for (;;) {
+    int64_t epoch = -1;
+    self->request(link_, std::chrono::seconds(5), status_atom::value)
+      .receive([&](int64_t e) { epoch = e; }, [&](caf::error&) {});
+    if (epoch >= 0)
+      return true;
+    if (std::chrono::steady_clock::now() >= until)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 cloud_stats simulation::cloud_state() {

@@ -8,6 +8,8 @@
 // strategy runs over the same actors; only the session driver's wiring
 // differs.
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,9 +60,11 @@ class simulation {
 public:
   /// With `remote_cloud` set, the edge site talks to it (through a link that
   /// adds the configured delays, counts bytes and fails requests when the
-  /// cloud is lost) and no cloud site is spawned here.
+  /// cloud is lost) and no cloud site is spawned here. `reconnect`, if set,
+  /// is how the link connects again after a loss (see link_options).
   simulation(caf::actor_system& sys, const settings& s, const sim_model& m,
-             cloud_api remote_cloud = {});
+             cloud_api remote_cloud = {},
+             std::function<caf::expected<cloud_api>()> reconnect = {});
   ~simulation();
   simulation(const simulation&) = delete;
   simulation& operator=(const simulation&) = delete;
@@ -71,6 +75,10 @@ public:
   /// Runs several responses at the same time on the same actors.
   std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
                                                 const std::string& mode = {}, int max_tokens = 0);
+
+  /// Waits up to `max_wait` for the link to the cloud to be up; false if it
+  /// is still down then.
+  bool wait_for_cloud(std::chrono::milliseconds max_wait);
 
   context_manager_actor contexts() const { return cloud_.contexts; }
   /// Sessions open, the bytes their contexts hold and the steps computed,

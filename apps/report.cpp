@@ -35,6 +35,7 @@ nlohmann::json report_json(const response_report& x, const std::string& prompt,
   j["exits"] = exits;
   j["cloud_requests"] = x.cloud_requests;
   j["degraded_tokens"] = x.degraded_tokens;
+  j["resumed"] = x.resumed;
   j["cloud_request_rate"] =
     x.tokens.empty() ? 0.0 : double(x.cloud_tokens) / double(x.tokens.size());
   j["uploads"] = x.uploads;

@@ -108,16 +108,11 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const sim_
   std::string last_error;
   auto backoff = std::chrono::milliseconds(100);
   for (int attempt = 1; attempt <= s.cloud.connect_tries; ++attempt) {
-    auto remote = remote_cloud(sys, s);
-    if (remote) {
-      caf::scoped_actor self{sys};
-      std::string refused;
-      self->request(*remote, std::chrono::milliseconds(s.cloud.request_timeout_ms), make_hello(s, m))
-        .receive([&](hello_msg&) {}, [&](caf::error& err) { refused = describe(err); });
-      if (!refused.empty())
-        throw model_error(fmt::format("cloud at {}:{}: {}", s.cloud.host, s.cloud.port, refused));
+    auto remote = connect_to_front(sys, s, make_hello(s, m));
+    if (remote)
       return *remote;
-    }
+    if (is(remote.error(), ceco_errc::handshake_failed))
+      throw model_error(describe(remote.error()));
     last_error = caf::to_string(remote.error());
     if (attempt < s.cloud.connect_tries) {
       fmt::print(stderr, "ceco edge: cannot reach {}:{} ({}); retrying in {} ms\n", s.cloud.host,
@@ -180,11 +175,20 @@ void run_sessions(sim_args a, bool deployed) {
   cloud_stats cloud_seen;
   {
     auto make = [&] {
-      return deployed ? std::make_unique<simulation>(sys, s, m, connect_to_cloud(sys, s, m))
-                      : std::make_unique<simulation>(sys, s, m);
+      if (!deployed)
+        return std::make_unique<simulation>(sys, s, m);
+      // After a loss the link reconnects by itself, from a thread of its own.
+      auto reconnect = [&sys, s, hello = make_hello(s, m)] {
+        return connect_to_front(sys, s, hello);
+      };
+      return std::make_unique<simulation>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
     };
     auto sim = make();
     bool lost = false;
+    // As long as the first connection may take: the sum of its backoffs.
+    auto reconnect_budget = std::chrono::milliseconds(0);
+    for (int k = 0; k < s.cloud.connect_tries; ++k)
+      reconnect_budget += std::chrono::milliseconds(std::min(100 << std::min(k, 5), 3000));
     for (size_t i = 0; i < prompts.size(); ++i) {
       if (!a.json && prompts.size() > 1)
         fmt::print(stderr, "\r[{}/{}] responses", i + 1, prompts.size());
@@ -192,17 +196,19 @@ void run_sessions(sim_args a, bool deployed) {
       const response_report* cloud = nullptr;
       for (auto& mode : modes) {
         if (lost) {
-          // The cloud was lost during an earlier response: reconnect (it may
-          // be back), else carry on at the edge alone.
-          try {
-            sim = make();
+          // The cloud was lost during an earlier response and the link is
+          // reconnecting: give it time before this response. If it is not
+          // back, a collaborative response starts on the edge alone and
+          // resumes with the cloud once the link reconnects.
+          if (sim->wait_for_cloud(reconnect_budget)) {
             lost = false;
-            fmt::print(stderr, "ceco edge: reconnected to the cloud\n");
-          } catch (const model_error& e) {
-            fmt::print(stderr, "ceco edge: {}; this response runs on the edge alone\n", e.what());
+            fmt::print(stderr, "ceco edge: the cloud is back\n");
+          } else {
+            fmt::print(stderr, "ceco edge: the cloud is still unreachable after {} ms\n",
+                       reconnect_budget.count());
           }
         }
-        auto run_mode = lost && mode == "collaborative" ? "standalone" : mode;
+        const auto& run_mode = mode;
         // --sessions N: N edge sessions of this prompt at the same time.
         auto t0 = std::chrono::steady_clock::now();
         auto batch = sim->run_concurrently(std::vector<std::vector<int32_t>>(size_t(a.sessions), ids),
@@ -245,8 +251,11 @@ void run_sessions(sim_args a, bool deployed) {
   for (auto& r : rows) {
     fmt::print("[{}] {}{}\n", r.report->mode, r.prompt, r.text);
     if (r.report->degraded_tokens > 0)
-      fmt::print("  ({} tokens produced on the edge alone after the cloud was lost)\n",
-                 r.report->degraded_tokens);
+      fmt::print("  ({} tokens produced on the edge alone after the cloud was lost{})\n",
+                 r.report->degraded_tokens,
+                 r.report->resumed > 0
+                   ? fmt::format("; resumed with the cloud {} time(s)", r.report->resumed)
+                   : std::string());
     if (!r.report->error.empty())
       fmt::print("  error: {}\n", r.report->error);
   }
@@ -293,7 +302,7 @@ void add_session_options(CLI::App* cmd, const std::shared_ptr<sim_args>& a) {
     ->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a->json,
                 "one JSON object per response: mode, prompt, text, tokens, n_prompt, "
-                "n_generated, exits, cloud_requests, degraded_tokens, bytes_up, bytes_down, "
+                "n_generated, exits, cloud_requests, degraded_tokens, resumed, bytes_up, bytes_down, "
                 "edge_ms, cloud_ms, comm_ms, total_ms, ...");
   cmd->add_option("--sessions", a->sessions,
                   "run each prompt as this many edge sessions at the same time (all sharing one "

@@ -1,5 +1,6 @@
 #include "test/support.hpp"
 
+#include <mutex>
 #include <thread>
 
 #include "actors/simulation.hpp"
@@ -269,6 +270,65 @@ TEST_CASE("moving the exit evaluator or the uploader to the cloud changes the tr
   CHECK(alone.error.empty());
   CHECK(alone.traffic.bytes_up == 0);
   CHECK(alone.tokens == run("edge", "edge", "standalone").tokens);
+}
+
+TEST_CASE("a response that lost the cloud resumes in a new session, re-uploading its context") {
+  // Every token is a cloud request (threshold above 1), 1 ms each way.
+  auto s = load_settings("", {"model.path=" + stories_gguf(), "policy.threshold=1.5",
+                              "link.latency_ms=1", "link.bandwidth_mbps=0"});
+  auto m = load_sim_model(s, stories_gguf());
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, 2);
+  caf::actor_system sys{cfg};
+  // The "remote" cloud is a cloud site of its own; the link's reconnect
+  // brings up a fresh one, which knows nothing of the response.
+  auto first = spawn_cloud_site(sys, s, m);
+  std::mutex mu;
+  std::vector<cloud_site> later;
+  auto reconnect = [&]() -> caf::expected<cloud_api> {
+    std::lock_guard<std::mutex> lock(mu);
+    later.push_back(spawn_cloud_site(sys, s, m));
+    return later.back().front;
+  };
+  auto ids = m.vocab.encode("Once upon a time");
+  const int n = 60;
+  response_report r;
+  {
+    simulation sim(sys, s, m, first.front, reconnect);
+    std::thread killer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));  // the response takes >= 120 ms
+      first.stop();
+    });
+    r = sim.run(ids, "collaborative", n);
+    killer.join();
+  }
+  for (auto& c : later)
+    c.stop();
+  MESSAGE(r.degraded_tokens << " of " << n << " tokens on the edge alone, resumed " << r.resumed
+                            << " time(s)");
+  CHECK(r.error.empty());
+  REQUIRE(int(r.tokens.size()) == n);
+  CHECK(r.resumed == 1);
+  CHECK(later.size() == 1);
+  CHECK(r.cloud_tokens + r.degraded_tokens == n);
+  CHECK(r.cloud_tokens > 0);
+  // The new session got the whole context again on top of the usual uploads.
+  CHECK(r.uploaded_positions > int(ids.size()) + n - 1);
+
+  // Every token the cloud gave is the full model's greedy choice after the
+  // tokens before it: the new cloud computed on the right context.
+  c10::InferenceMode guard;
+  auto seq = ids;
+  seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
+  const int L = m.model->config().n_layer;
+  auto cache = m.model->make_cache(0, L);
+  auto x = m.model->embed(seq);
+  m.model->forward_layers(x, 0, 0, L, cache);
+  auto best = at::argmax(m.model->logits(x), 1);
+  int agree = 0;
+  for (int i = 0; i < n; ++i)
+    agree += best[int64_t(ids.size()) + i - 1].item<int64_t>() == r.tokens[size_t(i)];
+  CHECK(agree >= n - r.degraded_tokens);
 }
 
 TEST_CASE("the context manager answers bad messages with errors and keeps serving") {
