@@ -66,25 +66,6 @@ constexpr int64_t parallel_min_work = 1 << 16;
 
 } // namespace
 
-void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols) {
-  if (rows * cols < parallel_min_work || at::get_num_threads() <= 1) {
-    matvec_rows(w, x, y, 0, rows, cols);
-    return;
-  }
-  // Contiguous row blocks, a multiple of 4 rows each, one per thread.
-  const int n_threads = at::get_num_threads();
-#pragma omp parallel num_threads(n_threads)
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    int64_t per = (rows + n - 1) / n;
-    per = (per + 3) / 4 * 4;
-    const int64_t r0 = std::min(rows, int64_t(t) * per);
-    const int64_t r1 = std::min(rows, r0 + per);
-    if (r0 < r1)
-      matvec_rows(w, x, y, r0, r1, cols);
-  }
-}
-
 namespace {
 
 /// Rows [r0, r1) of matmat, in blocks that stay in cache while every input
@@ -107,6 +88,7 @@ void matmat(const float* w, const float* x, float* y, int64_t n, int64_t rows, i
     matmat_rows(w, x, y, n, rows, 0, rows, cols);
     return;
   }
+  // Contiguous row blocks, a multiple of 4 rows each, one per thread.
   const int n_threads = at::get_num_threads();
 #pragma omp parallel num_threads(n_threads)
   {
@@ -118,6 +100,10 @@ void matmat(const float* w, const float* x, float* y, int64_t n, int64_t rows, i
     if (r0 < r1)
       matmat_rows(w, x, y, n, rows, r0, r1, cols);
   }
+}
+
+void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols) {
+  matmat(w, x, y, 1, rows, cols);
 }
 
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
