@@ -230,6 +230,13 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
                                         cloud_layers_actor layers, cloud_placed placed,
                                         hello_msg mine) {
   self->state.mine = std::move(mine);
+  // Anything outside the protocol gets an error reply; the front keeps serving.
+  self->set_default_handler([](caf::scheduled_actor*, caf::message_view& x) -> caf::result<caf::message> {
+    return make_error(ceco_errc::unknown_message,
+                      fmt::format("the cloud front does not handle this message of {} element(s); "
+                                  "see the protocol in actors/messages.hpp",
+                                  x.content().size()));
+  });
   return {
     [=](hello_msg& edge) -> caf::result<hello_msg> {
       if (auto diff = compare_hello(edge, self->state.mine); !diff.empty())

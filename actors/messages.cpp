@@ -26,6 +26,7 @@ const char* to_string(ceco_errc code) {
     case ceco_errc::handshake_failed: return "handshake_failed";
     case ceco_errc::cloud_unreachable: return "cloud_unreachable";
     case ceco_errc::not_placed_here: return "not_placed_here";
+    case ceco_errc::unknown_message: return "unknown_message";
   }
   return "unknown_error";
 }

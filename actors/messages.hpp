@@ -68,6 +68,7 @@ enum class ceco_errc : uint8_t {
   handshake_failed,     // protocol, model, split or secret differ
   cloud_unreachable,    // the link to the cloud is down
   not_placed_here,      // the actor asked for runs on the other node
+  unknown_message,      // not a message of the protocol
 };
 
 /// Version of the edge-cloud protocol; a hello with another is refused.

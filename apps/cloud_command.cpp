@@ -32,6 +32,8 @@ void run_cloud(const cloud_args& a) {
   sigaddset(&stop, SIGINT);
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  // A server outlives a closed stdout or log pipe: writes fail, not the process.
+  std::signal(SIGPIPE, SIG_IGN);
 
   set_compute_threads(1);
   auto m = load_sim_model(s, default_model_path(), default_exit_heads_path());

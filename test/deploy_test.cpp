@@ -230,6 +230,14 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
              [&](caf::error& e) { answer = describe(e); });
   CHECK(answer.find_first_not_of("0123456789") == std::string::npos);
 
+  // A message the protocol does not have.
+  auto untyped = caf::actor_cast<caf::actor>(*front);
+  std::string garbage;
+  self->request(untyped, timeout, std::string("garbage"), int32_t(7))
+    .receive([&](const caf::message&) { garbage = "answered"; },
+             [&](caf::error& e) { garbage = describe(e); });
+  CHECK(garbage.find("unknown_message") != std::string::npos);
+
   // Asking for actors this cloud does not run (they are placed on the edge).
   std::string placed;
   self->request(*front, timeout, evaluate_atom::value, id, good)
