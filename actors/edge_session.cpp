@@ -92,8 +92,8 @@ void ask_cloud(self_ptr self, int32_t last) {
         emit(self, r.token, -1);
       },
       [=](caf::error& err) {
-        // The cloud is gone or not answering: finish the response on the
-        // edge alone, as standalone would.
+        // The cloud is gone or not answering: go on on the edge alone, as
+        // standalone would, until the link reconnects (see step).
         auto& st = self->state;
         st.degraded = true;
         st.report.comm_us += us_since(sent);
@@ -133,7 +133,9 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
                      || st.site.evaluator == st.site.local_evaluator;
   auto evaluator = local && st.site.local_evaluator ? st.site.local_evaluator : st.site.evaluator;
   auto sent = clock_type::now();
-  self->request(evaluator, st.opts.timeout, evaluate_atom::value, st.session, *states)
+  // Kept for a retry on the edge only when the evaluator is remote.
+  auto payload = local ? std::move(*states) : *states;
+  self->request(evaluator, st.opts.timeout, evaluate_atom::value, st.session, std::move(payload))
     .then(
       [=](exit_decision& d) {
         auto& st = self->state;
