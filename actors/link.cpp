@@ -2,11 +2,11 @@
 
 #include <atomic>
 #include <deque>
-#include <thread>
 #include <functional>
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 

@@ -174,16 +174,16 @@ void run_sessions(sim_args a, bool deployed) {
   std::vector<row> rows;
   cloud_stats cloud_seen;
   {
-    auto make = [&] {
-      if (!deployed)
-        return std::make_unique<simulation>(sys, s, m);
+    std::unique_ptr<simulation> sim;
+    if (deployed) {
       // After a loss the link reconnects by itself, from a thread of its own.
       auto reconnect = [&sys, s, hello = make_hello(s, m)] {
         return connect_to_front(sys, s, hello);
       };
-      return std::make_unique<simulation>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
-    };
-    auto sim = make();
+      sim = std::make_unique<simulation>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
+    } else {
+      sim = std::make_unique<simulation>(sys, s, m);
+    }
     bool lost = false;
     // As long as the first connection may take: the sum of its backoffs.
     auto reconnect_budget = std::chrono::milliseconds(0);
