@@ -43,6 +43,8 @@ struct context_manager_state {
   int64_t steps = 0;
   int64_t stepped_sessions = 0;
   int64_t session_bytes = 0;
+  int64_t tokens = 0;
+  int64_t positions = 0;
   std::mt19937_64 ids{std::random_device{}()};
   static inline const char* name = "context_manager";
 };
@@ -146,6 +148,8 @@ void step_done(self_ptr self, const std::vector<uint64_t>& ids,
       fail_all(e, done.error);
       continue;
     }
+    st.positions += targets[i] - e.computed;
+    st.tokens += int64_t(e.asked.size());
     e.computed = targets[i];
     e.compute_us += share;
     for (size_t j = 0; j < e.asked.size(); ++j) {
@@ -335,7 +339,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
     [=](stats_atom) -> cloud_stats {
       auto& st = self->state;
       return {int64_t(st.sessions.size()), held_bytes(st), st.steps, st.stepped_sessions,
-              st.session_bytes};
+              st.session_bytes, st.tokens, st.positions};
     },
     [=](sweep_atom) {
       auto& st = self->state;

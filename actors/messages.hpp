@@ -351,6 +351,8 @@ struct cloud_stats {
   int64_t steps = 0;             // cloud steps computed so far
   int64_t stepped_sessions = 0;  // sessions over all steps (/ steps = mean batch)
   int64_t session_bytes = 0;     // context of the last session opened
+  int64_t tokens = 0;            // token requests answered so far
+  int64_t positions = 0;         // uploaded positions caught up so far
 };
 
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.

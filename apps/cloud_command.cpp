@@ -22,7 +22,28 @@ namespace {
 struct cloud_args {
   std::string config;
   std::vector<std::string> sets;
+  double stats_s = 0;
 };
+
+/// One line of what the cloud holds and has done since the last line.
+void print_stats(caf::actor_system& sys, const cloud_site& site, cloud_stats& last,
+                 double seconds) {
+  caf::scoped_actor self{sys};
+  cloud_stats now;
+  bool ok = false;
+  self->request(site.contexts, std::chrono::seconds(5), stats_atom::value)
+    .receive([&](cloud_stats& st) { now = st, ok = true; }, [&](caf::error&) {});
+  if (!ok)
+    return;
+  const auto steps = now.steps - last.steps;
+  fmt::print("ceco cloud: {} session(s), {:.1f} MiB of context; last {:.0f} s: {} tokens "
+             "({:.1f}/s), {} positions caught up, {} steps ({:.2f} sessions per step)\n",
+             now.sessions, double(now.context_bytes) / 1048576.0, seconds, now.tokens - last.tokens,
+             double(now.tokens - last.tokens) / seconds, now.positions - last.positions, steps,
+             steps > 0 ? double(now.stepped_sessions - last.stepped_sessions) / double(steps) : 0.0);
+  std::cout.flush();
+  last = now;
+}
 
 void run_cloud(const cloud_args& a) {
   auto s = load_settings(a.config, a.sets);
@@ -54,7 +75,28 @@ void run_cloud(const cloud_args& a) {
              describe_transport(s), s.cloud.secret.empty() ? "" : ", secret required");
   std::cout.flush();
   int sig = 0;
-  sigwait(&stop, &sig);
+  if (a.stats_s > 0) {
+    cloud_stats last;
+    using clock = std::chrono::steady_clock;
+    const auto period = std::chrono::duration_cast<clock::duration>(
+      std::chrono::duration<double>(a.stats_s));
+    auto next = clock::now() + period;
+    for (;;) {
+      auto left = std::max(clock::duration(0), next - clock::now());
+      auto secs = std::chrono::duration_cast<std::chrono::seconds>(left);
+      timespec wait{secs.count(),
+                    long(std::chrono::duration_cast<std::chrono::nanoseconds>(left - secs).count())};
+      sig = sigtimedwait(&stop, nullptr, &wait);
+      if (sig > 0)
+        break;
+      if (clock::now() >= next) {  // timed out, not interrupted
+        print_stats(sys, site, last, a.stats_s);
+        next += period;
+      }
+    }
+  } else {
+    sigwait(&stop, &sig);
+  }
   fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   site.stop();
   unpublish_cloud(sys, site.front, *port, s);
@@ -70,6 +112,10 @@ void add_cloud_command(CLI::App& app) {
   cmd->add_option("--config", a->config, "TOML settings (the same schema as sim; see config/sim.toml)");
   cmd->add_option("--set", a->sets, "override one setting, e.g. --set cloud.port=7070")
     ->take_all()->allow_extra_args(false);
+  cmd->add_option("--stats", a->stats_s,
+                  "every this many seconds, print one line: sessions, context memory, tokens "
+                  "answered per second, steps and sessions per step (0 = never)")
+    ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->callback([a] { run_cloud(*a); });
 }
 

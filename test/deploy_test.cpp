@@ -125,6 +125,28 @@ TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cl
   }
 }
 
+TEST_CASE("ceco cloud --stats reports the tokens it answered and its steps") {
+  temp_dir tmp;
+  const std::string bin = CECO_BINARY, log = tmp.file("cloud.log");
+  // The cloud in the background, an edge of 20 cloud tokens, then SIGINT.
+  auto script = "(" + bin + " cloud --set cloud.port=0 --stats 0.2" + model_arg() + " > " + log +
+                " 2>&1 &\n echo $! > " + tmp.file("pid") + ")\n"
+                "for i in $(seq 50); do grep -q serving " + log + " && break; sleep 0.1; done\n"
+                "port=$(head -1 " + log + " | sed 's/.*:\\([0-9]*\\) over.*/\\1/')\n" +
+                bin + " edge --set cloud.port=$port --set policy.threshold=1.5 --max-tokens 20" +
+                model_arg() + " > /dev/null 2>&1 || echo edge failed\n"
+                "sleep 0.6; kill -INT $(cat " + tmp.file("pid") + "); sleep 0.3; cat " + log;
+  auto r = run_shell(script);
+  CAPTURE(r.out);
+  CHECK(r.out.find("edge failed") == std::string::npos);
+  CHECK(r.out.find("SIGINT received") != std::string::npos);
+  // The stats lines add up to the 20 tokens the edge asked for.
+  int tokens = 0;
+  for (size_t at = r.out.find(" s: "); at != std::string::npos; at = r.out.find(" s: ", at + 1))
+    tokens += std::atoi(r.out.c_str() + at + 4);
+  CHECK(tokens == 20);
+}
+
 TEST_CASE("the handshake refuses another split, another secret and a node that skipped it") {
   cloud_process cloud("--set cloud.port=0 --set cloud.secret=s3cret");
   REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
