@@ -2,7 +2,7 @@
 # Installs every Debian package ceco needs to build, test and run on a fresh
 # Debian 12 (bookworm) machine. Safe to run again: apt skips what is present.
 #
-#   sudo deploy/install-deps.sh
+#   bash deploy/install-deps.sh     (as root, or as a user with sudo)
 #
 # gnuplot-nox draws the plots of `ceco experiment`; bible-kjv is the corpus
 # the built-in model was trained on (README "The built-in default model");
@@ -22,10 +22,11 @@ packages=(
   openssl
 )
 
+# Root runs apt-get directly (Debian has no sudo by default); a user goes
+# through sudo, which is asked for only when something is missing.
+sudo=
 if [ "$(id -u)" -ne 0 ]; then
   sudo=sudo
-else
-  sudo=
 fi
 
 missing=()
@@ -39,6 +40,10 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 echo "deploy: installing ${missing[*]}"
+if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
+  echo "deploy: not root and no sudo: run this script as root to install ${missing[*]}" >&2
+  exit 1
+fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
