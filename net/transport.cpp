@@ -10,7 +10,9 @@
 #include <unordered_map>
 
 #include <asio.hpp>
+#include <asio/ssl.hpp>
 #include <fmt/format.h>
+#include <openssl/x509.h>
 
 #include "net/auth.hpp"
 
@@ -22,7 +24,8 @@ using asio::ip::tcp;
 using std::chrono::milliseconds;
 
 wire_error io_error(const asio::error_code& ec) {
-  if (ec == asio::error::eof || ec == asio::error::connection_reset)
+  if (ec == asio::error::eof || ec == asio::error::connection_reset ||
+      ec == asio::ssl::error::stream_truncated)  // TCP closed under TLS without close_notify
     return {wire_errc::closed, "the peer closed the connection"};
   return {wire_errc::io, ec.message()};
 }
@@ -32,11 +35,15 @@ wire_error io_error(const asio::error_code& ec) {
 /// Lives on its io_context's thread only.
 class channel : public std::enable_shared_from_this<channel> {
  public:
-  channel(tcp::socket socket, wire_limits limits, int frame_timeout_ms, int max_queued)
-      : socket_(std::move(socket)), timer_(socket_.get_executor()), limits_(limits),
-        frame_timeout_(frame_timeout_ms), max_queued_(size_t(std::max(max_queued, 1))) {
+  /// With `tls`, frames go through the TLS stream once its handshake is done;
+  /// without, straight through its TCP socket.
+  channel(tcp::socket socket, asio::ssl::context& tls_context, bool tls, wire_limits limits,
+          int frame_timeout_ms, int max_queued)
+      : stream_(std::move(socket), tls_context), tls_(tls), timer_(stream_.get_executor()),
+        limits_(limits), frame_timeout_(frame_timeout_ms),
+        max_queued_(size_t(std::max(max_queued, 1))) {
     asio::error_code ec;
-    socket_.set_option(tcp::no_delay(true), ec);
+    stream_.next_layer().set_option(tcp::no_delay(true), ec);
   }
   virtual ~channel() = default;
 
@@ -93,10 +100,9 @@ class channel : public std::enable_shared_from_this<channel> {
       return;
     reading_ = true;
     arm(header_timeout(), "the next frame");
-    asio::async_read(socket_, asio::buffer(header_),
-                     [self = shared_from_this()](const asio::error_code& ec, size_t) {
-                       self->on_header(ec);
-                     });
+    read_exactly(asio::buffer(header_), [self = shared_from_this()](const asio::error_code& ec, size_t) {
+      self->on_header(ec);
+    });
   }
 
   void pause() { paused_ = true; }
@@ -143,7 +149,24 @@ class channel : public std::enable_shared_from_this<channel> {
     });
   }
 
-  tcp::socket socket_;
+  tcp::socket& socket() { return stream_.next_layer(); }
+
+  /// The TLS handshake (when TLS is on), then `next`; a failed one closes.
+  void secure(asio::ssl::stream_base::handshake_type side, std::function<void()> next) {
+    if (!tls_)
+      return next();
+    stream_.async_handshake(side, [self = shared_from_this(), next = std::move(next)](
+                                    const asio::error_code& ec) {
+      if (self->closed_)
+        return;
+      if (ec)
+        return self->fail({wire_errc::auth_failed, fmt::format("TLS handshake: {}", ec.message())});
+      next();
+    });
+  }
+
+  asio::ssl::stream<tcp::socket> stream_;
+  bool tls_;
   asio::steady_timer timer_;
   wire_limits limits_;
 
@@ -164,10 +187,9 @@ class channel : public std::enable_shared_from_this<channel> {
     header_info_ = h;
     payload_.resize(h.payload_size);  // within the type's cap: parse_header checked it
     arm(frame_timeout_, "rest of the frame");
-    asio::async_read(socket_, asio::buffer(payload_),
-                     [self = shared_from_this()](const asio::error_code& ec, size_t) {
-                       self->on_payload(ec);
-                     });
+    read_exactly(asio::buffer(payload_), [self = shared_from_this()](const asio::error_code& ec, size_t) {
+      self->on_payload(ec);
+    });
   }
 
   void on_payload(const asio::error_code& ec) {
@@ -183,6 +205,21 @@ class channel : public std::enable_shared_from_this<channel> {
     read_next();
   }
 
+  template <class Buffer, class Handler>
+  void read_exactly(Buffer buffer, Handler handler) {
+    if (tls_)
+      asio::async_read(stream_, buffer, std::move(handler));
+    else
+      asio::async_read(socket(), buffer, std::move(handler));
+  }
+  template <class Buffer, class Handler>
+  void write_all(Buffer buffer, Handler handler) {
+    if (tls_)
+      asio::async_write(stream_, buffer, std::move(handler));
+    else
+      asio::async_write(socket(), buffer, std::move(handler));
+  }
+
   void write_next() {
     if (out_.empty()) {
       writing_ = false;
@@ -191,8 +228,7 @@ class channel : public std::enable_shared_from_this<channel> {
       return;
     }
     writing_ = true;
-    asio::async_write(socket_, asio::buffer(out_.front()),
-                      [self = shared_from_this()](const asio::error_code& ec, size_t) {
+    write_all(asio::buffer(out_.front()), [self = shared_from_this()](const asio::error_code& ec, size_t) {
                         self->out_.pop_front();
                         if (ec) {
                           self->writing_ = false;
@@ -207,8 +243,8 @@ class channel : public std::enable_shared_from_this<channel> {
   void close_socket() {
     asio::error_code ignored;
     timer_.cancel();
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    socket().shutdown(tcp::socket::shutdown_both, ignored);
+    socket().close(ignored);
   }
 
   milliseconds frame_timeout_;
@@ -224,6 +260,39 @@ class channel : public std::enable_shared_from_this<channel> {
   uint64_t timer_generation_ = 0;
 };
 
+/// Our certificate and key, the CA that signs the peer's, and the peer's
+/// role: its certificate's common name must be `peer_name`.
+void configure_tls(asio::ssl::context& ctx, const tls_options& tls, const char* who) {
+  if (tls.certificate.empty() || tls.key.empty() || tls.ca_file.empty() || tls.peer_name.empty())
+    throw std::runtime_error(fmt::format(
+      "{}: TLS needs a certificate, its key, the CA file and the peer's name", who));
+  asio::error_code ec;
+  ctx.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                  asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                  asio::ssl::context::no_tlsv1_1);
+  auto load = [&](const char* what, const std::string& path, auto&& fn) {
+    fn(ec);
+    if (ec)
+      throw std::runtime_error(fmt::format("{}: cannot load the {} '{}': {}", who, what, path,
+                                           ec.message()));
+  };
+  load("certificate", tls.certificate, [&](auto& e) { ctx.use_certificate_chain_file(tls.certificate, e); });
+  load("key", tls.key, [&](auto& e) { ctx.use_private_key_file(tls.key, asio::ssl::context::pem, e); });
+  load("CA file", tls.ca_file, [&](auto& e) { ctx.load_verify_file(tls.ca_file, e); });
+  ctx.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+  ctx.set_verify_callback([peer = tls.peer_name](bool preverified, asio::ssl::verify_context& vc) {
+    if (!preverified)
+      return false;
+    X509_STORE_CTX* store = vc.native_handle();
+    if (X509_STORE_CTX_get_error_depth(store) > 0)
+      return true;  // a CA of the chain; the role is the leaf's
+    X509* cert = X509_STORE_CTX_get_current_cert(store);
+    char name[256] = {};
+    int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, name, sizeof(name));
+    return n > 0 && size_t(n) < sizeof(name) && peer == name;
+  });
+}
+
 } // namespace
 
 // -- server -------------------------------------------------------------------
@@ -235,6 +304,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   request_handler on_request;
   close_handler on_closed;
   asio::io_context io;
+  asio::ssl::context tls_context{asio::ssl::context::tls_server};
   tcp::acceptor acceptor{io};
   asio::steady_timer accept_retry{io};
   std::unordered_map<connection_id, std::shared_ptr<connection>> connections;
@@ -256,15 +326,18 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 class server::impl::connection : public channel {
  public:
   connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s)
-      : channel(std::move(s), srv->opts.limits, srv->opts.frame_timeout_ms,
-                srv->opts.max_queued_frames),
+      : channel(std::move(s), srv->tls_context, srv->opts.tls.enabled(), srv->opts.limits,
+                srv->opts.frame_timeout_ms, srv->opts.max_queued_frames),
         srv_(std::move(srv)), id_(id) {}
 
   void start() {
     challenge_.server_nonce = random_nonce();
     start_deadline(milliseconds(srv_->opts.handshake_timeout_ms), "proof of the secret");
-    send(0, challenge_);
-    read_next();
+    auto self = std::static_pointer_cast<connection>(shared_from_this());
+    secure(asio::ssl::stream_base::server, [self] {
+      self->send(0, self->challenge_);
+      self->read_next();
+    });
   }
 
   /// A reply left the handler: one request fewer is pending.
@@ -290,7 +363,6 @@ class server::impl::connection : public channel {
       auto expected = auth_mac(srv_->opts.secret, auth_role::client, challenge_.server_nonce,
                                response.client_nonce);
       if (!same_mac(expected, response.client_mac)) {
-        srv_->count(&server_stats::auth_failed);
         return fail({wire_errc::auth_failed, "the client did not prove the shared secret"});
       }
       authenticated_ = true;
@@ -317,8 +389,9 @@ class server::impl::connection : public channel {
   void on_close(const wire_error& why) override {
     if (why.code == wire_errc::timed_out)
       srv_->count(&server_stats::timed_out);
-    else if (why.code != wire_errc::closed && why.code != wire_errc::io &&
-             why.code != wire_errc::auth_failed)
+    else if (why.code == wire_errc::auth_failed)
+      srv_->count(&server_stats::auth_failed);  // a wrong MAC, a refused certificate
+    else if (why.code != wire_errc::closed && why.code != wire_errc::io)
       srv_->count(&server_stats::bad_frames);
     srv_->count(&server_stats::open, -1);
     auto self = srv_->connections.find(id_);
@@ -382,6 +455,8 @@ server::server(server_options opts, request_handler on_request, close_handler on
   if (opts.limits.width <= 0 || opts.limits.context <= 0 || opts.limits.vocab <= 0 ||
       opts.limits.layers <= 0)
     throw std::runtime_error("the wire server needs the model's limits (width, context, vocab, layers)");
+  if (opts.tls.enabled())
+    configure_tls(impl_->tls_context, opts.tls, "wire server");
   impl_->opts = std::move(opts);
   impl_->on_request = std::move(on_request);
   impl_->on_closed = std::move(on_close);
@@ -462,6 +537,7 @@ struct client::impl {
   client_options opts;
   std::function<void(const wire_error&)> on_closed;
   asio::io_context io;
+  asio::ssl::context tls_context{asio::ssl::context::tls_client};
   std::shared_ptr<connection> conn;
   std::thread thread;
   std::atomic<bool> open{false};
@@ -472,7 +548,8 @@ struct client::impl {
 class client::impl::connection : public channel {
  public:
   connection(client::impl& c, tcp::socket s)
-      : channel(std::move(s), c.opts.limits, c.opts.frame_timeout_ms, c.opts.max_pending_requests + 1),
+      : channel(std::move(s), c.tls_context, c.opts.tls.enabled(), c.opts.limits,
+                c.opts.frame_timeout_ms, c.opts.max_pending_requests + 1),
         client_(c) {}
 
   std::promise<wire_error> ready;  // an error with code closed and no text: connected
@@ -481,7 +558,7 @@ class client::impl::connection : public channel {
   void start(const tcp::resolver::results_type& endpoints) {
     auto ms = client_.opts.connect_timeout_ms;
     start_deadline(milliseconds(ms), "authenticated connection");
-    asio::async_connect(socket_, endpoints,
+    asio::async_connect(socket(), endpoints,
                         [self = std::static_pointer_cast<connection>(shared_from_this())](
                           const asio::error_code& ec, const tcp::endpoint&) {
                           if (self->closed())
@@ -490,8 +567,8 @@ class client::impl::connection : public channel {
                             return self->fail({wire_errc::io, fmt::format("cannot connect: {}",
                                                                           ec.message())});
                           asio::error_code ignored;
-                          self->socket_.set_option(tcp::no_delay(true), ignored);
-                          self->read_next();
+                          self->socket().set_option(tcp::no_delay(true), ignored);
+                          self->secure(asio::ssl::stream_base::client, [self] { self->read_next(); });
                         });
   }
 
@@ -593,6 +670,13 @@ result<std::unique_ptr<client>> client::connect(client_options opts,
   p->opts = std::move(opts);
   p->on_closed = std::move(on_close);
   auto& o = p->opts;
+  if (o.tls.enabled()) {
+    try {
+      configure_tls(p->tls_context, o.tls, "wire client");
+    } catch (const std::exception& e) {
+      return wire_error{wire_errc::auth_failed, e.what()};
+    }
+  }
   asio::error_code ec;
   tcp::resolver resolver(p->io);
   auto endpoints = resolver.resolve(o.host, std::to_string(o.port), ec);

@@ -16,6 +16,8 @@
 // requests and matches replies by request id; a broken or fake server's
 // frames are checked against the same limits.
 //
+// With tls_options, both sides speak TLS first (certificates signed by one CA,
+// each checking the other's role), then the secret's handshake inside it.
 // Both run their own I/O thread; handlers run on it and must not block.
 
 #include <cstdint>
@@ -29,11 +31,27 @@ namespace ceco::wire {
 
 using connection_id = uint64_t;
 
+/// TLS on a connection, under the secret's handshake: this node's
+/// certificate and key, the CA that signed the peer's, and the peer's role,
+/// the common name its certificate must carry ("ceco cloud" for the edge to
+/// check, "ceco edge" for the cloud; deploy/make-tls-certs.sh makes both).
+/// All empty: plain TCP.
+struct tls_options {
+  std::string certificate;
+  std::string key;
+  std::string ca_file;
+  std::string peer_name;
+  bool enabled() const {
+    return !certificate.empty() || !key.empty() || !ca_file.empty() || !peer_name.empty();
+  }
+};
+
 struct server_options {
   std::string host = "127.0.0.1";
   uint16_t port = 0;               // 0: any free port (see server::port)
   std::string secret;              // required unless insecure
   bool insecure = false;           // accept an empty secret (loopback tests, trusted zones)
+  tls_options tls;
   wire_limits limits;              // what requests are checked against
   int handshake_timeout_ms = 3000; // from accept to a proven secret
   int frame_timeout_ms = 10000;    // from a frame's first byte to its last
@@ -85,6 +103,7 @@ struct client_options {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   std::string secret;
+  tls_options tls;
   wire_limits limits;               // what replies are checked against
   int connect_timeout_ms = 5000;    // connect and handshake
   int frame_timeout_ms = 10000;

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <asio.hpp>
+#include <cstdlib>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -402,6 +403,91 @@ TEST_CASE("wire transport: a peer that sends but never reads is closed at the qu
   CHECK(p.closed_within(5000) >= 0);
   CHECK(cloud.srv.stats().bad_frames == 1);
   cloud.serves_a_good_client();
+}
+
+namespace {
+
+/// A CA and a certificate per role, made by deploy/make-tls-certs.sh.
+struct test_certificates {
+  test_certificates() {
+    char pattern[] = "/tmp/ceco-wire-tls-XXXXXX";
+    REQUIRE(::mkdtemp(pattern) != nullptr);
+    dir = pattern;
+    auto cmd = "sh " + std::string(CECO_SOURCE_DIR) + "/deploy/make-tls-certs.sh " + dir + " >/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+  }
+  ~test_certificates() { std::system(("rm -rf " + dir).c_str()); }
+  tls_options as(const std::string& node, const std::string& peer) const {
+    return {dir + "/" + node + ".pem", dir + "/" + node + "-key.pem", dir + "/ca.pem", peer};
+  }
+  std::string dir;
+};
+
+} // namespace
+
+TEST_CASE("wire transport: TLS with certificate roles under the secret's handshake") {
+  test_certificates certs;
+  auto o = test_options();
+  o.handshake_timeout_ms = 1000;
+  o.tls = certs.as("cloud", "ceco edge");
+  echo_cloud cloud(o);
+  auto edge = cloud.client_opts();
+  edge.tls = certs.as("edge", "ceco cloud");
+
+  auto good = client::connect(edge);
+  REQUIRE_MESSAGE(ok(good), std::get<wire_error>(good).text);
+  auto r = std::get<std::unique_ptr<client>>(good)->call(infer_request{1, 9}, 2000);
+  REQUIRE(ok(r));
+  CHECK(std::get<infer_reply>(std::get<message>(r)).token == 9);
+
+  SUBCASE("an edge certificate presented as the cloud's is refused by the edge") {
+    auto fake_opts = o;
+    fake_opts.tls = certs.as("edge", "ceco edge");
+    echo_cloud fake(fake_opts);
+    auto to_fake = edge;
+    to_fake.port = fake.srv.port();
+    auto c = client::connect(to_fake);
+    REQUIRE(!ok(c));
+    CHECK(std::get<wire_error>(c).code == wire_errc::auth_failed);
+    CHECK(std::get<wire_error>(c).text.find("TLS handshake") != std::string::npos);
+  }
+  SUBCASE("the cloud's certificate presented as an edge's is refused by the cloud") {
+    auto impostor = edge;
+    impostor.tls = certs.as("cloud", "ceco cloud");
+    auto c = client::connect(impostor);
+    REQUIRE(!ok(c));
+    for (int i = 0; i < 100 && cloud.srv.stats().auth_failed == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(cloud.srv.stats().auth_failed == 1);
+  }
+  SUBCASE("the right certificate but the wrong secret is refused") {
+    auto wrong = edge;
+    wrong.secret = "not it";
+    auto c = client::connect(wrong);
+    REQUIRE(!ok(c));
+    CHECK(std::get<wire_error>(c).code == wire_errc::auth_failed);
+  }
+  SUBCASE("plain TCP to the TLS port is closed") {
+    auto plain = cloud.client_opts();
+    plain.connect_timeout_ms = 1500;
+    auto c = client::connect(plain);
+    REQUIRE(!ok(c));
+    raw_peer p(cloud.srv.port());
+    p.send(std::vector<uint8_t>(64, 0x41));
+    auto ms = p.closed_within(2000);
+    CHECK(ms >= 0);
+    CHECK(ms < 1500);
+  }
+  SUBCASE("a missing certificate file is a clear error") {
+    auto broken = edge;
+    broken.tls.certificate = certs.dir + "/nope.pem";
+    auto c = client::connect(broken);
+    REQUIRE(!ok(c));
+    CHECK(std::get<wire_error>(c).text.find("cannot load the certificate") != std::string::npos);
+  }
+  // The cloud keeps serving.
+  auto again = client::connect(edge);
+  REQUIRE_MESSAGE(ok(again), std::get<wire_error>(again).text);
 }
 
 TEST_CASE("wire: session ids come from the CSPRNG and differ in every bit position") {
