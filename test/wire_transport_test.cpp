@@ -9,15 +9,18 @@
 #include <atomic>
 #include <future>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
 #include <asio.hpp>
+#include <fmt/format.h>
 #include <cstdlib>
 #include <poll.h>
 #include <sys/socket.h>
 
 #include "net/auth.hpp"
+#include "net/sessions.hpp"
 #include "net/transport.hpp"
 
 using namespace ceco;
@@ -192,6 +195,18 @@ TEST_CASE("wire transport: an authenticated client is served; ids are fresh per 
     });
   REQUIRE(all.get_future().wait_for(std::chrono::seconds(5)) == std::future_status::ready);
   CHECK(std::count(tokens.begin(), tokens.end(), -1) == 0);
+  // Round-trip latency of one small request on loopback.
+  std::vector<double> us;
+  for (int i = 0; i < 500; ++i) {
+    auto t0 = clock_type::now();
+    auto r = cl.call(infer_request{1, i % 32}, 2000);
+    us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+    REQUIRE(ok(r));
+  }
+  std::sort(us.begin(), us.end());
+  MESSAGE("loopback infer_request round trip: median " << us[us.size() / 2] << " us, p99 "
+          << us[us.size() * 99 / 100] << " us");
+  CHECK(us[us.size() / 2] < 50'000);
   cl.close();
   CHECK(!cl.is_open());
   // The server hears of the close (so the front can release its sessions).
@@ -488,6 +503,108 @@ TEST_CASE("wire transport: TLS with certificate roles under the secret's handsha
   // The cloud keeps serving.
   auto again = client::connect(edge);
   REQUIRE_MESSAGE(ok(again), std::get<wire_error>(again).text);
+}
+
+TEST_CASE("wire transport: mutated frames from an authenticated peer never take the server down") {
+  auto o = test_options();
+  o.max_connections = 64;
+  echo_cloud cloud(o);
+  std::mt19937_64 rng(7);
+  std::vector<std::vector<uint8_t>> corpus = {
+    frame_bytes(open_session{}), frame_bytes(infer_request{1, 3}),
+    frame_bytes(generate_request{1, {1, 2, 3}, 4}), frame_bytes(close_session{1}),
+    frame_bytes(upload_msg{1, 0, {uint8_t(wire_dtype::f32), 2, 16, std::vector<uint8_t>(128, 1)}}),
+    frame_bytes(ping{1})};
+  int answered = 0, closed = 0;
+  for (int c = 0; c < 300; ++c) {
+    auto bytes = corpus[rng() % corpus.size()];
+    for (int e = 0; e < 1 + int(rng() % 3); ++e) {
+      size_t at = rng() % bytes.size();
+      if (rng() % 2)
+        bytes[at] ^= uint8_t(1u << (rng() % 8));
+      else
+        bytes[at] = uint8_t(rng());
+    }
+    if (rng() % 2 && bytes.size() >= header_size) {
+      uint32_t size = uint32_t(bytes.size() - header_size);
+      std::memcpy(&bytes[12], &size, 4);
+    }
+    raw_peer p(cloud.srv.port());
+    p.authenticate();
+    p.send(bytes);
+    asio::error_code ignored;  // the server may have closed already
+    p.socket.shutdown(tcp::socket::shutdown_send, ignored);  // no more bytes: nothing to wait for
+    auto r = p.next_frame();
+    if (ok(r))
+      ++answered;
+    CHECK(p.closed_within(2000) >= 0);
+    ++closed;
+  }
+  MESSAGE("mutated frames: " << answered << " answered (a reply or an error), " << closed
+                             << " connections closed");
+  CHECK(cloud.srv.stats().open == 0);
+  cloud.serves_a_good_client();
+}
+
+TEST_CASE("wire transport: a second connection cannot touch a session it did not open") {
+  // The front's checks in miniature: sessions bound to the opening connection.
+  session_owners owners;  // used on the server's I/O thread only
+  std::vector<uint64_t> released;
+  std::promise<void> released_once;
+  server* srv = nullptr;
+  server s(test_options(),
+           [&](connection_id c, uint32_t id, message m) {
+             if (std::holds_alternative<open_session>(m)) {
+               auto session = random_session_id();
+               owners.add(c, session);
+               return srv->reply(c, id, open_reply{session});
+             }
+             auto session = session_of(m);
+             if (!session || !owners.owns(c, *session))
+               return srv->reply(c, id, error_frame{uint8_t(ceco_errc::unknown_session),
+                                                   fmt::format("session {} is not open", session.value_or(0))});
+             if (std::holds_alternative<close_session>(m)) {
+               owners.remove(c, *session);
+               return srv->reply(c, id, session_summary{*session, 0, 0, 0});
+             }
+             srv->reply(c, id, infer_reply{0, 0});
+           },
+           [&](connection_id c, const wire_error&) {
+             auto sessions = owners.release(c);
+             if (!sessions.empty()) {
+               released = sessions;
+               released_once.set_value();
+             }
+           });
+  srv = &s;
+  client_options o;
+  o.port = s.port();
+  o.secret = secret;
+  o.limits = limits;
+  auto a = std::move(std::get<std::unique_ptr<client>>(client::connect(o)));
+  auto b = std::move(std::get<std::unique_ptr<client>>(client::connect(o)));
+  auto opened = a->call(open_session{}, 2000);
+  REQUIRE(ok(opened));
+  auto session = std::get<open_reply>(std::get<message>(opened)).session;
+  CHECK(session_of(infer_request{session, 0}) == session);
+  CHECK(!session_of(open_session{}));
+
+  for (message m : {message(infer_request{session, 0}), message(close_session{session}),
+                    message(upload_msg{session, 0, {uint8_t(wire_dtype::f32), 0, 16, {}}}),
+                    message(generate_request{session, {1}, 1})}) {
+    auto r = b->call(m, 2000);
+    REQUIRE(ok(r));
+    auto* err = std::get_if<error_frame>(&std::get<message>(r));
+    REQUIRE(err != nullptr);
+    CHECK(err->code == uint8_t(ceco_errc::unknown_session));
+  }
+  auto own = a->call(infer_request{session, 0}, 2000);
+  REQUIRE(ok(own));
+  CHECK(std::holds_alternative<infer_reply>(std::get<message>(own)));
+  // A's connection closes: its session is handed back for release.
+  a.reset();
+  REQUIRE(released_once.get_future().wait_for(std::chrono::seconds(2)) == std::future_status::ready);
+  CHECK(released == std::vector<uint64_t>{session});
 }
 
 TEST_CASE("wire: session ids come from the CSPRNG and differ in every bit position") {
