@@ -260,6 +260,22 @@ class channel : public std::enable_shared_from_this<channel> {
   uint64_t timer_generation_ = 0;
 };
 
+/// Runs `close_all` on the I/O thread (waiting at most two seconds), then
+/// stops the thread and completes the aborted operations, which release
+/// their connections.
+void shut_down(asio::io_context& io, std::thread& thread, std::function<void()> close_all) {
+  std::promise<void> done;
+  asio::post(io, [&] {
+    close_all();
+    done.set_value();
+  });
+  done.get_future().wait_for(std::chrono::seconds(2));
+  io.stop();
+  thread.join();
+  io.restart();
+  io.poll();
+}
+
 /// Our certificate and key, the CA that signs the peer's, and the peer's
 /// role: its certificate's common name must be `peer_name`.
 void configure_tls(asio::ssl::context& ctx, const tls_options& tls, const char* who) {
@@ -516,17 +532,7 @@ server_stats server::stats() const {
 void server::stop() {
   if (!impl_->thread.joinable())
     return;
-  std::promise<void> done;
-  asio::post(impl_->io, [p = impl_, &done] {
-    p->stop_on_io();
-    done.set_value();
-  });
-  done.get_future().wait_for(std::chrono::seconds(2));
-  impl_->io.stop();
-  impl_->thread.join();
-  // Completes the aborted operations, which release their connections.
-  impl_->io.restart();
-  impl_->io.poll();
+  shut_down(impl_->io, impl_->thread, [p = impl_] { p->stop_on_io(); });
 }
 
 // -- client -------------------------------------------------------------------
@@ -723,18 +729,10 @@ void client::close() {
   if (!impl_->thread.joinable())
     return;
   impl_->closing = true;
-  std::promise<void> done;
-  asio::post(impl_->io, [p = impl_, &done] {
+  shut_down(impl_->io, impl_->thread, [p = impl_] {
     if (p->conn)
       p->conn->fail({wire_errc::closed, "closed by the client"});
-    done.set_value();
   });
-  done.get_future().wait_for(std::chrono::seconds(2));
-  impl_->io.stop();
-  impl_->thread.join();
-  // Completes the aborted operations, which release their connections.
-  impl_->io.restart();
-  impl_->io.poll();
 }
 
 } // namespace ceco::wire
