@@ -607,6 +607,59 @@ TEST_CASE("wire transport: a second connection cannot touch a session it did not
   CHECK(released == std::vector<uint64_t>{session});
 }
 
+TEST_CASE("wire transport: the edge refuses a cloud's malformed replies without waiting or allocating") {
+  // A cloud that knows the secret but answers with a 4 GiB length, then one
+  // that answers a request nobody made.
+  for (int variant = 0; variant < 2; ++variant) {
+    CAPTURE(variant);
+    asio::io_context io;
+    tcp::acceptor fake(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    std::thread fake_cloud([&] {
+      tcp::socket s(io);
+      fake.accept(s);
+      auto sn = random_nonce();
+      asio::write(s, asio::buffer(frame_bytes(auth_challenge{sn}, 0)));
+      std::vector<uint8_t> response(header_size + nonce_size + mac_size);
+      asio::read(s, asio::buffer(response));
+      auto r = std::get<auth_response>(std::get<frame>(decode(response.data(), response.size(), limits)).msg);
+      asio::write(s, asio::buffer(frame_bytes(auth_ok{auth_mac(secret, auth_role::server, sn, r.client_nonce)}, 0)));
+      std::vector<uint8_t> request(header_size + 12);
+      asio::read(s, asio::buffer(request));
+      uint32_t id = 0;
+      std::memcpy(&id, &request[8], 4);
+      auto reply = frame_bytes(infer_reply{1, 1}, variant == 0 ? id : id + 1000);
+      if (variant == 0)
+        std::memset(&reply[12], 0xFF, 4);
+      asio::error_code ignored;
+      asio::write(s, asio::buffer(reply), ignored);
+      std::vector<uint8_t> rest(1);
+      asio::read(s, asio::buffer(rest), ignored);  // until the edge closes
+    });
+    client_options o;
+    o.port = fake.local_endpoint().port();
+    o.secret = secret;
+    o.limits = limits;
+    auto c = client::connect(o);
+    REQUIRE_MESSAGE(ok(c), std::get<wire_error>(c).text);
+    auto& cl = *std::get<std::unique_ptr<client>>(c);
+    auto t0 = clock_type::now();
+    auto r = cl.call(infer_request{1, 2}, 3000);
+    REQUIRE(!ok(r));
+    auto& err = std::get<wire_error>(r);
+    CHECK(std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count() < 1000);
+    if (variant == 0) {
+      CHECK(err.code == wire_errc::too_large);
+      CHECK(err.text == "infer_reply frame: payload size expected at most 12 bytes, got 4294967295");
+    } else {
+      CHECK(err.code == wire_errc::not_allowed);
+      CHECK(err.text.find("which is not pending") != std::string::npos);
+    }
+    CHECK(!cl.is_open());
+    cl.close();
+    fake_cloud.join();
+  }
+}
+
 TEST_CASE("wire: session ids come from the CSPRNG and differ in every bit position") {
   std::set<uint64_t> ids;
   uint64_t ones = 0, zeros = 0;
