@@ -320,6 +320,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   request_handler on_request;
   close_handler on_closed;
   asio::io_context io;
+  // Keeps the I/O thread up until stop(), so shut_down's work always runs.
+  asio::executor_work_guard<asio::io_context::executor_type> keep_running{io.get_executor()};
   asio::ssl::context tls_context{asio::ssl::context::tls_server};
   tcp::acceptor acceptor{io};
   asio::steady_timer accept_retry{io};
@@ -543,6 +545,7 @@ struct client::impl {
   client_options opts;
   std::function<void(const wire_error&)> on_closed;
   asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> keep_running{io.get_executor()};
   asio::ssl::context tls_context{asio::ssl::context::tls_client};
   std::shared_ptr<connection> conn;
   std::thread thread;

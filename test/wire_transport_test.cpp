@@ -162,7 +162,7 @@ std::vector<uint8_t> frame_bytes(const message& m, uint32_t id = 1) {
 
 } // namespace
 
-TEST_CASE("wire transport: an authenticated client is served; ids are fresh per open") {
+TEST_CASE("wire transport: an authenticated client is served and ids are fresh per open") {
   echo_cloud cloud;
   auto c = client::connect(cloud.client_opts());
   REQUIRE_MESSAGE(ok(c), std::get<wire_error>(c).text);
@@ -438,10 +438,16 @@ struct test_certificates {
   std::string dir;
 };
 
+/// Made once per process: each subcase runs the test case again.
+const test_certificates& shared_certificates() {
+  static test_certificates certs;
+  return certs;
+}
+
 } // namespace
 
 TEST_CASE("wire transport: TLS with certificate roles under the secret's handshake") {
-  test_certificates certs;
+  const auto& certs = shared_certificates();
   auto o = test_options();
   o.handshake_timeout_ms = 1000;
   o.tls = certs.as("cloud", "ceco edge");
