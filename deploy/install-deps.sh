@@ -6,7 +6,8 @@
 #
 # gnuplot-nox draws the plots of `ceco experiment`; bible-kjv is the corpus
 # the built-in model was trained on (README "The built-in default model");
-# openssl makes TLS certificates (deploy/make-tls-certs.sh).
+# openssl makes TLS certificates (deploy/make-tls-certs.sh); libasio-dev
+# (standalone asio) and libssl-dev carry the edge-cloud wire protocol.
 # libopenblas0 matters: without it libtorch falls back to the reference BLAS
 # and matrix products are 2-20x slower.
 set -euo pipefail
@@ -16,6 +17,7 @@ packages=(
   libtorch-dev libopenblas0
   libcaf-dev
   libfmt-dev libcereal-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
+  libasio-dev libssl-dev
   doctest-dev
   gnuplot-nox
   bible-kjv
