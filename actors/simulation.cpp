@@ -134,7 +134,12 @@ edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
   edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
                  caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
-  o.mode = mode.empty() ? settings_.policy.mode : mode;
+  const auto& name = mode.empty() ? settings_.policy.mode : mode;
+  auto parsed = parse_strategy(name);
+  if (!parsed)
+    throw config_error(fmt::format(
+      "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", name));
+  o.mode = *parsed;
   o.prompt = prompt;
   o.max_tokens = max_tokens > 0 ? max_tokens : settings_.generation.max_tokens;
   o.eos = model_.vocab.eos();
@@ -142,9 +147,6 @@ edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
   o.exits = settings_.model.exits;
   o.sync_upload = settings_.upload.mode == "sync";
   o.timeout = std::chrono::milliseconds(settings_.cloud.request_timeout_ms);
-  if (o.mode != "cloud" && o.mode != "naive" && o.mode != "standalone" && o.mode != "collaborative")
-    throw config_error(fmt::format(
-      "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", o.mode));
   if (prompt.empty())
     throw config_error("the prompt has no tokens");
   if (int(prompt.size()) >= o.max_seq)
