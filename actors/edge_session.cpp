@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "actors/hidden_rows.hpp"
+
 namespace ceco {
 
 std::optional<strategy> parse_strategy(std::string_view name) {
@@ -54,11 +56,9 @@ struct edge_session_state {
   int64_t link_epoch = 0;                // the link's epoch when the cloud session opened
   int32_t pos = 0;                       // next position the edge computes
   std::vector<int32_t> input;            // tokens of the next edge step
-  // Every split state so far, f32 bytes: naive sends them all each token;
+  // Every split state so far: naive sends them all each token;
   // collaborative re-uploads them to a new cloud session after a loss.
-  std::vector<uint8_t> split_rows;
-  int32_t split_rows_count = 0;
-  int32_t split_cols = 0;
+  hidden_rows context;
   int32_t uploads_in_flight = 0;
   clock_type::time_point started;
   int32_t fallback_token = 0;  // the deepest exit's token for the current position
@@ -199,11 +199,7 @@ int exit_index_of(const edge_session_state& st, int32_t layer) {
 void ask_naive(self_ptr self) {
   auto& st = self->state;
   ++st.report.cloud_requests;
-  naive_request req{st.session, {}};
-  req.states.dtype = uint8_t(wire_dtype::f32);
-  req.states.rows = st.split_rows_count;
-  req.states.cols = st.split_cols;
-  req.states.bytes = st.split_rows;
+  naive_request req{st.session, st.context.encode(wire_dtype::f32)};
   auto sent = clock_type::now();
   self->request(st.site.cloud, st.opts.timeout, std::move(req))
     .then(
@@ -321,11 +317,8 @@ void forward(self_ptr self) {
         st.report.edge_us += out.compute_us;
         st.pos = start + n;
         const int32_t last = start + n - 1;
-        if (st.is(strategy::naive) || (st.is(strategy::collaborative) && st.site.link)) {
-          st.split_rows.insert(st.split_rows.end(), out.split.bytes.begin(), out.split.bytes.end());
-          st.split_rows_count += out.split.rows;
-          st.split_cols = out.split.cols;
-        }
+        if (st.is(strategy::naive) || (st.is(strategy::collaborative) && st.site.link))
+          st.context.append(out.split);
         if (st.is(strategy::naive))
           return ask_naive(self);
         if (st.is(strategy::collaborative) && !st.degraded()) {
@@ -358,15 +351,10 @@ void resume(self_ptr self, int64_t epoch) {
         st.at = phase::running;
         ++st.report.resumed;
         fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
-                           "collaboratively\n", st.split_rows_count);
-        if (st.split_rows_count == 0)
+                           "collaboratively\n", st.context.rows);
+        if (st.context.rows == 0)
           return forward(self);
-        tensor_blob context;
-        context.dtype = uint8_t(wire_dtype::f32);
-        context.rows = st.split_rows_count;
-        context.cols = st.split_cols;
-        context.bytes = st.split_rows;
-        upload(self, context, 0, [=] { forward(self); });
+        upload(self, st.context.encode(wire_dtype::f32), 0, [=] { forward(self); });
       },
       [=](caf::error&) {  // not yet: stay on the edge
         self->state.at = phase::degraded;

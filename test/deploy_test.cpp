@@ -10,7 +10,7 @@
 #include <caf/io/all.hpp>
 #include <nlohmann/json.hpp>
 
-#include "actors/simulation.hpp"
+#include "actors/deployment.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -222,7 +222,7 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
 
   // The model's hello, as an edge with the default settings sends it.
   auto s = load_settings("", {"model.path=" + stories_gguf()});
-  auto m = load_sim_model(s, stories_gguf());
+  auto m = load_site_model(s, stories_gguf());
   self->request(*front, timeout, make_hello(s, m))
     .receive([&](hello_msg& h) { CHECK(h.split == 3); }, [&](caf::error& e) { FAIL(describe(e)); });
   uint64_t id = 0;
