@@ -3,12 +3,15 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <caf/io/all.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "actors/deployment.hpp"
@@ -73,6 +76,25 @@ run_result run_edge(const std::string& args) {
 /// `ceco edge <args>` with its errors (stderr) in the output.
 run_result run_edge_with_errors(const std::string& args) {
   return run_shell(std::string(CECO_BINARY) + " edge " + args + model_arg() + " 2>&1");
+}
+
+/// Whether a TCP connection to local port `port` is established (from
+/// /proc/net/tcp: local address and port in hex, state 01).
+bool connection_established(int port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  const auto local_port = fmt::format(":{:04X} ", port);
+  while (std::getline(in, line)) {
+    auto local = line.find(':', line.find(':') + 1);  // after "sl:"
+    if (local == std::string::npos || line.compare(local, local_port.size(), local_port) != 0)
+      continue;
+    std::istringstream fields(line);
+    std::string sl, local_address, remote_address, state;
+    fields >> sl >> local_address >> remote_address >> state;
+    if (state == "01")
+      return true;
+  }
+  return false;
 }
 
 /// Ends a test that cannot run on this machine. Under CTest (which sets
@@ -153,7 +175,9 @@ TEST_CASE("ceco cloud --stats reports the tokens it answered and its steps") {
                 "port=$(head -1 " + log + " | sed 's/.*:\\([0-9]*\\) over.*/\\1/')\n" +
                 bin + " edge --set cloud.port=$port --set policy.threshold=1.5 --max-tokens 20" +
                 model_arg() + " > /dev/null 2>&1 || echo edge failed\n"
-                "sleep 0.6; kill -INT $(cat " + tmp.file("pid") + "); sleep 0.3; cat " + log;
+                "sleep 0.6; kill -INT $(cat " + tmp.file("pid") + ")\n"
+                "for i in $(seq 50); do grep -q 'SIGINT received' " + log + " && break; sleep 0.1; done\n"
+                "sleep 0.2; cat " + log;
   auto r = run_shell(script);
   CAPTURE(r.out);
   CHECK(r.out.find("edge failed") == std::string::npos);
@@ -307,7 +331,11 @@ TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects
                  "--max-tokens 300 --json --prompts " + std::string(CECO_SOURCE_DIR) +
                  "/test/two-prompts.txt --set cloud.port=" + std::to_string(port));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Mid-response: once the edge is connected (its start-up takes a second or
+  // more on a loaded machine) and a few of its 300 tokens of >= 20 ms are done.
+  for (int i = 0; i < 200 && !connection_established(port); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   first->kill_now();
   // The edge finishes the first response alone, then tries to reconnect
   // with backoff; a new cloud on the same port picks up the next one.
@@ -335,7 +363,9 @@ TEST_CASE("a hung cloud is noticed by heartbeats and the edge finishes alone") {
     r = run_edge("--set policy.threshold=1.5 --set link.latency_ms=10 --set cloud.heartbeat_ms=200 "
                  "--set cloud.connect_tries=1 --max-tokens 300 --json" + port_arg(cloud));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  for (int i = 0; i < 200 && !connection_established(cloud.port); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   cloud.signal(SIGSTOP);  // alive but silent: only heartbeats can tell
   edge.join();
   auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
