@@ -6,6 +6,7 @@
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 
+#include "actors/hidden_rows.hpp"
 #include "model/generation.hpp"
 #include "model/sampler.hpp"
 #include "model/transformer.hpp"
@@ -44,9 +45,8 @@ struct cloud_layers_state {
 };
 
 /// fp32 [rows, n_embd] tensor on the model's device from a checked blob.
-at::Tensor to_tensor(const tensor_blob& b, const transformer& m) {
-  auto x = at::empty({b.rows, b.cols}, at::kFloat);
-  read_blob(b, x.data_ptr<float>());
+at::Tensor on_device(const tensor_blob& b, const transformer& m) {
+  auto x = to_tensor(b);
   return m.device().is_cpu() ? x : x.to(m.device());
 }
 
@@ -98,7 +98,7 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
     }
     if (w.states.rows == 0)
       continue;
-    inputs[i] = to_tensor(w.states, m);
+    inputs[i] = on_device(w.states, m);
     seqs.push_back({&inputs[i], w.start, &w.ctx->cache});
     seq_work.push_back(i);
   }
@@ -185,7 +185,7 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
         c10::InferenceMode guard;
         // Recomputes every position: no state is kept between requests.
         auto cache = m.make_cache(self->state.split, n_layer, req.states.rows);
-        auto x = to_tensor(req.states, m);
+        auto x = on_device(req.states, m);
         m.forward_layers(x, 0, self->state.split, n_layer, cache);
         infer_reply r;
         r.token = final_token(self->state, x);

@@ -4,7 +4,26 @@
 
 #include <fmt/format.h>
 
+#include "actors/hidden_rows.hpp"
+
 namespace ceco {
+
+std::optional<strategy> parse_strategy(std::string_view name) {
+  for (auto s : {strategy::cloud, strategy::naive, strategy::standalone, strategy::collaborative})
+    if (name == to_string(s))
+      return s;
+  return std::nullopt;
+}
+
+const char* to_string(strategy s) {
+  switch (s) {
+    case strategy::cloud: return "cloud";
+    case strategy::naive: return "naive";
+    case strategy::standalone: return "standalone";
+    case strategy::collaborative: return "collaborative";
+  }
+  return "unknown";
+}
 
 namespace {
 
@@ -14,30 +33,40 @@ int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
 }
 
+/// Where a session is; see the diagram in edge_session.hpp.
+enum class phase {
+  idle,       // spawned, not yet run
+  opening,    // asking the link's epoch and opening the cloud session
+  running,    // the token loop of the strategy
+  degraded,   // collaborative, the cloud lost: the token loop on the edge alone
+  resuming,   // the link is back: opening a new cloud session
+  closing,    // finished; waits for uploads in flight before closing the cloud session
+  reporting,  // closing the cloud session, collecting byte counts, delivering
+};
+
 struct edge_session_state {
   edge_site site;
   edge_session_options opts;
+  phase at = phase::idle;
   response_report report;
   caf::typed_response_promise<response_report> promise;
-  uint64_t session = 0;              // the current cloud session
-  uint64_t edge_id = 0;              // the edge layers' cache for this response
-  bool cloud_session = false;        // whether a cloud session was opened
-  std::vector<uint64_t> cloud_sessions;  // every one this response used
-  int64_t link_epoch = 0;            // the link's epoch when the cloud session opened
-  int32_t pos = 0;                   // next position the edge computes
-  std::vector<int32_t> input;        // tokens of the next edge step
-  // Every split state so far, f32 bytes: naive sends them all each token;
+  uint64_t session = 0;                  // the current cloud session
+  uint64_t edge_id = 0;                  // the edge layers' cache for this response
+  std::vector<uint64_t> cloud_sessions;  // every one this response opened
+  int64_t link_epoch = 0;                // the link's epoch when the cloud session opened
+  int32_t pos = 0;                       // next position the edge computes
+  std::vector<int32_t> input;            // tokens of the next edge step
+  // Every split state so far: naive sends them all each token;
   // collaborative re-uploads them to a new cloud session after a loss.
-  std::vector<uint8_t> split_rows;
-  int32_t split_rows_count = 0;
-  int32_t split_cols = 0;
+  hidden_rows context;
   int32_t uploads_in_flight = 0;
   clock_type::time_point started;
-  bool finished = false;
-  bool close_pending = false;        // finished, closing once uploads settle
-  bool degraded = false;             // the cloud was lost: standalone from here on
-  int32_t fallback_token = 0;        // the deepest exit's token for the current position
+  int32_t fallback_token = 0;  // the deepest exit's token for the current position
   static inline const char* name = "edge_session";
+
+  bool is(strategy s) const { return opts.mode == s; }
+  bool degraded() const { return at == phase::degraded || at == phase::resuming; }
+  bool finished() const { return at == phase::closing || at == phase::reporting; }
 };
 
 using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
@@ -46,6 +75,7 @@ void step(self_ptr self);
 void forward(self_ptr self);
 void finish(self_ptr self, const std::string& error = {});
 void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last);
+void generate_in_cloud(self_ptr self);
 void close_cloud(self_ptr self);
 
 /// Round trip minus the time the cloud reports: the network's share.
@@ -55,12 +85,98 @@ void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t clou
   self->state.report.comm_us += std::max<int64_t>(0, rtt - cloud_us);
 }
 
+/// The cloud is out of reach: the response goes on on the edge alone.
+void lose_cloud(self_ptr self, clock_type::time_point sent) {
+  self->state.at = phase::degraded;
+  self->state.report.comm_us += us_since(sent);
+}
+
+// -- opening ---------------------------------------------------------------------
+
+void opened(self_ptr self, uint64_t id, clock_type::time_point sent) {
+  auto& st = self->state;
+  st.session = id;
+  st.cloud_sessions.push_back(id);
+  st.report.comm_us += us_since(sent);
+}
+
+void open_cloud(self_ptr self) {
+  auto& st = self->state;
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
+    .then(
+      [=](uint64_t id) {
+        opened(self, id, sent);
+        if (self->state.is(strategy::cloud))
+          return generate_in_cloud(self);
+        self->state.at = phase::running;
+        step(self);
+      },
+      [=](caf::error& err) {
+        auto& st = self->state;
+        if (st.is(strategy::collaborative) && st.site.link
+            && is(err, ceco_errc::cloud_unreachable)) {
+          // Start on the edge alone; the response resumes collaboratively
+          // if the link reconnects while it runs.
+          lose_cloud(self, sent);
+          fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
+          return step(self);
+        }
+        finish(self, "open session: " + describe(err));
+      });
+}
+
+void start(self_ptr self) {
+  auto& st = self->state;
+  st.started = clock_type::now();
+  st.input = st.opts.prompt;
+  st.edge_id = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
+  if (st.is(strategy::standalone)) {
+    st.at = phase::running;
+    return step(self);
+  }
+  st.at = phase::opening;
+  if (!st.site.link)
+    return open_cloud(self);
+  // The link's epoch now: a reconnection later is what lets a session that
+  // lost the cloud resume.
+  self->request(st.site.link, st.opts.timeout, status_atom::value)
+    .then(
+      [=](int64_t epoch) {
+        self->state.link_epoch = epoch;
+        open_cloud(self);
+      },
+      [=](caf::error&) { open_cloud(self); });
+}
+
+// -- the cloud strategy: open ─▶ generate ─▶ close ---------------------------------
+
+void generate_in_cloud(self_ptr self) {
+  auto& st = self->state;
+  st.at = phase::running;
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout,
+                generate_request{st.session, st.opts.prompt, st.opts.max_tokens})
+    .then(
+      [=](generate_reply& r) {
+        auto& report = self->state.report;
+        account_round_trip(self, sent, r.cloud_us);
+        report.tokens = std::move(r.tokens);
+        report.cloud_tokens = int32_t(report.tokens.size());
+        report.cloud_requests = 1;
+        finish(self);
+      },
+      [=](caf::error& err) { finish(self, "cloud generate: " + describe(err)); });
+}
+
+// -- the token loop: naive, standalone, collaborative --------------------------------
+
 void emit(self_ptr self, int32_t token, int exit_index) {
   auto& st = self->state;
   if (token == st.opts.eos)
     return finish(self);
   st.report.tokens.push_back(token);
-  if (st.degraded)
+  if (st.degraded())
     ++st.report.degraded_tokens;
   if (exit_index >= 0)
     ++st.report.exit_counts[size_t(exit_index)];
@@ -79,6 +195,22 @@ int exit_index_of(const edge_session_state& st, int32_t layer) {
   return int(st.opts.exits.size()) - 1;  // standalone fallback: the deepest exit
 }
 
+/// Naive: every split state so far, f32, for the cloud to recompute over.
+void ask_naive(self_ptr self) {
+  auto& st = self->state;
+  ++st.report.cloud_requests;
+  naive_request req{st.session, st.context.encode(wire_dtype::f32)};
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout, std::move(req))
+    .then(
+      [=](infer_reply& r) {
+        account_round_trip(self, sent, r.cloud_us);
+        emit(self, r.token, -1);
+      },
+      [=](caf::error& err) { finish(self, "naive request: " + describe(err)); });
+}
+
+/// Collaborative, no exit fired: the cloud's token for position `last`.
 void ask_cloud(self_ptr self, int32_t last) {
   auto& st = self->state;
   ++st.report.cloud_requests;
@@ -94,42 +226,19 @@ void ask_cloud(self_ptr self, int32_t last) {
       [=](caf::error& err) {
         // The cloud is gone or not answering: go on on the edge alone, as
         // standalone would, until the link reconnects (see step).
-        auto& st = self->state;
-        st.degraded = true;
-        st.report.comm_us += us_since(sent);
+        lose_cloud(self, sent);
         fmt::print(stderr, "ceco: cloud request failed ({}); continuing on the edge alone\n",
                    describe(err));
+        auto& st = self->state;
         emit(self, st.fallback_token, int(st.opts.exits.size()) - 1);
       });
-}
-
-void decide(self_ptr self, edge_output& out, int32_t last) {
-  auto& st = self->state;
-  if (st.opts.mode == "naive") {
-    ++st.report.cloud_requests;
-    naive_request req{st.session, {}};
-    req.states.dtype = uint8_t(wire_dtype::f32);
-    req.states.rows = st.split_rows_count;
-    req.states.cols = out.split.cols;
-    req.states.bytes = st.split_rows;
-    auto sent = clock_type::now();
-    self->request(st.site.cloud, st.opts.timeout, std::move(req))
-      .then(
-        [=](infer_reply& r) {
-          account_round_trip(self, sent, r.cloud_us);
-          emit(self, r.token, -1);
-        },
-        [=](caf::error& err) { finish(self, "naive request: " + describe(err)); });
-    return;
-  }
-  evaluate(self, std::make_shared<tensor_blob>(std::move(out.exit_states)), last);
 }
 
 /// Asks the exit evaluator about the position `last`: the placed one, or
 /// the edge's own for standalone and after the cloud was lost.
 void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) {
   auto& st = self->state;
-  const bool local = st.opts.mode == "standalone" || st.degraded || !st.site.local_evaluator
+  const bool local = st.is(strategy::standalone) || st.degraded() || !st.site.local_evaluator
                      || st.site.evaluator == st.site.local_evaluator;
   auto evaluator = local && st.site.local_evaluator ? st.site.local_evaluator : st.site.evaluator;
   auto sent = clock_type::now();
@@ -143,18 +252,16 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
           st.report.edge_us += d.compute_us;
         else
           account_round_trip(self, sent, d.compute_us);  // evaluated on the cloud
-        if (st.opts.mode == "standalone" || st.degraded || d.exit_layer >= 0)
+        if (st.is(strategy::standalone) || st.degraded() || d.exit_layer >= 0)
           return emit(self, d.token, exit_index_of(st, d.exit_layer));
         st.fallback_token = d.token;
         ask_cloud(self, last);
       },
       [=](caf::error& err) {
-        auto& st = self->state;
         if (local)
           return finish(self, "exit evaluator: " + describe(err));
         // The evaluator on the cloud is out of reach: continue on the edge.
-        st.degraded = true;
-        st.report.comm_us += us_since(sent);
+        lose_cloud(self, sent);
         fmt::print(stderr, "ceco: exit evaluation on the cloud failed ({}); continuing on the "
                            "edge alone\n", describe(err));
         evaluate(self, states, last);
@@ -166,10 +273,8 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
 void upload_settled(self_ptr self) {
   auto& st = self->state;
   --st.uploads_in_flight;
-  if (st.close_pending && st.uploads_in_flight == 0) {
-    st.close_pending = false;
+  if (st.at == phase::closing && st.uploads_in_flight == 0)
     close_cloud(self);
-  }
 }
 
 void upload(self_ptr self, const tensor_blob& split, int32_t start, std::function<void()> next) {
@@ -182,13 +287,9 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
                          split);
   if (!st.opts.sync_upload) {
     // Asynchronous: the token loop goes on at once; the ack only settles
-    // the count (an error here surfaces as the cloud's request failing).
-    h.then([=](int32_t) { upload_settled(self); },
-           [=](caf::error&) {
-             // A lost upload surfaces as the failure of the cloud request
-             // that needs it, which switches the session to the edge alone.
-             upload_settled(self);
-           });
+    // the count. A lost upload surfaces as the failure of the cloud request
+    // that needs it, which switches the session to the edge alone.
+    h.then([=](int32_t) { upload_settled(self); }, [=](caf::error&) { upload_settled(self); });
     next();
     return;
   }
@@ -204,53 +305,7 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
     });
 }
 
-/// After a loss, once the link is back: a new cloud session, to which the
-/// edge uploads every position so far (the new cloud lacks them all), and
-/// the response goes on collaboratively.
-void resume(self_ptr self, int64_t epoch) {
-  auto& st = self->state;
-  st.link_epoch = epoch;
-  auto sent = clock_type::now();
-  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
-    .then(
-      [=](uint64_t id) {
-        auto& st = self->state;
-        st.report.comm_us += us_since(sent);
-        st.session = id;
-        st.cloud_sessions.push_back(id);
-        st.degraded = false;
-        ++st.report.resumed;
-        fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
-                           "collaboratively\n", st.split_rows_count);
-        if (st.split_rows_count == 0)
-          return forward(self);
-        tensor_blob context;
-        context.dtype = uint8_t(wire_dtype::f32);
-        context.rows = st.split_rows_count;
-        context.cols = st.split_cols;
-        context.bytes = st.split_rows;
-        upload(self, context, 0, [=] { forward(self); });
-      },
-      [=](caf::error&) { forward(self); });  // not yet: stay on the edge
-}
-
-void step(self_ptr self) {
-  auto& st = self->state;
-  if (st.degraded && st.opts.mode == "collaborative" && st.site.link) {
-    // Has the link reconnected since this session lost the cloud?
-    self->request(st.site.link, st.opts.timeout, status_atom::value)
-      .then(
-        [=](int64_t epoch) {
-          if (epoch > self->state.link_epoch)
-            return resume(self, epoch);
-          forward(self);
-        },
-        [=](caf::error&) { forward(self); });
-    return;
-  }
-  forward(self);
-}
-
+/// The edge layers over the next input; then the strategy's decision.
 void forward(self_ptr self) {
   auto& st = self->state;
   const int32_t start = st.pos;
@@ -262,20 +317,68 @@ void forward(self_ptr self) {
         st.report.edge_us += out.compute_us;
         st.pos = start + n;
         const int32_t last = start + n - 1;
-        if (st.opts.mode == "naive" || (st.opts.mode == "collaborative" && st.site.link)) {
-          st.split_rows.insert(st.split_rows.end(), out.split.bytes.begin(), out.split.bytes.end());
-          st.split_rows_count += out.split.rows;
-          st.split_cols = out.split.cols;
-        }
-        if (st.opts.mode == "collaborative" && !st.degraded) {
+        if (st.is(strategy::naive) || (st.is(strategy::collaborative) && st.site.link))
+          st.context.append(out.split);
+        if (st.is(strategy::naive))
+          return ask_naive(self);
+        if (st.is(strategy::collaborative) && !st.degraded()) {
           auto shared = std::make_shared<edge_output>(std::move(out));
-          upload(self, shared->split, start, [=] { decide(self, *shared, last); });
+          upload(self, shared->split, start, [=] {
+            evaluate(self, std::make_shared<tensor_blob>(std::move(shared->exit_states)), last);
+          });
           return;
         }
-        decide(self, out, last);
+        evaluate(self, std::make_shared<tensor_blob>(std::move(out.exit_states)), last);
       },
       [=](caf::error& err) { finish(self, "edge layers: " + describe(err)); });
 }
+
+// -- degraded ─▶ resuming ─▶ running -----------------------------------------------
+
+/// Once the link is back: a new cloud session, to which the edge uploads
+/// every position so far (the new cloud lacks them all), and the response
+/// goes on collaboratively.
+void resume(self_ptr self, int64_t epoch) {
+  auto& st = self->state;
+  st.at = phase::resuming;
+  st.link_epoch = epoch;
+  auto sent = clock_type::now();
+  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
+    .then(
+      [=](uint64_t id) {
+        opened(self, id, sent);
+        auto& st = self->state;
+        st.at = phase::running;
+        ++st.report.resumed;
+        fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
+                           "collaboratively\n", st.context.rows);
+        if (st.context.rows == 0)
+          return forward(self);
+        upload(self, st.context.encode(wire_dtype::f32), 0, [=] { forward(self); });
+      },
+      [=](caf::error&) {  // not yet: stay on the edge
+        self->state.at = phase::degraded;
+        forward(self);
+      });
+}
+
+/// One token step: when degraded, first asks whether the link has
+/// reconnected since this session lost the cloud.
+void step(self_ptr self) {
+  auto& st = self->state;
+  if (st.at != phase::degraded || !st.site.link)
+    return forward(self);
+  self->request(st.site.link, st.opts.timeout, status_atom::value)
+    .then(
+      [=](int64_t epoch) {
+        if (epoch > self->state.link_epoch)
+          return resume(self, epoch);
+        forward(self);
+      },
+      [=](caf::error&) { forward(self); });
+}
+
+// -- closing ─▶ reporting --------------------------------------------------------
 
 void deliver(self_ptr self) {
   self->state.promise.deliver(self->state.report);
@@ -286,6 +389,7 @@ void deliver(self_ptr self) {
 /// from the i-th on, then delivers the report.
 void collect_traffic(self_ptr self, size_t i = 0) {
   auto& st = self->state;
+  st.at = phase::reporting;
   if (!st.site.link || i >= st.cloud_sessions.size())
     return deliver(self);
   self->request(st.site.link, st.opts.timeout, stats_atom::value, st.cloud_sessions[i])
@@ -303,27 +407,28 @@ void collect_traffic(self_ptr self, size_t i = 0) {
 
 void finish(self_ptr self, const std::string& error) {
   auto& st = self->state;
-  if (st.finished)
+  if (st.finished())
     return;
-  st.finished = true;
+  const bool lost = st.degraded();
+  st.at = phase::closing;
   st.report.total_us = us_since(st.started);
   if (!error.empty())
     st.report.error = error;
   self->send(st.site.layers, close_atom::value, st.edge_id);
-  if (!st.cloud_session)
+  if (st.cloud_sessions.empty())
     return deliver(self);
-  if (st.degraded)
+  if (lost)
     return collect_traffic(self);
   // Uploads still on their way would reach a closed session and would be
-  // missing from the byte counts: close once they are acknowledged.
+  // missing from the byte counts: close once they are acknowledged (see
+  // upload_settled).
   if (st.uploads_in_flight == 0)
     close_cloud(self);
-  else
-    st.close_pending = true;
 }
 
 void close_cloud(self_ptr self) {
   auto& st = self->state;
+  st.at = phase::reporting;
   // Close the cloud session (its summary has the cloud's compute), then
   // collect the link's byte counts, which by then include the close.
   self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)
@@ -339,73 +444,12 @@ void close_cloud(self_ptr self) {
       });
 }
 
-void open_cloud(self_ptr self) {
-  auto& st = self->state;
-  auto sent = clock_type::now();
-  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
-    .then(
-      [=](uint64_t id) {
-        auto& st = self->state;
-        st.session = id;
-        st.cloud_session = true;
-        st.cloud_sessions.push_back(id);
-        st.report.comm_us += us_since(sent);
-        if (st.opts.mode != "cloud")
-          return step(self);
-        auto sent2 = clock_type::now();
-        self->request(st.site.cloud, st.opts.timeout,
-                      generate_request{id, st.opts.prompt, st.opts.max_tokens})
-          .then(
-            [=](generate_reply& r) {
-              account_round_trip(self, sent2, r.cloud_us);
-              self->state.report.tokens = std::move(r.tokens);
-              self->state.report.cloud_tokens = int32_t(self->state.report.tokens.size());
-              self->state.report.cloud_requests = 1;
-              finish(self);
-            },
-            [=](caf::error& err) { finish(self, "cloud generate: " + describe(err)); });
-      },
-      [=](caf::error& err) {
-        auto& st = self->state;
-        if (st.opts.mode == "collaborative" && st.site.link
-            && is(err, ceco_errc::cloud_unreachable)) {
-          // Start on the edge alone; the response resumes collaboratively
-          // if the link reconnects while it runs.
-          st.degraded = true;
-          st.report.comm_us += us_since(sent);
-          fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
-          return step(self);
-        }
-        finish(self, "open session: " + describe(err));
-      });
-}
-
-void start(self_ptr self) {
-  auto& st = self->state;
-  st.started = clock_type::now();
-  st.input = st.opts.prompt;
-  st.edge_id = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
-  if (st.opts.mode == "standalone")
-    return step(self);
-  if (!st.site.link)
-    return open_cloud(self);
-  // The link's epoch now: a reconnection later is what lets a session that
-  // lost the cloud resume.
-  self->request(st.site.link, st.opts.timeout, status_atom::value)
-    .then(
-      [=](int64_t epoch) {
-        self->state.link_epoch = epoch;
-        open_cloud(self);
-      },
-      [=](caf::error&) { open_cloud(self); });
-}
-
 edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
                                                   edge_session_options opts) {
   auto& st = self->state;
   st.site = std::move(site);
   st.opts = std::move(opts);
-  st.report.mode = st.opts.mode;
+  st.report.mode = to_string(st.opts.mode);
   st.report.prompt = st.opts.prompt;
   st.report.exit_layers.assign(st.opts.exits.begin(), st.opts.exits.end());
   st.report.exit_counts.assign(st.opts.exits.size(), 0);
@@ -413,6 +457,13 @@ edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
     [=](run_atom) -> caf::result<response_report> {
       self->state.promise = self->make_response_promise<response_report>();
       start(self);
+      // One run per session: from here on the driver only follows its
+      // replies; a second run is refused.
+      self->become(edge_session_actor::behavior_type{
+        [](run_atom) -> caf::result<response_report> {
+          return make_error(ceco_errc::unknown_message, "this edge session already runs");
+        },
+      });
       return self->state.promise;
     },
   };

@@ -10,11 +10,22 @@
 //   collaborative  edge layers ─▶ uploader (async) ─▶ exit evaluator ─▶ token if an exit
 //                  fires, else infer_request(pos) ─▶ cloud token
 //
+// The session moves through explicit phases:
+//
+//   idle ─run─▶ opening ─▶ running ──────────────────────────▶ closing ─▶ reporting
+//                  │          │ cloud lost            ▲            (uploads settle,
+//                  │          ▼                       │             close, byte counts)
+//                  └──────▶ degraded ─link back─▶ resuming
+//                              ▲                     │ open failed
+//                              └─────────────────────┘
+//
 // Every step is a continuation (request().then), so the driver never blocks
 // a scheduler thread.
 
 #include <chrono>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "actors/messages.hpp"
@@ -30,8 +41,16 @@ struct edge_site {
   link_actor link;  // where traffic is counted; may be invalid (no counts)
 };
 
+/// The strategy of a response; settings name it (policy.mode), the session
+/// driver works with the enum.
+enum class strategy { cloud, naive, standalone, collaborative };
+
+/// "cloud", "naive", "standalone" or "collaborative"; nullopt for anything else.
+std::optional<strategy> parse_strategy(std::string_view name);
+const char* to_string(strategy s);
+
 struct edge_session_options {
-  std::string mode = "collaborative";
+  strategy mode = strategy::collaborative;
   std::vector<int32_t> prompt;
   int max_tokens = 64;
   int32_t eos = 2;

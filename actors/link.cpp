@@ -1,14 +1,13 @@
 #include "actors/link.hpp"
 
-#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
 #include <random>
-#include <set>
-#include <thread>
 
 #include <fmt/format.h>
+
+#include "actors/reconnect.hpp"
 
 namespace ceco {
 
@@ -36,11 +35,8 @@ struct link_state {
   uint64_t next_request = 0;
   caf::error down;  // set while the cloud is lost
   int64_t epoch = 0;  // reconnections so far
-  std::shared_ptr<std::atomic<bool>> stop_reconnecting = std::make_shared<std::atomic<bool>>(false);
-  bool reconnecting = false;
+  reconnector reconnecting;  // running while the cloud is lost, if the link can reconnect
   static inline const char* name = "link";
-
-  ~link_state() { *stop_reconnecting = true; }
 
   void count(uint64_t session, direction dir, int64_t bytes) {
     auto& c = counters[session];
@@ -121,32 +117,6 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
   return rp;
 }
 
-/// Runs in its own thread: calls `reconnect` until it gives a cloud front,
-/// then hands it to the link.
-void reconnector_fn(caf::blocking_actor*, link_actor link,
-                    std::function<caf::expected<cloud_api>()> reconnect,
-                    std::shared_ptr<std::atomic<bool>> stop) {
-  auto backoff = std::chrono::milliseconds(100);
-  std::string last_error;
-  while (!*stop) {
-    auto front = reconnect();
-    if (front) {
-      caf::anon_send(link, reconnect_atom::value, caf::actor_cast<caf::actor>(*front));
-      return;
-    }
-    auto err = caf::to_string(front.error());
-    if (err != last_error)
-      fmt::print(stderr, "ceco: cannot reconnect to the cloud yet ({}); retrying with backoff\n",
-                 err);
-    last_error = err;
-    // Sleep in slices, so a link that goes away is not kept waiting.
-    for (auto slept = std::chrono::milliseconds(0); slept < backoff && !*stop;
-         slept += std::chrono::milliseconds(20))
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
-  }
-}
-
 link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options opts) {
   self->state.cloud = std::move(cloud);
   self->state.opts = opts;
@@ -160,10 +130,12 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
     st.outstanding.clear();
     for (auto& [id, fail] : pending)
       fail(st.down);
-    if (st.opts.reconnect && !st.reconnecting) {
-      st.reconnecting = true;
-      self->home_system().spawn(reconnector_fn, caf::actor_cast<link_actor>(self),
-                                st.opts.reconnect, st.stop_reconnecting);
+    if (st.opts.reconnect && !st.reconnecting.running()) {
+      auto link = caf::actor_cast<caf::actor>(self);
+      st.reconnecting.start(self->home_system(), st.opts.reconnect, [link](cloud_api front) {
+        caf::anon_send(caf::actor_cast<link_actor>(link), reconnect_atom::value,
+                       caf::actor_cast<caf::actor>(front));
+      });
     }
   });
   return {
@@ -186,7 +158,7 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
       st.cloud = caf::actor_cast<cloud_api>(front);
       self->monitor(st.cloud);
       st.down = {};
-      st.reconnecting = false;
+      st.reconnecting.done();
       ++st.epoch;
       fmt::print(stderr, "ceco: reconnected to the cloud\n");
     },
@@ -204,106 +176,10 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
   };
 }
 
-struct cloud_front_state {
-  hello_msg mine;
-  std::set<caf::node_id> greeted;  // remote nodes whose hello was accepted
-  static inline const char* name = "cloud_front";
-};
-
-using front_ptr = cloud_api::stateful_pointer<cloud_front_state>;
-
-/// Only this process and nodes that passed the handshake are served.
-caf::error refuse_stranger(front_ptr self) {
-  auto sender = self->current_sender();
-  if (!sender || sender->node() == self->node() || self->state.greeted.count(sender->node()))
-    return {};
-  return make_error(ceco_errc::handshake_failed,
-                    "send hello_msg first: this node has not passed the handshake");
-}
-
-caf::error not_here(const char* actor, const char* key) {
-  return make_error(ceco_errc::not_placed_here,
-                    fmt::format("the {} runs on the edge ({} = \"edge\")", actor, key));
-}
-
-cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor contexts,
-                                        cloud_layers_actor layers, cloud_placed placed,
-                                        hello_msg mine) {
-  self->state.mine = std::move(mine);
-  // Anything outside the protocol gets an error reply; the front keeps serving.
-  self->set_default_handler([](caf::scheduled_actor*, caf::message_view& x) -> caf::result<caf::message> {
-    return make_error(ceco_errc::unknown_message,
-                      fmt::format("the cloud front does not handle this message of {} element(s); "
-                                  "see the protocol in actors/messages.hpp",
-                                  x.content().size()));
-  });
-  return {
-    [=](hello_msg& edge) -> caf::result<hello_msg> {
-      if (auto diff = compare_hello(edge, self->state.mine); !diff.empty())
-        return make_error(ceco_errc::handshake_failed, "the cloud refuses this edge: " + diff);
-      if (auto sender = self->current_sender())
-        self->state.greeted.insert(sender->node());
-      auto reply = self->state.mine;
-      reply.secret.clear();
-      return reply;
-    },
-    [=](open_atom a) -> caf::result<uint64_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a);
-    },
-    [=](upload_msg& m) -> caf::result<int32_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(m));
-    },
-    [=](infer_request& r) -> caf::result<infer_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, r);
-    },
-    [=](naive_request& r) -> caf::result<infer_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(layers, std::move(r));
-    },
-    [=](generate_request& r) -> caf::result<generate_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(layers, std::move(r));
-    },
-    [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a, id);
-    },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& b) -> caf::result<exit_decision> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      if (!placed.evaluator)
-        return not_here("exit evaluator", "placement.exit_evaluator");
-      return self->delegate(placed.evaluator, a, id, std::move(b));
-    },
-    [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) -> caf::result<int32_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      if (!placed.uploader)
-        return not_here("uploader", "placement.uploader");
-      return self->delegate(placed.uploader, a, id, start, std::move(b));
-    },
-  };
-}
-
 } // namespace
 
 link_actor spawn_link(caf::actor_system& sys, cloud_api cloud, link_options opts) {
   return sys.spawn(link_fn, std::move(cloud), opts);
-}
-
-cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
-                            cloud_layers_actor layers, cloud_placed placed, hello_msg hello) {
-  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers), std::move(placed),
-                   std::move(hello));
 }
 
 } // namespace ceco

@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "model/gguf.hpp"
+#include "model/half.hpp"
 
 namespace ceco {
 

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include <caf/all.hpp>
+#include <caf/detail/serialized_size.hpp>
 
 namespace ceco {
 
@@ -276,12 +277,12 @@ typename Inspector::result_type inspect(Inspector& f, response_report& x) {
 }
 
 /// Bytes of `x` as CAF's binary serialiser writes it: what a link counts.
+/// Measured without writing them (no buffer, no copy of the payload).
 template <class T>
 int64_t wire_size(const T& x) {
-  std::vector<char> buf;
-  caf::binary_serializer sink{nullptr, buf};
-  auto err = sink(const_cast<T&>(x));
-  return err ? -1 : int64_t(buf.size());
+  caf::detail::serialized_size_inspector size{static_cast<caf::execution_unit*>(nullptr)};
+  auto err = size(const_cast<T&>(x));
+  return err ? -1 : int64_t(size.result());
 }
 
 // -- cloud-local types (never cross a node: the context manager and the

@@ -11,7 +11,7 @@
 #include <caf/io/all.hpp>
 #include <fmt/format.h>
 
-#include "actors/simulation.hpp"
+#include "actors/deployment.hpp"
 #include "apps/commands.hpp"
 #include "model/transformer.hpp"
 
@@ -57,7 +57,7 @@ void run_cloud(const cloud_args& a) {
   std::signal(SIGPIPE, SIG_IGN);
 
   set_compute_threads(1);
-  auto m = load_sim_model(s, default_model_path(), default_exit_heads_path());
+  auto m = load_site_model(s, default_model_path(), default_exit_heads_path());
   caf::actor_system_config cfg;
   configure_deployment(cfg, s);
   caf::actor_system sys{cfg};

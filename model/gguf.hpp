@@ -9,6 +9,7 @@
 // Every read is bounds-checked: a truncated or corrupt file raises
 // model_error naming the file and what was being read, never a crash.
 
+#include "model/half.hpp"
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -127,9 +128,5 @@ private:
   std::vector<entry> kv_;
   std::vector<tensor> tensors_;
 };
-
-/// IEEE half <-> float, exact for every half value.
-float half_to_float(uint16_t h);
-uint16_t float_to_half(float f);
 
 } // namespace ceco

@@ -3,7 +3,8 @@
 #include <mutex>
 #include <thread>
 
-#include "actors/simulation.hpp"
+#include "actors/deployment.hpp"
+#include "actors/hidden_rows.hpp"
 #include "model/metrics.hpp"
 
 using namespace ceco;
@@ -16,19 +17,19 @@ struct sim_fixture {
   explicit sim_fixture(std::vector<std::string> sets = {}) {
     sets.insert(sets.begin(), "model.path=" + stories_gguf());
     s = load_settings("", sets);
-    m = load_sim_model(s, stories_gguf());
+    m = load_site_model(s, stories_gguf());
     configure_actor_system(cfg, 2);
     sys = std::make_unique<caf::actor_system>(cfg);
-    sim = std::make_unique<simulation>(*sys, s, m);
+    sim = std::make_unique<deployment>(*sys, s, m);
   }
   ~sim_fixture() {
     sim.reset();
   }
   settings s;
-  sim_model m;
+  site_model m;
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
-  std::unique_ptr<simulation> sim;
+  std::unique_ptr<deployment> sim;
 };
 
 const std::vector<std::string> test_prompts = {"Once upon a time", "Lily and Ben went to the park",
@@ -276,7 +277,7 @@ TEST_CASE("a response that lost the cloud resumes in a new session, re-uploading
   // Every token is a cloud request (threshold above 1), 1 ms each way.
   auto s = load_settings("", {"model.path=" + stories_gguf(), "policy.threshold=1.5",
                               "link.latency_ms=1", "link.bandwidth_mbps=0"});
-  auto m = load_sim_model(s, stories_gguf());
+  auto m = load_site_model(s, stories_gguf());
   caf::actor_system_config cfg;
   configure_actor_system(cfg, 2);
   caf::actor_system sys{cfg};
@@ -294,7 +295,7 @@ TEST_CASE("a response that lost the cloud resumes in a new session, re-uploading
   const int n = 60;
   response_report r;
   {
-    simulation sim(sys, s, m, first.front, reconnect);
+    deployment sim(sys, s, m, first.front, reconnect);
     std::thread killer([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(40));  // the response takes >= 120 ms
       first.stop();
@@ -448,4 +449,52 @@ TEST_CASE("quality metrics on hand-made cases") {
   CHECK(exact_match("a dog", "cat") == 0.0);
   CHECK(token_f1("the red ball", "a big red ball") == doctest::Approx(2 * (1.0 * (2.0 / 3.0)) / (1.0 + 2.0 / 3.0)));
   CHECK(token_f1("", "") == 1.0);
+}
+
+TEST_CASE("hidden rows: from a tensor to the wire and back, and the uploader's transcode") {
+  c10::InferenceMode guard;
+  auto x = at::randn({5, 8}, at::kFloat);
+  auto rows = hidden_rows::from_tensor(x);
+  CHECK((rows.rows == 5 && rows.cols == 8 && rows.data.size() == 40));
+  auto f32 = encode_tensor(x, wire_dtype::f32);
+  CHECK(f32 == rows.encode(wire_dtype::f32));
+  CHECK(f32.check(8).empty());
+  CHECK(at::equal(to_tensor(f32), x));  // f32 is exact
+  // f16: the same rounding whichever way the rows reach it.
+  std::vector<float> scratch;
+  auto f16 = transcode(f32, wire_dtype::f16, scratch);
+  CHECK(f16 == rows.encode(wire_dtype::f16));
+  CHECK(f16.bytes.size() == 40 * 2);
+  CHECK(transcode(f16, wire_dtype::f16, scratch) == f16);
+  CHECK(at::allclose(to_tensor(f16), x, 1e-2, 1e-3));
+  // A context grows run by run and re-encodes to the rows it was given.
+  hidden_rows context;
+  context.append(encode_tensor(x.narrow(0, 0, 2), wire_dtype::f32));
+  context.append(encode_tensor(x.narrow(0, 2, 3), wire_dtype::f32));
+  CHECK(context.encode(wire_dtype::f32) == f32);
+}
+
+TEST_CASE("the link counts a message's bytes without serialising it") {
+  std::vector<float> rows(size_t(64) * 288, 0.25f);
+  upload_msg m{7, 0, make_blob(rows.data(), 64, 288, wire_dtype::f16)};
+  const int reps = 2000;
+  auto t0 = std::chrono::steady_clock::now();
+  int64_t serialised = 0;
+  for (int i = 0; i < reps; ++i) {
+    std::vector<char> buf;
+    caf::binary_serializer sink{nullptr, buf};
+    REQUIRE(!sink(m));
+    serialised += int64_t(buf.size());
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  int64_t counted = 0;
+  for (int i = 0; i < reps; ++i)
+    counted += wire_size(m);
+  auto t2 = std::chrono::steady_clock::now();
+  CHECK(counted == serialised);
+  auto us = [&](auto a, auto b) {
+    return std::chrono::duration<double, std::micro>(b - a).count() / reps;
+  };
+  MESSAGE("a 64 x 288 f16 upload (" << serialised / reps << " bytes): serialising it "
+          << us(t0, t1) << " us, counting it " << us(t1, t2) << " us");
 }

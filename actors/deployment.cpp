@@ -1,4 +1,4 @@
-#include "actors/simulation.hpp"
+#include "actors/deployment.hpp"
 
 #include <thread>
 
@@ -6,9 +6,10 @@
 
 #include "actors/cloud_layers.hpp"
 #include "actors/context_manager.hpp"
-#include "actors/edge_actors.hpp"
+#include "actors/edge_layers.hpp"
 #include "actors/edge_session.hpp"
-#include "actors/link.hpp"
+#include "actors/exit_evaluator.hpp"
+#include "actors/uploader.hpp"
 
 #include <caf/io/all.hpp>
 #include "model/loader.hpp"
@@ -28,9 +29,9 @@ exit_policy policy_of(const settings& s) {
 
 } // namespace
 
-sim_model load_sim_model(const settings& s, const std::string& default_model,
+site_model load_site_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads) {
-  sim_model m;
+  site_model m;
   auto loaded = load_model(s.model.path.empty() ? default_model : s.model.path, s.model.tokenizer);
   check_against_model(s, loaded.config);
   auto model = std::make_shared<transformer>(loaded.config, std::move(loaded.weights),
@@ -49,7 +50,7 @@ sim_model load_sim_model(const settings& s, const std::string& default_model,
   return m;
 }
 
-hello_msg make_hello(const settings& s, const sim_model& m) {
+hello_msg make_hello(const settings& s, const site_model& m) {
   hello_msg h;
   h.fingerprint = m.fingerprint;
   h.n_layer = m.model->config().n_layer;
@@ -73,7 +74,7 @@ void cloud_site::stop() {
       caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
 }
 
-cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim_model& m) {
+cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const site_model& m) {
   cloud_site c;
   c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos());
   context_manager_options cm;
@@ -91,7 +92,7 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim
   return c;
 }
 
-simulation::simulation(caf::actor_system& sys, const settings& s, const sim_model& m,
+deployment::deployment(caf::actor_system& sys, const settings& s, const site_model& m,
                        cloud_api remote_cloud,
                        std::function<caf::expected<cloud_api>()> reconnect)
   : sys_(sys), settings_(s), model_(m) {
@@ -120,7 +121,7 @@ simulation::simulation(caf::actor_system& sys, const settings& s, const sim_mode
                                  std::chrono::seconds(30));
 }
 
-simulation::~simulation() {
+deployment::~deployment() {
   cloud_.stop();
   for (auto h : {caf::actor_cast<caf::actor>(link_), caf::actor_cast<caf::actor>(edge_layers_),
                  caf::actor_cast<caf::actor>(evaluator_),
@@ -129,12 +130,17 @@ simulation::~simulation() {
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
 }
 
-edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
+edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
                                              const std::string& mode, int max_tokens) {
   edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
                  caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
-  o.mode = mode.empty() ? settings_.policy.mode : mode;
+  const auto& name = mode.empty() ? settings_.policy.mode : mode;
+  auto parsed = parse_strategy(name);
+  if (!parsed)
+    throw config_error(fmt::format(
+      "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", name));
+  o.mode = *parsed;
   o.prompt = prompt;
   o.max_tokens = max_tokens > 0 ? max_tokens : settings_.generation.max_tokens;
   o.eos = model_.vocab.eos();
@@ -142,9 +148,6 @@ edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
   o.exits = settings_.model.exits;
   o.sync_upload = settings_.upload.mode == "sync";
   o.timeout = std::chrono::milliseconds(settings_.cloud.request_timeout_ms);
-  if (o.mode != "cloud" && o.mode != "naive" && o.mode != "standalone" && o.mode != "collaborative")
-    throw config_error(fmt::format(
-      "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", o.mode));
   if (prompt.empty())
     throw config_error("the prompt has no tokens");
   if (int(prompt.size()) >= o.max_seq)
@@ -153,13 +156,13 @@ edge_session_actor simulation::spawn_session(const std::vector<int32_t>& prompt,
   return spawn_edge_session(sys_, site, o);
 }
 
-response_report simulation::run(const std::vector<int32_t>& prompt, const std::string& mode,
+response_report deployment::run(const std::vector<int32_t>& prompt, const std::string& mode,
                                 int max_tokens) {
   return run_concurrently({prompt}, mode, max_tokens).front();
 }
 
 std::vector<response_report>
-simulation::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
+deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
                              const std::string& mode, int max_tokens) {
   std::vector<edge_session_actor> drivers;
   for (auto& p : prompts)
@@ -174,12 +177,12 @@ simulation::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
   for (size_t i = 0; i < pending.size(); ++i)
     pending[i].receive([&](response_report& r) { out[i] = std::move(r); },
                        [&](caf::error& err) {
-                         throw model_error("simulation: a session failed: " + describe(err));
+                         throw model_error("deployment: a session failed: " + describe(err));
                        });
   return out;
 }
 
-bool simulation::wait_for_cloud(std::chrono::milliseconds max_wait) {
+bool deployment::wait_for_cloud(std::chrono::milliseconds max_wait) {
   caf::scoped_actor self{sys_};
   auto until = std::chrono::steady_clock::now() + max_wait;
   for (;;) {
@@ -194,11 +197,11 @@ bool simulation::wait_for_cloud(std::chrono::milliseconds max_wait) {
   }
 }
 
-cloud_stats simulation::cloud_state() {
+cloud_stats deployment::cloud_state() {
   caf::scoped_actor self{sys_};
   cloud_stats out;
   if (!cloud_.contexts)
-    throw model_error("simulation: the cloud is remote; ask it, not this process");
+    throw model_error("deployment: the cloud is remote; ask it, not this process");
   self->request(cloud_.contexts, std::chrono::seconds(10), stats_atom::value)
     .receive([&](cloud_stats& st) { out = st; },
              [&](caf::error& err) { throw model_error("context manager stats: " + describe(err)); });

@@ -1,12 +1,12 @@
 #pragma once
 
-// Wiring of the actors. The cloud site is the cloud layers, the context
-// manager and the front; the edge site is the edge layers, the exit
-// evaluator, the uploader and a link to the cloud. A simulation holds both
-// in one process; a deployment runs the cloud site in `ceco cloud` and the
-// edge site in `ceco edge`, whose link wraps the remote front. Every
-// strategy runs over the same actors; only the session driver's wiring
-// differs.
+// Wiring of the edge and cloud sites, for every command. The cloud site is
+// the cloud layers, the context manager and the front; the edge site is the
+// edge layers, the exit evaluator, the uploader and a link to the cloud.
+// `ceco sim` and the experiments hold both in one process; a two-node
+// deployment runs the cloud site in `ceco cloud` and the edge site in
+// `ceco edge`, whose link wraps the remote front. Every strategy runs over
+// the same actors; only the session driver's strategy differs.
 
 #include <chrono>
 #include <functional>
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/cloud_front.hpp"
 #include "actors/link.hpp"
 #include "actors/messages.hpp"
 #include "actors/network.hpp"
@@ -26,7 +27,7 @@ namespace ceco {
 class transformer;
 
 /// The model, its exit heads and tokenizer, loaded and checked once.
-struct sim_model {
+struct site_model {
   std::shared_ptr<const transformer> model;
   exit_heads heads;
   tokenizer vocab;
@@ -39,11 +40,11 @@ struct sim_model {
 /// model_error before anything starts. An empty model.path means
 /// `default_model`, whose heads are `default_heads` unless model.exit_heads
 /// names others ("none": untrained heads).
-sim_model load_sim_model(const settings& s, const std::string& default_model,
+site_model load_site_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads = {});
 
 /// The handshake this node sends (edge) or expects (cloud).
-hello_msg make_hello(const settings& s, const sim_model& m);
+hello_msg make_hello(const settings& s, const site_model& m);
 
 struct cloud_site {
   cloud_layers_actor layers;
@@ -54,20 +55,21 @@ struct cloud_site {
   void stop();
 };
 
-cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sim_model& m);
+cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const site_model& m);
 
-class simulation {
+/// The edge site, and the cloud site unless the cloud is remote.
+class deployment {
 public:
   /// With `remote_cloud` set, the edge site talks to it (through a link that
   /// adds the configured delays, counts bytes and fails requests when the
   /// cloud is lost) and no cloud site is spawned here. `reconnect`, if set,
   /// is how the link connects again after a loss (see link_options).
-  simulation(caf::actor_system& sys, const settings& s, const sim_model& m,
+  deployment(caf::actor_system& sys, const settings& s, const site_model& m,
              cloud_api remote_cloud = {},
              std::function<caf::expected<cloud_api>()> reconnect = {});
-  ~simulation();
-  simulation(const simulation&) = delete;
-  simulation& operator=(const simulation&) = delete;
+  ~deployment();
+  deployment(const deployment&) = delete;
+  deployment& operator=(const deployment&) = delete;
 
   /// Runs one response to completion. `mode` overrides policy.mode when set.
   response_report run(const std::vector<int32_t>& prompt, const std::string& mode = {},
@@ -91,7 +93,7 @@ private:
 
   caf::actor_system& sys_;
   settings settings_;
-  const sim_model& model_;
+  const site_model& model_;
   cloud_site cloud_;  // empty with a remote cloud
   link_actor link_;
   edge_layers_actor edge_layers_;

@@ -1,0 +1,88 @@
+#include "actors/edge_layers.hpp"
+
+#include <chrono>
+#include <unordered_map>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "actors/hidden_rows.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+int64_t us_since(clock_type::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
+}
+
+/// The last row of x [T, d] as fp32 floats appended to `out`.
+void append_last_row(const at::Tensor& x, std::vector<float>& out) {
+  auto row = x[x.size(0) - 1].to(at::kCPU).contiguous();
+  out.insert(out.end(), row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+}
+
+struct edge_layers_state {
+  std::shared_ptr<const transformer> model;
+  int split = 0;
+  std::vector<int> exits;
+  std::unordered_map<uint64_t, std::unique_ptr<kv_cache>> caches;
+  static inline const char* name = "edge_layers";
+};
+
+edge_layers_actor::behavior_type
+edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
+               std::shared_ptr<const transformer> model, int split, std::vector<int> exits) {
+  self->state.model = std::move(model);
+  self->state.split = split;
+  self->state.exits = std::move(exits);
+  return {
+    [=](forward_atom, uint64_t session, int32_t pos,
+        std::vector<int32_t>& tokens) -> caf::result<edge_output> {
+      auto t0 = clock_type::now();
+      auto& st = self->state;
+      const auto& m = *st.model;
+      if (tokens.empty())
+        return make_error(ceco_errc::bad_position, "edge forward of no tokens");
+      auto& cache = st.caches[session];
+      if (!cache)
+        cache = std::make_unique<kv_cache>(m.make_cache(0, st.split));
+      try {
+        c10::InferenceMode guard;
+        auto x = m.embed(tokens);
+        std::vector<float> exit_rows;
+        int done = 0;
+        for (int e : st.exits) {
+          m.forward_layers(x, pos, done, e, *cache);
+          append_last_row(x, exit_rows);
+          done = e;
+        }
+        m.forward_layers(x, pos, done, st.split, *cache);
+        const int32_t d = m.config().n_embd;
+        edge_output out;
+        out.split = encode_tensor(x, wire_dtype::f32);
+        if (!st.exits.empty())
+          out.exit_states = make_blob(exit_rows.data(), int32_t(st.exits.size()), d,
+                                      wire_dtype::f32);
+        out.compute_us = us_since(t0);
+        return out;
+      } catch (const model_error& e) {
+        return make_error(ceco_errc::compute_failed, e.what());
+      }
+    },
+    [=](close_atom, uint64_t session) { self->state.caches.erase(session); },
+  };
+}
+
+} // namespace
+
+edge_layers_actor spawn_edge_layers(caf::actor_system& sys,
+                                    std::shared_ptr<const transformer> model, int split,
+                                    std::vector<int> exits) {
+  return sys.spawn(edge_layers_fn, std::move(model), split, std::move(exits));
+}
+
+} // namespace ceco

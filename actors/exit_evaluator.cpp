@@ -1,0 +1,91 @@
+#include "actors/exit_evaluator.hpp"
+
+#include <chrono>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+
+#include "actors/hidden_rows.hpp"
+#include "model/exit_heads.hpp"
+#include "model/sampler.hpp"
+
+namespace ceco {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+int64_t us_since(clock_type::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
+}
+
+struct exit_evaluator_state {
+  exit_heads heads;
+  std::vector<int> layers;
+  int n_embd = 0;
+  exit_policy policy;
+  static inline const char* name = "exit_evaluator";
+};
+
+exit_evaluator_actor::behavior_type
+exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> self,
+                  exit_heads heads, int n_embd, exit_policy policy) {
+  self->state.heads = std::move(heads);
+  self->state.layers = self->state.heads.layers();
+  self->state.n_embd = n_embd;
+  self->state.policy = policy;
+  return {
+    [=](evaluate_atom, uint64_t, tensor_blob& states) -> caf::result<exit_decision> {
+      auto t0 = clock_type::now();
+      auto& st = self->state;
+      if (auto bad = states.check(st.n_embd); !bad.empty())
+        return make_error(ceco_errc::bad_tensor, "exit states: " + bad);
+      if (states.rows != int32_t(st.heads.size()))
+        return make_error(ceco_errc::bad_tensor,
+                          fmt::format("exit states have {} rows, expected one per exit ({})",
+                                      states.rows, st.heads.size()));
+      c10::InferenceMode guard;
+      auto x = to_tensor(states);
+      auto device = st.heads[0].norm.device();
+      if (!device.is_cpu())
+        x = x.to(device);
+      exit_decision d;
+      std::vector<int32_t> tokens;
+      for (size_t i = 0; i < st.heads.size(); ++i) {
+        auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).contiguous();
+        const float* z = logits.data_ptr<float>();
+        d.confidence.push_back(max_probability(z, int(logits.numel())));
+        tokens.push_back(argmax(z, int(logits.numel())));
+      }
+      int fired = first_confident_exit(st.layers, d.confidence, st.policy.threshold,
+                                       st.policy.min_exit_layer);
+      d.exit_layer = fired >= 0 ? st.layers[size_t(fired)] : -1;
+      d.token = tokens[fired >= 0 ? size_t(fired) : tokens.size() - 1];
+      d.compute_us = us_since(t0);
+      return d;
+    },
+  };
+}
+
+exit_evaluator_actor::behavior_type remote_evaluator_fn(exit_evaluator_actor::pointer self,
+                                                        cloud_api cloud) {
+  return {
+    [=](evaluate_atom a, uint64_t session, tensor_blob& states) -> caf::result<exit_decision> {
+      return self->delegate(cloud, a, session, std::move(states));
+    },
+  };
+}
+
+} // namespace
+
+exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
+                                          int n_embd, exit_policy policy) {
+  return sys.spawn(exit_evaluator_fn, heads, n_embd, policy);
+}
+
+exit_evaluator_actor spawn_remote_evaluator(caf::actor_system& sys, cloud_api cloud) {
+  return sys.spawn(remote_evaluator_fn, std::move(cloud));
+}
+
+} // namespace ceco

@@ -1,0 +1,27 @@
+#pragma once
+
+// The exit evaluator: the exit heads over the exit layers' states of one
+// position, their confidence, and the threshold decision. It runs on the edge
+// or, with placement.exit_evaluator = "cloud", on the cloud; the edge then
+// talks to it through a stand-in.
+
+#include "actors/messages.hpp"
+
+namespace ceco {
+
+class exit_heads;
+
+struct exit_policy {
+  float threshold = 0.8f;
+  int min_exit_layer = 1;
+};
+
+exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
+                                          int n_embd, exit_policy policy);
+
+/// Edge-side stand-in for an exit evaluator placed on the cloud: passes each
+/// request through `cloud` (the link), so its bytes and delays count like any
+/// other cloud traffic.
+exit_evaluator_actor spawn_remote_evaluator(caf::actor_system& sys, cloud_api cloud);
+
+} // namespace ceco

@@ -1,0 +1,50 @@
+#pragma once
+
+// Rows of hidden states on their way from the edge layers to the cloud
+// layers, and their wire form. One path:
+//
+//   edge layers   tensor [T, n_embd] ─encode(f32)─▶ tensor_blob (edge_output)
+//   session       appends each run to its context (hidden_rows, f32)
+//   uploader      the only place the dtype changes: f32 ─▶ upload.dtype
+//   cloud         tensor_blob ─to_tensor─▶ the cloud layers' input
+//
+// No torch in this header: at::Tensor is only declared.
+
+#include <cstdint>
+#include <vector>
+
+#include "actors/messages.hpp"
+
+namespace at {
+class Tensor;
+}
+
+namespace ceco {
+
+/// A row-major [rows, cols] matrix of f32 hidden states.
+struct hidden_rows {
+  int32_t rows = 0;
+  int32_t cols = 0;
+  std::vector<float> data;
+
+  /// The rows of a 2-D tensor (any device, f32).
+  static hidden_rows from_tensor(const at::Tensor& x);
+  /// The rows of a blob that passed check().
+  static hidden_rows decode(const tensor_blob& b);
+
+  /// Appends the rows of a checked blob (any dtype) with the same width.
+  void append(const tensor_blob& b);
+  /// These rows as a blob of `dtype` (f16 rounds to nearest even).
+  tensor_blob encode(wire_dtype dtype) const;
+};
+
+/// A 2-D f32 tensor (any device) straight into a blob of `dtype`.
+tensor_blob encode_tensor(const at::Tensor& x, wire_dtype dtype);
+/// A checked blob as an f32 [rows, cols] CPU tensor.
+at::Tensor to_tensor(const tensor_blob& b);
+/// A checked blob in another dtype, through `scratch` (reused, so converting
+/// allocates nothing once it has grown); the blob itself when the dtype
+/// already matches.
+tensor_blob transcode(tensor_blob b, wire_dtype dtype, std::vector<float>& scratch);
+
+} // namespace ceco

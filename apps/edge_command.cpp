@@ -1,0 +1,70 @@
+// ceco edge: the edge of a two-node deployment. Connects to `ceco cloud`
+// (cloud.host, cloud.port) with the reconnect backoff, checks the handshake,
+// and runs the prompts like `ceco sim`, the cloud site being remote; after a
+// loss the link reconnects by itself.
+
+#include <chrono>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "actors/network.hpp"
+#include "actors/reconnect.hpp"
+#include "apps/commands.hpp"
+#include "apps/sessions.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco::app {
+
+namespace {
+
+/// Connects to the cloud that `s` names, with doubling backoff, and checks
+/// the handshake; throws model_error when it cannot.
+cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site_model& m) {
+  std::string last_error;
+  const backoff policy;
+  for (int attempt = 1; attempt <= s.cloud.connect_tries; ++attempt) {
+    auto remote = connect_to_front(sys, s, make_hello(s, m));
+    if (remote)
+      return *remote;
+    if (is(remote.error(), ceco_errc::handshake_failed))
+      throw model_error(describe(remote.error()));
+    last_error = caf::to_string(remote.error());
+    if (attempt < s.cloud.connect_tries) {
+      const auto wait = policy.after(attempt - 1);
+      fmt::print(stderr, "ceco edge: cannot reach {}:{} ({}); retrying in {} ms\n", s.cloud.host,
+                 s.cloud.port, last_error, wait.count());
+      std::this_thread::sleep_for(wait);
+    }
+  }
+  std::string hint;
+  if (last_error.find("disconnect_during_handshake") != std::string::npos)
+    hint = fmt::format(
+      " (the cloud dropped the connection while setting it up: both nodes must agree on "
+      "cloud.tls, here {}, and with certificates each must be signed by the other's "
+      "cloud.tls_ca_file)", s.cloud.tls ? "true" : "false");
+  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}{}",
+                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error,
+                                hint));
+}
+
+std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
+                                                 const site_model& m) {
+  // After a loss the link reconnects by itself, from a thread of its own.
+  auto reconnect = [&sys, s, hello = make_hello(s, m)] { return connect_to_front(sys, s, hello); };
+  return std::make_unique<deployment>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
+}
+
+} // namespace
+
+void add_edge_command(CLI::App& app) {
+  auto a = std::make_shared<session_args>();
+  auto* cmd = app.add_subcommand(
+    "edge", "run the edge of a two-node deployment: connect to `ceco cloud` at cloud.host and "
+            "cloud.port and generate (same settings, output and JSON as sim; the link.* delays "
+            "are added on top of the real network, so set them to 0 on a real link)");
+  add_session_options(cmd, a);
+  cmd->callback([a] { run_sessions(*a, wire_to_remote_cloud); });
+}
+
+} // namespace ceco::app

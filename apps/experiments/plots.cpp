@@ -1,0 +1,97 @@
+#include "apps/experiments/plots.hpp"
+
+#include <cstdlib>
+#include <fstream>
+
+#include <fmt/format.h>
+
+namespace ceco::app {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::vector<std::string> write_plots(const fs::path& dir, const std::vector<group_summary>& groups,
+                                     size_t n_combos, bool threshold_sweep) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    fmt::print(stderr, "experiment: gnuplot is not installed (deploy/install-deps.sh installs "
+                       "gnuplot-nox); skipping plots\n");
+    return {};
+  }
+  auto label = [&](const group_summary& g) {
+    return n_combos > 1 ? g.strategy + " " + g.label : g.strategy;
+  };
+  auto mean = [](const group_summary& g, const char* m) {
+    auto i = g.stats.find(m);
+    return i == g.stats.end() ? 0.0 : i->second.first;
+  };
+  {
+    std::ofstream d(dir / "plot_groups.dat");
+    d << "# label edge_ms cloud_ms comm_ms total_ms bytes_up cloud_request_rate\n";
+    for (auto& g : groups)
+      d << fmt::format("\"{}\" {} {} {} {} {} {}\n", label(g), mean(g, "edge_ms"),
+                       mean(g, "cloud_ms"), mean(g, "comm_ms"), mean(g, "total_ms"),
+                       std::max(1.0, mean(g, "bytes_up")), mean(g, "cloud_request_rate"));
+  }
+  std::vector<std::string> made = {"time_breakdown.png", "time_breakdown.svg", "bytes.png", "bytes.svg"};
+  std::string script;
+  for (auto [term, ext] : {std::pair{"pngcairo size 1000,600", "png"}, std::pair{"svg size 1000,600", "svg"}}) {
+    script += fmt::format(R"gp(
+set terminal {0}
+set datafile separator whitespace
+set style data histograms
+set style histogram rowstacked
+set style fill solid 0.8 border -1
+set boxwidth 0.7
+set xtics rotate by -30
+set key below
+set ylabel "ms per response"
+set title "Time per response: edge, cloud and communication"
+set output "time_breakdown.{1}"
+plot "plot_groups.dat" using 2:xtic(1) title "edge", "" using 3 title "cloud", "" using 4 title "communication"
+unset style
+set style fill solid 0.8 border -1
+set logscale y
+set ylabel "bytes up per response (log)"
+set y2label "cloud request rate"
+set y2range [0:1.05]
+set y2tics
+set ytics nomirror
+set title "Bytes per response and cloud request rate"
+set output "bytes.{1}"
+plot "plot_groups.dat" using 0:6:xtic(1) with boxes title "bytes up", "" using 0:7 axes x1y2 with points pt 7 ps 2 title "cloud request rate"
+unset logscale y
+unset y2label
+unset y2tics
+set ytics mirror
+)gp", term, ext);
+  }
+  if (threshold_sweep) {
+    std::ofstream d(dir / "plot_tradeoff.dat");
+    d << "# threshold total_ms agreement_with_cloud\n";
+    for (auto& g : groups)
+      if (g.strategy == "collaborative")
+        d << fmt::format("{} {} {}\n", g.keys["threshold"].get<double>(), mean(g, "total_ms"),
+                         100 * mean(g, "agreement_with_cloud"));
+    for (auto [term, ext] : {std::pair{"pngcairo size 900,600", "png"}, std::pair{"svg size 900,600", "svg"}})
+      script += fmt::format(R"gp(
+set terminal {0}
+set title "Collaborative: agreement with the cloud against latency, by threshold"
+set xlabel "total ms per response"
+set ylabel "token agreement with the cloud (%)"
+set key off
+set output "threshold_tradeoff.{1}"
+plot "plot_tradeoff.dat" using 2:3 with linespoints pt 7 ps 1.5, "" using 2:3:(sprintf("θ=%g", $1)) with labels offset 0,1
+)gp", term, ext);
+    made.push_back("threshold_tradeoff.png");
+    made.push_back("threshold_tradeoff.svg");
+  }
+  std::ofstream(dir / "plots.gp") << script;
+  auto cmd = fmt::format("cd '{}' && gnuplot plots.gp > gnuplot.log 2>&1", dir.string());
+  if (std::system(cmd.c_str()) != 0) {
+    fmt::print(stderr, "experiment: gnuplot failed; see {}\n", (dir / "gnuplot.log").string());
+    return {};
+  }
+  return made;
+}
+
+} // namespace ceco::app

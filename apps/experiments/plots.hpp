@@ -1,0 +1,19 @@
+#pragma once
+
+// Plots of an experiment's summary with gnuplot, when it is installed.
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "apps/experiments/summary.hpp"
+
+namespace ceco::app {
+
+/// Writes the plot data and scripts to `dir` and runs gnuplot; the names of
+/// the images made (none without gnuplot).
+std::vector<std::string> write_plots(const std::filesystem::path& dir,
+                                     const std::vector<group_summary>& groups, size_t combos,
+                                     bool threshold_sweep);
+
+} // namespace ceco::app

@@ -1,0 +1,146 @@
+#include "apps/experiments/summary.hpp"
+
+#include <cmath>
+#include <fstream>
+
+#include <fmt/format.h>
+
+namespace ceco::app {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+const std::vector<std::pair<const char*, const char*>> summary_metrics = {
+  {"total_ms", "total ms"},   {"edge_ms", "edge ms"},     {"cloud_ms", "cloud ms"},
+  {"comm_ms", "comm ms"},     {"bytes_up", "bytes up"},   {"bytes_down", "bytes down"},
+  {"cloud_request_rate", "cloud req rate"},
+  {"agreement_with_cloud", "agree w/ cloud"}, {"rouge_l_with_cloud", "ROUGE-L w/ cloud"},
+  {"em", "EM"}, {"f1", "F1"}, {"rouge_l", "ROUGE-L"},
+};
+
+} // namespace
+
+std::vector<group_summary> summarize(const std::vector<json>& lines,
+                                     const std::vector<combo>& combos,
+                                     const std::vector<std::string>& strategies) {
+  std::vector<group_summary> out;
+  for (size_t c = 0; c < combos.size(); ++c)
+    for (auto& strategy : strategies) {
+      group_summary g;
+      g.combo = int(c);
+      g.strategy = strategy;
+      g.keys = combos[c].keys;
+      g.label = combos[c].label;
+      std::map<int, std::map<std::string, std::vector<double>>> per_rep;
+      double tokens = 0;
+      for (auto& j : lines) {
+        if (j["combo"] != int(c) || j["mode"] != strategy)
+          continue;
+        ++g.responses;
+        int rep = j["repetition"];
+        for (auto& [m, name] : summary_metrics)
+          if (j.contains(m))
+            per_rep[rep][m].push_back(j[m].get<double>());
+        for (auto& [k, v] : j["exits"].items())
+          g.exit_share[k] += v.get<double>();
+        tokens += j["n_generated"].get<double>();
+      }
+      if (g.responses == 0)
+        continue;
+      for (auto& [k, v] : g.exit_share)
+        v = tokens > 0 ? v / tokens : 0.0;
+      for (auto& [m, name] : summary_metrics) {
+        std::vector<double> means;
+        for (auto& [rep, metrics] : per_rep)
+          if (auto i = metrics.find(m); i != metrics.end() && !i->second.empty()) {
+            double sum = 0;
+            for (double x : i->second)
+              sum += x;
+            means.push_back(sum / double(i->second.size()));
+          }
+        if (means.empty())
+          continue;
+        double mean = 0, var = 0;
+        for (double x : means)
+          mean += x;
+        mean /= double(means.size());
+        for (double x : means)
+          var += (x - mean) * (x - mean);
+        double sd = means.size() > 1 ? std::sqrt(var / double(means.size() - 1)) : 0.0;
+        g.stats[m] = {mean, sd};
+      }
+      out.push_back(g);
+    }
+  return out;
+}
+
+std::string exit_share_text(const group_summary& g) {
+  std::string out;
+  for (auto& [k, v] : g.exit_share)
+    if (v > 0)
+      out += fmt::format("{}{}:{:.0f}%", out.empty() ? "" : " ", k, 100 * v);
+  return out;
+}
+
+void write_csv(const fs::path& path, const std::vector<group_summary>& groups) {
+  std::ofstream out(path);
+  out << "combo,label,threshold,split,exits,upload_dtype,link,strategy,responses";
+  for (auto& [m, name] : summary_metrics)
+    out << "," << m << "_mean," << m << "_std";
+  out << ",exit_distribution\n";
+  for (auto& g : groups) {
+    out << fmt::format("{},\"{}\",{},{},\"{}\",{},{},{},{}", g.combo, g.label,
+                       g.keys["threshold"].dump(), g.keys["split"].dump(),
+                       exits_text(g.keys["exit_layers"].get<std::vector<int>>()),
+                       g.keys["upload_dtype"].get<std::string>(), g.keys["link"].get<std::string>(),
+                       g.strategy, g.responses);
+    for (auto& [m, name] : summary_metrics) {
+      auto i = g.stats.find(m);
+      if (i == g.stats.end())
+        out << ",,";
+      else
+        out << fmt::format(",{:.6g},{:.6g}", i->second.first, i->second.second);
+    }
+    out << ",\"" << exit_share_text(g) << "\"\n";
+  }
+}
+
+std::string cell(const group_summary& g, const char* m, int precision, double scale = 1.0) {
+  auto i = g.stats.find(m);
+  if (i == g.stats.end())
+    return "-";
+  return fmt::format("{:.{}f} ± {:.{}f}", i->second.first * scale, precision,
+                     i->second.second * scale, precision);
+}
+
+void write_markdown(const fs::path& path, const settings& base, const std::string& dataset,
+                    size_t n_samples, const std::vector<group_summary>& groups,
+                    const std::vector<std::string>& plots) {
+  std::ofstream out(path);
+  out << fmt::format("# {}\n\n", base.experiment.name.empty() ? "experiment" : base.experiment.name);
+  out << fmt::format("{} samples of {}, up to {} new tokens, {} repetition(s); mean ± std over "
+                     "repetitions of the per-response means.\n\n",
+                     n_samples, dataset.empty() ? "the prompt" : dataset,
+                     base.generation.max_tokens, base.experiment.repetitions);
+  out << "| strategy | setting | total ms | edge ms | cloud ms | comm ms | bytes up | bytes down "
+         "| cloud req % | exits | agree w/ cloud % | ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";
+  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (auto& g : groups)
+    out << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                       g.strategy, g.label, cell(g, "total_ms", 1), cell(g, "edge_ms", 1),
+                       cell(g, "cloud_ms", 1), cell(g, "comm_ms", 1), cell(g, "bytes_up", 0),
+                       cell(g, "bytes_down", 0), cell(g, "cloud_request_rate", 1, 100.0),
+                       exit_share_text(g), cell(g, "agreement_with_cloud", 1, 100.0),
+                       cell(g, "rouge_l_with_cloud", 3), cell(g, "em", 3), cell(g, "f1", 3),
+                       cell(g, "rouge_l", 3));
+  if (!plots.empty()) {
+    out << "\nPlots: ";
+    for (size_t i = 0; i < plots.size(); ++i)
+      out << (i ? ", " : "") << "`" << plots[i] << "`";
+    out << "\n";
+  }
+}
+
+} // namespace ceco::app

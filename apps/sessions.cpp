@@ -1,0 +1,261 @@
+#include "apps/sessions.hpp"
+
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "actors/network.hpp"
+#include "actors/reconnect.hpp"
+#include "apps/commands.hpp"
+#include "apps/report.hpp"
+#include "model/metrics.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco::app {
+
+namespace {
+
+const std::vector<std::string> all_modes = {"cloud", "naive", "standalone", "collaborative"};
+
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw config_error(fmt::format("--prompts {}: cannot open", path));
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos)
+      out.push_back(line);
+  if (out.empty())
+    throw config_error(fmt::format("--prompts {}: no prompts (one per line)", path));
+  return out;
+}
+
+struct row {
+  const response_report* report;
+  std::string prompt;
+  std::string text;
+  double agreement = -1;  // with the cloud strategy's tokens; -1 = not run
+};
+
+void print_table(const std::vector<row>& rows, const std::vector<std::string>& modes) {
+  fmt::print("\n{:<14} {:>7} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n", "mode",
+             "tokens", "cloud req", "bytes up", "bytes down", "edge ms", "cloud ms", "comm ms",
+             "total ms", "agree", "tokens per exit");
+  for (auto& mode : modes) {
+    double n = 0, tokens = 0, cloud = 0, up = 0, down = 0, edge = 0, cl = 0, comm = 0, total = 0,
+           agree = 0, agree_n = 0;
+    std::map<std::string, double> exits;
+    for (auto& r : rows) {
+      const auto& x = *r.report;
+      if (x.mode != mode)
+        continue;
+      ++n;
+      tokens += double(x.tokens.size());
+      cloud += double(x.cloud_tokens);
+      up += double(x.traffic.bytes_up);
+      down += double(x.traffic.bytes_down);
+      edge += double(x.edge_us) / 1000.0;
+      cl += double(x.cloud_us) / 1000.0;
+      comm += double(x.comm_us) / 1000.0;
+      total += double(x.total_us) / 1000.0;
+      if (r.agreement >= 0) {
+        agree += r.agreement;
+        ++agree_n;
+      }
+      for (size_t i = 0; i < x.exit_layers.size(); ++i)
+        exits[std::to_string(x.exit_layers[i])] += x.exit_counts[i];
+      exits["cloud"] += x.cloud_tokens;
+    }
+    if (n == 0)
+      continue;
+    std::string per_exit;
+    for (auto& [k, v] : exits)
+      if (v > 0)
+        per_exit += fmt::format("{}:{:.0f} ", k, v);
+    fmt::print("{:<14} {:>7.1f} {:>8.1f}% {:>11.0f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>8}  {}\n",
+               mode, tokens / n, tokens > 0 ? 100.0 * cloud / tokens : 0.0, up / n, down / n,
+               edge / n, cl / n, comm / n, total / n,
+               agree_n > 0 ? fmt::format("{:.1f}%", 100.0 * agree / agree_n) : "-", per_exit);
+  }
+  fmt::print("(means per response over {} response(s) per mode; agree = token agreement with "
+             "the cloud strategy)\n",
+             rows.size() / std::max<size_t>(1, modes.size()));
+}
+
+} // namespace
+
+void run_sessions(session_args a, const remote_cloud_fn& remote) {
+  const bool deployed = bool(remote);
+  auto s = load_settings(a.config, a.sets);
+  if (a.max_tokens > 0)
+    s.generation.max_tokens = a.max_tokens;
+  std::vector<std::string> modes;
+  if (a.mode == "all")
+    modes = all_modes;
+  else if (!a.mode.empty())
+    apply_override(s, "policy.mode=" + a.mode), modes = {s.policy.mode};
+  else
+    modes = {s.policy.mode};
+  if (a.print_config) {
+    fmt::print("{}", describe_settings(s));
+    return;
+  }
+  std::vector<std::string> prompts;
+  if (!a.prompts_file.empty())
+    prompts = read_prompts(a.prompts_file);
+  else
+    prompts = {a.prompt.empty() ? s.generation.prompt : a.prompt};
+
+  set_compute_threads(1);  // one compute thread per actor; the scheduler runs them side by side
+  auto m = load_site_model(s, default_model_path(), default_exit_heads_path());
+  caf::actor_system_config cfg;
+  if (deployed)
+    configure_deployment(cfg, s);
+  else
+    configure_actor_system(cfg, s.runtime.threads);
+  caf::actor_system sys{cfg};
+  std::vector<response_report> reports;
+  reports.reserve(prompts.size() * modes.size() * size_t(a.sessions));
+  struct throughput {
+    std::string mode;
+    double ms = 0;
+    int64_t tokens = 0;
+    int64_t cloud_tokens = 0;
+  };
+  std::vector<throughput> rates;
+  std::vector<row> rows;
+  cloud_stats cloud_seen;
+  {
+    std::unique_ptr<deployment> sim;
+    if (deployed) {
+      sim = remote(sys, s, m);
+    } else {
+      sim = std::make_unique<deployment>(sys, s, m);
+    }
+    bool lost = false;
+    // As long as the first connection may take: the sum of its backoffs.
+    const auto reconnect_budget = backoff{}.total(s.cloud.connect_tries);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      if (!a.json && prompts.size() > 1)
+        fmt::print(stderr, "\r[{}/{}] responses", i + 1, prompts.size());
+      auto ids = m.vocab.encode(prompts[i]);
+      const response_report* cloud = nullptr;
+      for (auto& mode : modes) {
+        if (lost) {
+          // The cloud was lost during an earlier response and the link is
+          // reconnecting: give it time before this response. If it is not
+          // back, a collaborative response starts on the edge alone and
+          // resumes with the cloud once the link reconnects.
+          if (sim->wait_for_cloud(reconnect_budget)) {
+            lost = false;
+            fmt::print(stderr, "ceco edge: the cloud is back\n");
+          } else {
+            fmt::print(stderr, "ceco edge: the cloud is still unreachable after {} ms\n",
+                       reconnect_budget.count());
+          }
+        }
+        const auto& run_mode = mode;
+        // --sessions N: N edge sessions of this prompt at the same time.
+        auto t0 = std::chrono::steady_clock::now();
+        auto batch = sim->run_concurrently(std::vector<std::vector<int32_t>>(size_t(a.sessions), ids),
+                                           run_mode);
+        throughput t{mode, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()};
+        for (auto& r : batch) {
+          t.tokens += int64_t(r.tokens.size());
+          t.cloud_tokens += r.cloud_tokens;
+        }
+        rates.push_back(t);
+        for (auto& b : batch) {
+          reports.push_back(std::move(b));
+          const auto& r = reports.back();
+          if (r.degraded_tokens > 0 || r.error.find("cloud_unreachable") != std::string::npos)
+            lost = deployed;
+          row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
+          auto j = report_json(r, x.prompt, x.text,
+                               formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
+                                                m.model->config().n_embd,
+                                                s.upload.dtype == "f32" ? 4 : 2));
+          if (mode == "cloud" && !cloud)
+            cloud = &r;
+          if (cloud) {
+            x.agreement = token_agreement(r.tokens, cloud->tokens);
+            add_cloud_agreement(j, r.tokens, cloud->tokens);
+          }
+          if (a.json)
+            std::cout << j.dump() << std::endl;
+          rows.push_back(x);
+        }
+      }
+    }
+    if (!deployed)
+      cloud_seen = sim->cloud_state();
+  }
+  if (a.json)
+    return;
+  if (prompts.size() > 1)
+    fmt::print(stderr, "\n");
+  for (auto& r : rows) {
+    fmt::print("[{}] {}{}\n", r.report->mode, r.prompt, r.text);
+    if (r.report->degraded_tokens > 0)
+      fmt::print("  ({} tokens produced on the edge alone after the cloud was lost{})\n",
+                 r.report->degraded_tokens,
+                 r.report->resumed > 0
+                   ? fmt::format("; resumed with the cloud {} time(s)", r.report->resumed)
+                   : std::string());
+    if (!r.report->error.empty())
+      fmt::print("  error: {}\n", r.report->error);
+  }
+  print_table(rows, modes);
+  if (a.sessions > 1) {
+    fmt::print("\n{} concurrent sessions per prompt:\n", a.sessions);
+    for (auto& mode : modes) {
+      double ms = 0, tokens = 0, cloud = 0;
+      for (auto& t : rates)
+        if (t.mode == mode) {
+          ms += t.ms;
+          tokens += double(t.tokens);
+          cloud += double(t.cloud_tokens);
+        }
+      fmt::print("{:<14} {:>9.1f} tokens/s in all, {:>9.1f} of them from the cloud\n", mode,
+                 ms > 0 ? tokens / ms * 1000 : 0.0, ms > 0 ? cloud / ms * 1000 : 0.0);
+    }
+    if (cloud_seen.steps > 0)
+      fmt::print("cloud: {} steps, {:.2f} sessions per step on average (session.batch_sessions = "
+                 "{}); {:.1f} KiB of context per session\n",
+                 cloud_seen.steps, double(cloud_seen.stepped_sessions) / double(cloud_seen.steps),
+                 s.session.batch_sessions, double(cloud_seen.session_bytes) / 1024.0);
+  }
+}
+
+void add_session_options(CLI::App* cmd, const std::shared_ptr<session_args>& a) {
+  cmd->add_option("--config", a->config,
+                  "TOML settings (see config/sim.toml; default: the built-in defaults)");
+  cmd->add_option("--set", a->sets,
+                  "override one setting, e.g. --set policy.threshold=0.9 (repeatable)")
+    ->take_all()->allow_extra_args(false);
+  cmd->add_option("--mode", a->mode,
+                  "cloud, naive, standalone, collaborative, or all to compare them side by side "
+                  "(default: policy.mode)")
+    ->check(CLI::IsMember({"cloud", "naive", "standalone", "collaborative", "all"}));
+  auto* prompt = cmd->add_option("--prompt", a->prompt, "prompt text (default: generation.prompt)");
+  cmd->add_option("--prompts", a->prompts_file, "file with one prompt per line")->excludes(prompt);
+  cmd->add_option("--max-tokens", a->max_tokens,
+                  "most tokens per response (default: generation.max_tokens)")
+    ->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", a->json,
+                "one JSON object per response: mode, prompt, text, tokens, n_prompt, "
+                "n_generated, exits, cloud_requests, degraded_tokens, resumed, bytes_up, bytes_down, "
+                "edge_ms, cloud_ms, comm_ms, total_ms, ...");
+  cmd->add_option("--sessions", a->sessions,
+                  "run each prompt as this many edge sessions at the same time (all sharing one "
+                  "cloud) and report the aggregate tokens/s")
+    ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_flag("--print-config", a->print_config, "print the effective settings and exit");
+}
+
+} // namespace ceco::app

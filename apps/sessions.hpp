@@ -1,0 +1,44 @@
+#pragma once
+
+// Running prompts under one or all strategies and reporting them: what
+// `ceco sim` (edge and cloud sites in this process) and `ceco edge` (the
+// cloud elsewhere) share: their options, the run, the JSON lines and the
+// table.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "actors/deployment.hpp"
+
+namespace ceco::app {
+
+struct session_args {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string mode;
+  std::string prompt;
+  std::string prompts_file;
+  int max_tokens = 0;
+  int sessions = 1;
+  bool json = false;
+  bool print_config = false;
+};
+
+/// --config, --set, --mode, --prompt(s), --max-tokens, --json, --sessions, --print-config.
+void add_session_options(CLI::App* cmd, const std::shared_ptr<session_args>& a);
+
+/// The edge site wired to a cloud that runs elsewhere (`ceco edge`).
+using remote_cloud_fn = std::function<std::unique_ptr<deployment>(
+  caf::actor_system& sys, const settings& s, const site_model& m)>;
+
+/// Runs the prompts of `a` under its strategies and prints the report. With
+/// `remote` unset both sites run here (`ceco sim`); with it, the cloud is
+/// remote: the actor system is set up for a deployment, and after a loss
+/// each response waits a while for the link to reconnect.
+void run_sessions(session_args a, const remote_cloud_fn& remote = {});
+
+} // namespace ceco::app
