@@ -12,7 +12,9 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
+#include "model/exit_heads.hpp"
 #include "model/gguf.hpp"
+#include "model/layer.hpp"
 
 namespace ceco {
 
@@ -151,13 +153,10 @@ std::vector<int32_t> encode_corpus(const tokenizer& vocab, const std::string& te
 
 struct model_trainer::params {
   at::Tensor emb;  // [V, d], tied classifier
-  struct layer {
-    at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3;
-  };
-  std::vector<layer> layers;
+  std::vector<layer_weights> layers;
   at::Tensor out_norm;
   std::vector<at::Tensor> exit_norms;  // one per exit
-  at::Tensor cos, sin;                 // [seq, hd/2], constants
+  rope_table rope;                     // constants, as inference's
 
   std::vector<at::Tensor> all() {
     std::vector<at::Tensor> v{emb, out_norm};
@@ -170,48 +169,28 @@ struct model_trainer::params {
 
 namespace {
 
-at::Tensor rms(const at::Tensor& x, const at::Tensor& w, float eps) {
-  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
-}
-
-/// x [B, T, H, hd] rotated by interleaved pairs, as the inference path does.
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  auto sizes = x.sizes().vec();
-  auto v = x.reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
-  auto c = cos.narrow(0, 0, sizes[1]).view({1, sizes[1], 1, sizes[3] / 2});
-  auto s = sin.narrow(0, 0, sizes[1]).view({1, sizes[1], 1, sizes[3] / 2});
-  auto a = v.select(4, 0), b = v.select(4, 1);
-  return at::stack({a * c - b * s, a * s + b * c}, 4).reshape(sizes);
-}
-
-/// Final logits and each exit's, for tokens [B, T].
+/// Final logits and each exit's, for tokens [B, T]: the reference layer
+/// (model/layer.hpp) over whole windows, under autograd.
 std::vector<at::Tensor> forward(model_trainer::params& p, const model_config& c,
                                 const std::vector<int>& exits, const at::Tensor& tokens) {
-  const int64_t B = tokens.size(0), T = tokens.size(1), hd = c.head_dim();
+  const int64_t B = tokens.size(0), T = tokens.size(1);
   auto x = p.emb.index_select(0, tokens.flatten()).view({B, T, c.n_embd});
-  auto mask = at::ones({T, T}, at::kBool).triu(1);
+  auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    return causal_attention(rope(q, p.rope, 0, c.n_head), rope(k, p.rope, 0, c.n_head_kv), v, 0,
+                            c);
+  };
   std::vector<at::Tensor> out;
   for (int il = 0; il < c.n_layer; ++il) {
-    auto& w = p.layers[size_t(il)];
-    auto h = rms(x, w.attn_norm, c.norm_eps);
-    auto q = rope(at::matmul(h, w.wq.t()).view({B, T, c.n_head, hd}), p.cos, p.sin).transpose(1, 2);
-    auto k = rope(at::matmul(h, w.wk.t()).view({B, T, c.n_head_kv, hd}), p.cos, p.sin).transpose(1, 2);
-    auto v = at::matmul(h, w.wv.t()).view({B, T, c.n_head_kv, hd}).transpose(1, 2);
-    if (c.n_head_kv != c.n_head) {
-      k = k.repeat_interleave(c.kv_group(), 1);
-      v = v.repeat_interleave(c.kv_group(), 1);
-    }
-    auto scores = at::matmul(q, k.transpose(2, 3)) / std::sqrt(double(hd));
-    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    auto att = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({B, T, c.n_embd});
-    x = x + at::matmul(att, w.wo.t());
-    h = rms(x, w.ffn_norm, c.norm_eps);
-    x = x + at::matmul(at::silu(at::matmul(h, w.w1.t())) * at::matmul(h, w.w3.t()), w.w2.t());
+    x = layer_forward(x, p.layers[size_t(il)], c.norm_eps, attend);
     for (size_t e = 0; e < exits.size(); ++e)
-      if (exits[e] == il + 1)
-        out.push_back(at::matmul(rms(x, p.exit_norms[e], c.norm_eps), p.emb.t()));
+      if (exits[e] == il + 1) {
+        exit_head head;  // the logit lens with its own norm, tied classifier
+        head.norm = p.exit_norms[e];
+        head.output = p.emb;
+        out.push_back(head.logits(x, c.norm_eps));
+      }
   }
-  out.insert(out.begin(), at::matmul(rms(x, p.out_norm, c.norm_eps), p.emb.t()));
+  out.insert(out.begin(), project(rms_norm(x, p.out_norm, c.norm_eps), p.emb));
   return out;
 }
 
@@ -233,22 +212,12 @@ model_trainer::model_trainer(model_config cfg, training_options opts)
   p_->emb = init({cfg_.vocab_size, d}, 0.02);
   p_->out_norm = ones(d);
   for (int il = 0; il < cfg_.n_layer; ++il)
-    p_->layers.push_back({ones(d), init({d, d}, 0.02), init({dkv, d}, 0.02), init({dkv, d}, 0.02),
+    p_->layers.push_back(layer_weights{ones(d), init({d, d}, 0.02), init({dkv, d}, 0.02), init({dkv, d}, 0.02),
                           init({d, d}, std_out), ones(d), init({ff, d}, 0.02),
                           init({d, ff}, std_out), init({ff, d}, 0.02)});
   for (size_t e = 0; e < opts_.exits.size(); ++e)
     p_->exit_norms.push_back(ones(d));
-  // The inference path's RoPE table, computed the same way (fp32).
-  const int half = cfg_.head_dim() / 2;
-  p_->cos = at::empty({cfg_.max_seq, half});
-  p_->sin = at::empty({cfg_.max_seq, half});
-  auto pc = p_->cos.data_ptr<float>(), ps = p_->sin.data_ptr<float>();
-  for (int pos = 0; pos < cfg_.max_seq; ++pos)
-    for (int i = 0; i < half; ++i) {
-      float freq = 1.0f / std::pow(cfg_.rope_theta, float(2 * i) / float(cfg_.head_dim()));
-      pc[pos * half + i] = std::cos(float(pos) * freq);
-      ps[pos * half + i] = std::sin(float(pos) * freq);
-    }
+  p_->rope = rope_table::build(cfg_);
 }
 
 model_trainer::~model_trainer() = default;
