@@ -8,7 +8,6 @@
 #include <fmt/format.h>
 
 #include "model/exit_heads.hpp"
-#include "model/sampler.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco {
@@ -58,13 +57,8 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
         c10::InferenceMode guard;
         auto x = m.embed(tokens);
         std::vector<float> exit_rows;
-        int done = 0;
-        for (int e : st.exits) {
-          m.forward_layers(x, pos, done, e, *cache);
-          append_last_row(x, exit_rows);
-          done = e;
-        }
-        m.forward_layers(x, pos, done, st.split, *cache);
+        m.forward_to_exits(x, pos, 0, st.split, *cache, st.exits,
+                           [&](size_t, const at::Tensor& h) { append_last_row(h, exit_rows); });
         auto cpu = x.to(at::kCPU).contiguous();
         const int32_t d = m.config().n_embd;
         edge_output out;
@@ -118,15 +112,14 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       exit_decision d;
       std::vector<int32_t> tokens;
       for (size_t i = 0; i < st.heads.size(); ++i) {
-        auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).contiguous();
-        const float* z = logits.data_ptr<float>();
-        d.confidence.push_back(max_probability(z, int(logits.numel())));
-        tokens.push_back(argmax(z, int(logits.numel())));
+        auto r = st.heads.read(i, x.narrow(0, int64_t(i), 1));
+        d.confidence.push_back(r.confidence);
+        tokens.push_back(r.token);
       }
-      int fired = first_confident_exit(st.layers, d.confidence, st.policy.threshold,
-                                       st.policy.min_exit_layer);
-      d.exit_layer = fired >= 0 ? st.layers[size_t(fired)] : -1;
-      d.token = tokens[fired >= 0 ? size_t(fired) : tokens.size() - 1];
+      auto choice = decide_exit(st.layers, d.confidence, tokens, st.policy.threshold,
+                                st.policy.min_exit_layer);
+      d.exit_layer = choice.layer;
+      d.token = choice.token;
       d.compute_us = us_since(t0);
       return d;
     },
