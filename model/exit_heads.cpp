@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
 #include "model/layer.hpp"
 #include "model/sampler.hpp"
 #include "model/loader.hpp"

@@ -1,75 +1,15 @@
 #include "model/transformer.hpp"
 
 #include <cmath>
-#include <thread>
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 
 #include "model/cpu_kernels.hpp"
 #include "model/layer.hpp"
 
-// OpenBLAS's own thread count is not governed by at::set_num_threads.
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-
 namespace ceco {
-
-void set_compute_threads(int n) {
-  if (n <= 0)
-    n = int(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
-  // The decode kernels parallelise over OpenMP threads, which spin between
-  // regions; OpenBLAS threads on the same cores would fight them and made
-  // 2-thread prefill 5x slower here. Batched products stay single-threaded.
-  if (openblas_set_num_threads)
-    openblas_set_num_threads(1);
-}
-
-void set_blas_threads(int n) {
-  at::set_num_threads(n);
-  if (openblas_set_num_threads)
-    openblas_set_num_threads(n);
-}
-
-// -- kv_cache -------------------------------------------------------------------
-
-kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int capacity,
-                   c10::Device device)
-  : first_(first_layer), last_(last_layer), capacity_(capacity) {
-  if (first_layer < 0 || last_layer < first_layer || last_layer > cfg.n_layer)
-    throw model_error(fmt::format(
-      "kv_cache: layer range [{}, {}) is not inside the model's {} layers", first_layer,
-      last_layer, cfg.n_layer));
-  if (capacity <= 0)
-    throw model_error(fmt::format("kv_cache: capacity must be positive, got {}", capacity));
-  auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
-  for (int il = first_layer; il < last_layer; ++il) {
-    k_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
-    v_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
-  }
-  length_.assign(size_t(last_layer - first_layer), 0);
-  scores_.resize(size_t(capacity));
-}
-
-int kv_cache::length() const {
-  if (length_.empty())
-    return 0;
-  return *std::min_element(length_.begin(), length_.end());
-}
-
-void kv_cache::truncate(int n) {
-  for (auto& l : length_)
-    l = std::min(l, std::max(n, 0));
-}
-
-int64_t kv_cache::bytes() const {
-  int64_t total = 0;
-  for (size_t i = 0; i < k_.size(); ++i)
-    total += k_[i].nbytes() + v_[i].nbytes();
-  return total;
-}
 
 // -- transformer ----------------------------------------------------------------
 
@@ -165,14 +105,20 @@ void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last
   c10::InferenceMode guard;
   const int64_t n = x.size(0);
   const sequence_step step{&x, pos, &cache};
-  const bool one_cpu = fast_decode_ && n == 1 && x.is_cpu();
-  for (int il = first; il < last; ++il) {
-    if (one_cpu)
+  if (fast_decode_ && n == 1 && x.is_cpu()) {
+    for (int il = first; il < last; ++il) {
       forward_rows_cpu(x.data_ptr<float>(), &step, 1, il);
-    else
-      forward_stacked(x, &step, 1, il);
+      cache.set_length(il, int(pos + n));
+    }
+    return;
+  }
+  auto h = x;  // each layer makes new hidden states; x takes the last
+  for (int il = first; il < last; ++il) {
+    forward_stacked(h, &step, 1, il);
     cache.set_length(il, int(pos + n));
   }
+  if (!h.is_same(x))
+    x.copy_(h);
 }
 
 void transformer::forward_sequences(const std::vector<sequence_step>& steps, int first,
@@ -250,7 +196,8 @@ void transformer::attend_one_cpu(float* out, float* q, int64_t pos, int il,
 }
 
 // The rows of one or more sequences stacked in x: the reference layer, with
-// one product per weight and attention per sequence.
+// one product per weight and attention per sequence. x is replaced by the
+// layer's output.
 void transformer::forward_stacked(at::Tensor& x, const sequence_step* steps, size_t n_steps,
                                   int il) const {
   const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv();
@@ -277,7 +224,7 @@ void transformer::forward_stacked(at::Tensor& x, const sequence_step* steps, siz
     }
     return att;
   };
-  x.copy_(layer_forward(x, w_.layers[size_t(il)], cfg_.norm_eps, attend_steps));
+  x = layer_forward(x, w_.layers[size_t(il)], cfg_.norm_eps, attend_steps);
 }
 
 namespace {
@@ -365,50 +312,6 @@ void transformer::logits_rows_into(const at::Tensor& h, at::Tensor& out) const {
     return;
   }
   out.copy_(logits(h));
-}
-
-// -- model_config ---------------------------------------------------------------
-
-void model_config::validate(const std::string& source) const {
-  auto bad = [&](const char* field, long value, const std::string& expected) {
-    return model_error(
-      fmt::format("{}: model {} is {}, expected {}", source, field, value, expected));
-  };
-  if (n_embd <= 0) throw bad("n_embd", n_embd, "> 0");
-  if (n_ff <= 0) throw bad("n_ff", n_ff, "> 0");
-  if (n_layer <= 0) throw bad("n_layer", n_layer, "> 0");
-  if (n_head <= 0 || n_embd % n_head != 0)
-    throw bad("n_head", n_head, fmt::format("a divisor of n_embd = {}", n_embd));
-  if (head_dim() % 2 != 0)
-    throw bad("head_dim", head_dim(), "even (RoPE rotates pairs)");
-  if (n_head_kv <= 0 || n_head % n_head_kv != 0)
-    throw bad("n_head_kv", n_head_kv, fmt::format("a divisor of n_head = {}", n_head));
-  if (vocab_size <= 0) throw bad("vocab_size", vocab_size, "> 0");
-  if (max_seq <= 0) throw bad("max_seq", max_seq, "> 0");
-  if (!(norm_eps > 0)) throw model_error(fmt::format("{}: norm_eps must be > 0", source));
-  if (!(rope_theta > 0)) throw model_error(fmt::format("{}: rope_theta must be > 0", source));
-}
-
-} // namespace ceco
-
-namespace ceco {
-
-c10::Device parse_device(const std::string& name) {
-  c10::Device dev = c10::kCPU;
-  try {
-    dev = c10::Device(name);
-  } catch (const std::exception&) {
-    throw model_error(fmt::format("--device: '{}' is not a device; expected cpu, cuda or cuda:N",
-                                  name));
-  }
-  if (dev.is_cuda() && !at::hasCUDA())
-    throw model_error(fmt::format(
-      "--device {}: this ceco is built against a libtorch without CUDA (Debian's libtorch is "
-      "CPU-only); rebuild with CMAKE_PREFIX_PATH pointing at a CUDA build of libtorch",
-      name));
-  if (!dev.is_cpu() && !dev.is_cuda())
-    throw model_error(fmt::format("--device: '{}' is not supported; expected cpu or cuda", name));
-  return dev;
 }
 
 } // namespace ceco

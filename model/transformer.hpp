@@ -12,7 +12,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/compute_threads.hpp"
 #include "model/config.hpp"
+#include "model/device.hpp"
 #include "model/kv_cache.hpp"
 #include "model/layer.hpp"
 #include "model/weights.hpp"
@@ -108,19 +110,5 @@ private:
   rope_table rope_;
   bool fast_decode_ = true;
 };
-
-/// Threads for the decode kernels and libtorch's own ops (0 = all cores);
-/// OpenBLAS stays at one thread.
-void set_compute_threads(int n);
-/// Threads of OpenBLAS itself, for big batched products (training).
-void set_blas_threads(int n);
-
-} // namespace ceco
-
-namespace ceco {
-
-/// "cpu", "cuda" or "cuda:N"; throws model_error when this build's libtorch
-/// cannot run there (Debian's libtorch is CPU-only).
-c10::Device parse_device(const std::string& name);
 
 } // namespace ceco
