@@ -54,13 +54,8 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
         c10::InferenceMode guard;
         auto x = m.embed(tokens);
         std::vector<float> exit_rows;
-        int done = 0;
-        for (int e : st.exits) {
-          m.forward_layers(x, pos, done, e, *cache);
-          append_last_row(x, exit_rows);
-          done = e;
-        }
-        m.forward_layers(x, pos, done, st.split, *cache);
+        m.forward_to_exits(x, pos, 0, st.split, *cache, st.exits,
+                           [&](size_t, const at::Tensor& h) { append_last_row(h, exit_rows); });
         const int32_t d = m.config().n_embd;
         edge_output out;
         out.split = encode_tensor(x, wire_dtype::f32);

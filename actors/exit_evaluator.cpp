@@ -8,7 +8,6 @@
 
 #include "actors/hidden_rows.hpp"
 #include "model/exit_heads.hpp"
-#include "model/sampler.hpp"
 
 namespace ceco {
 
@@ -53,15 +52,14 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       exit_decision d;
       std::vector<int32_t> tokens;
       for (size_t i = 0; i < st.heads.size(); ++i) {
-        auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).contiguous();
-        const float* z = logits.data_ptr<float>();
-        d.confidence.push_back(max_probability(z, int(logits.numel())));
-        tokens.push_back(argmax(z, int(logits.numel())));
+        auto r = st.heads.read(i, x.narrow(0, int64_t(i), 1));
+        d.confidence.push_back(r.confidence);
+        tokens.push_back(r.token);
       }
-      int fired = first_confident_exit(st.layers, d.confidence, st.policy.threshold,
-                                       st.policy.min_exit_layer);
-      d.exit_layer = fired >= 0 ? st.layers[size_t(fired)] : -1;
-      d.token = tokens[fired >= 0 ? size_t(fired) : tokens.size() - 1];
+      auto choice = decide_exit(st.layers, d.confidence, tokens, st.policy.threshold,
+                                st.policy.min_exit_layer);
+      d.exit_layer = choice.layer;
+      d.token = choice.token;
       d.compute_us = us_since(t0);
       return d;
     },

@@ -14,7 +14,8 @@
 
 #include "apps/commands.hpp"
 #include "config/settings.hpp"
-#include "model/training.hpp"
+#include "model/bpe_learner.hpp"
+#include "model/model_trainer.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco::app {

@@ -5,6 +5,9 @@
 #include <fmt/format.h>
 
 #include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
+#include "model/layer.hpp"
+#include "model/sampler.hpp"
 #include "model/loader.hpp"
 #include "model/transformer.hpp"
 
@@ -40,7 +43,7 @@ exit_heads exit_heads::untrained(const transformer& model, std::vector<int> laye
 
 namespace {
 
-at::Tensor read(const gguf_file& f, const std::string& name, std::vector<int64_t> shape,
+at::Tensor read_head_tensor(const gguf_file& f, const std::string& name, std::vector<int64_t> shape,
                 c10::Device device) {
   return read_gguf_tensor(f, name, shape).to(device);
 }
@@ -78,9 +81,9 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
     auto n = [&](const char* s) { return fmt::format("exit.{}.{}", l, s); };
     exit_head e;
     e.layer = l;
-    e.norm = read(f, n("norm.weight"), {cfg.n_embd}, dev);
+    e.norm = read_head_tensor(f, n("norm.weight"), {cfg.n_embd}, dev);
     if (f.find(n("output.weight"))) {
-      e.output = read(f, n("output.weight"), {cfg.vocab_size, cfg.n_embd}, dev);
+      e.output = read_head_tensor(f, n("output.weight"), {cfg.vocab_size, cfg.n_embd}, dev);
       e.own_output = true;
     } else {
       e.output = model.weights().output;
@@ -90,9 +93,9 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
         throw model_error(fmt::format("{}: tensor '{}' must be 2-D, has shape {}", path,
                                       n("adapter_a.weight"), a->shape_string()));
       int64_t hidden = a->ne[1];
-      e.adapter_a = read(f, n("adapter_a.weight"), {hidden, cfg.n_embd}, dev);
-      e.adapter_c = read(f, n("adapter_a.bias"), {hidden}, dev);
-      e.adapter_b = read(f, n("adapter_b.weight"), {cfg.n_embd, hidden}, dev);
+      e.adapter_a = read_head_tensor(f, n("adapter_a.weight"), {hidden, cfg.n_embd}, dev);
+      e.adapter_c = read_head_tensor(f, n("adapter_a.bias"), {hidden}, dev);
+      e.adapter_b = read_head_tensor(f, n("adapter_b.weight"), {cfg.n_embd, hidden}, dev);
     }
     h.heads_.push_back(std::move(e));
   }
@@ -136,6 +139,19 @@ int first_confident_exit(const std::vector<int>& layers, const std::vector<float
   return -1;
 }
 
+exit_choice decide_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
+                        const std::vector<int32_t>& tokens, float threshold, int min_layer) {
+  if (layers.empty() || tokens.size() != layers.size())
+    throw model_error(fmt::format("exit decision: {} tokens for {} exits", tokens.size(),
+                                  layers.size()));
+  exit_choice c;
+  c.index = first_confident_exit(layers, confidence, threshold, min_layer);
+  const size_t chosen = c.index >= 0 ? size_t(c.index) : layers.size() - 1;
+  c.layer = c.index >= 0 ? layers[chosen] : -1;
+  c.token = tokens[chosen];
+  return c;
+}
+
 std::vector<int> exit_heads::layers() const {
   std::vector<int> out;
   for (auto& e : heads_)
@@ -143,13 +159,22 @@ std::vector<int> exit_heads::layers() const {
   return out;
 }
 
+at::Tensor exit_head::logits(const at::Tensor& h, float norm_eps) const {
+  auto n = rms_norm(h, norm, norm_eps);
+  if (adapter_a.defined())
+    n = n + project(at::silu(project(n, adapter_a) + adapter_c), adapter_b);
+  return project(n, output);
+}
+
 at::Tensor exit_heads::logits(size_t i, const at::Tensor& h) const {
   c10::InferenceMode guard;
-  const auto& e = heads_.at(i);
-  auto n = h * at::rsqrt(h.pow(2).mean(-1, true) + norm_eps_) * e.norm;
-  if (e.adapter_a.defined())
-    n = n + at::matmul(at::silu(at::matmul(n, e.adapter_a.t()) + e.adapter_c), e.adapter_b.t());
-  return at::matmul(n, e.output.t());
+  return heads_.at(i).logits(h, norm_eps_);
+}
+
+exit_reading exit_heads::read(size_t i, const at::Tensor& h) const {
+  auto z = logits(i, h).to(at::kCPU).contiguous();
+  const int n = int(z.numel());
+  return {max_probability(z.data_ptr<float>(), n), argmax(z.data_ptr<float>(), n)};
 }
 
 } // namespace ceco

@@ -37,6 +37,16 @@ struct exit_head {
   at::Tensor adapter_c;   // [hidden]
   at::Tensor adapter_b;   // [n_embd, hidden]
   bool own_output = false;  // false: `output` is the model's classifier
+
+  /// The head formula above: h [..., n_embd] -> logits [..., vocab]. Plain
+  /// tensor ops, so the trainers run it under autograd.
+  at::Tensor logits(const at::Tensor& h, float norm_eps) const;
+};
+
+/// What one head says about one position.
+struct exit_reading {
+  float confidence = 0;  // max softmax probability
+  int32_t token = 0;     // argmax
 };
 
 class exit_heads {
@@ -63,6 +73,8 @@ public:
 
   /// h [T, n_embd] -> logits [T, vocab] of head i.
   at::Tensor logits(size_t i, const at::Tensor& h) const;
+  /// Head i on one row h [1, n_embd] (on the heads' device).
+  exit_reading read(size_t i, const at::Tensor& h) const;
 
 private:
   std::vector<exit_head> heads_;
@@ -74,5 +86,14 @@ private:
 /// `threshold`, or -1 when none does.
 int first_confident_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
                          float threshold, int min_layer);
+
+/// The exit decision for one position, from each exit's reading in order.
+struct exit_choice {
+  int index = -1;     // the exit that fires, -1 when none does
+  int layer = -1;     // its layer, -1 when none fires
+  int32_t token = 0;  // its token; the deepest exit's when none fires
+};
+exit_choice decide_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
+                        const std::vector<int32_t>& tokens, float threshold, int min_layer);
 
 } // namespace ceco

@@ -70,13 +70,9 @@ exit_dataset collect_exit_data(const transformer& model,
     for (auto& seq : sequences) {
       auto cache = model.make_cache(0, L, int(seq.size()));
       auto x = model.embed(seq);
-      int done = 0;
-      for (size_t i = 0; i < exits.size(); ++i) {
-        model.forward_layers(x, 0, done, exits[i], cache);
-        hidden[i].push_back(x.to(at::kCPU).clone());
-        done = exits[i];
-      }
-      model.forward_layers(x, 0, done, L, cache);
+      model.forward_to_exits(x, 0, 0, L, cache, exits, [&](size_t i, const at::Tensor& h) {
+        hidden[i].push_back(h.to(at::kCPU).clone());
+      });
       teacher.push_back(model.logits(x).to(at::kCPU));
       std::vector<int64_t> nt(seq.begin() + 1, seq.end());
       nt.push_back(-1);
@@ -92,18 +88,6 @@ exit_dataset collect_exit_data(const transformer& model,
   d.next_token = at::cat(next).clone();
   return d;
 }
-
-namespace {
-
-at::Tensor head_logits(const at::Tensor& h, const at::Tensor& norm, const at::Tensor& a,
-                       const at::Tensor& c, const at::Tensor& b, const at::Tensor& w, float eps) {
-  auto n = h * at::rsqrt(h.pow(2).mean(-1, true) + eps) * norm;
-  if (a.defined())
-    n = n + at::matmul(at::silu(at::matmul(n, a.t()) + c), b.t());
-  return at::matmul(n, w.t());
-}
-
-} // namespace
 
 exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
                             const exit_training_options& opts,
@@ -143,6 +127,12 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
       b = at::zeros({cfg.n_embd, opts.adapter_hidden}).set_requires_grad(true);  // starts as identity
       params.insert(params.end(), {a, c, b});
     }
+    exit_head head;  // the trained tensors, in the inference formula
+    head.norm = norm;
+    head.output = w;
+    head.adapter_a = a;
+    head.adapter_c = c;
+    head.adapter_b = b;
     torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(opts.lr).weight_decay(0.0));
     const auto& hidden = data.hidden[i];
     for (int step = 0; step < opts.steps; ++step) {
@@ -152,7 +142,7 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
         if (idx.numel() == 0)
           continue;
       }
-      auto logp = at::log_softmax(head_logits(hidden.index_select(0, idx), norm, a, c, b, w, eps), -1);
+      auto logp = at::log_softmax(head.logits(hidden.index_select(0, idx), eps), -1);
       at::Tensor loss;
       auto kl = [&] {
         return (teacher_p.index_select(0, idx) * (teacher_logp.index_select(0, idx) - logp))

@@ -27,36 +27,31 @@ double ms_since(clock_type::time_point t0) {
   return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
 }
 
-/// Runs all layers on x [T, d] at `pos`, stopping after each exit layer to
-/// evaluate its head on the last row when tracing.
+/// Runs all layers on x [T, d] at `pos`, reading each exit's head on the
+/// last row when tracing.
 void run_layers(const transformer& model, at::Tensor& x, int64_t pos, kv_cache& cache,
-                const generation_options& opts, exit_step* step) {
+                const generation_options& opts, const std::vector<int>& exit_layers,
+                exit_step* step) {
   const int n_layer = model.config().n_layer;
   if (!step) {
     model.forward_layers(x, pos, 0, n_layer, cache);
     return;
   }
-  const auto& heads = *opts.exits;
-  int done = 0;
-  for (size_t i = 0; i < heads.size(); ++i) {
-    model.forward_layers(x, pos, done, heads[i].layer, cache);
-    done = heads[i].layer;
-    auto logits = heads.logits(i, x.narrow(0, x.size(0) - 1, 1)).to(at::kCPU).contiguous();
-    const float* z = logits.data_ptr<float>();
-    const int n = int(logits.numel());
-    step->confidence.push_back(max_probability(z, n));
-    step->tokens.push_back(argmax(z, n));
-  }
-  model.forward_layers(x, pos, done, n_layer, cache);
+  model.forward_to_exits(x, pos, 0, n_layer, cache, exit_layers,
+                         [&](size_t i, const at::Tensor& h) {
+                           auto r = opts.exits->read(i, h.narrow(0, h.size(0) - 1, 1));
+                           step->confidence.push_back(r.confidence);
+                           step->tokens.push_back(r.token);
+                         });
 }
 
 void judge_exits(const generation_options& opts, const std::vector<int>& layers,
                  int32_t final_token, exit_step& step) {
-  int fired = first_confident_exit(layers, step.confidence, opts.threshold, opts.min_exit_layer);
-  // Standalone falls back to the deepest exit when none fires.
-  size_t chosen = fired >= 0 ? size_t(fired) : layers.size() - 1;
-  step.exit_layer = fired >= 0 ? layers[chosen] : -1;
-  step.agrees = step.tokens[chosen] == final_token;
+  // Standalone measures the deepest exit's token when none fires.
+  auto choice = decide_exit(layers, step.confidence, step.tokens, opts.threshold,
+                            opts.min_exit_layer);
+  step.exit_layer = choice.layer;
+  step.agrees = choice.token == final_token;
 }
 
 } // namespace
@@ -122,7 +117,7 @@ generation_result generate(const transformer& model, const std::vector<int32_t>&
   auto t0 = clock_type::now();
   auto x = model.embed(prompt);
   exit_step step;
-  run_layers(model, x, 0, cache, opts, tracing ? &step : nullptr);
+  run_layers(model, x, 0, cache, opts, exit_layers, tracing ? &step : nullptr);
   model.logits_into(x, logits_dev);
   bool more = emit(tracing ? &step : nullptr);
   r.prefill_ms = ms_since(t0);
@@ -133,7 +128,7 @@ generation_result generate(const transformer& model, const std::vector<int32_t>&
     int64_t pos = int64_t(prompt.size() + r.tokens.size()) - 1;
     model.embed_into(r.tokens.back(), x_one);
     exit_step s;
-    run_layers(model, x_one, pos, cache, opts, tracing ? &s : nullptr);
+    run_layers(model, x_one, pos, cache, opts, exit_layers, tracing ? &s : nullptr);
     model.logits_into(x_one, logits_dev);
     ++r.decode_steps;
     more = emit(tracing ? &s : nullptr);

@@ -1,7 +1,6 @@
 #include "model/gguf.hpp"
 
 #include <cstring>
-#include <fstream>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -12,17 +11,12 @@
 
 namespace ceco {
 
+using namespace gguf_format;
+
 namespace {
 
-constexpr uint32_t gguf_magic = 0x46554747;  // "GGUF" little-endian
-constexpr uint64_t default_alignment = 32;
 constexpr int64_t q8_0_block = 32;            // elements per Q8_0 block
 constexpr int64_t q8_0_block_bytes = 2 + 32;  // fp16 scale + 32 int8
-
-enum value_type : uint32_t {
-  t_u8 = 0, t_i8, t_u16, t_i16, t_u32, t_i32, t_f32, t_bool, t_string,
-  t_array, t_u64, t_i64, t_f64,
-};
 
 /// Bounds-checked little-endian reader over the mapped file.
 struct cursor {
@@ -157,11 +151,11 @@ gguf_file::~gguf_file() {
 
 void gguf_file::parse() {
   cursor c{base_, size_, 0, path_};
-  auto magic = c.read<uint32_t>("magic");
-  if (magic != gguf_magic)
+  auto found = c.read<uint32_t>("magic");
+  if (found != gguf_format::magic)
     throw model_error(fmt::format(
       "{}: not a GGUF file: expected magic 0x{:08x} (\"GGUF\"), found 0x{:08x}",
-      path_, gguf_magic, magic));
+      path_, gguf_format::magic, found));
   version_ = c.read<uint32_t>("version");
   if (version_ != 2 && version_ != 3)
     throw model_error(fmt::format(
@@ -395,128 +389,6 @@ void gguf_file::dequantize(const gguf_tensor& t, float* out) const {
       }
       return;
   }
-}
-
-// -- gguf_writer --------------------------------------------------------------
-
-namespace {
-
-template <class T>
-void put(std::vector<uint8_t>& buf, T v) {
-  size_t at = buf.size();
-  buf.resize(at + sizeof(T));
-  std::memcpy(buf.data() + at, &v, sizeof(T));
-}
-
-void put_string(std::vector<uint8_t>& buf, const std::string& s) {
-  put<uint64_t>(buf, s.size());
-  buf.insert(buf.end(), s.begin(), s.end());
-}
-
-} // namespace
-
-void gguf_writer::set_uint32(const std::string& key, uint32_t v) {
-  entry e{key, t_u32, {}};
-  put(e.bytes, v);
-  kv_.push_back(std::move(e));
-}
-
-void gguf_writer::set_float32(const std::string& key, float v) {
-  entry e{key, t_f32, {}};
-  put(e.bytes, v);
-  kv_.push_back(std::move(e));
-}
-
-void gguf_writer::set_string(const std::string& key, const std::string& v) {
-  entry e{key, t_string, {}};
-  put_string(e.bytes, v);
-  kv_.push_back(std::move(e));
-}
-
-void gguf_writer::set_string_array(const std::string& key,
-                                   const std::vector<std::string>& v) {
-  entry e{key, t_array, {}};
-  put<uint32_t>(e.bytes, t_string);
-  put<uint64_t>(e.bytes, v.size());
-  for (auto& s : v)
-    put_string(e.bytes, s);
-  kv_.push_back(std::move(e));
-}
-
-void gguf_writer::set_float32_array(const std::string& key, const std::vector<float>& v) {
-  entry e{key, t_array, {}};
-  put<uint32_t>(e.bytes, t_f32);
-  put<uint64_t>(e.bytes, v.size());
-  for (auto x : v)
-    put(e.bytes, x);
-  kv_.push_back(std::move(e));
-}
-
-void gguf_writer::set_int32_array(const std::string& key, const std::vector<int32_t>& v) {
-  entry e{key, t_array, {}};
-  put<uint32_t>(e.bytes, t_i32);
-  put<uint64_t>(e.bytes, v.size());
-  for (auto x : v)
-    put(e.bytes, x);
-  kv_.push_back(std::move(e));
-}
-
-void gguf_writer::add_tensor(const std::string& name, std::vector<int64_t> ne,
-                             const float* data, bool as_f16) {
-  tensor t{name, std::move(ne), as_f16 ? ggml_type::f16 : ggml_type::f32, {}};
-  int64_t n = 1;
-  for (auto d : t.ne)
-    n *= d;
-  if (as_f16) {
-    t.bytes.resize(size_t(n) * 2);
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t h = float_to_half(data[i]);
-      std::memcpy(t.bytes.data() + 2 * i, &h, 2);
-    }
-  } else {
-    t.bytes.resize(size_t(n) * 4);
-    std::memcpy(t.bytes.data(), data, t.bytes.size());
-  }
-  tensors_.push_back(std::move(t));
-}
-
-void gguf_writer::write(const std::string& path) const {
-  std::vector<uint8_t> head;
-  put<uint32_t>(head, gguf_magic);
-  put<uint32_t>(head, 3);
-  put<uint64_t>(head, tensors_.size());
-  put<uint64_t>(head, kv_.size());
-  for (auto& e : kv_) {
-    put_string(head, e.key);
-    put<uint32_t>(head, e.type);
-    head.insert(head.end(), e.bytes.begin(), e.bytes.end());
-  }
-  uint64_t offset = 0;
-  std::vector<uint64_t> offsets;
-  for (auto& t : tensors_) {
-    put_string(head, t.name);
-    put<uint32_t>(head, uint32_t(t.ne.size()));
-    for (auto d : t.ne)
-      put<uint64_t>(head, uint64_t(d));
-    put<uint32_t>(head, uint32_t(t.type));
-    put<uint64_t>(head, offset);
-    offsets.push_back(offset);
-    offset += (t.bytes.size() + default_alignment - 1) / default_alignment * default_alignment;
-  }
-  head.resize((head.size() + default_alignment - 1) / default_alignment * default_alignment, 0);
-
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out)
-    throw model_error(fmt::format("{}: cannot open for writing", path));
-  out.write(reinterpret_cast<const char*>(head.data()), std::streamsize(head.size()));
-  static const char zeros[default_alignment] = {};
-  for (auto& t : tensors_) {
-    out.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
-    auto pad = (default_alignment - t.bytes.size() % default_alignment) % default_alignment;
-    out.write(zeros, std::streamsize(pad));
-  }
-  if (!out)
-    throw model_error(fmt::format("{}: write failed", path));
 }
 
 } // namespace ceco

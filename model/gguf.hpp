@@ -1,6 +1,6 @@
 #pragma once
 
-// GGUF v2/v3 reader and writer (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md).
+// GGUF v2/v3 reader (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md).
 //
 // File layout: magic "GGUF" | u32 version | u64 n_tensors | u64 n_kv |
 // n_kv x (string key | u32 type | value) | n_tensors x (string name |
@@ -18,15 +18,9 @@
 #include <vector>
 
 #include "model/config.hpp"
+#include "model/gguf_format.hpp"
 
 namespace ceco {
-
-enum class ggml_type : uint32_t {
-  f32 = 0,
-  f16 = 1,
-  q8_0 = 8,
-  bf16 = 30,
-};
 
 /// A metadata value: scalars widen to the variant's types; arrays hold
 /// scalars or strings.
@@ -94,39 +88,5 @@ private:
   std::vector<gguf_tensor> tensors_;
 };
 
-/// Builds a GGUF v3 file in memory and writes it. Used for exit heads,
-/// trained models and test fixtures.
-class gguf_writer {
-public:
-  void set_uint32(const std::string& key, uint32_t v);
-  void set_float32(const std::string& key, float v);
-  void set_string(const std::string& key, const std::string& v);
-  void set_string_array(const std::string& key, const std::vector<std::string>& v);
-  void set_float32_array(const std::string& key, const std::vector<float>& v);
-  void set_int32_array(const std::string& key, const std::vector<int32_t>& v);
-
-  /// `ne` in ggml order; `data` is row-major fp32 with ne[0] contiguous.
-  /// Stored as F32, or F16 when `as_f16`.
-  void add_tensor(const std::string& name, std::vector<int64_t> ne,
-                  const float* data, bool as_f16 = false);
-
-  /// Throws model_error if the file cannot be written.
-  void write(const std::string& path) const;
-
-private:
-  struct entry {
-    std::string key;
-    uint32_t type;
-    std::vector<uint8_t> bytes;  // encoded value
-  };
-  struct tensor {
-    std::string name;
-    std::vector<int64_t> ne;
-    ggml_type type;
-    std::vector<uint8_t> bytes;
-  };
-  std::vector<entry> kv_;
-  std::vector<tensor> tensors_;
-};
 
 } // namespace ceco

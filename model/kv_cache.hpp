@@ -11,7 +11,7 @@ namespace ceco {
 
 /// Per-sequence state for the layers [first, last) one node runs: keys and
 /// values for every position so far, preallocated to `capacity` positions,
-/// plus scratch buffers for one-token decoding. Never shared between
+/// plus the attention scratch of one-token decoding. Never shared between
 /// sequences; the weights live elsewhere.
 class kv_cache {
 public:
@@ -35,16 +35,8 @@ public:
   /// Bytes held by keys and values.
   int64_t bytes() const;
 
-  /// Scratch for the CPU decode path, sized once here.
-  struct scratch {
-    std::vector<float> xb;   // [n_embd]
-    std::vector<float> q;    // [n_embd]
-    std::vector<float> att;  // [n_embd] attention output
-    std::vector<float> hb;   // [n_ff]
-    std::vector<float> hb2;  // [n_ff]
-    std::vector<float> scores;  // [capacity]
-  };
-  scratch& scratch_space() { return scratch_; }
+  /// Scratch for the CPU attention: one score per position.
+  float* scores() { return scores_.data(); }
 
 private:
   int first_;
@@ -53,7 +45,7 @@ private:
   std::vector<at::Tensor> k_;
   std::vector<at::Tensor> v_;
   std::vector<int> length_;
-  scratch scratch_;
+  std::vector<float> scores_;  // [capacity]
 };
 
 } // namespace ceco

@@ -1,79 +1,15 @@
 #include "model/transformer.hpp"
 
 #include <cmath>
-#include <thread>
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 
 #include "model/cpu_kernels.hpp"
-
-// OpenBLAS's own thread count is not governed by at::set_num_threads.
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+#include "model/layer.hpp"
 
 namespace ceco {
-
-void set_compute_threads(int n) {
-  if (n <= 0)
-    n = int(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
-  // The decode kernels parallelise over OpenMP threads, which spin between
-  // regions; OpenBLAS threads on the same cores would fight them and made
-  // 2-thread prefill 5x slower here. Batched products stay single-threaded.
-  if (openblas_set_num_threads)
-    openblas_set_num_threads(1);
-}
-
-void set_blas_threads(int n) {
-  at::set_num_threads(n);
-  if (openblas_set_num_threads)
-    openblas_set_num_threads(n);
-}
-
-// -- kv_cache -------------------------------------------------------------------
-
-kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int capacity,
-                   c10::Device device)
-  : first_(first_layer), last_(last_layer), capacity_(capacity) {
-  if (first_layer < 0 || last_layer < first_layer || last_layer > cfg.n_layer)
-    throw model_error(fmt::format(
-      "kv_cache: layer range [{}, {}) is not inside the model's {} layers", first_layer,
-      last_layer, cfg.n_layer));
-  if (capacity <= 0)
-    throw model_error(fmt::format("kv_cache: capacity must be positive, got {}", capacity));
-  auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
-  for (int il = first_layer; il < last_layer; ++il) {
-    k_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
-    v_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
-  }
-  length_.assign(size_t(last_layer - first_layer), 0);
-  scratch_.xb.resize(size_t(cfg.n_embd));
-  scratch_.q.resize(size_t(cfg.n_embd));
-  scratch_.att.resize(size_t(cfg.n_embd));
-  scratch_.hb.resize(size_t(cfg.n_ff));
-  scratch_.hb2.resize(size_t(cfg.n_ff));
-  scratch_.scores.resize(size_t(capacity));
-}
-
-int kv_cache::length() const {
-  if (length_.empty())
-    return 0;
-  return *std::min_element(length_.begin(), length_.end());
-}
-
-void kv_cache::truncate(int n) {
-  for (auto& l : length_)
-    l = std::min(l, std::max(n, 0));
-}
-
-int64_t kv_cache::bytes() const {
-  int64_t total = 0;
-  for (size_t i = 0; i < k_.size(); ++i)
-    total += k_[i].nbytes() + v_[i].nbytes();
-  return total;
-}
 
 // -- transformer ----------------------------------------------------------------
 
@@ -95,21 +31,9 @@ transformer::transformer(model_config cfg, model_weights weights, c10::Device de
     for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w1, &l.w2, &l.w3})
       move(*t);
 
-  // llama2.c's table: angle(pos, i) = pos * theta^(-2i / head_dim), in fp32.
-  const int half = cfg_.head_dim() / 2;
-  auto cos = at::empty({cfg_.max_seq, half}, at::kFloat);
-  auto sin = at::empty({cfg_.max_seq, half}, at::kFloat);
-  auto pc = cos.data_ptr<float>();
-  auto ps = sin.data_ptr<float>();
-  for (int p = 0; p < cfg_.max_seq; ++p)
-    for (int i = 0; i < half; ++i) {
-      float freq = 1.0f / std::pow(cfg_.rope_theta, float(2 * i) / float(cfg_.head_dim()));
-      float angle = float(p) * freq;
-      pc[p * half + i] = std::cos(angle);
-      ps[p * half + i] = std::sin(angle);
-    }
-  rope_cos_ = cos.to(device_);
-  rope_sin_ = sin.to(device_);
+  auto table = rope_table::build(cfg_);
+  rope_.cos = table.cos.to(device_);
+  rope_.sin = table.sin.to(device_);
 }
 
 kv_cache transformer::make_cache(int first, int last, int capacity) const {
@@ -167,19 +91,34 @@ void transformer::check_forward(const at::Tensor& x, int64_t pos, int first, int
         cache.length(il), pos));
 }
 
+void transformer::check_exits(const std::vector<int>& exits, int first, int last) const {
+  for (size_t i = 0; i < exits.size(); ++i)
+    if (exits[i] <= (i ? exits[i - 1] : first) || exits[i] > last)
+      throw model_error(fmt::format(
+        "forward: exits {} must be strictly ascending and inside ({}, {}]",
+        fmt::join(exits, ","), first, last));
+}
+
 void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last,
                                  kv_cache& cache) const {
   check_forward(x, pos, first, last, cache);
   c10::InferenceMode guard;
   const int64_t n = x.size(0);
-  const bool one_cpu = fast_decode_ && n == 1 && x.is_cpu();
+  const sequence_step step{&x, pos, &cache};
+  if (fast_decode_ && n == 1 && x.is_cpu()) {
+    for (int il = first; il < last; ++il) {
+      forward_rows_cpu(x.data_ptr<float>(), &step, 1, il);
+      cache.set_length(il, int(pos + n));
+    }
+    return;
+  }
+  auto h = x;  // each layer makes new hidden states; x takes the last
   for (int il = first; il < last; ++il) {
-    if (one_cpu)
-      forward_one_cpu(x.data_ptr<float>(), pos, il, cache);
-    else
-      forward_stacked(x, {{&x, pos, &cache}}, il);
+    forward_stacked(h, &step, 1, il);
     cache.set_length(il, int(pos + n));
   }
+  if (!h.is_same(x))
+    x.copy_(h);
 }
 
 void transformer::forward_sequences(const std::vector<sequence_step>& steps, int first,
@@ -209,7 +148,7 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
     for (size_t i = 0; i < steps.size(); ++i)
       std::copy_n(steps[i].x->data_ptr<float>(), d, x.data() + int64_t(i) * d);
     for (int il = first; il < last; ++il) {
-      forward_rows_cpu(x.data(), steps, il);
+      forward_rows_cpu(x.data(), steps.data(), steps.size(), il);
       for (const auto& s : steps)
         s.cache->set_length(il, int(s.pos + 1));
     }
@@ -223,7 +162,7 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
     rows.push_back(*s.x);
   auto x = at::cat(rows, 0);  // [sum T_i, n_embd]
   for (int il = first; il < last; ++il) {
-    forward_stacked(x, steps, il);
+    forward_stacked(x, steps.data(), steps.size(), il);
     for (const auto& s : steps)
       s.cache->set_length(il, int(s.pos + s.x->size(0)));
   }
@@ -234,106 +173,77 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
   }
 }
 
-at::Tensor transformer::rope(const at::Tensor& x, int64_t pos, int64_t n_heads) const {
-  const int64_t n = x.size(0);
-  const int64_t half = cfg_.head_dim() / 2;
-  auto v = x.view({n, n_heads, half, 2});
-  auto c = rope_cos_.narrow(0, pos, n).view({n, 1, half});
-  auto s = rope_sin_.narrow(0, pos, n).view({n, 1, half});
-  auto a = v.select(3, 0);
-  auto b = v.select(3, 1);
-  return at::stack({a * c - b * s, a * s + b * c}, 3).view({n, n_heads * cfg_.head_dim()});
-}
-
-namespace {
-
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, float eps) {
-  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
-}
-
-} // namespace
-
 at::Tensor transformer::attend(const at::Tensor& q_raw, const at::Tensor& k_raw,
                               const at::Tensor& v, int64_t pos, int il, kv_cache& cache) const {
   const int64_t n = q_raw.size(0);
-  const int64_t n_kv = cfg_.n_head_kv, group = cfg_.kv_group(), hd = cfg_.head_dim();
-  const int64_t total = pos + n;  // positions attended to by the last row
-  auto q = rope(q_raw, pos, cfg_.n_head);  // [T, d]
-  cache.keys(il).narrow(0, pos, n).copy_(rope(k_raw, pos, n_kv));
+  cache.keys(il).narrow(0, pos, n).copy_(rope(k_raw, rope_, pos, cfg_.n_head_kv));
   cache.values(il).narrow(0, pos, n).copy_(v);
-  auto keys = cache.keys(il).narrow(0, 0, total).view({total, n_kv, hd}).permute({1, 2, 0});
-  auto vals = cache.values(il).narrow(0, 0, total).view({total, n_kv, hd}).permute({1, 0, 2});
-  // Query heads h = kv * group + g share key/value head kv.
-  auto qg = q.view({n, n_kv, group, hd}).permute({1, 2, 0, 3}).reshape({n_kv, group * n, hd});
-  auto scores = at::bmm(qg, keys).mul_(1.0 / std::sqrt(double(hd)));  // [n_kv, g*T, total]
-  if (n > 1) {
-    // Row t (absolute position pos + t) sees columns 0 .. pos + t.
-    auto col = at::arange(total, q.options().dtype(at::kLong));
-    auto row = at::arange(pos, total, q.options().dtype(at::kLong)).unsqueeze(1);
-    auto future = col.unsqueeze(0) > row;  // [T, total]
-    scores = scores.view({n_kv, group, n, total})
-               .masked_fill(future, -std::numeric_limits<float>::infinity())
-               .view({n_kv, group * n, total});
-  }
-  auto att = at::bmm(at::softmax(scores, -1), vals);  // [n_kv, g*T, hd]
-  return att.view({n_kv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, cfg_.n_embd});
+  return causal_attention(rope(q_raw, rope_, pos, cfg_.n_head),
+                          cache.keys(il).narrow(0, 0, pos + n),
+                          cache.values(il).narrow(0, 0, pos + n), pos, cfg_);
 }
 
 void transformer::attend_one_cpu(float* out, float* q, int64_t pos, int il,
                                  kv_cache& cache) const {
   const int64_t d_kv = cfg_.n_embd_kv(), hd = cfg_.head_dim();
-  const float* cos = rope_cos_.data_ptr<float>() + pos * (hd / 2);
-  const float* sin = rope_sin_.data_ptr<float>() + pos * (hd / 2);
+  const float* cos = rope_.cos.data_ptr<float>() + pos * (hd / 2);
+  const float* sin = rope_.sin.data_ptr<float>() + pos * (hd / 2);
   float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
   kernels::rope(q, cfg_.n_head, hd, cos, sin);
   kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin);
   kernels::attention(out, q, cache.keys(il).data_ptr<float>(), cache.values(il).data_ptr<float>(),
-                     pos + 1, cfg_.n_head, cfg_.n_head_kv, hd,
-                     cache.scratch_space().scores.data());
+                     pos + 1, cfg_.n_head, cfg_.n_head_kv, hd, cache.scores());
 }
 
-// The rows of one or more sequences stacked in x: one product per weight,
-// attention per sequence.
-void transformer::forward_stacked(at::Tensor& x, const std::vector<sequence_step>& steps,
+// The rows of one or more sequences stacked in x: the reference layer, with
+// one product per weight and attention per sequence. x is replaced by the
+// layer's output.
+void transformer::forward_stacked(at::Tensor& x, const sequence_step* steps, size_t n_steps,
                                   int il) const {
-  const auto& w = w_.layers[size_t(il)];
   const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv();
-  auto h = rms_norm(x, w.attn_norm, cfg_.norm_eps);  // [N, d]
-  auto q = at::matmul(h, w.wq.t()).contiguous();     // [N, d]
-  auto k = at::matmul(h, w.wk.t()).contiguous();     // [N, d_kv]
-  auto v = at::matmul(h, w.wv.t()).contiguous();     // [N, d_kv]
-  auto att = at::empty_like(q);                      // [N, d]
-  int64_t row = 0;
-  for (const auto& s : steps) {
-    const int64_t n = s.x->size(0);
-    auto& cache = *s.cache;
-    if (fast_decode_ && n == 1 && x.is_cpu()) {
-      // One decode position: plain loops, no per-op dispatch.
-      std::copy_n(k.data_ptr<float>() + row * d_kv, d_kv,
-                  cache.keys(il).data_ptr<float>() + s.pos * d_kv);
-      std::copy_n(v.data_ptr<float>() + row * d_kv, d_kv,
-                  cache.values(il).data_ptr<float>() + s.pos * d_kv);
-      attend_one_cpu(att.data_ptr<float>() + row * d, q.data_ptr<float>() + row * d, s.pos, il,
-                     cache);
-    } else {
-      att.narrow(0, row, n).copy_(attend(q.narrow(0, row, n), k.narrow(0, row, n),
-                                         v.narrow(0, row, n), s.pos, il, cache));
+  auto attend_steps = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    auto att = at::empty_like(q);  // [N, d]
+    int64_t row = 0;
+    for (size_t i = 0; i < n_steps; ++i) {
+      const auto& s = steps[i];
+      const int64_t n = s.x->size(0);
+      auto& cache = *s.cache;
+      if (fast_decode_ && n == 1 && x.is_cpu()) {
+        // One decode position: plain loops, no per-op dispatch.
+        std::copy_n(k.data_ptr<float>() + row * d_kv, d_kv,
+                    cache.keys(il).data_ptr<float>() + s.pos * d_kv);
+        std::copy_n(v.data_ptr<float>() + row * d_kv, d_kv,
+                    cache.values(il).data_ptr<float>() + s.pos * d_kv);
+        attend_one_cpu(att.data_ptr<float>() + row * d, q.data_ptr<float>() + row * d, s.pos, il,
+                       cache);
+      } else {
+        att.narrow(0, row, n).copy_(attend(q.narrow(0, row, n), k.narrow(0, row, n),
+                                           v.narrow(0, row, n), s.pos, il, cache));
+      }
+      row += n;
     }
-    row += n;
-  }
-  x.add_(at::matmul(att, w.wo.t()));
-
-  h = rms_norm(x, w.ffn_norm, cfg_.norm_eps);
-  auto gate = at::silu(at::matmul(h, w.w1.t())) * at::matmul(h, w.w3.t());
-  x.add_(at::matmul(gate, w.w2.t()));
+    return att;
+  };
+  x = layer_forward(x, w_.layers[size_t(il)], cfg_.norm_eps, attend_steps);
 }
 
-void transformer::forward_rows_cpu(float* x, const std::vector<sequence_step>& steps,
+namespace {
+
+/// W [rows, cols] · x for each of n rows of x [n, cols] into y [n, rows]:
+/// every weight matrix of the CPU decode path is applied here.
+void project_rows(const at::Tensor& w, const float* x, float* y, int64_t n) {
+  kernels::matmat(w.data_ptr<float>(), x, y, n, w.size(0), w.size(1));
+}
+
+} // namespace
+
+// One decode position of each of n steps, the rows of x [n, n_embd]: the
+// reference layer in plain loops. Buffers grow once per thread.
+void transformer::forward_rows_cpu(float* x, const sequence_step* steps, size_t n_steps,
                                    int il) const {
   const auto& w = w_.layers[size_t(il)];
-  const int64_t n = int64_t(steps.size());
+  const int64_t n = int64_t(n_steps);
   const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv(), ff = cfg_.n_ff;
-  // Grown once per thread, reused by every later step.
   thread_local std::vector<float> xb, q, k, v, att, hb, hb2;
   xb.resize(size_t(n * d));
   q.resize(size_t(n * d));
@@ -347,58 +257,32 @@ void transformer::forward_rows_cpu(float* x, const std::vector<sequence_step>& s
   for (int64_t i = 0; i < n; ++i)
     kernels::rmsnorm(xb.data() + i * d, x + i * d, w.attn_norm.data_ptr<float>(), d,
                      cfg_.norm_eps);
-  kernels::matmat(w.wq.data_ptr<float>(), xb.data(), q.data(), n, d, d);
-  kernels::matmat(w.wk.data_ptr<float>(), xb.data(), k.data(), n, d_kv, d);
-  kernels::matmat(w.wv.data_ptr<float>(), xb.data(), v.data(), n, d_kv, d);
+  project_rows(w.wq, xb.data(), q.data(), n);
+  project_rows(w.wk, xb.data(), k.data(), n);
+  project_rows(w.wv, xb.data(), v.data(), n);
   for (int64_t i = 0; i < n; ++i) {
-    const auto& s = steps[size_t(i)];
+    const auto& s = steps[i];
     std::copy_n(k.data() + i * d_kv, d_kv, s.cache->keys(il).data_ptr<float>() + s.pos * d_kv);
     std::copy_n(v.data() + i * d_kv, d_kv, s.cache->values(il).data_ptr<float>() + s.pos * d_kv);
     attend_one_cpu(att.data() + i * d, q.data() + i * d, s.pos, il, *s.cache);
   }
-  kernels::matmat(w.wo.data_ptr<float>(), att.data(), xb.data(), n, d, d);
+  project_rows(w.wo, att.data(), xb.data(), n);
   kernels::add(x, xb.data(), n * d);
 
   // -- feed-forward (SwiGLU)
   for (int64_t i = 0; i < n; ++i)
     kernels::rmsnorm(xb.data() + i * d, x + i * d, w.ffn_norm.data_ptr<float>(), d,
                      cfg_.norm_eps);
-  kernels::matmat(w.w1.data_ptr<float>(), xb.data(), hb.data(), n, ff, d);
-  kernels::matmat(w.w3.data_ptr<float>(), xb.data(), hb2.data(), n, ff, d);
+  project_rows(w.w1, xb.data(), hb.data(), n);
+  project_rows(w.w3, xb.data(), hb2.data(), n);
   kernels::swiglu(hb.data(), hb2.data(), n * ff);
-  kernels::matmat(w.w2.data_ptr<float>(), hb.data(), xb.data(), n, d, ff);
+  project_rows(w.w2, hb.data(), xb.data(), n);
   kernels::add(x, xb.data(), n * d);
-}
-
-// One position on CPU, llama2.c style, into the cache's scratch buffers.
-void transformer::forward_one_cpu(float* x, int64_t pos, int il, kv_cache& cache) const {
-  const auto& w = w_.layers[size_t(il)];
-  auto& s = cache.scratch_space();
-  const int64_t d = cfg_.n_embd, d_kv = cfg_.n_embd_kv();
-  float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
-  float* v_row = cache.values(il).data_ptr<float>() + pos * d_kv;
-
-  // -- attention
-  kernels::rmsnorm(s.xb.data(), x, w.attn_norm.data_ptr<float>(), d, cfg_.norm_eps);
-  kernels::matvec(w.wq.data_ptr<float>(), s.xb.data(), s.q.data(), d, d);
-  kernels::matvec(w.wk.data_ptr<float>(), s.xb.data(), k_row, d_kv, d);
-  kernels::matvec(w.wv.data_ptr<float>(), s.xb.data(), v_row, d_kv, d);
-  attend_one_cpu(s.att.data(), s.q.data(), pos, il, cache);
-  kernels::matvec(w.wo.data_ptr<float>(), s.att.data(), s.xb.data(), d, d);
-  kernels::add(x, s.xb.data(), d);
-
-  // -- feed-forward (SwiGLU)
-  kernels::rmsnorm(s.xb.data(), x, w.ffn_norm.data_ptr<float>(), d, cfg_.norm_eps);
-  kernels::matvec(w.w1.data_ptr<float>(), s.xb.data(), s.hb.data(), cfg_.n_ff, d);
-  kernels::matvec(w.w3.data_ptr<float>(), s.xb.data(), s.hb2.data(), cfg_.n_ff, d);
-  kernels::swiglu(s.hb.data(), s.hb2.data(), cfg_.n_ff);
-  kernels::matvec(w.w2.data_ptr<float>(), s.hb.data(), s.xb.data(), d, cfg_.n_ff);
-  kernels::add(x, s.xb.data(), d);
 }
 
 at::Tensor transformer::logits(const at::Tensor& h) const {
   c10::InferenceMode guard;
-  return at::matmul(rms_norm(h, w_.output_norm, cfg_.norm_eps), w_.output.t());
+  return project(rms_norm(h, w_.output_norm, cfg_.norm_eps), w_.output);
 }
 
 void transformer::logits_into(const at::Tensor& h, at::Tensor& out) const {
@@ -409,8 +293,7 @@ void transformer::logits_into(const at::Tensor& h, at::Tensor& out) const {
     normed.resize(size_t(cfg_.n_embd));
     kernels::rmsnorm(normed.data(), last.data_ptr<float>(), w_.output_norm.data_ptr<float>(),
                      cfg_.n_embd, cfg_.norm_eps);
-    kernels::matvec(w_.output.data_ptr<float>(), normed.data(), out.data_ptr<float>(),
-                    cfg_.vocab_size, cfg_.n_embd);
+    project_rows(w_.output, normed.data(), out.data_ptr<float>(), 1);
     return;
   }
   out.copy_(at::mv(w_.output, rms_norm(last, w_.output_norm, cfg_.norm_eps)));
@@ -425,55 +308,10 @@ void transformer::logits_rows_into(const at::Tensor& h, at::Tensor& out) const {
     for (int64_t i = 0; i < n; ++i)
       kernels::rmsnorm(normed.data() + i * d, h.data_ptr<float>() + i * d,
                        w_.output_norm.data_ptr<float>(), d, cfg_.norm_eps);
-    kernels::matmat(w_.output.data_ptr<float>(), normed.data(), out.data_ptr<float>(), n,
-                    cfg_.vocab_size, d);
+    project_rows(w_.output, normed.data(), out.data_ptr<float>(), n);
     return;
   }
   out.copy_(logits(h));
-}
-
-// -- model_config ---------------------------------------------------------------
-
-void model_config::validate(const std::string& source) const {
-  auto bad = [&](const char* field, long value, const std::string& expected) {
-    return model_error(
-      fmt::format("{}: model {} is {}, expected {}", source, field, value, expected));
-  };
-  if (n_embd <= 0) throw bad("n_embd", n_embd, "> 0");
-  if (n_ff <= 0) throw bad("n_ff", n_ff, "> 0");
-  if (n_layer <= 0) throw bad("n_layer", n_layer, "> 0");
-  if (n_head <= 0 || n_embd % n_head != 0)
-    throw bad("n_head", n_head, fmt::format("a divisor of n_embd = {}", n_embd));
-  if (head_dim() % 2 != 0)
-    throw bad("head_dim", head_dim(), "even (RoPE rotates pairs)");
-  if (n_head_kv <= 0 || n_head % n_head_kv != 0)
-    throw bad("n_head_kv", n_head_kv, fmt::format("a divisor of n_head = {}", n_head));
-  if (vocab_size <= 0) throw bad("vocab_size", vocab_size, "> 0");
-  if (max_seq <= 0) throw bad("max_seq", max_seq, "> 0");
-  if (!(norm_eps > 0)) throw model_error(fmt::format("{}: norm_eps must be > 0", source));
-  if (!(rope_theta > 0)) throw model_error(fmt::format("{}: rope_theta must be > 0", source));
-}
-
-} // namespace ceco
-
-namespace ceco {
-
-c10::Device parse_device(const std::string& name) {
-  c10::Device dev = c10::kCPU;
-  try {
-    dev = c10::Device(name);
-  } catch (const std::exception&) {
-    throw model_error(fmt::format("--device: '{}' is not a device; expected cpu, cuda or cuda:N",
-                                  name));
-  }
-  if (dev.is_cuda() && !at::hasCUDA())
-    throw model_error(fmt::format(
-      "--device {}: this ceco is built against a libtorch without CUDA (Debian's libtorch is "
-      "CPU-only); rebuild with CMAKE_PREFIX_PATH pointing at a CUDA build of libtorch",
-      name));
-  if (!dev.is_cpu() && !dev.is_cuda())
-    throw model_error(fmt::format("--device: '{}' is not supported; expected cpu or cuda", name));
-  return dev;
 }
 
 } // namespace ceco

@@ -12,8 +12,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/compute_threads.hpp"
 #include "model/config.hpp"
+#include "model/device.hpp"
 #include "model/kv_cache.hpp"
+#include "model/layer.hpp"
 #include "model/weights.hpp"
 
 namespace ceco {
@@ -39,6 +42,23 @@ public:
   /// keys and values to `cache`. Throws model_error on a bad range, a gap
   /// or a full cache.
   void forward_layers(at::Tensor& x, int64_t pos, int first, int last, kv_cache& cache) const;
+
+  /// forward_layers over [first, last), stopping after each of `exits`
+  /// (strictly ascending, inside (first, last]) to call on_exit(i, x) with
+  /// the hidden states after exit i's layer. Generation, exit training and
+  /// the edge's layers all run to their exits this way.
+  template <class OnExit>
+  void forward_to_exits(at::Tensor& x, int64_t pos, int first, int last, kv_cache& cache,
+                        const std::vector<int>& exits, OnExit&& on_exit) const {
+    check_exits(exits, first, last);
+    int done = first;
+    for (size_t i = 0; i < exits.size(); ++i) {
+      forward_layers(x, pos, done, exits[i], cache);
+      done = exits[i];
+      on_exit(i, static_cast<const at::Tensor&>(x));
+    }
+    forward_layers(x, pos, done, last, cache);
+  }
 
   /// One step of several independent sequences (one per session) at once.
   struct sequence_step {
@@ -67,11 +87,15 @@ public:
   void set_fast_decode(bool on) { fast_decode_ = on; }
 
 private:
+  void check_exits(const std::vector<int>& exits, int first, int last) const;
   void check_forward(const at::Tensor& x, int64_t pos, int first, int last,
                      const kv_cache& cache) const;
-  void forward_stacked(at::Tensor& x, const std::vector<sequence_step>& steps, int il) const;
-  /// One decode position of each step, rows of x [N, n_embd], in plain loops.
-  void forward_rows_cpu(float* x, const std::vector<sequence_step>& steps, int il) const;
+  /// The reference layer (model/layer.hpp) over the rows of one or more
+  /// sequences stacked in x [sum T_i, n_embd].
+  void forward_stacked(at::Tensor& x, const sequence_step* steps, size_t n_steps, int il) const;
+  /// The same layer in plain loops for one decode position of each step,
+  /// the rows of x [n_steps, n_embd].
+  void forward_rows_cpu(float* x, const sequence_step* steps, size_t n_steps, int il) const;
   /// Rotates q [T, d] and k [T, d_kv] of positions pos.., stores k and v in
   /// the cache and returns the attention output [T, n_embd].
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
@@ -79,29 +103,12 @@ private:
   /// The same for one position on CPU into raw rows (k and v already in the
   /// cache rows of pos; q rotated in place).
   void attend_one_cpu(float* out, float* q, int64_t pos, int il, kv_cache& cache) const;
-  void forward_one_cpu(float* x, int64_t pos, int il, kv_cache& cache) const;
-  at::Tensor rope(const at::Tensor& x, int64_t pos, int64_t n_heads) const;
 
   model_config cfg_;
   model_weights w_;
   c10::Device device_;
-  at::Tensor rope_cos_;  // [max_seq, head_dim / 2]
-  at::Tensor rope_sin_;  // [max_seq, head_dim / 2]
+  rope_table rope_;
   bool fast_decode_ = true;
 };
-
-/// Threads for the decode kernels and libtorch's own ops (0 = all cores);
-/// OpenBLAS stays at one thread.
-void set_compute_threads(int n);
-/// Threads of OpenBLAS itself, for big batched products (training).
-void set_blas_threads(int n);
-
-} // namespace ceco
-
-namespace ceco {
-
-/// "cpu", "cuda" or "cuda:N"; throws model_error when this build's libtorch
-/// cannot run there (Debian's libtorch is CPU-only).
-c10::Device parse_device(const std::string& name);
 
 } // namespace ceco

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
 
 using namespace ceco;
 using namespace ceco::test;

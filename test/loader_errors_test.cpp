@@ -5,6 +5,7 @@
 #include <iterator>
 
 #include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
 
 using namespace ceco;
 using namespace ceco::test;

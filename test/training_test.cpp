@@ -4,7 +4,8 @@
 #include <sstream>
 
 #include "model/exit_heads.hpp"
-#include "model/training.hpp"
+#include "model/bpe_learner.hpp"
+#include "model/model_trainer.hpp"
 
 using namespace ceco;
 using namespace ceco::test;

@@ -1,11 +1,12 @@
 #pragma once
 
-// Training a small LLaMA-shaped model from scratch, with its own BPE
-// vocabulary and its exit heads trained jointly (loss = final cross-entropy
-// + exit_weight · mean of the exits' cross-entropies, as early-exit LLM
-// training does). The training forward is written with autograd-friendly
-// ops but computes exactly what transformer::forward_layers computes; a
-// test checks the two agree on the written checkpoint.
+// Training a small LLaMA-shaped model from scratch (its vocabulary comes
+// from model/bpe_learner.hpp), with its exit heads trained jointly (loss =
+// final cross-entropy + exit_weight · mean of the exits' cross-entropies, as
+// early-exit LLM training does). The training forward is the reference
+// layer of model/layer.hpp under autograd, so it computes what
+// transformer::forward_layers computes; a test checks the two agree on the
+// written checkpoint.
 
 #include <cstdint>
 #include <functional>
@@ -18,15 +19,6 @@
 #include "model/tokenizer.hpp"
 
 namespace ceco {
-
-/// SentencePiece-style BPE learned from `text`: <unk>, <s>, </s>, the 256
-/// byte pieces, every character seen at least `min_char_count` times, then
-/// merges (scored by their order) up to `vocab_size` pieces.
-tokenizer train_bpe(const std::string& text, int vocab_size, int min_char_count = 2);
-
-/// Token stream for training: every non-empty line as BOS, its tokens, and
-/// the newline piece.
-std::vector<int32_t> encode_corpus(const tokenizer& vocab, const std::string& text);
 
 struct training_options {
   std::vector<int> exits;  // exit layers trained with the model

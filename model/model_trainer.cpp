@@ -1,10 +1,8 @@
-#include "model/training.hpp"
+#include "model/model_trainer.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <random>
-#include <sstream>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -12,152 +10,18 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
-#include "model/gguf.hpp"
+#include "model/exit_heads.hpp"
+#include "model/gguf_writer.hpp"
+#include "model/layer.hpp"
 
 namespace ceco {
 
-// -- BPE ----------------------------------------------------------------------
-
-namespace {
-
-std::vector<std::string> utf8_chars(const std::string& s) {
-  std::vector<std::string> out;
-  for (size_t i = 0; i < s.size();) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
-    n = std::min(n, s.size() - i);
-    out.push_back(s.substr(i, n));
-    i += n;
-  }
-  return out;
-}
-
-/// " word" units, as SentencePiece sees a line after its dummy prefix.
-void count_words(const std::string& line, std::map<std::string, int64_t>& counts) {
-  std::string text = " " + line;
-  size_t start = 0;
-  for (size_t i = 1; i <= text.size(); ++i)
-    if (i == text.size() || text[i] == ' ') {
-      if (i > start)
-        ++counts[text.substr(start, i - start)];
-      start = i;
-    }
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty() && line.back() == '\r')
-      line.pop_back();
-    if (!line.empty())
-      out.push_back(line);
-  }
-  return out;
-}
-
-} // namespace
-
-tokenizer train_bpe(const std::string& text, int vocab_size, int min_char_count) {
-  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
-  std::vector<token_kind> kinds = {token_kind::unknown, token_kind::control, token_kind::control};
-  for (int b = 0; b < 256; ++b) {
-    pieces.push_back(fmt::format("<0x{:02X}>", b));
-    kinds.push_back(token_kind::byte);
-  }
-  std::vector<float> scores(pieces.size(), 0.0f);
-  std::map<std::string, int64_t> words;
-  std::map<std::string, int64_t> char_counts;
-  for (auto& line : lines_of(text))
-    count_words(line, words);
-  for (auto& [w, n] : words)
-    for (auto& c : utf8_chars(w))
-      char_counts[c] += n;
-  char_counts["\n"] += min_char_count;  // lines end with it in the training stream
-  std::map<std::string, int> id;
-  for (auto& [c, n] : char_counts)
-    if (n >= min_char_count) {
-      id[c] = int(pieces.size());
-      pieces.push_back(c);
-      kinds.push_back(token_kind::normal);
-      scores.push_back(-1e6f);
-    }
-  if (int(pieces.size()) > vocab_size)
-    throw model_error(fmt::format("train_bpe: {} base pieces already exceed the vocabulary of {}",
-                                  pieces.size(), vocab_size));
-  // Words as symbol sequences; characters without a piece stay out of merges.
-  std::vector<std::pair<std::vector<int>, int64_t>> seqs;
-  for (auto& [w, n] : words) {
-    std::vector<int> s;
-    for (auto& c : utf8_chars(w))
-      s.push_back(id.count(c) ? id[c] : -1);
-    seqs.push_back({std::move(s), n});
-  }
-  int merge = 0;
-  while (int(pieces.size()) < vocab_size) {
-    std::map<std::pair<int, int>, int64_t> pairs;
-    for (auto& [s, n] : seqs)
-      for (size_t i = 0; i + 1 < s.size(); ++i)
-        if (s[i] >= 0 && s[i + 1] >= 0)
-          pairs[{s[i], s[i + 1]}] += n;
-    if (pairs.empty())
-      break;
-    // Most frequent pair; ties by the merged text, for determinism.
-    auto best = pairs.begin();
-    for (auto i = pairs.begin(); i != pairs.end(); ++i)
-      if (i->second > best->second
-          || (i->second == best->second
-              && pieces[size_t(i->first.first)] + pieces[size_t(i->first.second)]
-                   < pieces[size_t(best->first.first)] + pieces[size_t(best->first.second)]))
-        best = i;
-    if (best->second < 2)
-      break;
-    auto [a, b] = best->first;
-    int merged = int(pieces.size());
-    pieces.push_back(pieces[size_t(a)] + pieces[size_t(b)]);
-    kinds.push_back(token_kind::normal);
-    scores.push_back(-float(merge++));  // earlier merges score higher
-    for (auto& [s, n] : seqs) {
-      std::vector<int> out;
-      out.reserve(s.size());
-      for (size_t i = 0; i < s.size(); ++i) {
-        if (i + 1 < s.size() && s[i] == a && s[i + 1] == b) {
-          out.push_back(merged);
-          ++i;
-        } else {
-          out.push_back(s[i]);
-        }
-      }
-      s = std::move(out);
-    }
-  }
-  return tokenizer::from_pieces(std::move(pieces), std::move(scores), std::move(kinds), 1, 2);
-}
-
-std::vector<int32_t> encode_corpus(const tokenizer& vocab, const std::string& text) {
-  auto newline = vocab.encode("\n", false);
-  newline.erase(newline.begin());  // the dummy-prefix space
-  std::vector<int32_t> out;
-  for (auto& line : lines_of(text)) {
-    auto ids = vocab.encode(line, true);
-    out.insert(out.end(), ids.begin(), ids.end());
-    out.insert(out.end(), newline.begin(), newline.end());
-  }
-  return out;
-}
-
-// -- the model ----------------------------------------------------------------
-
 struct model_trainer::params {
   at::Tensor emb;  // [V, d], tied classifier
-  struct layer {
-    at::Tensor attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3;
-  };
-  std::vector<layer> layers;
+  std::vector<layer_weights> layers;
   at::Tensor out_norm;
   std::vector<at::Tensor> exit_norms;  // one per exit
-  at::Tensor cos, sin;                 // [seq, hd/2], constants
+  rope_table rope;                     // constants, as inference's
 
   std::vector<at::Tensor> all() {
     std::vector<at::Tensor> v{emb, out_norm};
@@ -170,48 +34,28 @@ struct model_trainer::params {
 
 namespace {
 
-at::Tensor rms(const at::Tensor& x, const at::Tensor& w, float eps) {
-  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
-}
-
-/// x [B, T, H, hd] rotated by interleaved pairs, as the inference path does.
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  auto sizes = x.sizes().vec();
-  auto v = x.reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
-  auto c = cos.narrow(0, 0, sizes[1]).view({1, sizes[1], 1, sizes[3] / 2});
-  auto s = sin.narrow(0, 0, sizes[1]).view({1, sizes[1], 1, sizes[3] / 2});
-  auto a = v.select(4, 0), b = v.select(4, 1);
-  return at::stack({a * c - b * s, a * s + b * c}, 4).reshape(sizes);
-}
-
-/// Final logits and each exit's, for tokens [B, T].
+/// Final logits and each exit's, for tokens [B, T]: the reference layer
+/// (model/layer.hpp) over whole windows, under autograd.
 std::vector<at::Tensor> forward(model_trainer::params& p, const model_config& c,
                                 const std::vector<int>& exits, const at::Tensor& tokens) {
-  const int64_t B = tokens.size(0), T = tokens.size(1), hd = c.head_dim();
+  const int64_t B = tokens.size(0), T = tokens.size(1);
   auto x = p.emb.index_select(0, tokens.flatten()).view({B, T, c.n_embd});
-  auto mask = at::ones({T, T}, at::kBool).triu(1);
+  auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    return causal_attention(rope(q, p.rope, 0, c.n_head), rope(k, p.rope, 0, c.n_head_kv), v, 0,
+                            c);
+  };
   std::vector<at::Tensor> out;
   for (int il = 0; il < c.n_layer; ++il) {
-    auto& w = p.layers[size_t(il)];
-    auto h = rms(x, w.attn_norm, c.norm_eps);
-    auto q = rope(at::matmul(h, w.wq.t()).view({B, T, c.n_head, hd}), p.cos, p.sin).transpose(1, 2);
-    auto k = rope(at::matmul(h, w.wk.t()).view({B, T, c.n_head_kv, hd}), p.cos, p.sin).transpose(1, 2);
-    auto v = at::matmul(h, w.wv.t()).view({B, T, c.n_head_kv, hd}).transpose(1, 2);
-    if (c.n_head_kv != c.n_head) {
-      k = k.repeat_interleave(c.kv_group(), 1);
-      v = v.repeat_interleave(c.kv_group(), 1);
-    }
-    auto scores = at::matmul(q, k.transpose(2, 3)) / std::sqrt(double(hd));
-    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    auto att = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({B, T, c.n_embd});
-    x = x + at::matmul(att, w.wo.t());
-    h = rms(x, w.ffn_norm, c.norm_eps);
-    x = x + at::matmul(at::silu(at::matmul(h, w.w1.t())) * at::matmul(h, w.w3.t()), w.w2.t());
+    x = layer_forward(x, p.layers[size_t(il)], c.norm_eps, attend);
     for (size_t e = 0; e < exits.size(); ++e)
-      if (exits[e] == il + 1)
-        out.push_back(at::matmul(rms(x, p.exit_norms[e], c.norm_eps), p.emb.t()));
+      if (exits[e] == il + 1) {
+        exit_head head;  // the logit lens with its own norm, tied classifier
+        head.norm = p.exit_norms[e];
+        head.output = p.emb;
+        out.push_back(head.logits(x, c.norm_eps));
+      }
   }
-  out.insert(out.begin(), at::matmul(rms(x, p.out_norm, c.norm_eps), p.emb.t()));
+  out.insert(out.begin(), project(rms_norm(x, p.out_norm, c.norm_eps), p.emb));
   return out;
 }
 
@@ -233,22 +77,12 @@ model_trainer::model_trainer(model_config cfg, training_options opts)
   p_->emb = init({cfg_.vocab_size, d}, 0.02);
   p_->out_norm = ones(d);
   for (int il = 0; il < cfg_.n_layer; ++il)
-    p_->layers.push_back({ones(d), init({d, d}, 0.02), init({dkv, d}, 0.02), init({dkv, d}, 0.02),
+    p_->layers.push_back(layer_weights{ones(d), init({d, d}, 0.02), init({dkv, d}, 0.02), init({dkv, d}, 0.02),
                           init({d, d}, std_out), ones(d), init({ff, d}, 0.02),
                           init({d, ff}, std_out), init({ff, d}, 0.02)});
   for (size_t e = 0; e < opts_.exits.size(); ++e)
     p_->exit_norms.push_back(ones(d));
-  // The inference path's RoPE table, computed the same way (fp32).
-  const int half = cfg_.head_dim() / 2;
-  p_->cos = at::empty({cfg_.max_seq, half});
-  p_->sin = at::empty({cfg_.max_seq, half});
-  auto pc = p_->cos.data_ptr<float>(), ps = p_->sin.data_ptr<float>();
-  for (int pos = 0; pos < cfg_.max_seq; ++pos)
-    for (int i = 0; i < half; ++i) {
-      float freq = 1.0f / std::pow(cfg_.rope_theta, float(2 * i) / float(cfg_.head_dim()));
-      pc[pos * half + i] = std::cos(float(pos) * freq);
-      ps[pos * half + i] = std::sin(float(pos) * freq);
-    }
+  p_->rope = rope_table::build(cfg_);
 }
 
 model_trainer::~model_trainer() = default;

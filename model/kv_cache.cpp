@@ -1,0 +1,46 @@
+#include "model/kv_cache.hpp"
+
+#include <algorithm>
+
+#include <ATen/ops/zeros.h>
+#include <fmt/format.h>
+
+namespace ceco {
+
+kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int capacity,
+                   c10::Device device)
+  : first_(first_layer), last_(last_layer), capacity_(capacity) {
+  if (first_layer < 0 || last_layer < first_layer || last_layer > cfg.n_layer)
+    throw model_error(fmt::format(
+      "kv_cache: layer range [{}, {}) is not inside the model's {} layers", first_layer,
+      last_layer, cfg.n_layer));
+  if (capacity <= 0)
+    throw model_error(fmt::format("kv_cache: capacity must be positive, got {}", capacity));
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  for (int il = first_layer; il < last_layer; ++il) {
+    k_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
+    v_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
+  }
+  length_.assign(size_t(last_layer - first_layer), 0);
+  scores_.resize(size_t(capacity));
+}
+
+int kv_cache::length() const {
+  if (length_.empty())
+    return 0;
+  return *std::min_element(length_.begin(), length_.end());
+}
+
+void kv_cache::truncate(int n) {
+  for (auto& l : length_)
+    l = std::min(l, std::max(n, 0));
+}
+
+int64_t kv_cache::bytes() const {
+  int64_t total = 0;
+  for (size_t i = 0; i < k_.size(); ++i)
+    total += k_[i].nbytes() + v_[i].nbytes();
+  return total;
+}
+
+} // namespace ceco
