@@ -342,3 +342,79 @@ TEST_CASE("ceco tokenize explains bad input") {
   for (auto flag : {"--model", "--text", "--file", "--pieces", "--no-special"})
     CHECK_MESSAGE(help.out.find(flag) != std::string::npos, flag);
 }
+
+TEST_CASE("llama-bpe keeps a word that is a token whole, other splits merge it") {
+  temp_dir dir;
+  auto write = [&](const std::string& pre) {
+    gguf_writer g;
+    g.set_string("tokenizer.ggml.model", "gpt2");
+    g.set_string("tokenizer.ggml.pre", pre);
+    g.set_string_array("tokenizer.ggml.tokens", {"<eos>", "a", "b", "c", "ab", "abc"});
+    g.set_int32_array("tokenizer.ggml.token_type", {3, 1, 1, 1, 1, 1});
+    g.set_string_array("tokenizer.ggml.merges", {"a b"});  // no merge makes "abc"
+    g.set_uint32("tokenizer.ggml.eos_token_id", 0);
+    auto path = dir.file(pre + ".gguf");
+    g.write(path);
+    return path;
+  };
+  gguf_file llama3(write("llama-bpe")), gpt2(write("gpt-2"));
+  CHECK(tokenizer::from_gguf(llama3).encode("abc", false) == std::vector<int32_t>{5});
+  CHECK(tokenizer::from_gguf(gpt2).encode("abc", false) == std::vector<int32_t>{4, 3});
+}
+
+TEST_CASE("a llama model with a byte-level vocabulary loads, and generate runs on it") {
+  // stories260K's weights under a 512-token gpt2 vocabulary: the 256 bytes
+  // of GPT-2's alphabet, then 256 merges of frequent pairs.
+  gguf_file f(stories_gguf());
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b)
+    tokens.push_back(unicode::byte_to_piece(uint8_t(b)));
+  std::vector<std::string> merges;
+  const std::string space = unicode::byte_to_piece(' ');
+  for (char c = 'a'; c <= 'z' && tokens.size() < 511; ++c) {
+    merges.push_back(space + " " + std::string(1, c));
+    tokens.push_back(space + std::string(1, c));
+  }
+  for (char c1 = 'a'; c1 <= 'z' && tokens.size() < 511; ++c1)
+    for (char c2 = 'a'; c2 <= 'z' && tokens.size() < 511; ++c2) {
+      merges.push_back(std::string(1, c1) + " " + std::string(1, c2));
+      tokens.push_back(std::string(1, c1) + std::string(1, c2));
+    }
+  tokens.push_back("<|endoftext|>");
+  std::vector<int32_t> types(tokens.size(), 1);
+  types.back() = 3;
+  REQUIRE(tokens.size() == 512);
+
+  gguf_writer w;
+  w.set_string("general.architecture", "llama");
+  for (auto key : {"llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
+                   "llama.attention.head_count", "llama.attention.head_count_kv",
+                   "llama.block_count"})
+    w.set_uint32(key, uint32_t(f.get_uint(key)));
+  w.set_float32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", "qwen2");
+  w.set_string_array("tokenizer.ggml.tokens", tokens);
+  w.set_int32_array("tokenizer.ggml.token_type", types);
+  w.set_string_array("tokenizer.ggml.merges", merges);
+  w.set_uint32("tokenizer.ggml.eos_token_id", 511);
+  for (const auto& t : f.tensors()) {
+    std::vector<float> data(size_t(t.n_elements()));
+    f.dequantize(t, data.data());
+    w.add_tensor(t.name, t.ne, data.data());
+  }
+  temp_dir dir;
+  auto path = dir.file("bpe.gguf");
+  w.write(path);
+
+  auto m = load_model(path);
+  CHECK(m.vocab.type() == vocab_type::byte_level_bpe);
+  CHECK(m.vocab.bos() == 511);
+  CHECK(m.vocab.decode(m.vocab.encode("Once upon a time")) == "Once upon a time");
+  auto r = run_ceco("generate --model " + path + " --prompt 'Once upon a time' --max-tokens 8");
+  CHECK_MESSAGE(r.status == 0, r.out);
+  CHECK(r.out.rfind("Once upon a time", 0) == 0);
+  auto ids = run_ceco("tokenize --model " + path + " --text 'Once upon' --pieces");
+  // Merges exist for " a".." z" and for letter pairs up to "iu": "ce", not "nc".
+  CHECK(ids.out == "\"O\" \"n\" \"ce\" \" u\" \"p\" \"o\" \"n\"\n");
+}
