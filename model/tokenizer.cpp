@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <queue>
 
 #include <fmt/format.h>
 
@@ -317,27 +318,61 @@ void tokenizer::encode_sentencepiece(std::string_view text, bool dummy_prefix,
     i += n;
   }
 
-  // Greedy merges, best score first; ties go to the leftmost pair.
-  std::string merged;
-  for (;;) {
-    float best_score = -1e30f;
-    int32_t best_id = -1;
-    size_t best_at = 0;
-    for (size_t i = first; i + 1 < tokens.size(); ++i) {
-      merged = pieces_[size_t(tokens[i])];
-      merged += pieces_[size_t(tokens[i + 1])];
-      auto id = lookup(merged);
-      if (id >= 0 && scores_[size_t(id)] > best_score) {
-        best_score = scores_[size_t(id)];
-        best_id = id;
-        best_at = i;
-      }
-    }
-    if (best_id < 0)
-      break;
-    tokens[best_at] = best_id;
-    tokens.erase(tokens.begin() + std::ptrdiff_t(best_at) + 1);
+  // Greedy merges, best score first; ties go to the leftmost pair. A queue
+  // of candidate pairs over a linked list of symbols keeps this O(n log n).
+  struct symbol {
+    int32_t id;
+    int prev, next;
+  };
+  std::vector<symbol> symbols;
+  symbols.reserve(tokens.size() - first);
+  for (size_t i = first; i < tokens.size(); ++i) {
+    int index = int(symbols.size());
+    symbols.push_back({tokens[i], index - 1, index + 1});
   }
+  if (symbols.empty())
+    return;
+  symbols.back().next = -1;
+  struct pair {
+    float score;
+    int left, right;
+    int32_t left_id, right_id, merged;  // ids when queued, to skip stale pairs
+  };
+  auto worse = [](const pair& a, const pair& b) {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  };
+  std::priority_queue<pair, std::vector<pair>, decltype(worse)> queue(worse);
+  std::string merged;
+  auto add_pair = [&](int left, int right) {
+    if (left < 0 || right < 0)
+      return;
+    const auto& l = symbols[size_t(left)];
+    const auto& r = symbols[size_t(right)];
+    merged = pieces_[size_t(l.id)];
+    merged += pieces_[size_t(r.id)];
+    if (auto id = lookup(merged); id >= 0)
+      queue.push({scores_[size_t(id)], left, right, l.id, r.id, id});
+  };
+  for (int i = 1; i < int(symbols.size()); ++i)
+    add_pair(i - 1, i);
+  while (!queue.empty()) {
+    auto p = queue.top();
+    queue.pop();
+    auto& l = symbols[size_t(p.left)];
+    auto& r = symbols[size_t(p.right)];
+    if (l.id != p.left_id || r.id != p.right_id || l.next != p.right)
+      continue;  // a side has merged since
+    l.id = p.merged;
+    r.id = -1;
+    l.next = r.next;
+    if (r.next >= 0)
+      symbols[size_t(r.next)].prev = p.left;
+    add_pair(l.prev, p.left);
+    add_pair(p.left, l.next);
+  }
+  tokens.resize(first);
+  for (int i = 0; i >= 0; i = symbols[size_t(i)].next)
+    tokens.push_back(symbols[size_t(i)].id);
 }
 
 std::string tokenizer::decode_piece(int32_t prev, int32_t token) const {

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -417,4 +418,55 @@ TEST_CASE("a llama model with a byte-level vocabulary loads, and generate runs o
   auto ids = run_ceco("tokenize --model " + path + " --text 'Once upon' --pieces");
   // Merges exist for " a".." z" and for letter pairs up to "iu": "ce", not "nc".
   CHECK(ids.out == "\"O\" \"n\" \"ce\" \" u\" \"p\" \"o\" \"n\"\n");
+}
+
+namespace {
+
+/// SentencePiece merging the slow, obvious way: rescan every adjacent pair
+/// for the best-scoring merge (leftmost on ties) until none is left.
+std::vector<int32_t> spm_by_rescanning(const tokenizer& v, std::string_view text) {
+  std::unordered_map<std::string, int32_t> ids;
+  int32_t bytes[256];
+  std::fill(std::begin(bytes), std::end(bytes), 0);
+  for (int32_t i = 0; i < v.vocab_size(); ++i) {
+    if (v.kind(i) == token_kind::normal)
+      ids.emplace(v.piece(i), i);
+    else if (v.kind(i) == token_kind::byte)
+      bytes[std::stoi(v.piece(i).substr(3, 2), nullptr, 16)] = i;
+  }
+  std::vector<int32_t> t{ids.at(" ")};
+  auto cps = unicode::decode_utf8(text);
+  for (size_t i = 0; i < cps.cpts.size(); ++i) {
+    auto ch = std::string(text.substr(cps.offsets[i], cps.offsets[i + 1] - cps.offsets[i]));
+    if (auto it = ids.find(ch); it != ids.end())
+      t.push_back(it->second);
+    else
+      for (unsigned char b : ch)
+        t.push_back(bytes[b]);
+  }
+  for (;;) {
+    int best = -1;
+    int32_t best_id = -1;
+    for (size_t i = 0; i + 1 < t.size(); ++i) {
+      auto it = ids.find(v.piece(t[i]) + v.piece(t[i + 1]));
+      if (it != ids.end() && (best_id < 0 || v.score(it->second) > v.score(best_id))) {
+        best = int(i);
+        best_id = it->second;
+      }
+    }
+    if (best < 0)
+      return t;
+    t[size_t(best)] = best_id;
+    t.erase(t.begin() + best + 1);
+  }
+}
+
+} // namespace
+
+TEST_CASE("SentencePiece merging by queue equals merging by rescanning") {
+  gguf_file f(vocab_file("llama-spm"));
+  auto vocab = tokenizer::from_gguf(f);
+  auto text = read_file(shared_dir() + "/data/tinyshakespeare/input.txt").substr(0, 3000);
+  text += " Zoë 🙂 naïve 日本語 aaaaaaaa    spaces\t\ttabs";
+  CHECK(vocab.encode(text, false) == spm_by_rescanning(vocab, text));
 }
