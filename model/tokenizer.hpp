@@ -15,6 +15,9 @@
 // always, control and unknown tokens when `parse_special` is set, longest
 // text first. `add_special` adds BOS and EOS as `tokenizer.ggml.add_bos_token`
 // / `add_eos_token` say (defaults: BOS for SentencePiece, neither for BPE).
+// Decoding gives the exact bytes: no clean-up of spaces before punctuation,
+// which the reference applies to some BPE vocabularies, so that
+// decode(encode(x)) == x.
 
 #include <cstdint>
 #include <memory>

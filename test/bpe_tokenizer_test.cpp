@@ -326,6 +326,9 @@ TEST_CASE("ceco tokenize prints ids or pieces from a vocabulary-only GGUF") {
   // SentencePiece, with its BOS.
   auto spm = run_ceco("tokenize --model " + vocab_file("llama-spm") + " --text 'Hello world'");
   CHECK(spm.out == "1 15043 3186\n");
+  // A llama2.c .bin: its tokenizer beside it, no weights read.
+  auto bin = run_ceco("tokenize --model " + stories_bin() + " --text 'Once upon a time'");
+  CHECK(bin.out == "1 403 407 261 378\n");
 }
 
 TEST_CASE("ceco tokenize explains bad input") {
