@@ -14,6 +14,7 @@ void add_experiment_command(CLI::App& app);
 void add_cloud_command(CLI::App& app);
 void add_edge_command(CLI::App& app);
 void add_train_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 /// The model a command reads when --model is not given: $CECO_MODEL, else
 /// the built-in model in config/models/kjv/.

@@ -3,6 +3,7 @@
 //   ceco generate --prompt "Once upon a time" --exits 2,3
 //   ceco bench --shape 15M --threads 1
 //   ceco sim --mode all
+//   ceco tokenize --model M --text "Hello world" --pieces
 //   ceco <command> --help
 
 #include <cstdlib>
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   ceco::app::add_cloud_command(app);
   ceco::app::add_edge_command(app);
   ceco::app::add_train_command(app);
+  ceco::app::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

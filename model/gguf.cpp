@@ -266,6 +266,16 @@ uint64_t gguf_file::get_uint_or(const std::string& key, uint64_t fallback) const
   return has(key) ? get_uint(key) : fallback;
 }
 
+bool gguf_file::get_bool_or(const std::string& key, bool fallback) const {
+  if (!has(key))
+    return fallback;
+  const auto& v = lookup(kv_, path_, key);
+  if (!v.is_array)
+    if (auto p = std::get_if<bool>(&v.scalar))
+      return *p;
+  wrong_type(path_, key, "a bool", v);
+}
+
 double gguf_file::get_float_or(const std::string& key, double fallback) const {
   if (!has(key))
     return fallback;

@@ -62,6 +62,7 @@ public:
   uint64_t get_uint(const std::string& key) const;
   uint64_t get_uint_or(const std::string& key, uint64_t fallback) const;
   double get_float_or(const std::string& key, double fallback) const;
+  bool get_bool_or(const std::string& key, bool fallback) const;
   std::string get_string(const std::string& key) const;
   std::string get_string_or(const std::string& key, std::string fallback) const;
   std::vector<std::string> get_string_array(const std::string& key) const;

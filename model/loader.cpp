@@ -98,6 +98,27 @@ loaded_model load_gguf(const std::string& path) {
 
 // -- llama2.c ---------------------------------------------------------------------
 
+/// The llama2.c tokenizer of the .bin at `path`: `tokenizer_path`, else
+/// tok<vocab>.bin or tokenizer.bin beside it.
+tokenizer llama2c_tokenizer(const std::string& path, int vocab_size,
+                            const std::string& tokenizer_path) {
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    auto dir = fs::path(path).parent_path();
+    for (auto name : {fmt::format("tok{}.bin", vocab_size), std::string("tokenizer.bin")})
+      if (fs::exists(dir / name)) {
+        tok = (dir / name).string();
+        break;
+      }
+    if (tok.empty())
+      throw model_error(fmt::format(
+        "{}: no tokenizer given and neither tok{}.bin nor tokenizer.bin is beside it; "
+        "pass --tokenizer PATH",
+        path, vocab_size));
+  }
+  return tokenizer::from_llama2c(tok, vocab_size);
+}
+
 loaded_model load_llama2c(const std::string& path, const std::string& tokenizer_path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
@@ -194,21 +215,7 @@ loaded_model load_llama2c(const std::string& path, const std::string& tokenizer_
     w.layers.push_back(std::move(l));
   }
 
-  std::string tok = tokenizer_path;
-  if (tok.empty()) {
-    auto dir = fs::path(path).parent_path();
-    for (auto name : {fmt::format("tok{}.bin", c.vocab_size), std::string("tokenizer.bin")})
-      if (fs::exists(dir / name)) {
-        tok = (dir / name).string();
-        break;
-      }
-    if (tok.empty())
-      throw model_error(fmt::format(
-        "{}: no tokenizer given and neither tok{}.bin nor tokenizer.bin is beside it; "
-        "pass --tokenizer PATH",
-        path, c.vocab_size));
-  }
-  m.vocab = tokenizer::from_llama2c(tok, c.vocab_size);
+  m.vocab = llama2c_tokenizer(path, c.vocab_size, tokenizer_path);
   return m;
 }
 
@@ -241,6 +248,23 @@ std::string resolve_checkpoint(const std::string& path) {
 }
 
 } // namespace
+
+tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path) {
+  auto file = resolve_checkpoint(path);
+  if (has_gguf_magic(file) || fs::path(file).extension() == ".gguf") {
+    gguf_file f(file);
+    return tokenizer::from_gguf(f);
+  }
+  std::ifstream in(file, std::ios::binary);
+  int32_t h[7];
+  if (!in || !in.read(reinterpret_cast<char*>(h), sizeof h))
+    throw model_error(fmt::format(
+      "{}: neither a GGUF file nor a llama2.c checkpoint (its 28-byte header is missing)", file));
+  if (h[5] == 0 || h[5] < -(1 << 24) || h[5] > (1 << 24))
+    throw model_error(fmt::format(
+      "{}: not a llama2.c legacy checkpoint: its header's vocab_size is {}", file, h[5]));
+  return llama2c_tokenizer(file, std::abs(h[5]), tokenizer_path);
+}
 
 loaded_model load_model(const std::string& path, const std::string& tokenizer_path) {
   auto file = resolve_checkpoint(path);

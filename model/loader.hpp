@@ -6,7 +6,8 @@
 //
 // Formats:
 //  - GGUF v2/v3, architecture "llama", tensors F32, F16, BF16 or Q8_0
-//    (dequantised to fp32 at load); the tokenizer comes from its metadata.
+//    (dequantised to fp32 at load); the tokenizer comes from its metadata
+//    (SentencePiece 'llama' or byte-level BPE 'gpt2', see tokenizer.hpp).
 //  - llama2.c legacy `.bin` (7 x int32 header; a negative vocab_size means a
 //    separate classifier) with a llama2.c `tokenizer.bin`.
 // A folder is accepted too: its .gguf file, else its .bin model with the
@@ -32,6 +33,11 @@ struct loaded_model {
 /// `tokenizer_path` is required only for a llama2.c .bin whose folder holds
 /// no tokenizer file.
 loaded_model load_model(const std::string& path, const std::string& tokenizer_path = {});
+
+/// Only the vocabulary of a checkpoint, without reading weights: a GGUF's
+/// tokenizer metadata (a vocabulary-only GGUF is fine), or the llama2.c
+/// tokenizer of a .bin as load_model finds it.
+tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path = {});
 
 class gguf_file;
 /// Tensor `name` of a GGUF file as fp32 with torch shape `shape` (its ggml

@@ -1,13 +1,26 @@
 #pragma once
 
-// SentencePiece-style BPE with merge scores and byte fallback, as used by
-// LLaMA and llama2.c. Encoding: optional BOS, a dummy-prefix space, one
-// piece per UTF-8 character (bytes <0xNN> where a character has no piece),
-// then repeatedly merge the adjacent pair whose concatenation is the
-// best-scoring piece. Pieces are stored with real spaces ("▁" in GGUF files
-// is translated on load).
+// The vocabulary of a model, of one of two types:
+//  - SentencePiece-style BPE with merge scores and byte fallback, as used by
+//    LLaMA 2 and llama2.c (GGUF `tokenizer.ggml.model = llama`). Encoding: a
+//    dummy-prefix space, one piece per UTF-8 character (bytes <0xNN> where a
+//    character has no piece), then repeatedly merge the adjacent pair whose
+//    concatenation is the best-scoring piece. Pieces are stored with real
+//    spaces ("▁" in GGUF files is translated on load).
+//  - Byte-level BPE with ranked merges (`gpt2`: Llama 3, Qwen2, SmolLM,
+//    DeepSeek, ...), see bpe_vocab.hpp; pieces are stored as in the file.
+// from_gguf picks the type from `tokenizer.ggml.model`.
+//
+// Before either, special tokens are cut out of the text: user-defined tokens
+// always, control and unknown tokens when `parse_special` is set, longest
+// text first. `add_special` adds BOS and EOS as `tokenizer.ggml.add_bos_token`
+// / `add_eos_token` say (defaults: BOS for SentencePiece, neither for BPE).
+// Decoding gives the exact bytes: no clean-up of spaces before punctuation,
+// which the reference applies to some BPE vocabularies, so that
+// decode(encode(x)) == x.
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -16,8 +29,10 @@
 namespace ceco {
 
 class gguf_file;
+class bpe_vocab;
 
-enum class token_kind : uint8_t { normal, unknown, control, byte, unused };
+enum class token_kind : uint8_t { normal, unknown, control, byte, unused, user_defined };
+enum class vocab_type : uint8_t { sentencepiece, byte_level_bpe };
 
 class tokenizer {
 public:
@@ -33,13 +48,26 @@ public:
                                std::vector<float> scores,
                                std::vector<token_kind> kinds, int bos, int eos);
 
-  std::vector<int32_t> encode(std::string_view text, bool add_bos = true) const;
-  /// The text of `token` when it follows `prev`: strips the dummy-prefix
-  /// space after BOS, turns byte tokens into raw bytes, control tokens into "".
+  /// `add_special`: BOS/EOS as the vocabulary's flags say; `parse_special`:
+  /// control-token text such as "<|endoftext|>" in `text` becomes its token.
+  std::vector<int32_t> encode(std::string_view text, bool add_special = true,
+                              bool parse_special = false) const;
+  /// The text of `token` when it follows `prev`: strips the SentencePiece
+  /// dummy-prefix space after BOS, turns byte tokens and byte-level pieces
+  /// into raw bytes, control tokens into "".
   std::string decode_piece(int32_t prev, int32_t token) const;
   /// Concatenated decode_piece over `tokens`, each following its predecessor.
   std::string decode(const std::vector<int32_t>& tokens, int32_t prev = -1) const;
 
+  /// What `token` stands for, special tokens included ("<|endoftext|>"):
+  /// raw bytes, which need not be whole UTF-8 characters.
+  std::string token_text(int32_t token) const;
+
+  vocab_type type() const { return type_; }
+  /// The pre-tokenizer split of a byte-level vocabulary ("" for SentencePiece).
+  const std::string& pre_name() const { return pre_name_; }
+  bool add_bos() const { return add_bos_; }
+  bool add_eos() const { return add_eos_; }
   int vocab_size() const { return int(pieces_.size()); }
   int32_t bos() const { return bos_; }
   int32_t eos() const { return eos_; }
@@ -50,6 +78,8 @@ public:
 private:
   void index();
   int32_t lookup(std::string_view piece) const;
+  void encode_sentencepiece(std::string_view text, bool dummy_prefix,
+                            std::vector<int32_t>& tokens) const;
 
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
@@ -58,6 +88,13 @@ private:
   int32_t byte_ids_[256];                          // -1 when absent
   int32_t bos_ = 1;
   int32_t eos_ = 2;
+  vocab_type type_ = vocab_type::sentencepiece;
+  bool add_bos_ = true;
+  bool add_eos_ = false;
+  bool add_space_prefix_ = true;                 // SentencePiece's dummy prefix
+  std::string pre_name_;
+  std::vector<int32_t> special_ids_;             // longest text first
+  std::shared_ptr<const bpe_vocab> bpe_;         // byte-level BPE only
 };
 
 } // namespace ceco
