@@ -13,6 +13,7 @@
 #include <fmt/ranges.h>
 
 #include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
 #include "model/pretokenizer.hpp"
 #include "model/tokenizer.hpp"
 #include "model/unicode.hpp"
