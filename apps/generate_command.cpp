@@ -12,6 +12,7 @@
 #include "model/generation.hpp"
 #include "model/loader.hpp"
 #include "model/transformer.hpp"
+#include "apps/json_text.hpp"
 
 namespace ceco::app {
 
@@ -147,7 +148,7 @@ void run_generate(const generate_args& a) {
       }
       j["exit_trace"] = trace;
     }
-    std::cout << j.dump() << "\n";
+    std::cout << json_text(j) << "\n";
     return;
   }
   fmt::print("\n");

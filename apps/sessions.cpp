@@ -14,6 +14,7 @@
 #include "apps/report.hpp"
 #include "model/metrics.hpp"
 #include "model/transformer.hpp"
+#include "apps/json_text.hpp"
 
 namespace ceco::app {
 
@@ -187,7 +188,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
             add_cloud_agreement(j, r.tokens, cloud->tokens);
           }
           if (a.json)
-            std::cout << j.dump() << std::endl;
+            std::cout << json_text(j) << std::endl;
           rows.push_back(x);
         }
       }

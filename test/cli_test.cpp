@@ -31,6 +31,17 @@ TEST_CASE("ceco generate --json prints the reference greedy tokens and an exit t
   }
 }
 
+TEST_CASE("ceco generate --json prints valid JSON when the text holds a cut UTF-8 character") {
+  // The prompt ends inside a two-byte character, as generated text does when
+  // max_tokens falls between the byte tokens of one.
+  auto r = run_ceco("generate --model " + stories_gguf() +
+                    " --prompt \"$(printf 'caf\\303')\" --max-tokens 4 --json");
+  REQUIRE(r.status == 0);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["prompt"] == "caf\xEF\xBF\xBD");  // U+FFFD stands for the cut byte
+  CHECK(j["n_generated"] == 4);
+}
+
 TEST_CASE("ceco generate streams text by default") {
   auto r = run_ceco("generate --model " + stories_gguf() + " --prompt 'Once upon a time' --max-tokens 12");
   REQUIRE(r.status == 0);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "config/settings.hpp"
+#include "apps/json_text.hpp"
 
 namespace ceco::app {
 
@@ -33,11 +34,11 @@ result_ledger::result_ledger(const fs::path& dir, const json& identity) {
       }
     }
   }
-  std::ofstream(identity_path) << identity.dump(2) << "\n";
+  std::ofstream(identity_path) << json_text(identity, 2) << "\n";
   {
     std::ofstream rewrite(results_path, std::ios::trunc);
     for (auto& j : lines_)
-      rewrite << j.dump() << "\n";
+      rewrite << json_text(j) << "\n";
   }
   for (auto& j : lines_)
     remember(j);
@@ -61,7 +62,7 @@ const std::vector<int32_t>* result_ledger::cloud_tokens(int combo, int rep, size
 }
 
 void result_ledger::add(json line) {
-  results_ << line.dump() << std::endl;
+  results_ << json_text(line) << std::endl;
   remember(line);
   lines_.push_back(std::move(line));
 }
