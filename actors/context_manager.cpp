@@ -20,12 +20,17 @@ struct waiting_request {
   caf::typed_response_promise<infer_reply> promise;
 };
 
+/// Token requests one session may have waiting for their uploads; an edge
+/// has one in flight (a few while drafting), so more is a broken or hostile peer.
+constexpr size_t max_waiting_requests = 256;
+
 struct session_entry {
   cloud_context_ptr ctx;
   int32_t received = 0;              // positions [0, received) uploaded
   int32_t computed = 0;              // positions [0, computed) caught up
   std::vector<tensor_blob> pending;  // uploaded, not yet in a step
-  std::vector<waiting_request> waiting;  // for positions not yet in a step
+  std::vector<waiting_request> waiting;  // for positions not yet in a step, at most
+                                         // max_waiting_requests
   std::vector<waiting_request> asked;    // answered by the step in flight
   bool queued = false;               // in `ready`
   clock_type::time_point last_active;
@@ -38,6 +43,8 @@ struct context_manager_state {
   model_config cfg;
   context_manager_options opts;
   std::unordered_map<uint64_t, session_entry> sessions;
+  int32_t opening = 0;         // sessions being created, counted against the limits
+  uint64_t sweep_number = 0;   // the timer's sweep; any other is ignored
   std::deque<uint64_t> ready;  // sessions with work for the next step, oldest first
   bool stepping = false;       // a step is in flight at the cloud layers
   int64_t steps = 0;
@@ -233,7 +240,7 @@ int64_t held_bytes(const context_manager_state& st) {
 
 void schedule_sweep(self_ptr self) {
   auto period = std::max(std::chrono::milliseconds(10), self->state.opts.ttl / 4);
-  self->delayed_send(self, period, sweep_atom::value);
+  self->delayed_send(self, period, sweep_atom::value, ++self->state.sweep_number);
 }
 
 context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_layers_actor layers,
@@ -246,15 +253,20 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
   return {
     [=](open_atom) -> caf::result<uint64_t> {
       auto& st = self->state;
-      if (int(st.sessions.size()) >= st.opts.max_sessions)
+      // Sessions still being created count: the limit holds however many
+      // opens arrive before the first is answered.
+      if (int64_t(st.sessions.size()) + st.opening >= st.opts.max_sessions)
         return make_error(ceco_errc::session_limit,
                           fmt::format("{} sessions are open, the limit is {} (session.max_sessions)",
-                                      st.sessions.size(), st.opts.max_sessions));
+                                      int64_t(st.sessions.size()) + st.opening,
+                                      st.opts.max_sessions));
+      ++st.opening;
       auto rp = self->make_response_promise<uint64_t>();
       self->request(st.layers, caf::infinite, open_atom::value)
         .then(
           [=](cloud_context_ptr& ctx) mutable {
             auto& st = self->state;
+            --st.opening;
             if (st.opts.max_context_bytes > 0) {
               auto held = held_bytes(st);
               auto more = cloud_context_bytes(*ctx);
@@ -278,7 +290,10 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
             e.last_active = clock_type::now();
             rp.deliver(id);
           },
-          [=](caf::error& err) mutable { rp.deliver(err); });
+          [=](caf::error& err) mutable {
+            --self->state.opening;
+            rp.deliver(err);
+          });
       return rp;
     },
     [=](upload_msg& m) -> caf::result<int32_t> {
@@ -321,6 +336,11 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
         return make_error(ceco_errc::bad_position,
                           fmt::format("token after position {} requested; the context holds "
                                       "positions 0..{}", r.pos, st.cfg.max_seq - 1));
+      if (e.waiting.size() >= max_waiting_requests)
+        return make_error(ceco_errc::session_limit,
+                          fmt::format("{} token requests of this session are already waiting "
+                                      "for their uploads, the limit is {}",
+                                      e.waiting.size(), max_waiting_requests));
       auto rp = self->make_response_promise<infer_reply>();
       e.waiting.push_back(waiting_request{r.pos, clock_type::now(), rp});
       mark_ready(self, r.session, e);
@@ -341,8 +361,10 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       return {int64_t(st.sessions.size()), held_bytes(st), st.steps, st.stepped_sessions,
               st.session_bytes, st.tokens, st.positions};
     },
-    [=](sweep_atom) {
+    [=](sweep_atom, uint64_t number) {
       auto& st = self->state;
+      if (number != st.sweep_number)
+        return;
       auto now = clock_type::now();
       for (auto i = st.sessions.begin(); i != st.sessions.end();) {
         if (now - i->second.last_active > st.opts.ttl) {

@@ -357,15 +357,15 @@ struct cloud_stats {
 };
 
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.
-/// (stats_atom) -> cloud_stats; (sweep_atom) expires idle sessions (its own
-/// timer).
+/// (stats_atom) -> cloud_stats; (sweep_atom, n) expires idle sessions: its
+/// own timer, numbered, so a sweep message from anywhere else changes nothing.
 using context_manager_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<close_atom, uint64_t>::with<session_summary>,
   caf::replies_to<stats_atom>::with<cloud_stats>,
-  caf::reacts_to<sweep_atom>>;
+  caf::reacts_to<sweep_atom, uint64_t>>;
 
 /// Layers [split, L) and the final head, plus the whole model for the cloud
 /// strategy. A cloud_step catches up several sessions on their uploads and

@@ -234,6 +234,53 @@ TEST_CASE("the cloud refuses a session past its memory limit, naming the limit")
   CHECK(f.sim->cloud_state().sessions == 1);
 }
 
+TEST_CASE("the session limit holds for opens that arrive together") {
+  sim_fixture f({"session.max_sessions=10", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  caf::scoped_actor self{*f.sys};
+  auto cm = f.sim->contexts();
+  // Every open is sent before the first is answered.
+  std::vector<decltype(self->request(cm, std::chrono::seconds(5), open_atom::value))> opens;
+  for (int i = 0; i < 40; ++i)
+    opens.push_back(self->request(cm, std::chrono::seconds(5), open_atom::value));
+  int opened = 0, refused = 0;
+  for (auto& h : opens)
+    h.receive([&](uint64_t) { ++opened; },
+              [&](caf::error& e) {
+                CHECK(describe(e).find("session.max_sessions") != std::string::npos);
+                ++refused;
+              });
+  CHECK(opened == 10);
+  CHECK(refused == 30);
+  CHECK(f.sim->cloud_state().sessions == 10);
+}
+
+TEST_CASE("a session's token requests waiting for uploads are bounded") {
+  sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
+  caf::scoped_actor self{*f.sys};
+  auto cm = f.sim->contexts();
+  uint64_t id = 0;
+  self->request(cm, std::chrono::seconds(5), open_atom::value)
+    .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+  // Position 5 is never uploaded: every request waits.
+  std::vector<decltype(self->request(cm, std::chrono::seconds(5), infer_request{id, 5}))> asks;
+  for (int i = 0; i < 300; ++i)
+    asks.push_back(self->request(cm, std::chrono::seconds(5), infer_request{id, 5}));
+  self->request(cm, std::chrono::seconds(5), close_atom::value, id)
+    .receive([&](session_summary&) {}, [&](caf::error& e) { FAIL(describe(e)); });
+  int limited = 0, closed = 0;
+  for (auto& h : asks)
+    h.receive([&](infer_reply&) { FAIL("a request for a position never uploaded was answered"); },
+              [&](caf::error& e) {
+                auto what = describe(e);
+                if (what.find("session_limit") == 0)
+                  ++limited;
+                else if (what.find("unknown_session") == 0)
+                  ++closed;
+              });
+  CHECK(closed == 256);
+  CHECK(limited == 44);
+}
+
 TEST_CASE("moving the exit evaluator or the uploader to the cloud changes the traffic, never the tokens") {
   auto run = [](const std::string& evaluator, const std::string& uploader, const char* mode) {
     sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0", "placement.exit_evaluator=" + evaluator,
