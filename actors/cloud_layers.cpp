@@ -104,7 +104,7 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
   }
   try {
     m.forward_sequences(seqs, st.split, m.config().n_layer);
-  } catch (const model_error& e) {
+  } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
     for (auto i : seq_work)
       out.done[i].error = make_error(ceco_errc::compute_failed, e.what());
     return;
@@ -191,19 +191,33 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
         r.token = final_token(self->state, x);
         r.cloud_us = us_since(t0);
         return r;
-      } catch (const model_error& e) {
+      } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
         return make_error(ceco_errc::compute_failed, e.what());
       }
     },
     [=](generate_request& req) -> caf::result<generate_reply> {
       auto t0 = clock_type::now();
+      const auto& cfg = self->state.model->config();
+      if (req.prompt.empty() || int64_t(req.prompt.size()) > cfg.max_seq)
+        return make_error(ceco_errc::bad_position,
+                          fmt::format("a prompt of {} tokens; the context holds 1..{}",
+                                      req.prompt.size(), cfg.max_seq));
+      if (req.max_tokens < 1 || req.max_tokens > cfg.max_seq)
+        return make_error(ceco_errc::bad_position,
+                          fmt::format("max_tokens {}; expected 1..{} (the context)", req.max_tokens,
+                                      cfg.max_seq));
+      for (size_t i = 0; i < req.prompt.size(); ++i)
+        if (req.prompt[i] < 0 || req.prompt[i] >= cfg.vocab_size)
+          return make_error(ceco_errc::bad_tensor,
+                            fmt::format("prompt token {} is id {}; the vocabulary holds 0..{}", i,
+                                        req.prompt[i], cfg.vocab_size - 1));
       try {
         generation_options opts;
         opts.max_tokens = req.max_tokens;
         opts.eos = self->state.eos;
         auto r = generate(*self->state.model, req.prompt, opts);
         return generate_reply{std::move(r.tokens), us_since(t0)};
-      } catch (const model_error& e) {
+      } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
         return make_error(ceco_errc::compute_failed, e.what());
       }
     },

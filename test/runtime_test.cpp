@@ -425,6 +425,25 @@ TEST_CASE("the context manager answers bad messages with errors and keeps servin
              [&](caf::error& e) { FAIL(describe(e)); });
 }
 
+TEST_CASE("the cloud layers refuse absurd generate requests and keep serving") {
+  sim_fixture f;
+  auto site = spawn_cloud_site(*f.sys, f.s, f.m);
+  caf::scoped_actor self{*f.sys};
+  auto error_of = [&](generate_request r) {
+    std::string out;
+    self->request(site.layers, std::chrono::seconds(5), std::move(r))
+      .receive([&](generate_reply& g) { out = std::to_string(g.tokens.size()) + " tokens"; },
+               [&](caf::error& e) { out = describe(e); });
+    return out;
+  };
+  CHECK(error_of({0, {1, 403}, -1}).find("max_tokens -1; expected 1..2048") != std::string::npos);
+  CHECK(error_of({0, {}, 4}).find("a prompt of 0 tokens") != std::string::npos);
+  CHECK(error_of({0, {1, 512}, 4}).find("prompt token 1 is id 512; the vocabulary holds 0..511") !=
+        std::string::npos);
+  CHECK(error_of({0, {1, 403, 407}, 4}) == "4 tokens");  // still alive and serving
+  site.stop();
+}
+
 TEST_CASE("every cross-site message round-trips through CAF's binary serialiser") {
   auto round_trip = [](auto x) {
     std::vector<char> buf;
