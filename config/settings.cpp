@@ -1,5 +1,6 @@
 #include "config/settings.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <sstream>
@@ -38,31 +39,44 @@ std::string node_text(const toml::node& n) {
   throw config_error(fmt::format("{}: {} must be {}, got {}", where, key, expected, node_text(n)));
 }
 
-key_spec int_key(std::string key, int min, std::function<int&(settings&)> ref) {
+// Every numeric key has a range: a value past it would overflow a duration,
+// spawn absurd thread counts or size buffers without bound.
+// Ranges shared by several keys.
+constexpr int max_layers = 4096;          // layer counts (split, exits)
+constexpr int int_max = 2'147'483'647;    // seeds
+constexpr int max_ms = 3'600'000;         // timeouts and heartbeats: one hour
+constexpr double max_link_ms = 60'000.0;  // simulated one-way delays: one minute
+constexpr double max_ttl_s = 2'592'000.0; // thirty days
+
+key_spec int_key(std::string key, int min, int max, std::function<int&(settings&)> ref) {
   key_spec k{key, "integer", {}, {}};
-  k.set = [key, min, ref](settings& s, const toml::node& n, const std::string& where) {
+  k.set = [key, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     auto v = n.value_exact<int64_t>();
     if (!v)
       wrong(where, key, "an integer", n);
-    if (*v < min || *v > 1'000'000'000)
+    if (*v < min)
       wrong(where, key, fmt::format("an integer >= {}", min), n);
+    if (*v > max)
+      wrong(where, key, fmt::format("an integer <= {}", max), n);
     ref(s) = int(*v);
   };
   k.get = [ref](const settings& s) { return std::to_string(ref(const_cast<settings&>(s))); };
   return k;
 }
 
-key_spec float_key(std::string key, double min, std::function<double&(settings&)> ref,
+key_spec float_key(std::string key, double min, double max, std::function<double&(settings&)> ref,
                    bool strictly_greater = false) {
   key_spec k{key, "number", {}, {}};
-  k.set = [key, min, ref, strictly_greater](settings& s, const toml::node& n,
-                                            const std::string& where) {
+  k.set = [key, min, max, ref, strictly_greater](settings& s, const toml::node& n,
+                                                 const std::string& where) {
     std::optional<double> v = n.is_integer() ? std::optional<double>(double(*n.value<int64_t>()))
                                              : n.value_exact<double>();
     if (!v)
       wrong(where, key, "a number", n);
     if (*v < min || (strictly_greater && *v == min) || std::isnan(*v))
       wrong(where, key, fmt::format("a number {} {}", strictly_greater ? ">" : ">=", min), n);
+    if (!std::isfinite(*v) || *v > max)
+      wrong(where, key, fmt::format("a finite number <= {}", max), n);
     ref(s) = *v;
   };
   k.get = [ref](const settings& s) { return fmt::format("{}", ref(const_cast<settings&>(s))); };
@@ -112,9 +126,9 @@ key_spec int_list_key(std::string key, std::function<std::vector<int>&(settings&
       out.push_back(int(*v));
     }
     for (size_t i = 0; i < out.size(); ++i) {
-      if (out[i] < 1)
-        throw config_error(fmt::format("{}: {} must hold layer counts >= 1, got {}", where, key,
-                                       out[i]));
+      if (out[i] < 1 || out[i] > max_layers)
+        throw config_error(fmt::format("{}: {} must hold layer counts in 1..{}, got {}", where,
+                                       key, max_layers, out[i]));
       if (i > 0 && out[i] <= out[i - 1])
         throw config_error(fmt::format("{}: {} must be strictly ascending, got [{}]", where, key,
                                        fmt::join(out, ", ")));
@@ -127,9 +141,10 @@ key_spec int_list_key(std::string key, std::function<std::vector<int>&(settings&
   return k;
 }
 
-key_spec float_list_key(std::string key, double min, std::function<std::vector<double>&(settings&)> ref) {
+key_spec float_list_key(std::string key, double min, double max,
+                        std::function<std::vector<double>&(settings&)> ref) {
   key_spec k{key, "list of numbers", {}, {}};
-  k.set = [key, min, ref](settings& s, const toml::node& n, const std::string& where) {
+  k.set = [key, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
       wrong(where, key, "a list of numbers such as [0.5, 0.8]", n);
@@ -137,8 +152,8 @@ key_spec float_list_key(std::string key, double min, std::function<std::vector<d
     for (auto& e : *arr) {
       std::optional<double> v = e.is_integer() ? std::optional<double>(double(*e.value<int64_t>()))
                                                : e.value_exact<double>();
-      if (!v || *v < min)
-        wrong(where, key, fmt::format("a list of numbers >= {}", min), n);
+      if (!v || !(*v >= min && *v <= max))
+        wrong(where, key, fmt::format("a list of numbers in [{}, {}]", min, max), n);
       out.push_back(*v);
     }
     ref(s) = out;
@@ -189,8 +204,8 @@ key_spec exits_list_key(std::string key, std::function<std::vector<std::vector<i
       std::vector<int> exits;
       for (auto& x : *inner) {
         auto v = x.value_exact<int64_t>();
-        if (!v || *v < 1 || (!exits.empty() && *v <= exits.back()))
-          wrong(where, key, "lists of ascending layer counts >= 1", n);
+        if (!v || *v < 1 || *v > max_layers || (!exits.empty() && *v <= exits.back()))
+          wrong(where, key, fmt::format("lists of ascending layer counts in 1..{}", max_layers), n);
         exits.push_back(int(*v));
       }
       out.push_back(exits);
@@ -206,17 +221,18 @@ key_spec exits_list_key(std::string key, std::function<std::vector<std::vector<i
   return k;
 }
 
-key_spec int_list_plain_key(std::string key, int min, std::function<std::vector<int>&(settings&)> ref) {
+key_spec int_list_plain_key(std::string key, int min, int max,
+                            std::function<std::vector<int>&(settings&)> ref) {
   key_spec k{key, "list of integers", {}, {}};
-  k.set = [key, min, ref](settings& s, const toml::node& n, const std::string& where) {
+  k.set = [key, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
       wrong(where, key, "a list of integers", n);
     std::vector<int> out;
     for (auto& e : *arr) {
       auto v = e.value_exact<int64_t>();
-      if (!v || *v < min)
-        wrong(where, key, fmt::format("a list of integers >= {}", min), n);
+      if (!v || *v < min || *v > max)
+        wrong(where, key, fmt::format("a list of integers in {}..{}", min, max), n);
       out.push_back(int(*v));
     }
     ref(s) = out;
@@ -243,11 +259,11 @@ const std::vector<key_spec>& schema() {
     int_list_key("model.exits", CECO_REF(std::vector<int>, model.exits)),
     string_key("model.exit_heads", {}, CECO_REF(std::string, model.exit_heads)),
     string_key("model.device", {}, CECO_REF(std::string, model.device)),
-    int_key("split.layer", 1, CECO_REF(int, split.layer)),
+    int_key("split.layer", 1, max_layers, CECO_REF(int, split.layer)),
     string_key("policy.mode", {"cloud", "naive", "standalone", "collaborative"},
                CECO_REF(std::string, policy.mode)),
-    float_key("policy.threshold", 0.0, CECO_REF(double, policy.threshold)),
-    int_key("policy.min_exit_layer", 0, CECO_REF(int, policy.min_exit_layer)),
+    float_key("policy.threshold", 0.0, 1000.0, CECO_REF(double, policy.threshold)),
+    int_key("policy.min_exit_layer", 0, max_layers, CECO_REF(int, policy.min_exit_layer)),
     string_key("upload.dtype", {"f16", "f32"}, CECO_REF(std::string, upload.dtype)),
     string_key("upload.mode", {"async", "sync"}, CECO_REF(std::string, upload.mode)),
     [] {
@@ -255,26 +271,26 @@ const std::vector<key_spec>& schema() {
       names.insert(names.begin(), "");
       return string_key("link.profile", names, CECO_REF(std::string, link.profile));
     }(),
-    float_key("link.latency_ms", 0.0, CECO_REF(double, link.latency_ms)),
-    float_key("link.bandwidth_mbps", 0.0, CECO_REF(double, link.bandwidth_mbps)),
-    float_key("link.jitter_ms", 0.0, CECO_REF(double, link.jitter_ms)),
-    int_key("link.seed", 0, CECO_REF(int, link.seed)),
-    float_key("session.ttl_s", 0.0, CECO_REF(double, session.ttl_s), true),
-    int_key("session.max_sessions", 1, CECO_REF(int, session.max_sessions)),
-    float_key("session.max_memory_mb", 0.0, CECO_REF(double, session.max_memory_mb)),
-    int_key("session.batch_sessions", 1, CECO_REF(int, session.batch_sessions)),
+    float_key("link.latency_ms", 0.0, max_link_ms, CECO_REF(double, link.latency_ms)),
+    float_key("link.bandwidth_mbps", 0.0, 1e6, CECO_REF(double, link.bandwidth_mbps)),
+    float_key("link.jitter_ms", 0.0, max_link_ms, CECO_REF(double, link.jitter_ms)),
+    int_key("link.seed", 0, int_max, CECO_REF(int, link.seed)),
+    float_key("session.ttl_s", 0.0, max_ttl_s, CECO_REF(double, session.ttl_s), true),
+    int_key("session.max_sessions", 1, 1'000'000, CECO_REF(int, session.max_sessions)),
+    float_key("session.max_memory_mb", 0.0, 1e8, CECO_REF(double, session.max_memory_mb)),
+    int_key("session.batch_sessions", 1, 4096, CECO_REF(int, session.batch_sessions)),
     string_key("placement.exit_evaluator", {"edge", "cloud"},
                CECO_REF(std::string, placement.exit_evaluator)),
     string_key("placement.uploader", {"edge", "cloud"}, CECO_REF(std::string, placement.uploader)),
-    int_key("generation.max_tokens", 1, CECO_REF(int, generation.max_tokens)),
+    int_key("generation.max_tokens", 1, 1'000'000, CECO_REF(int, generation.max_tokens)),
     string_key("generation.prompt", {}, CECO_REF(std::string, generation.prompt)),
-    int_key("runtime.threads", 1, CECO_REF(int, runtime.threads)),
+    int_key("runtime.threads", 1, 256, CECO_REF(int, runtime.threads)),
     string_key("cloud.host", {}, CECO_REF(std::string, cloud.host)),
-    int_key("cloud.port", 0, CECO_REF(int, cloud.port)),
+    int_key("cloud.port", 0, 65535, CECO_REF(int, cloud.port)),
     string_key("cloud.secret", {}, CECO_REF(std::string, cloud.secret)),
-    int_key("cloud.heartbeat_ms", 0, CECO_REF(int, cloud.heartbeat_ms)),
-    int_key("cloud.request_timeout_ms", 1, CECO_REF(int, cloud.request_timeout_ms)),
-    int_key("cloud.connect_tries", 1, CECO_REF(int, cloud.connect_tries)),
+    int_key("cloud.heartbeat_ms", 0, max_ms, CECO_REF(int, cloud.heartbeat_ms)),
+    int_key("cloud.request_timeout_ms", 1, max_ms, CECO_REF(int, cloud.request_timeout_ms)),
+    int_key("cloud.connect_tries", 1, 1000, CECO_REF(int, cloud.connect_tries)),
     bool_key("cloud.tls", CECO_REF(bool, cloud.tls)),
     string_key("cloud.tls_certificate", {}, CECO_REF(std::string, cloud.tls_certificate)),
     string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),
@@ -283,13 +299,13 @@ const std::vector<key_spec>& schema() {
     string_key("experiment.dataset", {}, CECO_REF(std::string, experiment.dataset)),
     string_key("experiment.format", {"auto", "alpaca", "xsum", "boolq", "quac", "imdb", "text"},
                CECO_REF(std::string, experiment.format)),
-    int_key("experiment.samples", 1, CECO_REF(int, experiment.samples)),
-    int_key("experiment.seed", 0, CECO_REF(int, experiment.seed)),
+    int_key("experiment.samples", 1, 10'000'000, CECO_REF(int, experiment.samples)),
+    int_key("experiment.seed", 0, int_max, CECO_REF(int, experiment.seed)),
     string_list_key("experiment.strategies", {"cloud", "naive", "standalone", "collaborative"},
                     CECO_REF(std::vector<std::string>, experiment.strategies)),
-    int_key("experiment.repetitions", 1, CECO_REF(int, experiment.repetitions)),
-    float_list_key("sweep.threshold", 0.0, CECO_REF(std::vector<double>, sweep.threshold)),
-    int_list_plain_key("sweep.split", 1, CECO_REF(std::vector<int>, sweep.split)),
+    int_key("experiment.repetitions", 1, 10'000, CECO_REF(int, experiment.repetitions)),
+    float_list_key("sweep.threshold", 0.0, 1000.0, CECO_REF(std::vector<double>, sweep.threshold)),
+    int_list_plain_key("sweep.split", 1, max_layers, CECO_REF(std::vector<int>, sweep.split)),
     exits_list_key("sweep.exits", CECO_REF(std::vector<std::vector<int>>, sweep.exits)),
     string_list_key("sweep.upload_dtype", {"f16", "f32"},
                     CECO_REF(std::vector<std::string>, sweep.upload_dtype)),
@@ -404,8 +420,6 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
   for (auto& o : overrides)
     apply_override(s, o);
   apply_link_profile(s);
-  if (s.cloud.port > 65535)
-    throw config_error(fmt::format("cloud.port must be 0..65535, got {}", s.cloud.port));
   for (auto [key, path] : {std::pair{"model.path", &s.model.path},
                            std::pair{"model.tokenizer", &s.model.tokenizer},
                            std::pair{"model.exit_heads", &s.model.exit_heads},

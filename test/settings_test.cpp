@@ -75,6 +75,46 @@ TEST_CASE("unknown keys, wrong types and impossible values are rejected with key
   CHECK(tls.cloud.tls);
 }
 
+TEST_CASE("every numeric setting has a range: extremes are refused with key, bound and value") {
+  temp_dir tmp;
+  auto err = [&](const std::string& toml) {
+    return error_of([&] { load_settings(write(tmp, toml), {}); });
+  };
+  auto set_err = [&](const std::string& assignment) {
+    return error_of([&] { load_settings("", {assignment}); });
+  };
+  CHECK(contains(err("[runtime]\nthreads = 1000000000\n"),
+                 "runtime.threads must be an integer <= 256, got 1000000000"));
+  CHECK(contains(err("[session]\nttl_s = inf\n"),
+                 "session.ttl_s must be a finite number <= 2592000, got inf"));
+  CHECK(contains(err("[session]\nttl_s = 1e300\n"), "session.ttl_s must be a finite number <= 2592000"));
+  CHECK(contains(err("[session]\nttl_s = nan\n"), "session.ttl_s must be a number > 0"));
+  CHECK(contains(err("[link]\nlatency_ms = 1e17\n"), "link.latency_ms must be a finite number <= 60000"));
+  CHECK(contains(err("[link]\njitter_ms = inf\n"), "link.jitter_ms must be a finite number"));
+  CHECK(contains(err("[link]\nbandwidth_mbps = inf\n"), "link.bandwidth_mbps must be a finite number"));
+  CHECK(contains(err("[policy]\nthreshold = inf\n"), "policy.threshold must be a finite number <= 1000"));
+  CHECK(contains(err("[session]\nmax_memory_mb = 1e300\n"), "session.max_memory_mb must be a finite number"));
+  CHECK(contains(err("[session]\nmax_sessions = 1000000000\n"), "session.max_sessions must be an integer <= 1000000"));
+  CHECK(contains(err("[session]\nbatch_sessions = 1000000000\n"), "session.batch_sessions must be an integer <= 4096"));
+  CHECK(contains(err("[split]\nlayer = 1000000000\n"), "split.layer must be an integer <= 4096"));
+  CHECK(contains(err("[generation]\nmax_tokens = 1000000000\n"), "generation.max_tokens must be an integer <= 1000000"));
+  CHECK(contains(err("[cloud]\nheartbeat_ms = 1000000000\n"), "cloud.heartbeat_ms must be an integer <= 3600000"));
+  CHECK(contains(err("[cloud]\nrequest_timeout_ms = 1000000000\n"), "cloud.request_timeout_ms must be an integer <= 3600000"));
+  CHECK(contains(err("[cloud]\nconnect_tries = 1000000000\n"), "cloud.connect_tries must be an integer <= 1000"));
+  CHECK(contains(set_err("cloud.port=70000"), "cloud.port must be an integer <= 65535, got 70000"));
+  CHECK(contains(set_err("runtime.threads=99999999999"), "runtime.threads must be an integer <= 256"));
+  CHECK(contains(set_err("model.exits=1,100000"), "model.exits must hold layer counts in 1..4096, got 100000"));
+  CHECK(contains(set_err("sweep.threshold=0.5,inf"), "sweep.threshold must be a list of numbers in [0, 1000]"));
+  CHECK(contains(set_err("sweep.split=2,1000000000"), "sweep.split must be a list of integers in 1..4096"));
+  CHECK(contains(set_err("sweep.exits=[[1,100000]]"), "lists of ascending layer counts in 1..4096"));
+  // The bounds themselves are accepted.
+  auto edge = load_settings("", {"runtime.threads=256", "session.ttl_s=2592000", "cloud.port=65535",
+                                 "link.latency_ms=60000", "policy.threshold=1.5"});
+  CHECK(edge.runtime.threads == 256);
+  CHECK(edge.session.ttl_s == 2592000.0);
+  CHECK(edge.cloud.port == 65535);
+}
+
 TEST_CASE("settings are checked against the model's shape") {
   model_config five{64, 172, 5, 8, 4, 512, 512};
   settings s;
