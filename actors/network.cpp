@@ -32,18 +32,18 @@ void configure_deployment(caf::actor_system_config& cfg, const settings& s) {
   configure_actor_system(cfg, s.runtime.threads);
 }
 
+bool serves_strangers(const settings& s) {
+  return !is_loopback(s.cloud.host) && !s.cloud.tls && s.cloud.secret.empty();
+}
+
 wire::server_options cloud_server_options(const settings& s, const wire::wire_limits& limits) {
   const auto& c = s.cloud;
-  if (!is_loopback(c.host) && !c.tls && c.secret.empty()) {
-    if (!c.insecure)
-      throw config_error(fmt::format(
-        "cloud.host = \"{}\" is not a loopback address, and neither cloud.tls nor cloud.secret "
-        "is set: anyone who reaches it would be served. Set cloud.secret (or TLS with "
-        "certificates), or pass --insecure (cloud.insecure = true) for a trusted network",
-        c.host));
-    fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
-                       "anyone who reaches it is served\n", c.host);
-  }
+  if (serves_strangers(s) && !c.insecure)
+    throw config_error(fmt::format(
+      "cloud.host = \"{}\" is not a loopback address, and neither cloud.tls nor cloud.secret "
+      "is set: anyone who reaches it would be served. Set cloud.secret (or TLS with "
+      "certificates), or pass --insecure (cloud.insecure = true) for a trusted network",
+      c.host));
   wire::server_options o;
   o.host = c.host;
   o.port = uint16_t(c.port);

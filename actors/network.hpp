@@ -24,10 +24,14 @@ void configure_actor_system(caf::actor_system_config& cfg, int threads);
 /// The same for a deployment node described by `s`.
 void configure_deployment(caf::actor_system_config& cfg, const settings& s);
 
+/// Whether a cloud with these settings would serve anyone who reaches it:
+/// cloud.host is not loopback and neither TLS nor a secret guards it.
+bool serves_strangers(const settings& s);
+
 /// The transport's options for `ceco cloud`: cloud.host, cloud.port,
 /// cloud.secret, TLS, heartbeats as the idle timeout. Throws config_error
 /// for a listener on a non-loopback address with neither TLS nor a secret,
-/// unless cloud.insecure (then prints a warning).
+/// unless cloud.insecure.
 wire::server_options cloud_server_options(const settings& s, const wire::wire_limits& limits);
 
 /// One attempt to connect, authenticate and pass the handshake with

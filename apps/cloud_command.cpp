@@ -82,6 +82,9 @@ void run_cloud(const cloud_args& a) {
              m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cloud.host, port,
              describe_transport(s), s.cloud.secret.empty() ? "" : ", secret required");
   std::cout.flush();
+  if (serves_strangers(s))
+    fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
+                       "anyone who reaches it is served\n", s.cloud.host);
   int sig = 0;
   if (a.stats_s > 0) {
     cloud_stats last;

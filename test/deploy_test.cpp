@@ -172,6 +172,33 @@ TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cl
   }
 }
 
+TEST_CASE("exit evaluator and uploader placed on the cloud: evaluations and uploads go as their own frames") {
+  const std::string placed = " --set placement.exit_evaluator=cloud --set placement.uploader=cloud "
+                             "--set policy.threshold=1.5";
+  cloud_process cloud("--set cloud.port=0" + placed);
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto r = run_edge("--prompt 'Once upon a time' --set link.latency_ms=0 "
+                    "--max-tokens 40 --mode collaborative --json" + placed + port_arg(cloud));
+  REQUIRE(r.status == 0);
+  auto j = json_lines(r.out).at(0);
+  CHECK(j["tokens"].get<std::vector<int32_t>>() == greedy_40);
+  CHECK(j["degraded_tokens"] == 0);
+  // Each token also carries its exit states up: more than the uploads alone.
+  CHECK(j["bytes_up"].get<int64_t>() > j["formula_bytes_up"].get<int64_t>() * 2);
+}
+
+TEST_CASE("ceco cloud on a non-loopback address needs a secret, TLS or --insecure") {
+  auto refused = run_shell(std::string(CECO_BINARY) + " cloud --set cloud.host=0.0.0.0 --set cloud.port=0" +
+                           model_arg() + " 2>&1");
+  CHECK(refused.status != 0);
+  CHECK(refused.out.find("pass --insecure") != std::string::npos);
+  auto open = run_shell("timeout -s INT 3 " + std::string(CECO_BINARY) +
+                        " cloud --insecure --set cloud.host=0.0.0.0 --set cloud.port=0" + model_arg() +
+                        " 2>&1");
+  CHECK(open.out.find("serving") != std::string::npos);
+  CHECK(open.out.find("WARNING: serving 0.0.0.0 without TLS or a secret") != std::string::npos);
+}
+
 TEST_CASE("ceco cloud --stats reports the tokens it answered and its steps") {
   temp_dir tmp;
   const std::string bin = CECO_BINARY, log = tmp.file("cloud.log");
