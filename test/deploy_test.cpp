@@ -444,6 +444,21 @@ TEST_CASE("hostile peers on the cloud's port get a closed connection, and an edg
   CHECK(other.error_of<session_summary>(close_atom::value, *opened).find("unknown_session") == 0);
   CHECK(owner.error_of<int32_t>(upload_msg{*opened, 0, states}) == "accepted");
   CHECK(owner.error_of<session_summary>(close_atom::value, *opened) == "accepted");
+
+  // A generate_request with max_tokens = -1 once killed the cloud layers for
+  // good: now the frame is refused, and the whole protocol still works.
+  auto err = other.error_of<generate_reply>(generate_request{0, {1, 2, 3}, -1});
+  CAPTURE(err);
+  CHECK(err != "accepted");
+  CHECK(err.find("max_tokens") != std::string::npos);
+  auto r = run_edge("--max-tokens 5 --json --mode all --set cloud.secret=s3cret --set link.latency_ms=0" +
+                    port_arg(cloud));
+  REQUIRE(r.status == 0);
+  for (auto& j : json_lines(r.out)) {
+    CAPTURE(j["mode"]);
+    CHECK(j["n_generated"] == 5);
+    CHECK(j["degraded_tokens"] == 0);
+  }
 }
 
 TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects to a new cloud") {
