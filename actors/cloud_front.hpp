@@ -4,9 +4,11 @@
 // an edge's hello, sends session traffic to the context manager, stateless
 // requests (naive, generate) to the cloud layers, and exit evaluations and
 // uploads to the evaluator and uploader when they are placed on the cloud.
-// A deployment publishes it (`ceco cloud`); a simulation puts a link in
-// front of it in the same process. Only this process and nodes that passed
-// the handshake are served; anything outside the protocol gets an error.
+// A deployment serves it through the gateway (actors/gateway.hpp, `ceco
+// cloud`), which lets a connection past hello only once the front accepted
+// it; a simulation puts a link in front of it in the same process. Only
+// this process and nodes that passed the handshake are served; anything
+// outside the protocol gets an error.
 
 #include "actors/messages.hpp"
 

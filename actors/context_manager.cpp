@@ -1,12 +1,12 @@
 #include "actors/context_manager.hpp"
 
 #include <deque>
-#include <random>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
 #include "actors/cloud_layers.hpp"
+#include "net/auth.hpp"
 
 namespace ceco {
 
@@ -52,7 +52,6 @@ struct context_manager_state {
   int64_t session_bytes = 0;
   int64_t tokens = 0;
   int64_t positions = 0;
-  std::mt19937_64 ids{std::random_device{}()};
   static inline const char* name = "context_manager";
 };
 
@@ -281,10 +280,11 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
               }
             }
             st.session_bytes = cloud_context_bytes(*ctx);
+            // Unpredictable from earlier ids: a session's id is all a request names.
             uint64_t id;
             do
-              id = self->state.ids();
-            while (id == 0 || self->state.sessions.count(id));
+              id = wire::random_session_id();
+            while (self->state.sessions.count(id));
             auto& e = self->state.sessions[id];
             e.ctx = std::move(ctx);
             e.last_active = clock_type::now();

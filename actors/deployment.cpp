@@ -11,7 +11,6 @@
 #include "actors/exit_evaluator.hpp"
 #include "actors/uploader.hpp"
 
-#include <caf/io/all.hpp>
 #include "model/loader.hpp"
 #include "model/transformer.hpp"
 
@@ -65,6 +64,10 @@ hello_msg make_hello(const settings& s, const site_model& m) {
   return h;
 }
 
+wire::wire_limits wire_limits_of(const site_model& m) {
+  const auto& c = m.model->config();
+  return wire::wire_limits::for_model(c.n_embd, c.max_seq, c.vocab_size, c.n_layer);
+}
 
 void cloud_site::stop() {
   for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(contexts),
@@ -97,11 +100,12 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
                        std::function<caf::expected<cloud_api>()> reconnect)
   : sys_(sys), settings_(s), model_(m) {
   const auto& cfg = m.model->config();
+  link_options lo;
+  lo.remote = bool(remote_cloud);
   if (!remote_cloud) {
     cloud_ = spawn_cloud_site(sys, s, m);
     remote_cloud = cloud_.front;
   }
-  link_options lo;
   lo.latency_ms = s.link.latency_ms;
   lo.bandwidth_mbps = s.link.bandwidth_mbps;
   lo.jitter_ms = s.link.jitter_ms;

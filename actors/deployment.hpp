@@ -46,6 +46,9 @@ site_model load_site_model(const settings& s, const std::string& default_model,
 /// The handshake this node sends (edge) or expects (cloud).
 hello_msg make_hello(const settings& s, const site_model& m);
 
+/// What a peer's frames are checked against: this node's model.
+wire::wire_limits wire_limits_of(const site_model& m);
+
 struct cloud_site {
   cloud_layers_actor layers;
   context_manager_actor contexts;

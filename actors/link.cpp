@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "actors/reconnect.hpp"
+#include "actors/wire_bridge.hpp"
 
 namespace ceco {
 
@@ -80,7 +81,8 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
     rp.deliver(self->state.down);
     return rp;
   }
-  const int64_t up_bytes = (wire_size(xs) + ...);
+  const bool frames = self->state.opts.remote;
+  const int64_t up_bytes = frames ? frame_bytes(request_frame(xs...)) : (wire_size(xs) + ...);
   if (session != 0)
     self->state.count(session, up, up_bytes);
   transmit(self, up, up_bytes, [=]() mutable {
@@ -102,14 +104,14 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
               self->state.count(s, up, up_bytes);
             }
           }
-          const int64_t bytes = wire_size(r);
+          const int64_t bytes = frames ? frame_bytes(reply_frame(r)) : wire_size(r);
           self->state.count(s, down, bytes);
           transmit(self, down, bytes, [=]() mutable { rp.deliver(r); });
         },
         [=](caf::error& err) mutable {
           if (self->state.outstanding.erase(id) == 0)
             return;
-          const int64_t bytes = wire_size(err);
+          const int64_t bytes = frames ? frame_bytes(reply_frame(err)) : wire_size(err);
           self->state.count(session, down, bytes);
           transmit(self, down, bytes, [=]() mutable { rp.deliver(err); });
         });
@@ -122,6 +124,12 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
   self->state.opts = opts;
   self->state.rng.seed(opts.seed);
   self->monitor(self->state.cloud);
+  if (opts.remote)
+    self->set_exit_handler([=](caf::exit_msg& msg) {
+      // The remote front holds the connection: it goes with the link.
+      self->send_exit(self->state.cloud, msg.reason);
+      self->quit(msg.reason);
+    });
   self->set_down_handler([=](caf::down_msg& msg) {
     auto& st = self->state;
     st.down = make_error(ceco_errc::cloud_unreachable,

@@ -4,8 +4,9 @@
 // message crosses it in both directions: each direction is a FIFO pipe of
 // `bandwidth_mbps` (0 = unlimited) whose messages also take `latency_ms`
 // plus a uniform jitter in [0, jitter_ms). A message's size is its CAF
-// binary serialisation, counted per session (the session a message names;
-// an open counts for the session it returns).
+// binary serialisation in a simulation, the size of the frame that carries
+// it (net/frame.hpp) to a remote cloud, counted per session (the session a
+// message names; an open counts for the session it returns).
 //
 // The link runs on the edge: in a simulation in front of the cloud front in
 // the same process, in a deployment (with no added delay) in front of the
@@ -24,6 +25,9 @@ struct link_options {
   double bandwidth_mbps = 0.0;  // 0 = unlimited
   double jitter_ms = 0.0;
   uint64_t seed = 1;
+  /// The cloud is a remote front (actors/remote_front.hpp): count wire
+  /// frames, and end the front when the link ends.
+  bool remote = false;
   /// Connects to the cloud again (blocking: connection and handshake), for
   /// a link to a remote cloud. When the cloud is lost the link calls it from
   /// a thread of its own, at once and then with the reconnect backoff

@@ -3,8 +3,9 @@
 // Every atom, message type and actor interface of ceco, in one place.
 //
 // Protocol between an edge and the cloud (all through a `cloud_api` handle:
-// in the simulation a link actor that delays and counts, in a deployment the
-// cloud's published front actor):
+// in the simulation a link actor that delays and counts in front of the cloud
+// front; in a deployment the same link in front of a remote front actor that
+// carries each message as a frame of net/frame.hpp to the cloud's gateway):
 //
 // | message                      | from → to               | reply                  |
 // |------------------------------|-------------------------|------------------------|
@@ -20,8 +21,9 @@
 //
 // A deployment starts with hello: protocol version, model fingerprint,
 // split, exits, where the movable actors run (and, for those on the cloud,
-// the settings they use) and the shared secret; the cloud refuses a mismatch
-// with an error that says what differs.
+// the settings they use) and the shared secret (in a deployment the secret
+// never travels: the wire handshake proves it first); the cloud refuses a
+// mismatch with an error that says what differs.
 //
 // Uploads and inference requests are separate messages with no ordering
 // between them: a request that arrives before the uploads it needs waits at

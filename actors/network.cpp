@@ -1,81 +1,82 @@
 #include "actors/network.hpp"
 
+#include <algorithm>
+
 #include <caf/all.hpp>
-#include <caf/io/all.hpp>
-#include <caf/openssl/all.hpp>
 #include <fmt/format.h>
+
+#include "actors/remote_front.hpp"
 
 namespace ceco {
 
-void configure_actor_system(caf::actor_system_config& cfg, int threads, bool network,
-                            int heartbeat_ms) {
+namespace {
+
+wire::tls_options tls_of(const settings& s, const char* peer) {
+  if (!s.cloud.tls)
+    return {};
+  return {s.cloud.tls_certificate, s.cloud.tls_key, s.cloud.tls_ca_file, peer};
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+} // namespace
+
+void configure_actor_system(caf::actor_system_config& cfg, int threads) {
   register_message_types(cfg);
   cfg.set("scheduler.max-threads", threads);
-  if (network) {
-    cfg.load<caf::io::middleman>();
-    if (heartbeat_ms > 0) {
-      cfg.set("middleman.heartbeat-interval", caf::timespan(std::chrono::milliseconds(heartbeat_ms)));
-      cfg.set("middleman.connection-timeout",
-              caf::timespan(std::chrono::milliseconds(4 * heartbeat_ms)));
-    }
-  }
 }
 
 void configure_deployment(caf::actor_system_config& cfg, const settings& s) {
-  configure_actor_system(cfg, s.runtime.threads, true, s.cloud.heartbeat_ms);
-  if (!s.cloud.tls)
-    return;
-  cfg.load<caf::openssl::manager>();
-  // With a certificate both nodes present theirs and check the other's
-  // against the CA file; without, the channel is encrypted but anonymous.
-  cfg.openssl_certificate = s.cloud.tls_certificate;
-  cfg.openssl_key = s.cloud.tls_key;
-  cfg.openssl_cafile = s.cloud.tls_ca_file;
+  configure_actor_system(cfg, s.runtime.threads);
 }
 
-caf::expected<uint16_t> publish_cloud(caf::actor_system& sys, const cloud_api& front,
-                                      const settings& s) {
-  if (s.cloud.tls)
-    return caf::openssl::publish(front, uint16_t(s.cloud.port), s.cloud.host.c_str(), true);
-  return sys.middleman().publish(front, uint16_t(s.cloud.port), s.cloud.host.c_str(), true);
+bool serves_strangers(const settings& s) {
+  return !is_loopback(s.cloud.host) && !s.cloud.tls && s.cloud.secret.empty();
 }
 
-void unpublish_cloud(caf::actor_system& sys, const cloud_api& front, uint16_t port,
-                     const settings& s) {
-  // CAF 0.17's openssl::unpublish does not compile (it names a 0.18 atom);
-  // a TLS listener closes when the actor system shuts down.
-  if (!s.cloud.tls)
-    sys.middleman().unpublish(front, port);
-}
-
-caf::expected<cloud_api> remote_cloud(caf::actor_system& sys, const settings& s) {
-  if (s.cloud.tls)
-    return caf::openssl::remote_actor<cloud_api>(sys, s.cloud.host, uint16_t(s.cloud.port));
-  return sys.middleman().remote_actor<cloud_api>(s.cloud.host, uint16_t(s.cloud.port));
+wire::server_options cloud_server_options(const settings& s, const wire::wire_limits& limits) {
+  const auto& c = s.cloud;
+  if (serves_strangers(s) && !c.insecure)
+    throw config_error(fmt::format(
+      "cloud.host = \"{}\" is not a loopback address, and neither cloud.tls nor cloud.secret "
+      "is set: anyone who reaches it would be served. Set cloud.secret (or TLS with "
+      "certificates), or pass --insecure (cloud.insecure = true) for a trusted network",
+      c.host));
+  wire::server_options o;
+  o.host = c.host;
+  o.port = uint16_t(c.port);
+  o.secret = c.secret;
+  o.insecure = c.secret.empty();
+  o.tls = tls_of(s, "ceco edge");
+  o.limits = limits;
+  // An edge pings every heartbeat; one silent for far longer is gone.
+  if (c.heartbeat_ms > 0)
+    o.idle_timeout_ms = std::max(8 * c.heartbeat_ms, 10000);
+  o.max_connections = std::max(s.session.max_sessions + 16, 64);
+  return o;
 }
 
 caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings& s,
-                                          const hello_msg& hello) {
-  auto front = remote_cloud(sys, s);
-  if (!front)
-    return front;
-  caf::scoped_actor self{sys};
-  caf::error refused;
-  self->request(*front, std::chrono::milliseconds(s.cloud.request_timeout_ms), hello)
-    .receive([](hello_msg&) {}, [&](caf::error& err) { refused = std::move(err); });
-  if (refused)
-    return make_error(ceco_errc::handshake_failed,
-                      fmt::format("cloud at {}:{}: {}", s.cloud.host, s.cloud.port,
-                                  describe(refused)));
-  return front;
+                                          const hello_msg& hello, const wire::wire_limits& limits) {
+  wire::client_options o;
+  o.host = s.cloud.host;
+  o.port = uint16_t(s.cloud.port);
+  o.secret = s.cloud.secret;
+  o.tls = tls_of(s, "ceco cloud");
+  o.limits = limits;
+  // A hung cloud accepts connections but never answers the handshake: give
+  // it as long as a heartbeat gives a silent peer.
+  o.connect_timeout_ms = std::min(s.cloud.request_timeout_ms, 5000);
+  if (s.cloud.heartbeat_ms > 0)
+    o.connect_timeout_ms = std::clamp(4 * s.cloud.heartbeat_ms, 1000, o.connect_timeout_ms);
+  return connect_remote_front(sys, std::move(o), hello, s.cloud.heartbeat_ms,
+                              s.cloud.request_timeout_ms);
 }
 
 std::string describe_transport(const settings& s) {
-  if (!s.cloud.tls)
-    return "plain TCP";
-  if (s.cloud.tls_certificate.empty())
-    return "TLS without certificates (encrypted, peers not authenticated)";
-  return "TLS with certificates";
+  return s.cloud.tls ? "TLS with certificates" : "plain TCP";
 }
 
 } // namespace ceco

@@ -31,7 +31,10 @@ void reconnector_fn(caf::blocking_actor*, connect_fn connect,
   for (int attempt = 0; !*stop; ++attempt) {
     auto front = connect();
     if (front) {
-      reconnected(*front);
+      if (*stop)  // the owner went while this attempt ran
+        caf::anon_send_exit(*front, caf::exit_reason::user_shutdown);
+      else
+        reconnected(*front);
       return;
     }
     auto err = caf::to_string(front.error());

@@ -1,6 +1,6 @@
-// ceco cloud: the cloud of a two-node deployment. Publishes the cloud front
-// (context manager and cloud layers behind it) on cloud.host:cloud.port and
-// serves edges until SIGINT or SIGTERM.
+// ceco cloud: the cloud of a two-node deployment. Serves the cloud front
+// (context manager and cloud layers behind it) over ceco's wire protocol on
+// cloud.host:cloud.port, through the gateway, until SIGINT or SIGTERM.
 //
 //   ceco cloud --config config/sim.toml --set cloud.host=0.0.0.0
 //   ceco edge  --config config/sim.toml --set cloud.host=<cloud address>
@@ -8,10 +8,11 @@
 #include <csignal>
 #include <iostream>
 
-#include <caf/io/all.hpp>
+#include <caf/all.hpp>
 #include <fmt/format.h>
 
 #include "actors/deployment.hpp"
+#include "actors/gateway.hpp"
 #include "apps/commands.hpp"
 #include "model/transformer.hpp"
 
@@ -23,6 +24,7 @@ struct cloud_args {
   std::string config;
   std::vector<std::string> sets;
   double stats_s = 0;
+  bool insecure = false;
 };
 
 /// One line of what the cloud holds and has done since the last line.
@@ -47,6 +49,8 @@ void print_stats(caf::actor_system& sys, const cloud_site& site, cloud_stats& la
 
 void run_cloud(const cloud_args& a) {
   auto s = load_settings(a.config, a.sets);
+  if (a.insecure)
+    s.cloud.insecure = true;
   // Signals go to sigwait below, not to CAF's threads (spawned after this).
   sigset_t stop;
   sigemptyset(&stop);
@@ -61,19 +65,26 @@ void run_cloud(const cloud_args& a) {
   caf::actor_system_config cfg;
   configure_deployment(cfg, s);
   caf::actor_system sys{cfg};
+  auto options = cloud_server_options(s, wire_limits_of(m));
   auto site = spawn_cloud_site(sys, s, m);
-  auto port = publish_cloud(sys, site.front, s);
-  if (!port) {
+  std::unique_ptr<cloud_gateway> gateway;
+  try {
+    gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options));
+  } catch (const std::exception& e) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,
-                                   caf::to_string(port.error())));
+                                   e.what()));
   }
+  const auto port = gateway->port();
   const auto& c = m.model->config();
   // The port ends the first line's first part: scripts read it after the last ':'.
   fmt::print("ceco cloud: serving {} (layers {}..{} of {}, fingerprint {:016x}) on {}:{} over {}{}\n",
-             m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cloud.host, *port,
+             m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cloud.host, port,
              describe_transport(s), s.cloud.secret.empty() ? "" : ", secret required");
   std::cout.flush();
+  if (serves_strangers(s))
+    fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
+                       "anyone who reaches it is served\n", s.cloud.host);
   int sig = 0;
   if (a.stats_s > 0) {
     cloud_stats last;
@@ -98,8 +109,8 @@ void run_cloud(const cloud_args& a) {
     sigwait(&stop, &sig);
   }
   fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  gateway->stop();
   site.stop();
-  unpublish_cloud(sys, site.front, *port, s);
 }
 
 } // namespace
@@ -116,6 +127,9 @@ void add_cloud_command(CLI::App& app) {
                   "every this many seconds, print one line: sessions, context memory, tokens "
                   "answered per second, steps and sessions per step (0 = never)")
     ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--insecure", a->insecure,
+                "serve a non-loopback cloud.host with neither TLS nor cloud.secret (a trusted "
+                "network only; the same as cloud.insecure = true)");
   cmd->callback([a] { run_cloud(*a); });
 }
 

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "actors/deployment.hpp"
 #include "actors/network.hpp"
 #include "actors/reconnect.hpp"
 #include "apps/commands.hpp"
@@ -24,12 +25,12 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
   std::string last_error;
   const backoff policy;
   for (int attempt = 1; attempt <= s.cloud.connect_tries; ++attempt) {
-    auto remote = connect_to_front(sys, s, make_hello(s, m));
+    auto remote = connect_to_front(sys, s, make_hello(s, m), wire_limits_of(m));
     if (remote)
       return *remote;
     if (is(remote.error(), ceco_errc::handshake_failed))
       throw model_error(describe(remote.error()));
-    last_error = caf::to_string(remote.error());
+    last_error = describe(remote.error());
     if (attempt < s.cloud.connect_tries) {
       const auto wait = policy.after(attempt - 1);
       fmt::print(stderr, "ceco edge: cannot reach {}:{} ({}); retrying in {} ms\n", s.cloud.host,
@@ -37,21 +38,16 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
       std::this_thread::sleep_for(wait);
     }
   }
-  std::string hint;
-  if (last_error.find("disconnect_during_handshake") != std::string::npos)
-    hint = fmt::format(
-      " (the cloud dropped the connection while setting it up: both nodes must agree on "
-      "cloud.tls, here {}, and with certificates each must be signed by the other's "
-      "cloud.tls_ca_file)", s.cloud.tls ? "true" : "false");
-  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}{}",
-                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error,
-                                hint));
+  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}",
+                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error));
 }
 
 std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
                                                  const site_model& m) {
   // After a loss the link reconnects by itself, from a thread of its own.
-  auto reconnect = [&sys, s, hello = make_hello(s, m)] { return connect_to_front(sys, s, hello); };
+  auto reconnect = [&sys, s, hello = make_hello(s, m), limits = wire_limits_of(m)] {
+    return connect_to_front(sys, s, hello, limits);
+  };
   return std::make_unique<deployment>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
 }
 

@@ -291,6 +291,7 @@ const std::vector<key_spec>& schema() {
     int_key("cloud.heartbeat_ms", 0, max_ms, CECO_REF(int, cloud.heartbeat_ms)),
     int_key("cloud.request_timeout_ms", 1, max_ms, CECO_REF(int, cloud.request_timeout_ms)),
     int_key("cloud.connect_tries", 1, 1000, CECO_REF(int, cloud.connect_tries)),
+    bool_key("cloud.insecure", CECO_REF(bool, cloud.insecure)),
     bool_key("cloud.tls", CECO_REF(bool, cloud.tls)),
     string_key("cloud.tls_certificate", {}, CECO_REF(std::string, cloud.tls_certificate)),
     string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),
@@ -390,6 +391,11 @@ void check_tls(const settings& s) {
   if (!c.tls_certificate.empty() && c.tls_ca_file.empty())
     throw config_error("cloud.tls_ca_file is empty, but checking the peer's certificate needs "
                        "the CA that signed it (for a self-signed certificate: the certificate)");
+  if (c.tls && c.tls_certificate.empty() && c.tls_ca_file.empty())
+    throw config_error(
+      "cloud.tls = true needs cloud.tls_certificate, cloud.tls_key and cloud.tls_ca_file: TLS "
+      "without certificates authenticates no one and is not offered (deploy/make-tls-certs.sh "
+      "makes a CA and a certificate per node)");
   if (c.tls_certificate.empty() && !c.tls_ca_file.empty())
     throw config_error("cloud.tls_ca_file is set without cloud.tls_certificate and cloud.tls_key: "
                        "a node that checks its peer must present its own certificate too");

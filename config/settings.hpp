@@ -71,8 +71,9 @@ struct settings {
     int heartbeat_ms = 500;          // 0 = no heartbeats (a hung peer goes unnoticed)
     int request_timeout_ms = 10000;  // per cloud request
     int connect_tries = 5;           // connection attempts, with doubling backoff
-    bool tls = false;                // TLS through CAF's OpenSSL module, on both nodes
-    std::string tls_certificate;     // this node's certificate (PEM); "" = anonymous TLS
+    bool insecure = false;           // serve a non-loopback address with neither TLS nor secret
+    bool tls = false;                // TLS with certificates, on both nodes
+    std::string tls_certificate;     // this node's certificate (PEM)
     std::string tls_key;             // its private key (PEM)
     std::string tls_ca_file;         // CA that signed the peer's certificate (PEM)
   } cloud;

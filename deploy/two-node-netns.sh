@@ -57,7 +57,7 @@ ip netns exec "$ns_edge" tc qdisc add dev "${tag}e" root tbf rate "$rate" burst 
 ip netns exec "$ns_cloud" tc qdisc add dev "${tag}c" root tbf rate "$rate" burst 64kb latency 50ms
 
 log=$(mktemp)
-ip netns exec "$ns_cloud" "$binary" cloud --set cloud.host=10.77.0.2 --set cloud.port=7070 >"$log" 2>&1 &
+ip netns exec "$ns_cloud" "$binary" cloud --insecure --set cloud.host=10.77.0.2 --set cloud.port=7070 >"$log" 2>&1 &
 cloud_pid=$!
 for _ in $(seq 1 100); do
   grep -q "serving" "$log" && break

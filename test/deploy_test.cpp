@@ -4,17 +4,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <caf/io/all.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "actors/deployment.hpp"
+#include "actors/wire_bridge.hpp"
+#include "net/transport.hpp"
+#include "test/raw_wire_peer.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -123,22 +126,38 @@ std::vector<nlohmann::json> json_lines(const std::string& out) {
   return lines;
 }
 
-/// A CAF node of the test's own, connected to a cloud's published front.
-struct remote_peer {
-  explicit remote_peer(int port) : sys(configured(cfg)), self(sys) {
-    auto h = sys.middleman().remote_actor<cloud_api>("127.0.0.1", uint16_t(port));
-    REQUIRE(h);
-    front = *h;
+/// What a cloud serving stories260K checks frames against.
+wire::wire_limits stories_limits() {
+  static const auto limits = [] {
+    auto s = load_settings("", {"model.path=" + stories_gguf()});
+    return wire_limits_of(load_site_model(s, stories_gguf()));
+  }();
+  return limits;
+}
+
+/// A wire client of the test's own on a cloud's port, authenticated with `secret`.
+struct wire_peer {
+  explicit wire_peer(int port, const std::string& secret = {}) {
+    wire::client_options o;
+    o.port = uint16_t(port);
+    o.secret = secret;
+    o.limits = stories_limits();
+    auto c = wire::client::connect(o);
+    REQUIRE_MESSAGE(wire::ok(c), std::get<1>(c).text);
+    client = std::move(std::get<0>(c));
   }
-  static caf::actor_system_config& configured(caf::actor_system_config& c) {
-    configure_actor_system(c, 2, true);
-    return c;
+  /// The reply to the cloud_api message `xs`, or its error.
+  template <class Reply, class... Ts>
+  caf::expected<Reply> ask(Ts... xs) {
+    return reply_of<Reply>(client->call(request_frame(std::move(xs)...), 5000));
   }
-  caf::actor_system_config cfg;  // declared before sys: initialised first
-  caf::actor_system sys;
-  caf::scoped_actor self;
-  cloud_api front;
-  const std::chrono::seconds timeout{5};
+  /// describe() of the request's error, or "accepted".
+  template <class Reply, class... Ts>
+  std::string error_of(Ts... xs) {
+    auto r = ask<Reply>(std::move(xs)...);
+    return r ? std::string("accepted") : describe(r.error());
+  }
+  std::unique_ptr<wire::client> client;
 };
 
 std::string port_arg(const cloud_process& c) {
@@ -162,7 +181,44 @@ TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cl
     CHECK(j["tokens"].get<std::vector<int32_t>>() == greedy_40);
     CHECK(j["degraded_tokens"] == 0);
     CHECK(j["bytes_up"].get<int64_t>() > 0);
+    // The link counts the frames it sends: the payload formulas plus each
+    // frame's overhead (README, "Bytes on the wire"), an open and a close.
+    const int64_t up = j["bytes_up"], formula = j["formula_bytes_up"];
+    const int64_t messages = j["messages_up"], requests = j["cloud_requests"];
+    if (j["mode"] == "collaborative")
+      CHECK(up == formula + 16 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
+    else if (j["mode"] == "naive")
+      CHECK(up == formula + 16 + 24 + 33 * (messages - 2));
+    else
+      CHECK(up == formula + 16 + 24 + 32 * (messages - 2));
   }
+}
+
+TEST_CASE("exit evaluator and uploader placed on the cloud: evaluations and uploads go as their own frames") {
+  const std::string placed = " --set placement.exit_evaluator=cloud --set placement.uploader=cloud "
+                             "--set policy.threshold=1.5";
+  cloud_process cloud("--set cloud.port=0" + placed);
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto r = run_edge("--prompt 'Once upon a time' --set link.latency_ms=0 "
+                    "--max-tokens 40 --mode collaborative --json" + placed + port_arg(cloud));
+  REQUIRE(r.status == 0);
+  auto j = json_lines(r.out).at(0);
+  CHECK(j["tokens"].get<std::vector<int32_t>>() == greedy_40);
+  CHECK(j["degraded_tokens"] == 0);
+  // Each token also carries its exit states up: more than the uploads alone.
+  CHECK(j["bytes_up"].get<int64_t>() > j["formula_bytes_up"].get<int64_t>() * 2);
+}
+
+TEST_CASE("ceco cloud on a non-loopback address needs a secret, TLS or --insecure") {
+  auto refused = run_shell(std::string(CECO_BINARY) + " cloud --set cloud.host=0.0.0.0 --set cloud.port=0" +
+                           model_arg() + " 2>&1");
+  CHECK(refused.status != 0);
+  CHECK(refused.out.find("pass --insecure") != std::string::npos);
+  auto open = run_shell("timeout -s INT 3 " + std::string(CECO_BINARY) +
+                        " cloud --insecure --set cloud.host=0.0.0.0 --set cloud.port=0" + model_arg() +
+                        " 2>&1");
+  CHECK(open.out.find("serving") != std::string::npos);
+  CHECK(open.out.find("WARNING: serving 0.0.0.0 without TLS or a secret") != std::string::npos);
 }
 
 TEST_CASE("ceco cloud --stats reports the tokens it answered and its steps") {
@@ -206,12 +262,9 @@ TEST_CASE("the handshake refuses another split, another secret and a node that s
   CHECK(placed.status == 1);
   CHECK(placed.out.find("placement.exit_evaluator: edge \"cloud\", cloud \"edge\"") != std::string::npos);
 
-  // A peer of our own that talks to the published front directly.
-  remote_peer peer(cloud.port);
-  std::string open_error;
-  peer.self->request(peer.front, peer.timeout, open_atom::value)
-    .receive([&](uint64_t) { open_error = "answered"; },
-             [&](caf::error& e) { open_error = describe(e); });
+  // A peer of our own that knows the secret but skips the hello.
+  wire_peer peer(cloud.port, "s3cret");
+  auto open_error = peer.error_of<uint64_t>(open_atom::value);
   CHECK(open_error.find("handshake_failed: send hello_msg first") == 0);
 }
 
@@ -245,14 +298,18 @@ TEST_CASE("TLS with certificates: the cloud serves edges its CA signed and refus
   auto foreign = " --set cloud.tls=true --set cloud.tls_certificate=" + other.file("edge.pem") +
                  " --set cloud.tls_key=" + other.file("edge-key.pem") +
                  " --set cloud.tls_ca_file=" + other.file("ca.pem");
-  for (const std::string& refused :
-       {std::string(" --set cloud.tls=false"), std::string(" --set cloud.tls=true"), foreign}) {
+  for (const std::string& refused : {std::string(" --set cloud.tls=false"), foreign}) {
     CAPTURE(refused);
     auto r = run_shell(std::string(CECO_BINARY) + " edge --max-tokens 5 --set cloud.connect_tries=1" +
                        refused + port_arg(cloud) + model_arg() + " 2>&1");
     CHECK(r.status == 1);
     CHECK(r.out.find("both nodes must agree on cloud.tls") != std::string::npos);
   }
+  // TLS without certificates authenticates no one: refused before connecting.
+  auto anonymous = run_shell(std::string(CECO_BINARY) + " edge --max-tokens 5 --set cloud.tls=true" +
+                             port_arg(cloud) + model_arg() + " 2>&1");
+  CHECK(anonymous.status != 0);
+  CHECK(anonymous.out.find("cloud.tls = true needs cloud.tls_certificate") != std::string::npos);
   // Still serving.
   CHECK(run_edge("--max-tokens 5" + node("edge", "ca.pem") + port_arg(cloud)).status == 0);
 }
@@ -260,64 +317,172 @@ TEST_CASE("TLS with certificates: the cloud serves edges its CA signed and refus
 TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving") {
   cloud_process cloud("--set cloud.port=0");
   REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
-  remote_peer peer(cloud.port);
-  auto& self = peer.self;
-  auto front = &peer.front;
-  const auto timeout = peer.timeout;
 
   // The model's hello, as an edge with the default settings sends it.
   auto s = load_settings("", {"model.path=" + stories_gguf()});
   auto m = load_site_model(s, stories_gguf());
-  self->request(*front, timeout, make_hello(s, m))
-    .receive([&](hello_msg& h) { CHECK(h.split == 3); }, [&](caf::error& e) { FAIL(describe(e)); });
-  uint64_t id = 0;
-  self->request(*front, timeout, open_atom::value)
-    .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
-
-  auto upload_error = [&](upload_msg msg) {
-    std::string out = "accepted";
-    self->request(*front, timeout, std::move(msg))
-      .receive([&](int32_t) {}, [&](caf::error& e) { out = describe(e); });
-    return out;
+  auto greet = [&](wire_peer& peer) {
+    auto h = peer.ask<hello_msg>(make_hello(s, m));
+    REQUIRE_MESSAGE(h, describe(h.error()));
+    CHECK(h->split == 3);
   };
+  wire_peer peer(cloud.port);
+  greet(peer);
+  auto opened = peer.ask<uint64_t>(open_atom::value);
+  REQUIRE_MESSAGE(opened, describe(opened.error()));
+  const uint64_t id = *opened;
+
+  auto upload_error = [&](wire_peer& p, upload_msg msg) { return p.error_of<int32_t>(std::move(msg)); };
   std::vector<float> rows(4 * 64, 0.1f);
   auto good = make_blob(rows.data(), 4, 64, wire_dtype::f16);
-  auto lying = good;
-  lying.rows = 400;  // claims more rows than its bytes hold
-  CHECK(upload_error({id, 0, lying}).find("bad_tensor") == 0);
-  CHECK(upload_error({id, 0, make_blob(rows.data(), 8, 32, wire_dtype::f16)}).find("bad_tensor") == 0);
-  CHECK(upload_error({id ^ 1, 0, good}).find("unknown_session") == 0);
-  CHECK(upload_error({id, 2, good}).find("position_gap") == 0);
-  std::vector<float> huge(size_t(3000) * 64, 0.0f);
-  CHECK(upload_error({id, 0, make_blob(huge.data(), 3000, 64, wire_dtype::f16)}).find("bad_position") == 0);
-  CHECK(upload_error({id, 0, good}) == "accepted");
-  std::string answer;
-  self->request(*front, timeout, infer_request{id, 3})
-    .receive([&](infer_reply& r) { answer = std::to_string(r.token); },
-             [&](caf::error& e) { answer = describe(e); });
-  CHECK(answer.find_first_not_of("0123456789") == std::string::npos);
-
-  // A message the protocol does not have.
-  auto untyped = caf::actor_cast<caf::actor>(*front);
-  std::string garbage;
-  self->request(untyped, timeout, std::string("garbage"), int32_t(7))
-    .receive([&](const caf::message&) { garbage = "answered"; },
-             [&](caf::error& e) { garbage = describe(e); });
-  CHECK(garbage.find("unknown_message") != std::string::npos);
+  CHECK(upload_error(peer, {id ^ 1, 0, good}).find("unknown_session") == 0);
+  CHECK(upload_error(peer, {id, 2, good}).find("position_gap") == 0);
+  CHECK(upload_error(peer, {id, 0, good}) == "accepted");
+  auto answer = peer.ask<infer_reply>(infer_request{id, 3});
+  REQUIRE_MESSAGE(answer, describe(answer.error()));
+  CHECK(answer->token >= 0);
 
   // Asking for actors this cloud does not run (they are placed on the edge).
-  std::string placed;
-  self->request(*front, timeout, evaluate_atom::value, id, good)
-    .receive([&](exit_decision&) { placed = "answered"; }, [&](caf::error& e) { placed = describe(e); });
-  CHECK(placed.find("not_placed_here: the exit evaluator runs on the edge") == 0);
-  self->request(*front, timeout, upload_atom::value, id, int32_t(4), good)
-    .receive([&](int32_t) { placed = "answered"; }, [&](caf::error& e) { placed = describe(e); });
-  CHECK(placed.find("not_placed_here: the uploader runs on the edge") == 0);
+  CHECK(peer.error_of<exit_decision>(evaluate_atom::value, id, good)
+          .find("not_placed_here: the exit evaluator runs on the edge") == 0);
+  CHECK(peer.error_of<int32_t>(upload_atom::value, id, int32_t(4), good)
+          .find("not_placed_here: the uploader runs on the edge") == 0);
+
+  // Tensors that lie about their shape, have the wrong width or more rows
+  // than the context are refused by the frame decoder, before the cloud's
+  // actors see them: an error naming the field, and a closed connection.
+  auto lying = good;
+  lying.rows = 400;  // claims more rows than its bytes hold
+  std::vector<float> huge(size_t(3000) * 64, 0.0f);
+  // (The lying one cannot even be encoded: the edge's side refuses it.)
+  const std::vector<std::pair<tensor_blob, std::string>> refusals = {
+    {lying, "closed"},
+    {make_blob(rows.data(), 8, 32, wire_dtype::f16), "upload.states.cols: expected 64..64, got 32"},
+    {make_blob(huge.data(), 3000, 64, wire_dtype::f16), "upload.states.rows: expected 0.."}};
+  for (const auto& [bad, why] : refusals) {
+    wire_peer broken(cloud.port);
+    greet(broken);
+    auto err = upload_error(broken, {id, 0, bad});
+    CAPTURE(err);
+    CHECK(err.find("cloud_unreachable") == 0);
+    CHECK(err.find(why) != std::string::npos);
+    CHECK(!broken.client->is_open());
+  }
+
+  // A frame type the protocol does not have, from an authenticated peer.
+  test::raw_wire_peer raw(uint16_t(cloud.port), stories_limits());
+  raw.authenticate("");
+  auto unknown = std::get<std::vector<uint8_t>>(wire::encode(7, wire::ping{1}));
+  unknown[6] = 0x63;  // type 99
+  raw.send(unknown);
+  auto refused = raw.next_frame();
+  REQUIRE(wire::ok(refused));
+  auto* e = std::get_if<wire::error_frame>(&std::get<0>(refused).msg);
+  REQUIRE(e != nullptr);
+  CHECK(e->code == uint8_t(wire::wire_errc::bad_header));
+  CHECK(raw.closed_within(2000) >= 0);
+
+  // The first connection's session is still served.
+  CHECK(peer.error_of<session_summary>(close_atom::value, id) == "accepted");
 
   // Meanwhile a real edge is served as usual.
   auto r = run_edge("--max-tokens 20 --json --set link.latency_ms=0" + port_arg(cloud));
   REQUIRE(r.status == 0);
   CHECK(json_lines(r.out).at(0)["n_generated"] == 20);
+}
+
+TEST_CASE("hostile peers on the cloud's port get a closed connection, and an edge is served after each") {
+  cloud_process cloud("--set cloud.port=0 --set cloud.secret=s3cret");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  const auto limits = stories_limits();
+  auto be32 = [](std::vector<uint8_t>& out, uint32_t x) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+      out.push_back(uint8_t(x >> shift));
+  };
+  // CAF 0.17's BASP header (32 bytes, big-endian): operation, 2 padding,
+  // flags, payload_len, operation_data (8), source and destination actor (8 each).
+  auto basp_header = [&](uint8_t op, uint32_t payload_len, uint64_t op_data) {
+    std::vector<uint8_t> h{op, 0, 0, 0};
+    be32(h, payload_len);
+    be32(h, uint32_t(op_data >> 32));
+    be32(h, uint32_t(op_data));
+    h.resize(32, 0);
+    return h;
+  };
+  // A ceco header that announces `size` payload bytes.
+  auto ceco_header = [](wire::frame_type type, uint32_t size) {
+    auto h = std::get<std::vector<uint8_t>>(wire::encode(1, wire::ping{0}));
+    h.resize(wire::header_size);
+    h[6] = uint8_t(uint16_t(type)), h[7] = uint8_t(uint16_t(type) >> 8);
+    for (int i = 0; i < 4; ++i)
+      h[12 + i] = uint8_t(size >> (8 * i));
+    return h;
+  };
+  std::mt19937 rng(12);
+  std::vector<uint8_t> garbage(4096);
+  for (auto& b : garbage)
+    b = uint8_t(rng());
+
+  struct attack {
+    const char* name;
+    std::vector<uint8_t> bytes;
+    bool authenticated;
+  };
+  const std::vector<attack> attacks = {
+    {"BASP server handshake, payload_len 0 (crashed CAF)", basp_header(0, 0, 1), false},
+    {"BASP client handshake, payload_len 0", basp_header(1, 0, 0), false},
+    {"BASP header, payload_len 0xFFFFFFFF", basp_header(0, 0xFFFFFFFFu, 1), false},
+    {"ceco header, payload 0xFFFFFFFF before the handshake",
+     ceco_header(wire::frame_type::auth_response, 0xFFFFFFFFu), false},
+    {"4 KiB of garbage", garbage, false},
+    {"ceco upload header, payload 0xFFFFFFFF after the handshake",
+     ceco_header(wire::frame_type::upload, 0xFFFFFFFFu), true},
+    {"4 KiB of garbage after the handshake", garbage, true},
+  };
+  for (const auto& a : attacks) {
+    CAPTURE(a.name);
+    test::raw_wire_peer p(uint16_t(cloud.port), limits);
+    if (a.authenticated)
+      p.authenticate("s3cret");
+    p.send(a.bytes);
+    const auto ms = p.closed_within(5000);
+    CHECK(ms >= 0);
+    CHECK(::kill(cloud.pid, 0) == 0);
+    auto r = run_edge("--max-tokens 3 --json --set cloud.secret=s3cret --set link.latency_ms=0" +
+                      port_arg(cloud));
+    CHECK(r.status == 0);
+  }
+
+  // Another connection cannot touch a session it did not open.
+  auto s = load_settings("", {"model.path=" + stories_gguf(), "cloud.secret=s3cret"});
+  auto m = load_site_model(s, stories_gguf());
+  wire_peer owner(cloud.port, "s3cret"), other(cloud.port, "s3cret");
+  REQUIRE(owner.ask<hello_msg>(make_hello(s, m)));
+  REQUIRE(other.ask<hello_msg>(make_hello(s, m)));
+  auto opened = owner.ask<uint64_t>(open_atom::value);
+  REQUIRE(opened);
+  std::vector<float> rows(2 * 64, 0.1f);
+  auto states = make_blob(rows.data(), 2, 64, wire_dtype::f16);
+  CHECK(other.error_of<int32_t>(upload_msg{*opened, 0, states}).find("unknown_session") == 0);
+  CHECK(other.error_of<infer_reply>(infer_request{*opened, 1}).find("unknown_session") == 0);
+  CHECK(other.error_of<session_summary>(close_atom::value, *opened).find("unknown_session") == 0);
+  CHECK(owner.error_of<int32_t>(upload_msg{*opened, 0, states}) == "accepted");
+  CHECK(owner.error_of<session_summary>(close_atom::value, *opened) == "accepted");
+
+  // A generate_request with max_tokens = -1 once killed the cloud layers for
+  // good: now the frame is refused, and the whole protocol still works.
+  auto err = other.error_of<generate_reply>(generate_request{0, {1, 2, 3}, -1});
+  CAPTURE(err);
+  CHECK(err != "accepted");
+  CHECK(err.find("max_tokens") != std::string::npos);
+  auto r = run_edge("--max-tokens 5 --json --mode all --set cloud.secret=s3cret --set link.latency_ms=0" +
+                    port_arg(cloud));
+  REQUIRE(r.status == 0);
+  for (auto& j : json_lines(r.out)) {
+    CAPTURE(j["mode"]);
+    CHECK(j["n_generated"] == 5);
+    CHECK(j["degraded_tokens"] == 0);
+  }
 }
 
 TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects to a new cloud") {

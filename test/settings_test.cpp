@@ -70,6 +70,8 @@ TEST_CASE("unknown keys, wrong types and impossible values are rejected with key
                  "go together, but only cloud.tls_certificate is set"));
   CHECK(contains(err("", {"cloud.tls=true", "cloud.tls_certificate=" + pem, "cloud.tls_key=" + pem}),
                  "cloud.tls_ca_file is empty"));
+  CHECK(contains(err("", {"cloud.tls=true"}),
+                 "cloud.tls = true needs cloud.tls_certificate, cloud.tls_key and cloud.tls_ca_file"));
   auto tls = load_settings("", {"cloud.tls=true", "cloud.tls_certificate=" + pem,
                                 "cloud.tls_key=" + pem, "cloud.tls_ca_file=" + pem});
   CHECK(tls.cloud.tls);

@@ -1,0 +1,177 @@
+#include "actors/gateway.hpp"
+
+#include <exception>
+#include <unordered_set>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+
+#include "actors/wire_bridge.hpp"
+#include "net/sessions.hpp"
+
+namespace ceco {
+using wire_message_ptr = std::shared_ptr<wire::message>;
+}
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::wire_message_ptr)
+
+namespace ceco {
+
+namespace {
+
+using request_atom = caf::atom_constant<caf::atom("wrequest")>;
+using closed_atom = caf::atom_constant<caf::atom("wclosed")>;
+
+struct gateway_state {
+  cloud_api front;
+  std::string secret;
+  std::shared_ptr<std::atomic<wire::server*>> server;
+  std::unordered_set<wire::connection_id> greeted;  // open connections whose hello passed
+  wire::session_owners owners;
+  static inline const char* name = "gateway";
+};
+
+using self_ptr = caf::stateful_actor<gateway_state>*;
+
+void answer(self_ptr self, wire::connection_id conn, uint32_t request_id, wire::message reply) {
+  if (auto* server = self->state.server->load())
+    server->reply(conn, request_id, std::move(reply));
+}
+
+/// Asks the front; `on_reply` sees the reply before it is answered.
+template <class Reply, class OnReply, class... Ts>
+void ask_then(self_ptr self, wire::connection_id conn, uint32_t request_id, OnReply on_reply,
+         Ts&&... xs) {
+  self->request(self->state.front, caf::infinite, std::forward<Ts>(xs)...)
+    .then(
+      [=](Reply& r) mutable {
+        on_reply(r);
+        answer(self, conn, request_id, reply_frame(std::move(r)));
+      },
+      [=](caf::error& err) { answer(self, conn, request_id, reply_frame(err)); });
+}
+
+template <class Reply, class... Ts>
+void ask(self_ptr self, wire::connection_id conn, uint32_t request_id, Ts&&... xs) {
+  ask_then<Reply>(self, conn, request_id, [](const Reply&) {}, std::forward<Ts>(xs)...);
+}
+
+/// Hands a greeted connection's request for one of its sessions to the front.
+struct request_visitor {
+  self_ptr self;
+  wire::connection_id conn;
+  uint32_t rid;
+  void operator()(wire::open_session&) {
+    ask_then<uint64_t>(self, conn, rid,
+                  [self = self, conn = conn](uint64_t id) {
+                    if (self->state.greeted.count(conn))  // still open
+                      self->state.owners.add(conn, id);
+                  },
+                  open_atom::value);
+  }
+  void operator()(upload_msg& m) { ask<int32_t>(self, conn, rid, std::move(m)); }
+  void operator()(infer_request& r) { ask<infer_reply>(self, conn, rid, r); }
+  void operator()(naive_request& r) { ask<infer_reply>(self, conn, rid, std::move(r)); }
+  void operator()(generate_request& r) { ask<generate_reply>(self, conn, rid, std::move(r)); }
+  void operator()(wire::close_session& c) {
+    ask_then<session_summary>(self, conn, rid,
+                         [self = self, conn = conn, id = c.session](const session_summary&) {
+                           self->state.owners.remove(conn, id);
+                         },
+                         close_atom::value, c.session);
+  }
+  void operator()(wire::evaluate_request& r) {
+    ask<exit_decision>(self, conn, rid, evaluate_atom::value, r.session,
+                       std::move(r.exit_states));
+  }
+  void operator()(wire::upload_states& r) {
+    ask<int32_t>(self, conn, rid, upload_atom::value, r.session, r.start, std::move(r.states));
+  }
+  template <class T>
+  void operator()(T& other) {
+    answer(self, conn, rid,
+           reply_frame(make_error(ceco_errc::unknown_message,
+                                  fmt::format("the cloud does not serve {} frames",
+                                              wire::to_string(wire::type_of(other))))));
+  }
+};
+
+void handle(self_ptr self, wire::connection_id conn, uint32_t rid, wire::message& msg) {
+  auto& st = self->state;
+  if (auto* hello = std::get_if<hello_msg>(&msg)) {
+    hello->secret = st.secret;  // the connection proved it in the transport's handshake
+    return ask_then<hello_msg>(self, conn, rid,
+                          [=](const hello_msg&) { self->state.greeted.insert(conn); },
+                          std::move(*hello));
+  }
+  if (!st.greeted.count(conn))
+    return answer(self, conn, rid,
+                  reply_frame(make_error(ceco_errc::handshake_failed,
+                                         "send hello_msg first: this node has not passed the "
+                                         "handshake")));
+  if (auto session = wire::session_of(msg); session && !st.owners.owns(conn, *session))
+    return answer(self, conn, rid,
+                  reply_frame(make_error(
+                    ceco_errc::unknown_session,
+                    fmt::format("session {:016x} is not open (never opened, closed, or expired)",
+                                *session))));
+  std::visit(request_visitor{self, conn, rid}, msg);
+}
+
+caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
+                         std::shared_ptr<std::atomic<wire::server*>> server) {
+  self->state.front = std::move(front);
+  self->state.secret = std::move(secret);
+  self->state.server = std::move(server);
+  return {
+    [=](request_atom, wire::connection_id conn, uint32_t rid, wire_message_ptr& msg) {
+      // Whatever a handler throws is the request's error, never the gateway's end.
+      try {
+        handle(self, conn, rid, *msg);
+      } catch (const std::exception& e) {
+        answer(self, conn, rid,
+               reply_frame(make_error(ceco_errc::compute_failed,
+                                      fmt::format("the cloud failed on this request: {}", e.what()))));
+      }
+    },
+    [=](closed_atom, wire::connection_id conn) {
+      self->state.greeted.erase(conn);
+      self->state.owners.release(conn);  // the context manager frees them after the TTL
+    },
+  };
+}
+
+} // namespace
+
+cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts)
+  : replies_(std::make_shared<std::atomic<wire::server*>>(nullptr)) {
+  gateway_ = sys.spawn(gateway_fn, std::move(front), opts.secret, replies_);
+  auto gw = gateway_;
+  try {
+    server_ = std::make_unique<wire::server>(
+      std::move(opts),
+      [gw](wire::connection_id conn, uint32_t rid, wire::message msg) {
+        caf::anon_send(gw, request_atom::value, conn, rid,
+                       std::make_shared<wire::message>(std::move(msg)));
+      },
+      [gw](wire::connection_id conn, const wire::wire_error&) {
+        caf::anon_send(gw, closed_atom::value, conn);
+      });
+  } catch (...) {
+    caf::anon_send_exit(gateway_, caf::exit_reason::user_shutdown);
+    throw;
+  }
+  replies_->store(server_.get());
+}
+
+cloud_gateway::~cloud_gateway() { stop(); }
+
+void cloud_gateway::stop() {
+  if (!server_)
+    return;
+  replies_->store(nullptr);
+  server_->stop();
+  server_.reset();
+  caf::anon_send_exit(gateway_, caf::exit_reason::user_shutdown);
+}
+
+} // namespace ceco

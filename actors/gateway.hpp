@@ -1,0 +1,44 @@
+#pragma once
+
+// The cloud's side of the wire: a wire::server (net/transport.hpp) whose
+// decoded requests a gateway actor hands to the cloud front, answering each
+// with its reply frame or an error frame. Its thread never touches actor
+// state: requests and closed connections reach the gateway as messages.
+//
+// Per connection, the gateway serves nothing but a hello until one passed
+// (the front compares it with the cloud's; the transport has already
+// checked the secret), and only the sessions the connection opened
+// (wire::session_owners): another connection's session is an unknown
+// session. A closed connection releases its sessions, which the context
+// manager frees after session.ttl_s like any idle session.
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "actors/messages.hpp"
+#include "net/transport.hpp"
+
+namespace ceco {
+
+class cloud_gateway {
+public:
+  /// Listens at once (throws std::runtime_error when it cannot). `secret`
+  /// is the one the transport checks: a hello that reached the front proved it.
+  cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts);
+  ~cloud_gateway();
+  cloud_gateway(const cloud_gateway&) = delete;
+  cloud_gateway& operator=(const cloud_gateway&) = delete;
+
+  uint16_t port() const { return server_->port(); }
+  wire::server_stats stats() const { return server_->stats(); }
+  /// Closes the listener and every connection, then stops the gateway actor.
+  void stop();
+
+private:
+  caf::actor gateway_;
+  std::shared_ptr<std::atomic<wire::server*>> replies_;
+  std::unique_ptr<wire::server> server_;
+};
+
+} // namespace ceco
