@@ -1,6 +1,7 @@
 #include "model/quant.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -8,6 +9,9 @@
 #include <cblas.h>
 #include <fmt/format.h>
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "model/config.hpp"
 
@@ -438,6 +442,290 @@ float dot_bf16(const uint8_t* w, const float* x, int64_t n) {
   return s;
 }
 
+// -- AVX2/FMA kernels -------------------------------------------------------------
+// Chosen at run time where the CPU has AVX2, FMA and F16C; the portable
+// kernels above are the reference they are tested against.
+
+#if defined(__x86_64__)
+
+#define CECO_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define CECO_AVX2_INLINE CECO_AVX2 inline __attribute__((always_inline))
+
+CECO_AVX2_INLINE float half_f16c(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+CECO_AVX2_INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/// Eight i32 sums of products of 32 signed bytes x and y (|y| <= 127).
+CECO_AVX2_INLINE __m256i signed_dot(__m256i x, __m256i y) {
+  const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+  return _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+}
+
+/// Byte i is 0xFF where bit i of `bits` is set.
+CECO_AVX2_INLINE __m256i bits_to_bytes(uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(
+    _mm256_set1_epi32(int32_t(bits)),
+    _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                     3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+/// 32 nibbles of 16 bytes: element l low nibble of byte l, l + 16 its high.
+CECO_AVX2_INLINE __m256i nibbles32(const uint8_t* p) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i low = _mm_set1_epi8(15);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+}
+
+CECO_AVX2_INLINE __m256i load32(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+
+/// Legacy blocks of 32: the unsigned (0..31) or signed values of one block.
+struct avx2_q4_0 {
+  static CECO_AVX2_INLINE __m256i values(const uint8_t* b) {
+    return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8));
+  }
+};
+struct avx2_q4_1 {
+  static CECO_AVX2_INLINE __m256i values(const uint8_t* b) { return nibbles32(b + 4); }
+};
+struct avx2_q5_0 {
+  static CECO_AVX2_INLINE __m256i values(const uint8_t* b) {
+    const __m256i high = _mm256_and_si256(bits_to_bytes(load_u32(b + 2)), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), high), _mm256_set1_epi8(16));
+  }
+};
+struct avx2_q5_1 {
+  static CECO_AVX2_INLINE __m256i values(const uint8_t* b) {
+    const __m256i high = _mm256_and_si256(bits_to_bytes(load_u32(b + 4)), _mm256_set1_epi8(16));
+    return _mm256_or_si256(nibbles32(b + 8), high);
+  }
+};
+struct avx2_q8_0 {
+  static CECO_AVX2_INLINE __m256i values(const uint8_t* b) { return load32(b + 2); }
+};
+
+template <class L, class V>
+CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
+  const auto* a = static_cast<const act_block32*>(act);
+  __m256 acc = _mm256_setzero_ps();
+  float offsets = 0;
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    const uint8_t* blk = w + b * L::bytes;
+    const __m256i x = V::values(blk), y = load32(a[b].q);
+    __m256i sums;
+    if (L::has_offset) {  // unsigned values: no sign trick needed
+      sums = _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
+      offsets += half_f16c(blk + 2) * a[b].d * float(a[b].sum);
+    } else {
+      sums = signed_dot(x, y);
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_f16c(blk) * a[b].d), _mm256_cvtepi32_ps(sums), acc);
+  }
+  return hsum(acc) + offsets;
+}
+
+/// K-quant blocks as 8 vectors of 32 unsigned values (0..63), with a scale
+/// per sub-block and what the block adds beyond scale * q: see unpack.
+/// sums: the activation's sums per 16.
+/// Q4_K and Q5_K: 8 scales of 32 and the min term of the whole block.
+CECO_AVX2_INLINE void k4_scales(const uint8_t* b, const int16_t* sums, int16_t* scale, float& d,
+                                float& offset) {
+  d = half_f16c(b);
+  int32_t min_sum = 0;
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k4_scale_min(b + 4, j, sc, m);
+    scale[j] = int16_t(sc);
+    min_sum += m * (sums[2 * j] + sums[2 * j + 1]);
+  }
+  offset = -half_f16c(b + 2) * float(min_sum);
+}
+
+struct avx2_q4_k {
+  static constexpr int sub = 32;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
+                                      int16_t* scale, float& d, float& offset) {
+    k4_scales(b, sums, scale, d, offset);
+    const __m256i low = _mm256_set1_epi8(15);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i bytes = load32(b + 16 + 32 * c);
+      q[2 * c] = _mm256_and_si256(bytes, low);
+      q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+    }
+  }
+};
+struct avx2_q5_k {
+  static constexpr int sub = 32;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
+                                      int16_t* scale, float& d, float& offset) {
+    k4_scales(b, sums, scale, d, offset);
+    const __m256i low = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    const __m256i qh = load32(b + 16);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i bytes = load32(b + 48 + 32 * c);
+      const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+      const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+      q[2 * c] = _mm256_or_si256(_mm256_and_si256(bytes, low), _mm256_slli_epi16(h0, 4));
+      q[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low),
+                                     _mm256_slli_epi16(h1, 4));
+    }
+  }
+};
+struct avx2_q6_k {
+  static constexpr int sub = 16;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
+                                      int16_t* scale, float& d, float& offset) {
+    d = half_f16c(b + 208);
+    const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
+    int32_t bias = 0;  // values are stored + 32
+    for (int s = 0; s < 16; ++s) {
+      scale[s] = sc[s];
+      bias += sc[s] * sums[s];
+    }
+    offset = -32.0f * d * float(bias);
+    const __m256i low = _mm256_set1_epi8(15), three = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32);
+      const __m256i qh = load32(b + 128 + 32 * h);
+      // bits 2k..2k+1 of qh, moved to bits 4..5
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, three), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4);
+      const __m256i h2 = _mm256_and_si256(qh, _mm256_set1_epi8(0x30));
+      const __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30));
+      q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(ql0, low), h0);
+      q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), h1);
+      q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), h2);
+      q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), h3);
+    }
+  }
+};
+struct avx2_q3_k {
+  static constexpr int sub = 16;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
+                                      int16_t* scale, float& d, float& offset) {
+    d = half_f16c(b + 108);
+    const uint8_t* sc = b + 96;
+    int32_t bias = 0;  // values are stored + 4
+    for (int s = 0; s < 16; ++s) {
+      const int low = s < 8 ? (sc[s] & 15) : (sc[s - 8] >> 4);
+      const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+      scale[s] = int16_t((low | (high << 4)) - 32);
+      bias += scale[s] * sums[s];
+    }
+    offset = -4.0f * d * float(bias);
+    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i hmask = load32(b);
+    for (int n = 0; n < 2; ++n) {
+      const __m256i qs = load32(b + 32 + 32 * n);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i low = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), three);
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(hmask, 4 * n + j), one);
+        q[4 * n + j] = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
+      }
+    }
+  }
+};
+struct avx2_q2_k {
+  static constexpr int sub = 16;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
+                                      int16_t* scale, float& d, float& offset) {
+    d = half_f16c(b + 80);
+    int32_t min_sum = 0;
+    for (int s = 0; s < 16; ++s) {
+      scale[s] = int16_t(b[s] & 15);
+      min_sum += (b[s] >> 4) * sums[s];
+    }
+    offset = -half_f16c(b + 82) * float(min_sum);
+    const __m256i three = _mm256_set1_epi8(3);
+    for (int n = 0; n < 2; ++n) {
+      const __m256i qs = load32(b + 16 + 32 * n);
+      for (int j = 0; j < 4; ++j)
+        q[4 * n + j] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), three);
+    }
+  }
+};
+
+template <class L, class U>
+CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
+  const auto* a = static_cast<const act_block256*>(act);
+  __m256 acc = _mm256_setzero_ps();
+  float offsets = 0;
+  for (int64_t b = 0; b < cols / 256; ++b) {
+    __m256i q[8];
+    int16_t scale[16];
+    float d, offset;
+    U::unpack(w + b * L::bytes, a[b].sums, q, scale, d, offset);
+    __m256i scales[8];
+    if (U::sub == 32) {
+      for (int v = 0; v < 8; ++v)
+        scales[v] = _mm256_set1_epi16(scale[v]);
+    } else {
+      // Vector v covers sub-blocks 2v (low lane) and 2v + 1 (high lane).
+      const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale));
+      const __m256i first = _mm256_permute4x64_epi64(all, 0x44);   // scales 0..7 twice
+      const __m256i second = _mm256_permute4x64_epi64(all, 0xEE);  // scales 8..15 twice
+      for (int v = 0; v < 4; ++v) {
+        const char lo = char(4 * v), hi = char(4 * v + 2);
+        const __m256i pick = _mm256_setr_epi8(
+          lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo,
+          char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), hi, char(hi + 1), hi,
+          char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi,
+          char(hi + 1), hi, char(hi + 1));
+        scales[v] = _mm256_shuffle_epi8(first, pick);
+        scales[v + 4] = _mm256_shuffle_epi8(second, pick);
+      }
+    }
+    __m256i sums = _mm256_setzero_si256();
+    for (int v = 0; v < 8; ++v) {
+      const __m256i products = _mm256_maddubs_epi16(q[v], load32(a[b].q + 32 * v));
+      sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, scales[v]));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a[b].d), _mm256_cvtepi32_ps(sums), acc);
+    offsets += a[b].d * offset;
+  }
+  return hsum(acc) + offsets;
+}
+
+CECO_AVX2 float dot_f16_avx2(const uint8_t* w, const void* act, int64_t n) {
+  const auto* x = static_cast<const float*>(act);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * i)));
+    const __m256 w1 =
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * i + 16)));
+    acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc1);
+  }
+  float s = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, w + 2 * i, 2);
+    s += half_bits_to_float(h) * x[i];
+  }
+  return s;
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+}
+
+#endif  // __x86_64__
+
 // -- dispatch -------------------------------------------------------------------
 
 using dot_fn = float (*)(const uint8_t* w, const void* act, int64_t cols);
@@ -472,9 +760,28 @@ void dequantize_act256(const uint8_t* src, float* dst, int64_t n) {
 
 struct kernels {
   type_info info;
-  dot_fn dot;               // nullptr for the activation-only Q8_K
+  dot_fn portable_dot;
   dequantize_fn dequantize;
+  dot_fn simd_dot = nullptr;  // AVX2/FMA, where the CPU has it
+
+  dot_fn dot() const;
 };
+
+std::atomic<bool> portable_only{false};
+
+dot_fn kernels::dot() const {
+#if defined(__x86_64__)
+  if (simd_dot && !portable_only.load(std::memory_order_relaxed) && cpu_has_avx2())
+    return simd_dot;
+#endif
+  return portable_dot;
+}
+
+#if defined(__x86_64__)
+#define CECO_SIMD(...) , __VA_ARGS__
+#else
+#define CECO_SIMD(...)
+#endif
 
 constexpr ggml_type act32_type = ggml_type::q8_0;
 constexpr ggml_type act256_type = ggml_type::q8_k;
@@ -494,32 +801,42 @@ const kernels* find_kernels(ggml_type t) {
                            [](const uint8_t* w, const void* x, int64_t n) {
                              return dot_f16(w, static_cast<const float*>(x), n);
                            },
-                           dequantize_f16};
+                           dequantize_f16 CECO_SIMD(dot_f16_avx2)};
   static const kernels bf16{{"BF16", 1, 2, ggml_type::f32},
                             [](const uint8_t* w, const void* x, int64_t n) {
                               return dot_bf16(w, static_cast<const float*>(x), n);
                             },
                             dequantize_bf16};
   static const kernels q4_0{block_info<q4_0_layout>("Q4_0"), dot32<q4_0_layout>,
-                            dequantize_layout<q4_0_layout>};
+                            dequantize_layout<q4_0_layout>
+                            CECO_SIMD(dot32_avx2<q4_0_layout, avx2_q4_0>)};
   static const kernels q4_1{block_info<q4_1_layout>("Q4_1"), dot32<q4_1_layout>,
-                            dequantize_layout<q4_1_layout>};
+                            dequantize_layout<q4_1_layout>
+                            CECO_SIMD(dot32_avx2<q4_1_layout, avx2_q4_1>)};
   static const kernels q5_0{block_info<q5_0_layout>("Q5_0"), dot32<q5_0_layout>,
-                            dequantize_layout<q5_0_layout>};
+                            dequantize_layout<q5_0_layout>
+                            CECO_SIMD(dot32_avx2<q5_0_layout, avx2_q5_0>)};
   static const kernels q5_1{block_info<q5_1_layout>("Q5_1"), dot32<q5_1_layout>,
-                            dequantize_layout<q5_1_layout>};
+                            dequantize_layout<q5_1_layout>
+                            CECO_SIMD(dot32_avx2<q5_1_layout, avx2_q5_1>)};
   static const kernels q8_0{block_info<q8_0_layout>("Q8_0"), dot32<q8_0_layout>,
-                            dequantize_layout<q8_0_layout>};
+                            dequantize_layout<q8_0_layout>
+                            CECO_SIMD(dot32_avx2<q8_0_layout, avx2_q8_0>)};
   static const kernels q2_k{block_info<q2_k_layout>("Q2_K"), dot256<q2_k_layout>,
-                            dequantize_layout<q2_k_layout>};
+                            dequantize_layout<q2_k_layout>
+                            CECO_SIMD(dot256_avx2<q2_k_layout, avx2_q2_k>)};
   static const kernels q3_k{block_info<q3_k_layout>("Q3_K"), dot256<q3_k_layout>,
-                            dequantize_layout<q3_k_layout>};
+                            dequantize_layout<q3_k_layout>
+                            CECO_SIMD(dot256_avx2<q3_k_layout, avx2_q3_k>)};
   static const kernels q4_k{block_info<q4_k_layout>("Q4_K"), dot256<q4_k_layout>,
-                            dequantize_layout<q4_k_layout>};
+                            dequantize_layout<q4_k_layout>
+                            CECO_SIMD(dot256_avx2<q4_k_layout, avx2_q4_k>)};
   static const kernels q5_k{block_info<q5_k_layout>("Q5_K"), dot256<q5_k_layout>,
-                            dequantize_layout<q5_k_layout>};
+                            dequantize_layout<q5_k_layout>
+                            CECO_SIMD(dot256_avx2<q5_k_layout, avx2_q5_k>)};
   static const kernels q6_k{block_info<q6_k_layout>("Q6_K"), dot256<q6_k_layout>,
-                            dequantize_layout<q6_k_layout>};
+                            dequantize_layout<q6_k_layout>
+                            CECO_SIMD(dot256_avx2<q6_k_layout, avx2_q6_k>)};
   switch (t) {
     case ggml_type::f32: return &f32;
     case ggml_type::f16: return &f16;
@@ -576,6 +893,10 @@ void split_rows(int64_t rows, int64_t cols, int n_threads, Body body) {
 }
 
 } // namespace
+
+void use_portable_kernels(bool portable) {
+  portable_only = portable;
+}
 
 const type_info* find_info(ggml_type t) {
   auto k = find_kernels(t);
@@ -653,7 +974,7 @@ void dequantize_activation(ggml_type weight, const void* activation, float* dst,
 }
 
 float dot_row(ggml_type weight, const void* w_row, const void* activation, int64_t cols) {
-  return kernels_of(weight).dot(static_cast<const uint8_t*>(w_row), activation, cols);
+  return kernels_of(weight).dot()(static_cast<const uint8_t*>(w_row), activation, cols);
 }
 
 matrix matrix::view(ggml_type type, const void* data, int64_t rows, int64_t cols,
@@ -668,7 +989,7 @@ matrix matrix::view(ggml_type type, const void* data, int64_t rows, int64_t cols
 }
 
 void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads) {
-  const auto& k = kernels_of(w.type);
+  const dot_fn dot = kernels_of(w.type).dot();
   const void* act = x;
   if (!is_float(w.type)) {
     quantize_activation(w.type, x, scratch, w.cols);
@@ -676,7 +997,7 @@ void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_thre
   }
   split_rows(w.rows, w.cols, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      y[r] = k.dot(w.row(r), act, w.cols);
+      y[r] = dot(w.row(r), act, w.cols);
   });
 }
 

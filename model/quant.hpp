@@ -68,6 +68,10 @@ void dequantize_activation(ggml_type weight, const void* activation, float* dst,
 /// One weight row · one activation row made by quantize_activation.
 float dot_row(ggml_type weight, const void* w_row, const void* activation, int64_t cols);
 
+/// Uses the portable kernels even where the CPU has AVX2 (tests compare
+/// the two).
+void use_portable_kernels(bool portable);
+
 /// A row-major matrix [rows, cols] of GGML blocks (a view, owns nothing).
 struct matrix {
   ggml_type type = ggml_type::f32;

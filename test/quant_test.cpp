@@ -83,7 +83,7 @@ std::vector<float> dequantized(wtype t, const std::vector<uint8_t>& bytes, int64
 
 } // namespace
 
-TEST_CASE("quantized matvec equals dequantize-then-multiply for every type and thread count") {
+TEST_CASE("quantized matvec equals dequantize-then-multiply for every type, thread count and kernel set") {
   std::mt19937 rng(14);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (wtype t : weight_types) {
@@ -106,6 +106,9 @@ TEST_CASE("quantized matvec equals dequantize-then-multiply for every type and t
       for (int64_t i = 0; i < cols; ++i)  // 8-bit blocks: |x - x_q| <= max|x| / 254
         REQUIRE(std::fabs(x[i] - x_q[i]) <= 5.0f / 254.0f + 1e-6f);
 
+      for (bool portable : {false, true}) {
+      quant::use_portable_kernels(portable);
+      CAPTURE(portable);
       std::vector<float> first;
       for (int threads : {1, 2, 3}) {
         CAPTURE(threads);
@@ -131,6 +134,8 @@ TEST_CASE("quantized matvec equals dequantize-then-multiply for every type and t
         else
           CHECK(y == first);  // rows never depend on the split
       }
+      }
+      quant::use_portable_kernels(false);
     }
   }
 }
