@@ -1001,6 +1001,24 @@ void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_thre
   });
 }
 
+void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
+                  int n_threads) {
+  const dot_fn dot = kernels_of(w.type).dot();
+  const size_t act_bytes = is_float(w.type) ? size_t(w.cols) * sizeof(float)
+                                            : activation_bytes(w.type, w.cols);
+  const auto* acts = static_cast<const uint8_t*>(is_float(w.type) ? static_cast<const void*>(x)
+                                                                  : scratch);
+  if (!is_float(w.type))
+    for (int64_t j = 0; j < n; ++j)
+      quantize_activation(w.type, x + j * w.cols, static_cast<uint8_t*>(scratch) + size_t(j) * act_bytes,
+                          w.cols);
+  split_rows(w.rows, w.cols * n, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        y[j * w.rows + r] = dot(w.row(r), acts + size_t(j) * act_bytes, w.cols);
+  });
+}
+
 namespace {
 
 /// Rows per dequantized tile: about 1 MiB of floats, at least 16 rows.

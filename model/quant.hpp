@@ -92,6 +92,12 @@ struct matrix {
 /// (<= 0: ATen's thread count); each row's result does not depend on it.
 void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads = 0);
 
+/// y[n, rows]: row j is exactly matvec(W, x[j]) for the n inputs x[n, cols]
+/// (decode steps of several sequences). Each weight row is read once for
+/// all inputs. `scratch` holds n * activation_bytes(w.type, w.cols).
+void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
+                  int n_threads = 0);
+
 /// Floats of scratch matmat needs for `w`.
 size_t matmat_scratch_floats(const matrix& w);
 /// y[n, rows]: row j is W · x[j] for the n inputs x[n, cols]. Dequantizes a

@@ -8,6 +8,7 @@
 
 #include "model/gguf.hpp"
 #include "model/quant.hpp"
+#include "model/weight_matrix.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -140,7 +141,7 @@ TEST_CASE("quantized matvec equals dequantize-then-multiply for every type, thre
   }
 }
 
-TEST_CASE("quantized matmat equals dequantize-then-multiply for a batch") {
+TEST_CASE("quantized batches: matvec_batch equals matvec per input, matmat equals dequantize-then-multiply") {
   std::mt19937 rng(15);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (wtype t : weight_types) {
@@ -152,6 +153,15 @@ TEST_CASE("quantized matmat equals dequantize-then-multiply for a batch") {
     std::vector<float> x(size_t(n * cols));
     for (auto& v : x)
       v = normal(rng);
+    // Several decode steps at once: exactly matvec on each input.
+    std::vector<uint8_t> acts(size_t(n) * quant::activation_bytes(t, cols)), act(acts.size());
+    std::vector<float> y_batch(size_t(n * rows)), y_one(static_cast<size_t>(rows));
+    quant::matvec_batch(w, x.data(), y_batch.data(), n, acts.data(), 2);
+    for (int64_t j = 0; j < n; ++j) {
+      quant::matvec(w, x.data() + j * cols, y_one.data(), act.data(), 1);
+      CHECK(std::equal(y_one.begin(), y_one.end(), y_batch.begin() + j * rows));
+    }
+
     std::vector<float> scratch(quant::matmat_scratch_floats(w));
     for (int threads : {1, 2}) {
       std::vector<float> y(size_t(n * rows), NAN);
@@ -386,4 +396,42 @@ TEST_CASE("the tiny256 quantized files dequantize close to the f32 weights") {
   for (const auto& [type, rel] : worst)
     MESSAGE(quant::type_name(type) << ": worst relative RMS error " << rel);
   CHECK(worst.size() == 7);
+}
+
+TEST_CASE("a weight matrix of blocks projects, multiplies and looks up rows like its fp32 copy") {
+  c10::InferenceMode guard;
+  std::mt19937 rng(16);
+  const int64_t rows = 45, cols = 256;
+  auto bytes = random_weights(wtype::q4_k, rows, cols, rng);
+  weight_matrix w(quant::matrix::view(wtype::q4_k, bytes.data(), rows, cols, "w"), nullptr);
+  weight_matrix f(w.to_tensor());
+  CHECK(w.rows() == rows);
+  CHECK(w.cols() == cols);
+  CHECK(w.n_bytes() == size_t(rows) * 144);
+  CHECK(f.n_bytes() == size_t(rows * cols) * 4);
+  CHECK(w.type() == wtype::q4_k);
+  CHECK(error_of([&] { w.tensor("training"); }).find("training needs fp32 weights, but they are held as Q4_K") !=
+        std::string::npos);
+
+  auto x = at::randn({3, cols});
+  auto want = f.project(x), got = w.project(x);
+  CHECK(at::allclose(got, want, 1e-4, 1e-4));
+  // The decode path quantizes x to 8 bits: close to the product, and each
+  // input's row exactly as a single matvec computes it.
+  std::vector<float> rows_out(size_t(3 * rows)), one(static_cast<size_t>(rows));
+  w.matvec_rows(x.data_ptr<float>(), rows_out.data(), 3);
+  for (int64_t j = 0; j < 3; ++j) {
+    w.matvec(x.data_ptr<float>() + j * cols, one.data());
+    CHECK(std::equal(one.begin(), one.end(), rows_out.begin() + j * rows));
+    // Each 8-bit activation is off by at most max|x| / 254.
+    const float x_step = x[j].abs().max().item<float>() / 254.0f;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float bound = f.tensor("test")[r].abs().sum().item<float>() * x_step;
+      CHECK(std::fabs(one[size_t(r)] - want[j][r].item<float>()) <= bound * 1.001f + 1e-4f);
+    }
+  }
+  std::vector<float> row(cols);
+  w.row_into(7, row.data());
+  for (int64_t i = 0; i < cols; ++i)
+    CHECK(row[size_t(i)] == f.tensor("test")[7][i].item<float>());
 }
