@@ -14,6 +14,7 @@
 #endif
 
 #include "model/config.hpp"
+#include "model/gguf.hpp"
 
 namespace ceco::quant {
 
@@ -60,10 +61,12 @@ CECO_INLINE uint32_t load_u32(const uint8_t* p) {
 
 // -- activation blocks (internal to ceco, never stored in files) -------------
 
-/// 32 activations as d * q, with the sum of q for the types with a minimum.
+/// 32 activations as d * q, and s = d * sum(q) for the types with an
+/// offset. As the reference implementation's Q8_0/Q8_1 blocks: d and s are
+/// rounded to f16, so the products match its integer dot products.
 struct act_block32 {
   float d;
-  int32_t sum;
+  float s;
   int8_t q[32];
 };
 /// 256 activations as d * q, with the sums of q over each 16.
@@ -73,6 +76,12 @@ struct act_block256 {
   int8_t q[256];
 };
 
+CECO_INLINE float round_to_half(float f) {
+  return half_bits_to_float(float_to_half(f));
+}
+
+// Both quantizers scale by 127 / max|x| and round to nearest, ties to even,
+// as the reference implementation does.
 CECO_CLONES
 void quantize_act32(const float* x, act_block32* out, int64_t n_blocks) {
   for (int64_t b = 0; b < n_blocks; ++b) {
@@ -81,15 +90,15 @@ void quantize_act32(const float* x, act_block32* out, int64_t n_blocks) {
     for (int i = 0; i < 32; ++i)
       amax = std::max(amax, std::fabs(xb[i]));
     const float d = amax / 127.0f;
-    const float id = d > 0 ? 1.0f / d : 0.0f;
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
     int32_t sum = 0;
     for (int i = 0; i < 32; ++i) {
       const int8_t q = int8_t(std::nearbyint(xb[i] * id));
       out[b].q[i] = q;
       sum += q;
     }
-    out[b].d = d;
-    out[b].sum = sum;
+    out[b].d = round_to_half(d);
+    out[b].s = round_to_half(d * float(sum));
   }
 }
 
@@ -100,8 +109,7 @@ void quantize_act256(const float* x, act_block256* out, int64_t n_blocks) {
     float amax = 0;
     for (int i = 0; i < 256; ++i)
       amax = std::max(amax, std::fabs(xb[i]));
-    const float d = amax / 127.0f;
-    const float id = d > 0 ? 1.0f / d : 0.0f;
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
     for (int i = 0; i < 256; ++i)
       out[b].q[i] = int8_t(std::nearbyint(xb[i] * id));
     for (int s = 0; s < 16; ++s) {
@@ -110,7 +118,7 @@ void quantize_act256(const float* x, act_block256* out, int64_t n_blocks) {
         sum += out[b].q[s * 16 + i];
       out[b].sums[s] = int16_t(sum);
     }
-    out[b].d = d;
+    out[b].d = amax > 0 ? 1.0f / id : 0.0f;
   }
 }
 
@@ -356,10 +364,9 @@ CECO_CLONES float dot_blocks32(const uint8_t* w, const act_block32* a, int64_t n
     int8_t q[32];
     float scale, offset;
     L::unpack(w + b * L::bytes, q, &scale, &offset);
-    float block = scale * float(int_dot<32>(q, a[b].q));
+    sum += a[b].d * scale * float(int_dot<32>(q, a[b].q));
     if (L::has_offset)
-      block += offset * float(a[b].sum);
-    sum += a[b].d * block;
+      sum += offset * a[b].s;
   }
   return sum;
 }
@@ -527,7 +534,7 @@ CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
     __m256i sums;
     if (L::has_offset) {  // unsigned values: no sign trick needed
       sums = _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
-      offsets += half_f16c(blk + 2) * a[b].d * float(a[b].sum);
+      offsets += half_f16c(blk + 2) * a[b].s;
     } else {
       sums = signed_dot(x, y);
     }

@@ -80,9 +80,13 @@ at::Tensor weight_matrix::project(const at::Tensor& x) const {
   auto in = x.reshape({-1, cols()}).to(at::kFloat).contiguous();
   const int64_t n = in.size(0);
   auto out = at::empty({n, rows()}, in.options());
-  thread_local std::vector<float> tile;
-  tile.resize(std::max(tile.size(), quant::matmat_scratch_floats(blocks_)));
-  quant::matmat(blocks_, in.data_ptr<float>(), out.data_ptr<float>(), n, tile.data());
+  if (n < integer_rows_max) {
+    matvec_rows(in.data_ptr<float>(), out.data_ptr<float>(), n);
+  } else {
+    thread_local std::vector<float> tile;
+    tile.resize(std::max(tile.size(), quant::matmat_scratch_floats(blocks_)));
+    quant::matmat(blocks_, in.data_ptr<float>(), out.data_ptr<float>(), n, tile.data());
+  }
   auto shape = x.sizes().vec();
   shape.back() = rows();
   return out.view(shape);
@@ -90,8 +94,12 @@ at::Tensor weight_matrix::project(const at::Tensor& x) const {
 
 void weight_matrix::row_into(int64_t r, float* out) const {
   if (is_tensor()) {
-    auto row = f32_[r].to(at::kCPU).contiguous();
-    std::copy_n(row.data_ptr<float>(), cols(), out);
+    if (f32_.is_cpu() && f32_.is_contiguous()) {
+      std::copy_n(f32_.data_ptr<float>() + r * cols(), cols(), out);
+    } else {
+      auto row = f32_[r].to(at::kCPU).contiguous();
+      std::copy_n(row.data_ptr<float>(), cols(), out);
+    }
     return;
   }
   quant::dequantize_row(blocks_.type, blocks_.row(r), out, cols());

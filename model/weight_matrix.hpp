@@ -46,9 +46,12 @@ public:
   /// y[n, rows]: row j is exactly matvec(x[j]) for x[n, cols] (one decode
   /// step of several sequences); each weight is read once for all n.
   void matvec_rows(const float* x, float* y, int64_t n) const;
-  /// x [N, cols] -> x · Wᵀ [N, rows] (prefill, catch-up): a matrix product,
-  /// over tiles of dequantized rows for blocks.
+  /// x [N, cols] -> x · Wᵀ [N, rows] (prefill, catch-up). For blocks, fewer
+  /// than integer_rows_max rows take the decode path's 8-bit integer dot
+  /// products (as the reference implementation computes every product);
+  /// more take BLAS over tiles of dequantized rows with fp32 activations.
   at::Tensor project(const at::Tensor& x) const;
+  static constexpr int64_t integer_rows_max = 32;
   /// Row r in fp32 into out[cols] (an embedding lookup).
   void row_into(int64_t r, float* out) const;
   /// The whole matrix in fp32 [rows, cols] (small matrices, tests).
