@@ -14,7 +14,7 @@
 #endif
 
 #include "model/config.hpp"
-#include "model/gguf.hpp"
+#include "model/half.hpp"
 
 namespace ceco::quant {
 

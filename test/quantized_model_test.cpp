@@ -6,6 +6,7 @@
 #include <map>
 
 #include <nlohmann/json.hpp>
+#include "model/quant.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -107,50 +108,102 @@ std::vector<int32_t> greedy(const transformer& m, const std::vector<int32_t>& pr
   return out;
 }
 
-// The reference quantizes each activation row to 8-bit blocks before its
-// integer dot products, rounding the block scale to f16 for the 32-element
-// types; ceco quantizes the same rows with f32 scales, and holds the KV cache
-// in f32 where the reference holds it in f16. Either rounding moves a logit
-// by about max|x| / 254 per element times the weights it meets: measured
-// over these files the largest difference in the first 8 steps is TODO.
-constexpr float logit_tolerance = 0.05f;
+// Tolerances. With fp32 weights the reference and ceco differ only by float
+// rounding and the reference's f16 KV cache: 0.006 at most here. With
+// quantized weights both quantize every activation row to 8 bits before the
+// integer dot products, and a rounding-level difference upstream flips some
+// activations by a whole 8-bit step, which later layers carry on: ceco's own
+// AVX2 and portable kernels (the same integer arithmetic, summed in another
+// order) already differ by up to 0.21 on these files, and the reference by
+// up to 0.31. So the comparison can only be as tight as that noise; the test
+// below measures the kernels' spread and requires it to stay inside the
+// tolerance too.
+constexpr float f32_tolerance = 0.02f;
+constexpr float quantized_tolerance = 0.35f;
+
+const std::vector<std::string> tiny256_files = {
+  "tiny256-f32.gguf",  "tiny256-Q8_0.gguf",   "tiny256-Q4_0.gguf",   "tiny256-Q4_1.gguf",
+  "tiny256-Q5_0.gguf", "tiny256-Q4_K_M.gguf", "tiny256-Q5_K_M.gguf", "tiny256-Q6_K.gguf"};
+
+float tolerance_of(const std::string& file) {
+  return file == "tiny256-f32.gguf" ? f32_tolerance : quantized_tolerance;
+}
 
 } // namespace
 
-TEST_CASE("tiny256: teacher-forced logits match the reference implementation for every file") {
-  const auto reference = read_reference();
-  for (const std::string file : {"tiny256-f32.gguf"}) {
+TEST_CASE("tiny256: every file loads, quantized matrices stay in their file type") {
+  const auto& f32 = load_tiny256("tiny256-f32.gguf");
+  for (const auto& file : tiny256_files) {
     CAPTURE(file);
-    const auto& m = *load_tiny256(file).model;
-    float worst = 0;
-    for (const auto& run : reference.at(file)) {
-      CAPTURE(run.prompt);
-      const auto logits = teacher_forced(m, run, 8);
-      for (int t = 0; t < 8; ++t) {
-        CAPTURE(t);
-        const auto& top = run.top5[size_t(t)];
-        for (const auto& [id, value] : top) {
-          worst = std::max(worst, std::fabs(logits[size_t(t)][size_t(id)] - value));
-          CHECK(std::fabs(logits[size_t(t)][size_t(id)] - value) <= logit_tolerance);
-        }
-        const auto& l = logits[size_t(t)];
-        const int32_t argmax = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
-        if (top[0].second - top[1].second > 2 * logit_tolerance)
-          CHECK(argmax == top[0].first);
-      }
+    const auto& m = load_tiny256(file);
+    CHECK(m.files.config.n_embd == 256);
+    CHECK(m.files.config.n_layer == 4);
+    size_t bytes = m.files.weights.output.n_bytes() + m.files.weights.tok_embd.n_bytes();
+    for (const auto& l : m.files.weights.layers)
+      for (const auto* w : l.matrices())
+        bytes += w->n_bytes();
+    // The matrices take the file's bytes, not an fp32 copy.
+    CHECK(bytes <= size_t(std::filesystem::file_size(tiny256_dir() + file)));
+    if (file != "tiny256-f32.gguf") {
+      CHECK(!m.files.weights.layers[0].wq.is_tensor());
+      CHECK(model_fingerprint(m.files.config, m.files.weights) !=
+            model_fingerprint(f32.files.config, f32.files.weights));
     }
-    MESSAGE(file << ": largest logit difference in the first 8 steps " << worst);
   }
 }
 
-TEST_CASE("tiny256: free-running greedy decoding reproduces the reference's 24 tokens") {
+TEST_CASE("tiny256: teacher-forced logits match the reference implementation for every file") {
   const auto reference = read_reference();
-  for (const std::string file : {"tiny256-f32.gguf"}) {
+  for (const auto& file : tiny256_files) {
+    CAPTURE(file);
+    const float tol = tolerance_of(file);
+    const auto& m = *load_tiny256(file).model;
+    float worst = 0, spread = 0;
+    for (const auto& run : reference.at(file)) {
+      CAPTURE(run.prompt);
+      const auto logits = teacher_forced(m, run, 8);
+      quant::use_portable_kernels(true);
+      const auto portable = teacher_forced(m, run, 8);
+      quant::use_portable_kernels(false);
+      for (int t = 0; t < 8; ++t) {
+        CAPTURE(t);
+        const auto& top = run.top5[size_t(t)];
+        const auto& l = logits[size_t(t)];
+        for (const auto& [id, value] : top) {
+          worst = std::max(worst, std::fabs(l[size_t(id)] - value));
+          spread = std::max(spread, std::fabs(l[size_t(id)] - portable[size_t(t)][size_t(id)]));
+          CHECK(std::fabs(l[size_t(id)] - value) <= tol);
+        }
+        const int32_t argmax = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+        if (top[0].second - top[1].second > 2 * tol)
+          CHECK(argmax == top[0].first);
+      }
+    }
+    CHECK(spread <= tol);
+    MESSAGE(file << ": largest top-5 logit difference in the first 8 steps " << worst
+                 << " from the reference, " << spread << " between ceco's kernel sets");
+  }
+}
+
+TEST_CASE("tiny256: free-running greedy decoding reproduces the reference's tokens") {
+  // All 24 where the weights are fp32; with quantized weights, up to the
+  // first step whose reference top-2 margin is within twice the tolerance
+  // (beyond it either token is a faithful answer).
+  const auto reference = read_reference();
+  for (const auto& file : tiny256_files) {
     CAPTURE(file);
     const auto& m = *load_tiny256(file).model;
     for (const auto& run : reference.at(file)) {
       CAPTURE(run.prompt);
-      CHECK(greedy(m, run.prompt_ids, 24) == run.tokens);
+      size_t decided = 0;
+      while (decided < run.tokens.size() &&
+             run.top5[decided][0].second - run.top5[decided][1].second > 2 * tolerance_of(file))
+        ++decided;
+      if (file == "tiny256-f32.gguf")
+        CHECK(decided == run.tokens.size());
+      const auto ours = greedy(m, run.prompt_ids, 24);
+      CHECK(std::vector<int32_t>(ours.begin(), ours.begin() + long(decided)) ==
+            std::vector<int32_t>(run.tokens.begin(), run.tokens.begin() + long(decided)));
     }
   }
 }
