@@ -208,34 +208,20 @@ TEST_CASE("tiny256: free-running greedy decoding reproduces the reference's toke
   }
 }
 
-namespace {
-
-std::vector<char> file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_bytes(const std::string& path, const std::vector<char>& bytes, size_t n) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), std::streamsize(std::min(n, bytes.size())));
-}
-
-} // namespace
-
 TEST_CASE("a truncated quantized GGUF is reported with the tensor it cuts") {
   temp_dir tmp;
-  const auto bytes = file_bytes(tiny256_dir() + "tiny256-Q4_K_M.gguf");
+  const auto bytes = read_all(tiny256_dir() + "tiny256-Q4_K_M.gguf");
   for (size_t n : {size_t(100), bytes.size() / 2, bytes.size() - 1}) {
     CAPTURE(n);
     const auto path = tmp.file("cut.gguf");
-    write_bytes(path, bytes, n);
+    write_all(path, bytes, n);
     const auto msg = error_of([&] { load_model(path); });
     CHECK(msg.find(path) != std::string::npos);
     CHECK((msg.find("truncated") != std::string::npos ||
            msg.find("corrupt") != std::string::npos));
   }
   const auto path = tmp.file("cut.gguf");
-  write_bytes(path, bytes, bytes.size() - 1);
+  write_all(path, bytes, bytes.size() - 1);
   // Its last tensor, Q4_K [256, 768], takes 768 rows of one 144-byte block.
   CHECK(error_of([&] { load_model(path); })
           .find("tensor 'blk.3.ffn_up.weight' (110592 bytes at offset 1981408) ends at byte "
@@ -246,7 +232,7 @@ TEST_CASE("a quantized tensor whose rows do not fill whole blocks is refused by 
   // stories260K's attention matrices have rows of 64: relabelled Q4_K
   // (blocks of 256), the loader must name the tensor and the block size.
   temp_dir tmp;
-  auto bytes = file_bytes(stories_gguf());
+  auto bytes = read_all(stories_gguf());
   const std::string name = "blk.0.attn_q.weight";
   auto at = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
   REQUIRE(at != bytes.end());
@@ -258,7 +244,7 @@ TEST_CASE("a quantized tensor whose rows do not fill whole blocks is refused by 
   type = uint32_t(quant::ggml_type::q4_k);
   std::memcpy(bytes.data() + type_pos, &type, 4);
   const auto path = tmp.file("q4k-rows-of-64.gguf");
-  write_bytes(path, bytes, bytes.size());
+  write_all(path, bytes, bytes.size());
   const auto msg = error_of([&] { load_model(path); });
   CHECK(msg.find(path + ": tensor 'blk.0.attn_q.weight' is Q4_K with rows of 64 elements, "
                         "not a multiple of its block size 256") != std::string::npos);
