@@ -2,6 +2,8 @@
 // checkpoint or on seeded random weights of a named shape.
 
 #include <chrono>
+#include <fstream>
+#include <map>
 #include <iostream>
 #include <random>
 
@@ -35,6 +37,16 @@ struct bench_args {
 };
 
 using bench_clock = std::chrono::steady_clock;
+
+/// A "VmRSS"/"VmHWM" line of /proc/self/status in bytes (0 where there is none).
+uint64_t resident_bytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind(field + ":", 0) == 0)
+      return std::stoull(line.substr(field.size() + 1)) * 1024;  // "VmRSS:   1234 kB"
+  return 0;
+}
 
 double seconds_since(bench_clock::time_point t0) {
   return std::chrono::duration<double>(bench_clock::now() - t0).count();
@@ -127,12 +139,25 @@ void run_bench(const bench_args& a) {
       "bench: --prompt-tokens {} + --tokens {} exceed the model's context of {}",
       a.prompt_tokens, a.tokens, cfg.max_seq));
   int64_t n_params = 0;
-  for (auto& l : weights.layers)
-    for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w1, &l.w2, &l.w3})
-      n_params += t->numel();
-  n_params += weights.tok_embd.numel() + weights.output_norm.numel();
-  if (!weights.output.is_same(weights.tok_embd))
-    n_params += weights.output.numel();
+  size_t weight_bytes = 0;
+  std::map<std::string, int> matrix_types;  // "Q4_K" -> how many matrices
+  auto count = [&](const weight_matrix& m) {
+    n_params += m.numel();
+    weight_bytes += m.n_bytes();
+    ++matrix_types[quant::type_name(m.type())];
+  };
+  for (auto& l : weights.layers) {
+    n_params += l.attn_norm.numel() + l.ffn_norm.numel();
+    for (auto* m : l.matrices())
+      count(*m);
+  }
+  n_params += weights.output_norm.numel();
+  count(weights.tok_embd);
+  if (!weights.output.same_as(weights.tok_embd))
+    count(weights.output);
+  std::string types;
+  for (const auto& [name, n] : matrix_types)
+    types += fmt::format("{}{} {}", types.empty() ? "" : ", ", n, name);
   transformer model(cfg, std::move(weights), device);
 
   std::mt19937 rng(uint32_t(a.seed));
@@ -186,6 +211,10 @@ void run_bench(const bench_args& a) {
     j["decode_ms"] = r.decode_ms;
     j["prefill_tokens_per_s"] = r.prefill_tokens_per_s();
     j["decode_tokens_per_s"] = r.decode_tokens_per_s();
+    j["weight_bytes"] = weight_bytes;
+    j["matrix_types"] = matrix_types;
+    j["rss_bytes"] = resident_bytes("VmRSS");
+    j["peak_rss_bytes"] = resident_bytes("VmHWM");
     std::cout << j.dump() << "\n";
     return;
   }
@@ -196,6 +225,9 @@ void run_bench(const bench_args& a) {
              r.prefill_tokens_per_s());
   fmt::print("decode    {:>5} tokens  {:>9.1f} tokens/s\n", r.decode_steps,
              r.decode_tokens_per_s());
+  fmt::print("weights   {:.1f} MiB in matrices ({})\n", double(weight_bytes) / (1 << 20), types);
+  fmt::print("resident  {:.1f} MiB, peak {:.1f} MiB\n", double(resident_bytes("VmRSS")) / (1 << 20),
+             double(resident_bytes("VmHWM")) / (1 << 20));
 }
 
 } // namespace

@@ -111,7 +111,7 @@ void exit_heads::save(const std::string& path) const {
   auto exits = layers();
   w.set_int32_array("ceco.exit_heads.layers", std::vector<int32_t>(exits.begin(), exits.end()));
   w.set_uint32("ceco.exit_heads.n_embd", uint32_t(heads_[0].norm.size(0)));
-  w.set_uint32("ceco.exit_heads.vocab_size", uint32_t(heads_[0].output.size(0)));
+  w.set_uint32("ceco.exit_heads.vocab_size", uint32_t(heads_[0].output.rows()));
   auto put = [&](const std::string& name, const at::Tensor& t) {
     auto c = t.to(at::kCPU).contiguous();
     std::vector<int64_t> ne(c.sizes().rbegin(), c.sizes().rend());
@@ -121,7 +121,7 @@ void exit_heads::save(const std::string& path) const {
     auto n = [&](const char* s) { return fmt::format("exit.{}.{}", e.layer, s); };
     put(n("norm.weight"), e.norm);
     if (e.own_output)
-      put(n("output.weight"), e.output);
+      put(n("output.weight"), e.output.tensor("saving exit heads"));
     if (e.adapter_a.defined()) {
       put(n("adapter_a.weight"), e.adapter_a);
       put(n("adapter_a.bias"), e.adapter_c);

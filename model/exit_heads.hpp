@@ -24,6 +24,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "model/config.hpp"
+#include "model/weight_matrix.hpp"
 
 namespace ceco {
 
@@ -32,7 +33,7 @@ class transformer;
 struct exit_head {
   int layer = 0;          // exit after this many layers
   at::Tensor norm;        // [n_embd]
-  at::Tensor output;      // [vocab, n_embd]
+  weight_matrix output;   // [vocab, n_embd]
   at::Tensor adapter_a;   // [hidden, n_embd] or undefined
   at::Tensor adapter_c;   // [hidden]
   at::Tensor adapter_b;   // [n_embd, hidden]

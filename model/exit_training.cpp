@@ -113,7 +113,8 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
 
   for (size_t i = 0; i < data.exits.size(); ++i) {
     auto norm = model.weights().output_norm.to(at::kCPU).clone().set_requires_grad(true);
-    auto w = model.weights().output.to(at::kCPU).clone().set_requires_grad(opts.own_output);
+    // fp32 even for a quantized classifier: gradients flow through it.
+    auto w = model.weights().output.to_tensor().to(at::kCPU).clone().set_requires_grad(opts.own_output);
     at::Tensor a, c, b;
     std::vector<at::Tensor> params;
     params.reserve(5);

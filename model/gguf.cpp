@@ -15,8 +15,6 @@ using namespace gguf_format;
 
 namespace {
 
-constexpr int64_t q8_0_block = 32;            // elements per Q8_0 block
-constexpr int64_t q8_0_block_bytes = 2 + 32;  // fp16 scale + 32 int8
 
 /// Bounds-checked little-endian reader over the mapped file.
 struct cursor {
@@ -68,25 +66,6 @@ gguf_scalar read_scalar(cursor& c, uint32_t type, const std::string& key) {
         "{}: metadata key '{}' has unknown value type {} at byte {}", c.path,
         key, type, c.pos));
   }
-}
-
-size_t type_size_bytes(ggml_type type, int64_t n_elements, const std::string& path,
-                       const std::string& name) {
-  switch (type) {
-    case ggml_type::f32: return size_t(n_elements) * 4;
-    case ggml_type::f16:
-    case ggml_type::bf16: return size_t(n_elements) * 2;
-    case ggml_type::q8_0:
-      if (n_elements % q8_0_block != 0)
-        throw model_error(fmt::format(
-          "{}: tensor '{}' is Q8_0 with {} elements, not a multiple of {}",
-          path, name, n_elements, q8_0_block));
-      return size_t(n_elements / q8_0_block) * q8_0_block_bytes;
-  }
-  throw model_error(fmt::format(
-    "{}: tensor '{}' has ggml type {}, which ceco cannot read "
-    "(supported: F32=0, F16=1, Q8_0=8, BF16=30)",
-    path, name, uint32_t(type)));
 }
 
 const char* type_name(const gguf_scalar& v) {
@@ -208,7 +187,8 @@ void gguf_file::parse() {
     }
     t.type = ggml_type(c.read<uint32_t>(t.name.c_str()));
     t.offset = c.read<uint64_t>(t.name.c_str());
-    t.n_bytes = type_size_bytes(t.type, t.n_elements(), path_, t.name);
+    t.n_bytes = quant::tensor_bytes(t.type, t.n_elements(), t.ne.empty() ? 1 : t.ne[0],
+                                    fmt::format("{}: tensor '{}'", path_, t.name));
     tensors_.push_back(std::move(t));
   }
 
@@ -368,37 +348,7 @@ const gguf_tensor& gguf_file::get(const std::string& name) const {
 }
 
 void gguf_file::dequantize(const gguf_tensor& t, float* out) const {
-  const int64_t n = t.n_elements();
-  switch (t.type) {
-    case ggml_type::f32:
-      std::memcpy(out, t.data, size_t(n) * 4);
-      return;
-    case ggml_type::f16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
-        out[i] = half_to_float(h);
-      }
-      return;
-    case ggml_type::bf16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
-        out[i] = bf16_to_float(h);
-      }
-      return;
-    case ggml_type::q8_0:
-      for (int64_t b = 0; b < n / q8_0_block; ++b) {
-        const uint8_t* blk = t.data + b * q8_0_block_bytes;
-        uint16_t d;
-        std::memcpy(&d, blk, 2);
-        float scale = half_to_float(d);
-        auto qs = reinterpret_cast<const int8_t*>(blk + 2);
-        for (int64_t i = 0; i < q8_0_block; ++i)
-          out[b * q8_0_block + i] = scale * float(qs[i]);
-      }
-      return;
-  }
+  quant::dequantize_row(t.type, t.data, out, t.n_elements());
 }
 
 } // namespace ceco

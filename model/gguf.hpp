@@ -75,8 +75,8 @@ public:
   /// Throws model_error naming the tensor when absent.
   const gguf_tensor& get(const std::string& name) const;
 
-  /// Converts a tensor of any supported type to fp32 into `out`, which must
-  /// hold n_elements() floats.
+  /// Converts a tensor of any supported type (model/quant.hpp) to fp32 into
+  /// `out`, which must hold n_elements() floats.
   void dequantize(const gguf_tensor& t, float* out) const;
 
 private:

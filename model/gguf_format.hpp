@@ -5,14 +5,13 @@
 
 #include <cstdint>
 
+#include "model/quant.hpp"
+
 namespace ceco {
 
-enum class ggml_type : uint32_t {
-  f32 = 0,
-  f16 = 1,
-  q8_0 = 8,
-  bf16 = 30,
-};
+/// The ggml type ids of tensor infos; their block layouts and kernels are in
+/// model/quant.hpp.
+using ggml_type = quant::ggml_type;
 
 namespace gguf_format {
 

@@ -26,8 +26,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, float eps) {
   return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
 }
 
-at::Tensor project(const at::Tensor& x, const at::Tensor& w) {
-  return at::matmul(x, w.t());
+at::Tensor project(const at::Tensor& x, const weight_matrix& w) {
+  return w.project(x);
 }
 
 at::Tensor rope(const at::Tensor& x, const rope_table& table, int64_t pos, int64_t n_heads) {

@@ -36,9 +36,10 @@ struct rope_table {
 /// x ⊙ w / sqrt(mean(x²) + eps) over the last dimension.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, float eps);
 
-/// x · Wᵀ: the product of activations [..., in] with a weight [out, in].
+/// x · Wᵀ: the product of activations [..., in] with a weight [out, in]
+/// (an fp32 tensor, under autograd when training, or GGML blocks).
 /// Every weight matrix of the tensor path is applied here.
-at::Tensor project(const at::Tensor& x, const at::Tensor& w);
+at::Tensor project(const at::Tensor& x, const weight_matrix& w);
 
 /// x [..., T, n_heads · head_dim] rotated by interleaved pairs at positions
 /// pos .. pos+T-1.

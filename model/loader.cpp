@@ -34,8 +34,24 @@ at::Tensor read_tensor(const gguf_file& f, const std::string& name, std::vector<
   return read_gguf_tensor(f, name, shape);
 }
 
+/// A weight matrix [rows, cols]: F32 tensors are copied; every other type
+/// stays as GGML blocks in the mapped file, which `file` keeps alive.
+weight_matrix read_matrix(const std::shared_ptr<const gguf_file>& file, const std::string& name,
+                          int64_t rows, int64_t cols) {
+  const auto& t = file->get(name);
+  if (t.type == ggml_type::f32)
+    return weight_matrix(read_gguf_tensor(*file, name, {rows, cols}));
+  if (t.ne != std::vector<int64_t>{cols, rows})
+    throw model_error(fmt::format("{}: tensor '{}' has shape [{}], expected [{}, {}] (ggml order)",
+                                  file->path(), name, fmt::join(t.ne, ", "), cols, rows));
+  return weight_matrix(
+    quant::matrix::view(t.type, t.data, rows, cols, fmt::format("{}: tensor '{}'", file->path(), name)),
+    file);
+}
+
 loaded_model load_gguf(const std::string& path) {
-  gguf_file f(path);
+  auto file = std::make_shared<const gguf_file>(path);
+  const gguf_file& f = *file;
   auto arch = f.get_string_or("general.architecture", "llama");
   if (arch != "llama")
     throw model_error(fmt::format(
@@ -75,22 +91,22 @@ loaded_model load_gguf(const std::string& path) {
   c10::InferenceMode guard;
   auto& w = m.weights;
   const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
-  w.tok_embd = read_tensor(f, "token_embd.weight", {c.vocab_size, d});
+  w.tok_embd = read_matrix(file, "token_embd.weight", c.vocab_size, d);
   w.output_norm = read_tensor(f, "output_norm.weight", {d});
-  w.output = f.find("output.weight") ? read_tensor(f, "output.weight", {c.vocab_size, d})
+  w.output = f.find("output.weight") ? read_matrix(file, "output.weight", c.vocab_size, d)
                                      : w.tok_embd;
   for (int il = 0; il < c.n_layer; ++il) {
     auto n = [&](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
     layer_weights l;
     l.attn_norm = read_tensor(f, n("attn_norm"), {d});
-    l.wq = read_tensor(f, n("attn_q"), {d, d});
-    l.wk = read_tensor(f, n("attn_k"), {d_kv, d});
-    l.wv = read_tensor(f, n("attn_v"), {d_kv, d});
-    l.wo = read_tensor(f, n("attn_output"), {d, d});
+    l.wq = read_matrix(file, n("attn_q"), d, d);
+    l.wk = read_matrix(file, n("attn_k"), d_kv, d);
+    l.wv = read_matrix(file, n("attn_v"), d_kv, d);
+    l.wo = read_matrix(file, n("attn_output"), d, d);
     l.ffn_norm = read_tensor(f, n("ffn_norm"), {d});
-    l.w1 = read_tensor(f, n("ffn_gate"), {ff, d});
-    l.w2 = read_tensor(f, n("ffn_down"), {d, ff});
-    l.w3 = read_tensor(f, n("ffn_up"), {ff, d});
+    l.w1 = read_matrix(file, n("ffn_gate"), ff, d);
+    l.w2 = read_matrix(file, n("ffn_down"), d, ff);
+    l.w3 = read_matrix(file, n("ffn_up"), ff, d);
     w.layers.push_back(std::move(l));
   }
   return m;
@@ -291,12 +307,29 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
     auto cpu = t.to(at::kCPU).contiguous();
     mix(cpu.data_ptr(), size_t(cpu.nbytes()));
   };
-  add(w.tok_embd);
-  for (auto& l : w.layers)
-    for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w1, &l.w2, &l.w3})
-      add(*t);
+  // fp32 matrices hash as their floats; blocks as their type and bytes, so
+  // two quantizations of one model differ.
+  auto add_matrix = [&](const weight_matrix& m) {
+    if (m.is_tensor() || !m.defined()) {
+      if (m.defined())
+        add(m.tensor("model_fingerprint"));
+      return;
+    }
+    const auto type = uint32_t(m.type());
+    mix(&type, sizeof type);
+    mix(m.blocks().data, m.n_bytes());
+  };
+  add_matrix(w.tok_embd);
+  for (auto& l : w.layers) {
+    add(l.attn_norm);
+    for (auto* m : {&l.wq, &l.wk, &l.wv, &l.wo})
+      add_matrix(*m);
+    add(l.ffn_norm);
+    for (auto* m : {&l.w1, &l.w2, &l.w3})
+      add_matrix(*m);
+  }
   add(w.output_norm);
-  add(w.output);
+  add_matrix(w.output);
   return h;
 }
 

@@ -5,9 +5,11 @@
 // tensor, and the expected and actual values.
 //
 // Formats:
-//  - GGUF v2/v3, architecture "llama", tensors F32, F16, BF16 or Q8_0
-//    (dequantised to fp32 at load); the tokenizer comes from its metadata
-//    (SentencePiece 'llama' or byte-level BPE 'gpt2', see tokenizer.hpp).
+//  - GGUF v2/v3, architecture "llama"; weight matrices of any type of
+//    model/quant.hpp stay in the memory-mapped file in their own type (F32
+//    ones are copied), norms become fp32; the tokenizer comes from its
+//    metadata (SentencePiece 'llama' or byte-level BPE 'gpt2', see
+//    tokenizer.hpp).
 //  - llama2.c legacy `.bin` (7 x int32 header; a negative vocab_size means a
 //    separate classifier) with a llama2.c `tokenizer.bin`.
 // A folder is accepted too: its .gguf file, else its .bin model with the
@@ -46,7 +48,8 @@ at::Tensor read_gguf_tensor(const gguf_file& f, const std::string& name,
                             const std::vector<int64_t>& shape);
 
 /// FNV-1a over the shape and every weight: equal for the same checkpoint in
-/// any format (both loaders produce the same fp32 weights).
+/// any format (both loaders produce the same fp32 weights); matrices held as
+/// GGML blocks hash as their type and bytes.
 uint64_t model_fingerprint(const model_config& cfg, const model_weights& w);
 
 /// Named shapes for benchmarks: "260K", "15M", "110M" (llama2.c's

@@ -26,7 +26,9 @@ struct model_trainer::params {
   std::vector<at::Tensor> all() {
     std::vector<at::Tensor> v{emb, out_norm};
     for (auto& l : layers)
-      v.insert(v.end(), {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.ffn_norm, l.w1, l.w2, l.w3});
+      v.insert(v.end(), {l.attn_norm, l.wq.tensor("training"), l.wk.tensor("training"),
+                         l.wv.tensor("training"), l.wo.tensor("training"), l.ffn_norm,
+                         l.w1.tensor("training"), l.w2.tensor("training"), l.w3.tensor("training")});
     v.insert(v.end(), exit_norms.begin(), exit_norms.end());
     return v;
   }
@@ -208,14 +210,14 @@ void model_trainer::save(const std::string& model_path, const std::string& heads
     auto& l = p_->layers[size_t(il)];
     auto n = [&](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
     put(n("attn_norm"), l.attn_norm);
-    put(n("attn_q"), l.wq);
-    put(n("attn_k"), l.wk);
-    put(n("attn_v"), l.wv);
-    put(n("attn_output"), l.wo);
+    put(n("attn_q"), l.wq.tensor("saving"));
+    put(n("attn_k"), l.wk.tensor("saving"));
+    put(n("attn_v"), l.wv.tensor("saving"));
+    put(n("attn_output"), l.wo.tensor("saving"));
     put(n("ffn_norm"), l.ffn_norm);
-    put(n("ffn_gate"), l.w1);
-    put(n("ffn_down"), l.w2);
-    put(n("ffn_up"), l.w3);
+    put(n("ffn_gate"), l.w1.tensor("saving"));
+    put(n("ffn_down"), l.w2.tensor("saving"));
+    put(n("ffn_up"), l.w3.tensor("saving"));
   }
   w.write(model_path);
 

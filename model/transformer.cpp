@@ -24,12 +24,27 @@ transformer::transformer(model_config cfg, model_weights weights, c10::Device de
     if (t.defined())
       t = t.to(device_).contiguous();
   };
-  move(w_.tok_embd);
+  auto move_matrix = [&](weight_matrix& m) {
+    if (m.is_tensor())
+      m = weight_matrix(m.tensor("transformer").to(device_).contiguous());
+    else if (m.defined() && !device_.is_cpu())
+      throw model_error(fmt::format(
+        "transformer: {} weights compute on the CPU only, not on {}; use --device cpu",
+        quant::type_name(m.type()), device_.str()));
+  };
+  const bool tied = w_.output.same_as(w_.tok_embd);
+  move_matrix(w_.tok_embd);
   move(w_.output_norm);
-  move(w_.output);
-  for (auto& l : w_.layers)
-    for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w1, &l.w2, &l.w3})
-      move(*t);
+  if (tied)
+    w_.output = w_.tok_embd;
+  else
+    move_matrix(w_.output);
+  for (auto& l : w_.layers) {
+    move(l.attn_norm);
+    move(l.ffn_norm);
+    for (auto* m : l.matrices())
+      move_matrix(*m);
+  }
 
   auto table = rope_table::build(cfg_);
   rope_.cos = table.cos.to(device_);
@@ -46,10 +61,16 @@ at::Tensor transformer::embed(const std::vector<int32_t>& ids) const {
     if (id < 0 || id >= cfg_.vocab_size)
       throw model_error(fmt::format("embed: token id {} outside the vocabulary [0, {})", id,
                                     cfg_.vocab_size));
+  if (!w_.tok_embd.is_tensor()) {
+    auto x = at::empty({int64_t(ids.size()), cfg_.n_embd}, at::kFloat);
+    for (size_t i = 0; i < ids.size(); ++i)
+      w_.tok_embd.row_into(ids[i], x.data_ptr<float>() + int64_t(i) * cfg_.n_embd);
+    return x;
+  }
   auto idx = at::from_blob(const_cast<int32_t*>(ids.data()), {int64_t(ids.size())}, at::kInt)
                .to(at::kLong)
                .to(device_);
-  return w_.tok_embd.index_select(0, idx).contiguous();
+  return w_.tok_embd.tensor("embed").index_select(0, idx).contiguous();
 }
 
 void transformer::embed_into(int32_t id, at::Tensor& x) const {
@@ -58,10 +79,9 @@ void transformer::embed_into(int32_t id, at::Tensor& x) const {
                                   cfg_.vocab_size));
   c10::InferenceMode guard;
   if (x.is_cpu()) {
-    std::copy_n(w_.tok_embd.data_ptr<float>() + int64_t(id) * cfg_.n_embd, cfg_.n_embd,
-                x.data_ptr<float>());
+    w_.tok_embd.row_into(id, x.data_ptr<float>());
   } else {
-    x[0].copy_(w_.tok_embd[id]);
+    x[0].copy_(w_.tok_embd.tensor("embed")[id]);
   }
 }
 
@@ -231,8 +251,11 @@ namespace {
 
 /// W [rows, cols] · x for each of n rows of x [n, cols] into y [n, rows]:
 /// every weight matrix of the CPU decode path is applied here.
-void project_rows(const at::Tensor& w, const float* x, float* y, int64_t n) {
-  kernels::matmat(w.data_ptr<float>(), x, y, n, w.size(0), w.size(1));
+void project_rows(const weight_matrix& w, const float* x, float* y, int64_t n) {
+  if (n == 1)
+    w.matvec(x, y);
+  else
+    w.matvec_rows(x, y, n);
 }
 
 } // namespace
@@ -296,7 +319,11 @@ void transformer::logits_into(const at::Tensor& h, at::Tensor& out) const {
     project_rows(w_.output, normed.data(), out.data_ptr<float>(), 1);
     return;
   }
-  out.copy_(at::mv(w_.output, rms_norm(last, w_.output_norm, cfg_.norm_eps)));
+  auto normed = rms_norm(last, w_.output_norm, cfg_.norm_eps);
+  if (w_.output.is_tensor())
+    out.copy_(at::mv(w_.output.tensor("logits"), normed));
+  else
+    out.copy_(project(normed.unsqueeze(0), w_.output).squeeze(0));
 }
 
 void transformer::logits_rows_into(const at::Tensor& h, at::Tensor& out) const {

@@ -12,16 +12,6 @@ using namespace ceco::test;
 
 namespace {
 
-std::vector<char> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_all(const std::string& path, const std::vector<char>& bytes, size_t n) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), std::streamsize(std::min(n, bytes.size())));
-}
-
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }

@@ -8,7 +8,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -48,6 +51,18 @@ struct temp_dir {
   ~temp_dir();
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
+
+/// Every byte of a file.
+inline std::vector<char> read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+/// The first n bytes (at most all) of `bytes` as a file.
+inline void write_all(const std::string& path, const std::vector<char>& bytes, size_t n) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), std::streamsize(std::min(n, bytes.size())));
+}
 
 /// The message of the model_error that `f` throws ("" if none).
 template <class F>

@@ -1,0 +1,108 @@
+#pragma once
+
+// GGML weight types kept in their file layout, and the kernels that compute
+// with them. Block layouts follow the GGML/GGUF specification: a row of
+// `cols` weights is cols / block_size blocks of block_bytes bytes each.
+//
+// One-token decode: the activation row is quantized once to 8-bit blocks
+// (blocks of 32 for the 32-element types, of 256 with sums per 16 for the
+// K-quants, as Q8_0 and Q8_K but with f32 scales) and
+// every weight row is reduced with integer dot products per sub-block,
+// reading each weight byte once. Float types (F32, F16, BF16) take the f32
+// activation as it is. Batched paths dequantize a tile of rows to f32 and
+// multiply it with BLAS.
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace ceco::quant {
+
+/// Values are the ggml type ids stored in GGUF tensor infos.
+enum class ggml_type : uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q4_1 = 3,
+  q5_0 = 6,
+  q5_1 = 7,
+  q8_0 = 8,
+  q2_k = 10,
+  q3_k = 11,
+  q4_k = 12,
+  q5_k = 13,
+  q6_k = 14,
+  q8_k = 15,  // activations only: never a weight type here
+  bf16 = 30,
+};
+
+struct type_info {
+  const char* name;       // as GGML spells it: "Q4_K"
+  int64_t block_size;     // elements per block
+  int64_t block_bytes;    // bytes per block
+  ggml_type activation;   // what the activation row becomes for dot products
+};
+
+/// nullptr for a type ceco cannot hold weights in.
+const type_info* find_info(ggml_type t);
+/// "Q4_K", or "42" for an unknown id.
+std::string type_name(ggml_type t);
+/// "F32=0, F16=1, ..." for error messages.
+std::string supported_types();
+/// Bytes of a tensor of `n_elements` whose rows hold `row_length` elements.
+/// Throws model_error naming `what` when the type is unsupported or the row
+/// length is not a multiple of the type's block size.
+size_t tensor_bytes(ggml_type t, int64_t n_elements, int64_t row_length, const std::string& what);
+
+/// dst[n] = the f32 values of n elements at src; n is a multiple of the
+/// block size.
+void dequantize_row(ggml_type t, const void* src, float* dst, int64_t n);
+
+/// Scratch bytes for one quantized activation row of `cols` elements.
+size_t activation_bytes(ggml_type weight, int64_t cols);
+/// Quantizes x[cols] to the activation type of `weight` (a copy for float
+/// types) into dst, which holds activation_bytes(weight, cols).
+void quantize_activation(ggml_type weight, const float* x, void* dst, int64_t cols);
+/// dst[cols] = the values a quantized activation row stands for.
+void dequantize_activation(ggml_type weight, const void* activation, float* dst, int64_t cols);
+/// One weight row · one activation row made by quantize_activation.
+float dot_row(ggml_type weight, const void* w_row, const void* activation, int64_t cols);
+
+/// Uses the portable kernels even where the CPU has AVX2 (tests compare
+/// the two).
+void use_portable_kernels(bool portable);
+
+/// A row-major matrix [rows, cols] of GGML blocks (a view, owns nothing).
+struct matrix {
+  ggml_type type = ggml_type::f32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+
+  /// Checks the type and that cols is a multiple of its block size; the
+  /// error names `name`.
+  static matrix view(ggml_type type, const void* data, int64_t rows, int64_t cols,
+                     const std::string& name);
+  const uint8_t* row(int64_t r) const { return data + size_t(r) * row_bytes; }
+};
+
+/// y[rows] = W · x[cols]. `scratch` holds activation_bytes(w.type, w.cols);
+/// nothing is allocated. Rows are split over n_threads OpenMP threads
+/// (<= 0: ATen's thread count); each row's result does not depend on it.
+void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads = 0);
+
+/// y[n, rows]: row j is exactly matvec(W, x[j]) for the n inputs x[n, cols]
+/// (decode steps of several sequences). Each weight row is read once for
+/// all inputs. `scratch` holds n * activation_bytes(w.type, w.cols).
+void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
+                  int n_threads = 0);
+
+/// Floats of scratch matmat needs for `w`.
+size_t matmat_scratch_floats(const matrix& w);
+/// y[n, rows]: row j is W · x[j] for the n inputs x[n, cols]. Dequantizes a
+/// tile of rows at a time into `scratch` and multiplies it with BLAS.
+void matmat(const matrix& w, const float* x, float* y, int64_t n, float* scratch,
+            int n_threads = 0);
+
+} // namespace ceco::quant
