@@ -196,8 +196,19 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
     if (!deployed)
       cloud_seen = sim->cloud_state();
   }
+  // A response that failed fails the command, after every figure is printed.
+  const response_report* failed = nullptr;
+  size_t n_failed = 0;
+  for (auto& r : reports)
+    if (!r.error.empty() && n_failed++ == 0)
+      failed = &r;
+  auto fail_if_any = [&] {
+    if (failed)
+      throw model_error(fmt::format("{} of {} responses failed; the first ({}): {}", n_failed,
+                                    reports.size(), failed->mode, failed->error));
+  };
   if (a.json)
-    return;
+    return fail_if_any();
   if (prompts.size() > 1)
     fmt::print(stderr, "\n");
   for (auto& r : rows) {
@@ -231,6 +242,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
                  cloud_seen.steps, double(cloud_seen.stepped_sessions) / double(cloud_seen.steps),
                  s.session.batch_sessions, double(cloud_seen.session_bytes) / 1024.0);
   }
+  fail_if_any();
 }
 
 void add_session_options(CLI::App* cmd, const std::shared_ptr<session_args>& a) {

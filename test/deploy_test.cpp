@@ -485,6 +485,16 @@ TEST_CASE("hostile peers on the cloud's port get a closed connection, and an edg
   }
 }
 
+TEST_CASE("ceco edge exits non-zero when a response failed, after printing its figures") {
+  // stories260K's cloud context is 1.5 MiB: every session is refused.
+  cloud_process cloud("--set cloud.port=0 --set session.max_memory_mb=1");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto r = run_edge_with_errors("--max-tokens 5 --json --mode cloud --set link.latency_ms=0" + port_arg(cloud));
+  CHECK(r.status == 1);
+  CHECK(r.out.find("1 of 1 responses failed; the first (cloud): open session: session_limit") != std::string::npos);
+  CHECK(r.out.find("\"mode\":\"cloud\"") != std::string::npos);  // the JSON line still came
+}
+
 TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects to a new cloud") {
   auto first = std::make_unique<cloud_process>("--set cloud.port=0");
   REQUIRE_MESSAGE(first->port > 0, first->banner);
