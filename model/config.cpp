@@ -19,7 +19,10 @@ void model_config::validate(const std::string& source) const {
   if (n_head_kv <= 0 || n_head % n_head_kv != 0)
     throw bad("n_head_kv", n_head_kv, fmt::format("a divisor of n_head = {}", n_head));
   if (vocab_size <= 0) throw bad("vocab_size", vocab_size, "> 0");
-  if (max_seq <= 0) throw bad("max_seq", max_seq, "> 0");
+  // The context sizes every KV cache and the RoPE table: a file's claim is
+  // bounded before anything is allocated for it.
+  if (max_seq <= 0 || max_seq > max_context_length)
+    throw bad("context length", max_seq, fmt::format("1..{}", max_context_length));
   if (!(norm_eps > 0)) throw model_error(fmt::format("{}: norm_eps must be > 0", source));
   if (!(rope_theta > 0)) throw model_error(fmt::format("{}: rope_theta must be > 0", source));
 }

@@ -6,6 +6,10 @@
 
 namespace ceco {
 
+/// The longest context ceco sizes caches for (2^20 positions): beyond any
+/// model in use, and small enough that a file cannot claim terabytes.
+constexpr int max_context_length = 1 << 20;
+
 /// Shape of a LLaMA-family decoder. Plain data: no tensors, safe to copy
 /// between actors and to describe in messages.
 struct model_config {

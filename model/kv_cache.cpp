@@ -17,9 +17,17 @@ kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int
   if (capacity <= 0)
     throw model_error(fmt::format("kv_cache: capacity must be positive, got {}", capacity));
   auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
-  for (int il = first_layer; il < last_layer; ++il) {
-    k_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
-    v_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
+  const double mib = 2.0 * (last_layer - first_layer) * capacity * cfg.n_embd_kv() * 4 / 1048576;
+  try {
+    for (int il = first_layer; il < last_layer; ++il) {
+      k_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
+      v_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
+    }
+  } catch (const std::exception&) {  // std::bad_alloc, or the allocator's c10::Error
+    throw model_error(fmt::format(
+      "kv_cache: {} positions of layers [{}, {}) need {:.0f} MiB, which could not be allocated "
+      "(the model's context length sizes the cache)",
+      capacity, first_layer, last_layer, mib));
   }
   length_.assign(size_t(last_layer - first_layer), 0);
   scores_.resize(size_t(capacity));

@@ -1,5 +1,7 @@
 #include "test/support.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -62,6 +64,23 @@ TEST_CASE("a GGUF rewritten with F16 output loads and predicts like the original
   auto logits = model.logits(x)[-1];
   CHECK(logits.argmax().item<int64_t>() == 432);
   CHECK(std::abs(logits[432].item<float>() - 17.7994f) < 0.05f);  // F16 classifier
+}
+
+TEST_CASE("a context length past the bound is refused before anything is sized for it") {
+  // The file's llama.context_length, raised in place (key, u32 type, u32 value).
+  auto bytes = read_all(stories_gguf());
+  const std::string key = "llama.context_length";
+  auto at = std::search(bytes.begin(), bytes.end(), key.begin(), key.end());
+  REQUIRE(at != bytes.end());
+  const size_t value = size_t(at - bytes.begin()) + key.size() + 4;
+  const uint32_t huge = 0x7FFFFFFF;
+  std::memcpy(bytes.data() + value, &huge, 4);
+  temp_dir tmp;
+  auto path = tmp.file("long-context.gguf");
+  write_all(path, bytes, bytes.size());
+  auto msg = error_of([&] { load_model(path); });
+  CHECK(msg.find("model context length is 2147483647, expected 1..1048576") != std::string::npos);
+  CHECK(msg.find("long-context.gguf") != std::string::npos);
 }
 
 TEST_CASE("a tensor whose shape disagrees with the header names the tensor and both shapes") {
