@@ -61,6 +61,11 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
         return err;
       return self->delegate(contexts, std::move(m));
     },
+    [=](draft_upload& m) -> caf::result<verdict> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, std::move(m));
+    },
     [=](infer_request& r) -> caf::result<infer_reply> {
       if (auto err = refuse_stranger(self))
         return err;

@@ -6,6 +6,7 @@
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 
+#include "actors/cloud_context.hpp"
 #include "actors/hidden_rows.hpp"
 #include "model/generation.hpp"
 #include "model/sampler.hpp"
@@ -13,18 +14,16 @@
 
 namespace ceco {
 
-struct cloud_context {
-  explicit cloud_context(kv_cache c) : cache(std::move(c)) {
-    // nop
-  }
-  kv_cache cache;           // layers [split, L)
-  at::Tensor final_hidden;  // [capacity, n_embd]: last layer's output per position
-  int32_t computed = 0;     // positions [0, computed) went through every cloud layer
-};
-
 int64_t cloud_context_bytes(const cloud_context& ctx) {
   return ctx.cache.bytes() + (ctx.final_hidden.defined() ? int64_t(ctx.final_hidden.nbytes()) : 0);
 }
+
+void rewind(cloud_context& ctx, int32_t positions) {
+  ctx.computed = std::min(ctx.computed, std::max(positions, 0));
+  ctx.cache.truncate(ctx.computed);
+}
+
+int32_t computed_positions(const cloud_context& ctx) { return ctx.computed; }
 
 namespace {
 

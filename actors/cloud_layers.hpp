@@ -11,6 +11,13 @@ class transformer;
 /// Bytes a context holds (KV cache and final hidden states).
 int64_t cloud_context_bytes(const cloud_context& ctx);
 
+/// Forgets positions >= `positions` (a rollback): the next catch-up starts
+/// there. Only while no step of the context is in flight.
+void rewind(cloud_context& ctx, int32_t positions);
+
+/// Positions [0, computed) of a context.
+int32_t computed_positions(const cloud_context& ctx);
+
 /// The cloud's compute: layers [split, L) for collaborative and naive
 /// requests, the whole model for the cloud strategy. Stops generating at
 /// `eos`.

@@ -20,9 +20,24 @@ struct waiting_request {
   caf::typed_response_promise<infer_reply> promise;
 };
 
-/// Token requests one session may have waiting for their uploads; an edge
-/// has one in flight (a few while drafting), so more is a broken or hostile peer.
+/// Token requests one session may have waiting for their uploads, and
+/// draft uploads waiting for their verdicts: an edge has one request in
+/// flight and at most policy.max_draft drafts, so more is a broken or
+/// hostile peer.
 constexpr size_t max_waiting_requests = 256;
+
+/// A row whose draft the next step verifies: the edge's token after `pos`.
+struct draft_check {
+  int32_t pos;
+  int32_t draft;
+};
+
+/// A draft upload waiting for its verdict: decided once [0, end) is computed.
+struct awaiting_verdict {
+  int32_t end;
+  clock_type::time_point arrived;
+  caf::typed_response_promise<verdict> promise;
+};
 
 struct session_entry {
   cloud_context_ptr ctx;
@@ -32,6 +47,12 @@ struct session_entry {
   std::vector<waiting_request> waiting;  // for positions not yet in a step, at most
                                          // max_waiting_requests
   std::vector<waiting_request> asked;    // answered by the step in flight
+  // Speculative and exact: the rollbacks so far, the drafts to verify, and
+  // the draft uploads waiting for their verdicts (in position order).
+  int32_t epoch = 0;
+  std::vector<draft_check> checks;    // rows not yet in a step
+  std::vector<draft_check> checking;  // rows of the step in flight
+  std::deque<awaiting_verdict> verdicts;
   bool queued = false;               // in `ready`
   clock_type::time_point last_active;
   int64_t compute_us = 0;
@@ -115,6 +136,59 @@ void fail_all(session_entry& e, const caf::error& err) {
       w.promise.deliver(err);
     list->clear();
   }
+  for (auto& v : e.verdicts)
+    v.promise.deliver(err);
+  e.verdicts.clear();
+  e.checks.clear();
+  e.checking.clear();
+}
+
+/// A rollback: the draft after `wrong` was not the full model's, so every
+/// position after it is forgotten; the session's epoch goes up, and what
+/// still names a later position (token requests) fails.
+void roll_back(session_entry& e, int32_t wrong) {
+  const int32_t keep = wrong + 1;
+  ++e.epoch;
+  e.received = keep;
+  e.computed = std::min(e.computed, keep);
+  rewind(*e.ctx, keep);
+  e.pending.clear();
+  e.checks.clear();
+  std::vector<waiting_request> still;
+  for (auto& w : e.waiting) {
+    if (w.pos < keep)
+      still.push_back(std::move(w));
+    else
+      w.promise.deliver(make_error(ceco_errc::bad_position,
+                                   fmt::format("position {} was rolled back (the draft after "
+                                               "position {} was corrected)", w.pos, wrong)));
+  }
+  e.waiting = std::move(still);
+}
+
+/// Answers the draft uploads whose rows are computed, oldest first: accepted
+/// up to the row whose draft was wrong (if any), corrected for the upload
+/// holding it (after a rollback), stale for every later one.
+void settle_verdicts(session_entry& e, int32_t wrong, int32_t cloud_token) {
+  while (!e.verdicts.empty()) {
+    auto& v = e.verdicts.front();
+    if (wrong >= 0 && v.end > wrong) {
+      roll_back(e, wrong);
+      v.promise.deliver(verdict{uint8_t(verdict_outcome::corrected), e.epoch, wrong, cloud_token,
+                                us_since(v.arrived)});
+      e.verdicts.pop_front();
+      for (auto& later : e.verdicts)
+        later.promise.deliver(
+          verdict{uint8_t(verdict_outcome::stale), e.epoch, -1, 0, us_since(later.arrived)});
+      e.verdicts.clear();
+      return;
+    }
+    if (v.end > e.computed)
+      return;
+    v.promise.deliver(
+      verdict{uint8_t(verdict_outcome::accepted), e.epoch, -1, 0, us_since(v.arrived)});
+    e.verdicts.pop_front();
+  }
 }
 
 /// Whether the next step has something to do for `e`: uploads to catch up
@@ -158,11 +232,25 @@ void step_done(self_ptr self, const std::vector<uint64_t>& ids,
     st.tokens += int64_t(e.asked.size());
     e.computed = targets[i];
     e.compute_us += share;
-    for (size_t j = 0; j < e.asked.size(); ++j) {
+    size_t j = 0;
+    for (; j < e.asked.size(); ++j) {
       auto& w = e.asked[j];
       w.promise.deliver(infer_reply{done.tokens[j], us_since(w.arrived)});
     }
     e.asked.clear();
+    // The drafts of the step, in position order: the first the full model
+    // disagrees with is corrected, and everything after it rolled back.
+    int32_t wrong = -1, cloud_token = 0;
+    for (auto& c : e.checking) {
+      const int32_t t = done.tokens[j++];
+      if (t != c.draft) {
+        wrong = c.pos;
+        cloud_token = t;
+        break;
+      }
+    }
+    e.checking.clear();
+    settle_verdicts(e, wrong, cloud_token);
     if (!e.queued && has_work(e)) {
       e.queued = true;
       st.ready.push_back(ids[i]);
@@ -210,6 +298,10 @@ void dispatch(self_ptr self) {
       }
     }
     e.waiting = std::move(later);
+    for (auto& c : e.checks)
+      w.tokens_after.push_back(c.pos);
+    e.checking = std::move(e.checks);
+    e.checks.clear();
     ids.push_back(id);
     targets.push_back(e.computed + w.states.rows);
     step.work.push_back(std::move(w));
@@ -325,6 +417,57 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       e.pending.push_back(std::move(m.states));
       mark_ready(self, m.session, e);
       return e.received;
+    },
+    [=](draft_upload& m) -> caf::result<verdict> {
+      auto& st = self->state;
+      auto* session = touch(self, m.session);
+      if (!session)
+        return unknown(m.session);
+      auto& e = *session;
+      if (m.epoch != e.epoch)  // sent before a rollback: never computed over
+        return verdict{uint8_t(verdict_outcome::stale), e.epoch, -1, 0, 0};
+      if (auto bad = m.states.check(st.cfg.n_embd); !bad.empty())
+        return make_error(ceco_errc::bad_tensor,
+                          fmt::format("draft upload at position {}: {}", m.start, bad));
+      if (int64_t(m.drafts.size()) != m.states.rows)
+        return make_error(ceco_errc::bad_tensor,
+                          fmt::format("draft upload at position {}: {} drafts for {} rows "
+                                      "(expected one per row)", m.start, m.drafts.size(),
+                                      m.states.rows));
+      for (size_t i = 0; i < m.drafts.size(); ++i)
+        if (m.drafts[i] < -1 || m.drafts[i] >= st.cfg.vocab_size)
+          return make_error(ceco_errc::bad_tensor,
+                            fmt::format("draft upload: drafts[{}] is {}; expected -1 (none) or a "
+                                        "token id 0..{}", i, m.drafts[i], st.cfg.vocab_size - 1));
+      if (m.start != e.received || int64_t(m.start) + m.states.rows > st.cfg.max_seq) {
+        if (m.start > e.received)
+          ++e.gaps;
+        return make_error(m.start > e.received ? ceco_errc::position_gap : ceco_errc::bad_position,
+                          fmt::format("draft upload of positions {}..{}: the cloud holds "
+                                      "positions 0..{} of a context of {}; drafts continue at {}",
+                                      m.start, int64_t(m.start) + m.states.rows - 1,
+                                      e.received - 1, st.cfg.max_seq, e.received));
+      }
+      if (e.verdicts.size() >= max_waiting_requests)
+        return make_error(ceco_errc::session_limit,
+                          fmt::format("{} draft uploads of this session already wait for their "
+                                      "verdicts, the limit is {}", e.verdicts.size(),
+                                      max_waiting_requests));
+      for (int32_t i = 0; i < m.states.rows; ++i)
+        if (m.drafts[size_t(i)] >= 0)
+          e.checks.push_back({m.start + i, m.drafts[size_t(i)]});
+      auto rp = self->make_response_promise<verdict>();
+      e.verdicts.push_back({m.start + m.states.rows, clock_type::now(), rp});
+      e.received += m.states.rows;
+      e.pending.push_back(std::move(m.states));
+      mark_ready(self, m.session, e);
+      return rp;
+    },
+    [=](get_atom, uint64_t id) -> caf::result<cloud_context_ptr> {
+      auto i = self->state.sessions.find(id);
+      if (i == self->state.sessions.end())
+        return unknown(id);
+      return i->second.ctx;
     },
     [=](infer_request& r) -> caf::result<infer_reply> {
       auto& st = self->state;

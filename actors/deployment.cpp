@@ -3,6 +3,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "actors/cloud_layers.hpp"
 #include "actors/context_manager.hpp"
@@ -142,9 +143,20 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
   const auto& name = mode.empty() ? settings_.policy.mode : mode;
   auto parsed = parse_strategy(name);
   if (!parsed)
-    throw config_error(fmt::format(
-      "mode '{}' is not a strategy: expected cloud, naive, standalone or collaborative", name));
+    throw config_error(fmt::format("mode '{}' is not a strategy: expected one of {}", name,
+                                   fmt::join(strategy_names(), ", ")));
   o.mode = *parsed;
+  if (o.mode == strategy::speculative || o.mode == strategy::exact) {
+    // Drafts are decided and uploaded on the edge, token by token.
+    if (settings_.placement.exit_evaluator != "edge" || settings_.placement.uploader != "edge")
+      throw config_error(fmt::format(
+        "mode '{}' drafts on the edge: it needs placement.exit_evaluator = \"edge\" and "
+        "placement.uploader = \"edge\" (they are \"{}\" and \"{}\")", name,
+        settings_.placement.exit_evaluator, settings_.placement.uploader));
+    if (settings_.model.exits.empty())
+      throw config_error(fmt::format("model.exits is empty, but mode '{}' needs exits", name));
+  }
+  o.max_draft = settings_.policy.max_draft;
   o.prompt = prompt;
   o.max_tokens = max_tokens > 0 ? max_tokens : settings_.generation.max_tokens;
   o.eos = model_.vocab.eos();

@@ -1,15 +1,23 @@
 #include "actors/edge_session.hpp"
 
+#include <algorithm>
 #include <random>
 
 #include <fmt/format.h>
 
+#include "actors/draft_window.hpp"
 #include "actors/hidden_rows.hpp"
 
 namespace ceco {
 
+namespace {
+constexpr strategy all_strategies[] = {strategy::cloud,         strategy::naive,
+                                       strategy::standalone,    strategy::collaborative,
+                                       strategy::speculative,   strategy::exact};
+} // namespace
+
 std::optional<strategy> parse_strategy(std::string_view name) {
-  for (auto s : {strategy::cloud, strategy::naive, strategy::standalone, strategy::collaborative})
+  for (auto s : all_strategies)
     if (name == to_string(s))
       return s;
   return std::nullopt;
@@ -21,8 +29,20 @@ const char* to_string(strategy s) {
     case strategy::naive: return "naive";
     case strategy::standalone: return "standalone";
     case strategy::collaborative: return "collaborative";
+    case strategy::speculative: return "speculative";
+    case strategy::exact: return "exact";
   }
   return "unknown";
+}
+
+const std::vector<std::string>& strategy_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (auto s : all_strategies)
+      out.emplace_back(to_string(s));
+    return out;
+  }();
+  return names;
 }
 
 namespace {
@@ -62,9 +82,19 @@ struct edge_session_state {
   int32_t uploads_in_flight = 0;
   clock_type::time_point started;
   int32_t fallback_token = 0;  // the deepest exit's token for the current position
+  std::vector<int64_t> token_us;  // when each final token was seen, from `started`
+  // Speculative and exact (see draft_window.hpp):
+  draft_window window;
+  int32_t epoch = 0;           // rollbacks so far; results of an older one are dropped
+  bool computing = false;      // an edge step (layers, exit evaluation) is in flight
+  bool stalled = false;        // waiting for verdicts: the window is full, or all is drafted
+  clock_type::time_point stalled_since;
   static inline const char* name = "edge_session";
 
   bool is(strategy s) const { return opts.mode == s; }
+  bool drafting() const { return is(strategy::speculative) || is(strategy::exact); }
+  /// Collaborates with the cloud token by token (and so can lose it and resume).
+  bool token_by_token() const { return is(strategy::collaborative) || drafting(); }
   bool degraded() const { return at == phase::degraded || at == phase::resuming; }
   bool finished() const { return at == phase::closing || at == phase::reporting; }
 };
@@ -73,10 +103,31 @@ using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
 
 void step(self_ptr self);
 void forward(self_ptr self);
+void draft_forward(self_ptr self);
+void draft_step(self_ptr self);
+/// The next edge step of the strategy's token loop.
+void advance(self_ptr self) {
+  if (self->state.drafting())
+    return draft_forward(self);
+  forward(self);
+}
+/// Starts (or continues) the token loop.
+void loop(self_ptr self) {
+  if (self->state.drafting())
+    return draft_step(self);
+  step(self);
+}
 void finish(self_ptr self, const std::string& error = {});
 void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last);
 void generate_in_cloud(self_ptr self);
 void close_cloud(self_ptr self);
+
+/// A token the user sees: appended to the response, its time recorded.
+void show_token(self_ptr self, int32_t token) {
+  auto& st = self->state;
+  st.report.tokens.push_back(token);
+  st.token_us.push_back(us_since(st.started));
+}
 
 /// Round trip minus the time the cloud reports: the network's share.
 void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t cloud_us) {
@@ -110,17 +161,16 @@ void open_cloud(self_ptr self) {
         if (self->state.is(strategy::cloud))
           return generate_in_cloud(self);
         self->state.at = phase::running;
-        step(self);
+        loop(self);
       },
       [=](caf::error& err) {
         auto& st = self->state;
-        if (st.is(strategy::collaborative) && st.site.link
-            && is(err, ceco_errc::cloud_unreachable)) {
+        if (st.token_by_token() && st.site.link && is(err, ceco_errc::cloud_unreachable)) {
           // Start on the edge alone; the response resumes collaboratively
           // if the link reconnects while it runs.
           lose_cloud(self, sent);
           fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
-          return step(self);
+          return loop(self);
         }
         finish(self, "open session: " + describe(err));
       });
@@ -130,6 +180,7 @@ void start(self_ptr self) {
   auto& st = self->state;
   st.started = clock_type::now();
   st.input = st.opts.prompt;
+  st.window = draft_window(st.opts.prompt);
   st.edge_id = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
   if (st.is(strategy::standalone)) {
     st.at = phase::running;
@@ -161,7 +212,8 @@ void generate_in_cloud(self_ptr self) {
       [=](generate_reply& r) {
         auto& report = self->state.report;
         account_round_trip(self, sent, r.cloud_us);
-        report.tokens = std::move(r.tokens);
+        for (auto t : r.tokens)  // not streamed: all arrive with the reply
+          show_token(self, t);
         report.cloud_tokens = int32_t(report.tokens.size());
         report.cloud_requests = 1;
         finish(self);
@@ -175,7 +227,7 @@ void emit(self_ptr self, int32_t token, int exit_index) {
   auto& st = self->state;
   if (token == st.opts.eos)
     return finish(self);
-  st.report.tokens.push_back(token);
+  show_token(self, token);
   if (st.degraded())
     ++st.report.degraded_tokens;
   if (exit_index >= 0)
@@ -333,6 +385,208 @@ void forward(self_ptr self) {
       [=](caf::error& err) { finish(self, "edge layers: " + describe(err)); });
 }
 
+// -- speculative and exact: drafts ahead of the cloud's verdicts --------------------
+
+/// Shows the tokens that became final since the last call. True when that
+/// ended the response (a final end of sequence, or max_tokens).
+bool show_final(self_ptr self) {
+  auto& st = self->state;
+  const auto& w = st.window;
+  for (int32_t i = w.prompt_size() + int32_t(st.report.tokens.size()); i < w.final_size(); ++i) {
+    const int32_t token = w.sequence()[size_t(i)];
+    if (token == st.opts.eos) {
+      finish(self);
+      return true;
+    }
+    show_token(self, token);
+    // A confident exit's token counts for its exit; an uncertain draft the
+    // cloud accepted, or its correction, is the cloud's token (as in
+    // collaborative).
+    if (int origin = w.origin(i); origin >= 0)
+      ++st.report.exit_counts[size_t(origin)];
+    else
+      ++st.report.cloud_tokens;
+    if (int(st.report.tokens.size()) >= st.opts.max_tokens) {
+      finish(self);
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Waiting for verdicts ends; the wait counts as communication.
+void unstall(self_ptr self) {
+  auto& st = self->state;
+  if (!st.stalled)
+    return;
+  st.stalled = false;
+  st.report.comm_us += us_since(st.stalled_since);
+}
+
+/// Whether there is nothing more to draft: an end of sequence, max_tokens,
+/// or a full context.
+bool drafted_all(const edge_session_state& st) {
+  const auto& w = st.window;
+  return (w.generated() > 0 && w.sequence().back() == st.opts.eos)
+         || w.generated() >= st.opts.max_tokens || st.pos >= st.opts.max_seq;
+}
+
+/// Starts the next edge step unless one is in flight, the draft window is
+/// full, or everything is drafted (then the verdicts decide what follows).
+void draft_step(self_ptr self) {
+  auto& st = self->state;
+  if (st.finished() || st.computing)
+    return;
+  const auto& w = st.window;
+  if (drafted_all(st) || w.unverified() >= st.opts.max_draft) {
+    if (w.unverified() == 0)
+      return finish(self);  // all final: the context is full
+    if (!st.stalled) {
+      st.stalled = true;
+      st.stalled_since = clock_type::now();
+    }
+    return;
+  }
+  st.computing = true;
+  step(self);
+}
+
+/// The cloud is out of reach: every draft becomes final as it is, and the
+/// response goes on on the edge alone (and resumes if the link comes back).
+void give_up_drafts(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  fmt::print(stderr, "ceco: draft upload failed ({}); {} drafted token(s) stay unverified, "
+                     "continuing on the edge alone\n", describe(err), st.window.unverified());
+  lose_cloud(self, clock_type::now());
+  st.report.degraded_tokens += st.window.unverified();
+  st.report.unverified_tokens += st.window.give_up(int(st.opts.exits.size()) - 1);
+  unstall(self);
+  if (!show_final(self))
+    draft_step(self);
+}
+
+/// A verdict on the draft upload of rows ..last sent at `epoch`.
+void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const verdict& v) {
+  auto& st = self->state;
+  ++st.report.verdicts;
+  st.report.verify_bytes += wire_size(v);
+  upload_settled(self);
+  if (st.finished() || st.degraded() || epoch != st.epoch
+      || v.what() == verdict_outcome::stale)
+    return;  // a verdict on drafts already rolled back (or no longer needed)
+  if (v.what() == verdict_outcome::corrected
+      && (v.position < first || v.position > last || v.epoch != epoch + 1))
+    return give_up_drafts(
+      self, make_error(ceco_errc::bad_position,
+                       fmt::format("the cloud corrected position {} at epoch {}, for an upload "
+                                   "of positions {}..{} at epoch {}", v.position, v.epoch, first,
+                                   last, epoch)));
+  unstall(self);
+  auto& w = st.window;
+  if (v.what() == verdict_outcome::accepted) {
+    st.report.accepted_drafts += w.accept(last + 1);
+  } else {
+    // Every draft before the wrong one stands; from there on the edge
+    // continues from the cloud's token, on position+1.
+    st.report.accepted_drafts += w.accept(v.position);
+    ++st.report.rollbacks;
+    st.report.discarded_tokens += w.correct(v.position + 1, v.token);
+    st.epoch = v.epoch;
+    st.pos = v.position + 1;
+    st.context.truncate(st.pos);
+  }
+  if (!show_final(self))
+    draft_step(self);
+}
+
+/// Sends rows [start, start + split.rows) with the draft of the last row
+/// (-1: nothing to verify); the verdict comes back whenever it is ready.
+void upload_draft(self_ptr self, tensor_blob split, int32_t start, int32_t draft) {
+  auto& st = self->state;
+  const int32_t rows = split.rows;
+  draft_upload m{st.session, st.epoch, start, std::move(split),
+                 std::vector<int32_t>(size_t(rows), -1)};
+  m.drafts.back() = draft;
+  ++st.report.uploads;
+  st.report.uploaded_positions += rows;
+  st.report.verify_bytes += 4 + 4 * int64_t(rows);  // the epoch and the drafts
+  ++st.uploads_in_flight;
+  const int32_t epoch = st.epoch;
+  self->request(st.site.uploader, st.opts.timeout, std::move(m))
+    .then([=](verdict& v) { on_verdict(self, epoch, start, start + rows - 1, v); },
+          [=](caf::error& err) {
+            upload_settled(self);
+            auto& st = self->state;
+            if (!st.finished() && !st.degraded())
+              give_up_drafts(self, err);
+          });
+}
+
+/// The edge layers and the edge's exit heads over the next input; the token
+/// becomes a draft (or final), its row goes up with it, and the next step
+/// starts at once unless the window is full.
+void draft_forward(self_ptr self) {
+  auto& st = self->state;
+  const int32_t start = st.pos;
+  const int32_t epoch = st.epoch;
+  std::vector<int32_t> input(st.window.sequence().begin() + start, st.window.sequence().end());
+  const auto n = int32_t(input.size());
+  // Results computed for a sequence that was rolled back meanwhile are dropped.
+  auto rolled_back = [=] {
+    auto& st = self->state;
+    if (st.finished())
+      return true;
+    if (epoch == st.epoch)
+      return false;
+    st.computing = false;
+    draft_step(self);
+    return true;
+  };
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start,
+                std::move(input))
+    .then(
+      [=](edge_output& out) {
+        auto& st = self->state;
+        st.report.edge_us += out.compute_us;
+        if (rolled_back())
+          return;
+        st.pos = start + n;
+        if (st.site.link)
+          st.context.append(out.split);
+        auto split = std::make_shared<tensor_blob>(std::move(out.split));
+        self->request(st.site.local_evaluator, st.opts.timeout, evaluate_atom::value, st.session,
+                      std::move(out.exit_states))
+          .then(
+            [=](exit_decision& d) {
+              auto& st = self->state;
+              st.report.edge_us += d.compute_us;
+              if (rolled_back())
+                return;
+              const bool confident = d.exit_layer >= 0;
+              const bool lost = st.degraded();
+              const bool verify = !lost && (st.is(strategy::exact) || !confident);
+              const int deepest = int(st.opts.exits.size()) - 1;
+              const int origin = confident ? exit_index_of(st, d.exit_layer)
+                                           : lost ? deepest : draft_window::uncertain;
+              if (lost) {
+                ++st.report.degraded_tokens;
+                if (st.is(strategy::exact) || !confident)
+                  ++st.report.unverified_tokens;
+              }
+              st.window.draft(d.token, origin, verify);
+              if (verify)
+                ++st.report.drafts;
+              if (!lost)
+                upload_draft(self, std::move(*split), start, verify ? d.token : -1);
+              st.computing = false;
+              if (!show_final(self))
+                draft_step(self);
+            },
+            [=](caf::error& err) { finish(self, "exit evaluator: " + describe(err)); });
+      },
+      [=](caf::error& err) { finish(self, "edge layers: " + describe(err)); });
+}
+
 // -- degraded ─▶ resuming ─▶ running -----------------------------------------------
 
 /// Once the link is back: a new cloud session, to which the edge uploads
@@ -349,16 +603,17 @@ void resume(self_ptr self, int64_t epoch) {
         opened(self, id, sent);
         auto& st = self->state;
         st.at = phase::running;
+        st.epoch = 0;  // a new cloud session has had no rollbacks
         ++st.report.resumed;
         fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
                            "collaboratively\n", st.context.rows);
         if (st.context.rows == 0)
-          return forward(self);
-        upload(self, st.context.encode(wire_dtype::f32), 0, [=] { forward(self); });
+          return advance(self);
+        upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
       },
       [=](caf::error&) {  // not yet: stay on the edge
         self->state.at = phase::degraded;
-        forward(self);
+        advance(self);
       });
 }
 
@@ -367,15 +622,15 @@ void resume(self_ptr self, int64_t epoch) {
 void step(self_ptr self) {
   auto& st = self->state;
   if (st.at != phase::degraded || !st.site.link)
-    return forward(self);
+    return advance(self);
   self->request(st.site.link, st.opts.timeout, status_atom::value)
     .then(
       [=](int64_t epoch) {
         if (epoch > self->state.link_epoch)
           return resume(self, epoch);
-        forward(self);
+        advance(self);
       },
-      [=](caf::error&) { forward(self); });
+      [=](caf::error&) { advance(self); });
 }
 
 // -- closing ─▶ reporting --------------------------------------------------------
@@ -405,6 +660,22 @@ void collect_traffic(self_ptr self, size_t i = 0) {
       [=](caf::error&) { deliver(self); });
 }
 
+/// Time to first token and the inter-token latency percentiles.
+void set_latencies(response_report& r, const std::vector<int64_t>& token_us) {
+  if (token_us.empty())
+    return;
+  r.first_token_us = token_us.front();
+  std::vector<int64_t> gaps;
+  for (size_t i = 1; i < token_us.size(); ++i)
+    gaps.push_back(token_us[i] - token_us[i - 1]);
+  if (gaps.empty())
+    return;
+  std::sort(gaps.begin(), gaps.end());
+  auto at = [&](double q) { return gaps[std::min(gaps.size() - 1, size_t(q * double(gaps.size())))]; };
+  r.itl_p50_us = at(0.50);
+  r.itl_p95_us = at(0.95);
+}
+
 void finish(self_ptr self, const std::string& error) {
   auto& st = self->state;
   if (st.finished())
@@ -412,6 +683,8 @@ void finish(self_ptr self, const std::string& error) {
   const bool lost = st.degraded();
   st.at = phase::closing;
   st.report.total_us = us_since(st.started);
+  unstall(self);
+  set_latencies(st.report, st.token_us);
   if (!error.empty())
     st.report.error = error;
   self->send(st.site.layers, close_atom::value, st.edge_id);

@@ -9,6 +9,16 @@
 //   standalone     edge layers ─▶ exit evaluator ─▶ token (the deepest exit when none fires)
 //   collaborative  edge layers ─▶ uploader (async) ─▶ exit evaluator ─▶ token if an exit
 //                  fires, else infer_request(pos) ─▶ cloud token
+//   speculative    edge layers ─▶ exit evaluator ─▶ token (a confident exit's is final, an
+//                  uncertain one is a draft) ─▶ draft_upload (async, the draft rides on its
+//                  row) ─▶ next token at once; a verdict confirms the draft, or corrects it
+//                  and the edge rolls back to it: collaborative's tokens without its stalls
+//   exact          the same, but every token is a draft: the cloud strategy's tokens
+//
+// Speculative and exact wait only when policy.max_draft tokens are not yet
+// final, and at the end for the last verdicts. Every draft upload carries
+// the session's epoch (rollbacks so far); verdicts and edge results of an
+// older epoch are dropped.
 //
 // The session moves through explicit phases:
 //
@@ -43,9 +53,11 @@ struct edge_site {
 
 /// The strategy of a response; settings name it (policy.mode), the session
 /// driver works with the enum.
-enum class strategy { cloud, naive, standalone, collaborative };
+enum class strategy { cloud, naive, standalone, collaborative, speculative, exact };
 
-/// "cloud", "naive", "standalone" or "collaborative"; nullopt for anything else.
+/// Every strategy's name, in the order of the enum.
+const std::vector<std::string>& strategy_names();
+/// "cloud", "naive", ..., "exact"; nullopt for anything else.
 std::optional<strategy> parse_strategy(std::string_view name);
 const char* to_string(strategy s);
 
@@ -56,7 +68,8 @@ struct edge_session_options {
   int32_t eos = 2;
   int max_seq = 0;            // the model's context
   std::vector<int> exits;     // exit layers, ascending
-  bool sync_upload = false;   // wait for each upload's ack before going on
+  bool sync_upload = false;   // collaborative: wait for each upload's ack before going on
+  int max_draft = 16;         // speculative, exact: most tokens not yet final
   std::chrono::milliseconds timeout{30'000};  // per cloud request
 };
 

@@ -69,6 +69,7 @@ struct request_visitor {
                   open_atom::value);
   }
   void operator()(upload_msg& m) { ask<int32_t>(self, conn, rid, std::move(m)); }
+  void operator()(draft_upload& m) { ask<verdict>(self, conn, rid, std::move(m)); }
   void operator()(infer_request& r) { ask<infer_reply>(self, conn, rid, r); }
   void operator()(naive_request& r) { ask<infer_reply>(self, conn, rid, std::move(r)); }
   void operator()(generate_request& r) { ask<generate_reply>(self, conn, rid, std::move(r)); }

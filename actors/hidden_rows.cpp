@@ -27,6 +27,13 @@ void hidden_rows::append(const tensor_blob& b) {
   cols = b.cols;
 }
 
+void hidden_rows::truncate(int32_t n) {
+  if (n >= rows)
+    return;
+  rows = std::max(n, 0);
+  data.resize(size_t(rows) * size_t(cols));
+}
+
 tensor_blob hidden_rows::encode(wire_dtype dtype) const {
   return make_blob(data.data(), rows, cols, dtype);
 }

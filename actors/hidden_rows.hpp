@@ -34,6 +34,8 @@ struct hidden_rows {
 
   /// Appends the rows of a checked blob (any dtype) with the same width.
   void append(const tensor_blob& b);
+  /// Keeps the first `n` rows (a rollback).
+  void truncate(int32_t n);
   /// These rows as a blob of `dtype` (f16 rounds to nearest even).
   tensor_blob encode(wire_dtype dtype) const;
 };

@@ -150,6 +150,7 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
     [=](hello_msg& h) { return relay<hello_msg>(self, 0, std::move(h)); },
     [=](open_atom a) { return relay<uint64_t>(self, 0, a); },
     [=](upload_msg& m) { return relay<int32_t>(self, m.session, std::move(m)); },
+    [=](draft_upload& m) { return relay<verdict>(self, m.session, std::move(m)); },
     [=](infer_request& r) { return relay<infer_reply>(self, r.session, r); },
     [=](naive_request& r) { return relay<infer_reply>(self, r.session, std::move(r)); },
     [=](generate_request& r) { return relay<generate_reply>(self, r.session, std::move(r)); },

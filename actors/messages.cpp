@@ -143,6 +143,8 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<int32_t>>("ceco_ids");
   cfg.add_message_type<tensor_blob>("tensor_blob");
   cfg.add_message_type<upload_msg>("upload_msg");
+  cfg.add_message_type<draft_upload>("draft_upload");
+  cfg.add_message_type<verdict>("verdict");
   cfg.add_message_type<infer_request>("infer_request");
   cfg.add_message_type<infer_reply>("infer_reply");
   cfg.add_message_type<naive_request>("naive_request");

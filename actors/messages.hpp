@@ -18,6 +18,7 @@
 // | hello_msg                    | edge → cloud front      | hello_msg (the cloud's)|
 // | (evaluate_atom, session, exit states) | edge → exit evaluator placed on the cloud | exit_decision |
 // | (upload_atom, session, start, states) | edge → uploader placed on the cloud | int32 |
+// | draft_upload                 | uploader → context mgr  | verdict, once computed |
 //
 // A deployment starts with hello: protocol version, model fingerprint,
 // split, exits, where the movable actors run (and, for those on the cloud,
@@ -30,6 +31,14 @@
 // the context manager until they are in and caught up. Positions are always
 // explicit (upload_msg::start); a re-sent position is ignored, a gap is
 // refused with an error and never computed over.
+//
+// Speculative and exact responses upload draft_uploads instead: each row
+// carries the token the edge chose after that position when the cloud is to
+// verify it, and the session's epoch (its rollbacks so far). The reply comes
+// once the cloud layers computed those rows: accepted, corrected (the first
+// row whose draft the full model disagrees with, and its token: the cloud
+// session is cut back to that row and its epoch goes up), or stale (sent
+// before a rollback; dropped, never computed over).
 //
 // Tensors cross sites as tensor_blob bytes (never vectors of floats: CAF
 // serialises byte vectors with one memcpy).
@@ -57,6 +66,7 @@ using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
 using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
 using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using status_atom = caf::atom_constant<caf::atom("status")>;
+using get_atom = caf::atom_constant<caf::atom("get")>;
 
 // -- errors -------------------------------------------------------------------
 
@@ -75,7 +85,7 @@ enum class ceco_errc : uint8_t {
 };
 
 /// Version of the edge-cloud protocol; a hello with another is refused.
-constexpr uint32_t protocol_version = 2;
+constexpr uint32_t protocol_version = 3;
 
 caf::error make_error(ceco_errc code, std::string what);
 /// Whether `err` is the ceco error `code`.
@@ -124,6 +134,36 @@ struct infer_request {
 struct infer_reply {
   int32_t token = 0;
   int64_t cloud_us = 0;  // time the request spent in the cloud
+};
+
+/// Split-layer states of positions [start, start + states.rows) of a
+/// speculative or exact response, with what the cloud is to verify:
+/// drafts[i] is the token the edge chose after position start + i, or -1
+/// when that token is not the cloud's to check (a prompt position, or a
+/// confident exit in speculative mode).
+struct draft_upload {
+  uint64_t session = 0;
+  int32_t epoch = 0;  // the session's rollbacks the edge knew of when it sent this
+  int32_t start = 0;
+  tensor_blob states;
+  std::vector<int32_t> drafts;  // one per row
+};
+
+enum class verdict_outcome : uint8_t {
+  accepted = 0,   // every draft of the upload equals the full model's token
+  corrected = 1,  // the draft after `position` differs: the cloud's is `token`
+  stale = 2,      // sent before a rollback the edge had not heard of: dropped
+};
+
+/// The cloud's answer to a draft_upload, once its rows are computed.
+struct verdict {
+  uint8_t outcome = uint8_t(verdict_outcome::accepted);
+  int32_t epoch = 0;      // the session's epoch after this verdict
+  int32_t position = -1;  // corrected: the row whose draft was wrong
+  int32_t token = 0;      // corrected: the full model's token after it
+  int64_t cloud_us = 0;   // from arrival to verdict
+
+  verdict_outcome what() const { return verdict_outcome(outcome); }
 };
 
 /// Naive split: the whole sequence's split-layer states, fp32, every step;
@@ -214,6 +254,18 @@ struct response_report {
   int64_t cloud_us = 0;
   int64_t comm_us = 0;
   int64_t total_us = 0;
+  // Streaming: when each token became final (the user sees it), from the start.
+  int64_t first_token_us = -1;         // time to first token; -1 = none
+  int64_t itl_p50_us = 0;              // inter-token latency, median
+  int64_t itl_p95_us = 0;
+  // Speculative and exact (design notes §8):
+  int32_t drafts = 0;                  // tokens sent to the cloud to verify
+  int32_t accepted_drafts = 0;         // of those, the full model agreed
+  int32_t rollbacks = 0;               // corrections received
+  int32_t discarded_tokens = 0;        // edge tokens computed and thrown away by rollbacks
+  int32_t unverified_tokens = 0;       // exact: final tokens the cloud never verified (lost)
+  int32_t verdicts = 0;                // verdict messages received
+  int64_t verify_bytes = 0;            // draft ids and epochs up, verdicts down
   std::string error;                   // empty on success
 };
 
@@ -232,6 +284,14 @@ typename Inspector::result_type inspect(Inspector& f, infer_request& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, infer_reply& x) {
   return f(caf::meta::type_name("infer_reply"), x.token, x.cloud_us);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, draft_upload& x) {
+  return f(caf::meta::type_name("draft_upload"), x.session, x.epoch, x.start, x.states, x.drafts);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, verdict& x) {
+  return f(caf::meta::type_name("verdict"), x.outcome, x.epoch, x.position, x.token, x.cloud_us);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, naive_request& x) {
@@ -274,8 +334,9 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, response_report& x) {
   return f(caf::meta::type_name("response_report"), x.mode, x.prompt, x.tokens, x.exit_layers,
            x.exit_counts, x.cloud_tokens, x.degraded_tokens, x.resumed, x.cloud_requests, x.uploads,
-           x.uploaded_positions,
-           x.traffic, x.edge_us, x.cloud_us, x.comm_us, x.total_us, x.error);
+           x.uploaded_positions, x.traffic, x.edge_us, x.cloud_us, x.comm_us, x.total_us,
+           x.first_token_us, x.itl_p50_us, x.itl_p95_us, x.drafts, x.accepted_drafts, x.rollbacks,
+           x.discarded_tokens, x.unverified_tokens, x.verdicts, x.verify_bytes, x.error);
 }
 
 /// Bytes of `x` as CAF's binary serialiser writes it: what a link counts.
@@ -328,6 +389,7 @@ using cloud_api = caf::typed_actor<
   caf::replies_to<hello_msg>::with<hello_msg>,
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
+  caf::replies_to<draft_upload>::with<verdict>,
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
@@ -361,9 +423,13 @@ struct cloud_stats {
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.
 /// (stats_atom) -> cloud_stats; (sweep_atom, n) expires idle sessions: its
 /// own timer, numbered, so a sweep message from anywhere else changes nothing.
+/// (get_atom, session) -> the session's cloud context, for tests and
+/// diagnostics in the cloud's process (the front never forwards it).
 using context_manager_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
+  caf::replies_to<draft_upload>::with<verdict>,
+  caf::replies_to<get_atom, uint64_t>::with<cloud_context_ptr>,
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<close_atom, uint64_t>::with<session_summary>,
   caf::replies_to<stats_atom>::with<cloud_stats>,
@@ -390,13 +456,15 @@ using exit_evaluator_actor = caf::typed_actor<
   caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>>;
 
 /// Where uploads go: the context manager, or a cloud front / link to it.
-using upload_sink = caf::typed_actor<caf::replies_to<upload_msg>::with<int32_t>>;
+using upload_sink = caf::typed_actor<caf::replies_to<upload_msg>::with<int32_t>,
+                                     caf::replies_to<draft_upload>::with<verdict>>;
 
 /// Sends split-layer states to the cloud in the configured dtype; replies
 /// once the cloud acknowledged them (a caller that does not wait is never
-/// held up).
+/// held up); a draft_upload (f32 states) likewise, answered by its verdict.
 using uploader_actor = caf::typed_actor<
-  caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>>;
+  caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>,
+  caf::replies_to<draft_upload>::with<verdict>>;
 
 /// One response: runs the token loop of its strategy and reports.
 using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>>;

@@ -101,6 +101,7 @@ caf::behavior remote_front_fn(self_ptr self, std::shared_ptr<wire::client> clien
     [=](hello_msg& h) { return forward<hello_msg>(self, std::move(h)); },
     [=](open_atom a) { return forward<uint64_t>(self, a); },
     [=](upload_msg& m) { return forward<int32_t>(self, std::move(m)); },
+    [=](draft_upload& m) { return forward<verdict>(self, std::move(m)); },
     [=](infer_request& r) { return forward<infer_reply>(self, r); },
     [=](naive_request& r) { return forward<infer_reply>(self, std::move(r)); },
     [=](generate_request& r) { return forward<generate_reply>(self, std::move(r)); },

@@ -36,6 +36,17 @@ uploader_actor::behavior_type uploader_fn(uploader_actor::stateful_pointer<uploa
               [=](caf::error& err) mutable { rp.deliver(err); });
       return rp;
     },
+    [=](draft_upload& msg) -> caf::result<verdict> {
+      auto& st = self->state;
+      if (auto bad = msg.states.check(0); !bad.empty())
+        return make_error(ceco_errc::bad_tensor, "draft upload: " + bad);
+      msg.states = transcode(std::move(msg.states), st.dtype, st.rows);
+      auto rp = self->make_response_promise<verdict>();
+      self->request(st.cloud, st.timeout, std::move(msg))
+        .then([=](verdict& v) mutable { rp.deliver(v); },
+              [=](caf::error& err) mutable { rp.deliver(err); });
+      return rp;
+    },
   };
 }
 
@@ -44,6 +55,11 @@ uploader_actor::behavior_type remote_uploader_fn(uploader_actor::pointer self, c
     [=](upload_atom a, uint64_t session, int32_t start,
         tensor_blob& states) -> caf::result<int32_t> {
       return self->delegate(cloud, a, session, start, std::move(states));
+    },
+    [=](draft_upload&) -> caf::result<verdict> {
+      return make_error(ceco_errc::not_placed_here,
+                        "speculative and exact responses draft on the edge: they need "
+                        "placement.uploader = \"edge\"");
     },
   };
 }

@@ -10,6 +10,7 @@ wire::message request_frame(hello_msg h) {
 }
 wire::message request_frame(open_atom) { return wire::open_session{}; }
 wire::message request_frame(upload_msg m) { return m; }
+wire::message request_frame(draft_upload m) { return m; }
 wire::message request_frame(infer_request r) { return r; }
 wire::message request_frame(naive_request r) { return r; }
 wire::message request_frame(generate_request r) { return r; }
@@ -28,6 +29,7 @@ wire::message reply_frame(hello_msg h) {
 wire::message reply_frame(uint64_t session) { return wire::open_reply{session}; }
 wire::message reply_frame(int32_t positions) { return wire::positions_reply{positions}; }
 wire::message reply_frame(infer_reply r) { return r; }
+wire::message reply_frame(verdict v) { return v; }
 wire::message reply_frame(generate_reply r) { return r; }
 wire::message reply_frame(session_summary s) { return s; }
 wire::message reply_frame(exit_decision d) { return d; }
@@ -67,6 +69,7 @@ template <> struct reply_frame_of<hello_msg> { using type = wire::hello_reply; }
 template <> struct reply_frame_of<uint64_t> { using type = wire::open_reply; };
 template <> struct reply_frame_of<int32_t> { using type = wire::positions_reply; };
 template <> struct reply_frame_of<infer_reply> { using type = infer_reply; };
+template <> struct reply_frame_of<verdict> { using type = verdict; };
 template <> struct reply_frame_of<generate_reply> { using type = generate_reply; };
 template <> struct reply_frame_of<session_summary> { using type = session_summary; };
 template <> struct reply_frame_of<exit_decision> { using type = exit_decision; };
@@ -98,6 +101,7 @@ template caf::expected<hello_msg> reply_of<hello_msg>(wire::result<wire::message
 template caf::expected<uint64_t> reply_of<uint64_t>(wire::result<wire::message>&&);
 template caf::expected<int32_t> reply_of<int32_t>(wire::result<wire::message>&&);
 template caf::expected<infer_reply> reply_of<infer_reply>(wire::result<wire::message>&&);
+template caf::expected<verdict> reply_of<verdict>(wire::result<wire::message>&&);
 template caf::expected<generate_reply> reply_of<generate_reply>(wire::result<wire::message>&&);
 template caf::expected<session_summary> reply_of<session_summary>(wire::result<wire::message>&&);
 template caf::expected<exit_decision> reply_of<exit_decision>(wire::result<wire::message>&&);

@@ -17,6 +17,7 @@ namespace ceco {
 wire::message request_frame(hello_msg h);  // the secret is dropped: the handshake proves it
 wire::message request_frame(open_atom);
 wire::message request_frame(upload_msg m);
+wire::message request_frame(draft_upload m);
 wire::message request_frame(infer_request r);
 wire::message request_frame(naive_request r);
 wire::message request_frame(generate_request r);
@@ -30,6 +31,7 @@ wire::message reply_frame(hello_msg h);
 wire::message reply_frame(uint64_t session);   // to open
 wire::message reply_frame(int32_t positions);  // to upload and upload_states
 wire::message reply_frame(infer_reply r);
+wire::message reply_frame(verdict v);
 wire::message reply_frame(generate_reply r);
 wire::message reply_frame(session_summary s);
 wire::message reply_frame(exit_decision d);

@@ -6,7 +6,7 @@ namespace ceco::app {
 
 int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
                          int64_t dtype_bytes) {
-  if (mode == "collaborative")
+  if (mode == "collaborative" || mode == "speculative" || mode == "exact")
     return n > 0 ? (p + n - 1) * d * dtype_bytes : 0;  // the last token's state is never needed
   if (mode == "naive") {
     int64_t total = 0;
@@ -49,6 +49,19 @@ nlohmann::json report_json(const response_report& x, const std::string& prompt,
   j["cloud_ms"] = double(x.cloud_us) / 1000.0;
   j["comm_ms"] = double(x.comm_us) / 1000.0;
   j["total_ms"] = double(x.total_us) / 1000.0;
+  j["ttft_ms"] = x.first_token_us >= 0 ? nlohmann::json(double(x.first_token_us) / 1000.0)
+                                       : nlohmann::json(nullptr);
+  j["itl_p50_ms"] = double(x.itl_p50_us) / 1000.0;
+  j["itl_p95_ms"] = double(x.itl_p95_us) / 1000.0;
+  if (x.mode == "speculative" || x.mode == "exact") {
+    j["drafts"] = x.drafts;
+    j["accepted_drafts"] = x.accepted_drafts;
+    j["rollbacks"] = x.rollbacks;
+    j["discarded_tokens"] = x.discarded_tokens;
+    j["unverified_tokens"] = x.unverified_tokens;
+    j["verdicts"] = x.verdicts;
+    j["verify_bytes"] = x.verify_bytes;
+  }
   if (!x.error.empty())
     j["error"] = x.error;
   return j;

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "actors/edge_session.hpp"
 #include "actors/network.hpp"
 #include "actors/reconnect.hpp"
 #include "apps/commands.hpp"
@@ -20,7 +21,6 @@ namespace ceco::app {
 
 namespace {
 
-const std::vector<std::string> all_modes = {"cloud", "naive", "standalone", "collaborative"};
 
 std::vector<std::string> read_prompts(const std::string& path) {
   std::ifstream in(path);
@@ -44,12 +44,13 @@ struct row {
 };
 
 void print_table(const std::vector<row>& rows, const std::vector<std::string>& modes) {
-  fmt::print("\n{:<14} {:>7} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n", "mode",
-             "tokens", "cloud req", "bytes up", "bytes down", "edge ms", "cloud ms", "comm ms",
-             "total ms", "agree", "tokens per exit");
+  fmt::print("\n{:<14} {:>7} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} "
+             "{:>8}  {}\n", "mode", "tokens", "cloud req", "bytes up", "bytes down", "edge ms",
+             "cloud ms", "comm ms", "total ms", "ttft ms", "itl p50", "rollback", "agree",
+             "tokens per exit");
   for (auto& mode : modes) {
     double n = 0, tokens = 0, cloud = 0, up = 0, down = 0, edge = 0, cl = 0, comm = 0, total = 0,
-           agree = 0, agree_n = 0;
+           agree = 0, agree_n = 0, ttft = 0, itl = 0, rollbacks = 0;
     std::map<std::string, double> exits;
     for (auto& r : rows) {
       const auto& x = *r.report;
@@ -64,6 +65,9 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
       cl += double(x.cloud_us) / 1000.0;
       comm += double(x.comm_us) / 1000.0;
       total += double(x.total_us) / 1000.0;
+      ttft += double(std::max<int64_t>(x.first_token_us, 0)) / 1000.0;
+      itl += double(x.itl_p50_us) / 1000.0;
+      rollbacks += x.rollbacks;
       if (r.agreement >= 0) {
         agree += r.agreement;
         ++agree_n;
@@ -78,13 +82,15 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
     for (auto& [k, v] : exits)
       if (v > 0)
         per_exit += fmt::format("{}:{:.0f} ", k, v);
-    fmt::print("{:<14} {:>7.1f} {:>8.1f}% {:>11.0f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>8}  {}\n",
+    fmt::print("{:<14} {:>7.1f} {:>8.1f}% {:>11.0f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} "
+               "{:>8.2f} {:>8.3f} {:>8.1f} {:>8}  {}\n",
                mode, tokens / n, tokens > 0 ? 100.0 * cloud / tokens : 0.0, up / n, down / n,
-               edge / n, cl / n, comm / n, total / n,
+               edge / n, cl / n, comm / n, total / n, ttft / n, itl / n, rollbacks / n,
                agree_n > 0 ? fmt::format("{:.1f}%", 100.0 * agree / agree_n) : "-", per_exit);
   }
-  fmt::print("(means per response over {} response(s) per mode; agree = token agreement with "
-             "the cloud strategy)\n",
+  fmt::print("(means per response over {} response(s) per mode; ttft = time to first token, "
+             "itl p50 = median time between tokens, rollback = drafts the cloud corrected; agree = "
+             "token agreement with the cloud strategy)\n",
              rows.size() / std::max<size_t>(1, modes.size()));
 }
 
@@ -97,7 +103,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
     s.generation.max_tokens = a.max_tokens;
   std::vector<std::string> modes;
   if (a.mode == "all")
-    modes = all_modes;
+    modes = strategy_names();
   else if (!a.mode.empty())
     apply_override(s, "policy.mode=" + a.mode), modes = {s.policy.mode};
   else
@@ -214,8 +220,11 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
   for (auto& r : rows) {
     fmt::print("[{}] {}{}\n", r.report->mode, r.prompt, r.text);
     if (r.report->degraded_tokens > 0)
-      fmt::print("  ({} tokens produced on the edge alone after the cloud was lost{})\n",
+      fmt::print("  ({} tokens produced on the edge alone after the cloud was lost{}{})\n",
                  r.report->degraded_tokens,
+                 r.report->unverified_tokens > 0
+                   ? fmt::format(", {} of them never verified", r.report->unverified_tokens)
+                   : std::string(),
                  r.report->resumed > 0
                    ? fmt::format("; resumed with the cloud {} time(s)", r.report->resumed)
                    : std::string());
@@ -251,10 +260,13 @@ void add_session_options(CLI::App* cmd, const std::shared_ptr<session_args>& a) 
   cmd->add_option("--set", a->sets,
                   "override one setting, e.g. --set policy.threshold=0.9 (repeatable)")
     ->take_all()->allow_extra_args(false);
+  auto modes = strategy_names();
+  modes.push_back("all");
   cmd->add_option("--mode", a->mode,
-                  "cloud, naive, standalone, collaborative, or all to compare them side by side "
-                  "(default: policy.mode)")
-    ->check(CLI::IsMember({"cloud", "naive", "standalone", "collaborative", "all"}));
+                  "cloud, naive, standalone, collaborative, speculative (collaborative's tokens "
+                  "without waiting on the cloud), exact (the cloud's tokens, verified), or all to "
+                  "compare them side by side (default: policy.mode)")
+    ->check(CLI::IsMember(modes));
   auto* prompt = cmd->add_option("--prompt", a->prompt, "prompt text (default: generation.prompt)");
   cmd->add_option("--prompts", a->prompts_file, "file with one prompt per line")->excludes(prompt);
   cmd->add_option("--max-tokens", a->max_tokens,

@@ -253,6 +253,8 @@ std::vector<std::string> profile_names() {
 #define CECO_REF(T, member) [](settings& s) -> T& { return s.member; }
 
 const std::vector<key_spec>& schema() {
+  static const std::vector<std::string> strategy_keys = {
+    "cloud", "naive", "standalone", "collaborative", "speculative", "exact"};
   static const std::vector<key_spec> keys = {
     string_key("model.path", {}, CECO_REF(std::string, model.path)),
     string_key("model.tokenizer", {}, CECO_REF(std::string, model.tokenizer)),
@@ -260,8 +262,8 @@ const std::vector<key_spec>& schema() {
     string_key("model.exit_heads", {}, CECO_REF(std::string, model.exit_heads)),
     string_key("model.device", {}, CECO_REF(std::string, model.device)),
     int_key("split.layer", 1, max_layers, CECO_REF(int, split.layer)),
-    string_key("policy.mode", {"cloud", "naive", "standalone", "collaborative"},
-               CECO_REF(std::string, policy.mode)),
+    string_key("policy.mode", strategy_keys, CECO_REF(std::string, policy.mode)),
+    int_key("policy.max_draft", 1, 256, CECO_REF(int, policy.max_draft)),
     float_key("policy.threshold", 0.0, 1000.0, CECO_REF(double, policy.threshold)),
     int_key("policy.min_exit_layer", 0, max_layers, CECO_REF(int, policy.min_exit_layer)),
     string_key("upload.dtype", {"f16", "f32"}, CECO_REF(std::string, upload.dtype)),
@@ -302,7 +304,7 @@ const std::vector<key_spec>& schema() {
                CECO_REF(std::string, experiment.format)),
     int_key("experiment.samples", 1, 10'000'000, CECO_REF(int, experiment.samples)),
     int_key("experiment.seed", 0, int_max, CECO_REF(int, experiment.seed)),
-    string_list_key("experiment.strategies", {"cloud", "naive", "standalone", "collaborative"},
+    string_list_key("experiment.strategies", strategy_keys,
                     CECO_REF(std::vector<std::string>, experiment.strategies)),
     int_key("experiment.repetitions", 1, 10'000, CECO_REF(int, experiment.repetitions)),
     float_list_key("sweep.threshold", 0.0, 1000.0, CECO_REF(std::vector<double>, sweep.threshold)),
@@ -471,7 +473,7 @@ void check_against_model(const settings& s, const model_config& cfg) {
       throw config_error(fmt::format(
         "model.exits has an exit after layer {}, past split.layer = {} (exits run on the edge)",
         e, s.split.layer));
-  bool needs_exits = s.policy.mode == "standalone" || s.policy.mode == "collaborative";
+  bool needs_exits = s.policy.mode != "cloud" && s.policy.mode != "naive";
   if (needs_exits && s.model.exits.empty())
     throw config_error(fmt::format("model.exits is empty, but policy.mode = \"{}\" needs exits",
                                    s.policy.mode));

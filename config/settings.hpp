@@ -31,9 +31,11 @@ struct settings {
     int layer = 3;  // layers the edge runs
   } split;
   struct {
-    std::string mode = "collaborative";  // cloud | naive | standalone | collaborative
+    std::string mode = "collaborative";  // cloud | naive | standalone | collaborative |
+                                         // speculative | exact
     double threshold = 0.8;
     int min_exit_layer = 1;
+    int max_draft = 16;  // speculative, exact: most tokens ahead of the cloud's verdicts
   } policy;
   struct {
     std::string dtype = "f16";   // f16 | f32

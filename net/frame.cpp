@@ -281,6 +281,22 @@ template <class F> void fields(F& f, upload_states& x) {
   f.i32("start", x.start, 0, f.lim.context - 1);
   f.blob("states", x.states, 0, int64_t(f.lim.context) - x.start, f.lim.width);
 }
+template <class F> void fields(F& f, draft_upload& x) {
+  f.u64("session", x.session);
+  f.i32("epoch", x.epoch, 0, f.lim.context);  // each rollback adds a final token
+  f.i32("start", x.start, 0, f.lim.context - 1);
+  f.blob("states", x.states, 1, int64_t(f.lim.context) - x.start, f.lim.width);
+  // One draft per row: the largest frame has as many as the context.
+  const int64_t rows = std::is_same_v<F, sizer> ? int64_t(f.lim.context) : int64_t(x.states.rows);
+  f.vec("drafts", x.drafts, rows, rows, -1, f.lim.vocab - 1);
+}
+template <class F> void fields(F& f, verdict& x) {
+  f.u8("outcome", x.outcome, 0, 2);
+  f.i32("epoch", x.epoch, 0, f.lim.context);
+  f.i32("position", x.position, -1, f.lim.context - 1);
+  f.i32("token", x.token, 0, f.lim.vocab - 1);
+  f.i64("cloud_us", x.cloud_us, 0, max_us);
+}
 template <class F> void fields(F& f, ping& x) { f.u64("stamp", x.stamp); }
 template <class F> void fields(F& f, pong& x) { f.u64("stamp", x.stamp); }
 template <class F> void fields(F& f, error_frame& x) {
@@ -323,7 +339,8 @@ const char* to_string(frame_type t) {
                                 "positions_reply", "infer_request", "infer_reply",
                                 "naive_request", "generate_request", "generate_reply",
                                 "close_session", "session_summary", "evaluate_request",
-                                "exit_decision", "upload_states", "ping", "pong", "error"};
+                                "exit_decision", "upload_states", "ping", "pong", "error",
+                                "draft_upload", "verdict"};
   static_assert(sizeof(names) / sizeof(names[0]) == frame_type_count);
   auto i = size_t(t);
   return i >= 1 && i <= frame_type_count ? names[i - 1] : "unknown";
@@ -340,6 +357,7 @@ bool is_request(frame_type t) {
     case frame_type::close_session:
     case frame_type::evaluate_request:
     case frame_type::upload_states:
+    case frame_type::draft_upload:
     case frame_type::ping:
       return true;
     default:

@@ -100,7 +100,8 @@ using message = std::variant<auth_challenge, auth_response, auth_ok, hello_msg, 
                              open_session, open_reply, upload_msg, positions_reply,
                              infer_request, infer_reply, naive_request, generate_request,
                              generate_reply, close_session, session_summary, evaluate_request,
-                             exit_decision, upload_states, ping, pong, error_frame>;
+                             exit_decision, upload_states, ping, pong, error_frame,
+                             draft_upload, verdict>;
 
 enum class frame_type : uint16_t {
   auth_challenge = 1,
@@ -125,9 +126,11 @@ enum class frame_type : uint16_t {
   ping,
   pong,
   error,
+  draft_upload,  // speculative and exact uploads (protocol 3)
+  verdict,
 };
 constexpr uint16_t frame_type_count = std::variant_size_v<message>;
-static_assert(uint16_t(frame_type::error) == frame_type_count);
+static_assert(uint16_t(frame_type::verdict) == frame_type_count);
 
 const char* to_string(frame_type t);
 inline frame_type type_of(const message& m) { return frame_type(m.index() + 1); }

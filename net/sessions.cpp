@@ -9,7 +9,7 @@ std::optional<uint64_t> session_of(const message& request) {
       if constexpr (std::is_same_v<T, upload_msg> || std::is_same_v<T, infer_request> ||
                     std::is_same_v<T, naive_request> || std::is_same_v<T, generate_request> ||
                     std::is_same_v<T, close_session> || std::is_same_v<T, evaluate_request> ||
-                    std::is_same_v<T, upload_states>)
+                    std::is_same_v<T, upload_states> || std::is_same_v<T, draft_upload>)
         return m.session;
       else
         return std::nullopt;

@@ -120,7 +120,8 @@ TEST_CASE("ceco sim --mode all --json prints one object per strategy with the do
     CHECK(j["n_generated"] == 12);
     CHECK(j["exits"].contains("cloud"));
   }
-  CHECK(modes == std::vector<std::string>{"cloud", "naive", "standalone", "collaborative"});
+  CHECK(modes == std::vector<std::string>{"cloud", "naive", "standalone", "collaborative",
+                                          "speculative", "exact"});
   auto many = run_ceco("sim --mode collaborative --sessions 3 --max-tokens 8 --json --set link.latency_ms=0");
   REQUIRE(many.status == 0);
   int sessions = 0;

@@ -166,14 +166,14 @@ std::string port_arg(const cloud_process& c) {
 
 } // namespace
 
-TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cloud's tokens") {
+TEST_CASE("two nodes over loopback: collaborative, speculative and exact above threshold 1 give the cloud's tokens") {
   cloud_process cloud("--set cloud.port=0");
   REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
   auto r = run_edge("--prompt 'Once upon a time' --set policy.threshold=1.5 --set upload.dtype=f32 --set link.latency_ms=0 "
                     "--max-tokens 40 --mode all --json" + port_arg(cloud));
   REQUIRE(r.status == 0);
   auto lines = json_lines(r.out);
-  REQUIRE(lines.size() == 4);
+  REQUIRE(lines.size() == 6);
   for (auto& j : lines) {
     CAPTURE(j["mode"]);
     if (j["mode"] == "standalone")
@@ -187,6 +187,15 @@ TEST_CASE("two nodes over loopback: collaborative above threshold 1 gives the cl
     const int64_t messages = j["messages_up"], requests = j["cloud_requests"];
     if (j["mode"] == "collaborative")
       CHECK(up == formula + 16 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
+    else if (j["mode"] == "speculative" || j["mode"] == "exact") {
+      // A draft upload is an upload frame plus the epoch and one draft per
+      // row (README, "Bytes on the wire"); rollbacks upload positions again.
+      const int64_t uploads = j["uploads"], positions = j["uploaded_positions"];
+      const int64_t row_bytes = formula / (j["n_prompt"].get<int64_t>() + 40 - 1);
+      CHECK(uploads == messages - 2);
+      CHECK(j["verdicts"] == uploads);
+      CHECK(up == 16 + 24 + 45 * uploads + (row_bytes + 4) * positions);
+    }
     else if (j["mode"] == "naive")
       CHECK(up == formula + 16 + 24 + 33 * (messages - 2));
     else

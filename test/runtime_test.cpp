@@ -470,6 +470,12 @@ TEST_CASE("every cross-site message round-trips through CAF's binary serialiser"
   CHECK(u.session == 0x1234567890abcdefULL);
   CHECK(u.start == 17);
   CHECK(u.states == blob16);
+  auto du = round_trip(draft_upload{5, 2, 17, blob16, {-1, 431}});
+  CHECK((du.session == 5 && du.epoch == 2 && du.start == 17 && du.states == blob16
+         && du.drafts == std::vector<int32_t>{-1, 431}));
+  auto v = round_trip(verdict{uint8_t(verdict_outcome::corrected), 3, 20, 431, 55});
+  CHECK((v.what() == verdict_outcome::corrected && v.epoch == 3 && v.position == 20
+         && v.token == 431 && v.cloud_us == 55));
   auto q = round_trip(infer_request{42, 99});
   CHECK((q.session == 42 && q.pos == 99));
   auto a = round_trip(infer_reply{431, 1234});

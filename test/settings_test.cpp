@@ -50,7 +50,7 @@ TEST_CASE("unknown keys, wrong types and impossible values are rejected with key
   CHECK(contains(err("[policy]\nthreshold = \"high\"\n"), "policy.threshold must be a number, got \"high\""));
   CHECK(contains(err("[policy]\nthreshold = -0.5\n"), "policy.threshold must be a number >= 0, got -0.5"));
   CHECK(contains(err("[split]\nlayer = 2.5\n"), "split.layer must be an integer, got 2.5"));
-  CHECK(contains(err("[policy]\nmode = \"fast\"\n"), "policy.mode must be one of \"cloud\", \"naive\", \"standalone\", \"collaborative\", got \"fast\""));
+  CHECK(contains(err("[policy]\nmode = \"fast\"\n"), "policy.mode must be one of \"cloud\", \"naive\", \"standalone\", \"collaborative\", \"speculative\", \"exact\", got \"fast\""));
   CHECK(contains(err("[model]\nexits = [3, 2]\n"), "model.exits must be strictly ascending, got [3, 2]"));
   CHECK(contains(err("[model]\npath = \"missing.gguf\"\n"), "model.path: no such file or folder"));
   CHECK(contains(err("[session]\nttl_s = 0\n"), "session.ttl_s must be a number > 0, got 0"));

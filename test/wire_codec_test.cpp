@@ -83,7 +83,9 @@ std::vector<message> samples() {
           upload_states{42, 0, blob(1, 16, wire_dtype::f32, 4)},
           ping{7},
           pong{7},
-          error_frame{uint8_t(ceco_errc::unknown_session), "session 42 is not open"}};
+          error_frame{uint8_t(ceco_errc::unknown_session), "session 42 is not open"},
+          draft_upload{42, 3, 7, blob(2, 16, wire_dtype::f16, 5), {-1, 63}},
+          verdict{uint8_t(verdict_outcome::corrected), 4, 8, 17, 321}};
 }
 
 std::vector<uint8_t> bytes_of(const message& m, uint32_t request_id = 9) {
@@ -173,9 +175,9 @@ TEST_CASE("wire: headers are refused before the payload is read") {
   CHECK(contains(decode_error(bad), "frame version: expected 1, got 9"));
   bad = good;
   bad[6] = 0;
-  CHECK(contains(decode_error(bad), "frame type: expected 1..22, got 0"));
+  CHECK(contains(decode_error(bad), "frame type: expected 1..24, got 0"));
   bad[6] = 99;
-  CHECK(contains(decode_error(bad), "frame type: expected 1..22, got 99"));
+  CHECK(contains(decode_error(bad), "frame type: expected 1..24, got 99"));
   // An oversized length is refused from the header alone, per type.
   for (uint16_t t = 1; t <= frame_type_count; ++t) {
     std::vector<uint8_t> header(good.begin(), good.begin() + header_size);
