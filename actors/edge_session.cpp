@@ -685,6 +685,8 @@ void finish(self_ptr self, const std::string& error) {
   st.report.total_us = us_since(st.started);
   unstall(self);
   set_latencies(st.report, st.token_us);
+  if (st.drafting())
+    st.report.cloud_requests = st.report.drafts;  // each draft asks the cloud about a token
   if (!error.empty())
     st.report.error = error;
   self->send(st.site.layers, close_atom::value, st.edge_id);

@@ -168,7 +168,8 @@ void run_experiment(const experiment_args& a) {
   write_csv(dir / "summary.csv", groups);
   std::vector<std::string> plots;
   if (a.plots)
-    plots = write_plots(dir, groups, combos.size(), base.sweep.threshold.size() > 1);
+    plots = write_plots(dir, groups, combos.size(), base.sweep.threshold.size() > 1,
+                        base.sweep.latency_ms.size() > 1);
   write_markdown(dir / "summary.md", base, base.experiment.dataset, samples.size(), groups, plots);
   std::ifstream md(dir / "summary.md");
   std::cout << md.rdbuf();

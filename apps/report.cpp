@@ -49,6 +49,7 @@ nlohmann::json report_json(const response_report& x, const std::string& prompt,
   j["cloud_ms"] = double(x.cloud_us) / 1000.0;
   j["comm_ms"] = double(x.comm_us) / 1000.0;
   j["total_ms"] = double(x.total_us) / 1000.0;
+  j["cloud_ms_per_token"] = x.tokens.empty() ? 0.0 : double(x.cloud_us) / 1000.0 / double(x.tokens.size());
   j["ttft_ms"] = x.first_token_us >= 0 ? nlohmann::json(double(x.first_token_us) / 1000.0)
                                        : nlohmann::json(nullptr);
   j["itl_p50_ms"] = double(x.itl_p50_us) / 1000.0;

@@ -313,6 +313,8 @@ const std::vector<key_spec>& schema() {
     string_list_key("sweep.upload_dtype", {"f16", "f32"},
                     CECO_REF(std::vector<std::string>, sweep.upload_dtype)),
     string_list_key("sweep.link", profile_names(), CECO_REF(std::vector<std::string>, sweep.link)),
+    float_list_key("sweep.latency_ms", 0.0, max_link_ms,
+                   CECO_REF(std::vector<double>, sweep.latency_ms)),
   };
   return keys;
 }

@@ -95,6 +95,7 @@ struct settings {
     std::vector<std::vector<int>> exits;
     std::vector<std::string> upload_dtype;
     std::vector<std::string> link;  // profile names
+    std::vector<double> latency_ms;  // link.latency_ms values (after any profile)
   } sweep;
 };
 

@@ -1,4 +1,5 @@
 #include "test/support.hpp"
+#include "test/cloud_sites.hpp"
 
 #include <mutex>
 #include <thread>
@@ -330,34 +331,25 @@ TEST_CASE("a response that lost the cloud resumes in a new session, re-uploading
   caf::actor_system sys{cfg};
   // The "remote" cloud is a cloud site of its own; the link's reconnect
   // brings up a fresh one, which knows nothing of the response.
-  auto first = spawn_cloud_site(sys, s, m);
-  std::mutex mu;
-  std::vector<cloud_site> later;
-  auto reconnect = [&]() -> caf::expected<cloud_api> {
-    std::lock_guard<std::mutex> lock(mu);
-    later.push_back(spawn_cloud_site(sys, s, m));
-    return later.back().front;
-  };
+  replaceable_cloud clouds(sys, s, m);
   auto ids = m.vocab.encode("Once upon a time");
   const int n = 60;
   response_report r;
   {
-    deployment sim(sys, s, m, first.front, reconnect);
+    deployment sim(sys, s, m, clouds.first.front, clouds.reconnect);
     std::thread killer([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(40));  // the response takes >= 120 ms
-      first.stop();
+      clouds.first.stop();
     });
     r = sim.run(ids, "collaborative", n);
     killer.join();
   }
-  for (auto& c : later)
-    c.stop();
   MESSAGE(r.degraded_tokens << " of " << n << " tokens on the edge alone, resumed " << r.resumed
                             << " time(s)");
   CHECK(r.error.empty());
   REQUIRE(int(r.tokens.size()) == n);
   CHECK(r.resumed == 1);
-  CHECK(later.size() == 1);
+  CHECK(clouds.reconnections() == 1);
   CHECK(r.cloud_tokens + r.degraded_tokens == n);
   CHECK(r.cloud_tokens > 0);
   // The new session got the whole context again on top of the usual uploads.

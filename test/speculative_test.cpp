@@ -3,8 +3,8 @@
 // thresholds, splits, upload dtypes and links (design notes §8).
 
 #include "test/support.hpp"
+#include "test/cloud_sites.hpp"
 
-#include <mutex>
 #include <thread>
 
 #include "actors/cloud_context.hpp"
@@ -323,29 +323,20 @@ TEST_CASE("an exact response that loses the cloud finishes, says what was never 
   caf::actor_system_config cfg;
   configure_actor_system(cfg, 2);
   caf::actor_system sys{cfg};
-  auto first = spawn_cloud_site(sys, s, m);
-  std::mutex mu;
-  std::vector<cloud_site> later;
-  auto reconnect = [&]() -> caf::expected<cloud_api> {
-    std::lock_guard<std::mutex> lock(mu);
-    later.push_back(spawn_cloud_site(sys, s, m));
-    return later.back().front;
-  };
+  replaceable_cloud clouds(sys, s, m);
   auto ids = m.vocab.encode("And the LORD said unto Moses");
   const int n = 80;
   response_report r, cloud;
   {
-    deployment sim(sys, s, m, first.front, reconnect);
+    deployment sim(sys, s, m, clouds.first.front, clouds.reconnect);
     cloud = sim.run(ids, "cloud", n);
     std::thread killer([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(30));
-      first.stop();
+      clouds.first.stop();
     });
     r = sim.run(ids, "exact", n);
     killer.join();
   }
-  for (auto& c : later)
-    c.stop();
   MESSAGE(r.degraded_tokens << " of " << r.tokens.size() << " tokens on the edge alone, "
                             << r.unverified_tokens << " never verified, resumed " << r.resumed
                             << " time(s)");

@@ -18,6 +18,7 @@ std::vector<combo> make_combos(const settings& base) {
   first.keys["exit_layers"] = base.model.exits;
   first.keys["upload_dtype"] = base.upload.dtype;
   first.keys["link"] = base.link.profile.empty() ? "custom" : base.link.profile;
+  first.keys["latency_ms"] = base.link.latency_ms;
   std::vector<combo> out{first};
   auto expand = [&](const char* key, const std::string& setting, const std::vector<json>& values,
                     const std::vector<std::string>& texts, const char* label) {
@@ -51,12 +52,19 @@ std::vector<combo> make_combos(const settings& base) {
   reset();
   for (auto& x : base.sweep.link) v.push_back(x), t.push_back(x);
   expand("link", "link.profile", v, t, "link");
+  reset();
+  for (auto x : base.sweep.latency_ms) v.push_back(x), t.push_back(fmt::format("{}", x));
+  expand("latency_ms", "link.latency_ms", v, t, "latency");
 
   for (auto& c : out) {
     c.s = base;
     for (auto& o : c.overrides)
-      apply_override(c.s, o);
+      if (o.rfind("link.latency_ms=", 0) != 0)
+        apply_override(c.s, o);
     apply_link_profile(c.s);
+    for (auto& o : c.overrides)  // a swept latency replaces the profile's
+      if (o.rfind("link.latency_ms=", 0) == 0)
+        apply_override(c.s, o);
     // A split sweep without an exits sweep keeps the exits that still fit;
     // with none left, the edge exits at the split itself, untrained.
     if (!base.sweep.split.empty() && base.sweep.exits.empty()) {

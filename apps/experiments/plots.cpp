@@ -1,5 +1,6 @@
 #include "apps/experiments/plots.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 
@@ -11,7 +12,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 std::vector<std::string> write_plots(const fs::path& dir, const std::vector<group_summary>& groups,
-                                     size_t n_combos, bool threshold_sweep) {
+                                     size_t n_combos, bool threshold_sweep, bool latency_sweep) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     fmt::print(stderr, "experiment: gnuplot is not installed (deploy/install-deps.sh installs "
                        "gnuplot-nox); skipping plots\n");
@@ -84,6 +85,53 @@ plot "plot_tradeoff.dat" using 2:3 with linespoints pt 7 ps 1.5, "" using 2:3:(s
 )gp", term, ext);
     made.push_back("threshold_tradeoff.png");
     made.push_back("threshold_tradeoff.svg");
+  }
+  if (latency_sweep) {
+    // One data block per strategy (gnuplot's index), in latency order.
+    std::ofstream d(dir / "plot_latency.dat");
+    std::vector<std::string> strategies;
+    for (auto& g : groups)
+      if (std::find(strategies.begin(), strategies.end(), g.strategy) == strategies.end())
+        strategies.push_back(g.strategy);
+    for (auto& s : strategies) {
+      d << "# " << s << ": latency_ms total_ms ttft_ms\n";
+      std::vector<const group_summary*> rows;
+      for (auto& g : groups)
+        if (g.strategy == s)
+          rows.push_back(&g);
+      std::sort(rows.begin(), rows.end(), [](auto* a, auto* b) {
+        return a->keys.at("latency_ms").template get<double>() < b->keys.at("latency_ms").template get<double>();
+      });
+      for (auto* g : rows)
+        d << fmt::format("{} {} {}\n", g->keys.at("latency_ms").get<double>(), mean(*g, "total_ms"),
+                         mean(*g, "ttft_ms"));
+      d << "\n\n";
+    }
+    std::string plot_total, plot_ttft;
+    for (size_t i = 0; i < strategies.size(); ++i) {
+      plot_total += fmt::format("{}\"plot_latency.dat\" index {} using 1:2 with linespoints pt 7 title \"{}\"",
+                                i ? ", " : "", i, strategies[i]);
+      plot_ttft += fmt::format("{}\"plot_latency.dat\" index {} using 1:3 with linespoints pt 7 title \"{}\"",
+                               i ? ", " : "", i, strategies[i]);
+    }
+    for (auto [term, ext] : {std::pair{"pngcairo size 900,600", "png"}, std::pair{"svg size 900,600", "svg"}})
+      script += fmt::format(R"gp(
+set terminal {0}
+set key top left
+set xlabel "one-way link latency (ms)"
+set logscale y
+set title "Total time per response against link latency"
+set ylabel "total ms per response (log)"
+set output "latency_total.{1}"
+plot {2}
+set title "Time to first token against link latency"
+set ylabel "time to first token, ms (log)"
+set output "latency_ttft.{1}"
+plot {3}
+unset logscale y
+)gp", term, ext, plot_total, plot_ttft);
+    for (auto name : {"latency_total.png", "latency_total.svg", "latency_ttft.png", "latency_ttft.svg"})
+      made.push_back(name);
   }
   std::ofstream(dir / "plots.gp") << script;
   auto cmd = fmt::format("cd '{}' && gnuplot plots.gp > gnuplot.log 2>&1", dir.string());

@@ -15,6 +15,8 @@ namespace {
 const std::vector<std::pair<const char*, const char*>> summary_metrics = {
   {"total_ms", "total ms"},   {"edge_ms", "edge ms"},     {"cloud_ms", "cloud ms"},
   {"comm_ms", "comm ms"},     {"bytes_up", "bytes up"},   {"bytes_down", "bytes down"},
+  {"ttft_ms", "TTFT ms"},     {"itl_p95_ms", "ITL p95 ms"},
+  {"cloud_ms_per_token", "cloud ms/token"}, {"rollbacks", "rollbacks"},
   {"cloud_request_rate", "cloud req rate"},
   {"agreement_with_cloud", "agree w/ cloud"}, {"rouge_l_with_cloud", "ROUGE-L w/ cloud"},
   {"em", "EM"}, {"f1", "F1"}, {"rouge_l", "ROUGE-L"},
@@ -41,7 +43,7 @@ std::vector<group_summary> summarize(const std::vector<json>& lines,
         ++g.responses;
         int rep = j["repetition"];
         for (auto& [m, name] : summary_metrics)
-          if (j.contains(m))
+          if (j.contains(m) && j[m].is_number())  // ttft_ms is null without tokens
             per_rep[rep][m].push_back(j[m].get<double>());
         for (auto& [k, v] : j["exits"].items())
           g.exit_share[k] += v.get<double>();
@@ -124,15 +126,18 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                      "repetitions of the per-response means.\n\n",
                      n_samples, dataset.empty() ? "the prompt" : dataset,
                      base.generation.max_tokens, base.experiment.repetitions);
-  out << "| strategy | setting | total ms | edge ms | cloud ms | comm ms | bytes up | bytes down "
-         "| cloud req % | exits | agree w/ cloud % | ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";
-  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  out << "| strategy | setting | total ms | TTFT ms | edge ms | cloud ms | cloud ms/token | comm ms "
+         "| bytes up | bytes down | cloud req % | rollbacks | exits | agree w/ cloud % "
+         "| ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";
+  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (auto& g : groups)
-    out << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                       g.strategy, g.label, cell(g, "total_ms", 1), cell(g, "edge_ms", 1),
-                       cell(g, "cloud_ms", 1), cell(g, "comm_ms", 1), cell(g, "bytes_up", 0),
+    out << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} "
+                       "| {} | {} | {} |\n",
+                       g.strategy, g.label, cell(g, "total_ms", 1), cell(g, "ttft_ms", 1),
+                       cell(g, "edge_ms", 1), cell(g, "cloud_ms", 1),
+                       cell(g, "cloud_ms_per_token", 3), cell(g, "comm_ms", 1), cell(g, "bytes_up", 0),
                        cell(g, "bytes_down", 0), cell(g, "cloud_request_rate", 1, 100.0),
-                       exit_share_text(g), cell(g, "agreement_with_cloud", 1, 100.0),
+                       cell(g, "rollbacks", 1), exit_share_text(g), cell(g, "agreement_with_cloud", 1, 100.0),
                        cell(g, "rouge_l_with_cloud", 3), cell(g, "em", 3), cell(g, "f1", 3),
                        cell(g, "rouge_l", 3));
   if (!plots.empty()) {
