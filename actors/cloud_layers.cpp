@@ -8,6 +8,7 @@
 
 #include "actors/cloud_context.hpp"
 #include "actors/hidden_rows.hpp"
+#include "actors/profile_clock.hpp"
 #include "model/generation.hpp"
 #include "model/sampler.hpp"
 #include "model/transformer.hpp"
@@ -40,6 +41,7 @@ struct cloud_layers_state {
   at::Tensor logits;       // [vocab], reused by every token request
   at::Tensor step_hidden;  // [rows, n_embd]: final states of a step's requests
   at::Tensor step_logits;  // [rows, vocab]; both grow to the largest step
+  profile_clock clock;     // profile mode: the profile's cloud cost for each piece of work
   static inline const char* name = "cloud_layers";
 };
 
@@ -144,10 +146,40 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
         out.done[i].tokens.push_back(tokens[next++]);
 }
 
+using self_ptr = cloud_layers_actor::stateful_pointer<cloud_layers_state>;
+
+/// The reply now (measured mode), or once the profile's `cost_us` has passed.
+template <class Reply>
+caf::result<Reply> reply_after(self_ptr self, clock_type::time_point t0, int64_t cost_us,
+                               Reply r) {
+  if (!self->state.clock.profile())
+    return r;
+  auto rp = self->make_response_promise<Reply>();
+  self->state.clock.hold(self, t0, cost_us,
+                         [rp, r = std::move(r)]() mutable { rp.deliver(std::move(r)); });
+  return rp;
+}
+
+/// The profile's cost of a step: its catch-up rows through layers
+/// [split, L) and one classifier row per token answered.
+int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
+                  const cloud_step_done& done) {
+  const auto& p = *st.clock.profile();
+  const int L = st.model->config().n_layer;
+  int64_t rows = 0, tokens = 0;
+  for (size_t i = 0; i < step.work.size(); ++i)
+    if (!done.done[i].error) {
+      rows += step.work[i].states.rows;
+      tokens += int64_t(step.work[i].tokens_after.size());
+    }
+  return (rows > 0 ? p.layers_us(p.cloud, L - st.split, rows, L) : 0) + p.heads_us(p.cloud, tokens);
+}
+
 cloud_layers_actor::behavior_type
-cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
-                std::shared_ptr<const transformer> model, int split, int32_t eos) {
+cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int split, int32_t eos,
+                std::shared_ptr<const compute_profile> profile) {
   auto& st = self->state;
+  st.clock = profile_clock(std::move(profile));
   st.model = std::move(model);
   st.split = split;
   st.eos = eos;
@@ -163,13 +195,15 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
                                     at::TensorOptions().dtype(at::kFloat).device(m.device()));
       return ctx;
     },
-    [=](cloud_step& step) -> cloud_step_done {
+    [=](cloud_step& step) -> caf::result<cloud_step_done> {
       auto t0 = clock_type::now();
       cloud_step_done out;
       out.done.resize(step.work.size());
       run_step(self->state, step, out);
       out.compute_us = us_since(t0);
-      return out;
+      if (self->state.clock.profile())
+        out.compute_us = step_cost(self->state, step, out);
+      return reply_after(self, t0, out.compute_us, std::move(out));
     },
     [=](naive_request& req) -> caf::result<infer_reply> {
       auto t0 = clock_type::now();
@@ -189,7 +223,10 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
         infer_reply r;
         r.token = final_token(self->state, x);
         r.cloud_us = us_since(t0);
-        return r;
+        if (auto* p = self->state.clock.profile())
+          r.cloud_us = p->layers_us(p->cloud, n_layer - self->state.split, req.states.rows, n_layer)
+                       + p->heads_us(p->cloud, 1);
+        return reply_after(self, t0, r.cloud_us, r);
       } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
         return make_error(ceco_errc::compute_failed, e.what());
       }
@@ -215,11 +252,21 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
         opts.max_tokens = req.max_tokens;
         opts.eos = self->state.eos;
         auto r = generate(*self->state.model, req.prompt, opts);
-        return generate_reply{std::move(r.tokens), us_since(t0)};
+        generate_reply reply{std::move(r.tokens), us_since(t0)};
+        if (auto* p = self->state.clock.profile()) {
+          // The prompt in one step, then one step per further token.
+          const auto n = int64_t(reply.tokens.size());
+          reply.cloud_us = p->layers_us(p->cloud, n_layer, int64_t(req.prompt.size()), n_layer)
+                           + p->heads_us(p->cloud, 1)
+                           + std::max<int64_t>(n - 1, 0)
+                               * (p->layers_us(p->cloud, n_layer, 1, n_layer) + p->heads_us(p->cloud, 1));
+        }
+        return reply_after(self, t0, reply.cloud_us, std::move(reply));
       } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
         return make_error(ceco_errc::compute_failed, e.what());
       }
     },
+    [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
   };
 }
 
@@ -227,8 +274,8 @@ cloud_layers_fn(cloud_layers_actor::stateful_pointer<cloud_layers_state> self,
 
 cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
-                                      int32_t eos) {
-  return sys.spawn(cloud_layers_fn, std::move(model), split, eos);
+                                      int32_t eos, std::shared_ptr<const compute_profile> profile) {
+  return sys.spawn(cloud_layers_fn, std::move(model), split, eos, std::move(profile));
 }
 
 } // namespace ceco

@@ -7,6 +7,7 @@
 namespace ceco {
 
 class transformer;
+struct compute_profile;
 
 /// Bytes a context holds (KV cache and final hidden states).
 int64_t cloud_context_bytes(const cloud_context& ctx);
@@ -20,9 +21,10 @@ int32_t computed_positions(const cloud_context& ctx);
 
 /// The cloud's compute: layers [split, L) for collaborative and naive
 /// requests, the whole model for the cloud strategy. Stops generating at
-/// `eos`.
+/// `eos`. With a profile, each piece of work takes the profile's cloud cost.
 cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
-                                      int32_t eos);
+                                      int32_t eos,
+                                      std::shared_ptr<const compute_profile> profile = nullptr);
 
 } // namespace ceco

@@ -50,6 +50,20 @@ site_model load_site_model(const settings& s, const std::string& default_model,
   return m;
 }
 
+std::shared_ptr<const compute_profile> compute_profile_of(const settings& s) {
+  if (s.compute.mode != "profile")
+    return nullptr;
+  if (s.compute.profile.empty())
+    throw config_error(fmt::format("compute.mode = \"profile\" needs compute.profile: one of {} "
+                                   "or a file ending in .toml",
+                                   fmt::join(compute_profile_names(), ", ")));
+  return std::make_shared<const compute_profile>(load_compute_profile(s.compute.profile));
+}
+
+std::string compute_label(const settings& s) {
+  return s.compute.mode == "profile" ? "profile:" + s.compute.profile : "measured";
+}
+
 hello_msg make_hello(const settings& s, const site_model& m) {
   hello_msg h;
   h.fingerprint = m.fingerprint;
@@ -80,7 +94,8 @@ void cloud_site::stop() {
 
 cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const site_model& m) {
   cloud_site c;
-  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos());
+  auto profile = compute_profile_of(s);
+  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos(), profile);
   context_manager_options cm;
   cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
   cm.max_sessions = s.session.max_sessions;
@@ -88,7 +103,8 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sit
   cm.max_context_bytes = int64_t(s.session.max_memory_mb * 1024.0 * 1024.0);
   c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
   if (s.placement.exit_evaluator == "cloud")
-    c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd, policy_of(s));
+    c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd,
+                                              policy_of(s), profile, true);
   if (s.placement.uploader == "cloud")
     c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
                                        upload_dtype(s), std::chrono::seconds(30));
@@ -113,10 +129,11 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
   lo.seed = uint64_t(s.link.seed);
   lo.reconnect = std::move(reconnect);
   link_ = spawn_link(sys, remote_cloud, lo);
-  edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits);
+  auto profile = compute_profile_of(s);
+  edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits, profile);
   // The edge always has its own evaluator: standalone runs, and a session
   // that lost the cloud continues, without the network.
-  local_evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy_of(s));
+  local_evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy_of(s), profile);
   auto link = caf::actor_cast<cloud_api>(link_);
   evaluator_ = s.placement.exit_evaluator == "cloud" ? spawn_remote_evaluator(sys, link)
                                                      : local_evaluator_;

@@ -18,6 +18,7 @@
 #include "actors/link.hpp"
 #include "actors/messages.hpp"
 #include "actors/network.hpp"
+#include "config/compute_profile.hpp"
 #include "config/settings.hpp"
 #include "model/exit_heads.hpp"
 #include "model/tokenizer.hpp"
@@ -42,6 +43,12 @@ struct site_model {
 /// names others ("none": untrained heads).
 site_model load_site_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads = {});
+
+/// The device profile compute.mode = "profile" names (nullptr when
+/// measured); config_error when the mode asks for one and none is named.
+std::shared_ptr<const compute_profile> compute_profile_of(const settings& s);
+/// "measured", or "profile:<name>": what produced a result's times.
+std::string compute_label(const settings& s);
 
 /// The handshake this node sends (edge) or expects (cloud).
 hello_msg make_hello(const settings& s, const site_model& m);

@@ -7,6 +7,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "actors/hidden_rows.hpp"
+#include "actors/profile_clock.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco {
@@ -30,13 +31,16 @@ struct edge_layers_state {
   int split = 0;
   std::vector<int> exits;
   std::unordered_map<uint64_t, std::unique_ptr<kv_cache>> caches;
+  profile_clock clock;  // profile mode: the profile's time for each forward
   static inline const char* name = "edge_layers";
 };
 
 edge_layers_actor::behavior_type
 edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
-               std::shared_ptr<const transformer> model, int split, std::vector<int> exits) {
+               std::shared_ptr<const transformer> model, int split, std::vector<int> exits,
+               std::shared_ptr<const compute_profile> profile) {
   self->state.model = std::move(model);
+  self->state.clock = profile_clock(std::move(profile));
   self->state.split = split;
   self->state.exits = std::move(exits);
   return {
@@ -63,12 +67,21 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
           out.exit_states = make_blob(exit_rows.data(), int32_t(st.exits.size()), d,
                                       wire_dtype::f32);
         out.compute_us = us_since(t0);
+        if (auto* p = st.clock.profile()) {
+          out.compute_us = p->layers_us(p->edge, st.split, int64_t(tokens.size()),
+                                        m.config().n_layer);
+          auto rp = self->make_response_promise<edge_output>();
+          st.clock.hold(self, t0, out.compute_us,
+                        [rp, out = std::move(out)]() mutable { rp.deliver(std::move(out)); });
+          return rp;
+        }
         return out;
       } catch (const model_error& e) {
         return make_error(ceco_errc::compute_failed, e.what());
       }
     },
     [=](close_atom, uint64_t session) { self->state.caches.erase(session); },
+    [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
   };
 }
 
@@ -76,8 +89,9 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
 
 edge_layers_actor spawn_edge_layers(caf::actor_system& sys,
                                     std::shared_ptr<const transformer> model, int split,
-                                    std::vector<int> exits) {
-  return sys.spawn(edge_layers_fn, std::move(model), split, std::move(exits));
+                                    std::vector<int> exits,
+                                    std::shared_ptr<const compute_profile> profile) {
+  return sys.spawn(edge_layers_fn, std::move(model), split, std::move(exits), std::move(profile));
 }
 
 } // namespace ceco

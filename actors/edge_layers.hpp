@@ -12,10 +12,12 @@
 namespace ceco {
 
 class transformer;
+struct compute_profile;
 
 /// Exit layers may be empty (naive split needs none); each must be <= split.
 edge_layers_actor spawn_edge_layers(caf::actor_system& sys,
                                     std::shared_ptr<const transformer> model, int split,
-                                    std::vector<int> exits);
+                                    std::vector<int> exits,
+                                    std::shared_ptr<const compute_profile> profile = nullptr);
 
 } // namespace ceco

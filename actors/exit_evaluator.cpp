@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "actors/hidden_rows.hpp"
+#include "actors/profile_clock.hpp"
 #include "model/exit_heads.hpp"
 
 namespace ceco {
@@ -24,13 +25,18 @@ struct exit_evaluator_state {
   std::vector<int> layers;
   int n_embd = 0;
   exit_policy policy;
+  profile_clock clock;  // profile mode: the profile's head cost per evaluation
+  bool on_cloud = false;
   static inline const char* name = "exit_evaluator";
 };
 
 exit_evaluator_actor::behavior_type
 exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> self,
-                  exit_heads heads, int n_embd, exit_policy policy) {
+                  exit_heads heads, int n_embd, exit_policy policy,
+                  std::shared_ptr<const compute_profile> profile, bool on_cloud) {
   self->state.heads = std::move(heads);
+  self->state.clock = profile_clock(std::move(profile));
+  self->state.on_cloud = on_cloud;
   self->state.layers = self->state.heads.layers();
   self->state.n_embd = n_embd;
   self->state.policy = policy;
@@ -61,8 +67,15 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       d.exit_layer = choice.layer;
       d.token = choice.token;
       d.compute_us = us_since(t0);
+      if (auto* p = st.clock.profile()) {
+        d.compute_us = p->heads_us(st.on_cloud ? p->cloud : p->edge, int64_t(st.heads.size()));
+        auto rp = self->make_response_promise<exit_decision>();
+        st.clock.hold(self, t0, d.compute_us, [rp, d]() mutable { rp.deliver(std::move(d)); });
+        return rp;
+      }
       return d;
     },
+    [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
   };
 }
 
@@ -72,14 +85,17 @@ exit_evaluator_actor::behavior_type remote_evaluator_fn(exit_evaluator_actor::po
     [=](evaluate_atom a, uint64_t session, tensor_blob& states) -> caf::result<exit_decision> {
       return self->delegate(cloud, a, session, std::move(states));
     },
+    [](deliver_atom, uint64_t) {},  // no timer of its own
   };
 }
 
 } // namespace
 
 exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
-                                          int n_embd, exit_policy policy) {
-  return sys.spawn(exit_evaluator_fn, heads, n_embd, policy);
+                                          int n_embd, exit_policy policy,
+                                          std::shared_ptr<const compute_profile> profile,
+                                          bool on_cloud) {
+  return sys.spawn(exit_evaluator_fn, heads, n_embd, policy, std::move(profile), on_cloud);
 }
 
 exit_evaluator_actor spawn_remote_evaluator(caf::actor_system& sys, cloud_api cloud) {

@@ -5,19 +5,26 @@
 // or, with placement.exit_evaluator = "cloud", on the cloud; the edge then
 // talks to it through a stand-in.
 
+#include <memory>
+
 #include "actors/messages.hpp"
 
 namespace ceco {
 
 class exit_heads;
+struct compute_profile;
 
 struct exit_policy {
   float threshold = 0.8f;
   int min_exit_layer = 1;
 };
 
+/// With a profile (compute.mode = "profile") each evaluation takes the
+/// profile's head cost of the side it runs on, `on_cloud` or the edge.
 exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
-                                          int n_embd, exit_policy policy);
+                                          int n_embd, exit_policy policy,
+                                          std::shared_ptr<const compute_profile> profile = nullptr,
+                                          bool on_cloud = false);
 
 /// Edge-side stand-in for an exit evaluator placed on the cloud: passes each
 /// request through `cloud` (the link), so its bytes and delays count like any

@@ -438,22 +438,28 @@ using context_manager_actor = caf::typed_actor<
 /// Layers [split, L) and the final head, plus the whole model for the cloud
 /// strategy. A cloud_step catches up several sessions on their uploads and
 /// answers their tokens in one pass.
+/// (deliver_atom, id) is its own timer in profile mode (actors/profile_clock.hpp).
 using cloud_layers_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<cloud_context_ptr>,
   caf::replies_to<cloud_step>::with<cloud_step_done>,
   caf::replies_to<naive_request>::with<infer_reply>,
-  caf::replies_to<generate_request>::with<generate_reply>>;
+  caf::replies_to<generate_request>::with<generate_reply>,
+  caf::reacts_to<deliver_atom, uint64_t>>;
 
 /// Layers [0, split) on the edge with one KV cache per session. Replies with
 /// the split-layer states of every position and the exit layers' states of
 /// the last one.
+/// (deliver_atom, id): its own timer in profile mode.
 using edge_layers_actor = caf::typed_actor<
   caf::replies_to<forward_atom, uint64_t, int32_t, std::vector<int32_t>>::with<edge_output>,
-  caf::reacts_to<close_atom, uint64_t>>;
+  caf::reacts_to<close_atom, uint64_t>,
+  caf::reacts_to<deliver_atom, uint64_t>>;
 
-/// Exit heads and the threshold decision for one position.
+/// Exit heads and the threshold decision for one position; (deliver_atom,
+/// id): its own timer in profile mode.
 using exit_evaluator_actor = caf::typed_actor<
-  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>>;
+  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
+  caf::reacts_to<deliver_atom, uint64_t>>;
 
 /// Where uploads go: the context manager, or a cloud front / link to it.
 using upload_sink = caf::typed_actor<caf::replies_to<upload_msg>::with<int32_t>,

@@ -139,6 +139,7 @@ void run_experiment(const experiment_args& a) {
                                                 int64_t(r.tokens.size()), cfg.n_embd,
                                                 combos[c].s.upload.dtype == "f32" ? 4 : 2));
           j["experiment"] = base.experiment.name;
+          j["compute"] = compute_label(combos[c].s);
           j["combo"] = int(c);
           j["setting"] = combos[c].label;
           for (auto& [k, v] : combos[c].keys.items())

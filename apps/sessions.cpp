@@ -187,6 +187,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
                                formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
                                                 m.model->config().n_embd,
                                                 s.upload.dtype == "f32" ? 4 : 2));
+          j["compute"] = compute_label(s);
           if (mode == "cloud" && !cloud)
             cloud = &r;
           if (cloud) {
@@ -232,6 +233,10 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
       fmt::print("  error: {}\n", r.report->error);
   }
   print_table(rows, modes);
+  if (s.compute.mode == "profile")
+    fmt::print("(compute: device profile '{}': edge and cloud times are the profile's costs for "
+               "the work done, not measurements; tokens and bytes are real)\n",
+               s.compute.profile);
   if (a.sessions > 1) {
     fmt::print("\n{} concurrent sessions per prompt:\n", a.sessions);
     for (auto& mode : modes) {

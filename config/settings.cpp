@@ -266,6 +266,8 @@ const std::vector<key_spec>& schema() {
     int_key("policy.max_draft", 1, 256, CECO_REF(int, policy.max_draft)),
     float_key("policy.threshold", 0.0, 1000.0, CECO_REF(double, policy.threshold)),
     int_key("policy.min_exit_layer", 0, max_layers, CECO_REF(int, policy.min_exit_layer)),
+    string_key("compute.mode", {"measured", "profile"}, CECO_REF(std::string, compute.mode)),
+    string_key("compute.profile", {}, CECO_REF(std::string, compute.profile)),
     string_key("upload.dtype", {"f16", "f32"}, CECO_REF(std::string, upload.dtype)),
     string_key("upload.mode", {"async", "sync"}, CECO_REF(std::string, upload.mode)),
     [] {

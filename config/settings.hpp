@@ -38,6 +38,10 @@ struct settings {
     int max_draft = 16;  // speculative, exact: most tokens ahead of the cloud's verdicts
   } policy;
   struct {
+    std::string mode = "measured";  // measured | profile
+    std::string profile;            // profile mode: a name in config/profiles/ or a .toml file
+  } compute;
+  struct {
     std::string dtype = "f16";   // f16 | f32
     std::string mode = "async";  // async | sync (wait for each upload's ack)
   } upload;

@@ -126,6 +126,12 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                      "repetitions of the per-response means.\n\n",
                      n_samples, dataset.empty() ? "the prompt" : dataset,
                      base.generation.max_tokens, base.experiment.repetitions);
+  if (base.compute.mode == "profile")
+    out << fmt::format("**Compute: device profile `{}`.** Edge and cloud times are the profile's "
+                       "costs for the work each response did, not measurements on this machine; "
+                       "tokens, exits and bytes are real.\n\n", base.compute.profile);
+  else
+    out << "Compute: measured on this machine.\n\n";
   out << "| strategy | setting | total ms | TTFT ms | edge ms | cloud ms | cloud ms/token | comm ms "
          "| bytes up | bytes down | cloud req % | rollbacks | exits | agree w/ cloud % "
          "| ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";

@@ -1,0 +1,106 @@
+// Device profiles (compute.mode = "profile"): the simulation takes the
+// profile's time for each piece of work, and nothing else changes.
+
+#include "test/support.hpp"
+
+#include "actors/deployment.hpp"
+#include "config/compute_profile.hpp"
+
+using namespace ceco;
+using namespace ceco::test;
+
+namespace {
+
+struct sim_fixture {
+  explicit sim_fixture(const std::vector<std::string>& sets) {
+    s = load_settings("", sets);
+    m = load_site_model(s, std::string(CECO_SOURCE_DIR) + "/config/models/kjv/model.gguf",
+                        std::string(CECO_SOURCE_DIR) + "/config/models/kjv/exits.gguf");
+    configure_actor_system(cfg, 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    sim = std::make_unique<deployment>(*sys, s, m);
+  }
+  ~sim_fixture() { sim.reset(); }
+  settings s;
+  site_model m;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<deployment> sim;
+};
+
+const std::vector<std::string> profiled = {"compute.mode=profile", "compute.profile=paper-a100",
+                                           "split.layer=2", "model.exits=2", "link.latency_ms=0",
+                                           "link.bandwidth_mbps=0"};
+
+} // namespace
+
+TEST_CASE("the shipped profiles load, and a bad profile is refused by name") {
+  auto names = compute_profile_names();
+  CHECK(std::find(names.begin(), names.end(), "paper-a100") != names.end());
+  CHECK(std::find(names.begin(), names.end(), "jetson-orin-a100") != names.end());
+  auto p = load_compute_profile("paper-a100");
+  CHECK(p.target_layers == 32);
+  // The calibration the file states: a cloud token 37 ms, the 16-layer edge about 19 ms.
+  CHECK(p.layers_us(p.cloud, 32, 1, 32) + p.heads_us(p.cloud, 1) == doctest::Approx(37'028).epsilon(0.001));
+  CHECK(p.layers_us(p.edge, 16, 1, 32) + p.heads_us(p.edge, 2) == doctest::Approx(19'064).epsilon(0.001));
+  // One layer of a 4-layer model stands for 8 of the target's 32.
+  CHECK(p.layers_us(p.cloud, 1, 1, 4) == p.layers_us(p.cloud, 8, 1, 32));
+  temp_dir dir;
+  std::ofstream(dir.file("bad.toml")) << "[target]\nlayers = 32\ndim = 4096\n[edge]\nlayer_ms = -1\n";
+  auto err = [](auto f) {
+    try {
+      f();
+    } catch (const config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(err([&] { load_compute_profile(dir.file("bad.toml")); }).find("edge.layer_ms must be in 0..") != std::string::npos);
+  CHECK(err([&] { load_compute_profile("no-such-device"); }).find("no profile named 'no-such-device' (shipped: ") != std::string::npos);
+  CHECK(err([&] { compute_profile_of(load_settings("", {"compute.mode=profile"})); }).find("needs compute.profile") != std::string::npos);
+}
+
+TEST_CASE("a profile run takes the profile's time for the work done, with the same tokens and bytes") {
+  sim_fixture measured({"split.layer=2", "model.exits=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  sim_fixture f(profiled);
+  const auto p = load_compute_profile("paper-a100");
+  const int L = f.m.model->config().n_layer;
+  auto ids = f.m.vocab.encode("And the LORD said unto Moses");
+  const auto P = int64_t(ids.size());
+  const int n = 12;
+  for (auto mode : {"cloud", "naive", "standalone", "collaborative", "speculative", "exact"}) {
+    CAPTURE(mode);
+    auto a = measured.sim->run(ids, mode, n);
+    auto b = f.sim->run(ids, mode, n);
+    REQUIRE(b.error.empty());
+    CHECK(b.tokens == a.tokens);
+    // Speculative and exact send what they drafted before each verdict came
+    // back: their traffic depends on timing in either mode.
+    if (std::string(mode) == "speculative" || std::string(mode) == "exact")
+      continue;
+    CHECK(b.traffic.bytes_up == a.traffic.bytes_up);
+    CHECK(b.traffic.bytes_down == a.traffic.bytes_down);
+  }
+  // Standalone: the prompt in one edge step, then one step per further
+  // token, each followed by the exit heads.
+  auto standalone = f.sim->run(ids, "standalone", n);
+  REQUIRE(int(standalone.tokens.size()) == n);
+  const int64_t edge = p.layers_us(p.edge, 2, P, L) + (n - 1) * p.layers_us(p.edge, 2, 1, L)
+                       + n * p.heads_us(p.edge, 1);
+  CHECK(standalone.edge_us == edge);
+  CHECK(standalone.total_us >= edge);
+  // The cloud strategy: the whole model over the prompt, then per token.
+  auto cloud = f.sim->run(ids, "cloud", n);
+  REQUIRE(int(cloud.tokens.size()) == n);
+  const int64_t token = p.layers_us(p.cloud, L, 1, L) + p.heads_us(p.cloud, 1);
+  const int64_t whole = p.layers_us(p.cloud, L, P, L) + p.heads_us(p.cloud, 1) + (n - 1) * token;
+  CHECK(cloud.cloud_us == whole);
+  // With a free link the response takes that long, up to the timers' resolution.
+  MESSAGE("cloud strategy: " << cloud.total_us << " us for a profile cost of " << whole << " us");
+  CHECK(cloud.total_us >= whole);
+  CHECK(cloud.total_us <= whole + whole / 10 + 20'000);
+  // Collaborative: the cloud's time is its catch-up of every uploaded
+  // position plus a classifier row per cloud token, at least.
+  auto collab = f.sim->run(ids, "collaborative", n);
+  CHECK(collab.cloud_us >= p.layers_us(p.cloud, L - 2, 1, L) * collab.uploaded_positions / 2);
+}
