@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -564,4 +565,54 @@ TEST_CASE("the two-node setup in network namespaces runs where the machine allow
   auto j = nlohmann::json::parse(line.substr(0, line.find('\n')));
   CHECK(j["n_generated"] == 10);
   CHECK(j["degraded_tokens"] == 0);
+}
+
+TEST_CASE("one connection holds at most session.max_sessions_per_connection sessions") {
+  cloud_process cloud("--set cloud.port=0 --set session.max_sessions=8 "
+                      "--set session.max_sessions_per_connection=2");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto s = load_settings("", {"model.path=" + stories_gguf()});
+  auto m = load_site_model(s, stories_gguf());
+  auto greeted = [&](wire_peer& peer) {
+    auto h = peer.ask<hello_msg>(make_hello(s, m));
+    REQUIRE_MESSAGE(h, describe(h.error()));
+  };
+  wire_peer greedy(cloud.port);
+  greeted(greedy);
+  auto first = greedy.ask<uint64_t>(open_atom::value);
+  auto second = greedy.ask<uint64_t>(open_atom::value);
+  REQUIRE(first);
+  REQUIRE(second);
+  auto third = greedy.error_of<uint64_t>(open_atom::value);
+  CHECK(third.find("session_limit: this connection holds 2 session(s)") == 0);
+  CHECK(third.find("session.max_sessions_per_connection = 2") != std::string::npos);
+
+  // Another connection still gets its own, up to its own limit.
+  wire_peer other(cloud.port);
+  greeted(other);
+  CHECK(other.ask<uint64_t>(open_atom::value));
+  CHECK(other.ask<uint64_t>(open_atom::value));
+  CHECK(other.error_of<uint64_t>(open_atom::value).find("session_limit") == 0);
+
+  // Closing one frees a place on that connection.
+  CHECK(greedy.error_of<session_summary>(close_atom::value, *first) == "accepted");
+  CHECK(greedy.ask<uint64_t>(open_atom::value));
+
+  // Opens sent together, unanswered, count too: two of five at most pass.
+  wire_peer eager(cloud.port);
+  greeted(eager);
+  std::vector<std::future<bool>> answers;
+  for (int i = 0; i < 5; ++i) {
+    auto done = std::make_shared<std::promise<bool>>();
+    answers.push_back(done->get_future());
+    eager.client->request(request_frame(open_atom::value), [done](wire::result<wire::message> r) {
+      done->set_value(wire::ok(r) && bool(reply_of<uint64_t>(std::move(r))));
+    });
+  }
+  int opened = 0;
+  for (auto& a : answers) {
+    REQUIRE(a.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    opened += a.get() ? 1 : 0;
+  }
+  CHECK(opened == 2);
 }
