@@ -28,6 +28,7 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
     auto remote = connect_to_front(sys, s, make_hello(s, m), wire_limits_of(m));
     if (remote)
       return *remote;
+    // A refusal is final; a handshake that timed out is tried again.
     if (is(remote.error(), ceco_errc::handshake_failed))
       throw model_error(describe(remote.error()));
     last_error = describe(remote.error());
