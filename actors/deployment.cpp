@@ -85,6 +85,8 @@ wire::wire_limits wire_limits_of(const site_model& m) {
 }
 
 void cloud_site::stop() {
+  if (watch)
+    watch->stop();
   for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(contexts),
                  caf::actor_cast<caf::actor>(placed.evaluator),
                  caf::actor_cast<caf::actor>(placed.uploader), caf::actor_cast<caf::actor>(front)})
@@ -109,6 +111,12 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sit
     c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
                                        upload_dtype(s), std::chrono::seconds(30));
   c.front = spawn_cloud_front(sys, c.contexts, c.layers, c.placed, make_hello(s, m));
+  c.watch = std::make_shared<site_watch>(sys);
+  c.watch->add(caf::actor_cast<caf::actor>(c.layers), "cloud layers");
+  c.watch->add(caf::actor_cast<caf::actor>(c.contexts), "context manager");
+  c.watch->add(caf::actor_cast<caf::actor>(c.front), "cloud front");
+  c.watch->add(caf::actor_cast<caf::actor>(c.placed.evaluator), "exit evaluator");
+  c.watch->add(caf::actor_cast<caf::actor>(c.placed.uploader), "uploader");
   return c;
 }
 
@@ -228,6 +236,12 @@ bool deployment::wait_for_cloud(std::chrono::milliseconds max_wait) {
       return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+}
+
+std::optional<std::string> deployment::cloud_failure(std::chrono::milliseconds wait) const {
+  if (!cloud_.watch)
+    return std::nullopt;
+  return cloud_.watch->failure(wait);
 }
 
 cloud_stats deployment::cloud_state() {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "actors/link.hpp"
 #include "actors/messages.hpp"
 #include "actors/network.hpp"
+#include "actors/site_watch.hpp"
 #include "config/compute_profile.hpp"
 #include "config/settings.hpp"
 #include "model/exit_heads.hpp"
@@ -61,6 +63,9 @@ struct cloud_site {
   context_manager_actor contexts;
   cloud_placed placed;  // the exit evaluator and uploader, when placed here
   cloud_api front;
+  /// Each of the actors above, by name: the first to go down (other than
+  /// by stop()) is the site's failure.
+  std::shared_ptr<site_watch> watch;
   /// Stops the site's actors (the context manager's timer would keep it alive).
   void stop();
 };
@@ -93,6 +98,10 @@ public:
   bool wait_for_cloud(std::chrono::milliseconds max_wait);
 
   context_manager_actor contexts() const { return cloud_.contexts; }
+  cloud_layers_actor cloud_layers() const { return cloud_.layers; }
+  /// Why the local cloud cannot serve any more (an actor of it died: see
+  /// site_watch), waiting up to `wait`; none while it is whole or remote.
+  std::optional<std::string> cloud_failure(std::chrono::milliseconds wait = {}) const;
   /// Sessions open, the bytes their contexts hold and the steps computed,
   /// at the context manager (a local cloud only).
   cloud_stats cloud_state();

@@ -1,6 +1,7 @@
 #include "actors/gateway.hpp"
 
 #include <exception>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <caf/all.hpp>
@@ -27,6 +28,8 @@ struct gateway_state {
   std::shared_ptr<std::atomic<wire::server*>> server;
   std::unordered_set<wire::connection_id> greeted;  // open connections whose hello passed
   wire::session_owners owners;
+  int max_sessions_per_connection = 0;
+  std::unordered_map<wire::connection_id, int> opening;  // opens asked, not yet answered
   static inline const char* name = "gateway";
 };
 
@@ -61,12 +64,35 @@ struct request_visitor {
   wire::connection_id conn;
   uint32_t rid;
   void operator()(wire::open_session&) {
-    ask_then<uint64_t>(self, conn, rid,
-                  [self = self, conn = conn](uint64_t id) {
-                    if (self->state.greeted.count(conn))  // still open
-                      self->state.owners.add(conn, id);
-                  },
-                  open_atom::value);
+    auto& st = self->state;
+    const auto held = st.owners.count(conn) + size_t(st.opening[conn]);
+    if (held >= size_t(st.max_sessions_per_connection))
+      return answer(self, conn, rid,
+                    reply_frame(make_error(
+                      ceco_errc::session_limit,
+                      fmt::format("this connection holds {} session(s), the most one connection "
+                                  "may (session.max_sessions_per_connection = {}): close one first",
+                                  held, st.max_sessions_per_connection))));
+    ++st.opening[conn];
+    // The count drops when the front answers, either way; a connection that
+    // closed meanwhile has no count left and owns nothing.
+    auto answered = [self = self, conn = conn] {
+      auto it = self->state.opening.find(conn);
+      if (it != self->state.opening.end() && --it->second <= 0)
+        self->state.opening.erase(it);
+    };
+    self->request(st.front, caf::infinite, open_atom::value)
+      .then(
+        [self = self, conn = conn, rid = rid, answered](uint64_t id) {
+          answered();
+          if (self->state.greeted.count(conn))  // still open
+            self->state.owners.add(conn, id);
+          answer(self, conn, rid, reply_frame(id));
+        },
+        [self = self, conn = conn, rid = rid, answered](caf::error& err) {
+          answered();
+          answer(self, conn, rid, reply_frame(err));
+        });
   }
   void operator()(upload_msg& m) { ask<int32_t>(self, conn, rid, std::move(m)); }
   void operator()(draft_upload& m) { ask<verdict>(self, conn, rid, std::move(m)); }
@@ -119,8 +145,10 @@ void handle(self_ptr self, wire::connection_id conn, uint32_t rid, wire::message
 }
 
 caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
-                         std::shared_ptr<std::atomic<wire::server*>> server) {
+                         std::shared_ptr<std::atomic<wire::server*>> server,
+                         int max_sessions_per_connection) {
   self->state.front = std::move(front);
+  self->state.max_sessions_per_connection = max_sessions_per_connection;
   self->state.secret = std::move(secret);
   self->state.server = std::move(server);
   return {
@@ -136,6 +164,7 @@ caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
     },
     [=](closed_atom, wire::connection_id conn) {
       self->state.greeted.erase(conn);
+      self->state.opening.erase(conn);
       self->state.owners.release(conn);  // the context manager frees them after the TTL
     },
   };
@@ -143,9 +172,11 @@ caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
 
 } // namespace
 
-cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts)
+cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
+                             int max_sessions_per_connection)
   : replies_(std::make_shared<std::atomic<wire::server*>>(nullptr)) {
-  gateway_ = sys.spawn(gateway_fn, std::move(front), opts.secret, replies_);
+  gateway_ = sys.spawn(gateway_fn, std::move(front), opts.secret, replies_,
+                       max_sessions_per_connection);
   auto gw = gateway_;
   try {
     server_ = std::make_unique<wire::server>(

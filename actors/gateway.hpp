@@ -9,8 +9,11 @@
 // (the front compares it with the cloud's; the transport has already
 // checked the secret), and only the sessions the connection opened
 // (wire::session_owners): another connection's session is an unknown
-// session. A closed connection releases its sessions, which the context
-// manager frees after session.ttl_s like any idle session.
+// session. A connection holds at most `max_sessions_per_connection`
+// sessions (opened or being opened): one more is refused with session_limit,
+// so no one connection takes all of session.max_sessions. A closed
+// connection releases its sessions, which the context manager frees after
+// session.ttl_s like any idle session.
 
 #include <atomic>
 #include <memory>
@@ -25,13 +28,16 @@ class cloud_gateway {
 public:
   /// Listens at once (throws std::runtime_error when it cannot). `secret`
   /// is the one the transport checks: a hello that reached the front proved it.
-  cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts);
+  cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
+                int max_sessions_per_connection);
   ~cloud_gateway();
   cloud_gateway(const cloud_gateway&) = delete;
   cloud_gateway& operator=(const cloud_gateway&) = delete;
 
   uint16_t port() const { return server_->port(); }
   wire::server_stats stats() const { return server_->stats(); }
+  /// The gateway actor (to watch it).
+  const caf::actor& actor() const { return gateway_; }
   /// Closes the listener and every connection, then stops the gateway actor.
   void stop();
 

@@ -27,6 +27,8 @@ const char* to_string(ceco_errc code) {
     case ceco_errc::cloud_unreachable: return "cloud_unreachable";
     case ceco_errc::not_placed_here: return "not_placed_here";
     case ceco_errc::unknown_message: return "unknown_message";
+    case ceco_errc::handshake_timeout: return "handshake_timeout";
+    case ceco_errc::bad_request: return "bad_request";
   }
   return "unknown_error";
 }

@@ -82,6 +82,8 @@ enum class ceco_errc : uint8_t {
   cloud_unreachable,    // the link to the cloud is down
   not_placed_here,      // the actor asked for runs on the other node
   unknown_message,      // not a message of the protocol
+  handshake_timeout,    // the cloud did not complete the handshake in time (retried)
+  bad_request,          // a request this edge cannot encode: refused here, nothing sent
 };
 
 /// Version of the edge-cloud protocol; a hello with another is refused.

@@ -70,7 +70,8 @@ caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings
   // it as long as a heartbeat gives a silent peer.
   o.connect_timeout_ms = std::min(s.cloud.request_timeout_ms, 5000);
   if (s.cloud.heartbeat_ms > 0)
-    o.connect_timeout_ms = std::clamp(4 * s.cloud.heartbeat_ms, 1000, o.connect_timeout_ms);
+    o.connect_timeout_ms = std::clamp(4 * s.cloud.heartbeat_ms,
+                                      std::min(1000, o.connect_timeout_ms), o.connect_timeout_ms);
   return connect_remote_front(sys, std::move(o), hello, s.cloud.heartbeat_ms,
                               s.cloud.request_timeout_ms);
 }

@@ -36,7 +36,8 @@ wire::server_options cloud_server_options(const settings& s, const wire::wire_li
 
 /// One attempt to connect, authenticate and pass the handshake with
 /// `hello`: the cloud front, or why not (handshake_failed when the cloud
-/// refused this edge). Blocking; safe from any thread but a scheduler's.
+/// refused this edge, handshake_timeout when it did not finish the handshake
+/// in time). Blocking; safe from any thread but a scheduler's.
 caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings& s,
                                           const hello_msg& hello, const wire::wire_limits& limits);
 

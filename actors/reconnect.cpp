@@ -37,7 +37,7 @@ void reconnector_fn(caf::blocking_actor*, connect_fn connect,
         reconnected(*front);
       return;
     }
-    auto err = caf::to_string(front.error());
+    auto err = describe(front.error());
     if (err != last_error)
       fmt::print(stderr, "ceco: cannot reconnect to the cloud yet ({}); retrying with backoff\n",
                  err);

@@ -161,17 +161,34 @@ caf::expected<cloud_api> connect_remote_front(caf::actor_system& sys, wire::clie
       return make_error(ceco_errc::handshake_failed,
                         fmt::format("{}: the cloud refuses this edge: cloud.secret differs "
                                     "(the shared-secret handshake failed: {})", where, err.text));
+    // A cloud speaking TLS to a plain edge (or the other way round) waits
+    // for the other to start, as a hung one does.
+    const auto agree = fmt::format(
+      "both nodes must agree on cloud.tls, here {}, with certificates each signed by the "
+      "other's cloud.tls_ca_file, and on cloud.secret",
+      tls ? "true" : "false");
+    if (err.code == wire::wire_errc::timed_out)
+      return make_error(ceco_errc::handshake_timeout,
+                        fmt::format("{}: the handshake did not complete: {} (the cloud is slow "
+                                    "or hung, or no ceco cloud; {})",
+                                    where, err.text, agree));
     if (err.code == wire::wire_errc::io && err.text.rfind("cannot", 0) == 0)
       return make_error(ceco_errc::cloud_unreachable, fmt::format("{}: {}", where, err.text));
     return make_error(
       ceco_errc::cloud_unreachable,
-      fmt::format("{}: {}: {} (the cloud dropped the connection while setting it up: both nodes "
-                  "must agree on cloud.tls, here {}, with certificates each signed by the "
-                  "other's cloud.tls_ca_file, and on cloud.secret)",
-                  where, wire::to_string(err.code), err.text, tls ? "true" : "false"));
+      fmt::format("{}: {}: {} (the cloud dropped the connection while setting it up: {})",
+                  where, wire::to_string(err.code), err.text, agree));
   }
   std::shared_ptr<wire::client> client = std::move(std::get<0>(connected));
-  auto greeted = reply_of<hello_msg>(client->call(request_frame(hello), timeout_ms));
+  auto answer = client->call(request_frame(hello), timeout_ms);
+  if (!wire::ok(answer) && std::get<1>(answer).code == wire::wire_errc::timed_out) {
+    client->close();
+    return make_error(ceco_errc::handshake_timeout,
+                      fmt::format("{}: the cloud did not answer the hello within {} ms "
+                                  "(cloud.request_timeout_ms)",
+                                  where, timeout_ms));
+  }
+  auto greeted = reply_of<hello_msg>(std::move(answer));
   if (!greeted) {
     client->close();
     if (is(greeted.error(), ceco_errc::handshake_failed))

@@ -19,7 +19,10 @@ namespace ceco {
 
 /// Connects, authenticates, and passes the handshake with `hello` within
 /// `timeout_ms`: the remote front, or why not (handshake_failed when the
-/// cloud refused this edge or its secret; cloud_unreachable otherwise).
+/// cloud refused this edge or its secret, for good; handshake_timeout when
+/// the connection, its authentication or the hello took too long, worth
+/// another try; cloud_unreachable otherwise). A request the front cannot
+/// encode fails alone (bad_request); the connection goes on.
 /// Blocking; safe from any thread but a scheduler's.
 caf::expected<cloud_api> connect_remote_front(caf::actor_system& sys, wire::client_options opts,
                                               const hello_msg& hello, int heartbeat_ms,

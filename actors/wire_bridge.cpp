@@ -40,7 +40,7 @@ wire::message reply_frame(const caf::error& err) {
 }
 
 caf::error error_of(const wire::error_frame& e) {
-  if (e.code >= uint8_t(ceco_errc::unknown_session) && e.code <= uint8_t(ceco_errc::unknown_message)) {
+  if (e.code >= uint8_t(ceco_errc::unknown_session) && e.code <= uint8_t(ceco_errc::bad_request)) {
     // The text is "code: what" (describe on the cloud); keep the what.
     const std::string prefix = std::string(to_string(ceco_errc(e.code))) + ": ";
     auto what = e.text.compare(0, prefix.size(), prefix) == 0 ? e.text.substr(prefix.size()) : e.text;
@@ -52,6 +52,8 @@ caf::error error_of(const wire::error_frame& e) {
 }
 
 caf::error error_of(const wire::wire_error& e) {
+  if (e.code == wire::wire_errc::not_encodable)  // refused here: the link is fine
+    return make_error(ceco_errc::bad_request, e.text);
   return make_error(ceco_errc::cloud_unreachable,
                     fmt::format("{}: {}", wire::to_string(e.code), e.text));
 }

@@ -38,7 +38,8 @@ wire::message reply_frame(exit_decision d);
 wire::message reply_frame(const caf::error& err);
 
 /// The error a frame carries: a ceco error keeps its code and text; a
-/// transport error (wire_errc) becomes cloud_unreachable naming it.
+/// transport error (wire_errc) becomes cloud_unreachable naming it, except a
+/// request this side could not encode (not_encodable), a bad_request.
 caf::error error_of(const wire::error_frame& e);
 caf::error error_of(const wire::wire_error& e);
 

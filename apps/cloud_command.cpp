@@ -1,12 +1,14 @@
 // ceco cloud: the cloud of a two-node deployment. Serves the cloud front
 // (context manager and cloud layers behind it) over ceco's wire protocol on
-// cloud.host:cloud.port, through the gateway, until SIGINT or SIGTERM.
+// cloud.host:cloud.port, through the gateway, until SIGINT or SIGTERM (status
+// 0), or until one of its actors dies (status 3, naming the actor and why).
 //
 //   ceco cloud --config config/sim.toml --set cloud.host=0.0.0.0
 //   ceco edge  --config config/sim.toml --set cloud.host=<cloud address>
 
 #include <csignal>
 #include <iostream>
+#include <optional>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -69,7 +71,8 @@ void run_cloud(const cloud_args& a) {
   auto site = spawn_cloud_site(sys, s, m);
   std::unique_ptr<cloud_gateway> gateway;
   try {
-    gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options));
+    gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options),
+                                              s.session.max_sessions_per_connection);
   } catch (const std::exception& e) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,
@@ -85,32 +88,36 @@ void run_cloud(const cloud_args& a) {
   if (serves_strangers(s))
     fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
                        "anyone who reaches it is served\n", s.cloud.host);
+  site.watch->add(gateway->actor(), "gateway");
+  // Until a signal, or until an actor of the cloud dies: then the process
+  // exits non-zero (its supervisor restarts it) rather than answer errors.
+  cloud_stats last;
+  using clock = std::chrono::steady_clock;
+  const auto period = std::chrono::duration_cast<clock::duration>(
+    std::chrono::duration<double>(a.stats_s > 0 ? a.stats_s : 0.0));
+  auto next = clock::now() + period;
   int sig = 0;
-  if (a.stats_s > 0) {
-    cloud_stats last;
-    using clock = std::chrono::steady_clock;
-    const auto period = std::chrono::duration_cast<clock::duration>(
-      std::chrono::duration<double>(a.stats_s));
-    auto next = clock::now() + period;
-    for (;;) {
-      auto left = std::max(clock::duration(0), next - clock::now());
-      auto secs = std::chrono::duration_cast<std::chrono::seconds>(left);
-      timespec wait{secs.count(),
-                    long(std::chrono::duration_cast<std::chrono::nanoseconds>(left - secs).count())};
-      sig = sigtimedwait(&stop, nullptr, &wait);
-      if (sig > 0)
-        break;
-      if (clock::now() >= next) {  // timed out, not interrupted
-        print_stats(sys, site, last, a.stats_s);
-        next += period;
-      }
+  std::optional<std::string> failure;
+  while (sig <= 0 && !failure) {
+    timespec tick{0, 100'000'000};  // how soon a failure is noticed
+    sig = sigtimedwait(&stop, nullptr, &tick);
+    failure = site.watch->failure();
+    if (sig <= 0 && a.stats_s > 0 && clock::now() >= next) {
+      print_stats(sys, site, last, a.stats_s);
+      next += period;
     }
-  } else {
-    sigwait(&stop, &sig);
   }
-  fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  site.watch->stop();
+  if (failure)
+    fmt::print(stderr, "ceco cloud: {}; shutting down\n", *failure);
+  else
+    fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::cout.flush();
   gateway->stop();
   site.stop();
+  if (failure)
+    throw fatal_failure(fmt::format("cloud: {}: exiting with status {} so that its supervisor "
+                                    "restarts it", *failure, fatal_failure_status));
 }
 
 } // namespace

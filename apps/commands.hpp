@@ -2,6 +2,8 @@
 
 // Each subcommand of `ceco` registers its options and its action here.
 
+#include <stdexcept>
+
 #include <CLI/CLI.hpp>
 
 namespace ceco::app {
@@ -15,6 +17,13 @@ void add_cloud_command(CLI::App& app);
 void add_edge_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+
+/// A server that cannot go on (an actor of the cloud died): `ceco` exits
+/// with status 3, so that a supervisor restarts it.
+struct fatal_failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+constexpr int fatal_failure_status = 3;
 
 /// The model a command reads when --model is not given: $CECO_MODEL, else
 /// the built-in model in config/models/kjv/.

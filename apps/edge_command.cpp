@@ -28,6 +28,7 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
     auto remote = connect_to_front(sys, s, make_hello(s, m), wire_limits_of(m));
     if (remote)
       return *remote;
+    // A refusal is final; a handshake that timed out is tried again.
     if (is(remote.error(), ceco_errc::handshake_failed))
       throw model_error(describe(remote.error()));
     last_error = describe(remote.error());
@@ -57,8 +58,8 @@ void add_edge_command(CLI::App& app) {
   auto a = std::make_shared<session_args>();
   auto* cmd = app.add_subcommand(
     "edge", "run the edge of a two-node deployment: connect to `ceco cloud` at cloud.host and "
-            "cloud.port and generate (same settings, output and JSON as sim; the link.* delays "
-            "are added on top of the real network, so set them to 0 on a real link)");
+            "cloud.port and generate (same settings, output and JSON as sim; the link adds no "
+            "delay unless link.* in the file or --set asks for it)");
   add_session_options(cmd, a);
   cmd->callback([a] { run_sessions(*a, wire_to_remote_cloud); });
 }

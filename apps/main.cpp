@@ -48,6 +48,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const ceco::app::fatal_failure& e) {
+    std::cerr << "ceco: fatal: " << e.what() << "\n";
+    return ceco::app::fatal_failure_status;
   } catch (const ceco::model_error& e) {
     std::cerr << "ceco: error: " << e.what() << "\n";
     return 1;

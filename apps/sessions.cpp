@@ -98,7 +98,8 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
 
 void run_sessions(session_args a, const remote_cloud_fn& remote) {
   const bool deployed = bool(remote);
-  auto s = load_settings(a.config, a.sets);
+  // A real network's link adds no delay unless the file or --set asks.
+  auto s = load_settings(a.config, a.sets, deployed ? real_network_defaults() : settings{});
   if (a.max_tokens > 0)
     s.generation.max_tokens = a.max_tokens;
   std::vector<std::string> modes;

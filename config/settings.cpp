@@ -281,6 +281,8 @@ const std::vector<key_spec>& schema() {
     int_key("link.seed", 0, int_max, CECO_REF(int, link.seed)),
     float_key("session.ttl_s", 0.0, max_ttl_s, CECO_REF(double, session.ttl_s), true),
     int_key("session.max_sessions", 1, 1'000'000, CECO_REF(int, session.max_sessions)),
+    int_key("session.max_sessions_per_connection", 1, 1'000'000,
+            CECO_REF(int, session.max_sessions_per_connection)),
     float_key("session.max_memory_mb", 0.0, 1e8, CECO_REF(double, session.max_memory_mb)),
     int_key("session.batch_sessions", 1, 4096, CECO_REF(int, session.batch_sessions)),
     string_key("placement.exit_evaluator", {"edge", "cloud"},
@@ -409,8 +411,17 @@ void check_tls(const settings& s) {
 
 } // namespace
 
-settings load_settings(const std::string& file, const std::vector<std::string>& overrides) {
+settings real_network_defaults() {
   settings s;
+  s.link.latency_ms = 0.0;
+  s.link.bandwidth_mbps = 0.0;
+  s.link.jitter_ms = 0.0;
+  return s;
+}
+
+settings load_settings(const std::string& file, const std::vector<std::string>& overrides,
+                       const settings& defaults) {
+  settings s = defaults;
   if (!file.empty()) {
     if (!std::filesystem::exists(file))
       throw config_error(fmt::format("{}: no such configuration file", file));

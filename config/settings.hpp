@@ -55,6 +55,7 @@ struct settings {
   struct {
     double ttl_s = 60.0;  // idle cloud sessions are freed after this
     int max_sessions = 256;
+    int max_sessions_per_connection = 64;  // most one edge connection holds at once
     double max_memory_mb = 0.0;  // cloud contexts in all; 0 = no limit
     int batch_sessions = 64;     // most sessions computed together in one cloud step
   } session;
@@ -116,8 +117,13 @@ const std::vector<link_profile>& link_profiles();
 /// (no-op when it is empty).
 void apply_link_profile(settings& s);
 
-/// Defaults, then `file` (if not empty), then each "key=value" override.
-settings load_settings(const std::string& file, const std::vector<std::string>& overrides);
+/// `defaults`, then `file` (if not empty), then each "key=value" override.
+settings load_settings(const std::string& file, const std::vector<std::string>& overrides,
+                       const settings& defaults = settings{});
+/// The defaults of a node on a real network (`ceco edge`): its link adds no
+/// delay and no bandwidth limit (the simulation's 5 ms and 30 Mbit/s are for
+/// `ceco sim`); a file's or --set's link.* keys still apply on top.
+settings real_network_defaults();
 /// Applies one "key=value" (the value in TOML syntax; bare strings and
 /// comma-separated lists are accepted too).
 void apply_override(settings& s, const std::string& assignment);

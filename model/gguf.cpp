@@ -1,5 +1,6 @@
 #include "model/gguf.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include <fcntl.h>
@@ -205,6 +206,45 @@ void gguf_file::parse() {
         "but the file has {} bytes",
         path_, t.name, t.n_bytes, begin, begin + t.n_bytes, size_));
     t.data = base_ + begin;
+  }
+  check_layout(alignment);
+}
+
+void gguf_file::check_layout(uint64_t alignment) const {
+  // Each tensor's data starts aligned, and where the one before it ends (its
+  // type times its dimensions, padded to the alignment): a wrong offset or a
+  // type that disagrees with the data it was written with shows as an
+  // unaligned start, an overlap or a gap.
+  std::vector<const gguf_tensor*> by_offset;
+  for (const auto& t : tensors_)
+    by_offset.push_back(&t);
+  std::stable_sort(by_offset.begin(), by_offset.end(),
+                   [](auto* a, auto* b) { return a->offset < b->offset; });
+  auto describe = [](const gguf_tensor& t) {
+    return fmt::format("'{}' ({} {}, {} bytes from data offset {})", t.name,
+                       quant::type_name(t.type), t.shape_string(), t.n_bytes, t.offset);
+  };
+  const gguf_tensor* prev = nullptr;
+  for (const auto* t : by_offset) {
+    if (t->offset % alignment != 0)
+      throw model_error(fmt::format(
+        "{}: tensor '{}' starts at data offset {}, not a multiple of general.alignment = {}",
+        path_, t->name, t->offset, alignment));
+    if (prev) {
+      const uint64_t end = prev->offset + prev->n_bytes;  // within the file (checked)
+      const uint64_t padded = (end + alignment - 1) / alignment * alignment;
+      if (t->offset < end)
+        throw model_error(fmt::format(
+          "{}: tensors overlap: {} runs into tensor {} (a wrong offset, or a type that "
+          "disagrees with the data)",
+          path_, describe(*prev), describe(*t)));
+      if (t->offset > padded)
+        throw model_error(fmt::format(
+          "{}: tensor {} ends {} bytes before tensor '{}' starts at data offset {}: its type "
+          "disagrees with the data it holds (or an offset is wrong)",
+          path_, describe(*prev), t->offset - end, t->name, t->offset));
+    }
+    prev = t;
   }
 }
 

@@ -7,7 +7,10 @@
 // u32 n_dims | u64 ne[n_dims] | u32 ggml_type | u64 offset) | padding to
 // `general.alignment` (32) | tensor data. Strings are u64 length + bytes.
 // Every read is bounds-checked: a truncated or corrupt file raises
-// model_error naming the file and what was being read, never a crash.
+// model_error naming the file and what was being read, never a crash. Tensor
+// data must be laid out as ggml writes it: each offset aligned, each tensor
+// starting where the one before ends (padded), so a wrong offset or a type
+// that disagrees with the data is refused naming the tensor.
 
 #include "model/half.hpp"
 #include <cstdint>
@@ -81,6 +84,8 @@ public:
 
 private:
   void parse();
+  /// Offsets aligned, tensors neither overlapping nor leaving gaps.
+  void check_layout(uint64_t alignment) const;
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;

@@ -137,21 +137,33 @@ tokenizer tokenizer::from_gguf(const gguf_file& f) {
       }
     }
   }
+  const char* bos_key = "tokenizer.ggml.bos_token_id";
+  const char* eos_key = "tokenizer.ggml.eos_token_id";
+  // Read as stored (64 bits), checked before it becomes a token id.
+  auto special_id = [&](const char* key, uint64_t fallback) {
+    const uint64_t id = f.get_uint_or(key, fallback);
+    if (id >= pieces.size())
+      throw model_error(fmt::format("{}: {} is {}, outside the vocabulary of {} tokens "
+                                    "(expected 0..{})",
+                                    f.path(), key, id, pieces.size(),
+                                    pieces.empty() ? 0 : pieces.size() - 1));
+    return int(id);
+  };
   int bos = 1, eos = 2;
   if (spm) {
     for (auto& p : pieces)
       p = replace_all(std::move(p), "\xe2\x96\x81", " ");  // U+2581 "▁"
-    bos = int(f.get_uint_or("tokenizer.ggml.bos_token_id", 1));
-    eos = int(f.get_uint_or("tokenizer.ggml.eos_token_id", 2));
+    bos = special_id(bos_key, 1);
+    eos = special_id(eos_key, 2);
   } else {
     // GPT-2 style vocabularies often name one token for both.
-    const char* bos_key = "tokenizer.ggml.bos_token_id";
-    const char* eos_key = "tokenizer.ggml.eos_token_id";
     if (!f.has(bos_key) && !f.has(eos_key))
       throw model_error(fmt::format("{}: a 'gpt2' vocabulary needs {} or {}", f.path(), bos_key,
                                     eos_key));
-    bos = int(f.has(bos_key) ? f.get_uint(bos_key) : f.get_uint(eos_key));
-    eos = int(f.has(eos_key) ? f.get_uint(eos_key) : f.get_uint(bos_key));
+    const char* bos_from = f.has(bos_key) ? bos_key : eos_key;
+    const char* eos_from = f.has(eos_key) ? eos_key : bos_key;
+    bos = special_id(bos_from, 0);
+    eos = special_id(eos_from, 0);
   }
   auto bpe_pieces = spm ? std::vector<std::string>{} : pieces;
   auto t = from_pieces(std::move(pieces), std::move(scores), std::move(kinds), bos, eos);

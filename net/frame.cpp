@@ -378,6 +378,7 @@ const char* to_string(wire_errc code) {
     case wire_errc::timed_out: return "timed_out";
     case wire_errc::auth_failed: return "auth_failed";
     case wire_errc::io: return "io";
+    case wire_errc::not_encodable: return "not_encodable";
   }
   return "unknown";
 }

@@ -165,6 +165,7 @@ enum class wire_errc : uint8_t {
   timed_out,         // a deadline passed
   auth_failed,       // the peer did not prove the shared secret
   io,                // socket error
+  not_encodable,     // a message this side cannot encode (outside the bounds): not sent
 };
 const char* to_string(wire_errc code);
 

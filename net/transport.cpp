@@ -5,6 +5,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
@@ -52,16 +53,35 @@ class channel : public std::enable_shared_from_this<channel> {
   void send(uint32_t request_id, const message& msg) {
     if (closed_)
       return;
-    if (out_.size() >= max_queued_)
-      return fail({wire_errc::too_many_requests,
-                   fmt::format("{} frames queued for a peer that does not read them",
-                               out_.size())});
     auto bytes = encode(request_id, msg, limits_);
     if (!ok(bytes)) {
       auto& err = std::get<wire_error>(bytes);
       bytes = encode(request_id, error_frame{uint8_t(err.code), err.text}, limits_);
     }
-    out_.push_back(std::move(std::get<std::vector<uint8_t>>(bytes)));
+    queue(std::move(std::get<std::vector<uint8_t>>(bytes)));
+  }
+
+  /// Sends `msg`, or, when it cannot be encoded, sends nothing and says why
+  /// (not_encodable): the connection stays as it was.
+  std::optional<wire_error> send_or_refuse(uint32_t request_id, const message& msg) {
+    auto bytes = encode(request_id, msg, limits_);
+    if (!ok(bytes)) {
+      const auto& err = std::get<wire_error>(bytes);
+      return wire_error{wire_errc::not_encodable,
+                        fmt::format("not sent: a {} frame this side cannot encode ({}: {})",
+                                    to_string(type_of(msg)), to_string(err.code), err.text)};
+    }
+    if (!closed_)
+      queue(std::move(std::get<std::vector<uint8_t>>(bytes)));
+    return std::nullopt;
+  }
+
+  void queue(std::vector<uint8_t> bytes) {
+    if (out_.size() >= max_queued_)
+      return fail({wire_errc::too_many_requests,
+                   fmt::format("{} frames queued for a peer that does not read them",
+                               out_.size())});
+    out_.push_back(std::move(bytes));
     if (!writing_)
       write_next();
   }
@@ -587,8 +607,9 @@ class client::impl::connection : public channel {
     if (int(pending_.size()) >= client_.opts.max_pending_requests)
       return on_reply(wire_error{wire_errc::too_many_requests,
                                  fmt::format("{} requests already await replies", pending_.size())});
+    if (auto refused = send_or_refuse(id, msg))
+      return on_reply(std::move(*refused));  // that request fails; the connection goes on
     pending_.emplace(id, std::move(on_reply));
-    send(id, msg);
   }
 
  protected:

@@ -227,3 +227,29 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
   CHECK(other.status == 1);
   CHECK(other.out.find("holds results of different settings") != std::string::npos);
 }
+
+TEST_CASE("ceco edge adds no link delay by default; a file's [link] and --set still apply") {
+  auto has = [](const std::string& out, const std::string& line) {
+    return out.find(line + "\n") != std::string::npos;
+  };
+  auto plain = run_ceco("edge --print-config");
+  REQUIRE(plain.status == 0);
+  CHECK(has(plain.out, "link.latency_ms = 0"));
+  CHECK(has(plain.out, "link.bandwidth_mbps = 0"));
+  CHECK(has(plain.out, "link.jitter_ms = 0"));
+  auto sim = run_ceco("sim --print-config");
+  REQUIRE(sim.status == 0);
+  CHECK(has(sim.out, "link.latency_ms = 5"));
+  CHECK(has(sim.out, "link.bandwidth_mbps = 30"));
+  temp_dir tmp;
+  auto file = tmp.file("edge.toml");
+  std::ofstream(file) << "[link]\nlatency_ms = 12\n";
+  auto configured = run_ceco("edge --print-config --config " + file + " --set link.jitter_ms=2");
+  REQUIRE(configured.status == 0);
+  CHECK(has(configured.out, "link.latency_ms = 12"));
+  CHECK(has(configured.out, "link.bandwidth_mbps = 0"));
+  CHECK(has(configured.out, "link.jitter_ms = 2"));
+  auto profiled = run_ceco("edge --print-config --set link.profile=wan");
+  REQUIRE(profiled.status == 0);
+  CHECK(has(profiled.out, "link.latency_ms = 25"));
+}

@@ -4,10 +4,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <random>
 #include <sstream>
 #include <thread>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/deployment.hpp"
+#include "actors/reconnect.hpp"
 #include "actors/wire_bridge.hpp"
 #include "net/transport.hpp"
 #include "test/raw_wire_peer.hpp"
@@ -363,9 +367,7 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
   auto lying = good;
   lying.rows = 400;  // claims more rows than its bytes hold
   std::vector<float> huge(size_t(3000) * 64, 0.0f);
-  // (The lying one cannot even be encoded: the edge's side refuses it.)
   const std::vector<std::pair<tensor_blob, std::string>> refusals = {
-    {lying, "closed"},
     {make_blob(rows.data(), 8, 32, wire_dtype::f16), "upload.states.cols: expected 64..64, got 32"},
     {make_blob(huge.data(), 3000, 64, wire_dtype::f16), "upload.states.rows: expected 0.."}};
   for (const auto& [bad, why] : refusals) {
@@ -376,6 +378,18 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
     CHECK(err.find("cloud_unreachable") == 0);
     CHECK(err.find(why) != std::string::npos);
     CHECK(!broken.client->is_open());
+  }
+
+  // The lying one cannot even be encoded: the edge's side refuses it, that
+  // request fails alone, nothing is sent and the connection goes on.
+  {
+    wire_peer careful(cloud.port);
+    greet(careful);
+    auto err = upload_error(careful, {id, 0, lying});
+    CAPTURE(err);
+    CHECK(err.find("bad_request: not sent: a upload frame this side cannot encode") == 0);
+    CHECK(careful.client->is_open());
+    CHECK(careful.ask<uint64_t>(open_atom::value));
   }
 
   // A frame type the protocol does not have, from an authenticated peer.
@@ -573,4 +587,147 @@ TEST_CASE("the two-node setup in network namespaces runs where the machine allow
   auto j = nlohmann::json::parse(line.substr(0, line.find('\n')));
   CHECK(j["n_generated"] == 10);
   CHECK(j["degraded_tokens"] == 0);
+}
+
+TEST_CASE("one connection holds at most session.max_sessions_per_connection sessions") {
+  cloud_process cloud("--set cloud.port=0 --set session.max_sessions=8 "
+                      "--set session.max_sessions_per_connection=2");
+  REQUIRE_MESSAGE(cloud.port > 0, cloud.banner);
+  auto s = load_settings("", {"model.path=" + stories_gguf()});
+  auto m = load_site_model(s, stories_gguf());
+  auto greeted = [&](wire_peer& peer) {
+    auto h = peer.ask<hello_msg>(make_hello(s, m));
+    REQUIRE_MESSAGE(h, describe(h.error()));
+  };
+  wire_peer greedy(cloud.port);
+  greeted(greedy);
+  auto first = greedy.ask<uint64_t>(open_atom::value);
+  auto second = greedy.ask<uint64_t>(open_atom::value);
+  REQUIRE(first);
+  REQUIRE(second);
+  auto third = greedy.error_of<uint64_t>(open_atom::value);
+  CHECK(third.find("session_limit: this connection holds 2 session(s)") == 0);
+  CHECK(third.find("session.max_sessions_per_connection = 2") != std::string::npos);
+
+  // Another connection still gets its own, up to its own limit.
+  wire_peer other(cloud.port);
+  greeted(other);
+  CHECK(other.ask<uint64_t>(open_atom::value));
+  CHECK(other.ask<uint64_t>(open_atom::value));
+  CHECK(other.error_of<uint64_t>(open_atom::value).find("session_limit") == 0);
+
+  // Closing one frees a place on that connection.
+  CHECK(greedy.error_of<session_summary>(close_atom::value, *first) == "accepted");
+  CHECK(greedy.ask<uint64_t>(open_atom::value));
+
+  // Opens sent together, unanswered, count too: two of five at most pass.
+  wire_peer eager(cloud.port);
+  greeted(eager);
+  std::vector<std::future<bool>> answers;
+  for (int i = 0; i < 5; ++i) {
+    auto done = std::make_shared<std::promise<bool>>();
+    answers.push_back(done->get_future());
+    eager.client->request(request_frame(open_atom::value), [done](wire::result<wire::message> r) {
+      done->set_value(wire::ok(r) && bool(reply_of<uint64_t>(std::move(r))));
+    });
+  }
+  int opened = 0;
+  for (auto& a : answers) {
+    REQUIRE(a.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    opened += a.get() ? 1 : 0;
+  }
+  CHECK(opened == 2);
+}
+
+namespace {
+
+/// A TCP port on loopback that accepts connections (the kernel's backlog)
+/// and never says a word: a hung cloud, or something that is no cloud.
+struct silent_listener {
+  int fd = -1;
+  int port = 0;
+  silent_listener() {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port = ntohs(a.sin_port);
+  }
+  ~silent_listener() { ::close(fd); }
+};
+
+} // namespace
+
+TEST_CASE("a handshake that timed out is handshake_timeout, not handshake_failed, and is retried") {
+  auto s = load_settings("", {"model.path=" + stories_gguf(), "cloud.heartbeat_ms=250"});
+  auto m = load_site_model(s, stories_gguf());
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, 2);
+  caf::actor_system sys{cfg};
+
+  // Nothing answers the authentication: the connect deadline (4 heartbeats).
+  silent_listener silent;
+  s.cloud.port = silent.port;
+  auto start = std::chrono::steady_clock::now();
+  auto hung = connect_to_front(sys, s, make_hello(s, m), wire_limits_of(m));
+  auto waited = std::chrono::steady_clock::now() - start;
+  REQUIRE(!hung);
+  CAPTURE(describe(hung.error()));
+  CHECK(is(hung.error(), ceco_errc::handshake_timeout));
+  CHECK(describe(hung.error()).find("no authenticated connection within 1000 ms") !=
+        std::string::npos);
+  CHECK(waited >= std::chrono::milliseconds(900));
+  CHECK(waited < std::chrono::seconds(5));
+
+  // The secret is proven, but the hello is never answered.
+  wire::server_options o;
+  o.insecure = true;
+  o.limits = wire_limits_of(m);
+  wire::server mute(o, [](wire::connection_id, uint32_t, wire::message) {});
+  s.cloud.port = mute.port();
+  s.cloud.request_timeout_ms = 400;
+  auto unanswered = connect_to_front(sys, s, make_hello(s, m), wire_limits_of(m));
+  REQUIRE(!unanswered);
+  CAPTURE(describe(unanswered.error()));
+  CHECK(is(unanswered.error(), ceco_errc::handshake_timeout));
+  CHECK(describe(unanswered.error()).find("did not answer the hello within 400 ms") !=
+        std::string::npos);
+
+  // `ceco edge` tries again with backoff, then gives up naming the timeout.
+  auto edge = run_edge_with_errors(fmt::format(
+    "--max-tokens 4 --set cloud.port={} --set cloud.connect_tries=2 --set cloud.heartbeat_ms=250",
+    silent.port));
+  CAPTURE(edge.out);
+  CHECK(edge.status == 1);
+  CHECK(edge.out.find("handshake_timeout") != std::string::npos);
+  CHECK(edge.out.find("retrying in 100 ms") != std::string::npos);
+  CHECK(edge.out.find("after 2 attempt(s)") != std::string::npos);
+
+  // The link's reconnector tries again after a timed-out handshake, with
+  // backoff, until a front comes.
+  auto front = caf::actor_cast<cloud_api>(sys.spawn([]() -> caf::behavior {
+    return {[](int32_t) {}};
+  }));
+  std::atomic<int> attempts{0};
+  std::promise<std::chrono::steady_clock::time_point> handed;
+  reconnector again;
+  const auto first_try = std::chrono::steady_clock::now();
+  again.start(
+    sys,
+    [&]() -> caf::expected<cloud_api> {
+      if (++attempts < 3)
+        return make_error(ceco_errc::handshake_timeout, "test: no hello within 1 ms");
+      return front;
+    },
+    [&](cloud_api) { handed.set_value(std::chrono::steady_clock::now()); });
+  auto got = handed.get_future();
+  REQUIRE(got.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  CHECK(attempts == 3);
+  CHECK(got.get() - first_try >= std::chrono::milliseconds(300));  // 100 ms, then 200 ms
+  caf::anon_send_exit(front, caf::exit_reason::user_shutdown);
 }

@@ -49,7 +49,96 @@ void rewrite_stories(const std::string& out,
   w.write(out);
 }
 
+/// A small GGUF: three f32 tensors and an 8-piece vocabulary whose BOS and
+/// EOS are `bos` and `eos`.
+std::vector<char> small_gguf(const temp_dir& tmp, uint32_t bos = 1, uint32_t eos = 2) {
+  gguf_writer w;
+  w.set_string("tokenizer.ggml.model", "llama");
+  w.set_string_array("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a", "b", "c", "d", "e"});
+  w.set_uint32("tokenizer.ggml.bos_token_id", bos);
+  w.set_uint32("tokenizer.ggml.eos_token_id", eos);
+  std::vector<float> data(64, 0.5f);
+  w.add_tensor("tensor.alpha", {8, 8}, data.data());  // 256 bytes at data offset 0
+  w.add_tensor("tensor.gamma", {32}, data.data());    // 128 bytes at 256
+  w.add_tensor("tensor.beta", {8, 8}, data.data());   // 256 bytes at 384
+  auto path = tmp.file("small.gguf");
+  w.write(path);
+  return read_all(path);
+}
+
+/// Where the ggml type (u32) of tensor `name` is in a GGUF's bytes; its
+/// data offset (u64) follows.
+size_t type_field_of(const std::vector<char>& bytes, const std::string& name) {
+  auto at = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
+  REQUIRE(at != bytes.end());
+  size_t pos = size_t(at - bytes.begin()) + name.size();
+  uint32_t n_dims = 0;
+  std::memcpy(&n_dims, bytes.data() + pos, 4);
+  return pos + 4 + 8 * size_t(n_dims);
+}
+
+template <class T>
+void patch(std::vector<char>& bytes, size_t at, T value) {
+  std::memcpy(bytes.data() + at, &value, sizeof value);
+}
+
+/// The error of reading `bytes` as a GGUF file written to `tmp`/`name`.
+std::string gguf_error(const temp_dir& tmp, const std::string& name, const std::vector<char>& bytes) {
+  auto path = tmp.file(name);
+  write_all(path, bytes, bytes.size());
+  return error_of([&] {
+    gguf_file f(path);
+    tokenizer::from_gguf(f);
+  });
+}
+
 } // namespace
+
+TEST_CASE("GGUF tensor data that is unaligned, overlapping or sized by another type is refused by name") {
+  temp_dir tmp;
+  const auto good = small_gguf(tmp);
+  CHECK(gguf_error(tmp, "good.gguf", good) == "");
+
+  auto unaligned = good;
+  patch(unaligned, type_field_of(unaligned, "tensor.gamma") + 4, uint64_t(260));
+  auto msg = gguf_error(tmp, "unaligned.gguf", unaligned);
+  CHECK(contains(msg, "unaligned.gguf"));
+  CHECK(contains(msg, "tensor 'tensor.gamma' starts at data offset 260, not a multiple of "
+                      "general.alignment = 32"));
+
+  auto overlapping = good;
+  patch(overlapping, type_field_of(overlapping, "tensor.beta") + 4, uint64_t(128));
+  msg = gguf_error(tmp, "overlap.gguf", overlapping);
+  CHECK(contains(msg, "overlap.gguf: tensors overlap: 'tensor.alpha' (F32 [8, 8], 256 bytes from "
+                      "data offset 0) runs into tensor 'tensor.beta' (F32 [8, 8], 256 bytes from "
+                      "data offset 128)"));
+
+  // F16 where the data was written as F32: half the bytes, a gap behind it.
+  auto narrower = good;
+  patch(narrower, type_field_of(narrower, "tensor.alpha"), uint32_t(ggml_type::f16));
+  msg = gguf_error(tmp, "narrower.gguf", narrower);
+  CHECK(contains(msg, "narrower.gguf: tensor 'tensor.alpha' (F16 [8, 8], 128 bytes from data "
+                      "offset 0) ends 128 bytes before tensor 'tensor.gamma' starts at data "
+                      "offset 256: its type disagrees with the data it holds"));
+
+  // Q8_0 takes 34 bytes for 32 elements, written as 128 bytes of F32.
+  auto quantized = good;
+  patch(quantized, type_field_of(quantized, "tensor.gamma"), uint32_t(ggml_type::q8_0));
+  msg = gguf_error(tmp, "quantized.gguf", quantized);
+  CHECK(contains(msg, "quantized.gguf: tensor 'tensor.gamma' (Q8_0 [32], 34 bytes from data "
+                      "offset 256) ends 94 bytes before tensor 'tensor.beta' starts at data "
+                      "offset 384"));
+}
+
+TEST_CASE("BOS and EOS ids outside the vocabulary name the file and the key") {
+  temp_dir tmp;
+  auto msg = gguf_error(tmp, "bos.gguf", small_gguf(tmp, 8, 2));
+  CHECK(contains(msg, "bos.gguf: tokenizer.ggml.bos_token_id is 8, outside the vocabulary of 8 "
+                      "tokens (expected 0..7)"));
+  msg = gguf_error(tmp, "eos.gguf", small_gguf(tmp, 1, 0xFFFFFFFF));
+  CHECK(contains(msg, "eos.gguf: tokenizer.ggml.eos_token_id is 4294967295, outside the vocabulary"));
+  CHECK(gguf_error(tmp, "fine.gguf", small_gguf(tmp, 1, 7)) == "");
+}
 
 TEST_CASE("a GGUF rewritten with F16 output loads and predicts like the original") {
   temp_dir tmp;

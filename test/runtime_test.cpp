@@ -562,3 +562,32 @@ TEST_CASE("the link counts a message's bytes without serialising it") {
   MESSAGE("a 64 x 288 f16 upload (" << serialised / reps << " bytes): serialising it "
           << us(t0, t1) << " us, counting it " << us(t1, t2) << " us");
 }
+
+TEST_CASE("an actor of the cloud that dies is the deployment's failure, named with its reason") {
+  sim_fixture fx;
+  CHECK(!fx.sim->cloud_failure(std::chrono::milliseconds(50)));
+  caf::anon_send_exit(fx.sim->cloud_layers(), caf::exit_reason::kill);
+  auto failure = fx.sim->cloud_failure(std::chrono::seconds(5));
+  REQUIRE(failure);
+  CHECK(failure->find("the cloud layers actor went down") == 0);
+  CHECK(failure->find("kill") != std::string::npos);
+  // The first failure stays the one reported.
+  caf::anon_send_exit(fx.sim->contexts(), caf::exit_reason::kill);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(*fx.sim->cloud_failure() == *failure);
+
+  sim_fixture other;
+  caf::anon_send_exit(other.sim->contexts(), caf::exit_reason::unhandled_exception);
+  auto second = other.sim->cloud_failure(std::chrono::seconds(5));
+  REQUIRE(second);
+  CHECK(second->find("the context manager actor went down") == 0);
+}
+
+TEST_CASE("a cloud site stopped on purpose is no failure") {
+  sim_fixture fx;
+  auto site = spawn_cloud_site(*fx.sys, fx.s, fx.m);
+  auto watch = site.watch;
+  site.stop();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(!watch->failure());
+}

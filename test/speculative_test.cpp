@@ -330,8 +330,18 @@ TEST_CASE("an exact response that loses the cloud finishes, says what was never 
   {
     deployment sim(sys, s, m, clouds.first.front, clouds.reconnect);
     cloud = sim.run(ids, "cloud", n);
+    // Lost mid-response: once the first cloud has caught up on a dozen
+    // positions past the prompt (however loaded the machine is).
     std::thread killer([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      caf::scoped_actor poll{sys};
+      for (int i = 0; i < 5000; ++i) {
+        int64_t positions = 0;
+        poll->request(clouds.first.contexts, std::chrono::seconds(1), stats_atom::value)
+          .receive([&](cloud_stats& c) { positions = c.positions; }, [](caf::error&) {});
+        if (positions > int64_t(ids.size()) + 12)
+          break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
       clouds.first.stop();
     });
     r = sim.run(ids, "exact", n);
