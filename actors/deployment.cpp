@@ -135,6 +135,8 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
   lo.bandwidth_mbps = s.link.bandwidth_mbps;
   lo.jitter_ms = s.link.jitter_ms;
   lo.seed = uint64_t(s.link.seed);
+  if (auto profile = compute_profile_of(s))
+    lo.hidden_scale = double(profile->target_dim) / double(cfg.n_embd);
   lo.reconnect = std::move(reconnect);
   link_ = spawn_link(sys, remote_cloud, lo);
   auto profile = compute_profile_of(s);

@@ -71,6 +71,15 @@ void transmit(self_ptr self, direction dir, int64_t bytes, std::function<void()>
                      uint64_t(dir));
 }
 
+/// Bytes of hidden states a message carries (their transfer time scales in
+/// profile mode).
+int64_t hidden_bytes(const tensor_blob& b) { return int64_t(b.bytes.size()); }
+int64_t hidden_bytes(const upload_msg& m) { return hidden_bytes(m.states); }
+int64_t hidden_bytes(const draft_upload& m) { return hidden_bytes(m.states); }
+int64_t hidden_bytes(const naive_request& m) { return hidden_bytes(m.states); }
+template <class T>
+int64_t hidden_bytes(const T&) { return 0; }
+
 /// Request up, reply (or error) down, each through the pipe. When the cloud
 /// is lost, every request it has not answered fails at once (CAF would
 /// otherwise hold them until their timeouts).
@@ -85,7 +94,11 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
   const int64_t up_bytes = frames ? frame_bytes(request_frame(xs...)) : (wire_size(xs) + ...);
   if (session != 0)
     self->state.count(session, up, up_bytes);
-  transmit(self, up, up_bytes, [=]() mutable {
+  const auto scale = self->state.opts.hidden_scale;
+  const int64_t sent_bytes =
+    scale == 1.0 ? up_bytes
+                 : up_bytes + int64_t(double((hidden_bytes(xs) + ...)) * (scale - 1.0));
+  transmit(self, up, sent_bytes, [=]() mutable {
     if (self->state.down) {
       rp.deliver(self->state.down);
       return;

@@ -25,6 +25,10 @@ struct link_options {
   double bandwidth_mbps = 0.0;  // 0 = unlimited
   double jitter_ms = 0.0;
   uint64_t seed = 1;
+  /// Profile mode: hidden states take as long to send as at the profiled
+  /// model's width (target dim / n_embd times their bytes); the bytes
+  /// counted stay this model's. 1 = as they are.
+  double hidden_scale = 1.0;
   /// The cloud is a remote front (actors/remote_front.hpp): count wire
   /// frames, and end the front when the link ends.
   bool remote = false;
