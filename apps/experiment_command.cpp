@@ -4,6 +4,7 @@
 // a folder. An interrupted run resumes where it stopped. The pieces live in
 // apps/experiments/: combinations, the resume ledger, summaries, plots.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -132,32 +133,58 @@ void run_experiment(const experiment_args& a) {
             sim = std::make_unique<deployment>(sys, combos[c].s, m);
           const auto& sample = samples[si];
           auto ids = m.vocab.encode(sample.prompt);
-          auto r = sim->run(ids, strategy, base.generation.max_tokens);
-          auto text = m.vocab.decode(r.tokens, ids.back());
-          auto j = report_json(r, sample.prompt, text,
-                               formula_bytes_up(strategy, int64_t(ids.size()),
-                                                int64_t(r.tokens.size()), cfg.n_embd,
-                                                combos[c].s.upload.dtype == "f32" ? 4 : 2));
-          j["experiment"] = base.experiment.name;
-          j["compute"] = compute_label(combos[c].s);
-          j["combo"] = int(c);
-          j["setting"] = combos[c].label;
-          for (auto& [k, v] : combos[c].keys.items())
-            j[k] = v;
-          j["repetition"] = rep;
-          j["sample"] = si;
-          j["dataset_index"] = sample.index;
-          const auto* cloud = strategy == "cloud" ? &r.tokens : ledger.cloud_tokens(int(c), rep, si);
-          if (cloud)
-            add_cloud_agreement(j, r.tokens, *cloud);
-          if (!sample.reference.empty()) {
-            auto answer = text.substr(0, text.find('\n'));
-            j["reference"] = sample.reference;
-            j["em"] = exact_match(answer, sample.reference);
-            j["f1"] = token_f1(answer, sample.reference);
-            j["rouge_l"] = rouge_l(normalized_words(text), normalized_words(sample.reference));
+          // experiment.sessions edges run this response at once against one cloud.
+          const int n_sessions = combos[c].s.experiment.sessions;
+          auto batch_start = clock_type::now();
+          auto batch = sim->run_concurrently(
+            std::vector<std::vector<int32_t>>(size_t(n_sessions), ids), strategy,
+            base.generation.max_tokens);
+          const double batch_ms =
+            std::chrono::duration<double, std::milli>(clock_type::now() - batch_start).count();
+          int64_t batch_tokens = 0;
+          std::vector<double> ms_per_token;
+          for (auto& r : batch) {
+            batch_tokens += int64_t(r.tokens.size());
+            ms_per_token.push_back(double(r.total_us) / 1000.0
+                                   / double(std::max<size_t>(1, r.tokens.size())));
           }
-          ledger.add(std::move(j));
+          std::sort(ms_per_token.begin(), ms_per_token.end());
+          const double p95 = ms_per_token[std::min(ms_per_token.size() - 1,
+                                                   size_t(0.95 * double(ms_per_token.size())))];
+          for (size_t k = 0; k < batch.size(); ++k) {
+            const auto& r = batch[k];
+            auto text = m.vocab.decode(r.tokens, ids.back());
+            auto j = report_json(r, sample.prompt, text,
+                                 formula_bytes_up(strategy, int64_t(ids.size()),
+                                                  int64_t(r.tokens.size()), cfg.n_embd,
+                                                  combos[c].s.upload.dtype == "f32" ? 4 : 2));
+            j["experiment"] = base.experiment.name;
+            j["compute"] = compute_label(combos[c].s);
+            j["combo"] = int(c);
+            j["setting"] = combos[c].label;
+            for (auto& [key, v] : combos[c].keys.items())
+              j[key] = v;
+            j["repetition"] = rep;
+            j["sample"] = si;
+            j["dataset_index"] = sample.index;
+            j["session_index"] = k;
+            j["ms_per_token"] = ms_per_token.empty() ? 0.0 : double(r.total_us) / 1000.0
+                                / double(std::max<size_t>(1, r.tokens.size()));
+            j["aggregate_tokens_per_s"] = batch_ms > 0 ? double(batch_tokens) / batch_ms * 1000.0 : 0.0;
+            j["p95_ms_per_token"] = p95;
+            const auto* cloud = strategy == "cloud" ? &batch.front().tokens
+                                                    : ledger.cloud_tokens(int(c), rep, si);
+            if (cloud)
+              add_cloud_agreement(j, r.tokens, *cloud);
+            if (!sample.reference.empty()) {
+              auto answer = text.substr(0, text.find('\n'));
+              j["reference"] = sample.reference;
+              j["em"] = exact_match(answer, sample.reference);
+              j["f1"] = token_f1(answer, sample.reference);
+              j["rouge_l"] = rouge_l(normalized_words(text), normalized_words(sample.reference));
+            }
+            ledger.add(std::move(j));
+          }
           ++finished;
           ++ran;
           progress();
@@ -170,7 +197,7 @@ void run_experiment(const experiment_args& a) {
   std::vector<std::string> plots;
   if (a.plots)
     plots = write_plots(dir, groups, combos.size(), base.sweep.threshold.size() > 1,
-                        base.sweep.latency_ms.size() > 1);
+                        base.sweep.latency_ms.size() > 1, base.sweep.sessions.size() > 1);
   write_markdown(dir / "summary.md", base, base.experiment.dataset, samples.size(), groups, plots);
   std::ifstream md(dir / "summary.md");
   std::cout << md.rdbuf();

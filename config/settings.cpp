@@ -311,6 +311,7 @@ const std::vector<key_spec>& schema() {
     string_list_key("experiment.strategies", strategy_keys,
                     CECO_REF(std::vector<std::string>, experiment.strategies)),
     int_key("experiment.repetitions", 1, 10'000, CECO_REF(int, experiment.repetitions)),
+    int_key("experiment.sessions", 1, 1024, CECO_REF(int, experiment.sessions)),
     float_list_key("sweep.threshold", 0.0, 1000.0, CECO_REF(std::vector<double>, sweep.threshold)),
     int_list_plain_key("sweep.split", 1, max_layers, CECO_REF(std::vector<int>, sweep.split)),
     exits_list_key("sweep.exits", CECO_REF(std::vector<std::vector<int>>, sweep.exits)),
@@ -319,6 +320,7 @@ const std::vector<key_spec>& schema() {
     string_list_key("sweep.link", profile_names(), CECO_REF(std::vector<std::string>, sweep.link)),
     float_list_key("sweep.latency_ms", 0.0, max_link_ms,
                    CECO_REF(std::vector<double>, sweep.latency_ms)),
+    int_list_plain_key("sweep.sessions", 1, 1024, CECO_REF(std::vector<int>, sweep.sessions)),
   };
   return keys;
 }

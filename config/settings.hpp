@@ -93,6 +93,7 @@ struct settings {
     int seed = 1;
     std::vector<std::string> strategies{"cloud", "naive", "standalone", "collaborative"};
     int repetitions = 1;
+    int sessions = 1;  // edges running each (sample, strategy) at once against one cloud
   } experiment;
   struct {
     std::vector<double> threshold;
@@ -101,6 +102,7 @@ struct settings {
     std::vector<std::string> upload_dtype;
     std::vector<std::string> link;  // profile names
     std::vector<double> latency_ms;  // link.latency_ms values (after any profile)
+    std::vector<int> sessions;       // experiment.sessions values
   } sweep;
 };
 

@@ -19,6 +19,7 @@ std::vector<combo> make_combos(const settings& base) {
   first.keys["upload_dtype"] = base.upload.dtype;
   first.keys["link"] = base.link.profile.empty() ? "custom" : base.link.profile;
   first.keys["latency_ms"] = base.link.latency_ms;
+  first.keys["sessions"] = base.experiment.sessions;
   std::vector<combo> out{first};
   auto expand = [&](const char* key, const std::string& setting, const std::vector<json>& values,
                     const std::vector<std::string>& texts, const char* label) {
@@ -55,6 +56,9 @@ std::vector<combo> make_combos(const settings& base) {
   reset();
   for (auto x : base.sweep.latency_ms) v.push_back(x), t.push_back(fmt::format("{}", x));
   expand("latency_ms", "link.latency_ms", v, t, "latency");
+  reset();
+  for (auto x : base.sweep.sessions) v.push_back(x), t.push_back(std::to_string(x));
+  expand("sessions", "experiment.sessions", v, t, "edges");
 
   for (auto& c : out) {
     c.s = base;

@@ -11,8 +11,74 @@ namespace ceco::app {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+namespace {
+
+double mean_of(const group_summary& g, const char* m) {
+  auto i = g.stats.find(m);
+  return i == g.stats.end() ? 0.0 : i->second.first;
+}
+
+struct sweep_plot {
+  const char* metric;
+  const char* title;
+  const char* ylabel;
+  const char* file;
+};
+
+/// Data (one gnuplot index per strategy, ordered by the swept key) and the
+/// script of plots of `metrics` against the swept key; adds the images to `made`.
+std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& groups,
+                        const char* key, const char* xlabel, bool log_x,
+                        const std::vector<sweep_plot>& plots, std::vector<std::string>& made) {
+  const std::string data = std::string("plot_") + key + ".dat";
+  std::ofstream d(dir / data);
+  std::vector<std::string> strategies;
+  for (auto& g : groups)
+    if (std::find(strategies.begin(), strategies.end(), g.strategy) == strategies.end())
+      strategies.push_back(g.strategy);
+  for (auto& s : strategies) {
+    d << "# " << s << ": " << key;
+    for (auto& p : plots)
+      d << " " << p.metric;
+    d << "\n";
+    std::vector<const group_summary*> rows;
+    for (auto& g : groups)
+      if (g.strategy == s)
+        rows.push_back(&g);
+    std::sort(rows.begin(), rows.end(), [&](auto* a, auto* b) {
+      return a->keys.at(key).template get<double>() < b->keys.at(key).template get<double>();
+    });
+    for (auto* g : rows) {
+      d << g->keys.at(key).get<double>();
+      for (auto& p : plots)
+        d << " " << mean_of(*g, p.metric);
+      d << "\n";
+    }
+    d << "\n\n";
+  }
+  std::string script;
+  for (auto [term, ext] : {std::pair{"pngcairo size 900,600", "png"}, std::pair{"svg size 900,600", "svg"}}) {
+    script += fmt::format("\nset terminal {}\nset key top left\nset xlabel \"{}\"\nset logscale y\n{}",
+                          term, xlabel, log_x ? "set logscale x 2\n" : "");
+    for (size_t i = 0; i < plots.size(); ++i) {
+      std::string curves;
+      for (size_t k = 0; k < strategies.size(); ++k)
+        curves += fmt::format("{}\"{}\" index {} using 1:{} with linespoints pt 7 title \"{}\"",
+                              k ? ", " : "", data, k, i + 2, strategies[k]);
+      script += fmt::format("set title \"{}\"\nset ylabel \"{}\"\nset output \"{}.{}\"\nplot {}\n",
+                            plots[i].title, plots[i].ylabel, plots[i].file, ext, curves);
+      made.push_back(fmt::format("{}.{}", plots[i].file, ext));
+    }
+    script += fmt::format("unset logscale y\n{}", log_x ? "unset logscale x\n" : "");
+  }
+  return script;
+}
+
+} // namespace
+
 std::vector<std::string> write_plots(const fs::path& dir, const std::vector<group_summary>& groups,
-                                     size_t n_combos, bool threshold_sweep, bool latency_sweep) {
+                                     size_t n_combos, bool threshold_sweep, bool latency_sweep,
+                                     bool sessions_sweep) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     fmt::print(stderr, "experiment: gnuplot is not installed (deploy/install-deps.sh installs "
                        "gnuplot-nox); skipping plots\n");
@@ -86,53 +152,20 @@ plot "plot_tradeoff.dat" using 2:3 with linespoints pt 7 ps 1.5, "" using 2:3:(s
     made.push_back("threshold_tradeoff.png");
     made.push_back("threshold_tradeoff.svg");
   }
-  if (latency_sweep) {
-    // One data block per strategy (gnuplot's index), in latency order.
-    std::ofstream d(dir / "plot_latency.dat");
-    std::vector<std::string> strategies;
-    for (auto& g : groups)
-      if (std::find(strategies.begin(), strategies.end(), g.strategy) == strategies.end())
-        strategies.push_back(g.strategy);
-    for (auto& s : strategies) {
-      d << "# " << s << ": latency_ms total_ms ttft_ms\n";
-      std::vector<const group_summary*> rows;
-      for (auto& g : groups)
-        if (g.strategy == s)
-          rows.push_back(&g);
-      std::sort(rows.begin(), rows.end(), [](auto* a, auto* b) {
-        return a->keys.at("latency_ms").template get<double>() < b->keys.at("latency_ms").template get<double>();
-      });
-      for (auto* g : rows)
-        d << fmt::format("{} {} {}\n", g->keys.at("latency_ms").get<double>(), mean(*g, "total_ms"),
-                         mean(*g, "ttft_ms"));
-      d << "\n\n";
-    }
-    std::string plot_total, plot_ttft;
-    for (size_t i = 0; i < strategies.size(); ++i) {
-      plot_total += fmt::format("{}\"plot_latency.dat\" index {} using 1:2 with linespoints pt 7 title \"{}\"",
-                                i ? ", " : "", i, strategies[i]);
-      plot_ttft += fmt::format("{}\"plot_latency.dat\" index {} using 1:3 with linespoints pt 7 title \"{}\"",
-                               i ? ", " : "", i, strategies[i]);
-    }
-    for (auto [term, ext] : {std::pair{"pngcairo size 900,600", "png"}, std::pair{"svg size 900,600", "svg"}})
-      script += fmt::format(R"gp(
-set terminal {0}
-set key top left
-set xlabel "one-way link latency (ms)"
-set logscale y
-set title "Total time per response against link latency"
-set ylabel "total ms per response (log)"
-set output "latency_total.{1}"
-plot {2}
-set title "Time to first token against link latency"
-set ylabel "time to first token, ms (log)"
-set output "latency_ttft.{1}"
-plot {3}
-unset logscale y
-)gp", term, ext, plot_total, plot_ttft);
-    for (auto name : {"latency_total.png", "latency_total.svg", "latency_ttft.png", "latency_ttft.svg"})
-      made.push_back(name);
-  }
+  if (latency_sweep)
+    script += sweep_plots(dir, groups, "latency_ms", "one-way link latency (ms)", false,
+                          {{"total_ms", "Total time per response against link latency",
+                            "total ms per response (log)", "latency_total"},
+                           {"ttft_ms", "Time to first token against link latency",
+                            "time to first token, ms (log)", "latency_ttft"}},
+                          made);
+  if (sessions_sweep)
+    script += sweep_plots(dir, groups, "sessions", "concurrent edges against one cloud", true,
+                          {{"aggregate_tokens_per_s", "Tokens per second of all edges together",
+                            "tokens/s (log)", "capacity_throughput"},
+                           {"p95_ms_per_token", "p95 time per token against concurrent edges",
+                            "p95 ms per token (log)", "capacity_p95"}},
+                          made);
   std::ofstream(dir / "plots.gp") << script;
   auto cmd = fmt::format("cd '{}' && gnuplot plots.gp > gnuplot.log 2>&1", dir.string());
   if (std::system(cmd.c_str()) != 0) {

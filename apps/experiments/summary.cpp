@@ -17,6 +17,8 @@ const std::vector<std::pair<const char*, const char*>> summary_metrics = {
   {"comm_ms", "comm ms"},     {"bytes_up", "bytes up"},   {"bytes_down", "bytes down"},
   {"ttft_ms", "TTFT ms"},     {"itl_p95_ms", "ITL p95 ms"},
   {"cloud_ms_per_token", "cloud ms/token"}, {"rollbacks", "rollbacks"},
+  {"ms_per_token", "ms/token"}, {"p95_ms_per_token", "p95 ms/token"},
+  {"aggregate_tokens_per_s", "tokens/s, all edges"},
   {"cloud_request_rate", "cloud req rate"},
   {"agreement_with_cloud", "agree w/ cloud"}, {"rouge_l_with_cloud", "ROUGE-L w/ cloud"},
   {"em", "EM"}, {"f1", "F1"}, {"rouge_l", "ROUGE-L"},
@@ -132,14 +134,15 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                        "tokens, exits and bytes are real.\n\n", base.compute.profile);
   else
     out << "Compute: measured on this machine.\n\n";
-  out << "| strategy | setting | total ms | TTFT ms | edge ms | cloud ms | cloud ms/token | comm ms "
-         "| bytes up | bytes down | cloud req % | rollbacks | exits | agree w/ cloud % "
-         "| ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";
-  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  out << "| strategy | setting | total ms | TTFT ms | p95 ms/token | tokens/s, all edges | edge ms "
+         "| cloud ms | cloud ms/token | comm ms | bytes up | bytes down | cloud req % | rollbacks "
+         "| exits | agree w/ cloud % | ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";
+  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (auto& g : groups)
     out << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} "
-                       "| {} | {} | {} |\n",
+                       "| {} | {} | {} | {} | {} |\n",
                        g.strategy, g.label, cell(g, "total_ms", 1), cell(g, "ttft_ms", 1),
+                       cell(g, "p95_ms_per_token", 2), cell(g, "aggregate_tokens_per_s", 0),
                        cell(g, "edge_ms", 1), cell(g, "cloud_ms", 1),
                        cell(g, "cloud_ms_per_token", 3), cell(g, "comm_ms", 1), cell(g, "bytes_up", 0),
                        cell(g, "bytes_down", 0), cell(g, "cloud_request_rate", 1, 100.0),
