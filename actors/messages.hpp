@@ -57,6 +57,8 @@ using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
 using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
 using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using status_atom = caf::atom_constant<caf::atom("status")>;
+using token_atom = caf::atom_constant<caf::atom("token")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 
 // -- errors -------------------------------------------------------------------
 
@@ -356,6 +358,9 @@ struct cloud_stats {
   int64_t session_bytes = 0;     // context of the last session opened
   int64_t tokens = 0;            // token requests answered so far
   int64_t positions = 0;         // uploaded positions caught up so far
+  int64_t refused_limit = 0;     // opens refused: session.max_sessions reached
+  int64_t refused_memory = 0;    // opens refused: session.max_memory_mb reached
+  int64_t expired = 0;           // sessions freed by the TTL, not closed by their edge
 };
 
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.
@@ -399,7 +404,10 @@ using uploader_actor = caf::typed_actor<
   caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>>;
 
 /// One response: runs the token loop of its strategy and reports.
-using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>>;
+/// (cancel_atom) ends it early: the token loop stops, its cloud session is
+/// closed and the report (tokens so far, error "cancelled") is delivered.
+using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>,
+                                            caf::reacts_to<cancel_atom>>;
 
 /// Registers every message type above with a CAF configuration.
 void register_message_types(caf::actor_system_config& cfg);
