@@ -190,6 +190,7 @@ struct openai_server::impl {
   int64_t created = int64_t(std::time(nullptr));
   std::atomic<int> in_flight{0};
   httplib::Server http;
+  socket_t listen_socket = INVALID_SOCKET;
 
   impl(caf::actor_system& sys, deployment& edge, const settings& s, const site_model& m,
        serve_options o, chat_format chat, std::shared_ptr<edge_metrics> metrics)
@@ -404,6 +405,7 @@ struct openai_server::impl {
             return ok = ok && sink.write(ping.data(), ping.size());
           },
           failure);
+        shared->second.reset();  // the session is over: its place is free before the client hears
         if (failure) {
           send(error_json(*failure));
         } else {
@@ -424,7 +426,6 @@ struct openai_server::impl {
         if (ok && sink.write(done.data(), done.size()))
           sink.done();
         metrics->request(endpoint, ok ? 200 : 499);
-        shared->second.reset();  // the place is free once the response is
         return ok;
       });
   }
@@ -503,6 +504,12 @@ struct openai_server::impl {
     const size_t threads = size_t(o.max_concurrent) * 2 + 8;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(8u << 20);
+    // The library listens with a backlog of 5: a burst of clients would wait
+    // a second for a SYN retransmit. Keep the socket to listen again, longer.
+    http.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_socket = sock;
+    });
   }
 };
 
@@ -521,6 +528,8 @@ int openai_server::bind() {
                          : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
   if (port <= 0)
     throw config_error(fmt::format("serve: cannot listen on {}:{}", o.host, o.port));
+  if (impl_->listen_socket != INVALID_SOCKET)
+    ::listen(impl_->listen_socket, 1024);  // Linux takes the new backlog
   return port;
 }
 
