@@ -393,18 +393,23 @@ struct openai_server::impl {
         head.model = id;
         bool first = true;
         std::optional<api_error> failure;
-        auto r = run(
-          p,
-          [&](const std::string& piece) {
-            bool sent = send(chunk_json(is_chat, head, piece, first, std::nullopt));
-            first = false;
-            return sent;
-          },
-          [&] {
-            static const std::string ping = ": ping\n\n";  // an SSE comment
-            return ok = ok && sink.write(ping.data(), ping.size());
-          },
-          failure);
+        completion_result r;
+        try {
+          r = run(
+            p,
+            [&](const std::string& piece) {
+              bool sent = send(chunk_json(is_chat, head, piece, first, std::nullopt));
+              first = false;
+              return sent;
+            },
+            [&] {
+              static const std::string ping = ": ping\n\n";  // an SSE comment
+              return ok = ok && sink.write(ping.data(), ping.size());
+            },
+            failure);
+        } catch (const std::exception& e) {  // the headers are out: an error event
+          failure = api_error(500, "server_error", std::string("internal error: ") + e.what());
+        }
         shared->second.reset();  // the session is over: its place is free before the client hears
         if (failure) {
           send(error_json(*failure));

@@ -20,6 +20,9 @@
 
 #include "apps/chat_templates.hpp"
 #include "apps/openai_api.hpp"
+#include "apps/openai_server.hpp"
+#include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
 
 using namespace ceco;
 using namespace ceco::app;
@@ -298,6 +301,41 @@ TEST_CASE("chat templates: rendered as each model family expects, recognised fro
   CHECK_FALSE(parse_chat_format("alpaca"));
 }
 
+TEST_CASE("a GGUF's tokenizer.chat_template is kept and chooses the template; its end-of-turn token stops a reply") {
+  temp_dir dir;
+  gguf_writer g;
+  g.set_string("tokenizer.ggml.model", "llama");
+  g.set_string_array("tokenizer.ggml.tokens",
+                     {"<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "a", "b", "\xe2\x96\x81"});
+  g.set_int32_array("tokenizer.ggml.token_type", {2, 3, 3, 3, 3, 1, 1, 1});
+  g.set_string("tokenizer.chat_template",
+               "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+               "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+  g.write(dir.file("chatml.gguf"));
+  gguf_file f(dir.file("chatml.gguf"));
+  auto vocab = tokenizer::from_gguf(f);
+  CHECK(vocab.chat_template().find("<|im_start|>") != std::string::npos);
+  std::string why;
+  CHECK(choose_chat_format({}, vocab, why) == chat_format::chatml);
+  CHECK(why.find("recognised") != std::string::npos);
+  serve_options chosen;
+  chosen.chat_template = "zephyr";
+  CHECK(choose_chat_format(chosen, vocab, why) == chat_format::zephyr);
+  chosen.chat_template = "alpaca";
+  CHECK(error_of([&] { choose_chat_format(chosen, vocab, why); }).find("--chat-template alpaca")
+        != std::string::npos);
+  CHECK(vocab.encode("<|im_start|>", false, true) == std::vector<int32_t>{3});
+  // <|im_end|> is a control token: it decodes to nothing, yet ends the reply.
+  text_stream s(vocab, 3, chat_stop_strings(chat_format::chatml));
+  CHECK(s.push(5) == "a");
+  CHECK(s.push(4).empty());
+  CHECK(s.stopped());
+  CHECK(s.push(6).empty());
+  CHECK(s.sent() == "a");
+  // Without a template: plain.
+  CHECK(choose_chat_format({}, load_stories("gguf").files.vocab, why) == chat_format::plain);
+}
+
 TEST_CASE("streamed text: pieces join to the decoded tokens; a stop string is never sent") {
   const auto& vocab = load_stories("gguf").files.vocab;
   auto tokens = vocab.encode("Once upon a time, there was a little girl named Lily.", false);
@@ -471,6 +509,9 @@ TEST_CASE("ceco serve against a ceco cloud process: metrics on both, a hang-up f
   first.join();
   CHECK(wait_for_metric(metrics_port, "ceco_cloud_sessions_open", 0, 2.0));
 
+  // The cloud mode has every token from the cloud: without it, 503.
+  server cloud_only(fmt::format("--set cloud.port={} --set policy.mode=cloud", cloud_port));
+
   // The cloud killed mid-stream: the stream goes on on the edge alone and
   // says how many tokens that was.
   stream_reply streamed;
@@ -487,4 +528,16 @@ TEST_CASE("ceco serve against a ceco cloud process: metrics on both, a hang-up f
   CHECK(last["choices"][0]["finish_reason"] == "length");
   CHECK(last["ceco"]["degraded_tokens"].get<int>() > 0);
   CHECK(scrape(slow.port)["ceco_link_up"] == 0);
+  auto health = cloud_only.client().Get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 503);
+  CHECK(json::parse(health->body)["cloud"] == "down");
+  auto refused = post(cloud_only, "/v1/completions", completion_body("And", 4).dump());
+  CHECK(refused.status == 503);
+  CHECK(refused.body["error"]["code"] == "cloud_unavailable");
+  // The collaborative server still serves, on the edge alone.
+  auto alone = post(slow, "/v1/completions", completion_body("And", 4).dump());
+  CHECK(alone.status == 200);
+  CHECK(alone.body["ceco"]["degraded_tokens"] == alone.body["usage"]["completion_tokens"]);
+  CHECK(alone.body["ceco"]["tokens_per_exit"]["cloud"] == 0);
 }
