@@ -4,15 +4,11 @@
 // streamed == non-streamed, metrics that add up, and a separate `ceco cloud`.
 
 #include "test/support.hpp"
+#include "test/ceco_process.hpp"
 
 #include <chrono>
-#include <csignal>
-#include <cstdio>
 #include <map>
 #include <thread>
-
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <httplib.h>
 #include <fmt/format.h>
@@ -49,59 +45,20 @@ std::string param_of(const std::string& body, bool chat = true) {
   return "accepted";
 }
 
-/// A ceco process whose output lines are read as they come; killed when the
-/// object goes.
-struct process {
-  pid_t pid = -1;
-  FILE* out = nullptr;
-
-  explicit process(const std::string& args) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      dup2(fds[1], 1);
-      close(fds[0]);
-      std::string cmd = std::string("exec ") + CECO_BINARY + " " + args + " 2>/dev/null";
-      execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
-      _exit(127);
-    }
-    close(fds[1]);
-    out = fdopen(fds[0], "r");
-  }
-  /// The next line of its stdout ("" at its end).
-  std::string line() {
-    char buf[2048] = {};
-    return fgets(buf, sizeof buf, out) ? std::string(buf) : std::string();
-  }
-  /// The port after the last ':' of its next line.
-  int port_from_line() {
-    auto l = line();
-    auto at = l.rfind(':');
-    REQUIRE_MESSAGE(at != std::string::npos, "no port in '" << l << "'");
-    return std::atoi(l.c_str() + at + 1);
-  }
-  void kill_now() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-    if (out) {
-      fclose(out);
-      out = nullptr;
-    }
-  }
-  ~process() { kill_now(); }
-};
+/// The port after the last ':' of the process's next line.
+int port_from_line(ceco_process& p) {
+  auto l = p.line();
+  auto at = l.rfind(':');
+  REQUIRE_MESSAGE(at != std::string::npos, "no port in '" << l << "'");
+  return std::atoi(l.c_str() + at + 1);
+}
 
 /// `ceco serve` on a free loopback port, with the built-in model.
 struct server {
-  process proc;
+  ceco_process proc;
   int port = 0;
   explicit server(const std::string& args) : proc("serve --port 0 " + args) {
-    port = proc.port_from_line();
+    port = port_from_line(proc);
     REQUIRE(port > 0);
     proc.line();  // the model, mode and template line
   }
@@ -301,7 +258,7 @@ TEST_CASE("chat templates: rendered as each model family expects, recognised fro
   CHECK_FALSE(parse_chat_format("alpaca"));
 }
 
-TEST_CASE("a GGUF's tokenizer.chat_template is kept and chooses the template; its end-of-turn token stops a reply") {
+TEST_CASE("a GGUF's tokenizer.chat_template is kept and chooses the template and its end-of-turn token stops a reply") {
   temp_dir dir;
   gguf_writer g;
   g.set_string("tokenizer.ggml.model", "llama");
@@ -336,7 +293,7 @@ TEST_CASE("a GGUF's tokenizer.chat_template is kept and chooses the template; it
   CHECK(choose_chat_format({}, load_stories("gguf").files.vocab, why) == chat_format::plain);
 }
 
-TEST_CASE("streamed text: pieces join to the decoded tokens; a stop string is never sent") {
+TEST_CASE("streamed text: pieces join to the decoded tokens and a stop string is never sent") {
   const auto& vocab = load_stories("gguf").files.vocab;
   auto tokens = vocab.encode("Once upon a time, there was a little girl named Lily.", false);
   const int32_t prev = vocab.bos();
@@ -469,7 +426,7 @@ TEST_CASE("ceco serve: streamed chunks join to the non-streamed text, and /metri
   CHECK(wait_for_metric(s.port, "ceco_cloud_sessions_open", 0));
 }
 
-TEST_CASE("ceco serve: over the concurrency limit is 429; a client that hangs up frees its cloud session") {
+TEST_CASE("ceco serve: over the concurrency limit is 429 and a client that hangs up frees its cloud session") {
   // A slow link keeps a response running while the test looks.
   server s("--local-cloud --max-concurrent 1 --set link.latency_ms=20");
   auto long_body = completion_body("And God said", 200);
@@ -489,9 +446,9 @@ TEST_CASE("ceco serve: over the concurrency limit is 429; a client that hangs up
 }
 
 TEST_CASE("ceco serve against a ceco cloud process: metrics on both, a hang-up frees the cloud's session, a killed cloud degrades the stream") {
-  process cloud("cloud --set cloud.port=0 --metrics-port 0");
-  const int cloud_port = cloud.port_from_line();
-  const int metrics_port = cloud.port_from_line();
+  ceco_process cloud("cloud --set cloud.port=0 --metrics-port 0");
+  const int cloud_port = port_from_line(cloud);
+  const int metrics_port = port_from_line(cloud);
   REQUIRE(cloud_port > 0);
   REQUIRE(metrics_port > 0);
   server s(fmt::format("--set cloud.port={} --set link.latency_ms=0", cloud_port));
