@@ -54,6 +54,7 @@ struct context_manager_state {
   int64_t refused_limit = 0;
   int64_t refused_memory = 0;
   int64_t expired = 0;
+  std::vector<int64_t> step_sizes = std::vector<int64_t>(step_size_buckets, 0);
   int64_t positions = 0;
   static inline const char* name = "context_manager";
 };
@@ -222,6 +223,7 @@ void dispatch(self_ptr self) {
   st.stepping = true;
   ++st.steps;
   st.stepped_sessions += int64_t(ids.size());
+  ++st.step_sizes[size_t(step_size_bucket(int64_t(ids.size())))];
   self->request(st.layers, caf::infinite, std::move(step))
     .then([=](cloud_step_done& r) { step_done(self, ids, targets, r); },
           [=](caf::error& err) {
@@ -366,7 +368,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       auto& st = self->state;
       return {int64_t(st.sessions.size()), held_bytes(st), st.steps, st.stepped_sessions,
               st.session_bytes, st.tokens, st.positions, st.refused_limit, st.refused_memory,
-              st.expired};
+              st.expired, st.step_sizes};
     },
     [=](sweep_atom, uint64_t number) {
       auto& st = self->state;

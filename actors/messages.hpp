@@ -361,7 +361,19 @@ struct cloud_stats {
   int64_t refused_limit = 0;     // opens refused: session.max_sessions reached
   int64_t refused_memory = 0;    // opens refused: session.max_memory_mb reached
   int64_t expired = 0;           // sessions freed by the TTL, not closed by their edge
+  /// Steps by the sessions they stepped: [i] counts steps of (2^(i-1), 2^i]
+  /// sessions (the last, any more); see step_size_bucket.
+  std::vector<int64_t> step_sizes;
 };
+
+/// Buckets of cloud_stats::step_sizes: 1, 2, 4, ..., 1024 sessions, and more.
+constexpr int step_size_buckets = 12;
+inline int step_size_bucket(int64_t sessions) {
+  int i = 0;
+  while (i < step_size_buckets - 1 && (int64_t(1) << i) < sessions)
+    ++i;
+  return i;
+}
 
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.
 /// (stats_atom) -> cloud_stats; (sweep_atom, n) expires idle sessions: its

@@ -33,6 +33,14 @@ prometheus::Histogram& histogram(prometheus::Registry& r, const std::string& nam
   return BuildHistogram().Name(name).Help(help).Register(r).Add({}, latency_buckets);
 }
 
+/// 1, 2, 4, ..., 1024: the upper bounds of cloud_stats::step_sizes.
+prometheus::Histogram::BucketBoundaries step_boundaries() {
+  prometheus::Histogram::BucketBoundaries b;
+  for (int i = 0; i < step_size_buckets - 1; ++i)
+    b.push_back(double(int64_t(1) << i));
+  return b;
+}
+
 /// Counters only go up: add what `now` has beyond `last`.
 void advance(prometheus::Counter& c, int64_t now, int64_t last) {
   if (now > last)
@@ -146,6 +154,11 @@ cloud_collector::cloud_collector(caf::actor_system& sys, context_manager_actor c
                       .Add({{"reason", "max_memory"}})),
     expired_(counter(*registry_, "ceco_cloud_expired_sessions_total",
                      "sessions freed after session.ttl_s without traffic")),
+    step_sizes_(BuildHistogram()
+                  .Name("ceco_cloud_step_sessions")
+                  .Help("sessions computed together per cloud step")
+                  .Register(*registry_)
+                  .Add({}, step_boundaries())),
     up_(gauge(*registry_, "ceco_cloud_up", "1 when the context manager answered this scrape")) {}
 
 std::vector<prometheus::MetricFamily> cloud_collector::Collect() const {
@@ -166,6 +179,12 @@ std::vector<prometheus::MetricFamily> cloud_collector::Collect() const {
     advance(refused_limit_, now.refused_limit, last_.refused_limit);
     advance(refused_memory_, now.refused_memory, last_.refused_memory);
     advance(expired_, now.expired, last_.expired);
+    if (now.step_sizes.size() == size_t(step_size_buckets)) {
+      std::vector<double> more(now.step_sizes.size());
+      for (size_t i = 0; i < more.size(); ++i)
+        more[i] = double(now.step_sizes[i] - (i < last_.step_sizes.size() ? last_.step_sizes[i] : 0));
+      step_sizes_.ObserveMultiple(more, double(now.stepped_sessions - last_.stepped_sessions));
+    }
     last_ = now;
   }
   return registry_->Collect();

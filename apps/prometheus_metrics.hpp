@@ -11,6 +11,7 @@
 //   cloud  ceco_cloud_sessions_open, ceco_cloud_session_memory_bytes,
 //          ceco_cloud_tokens_answered_total, ceco_cloud_positions_total,
 //          ceco_cloud_steps_total, ceco_cloud_stepped_sessions_total,
+//          ceco_cloud_step_sessions (histogram: sessions per step),
 //          ceco_cloud_refused_sessions_total{reason}, ceco_cloud_expired_sessions_total
 
 #include <functional>
@@ -92,6 +93,7 @@ private:
   prometheus::Counter& refused_limit_;
   prometheus::Counter& refused_memory_;
   prometheus::Counter& expired_;
+  prometheus::Histogram& step_sizes_;
   prometheus::Gauge& up_;
   mutable std::mutex mutex_;
   mutable cloud_stats last_;

@@ -412,6 +412,10 @@ TEST_CASE("ceco serve: streamed chunks join to the non-streamed text, and /metri
   CHECK(m["ceco_time_to_first_token_seconds_count"] == 4);
   CHECK(m["ceco_cloud_sessions_open"] == 0);
   CHECK(m["ceco_cloud_tokens_answered_total"] == m["ceco_tokens_total{origin=\"cloud\"}"]);
+  CHECK(m["ceco_cloud_steps_total"] > 0);
+  CHECK(m["ceco_cloud_step_sessions_count"] == m["ceco_cloud_steps_total"]);
+  CHECK(m["ceco_cloud_step_sessions_sum"] == m["ceco_cloud_stepped_sessions_total"]);
+  CHECK(m["ceco_cloud_step_sessions_bucket{le=\"+Inf\"}"] == m["ceco_cloud_steps_total"]);
 
   // A stop string ends the response before it.
   auto body = completion_body("In the beginning", 24);
