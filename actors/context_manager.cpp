@@ -72,6 +72,10 @@ struct context_manager_state {
   int64_t stepped_sessions = 0;
   int64_t session_bytes = 0;
   int64_t tokens = 0;
+  int64_t refused_limit = 0;
+  int64_t refused_memory = 0;
+  int64_t expired = 0;
+  std::vector<int64_t> step_sizes = std::vector<int64_t>(step_size_buckets, 0);
   int64_t positions = 0;
   static inline const char* name = "context_manager";
 };
@@ -311,6 +315,7 @@ void dispatch(self_ptr self) {
   st.stepping = true;
   ++st.steps;
   st.stepped_sessions += int64_t(ids.size());
+  ++st.step_sizes[size_t(step_size_bucket(int64_t(ids.size())))];
   self->request(st.layers, caf::infinite, std::move(step))
     .then([=](cloud_step_done& r) { step_done(self, ids, targets, r); },
           [=](caf::error& err) {
@@ -346,11 +351,13 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       auto& st = self->state;
       // Sessions still being created count: the limit holds however many
       // opens arrive before the first is answered.
-      if (int64_t(st.sessions.size()) + st.opening >= st.opts.max_sessions)
+      if (int64_t(st.sessions.size()) + st.opening >= st.opts.max_sessions) {
+        ++st.refused_limit;
         return make_error(ceco_errc::session_limit,
                           fmt::format("{} sessions are open, the limit is {} (session.max_sessions)",
                                       int64_t(st.sessions.size()) + st.opening,
                                       st.opts.max_sessions));
+      }
       ++st.opening;
       auto rp = self->make_response_promise<uint64_t>();
       self->request(st.layers, caf::infinite, open_atom::value)
@@ -362,6 +369,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
               auto held = held_bytes(st);
               auto more = cloud_context_bytes(*ctx);
               if (held + more > st.opts.max_context_bytes) {
+                ++st.refused_memory;
                 rp.deliver(make_error(
                   ceco_errc::session_limit,
                   fmt::format("a new session needs {:.1f} MiB of cloud memory, {:.1f} of {:.1f} MiB "
@@ -502,7 +510,8 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
     [=](stats_atom) -> cloud_stats {
       auto& st = self->state;
       return {int64_t(st.sessions.size()), held_bytes(st), st.steps, st.stepped_sessions,
-              st.session_bytes, st.tokens, st.positions};
+              st.session_bytes, st.tokens, st.positions, st.refused_limit, st.refused_memory,
+              st.expired, st.step_sizes};
     },
     [=](sweep_atom, uint64_t number) {
       auto& st = self->state;
@@ -514,6 +523,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
           fail_all(i->second,
                    make_error(ceco_errc::unknown_session, "the session expired (session.ttl_s)"));
           i = st.sessions.erase(i);
+          ++st.expired;
         } else {
           ++i;
         }

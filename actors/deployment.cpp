@@ -163,7 +163,8 @@ deployment::~deployment() {
 }
 
 edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
-                                             const std::string& mode, int max_tokens) {
+                                             const std::string& mode, int max_tokens,
+                                             caf::actor token_sink) {
   edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
                  caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
@@ -191,6 +192,7 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
   o.exits = settings_.model.exits;
   o.sync_upload = settings_.upload.mode == "sync";
   o.timeout = std::chrono::milliseconds(settings_.cloud.request_timeout_ms);
+  o.token_sink = std::move(token_sink);
   if (prompt.empty())
     throw config_error("the prompt has no tokens");
   if (int(prompt.size()) >= o.max_seq)
@@ -225,14 +227,18 @@ deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
   return out;
 }
 
-bool deployment::wait_for_cloud(std::chrono::milliseconds max_wait) {
+int64_t deployment::link_epoch() {
   caf::scoped_actor self{sys_};
+  int64_t epoch = -1;
+  self->request(link_, std::chrono::seconds(5), status_atom::value)
+    .receive([&](int64_t e) { epoch = e; }, [&](caf::error&) {});
+  return epoch;
+}
+
+bool deployment::wait_for_cloud(std::chrono::milliseconds max_wait) {
   auto until = std::chrono::steady_clock::now() + max_wait;
   for (;;) {
-    int64_t epoch = -1;
-    self->request(link_, std::chrono::seconds(5), status_atom::value)
-      .receive([&](int64_t e) { epoch = e; }, [&](caf::error&) {});
-    if (epoch >= 0)
+    if (link_epoch() >= 0)
       return true;
     if (std::chrono::steady_clock::now() >= until)
       return false;

@@ -97,6 +97,17 @@ public:
   /// is still down then.
   bool wait_for_cloud(std::chrono::milliseconds max_wait);
 
+  /// One response's session, spawned but not yet run (send it run_atom):
+  /// `token_sink`, if valid, receives each token as it is emitted (see
+  /// edge_session.hpp). Throws config_error for an unknown mode, an empty
+  /// prompt or one that fills the model's context.
+  edge_session_actor spawn_session(const std::vector<int32_t>& prompt, const std::string& mode = {},
+                                   int max_tokens = 0, caf::actor token_sink = {});
+
+  /// The link's epoch: how many times it reconnected, or -1 while the cloud
+  /// is lost.
+  int64_t link_epoch();
+
   context_manager_actor contexts() const { return cloud_.contexts; }
   cloud_layers_actor cloud_layers() const { return cloud_.layers; }
   /// Why the local cloud cannot serve any more (an actor of it died: see
@@ -107,9 +118,6 @@ public:
   cloud_stats cloud_state();
 
 private:
-  edge_session_actor spawn_session(const std::vector<int32_t>& prompt, const std::string& mode,
-                                   int max_tokens);
-
   caf::actor_system& sys_;
   settings settings_;
   const site_model& model_;

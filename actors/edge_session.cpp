@@ -80,6 +80,7 @@ struct edge_session_state {
   // collaborative re-uploads them to a new cloud session after a loss.
   hidden_rows context;
   int32_t uploads_in_flight = 0;
+  int32_t opens_in_flight = 0;  // a cancelled session waits for them to close what they open
   clock_type::time_point started;
   int32_t fallback_token = 0;  // the deepest exit's token for the current position
   std::vector<int64_t> token_us;  // when each final token was seen, from `started`
@@ -121,12 +122,18 @@ void finish(self_ptr self, const std::string& error = {});
 void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last);
 void generate_in_cloud(self_ptr self);
 void close_cloud(self_ptr self);
+void collect_traffic(self_ptr self, size_t i = 0);
 
-/// A token the user sees: appended to the response, its time recorded.
-void show_token(self_ptr self, int32_t token) {
+/// A token the user sees (final): appended to the response, its time
+/// recorded, and streamed to the token sink with the exit layer that chose
+/// it (-1: the cloud) and the round trip of the cloud request that answered
+/// it (-1: none).
+void show_token(self_ptr self, int32_t token, int32_t exit_layer, int64_t cloud_rtt_us = -1) {
   auto& st = self->state;
   st.report.tokens.push_back(token);
   st.token_us.push_back(us_since(st.started));
+  if (st.opts.token_sink)
+    caf::anon_send(st.opts.token_sink, token_atom::value, token, exit_layer, cloud_rtt_us);
 }
 
 /// Round trip minus the time the cloud reports: the network's share.
@@ -151,12 +158,26 @@ void opened(self_ptr self, uint64_t id, clock_type::time_point sent) {
   st.report.comm_us += us_since(sent);
 }
 
+/// An open answered after the response was cancelled: the session it
+/// opened (if any) is closed like any other, then the report goes out.
+void opened_after_finish(self_ptr self, std::optional<uint64_t> id,
+                         clock_type::time_point sent) {
+  if (id)
+    opened(self, *id, sent);
+  if (self->state.uploads_in_flight == 0)
+    id ? close_cloud(self) : collect_traffic(self);
+}
+
 void open_cloud(self_ptr self) {
   auto& st = self->state;
   auto sent = clock_type::now();
+  ++st.opens_in_flight;
   self->request(st.site.cloud, st.opts.timeout, open_atom::value)
     .then(
       [=](uint64_t id) {
+        --self->state.opens_in_flight;
+        if (self->state.finished())
+          return opened_after_finish(self, id, sent);
         opened(self, id, sent);
         if (self->state.is(strategy::cloud))
           return generate_in_cloud(self);
@@ -165,6 +186,9 @@ void open_cloud(self_ptr self) {
       },
       [=](caf::error& err) {
         auto& st = self->state;
+        --st.opens_in_flight;
+        if (st.finished())
+          return opened_after_finish(self, std::nullopt, sent);
         if (st.token_by_token() && st.site.link && is(err, ceco_errc::cloud_unreachable)) {
           // Start on the edge alone; the response resumes collaboratively
           // if the link reconnects while it runs.
@@ -212,8 +236,8 @@ void generate_in_cloud(self_ptr self) {
       [=](generate_reply& r) {
         auto& report = self->state.report;
         account_round_trip(self, sent, r.cloud_us);
-        for (auto t : r.tokens)  // not streamed: all arrive with the reply
-          show_token(self, t);
+        for (size_t i = 0; i < r.tokens.size(); ++i)  // not streamed: all come with the reply
+          show_token(self, r.tokens[i], -1, i == 0 ? us_since(sent) : int64_t(-1));
         report.cloud_tokens = int32_t(report.tokens.size());
         report.cloud_requests = 1;
         finish(self);
@@ -223,11 +247,16 @@ void generate_in_cloud(self_ptr self) {
 
 // -- the token loop: naive, standalone, collaborative --------------------------------
 
-void emit(self_ptr self, int32_t token, int exit_index) {
+/// `cloud_rtt_us`: the round trip of the cloud request that answered the
+/// token, -1 for an exit's token.
+void emit(self_ptr self, int32_t token, int exit_index, int64_t cloud_rtt_us = -1) {
   auto& st = self->state;
+  if (st.finished())
+    return;
   if (token == st.opts.eos)
     return finish(self);
-  show_token(self, token);
+  show_token(self, token, exit_index >= 0 ? int32_t(st.opts.exits[size_t(exit_index)]) : -1,
+             cloud_rtt_us);
   if (st.degraded())
     ++st.report.degraded_tokens;
   if (exit_index >= 0)
@@ -257,7 +286,7 @@ void ask_naive(self_ptr self) {
     .then(
       [=](infer_reply& r) {
         account_round_trip(self, sent, r.cloud_us);
-        emit(self, r.token, -1);
+        emit(self, r.token, -1, us_since(sent));
       },
       [=](caf::error& err) { finish(self, "naive request: " + describe(err)); });
 }
@@ -272,10 +301,13 @@ void ask_cloud(self_ptr self, int32_t last) {
       [=](infer_reply& r) {
         // The cloud's time here is time it held the request (waiting on
         // uploads included); its compute comes from the session summary.
-        self->state.report.comm_us += std::max<int64_t>(0, us_since(sent) - r.cloud_us);
-        emit(self, r.token, -1);
+        const auto rtt = us_since(sent);
+        self->state.report.comm_us += std::max<int64_t>(0, rtt - r.cloud_us);
+        emit(self, r.token, -1, rtt);
       },
       [=](caf::error& err) {
+        if (self->state.finished())
+          return;
         // The cloud is gone or not answering: go on on the edge alone, as
         // standalone would, until the link reconnects (see step).
         lose_cloud(self, sent);
@@ -300,6 +332,8 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
     .then(
       [=](exit_decision& d) {
         auto& st = self->state;
+        if (st.finished())
+          return;
         if (local)
           st.report.edge_us += d.compute_us;
         else
@@ -310,6 +344,8 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
         ask_cloud(self, last);
       },
       [=](caf::error& err) {
+        if (self->state.finished())
+          return;
         if (local)
           return finish(self, "exit evaluator: " + describe(err));
         // The evaluator on the cloud is out of reach: continue on the edge.
@@ -325,7 +361,7 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
 void upload_settled(self_ptr self) {
   auto& st = self->state;
   --st.uploads_in_flight;
-  if (st.at == phase::closing && st.uploads_in_flight == 0)
+  if (st.at == phase::closing && st.uploads_in_flight == 0 && st.opens_in_flight == 0)
     close_cloud(self);
 }
 
@@ -366,6 +402,8 @@ void forward(self_ptr self) {
     .then(
       [=](edge_output& out) {
         auto& st = self->state;
+        if (st.finished())
+          return;
         st.report.edge_us += out.compute_us;
         st.pos = start + n;
         const int32_t last = start + n - 1;
@@ -398,11 +436,12 @@ bool show_final(self_ptr self) {
       finish(self);
       return true;
     }
-    show_token(self, token);
     // A confident exit's token counts for its exit; an uncertain draft the
     // cloud accepted, or its correction, is the cloud's token (as in
     // collaborative).
-    if (int origin = w.origin(i); origin >= 0)
+    const int origin = w.origin(i);
+    show_token(self, token, origin >= 0 ? int32_t(st.opts.exits[size_t(origin)]) : -1);
+    if (origin >= 0)
       ++st.report.exit_counts[size_t(origin)];
     else
       ++st.report.cloud_tokens;
@@ -597,9 +636,13 @@ void resume(self_ptr self, int64_t epoch) {
   st.at = phase::resuming;
   st.link_epoch = epoch;
   auto sent = clock_type::now();
+  ++st.opens_in_flight;
   self->request(st.site.cloud, st.opts.timeout, open_atom::value)
     .then(
       [=](uint64_t id) {
+        --self->state.opens_in_flight;
+        if (self->state.finished())
+          return opened_after_finish(self, id, sent);
         opened(self, id, sent);
         auto& st = self->state;
         st.at = phase::running;
@@ -612,6 +655,9 @@ void resume(self_ptr self, int64_t epoch) {
         upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
       },
       [=](caf::error&) {  // not yet: stay on the edge
+        --self->state.opens_in_flight;
+        if (self->state.finished())
+          return opened_after_finish(self, std::nullopt, sent);
         self->state.at = phase::degraded;
         advance(self);
       });
@@ -621,11 +667,15 @@ void resume(self_ptr self, int64_t epoch) {
 /// reconnected since this session lost the cloud.
 void step(self_ptr self) {
   auto& st = self->state;
+  if (st.finished())
+    return;
   if (st.at != phase::degraded || !st.site.link)
     return advance(self);
   self->request(st.site.link, st.opts.timeout, status_atom::value)
     .then(
       [=](int64_t epoch) {
+        if (self->state.finished())
+          return;
         if (epoch > self->state.link_epoch)
           return resume(self, epoch);
         advance(self);
@@ -642,7 +692,7 @@ void deliver(self_ptr self) {
 
 /// Adds the link's byte counts of every cloud session this response used,
 /// from the i-th on, then delivers the report.
-void collect_traffic(self_ptr self, size_t i = 0) {
+void collect_traffic(self_ptr self, size_t i) {
   auto& st = self->state;
   st.at = phase::reporting;
   if (!st.site.link || i >= st.cloud_sessions.size())
@@ -690,6 +740,8 @@ void finish(self_ptr self, const std::string& error) {
   if (!error.empty())
     st.report.error = error;
   self->send(st.site.layers, close_atom::value, st.edge_id);
+  if (st.opens_in_flight > 0)
+    return;  // the open's answer closes what it opened, then delivers
   if (st.cloud_sessions.empty())
     return deliver(self);
   if (lost)
@@ -738,9 +790,11 @@ edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
         [](run_atom) -> caf::result<response_report> {
           return make_error(ceco_errc::unknown_message, "this edge session already runs");
         },
+        [=](cancel_atom) { finish(self, "cancelled"); },
       });
       return self->state.promise;
     },
+    [=](cancel_atom) {},  // not yet running: nothing to stop
   };
 }
 

@@ -31,6 +31,12 @@
 //
 // Every step is a continuation (request().then), so the driver never blocks
 // a scheduler thread.
+//
+// Each token, as it is emitted, also goes to `token_sink` when one is set, as
+// (token_atom, token, exit layer or -1 for the cloud, the cloud request's
+// round trip in microseconds or -1): how `ceco serve` streams a response.
+// (cancel_atom) finishes the response at once; its cloud session is closed
+// as at any end (an open still in flight is closed when it answers).
 
 #include <chrono>
 #include <optional>
@@ -71,6 +77,7 @@ struct edge_session_options {
   bool sync_upload = false;   // collaborative: wait for each upload's ack before going on
   int max_draft = 16;         // speculative, exact: most tokens not yet final
   std::chrono::milliseconds timeout{30'000};  // per cloud request
+  caf::actor token_sink;      // receives each token as it is emitted; may be invalid
 };
 
 edge_session_actor spawn_edge_session(caf::actor_system& sys, edge_site site,

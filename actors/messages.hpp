@@ -67,6 +67,8 @@ using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
 using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using status_atom = caf::atom_constant<caf::atom("status")>;
 using get_atom = caf::atom_constant<caf::atom("get")>;
+using token_atom = caf::atom_constant<caf::atom("token")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 
 // -- errors -------------------------------------------------------------------
 
@@ -420,7 +422,22 @@ struct cloud_stats {
   int64_t session_bytes = 0;     // context of the last session opened
   int64_t tokens = 0;            // token requests answered so far
   int64_t positions = 0;         // uploaded positions caught up so far
+  int64_t refused_limit = 0;     // opens refused: session.max_sessions reached
+  int64_t refused_memory = 0;    // opens refused: session.max_memory_mb reached
+  int64_t expired = 0;           // sessions freed by the TTL, not closed by their edge
+  /// Steps by the sessions they stepped: [i] counts steps of (2^(i-1), 2^i]
+  /// sessions (the last, any more); see step_size_bucket.
+  std::vector<int64_t> step_sizes;
 };
+
+/// Buckets of cloud_stats::step_sizes: 1, 2, 4, ..., 1024 sessions, and more.
+constexpr int step_size_buckets = 12;
+inline int step_size_bucket(int64_t sessions) {
+  int i = 0;
+  while (i < step_size_buckets - 1 && (int64_t(1) << i) < sessions)
+    ++i;
+  return i;
+}
 
 /// Sessions, uploads and their eager catch-up, requests waiting for uploads.
 /// (stats_atom) -> cloud_stats; (sweep_atom, n) expires idle sessions: its
@@ -475,7 +492,10 @@ using uploader_actor = caf::typed_actor<
   caf::replies_to<draft_upload>::with<verdict>>;
 
 /// One response: runs the token loop of its strategy and reports.
-using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>>;
+/// (cancel_atom) ends it early: the token loop stops, its cloud session is
+/// closed and the report (tokens so far, error "cancelled") is delivered.
+using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>,
+                                            caf::reacts_to<cancel_atom>>;
 
 /// Registers every message type above with a CAF configuration.
 void register_message_types(caf::actor_system_config& cfg);

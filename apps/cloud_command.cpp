@@ -16,6 +16,7 @@
 #include "actors/deployment.hpp"
 #include "actors/gateway.hpp"
 #include "apps/commands.hpp"
+#include "apps/prometheus_metrics.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco::app {
@@ -26,6 +27,7 @@ struct cloud_args {
   std::string config;
   std::vector<std::string> sets;
   double stats_s = 0;
+  int metrics_port = -1;  // -1: no metrics
   bool insecure = false;
 };
 
@@ -78,12 +80,27 @@ void run_cloud(const cloud_args& a) {
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,
                                    e.what()));
   }
+  // Prometheus metrics on their own port, from a thread of their own.
+  std::unique_ptr<metrics_endpoint> metrics;
+  if (a.metrics_port >= 0) {
+    try {
+      metrics = std::make_unique<metrics_endpoint>(
+        s.cloud.host, a.metrics_port, std::make_shared<cloud_collector>(sys, site.contexts));
+    } catch (const std::exception&) {
+      gateway->stop();
+      site.stop();
+      throw;
+    }
+  }
   const auto port = gateway->port();
   const auto& c = m.model->config();
   // The port ends the first line's first part: scripts read it after the last ':'.
   fmt::print("ceco cloud: serving {} (layers {}..{} of {}, fingerprint {:016x}) on {}:{} over {}{}\n",
              m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cloud.host, port,
              describe_transport(s), s.cloud.secret.empty() ? "" : ", secret required");
+  std::cout.flush();
+  if (metrics)
+    fmt::print("ceco cloud: metrics on http://{}:{}/metrics\n", s.cloud.host, metrics->port());
   std::cout.flush();
   if (serves_strangers(s))
     fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
@@ -113,6 +130,7 @@ void run_cloud(const cloud_args& a) {
   else
     fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::cout.flush();
+  metrics.reset();
   gateway->stop();
   site.stop();
   if (failure)
@@ -134,6 +152,11 @@ void add_cloud_command(CLI::App& app) {
                   "every this many seconds, print one line: sessions, context memory, tokens "
                   "answered per second, steps and sessions per step (0 = never)")
     ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--metrics-port", a->metrics_port,
+                  "serve Prometheus metrics (sessions open, their memory, tokens answered, steps, "
+                  "refused sessions by reason) on cloud.host at this port, /metrics (0: any free "
+                  "port, printed)")
+    ->check(CLI::Range(0, 65535));
   cmd->add_flag("--insecure", a->insecure,
                 "serve a non-loopback cloud.host with neither TLS nor cloud.secret (a trusted "
                 "network only; the same as cloud.insecure = true)");

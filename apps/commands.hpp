@@ -15,6 +15,7 @@ void add_tune_exits_command(CLI::App& app);
 void add_experiment_command(CLI::App& app);
 void add_cloud_command(CLI::App& app);
 void add_edge_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 

@@ -3,6 +3,7 @@
 //   ceco generate --prompt "Once upon a time" --exits 2,3
 //   ceco bench --shape 15M --threads 1
 //   ceco sim --mode all
+//   ceco serve --local-cloud --port 8080
 //   ceco tokenize --model M --text "Hello world" --pieces
 //   ceco <command> --help
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   ceco::app::add_experiment_command(app);
   ceco::app::add_cloud_command(app);
   ceco::app::add_edge_command(app);
+  ceco::app::add_serve_command(app);
   ceco::app::add_train_command(app);
   ceco::app::add_tokenize_command(app);
   try {

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -94,7 +95,39 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
              rows.size() / std::max<size_t>(1, modes.size()));
 }
 
+/// Connects to the cloud that `s` names, with doubling backoff, and checks
+/// the handshake; throws model_error when it cannot.
+cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site_model& m) {
+  std::string last_error;
+  const backoff policy;
+  for (int attempt = 1; attempt <= s.cloud.connect_tries; ++attempt) {
+    auto remote = connect_to_front(sys, s, make_hello(s, m), wire_limits_of(m));
+    if (remote)
+      return *remote;
+    if (is(remote.error(), ceco_errc::handshake_failed))
+      throw model_error(describe(remote.error()));
+    last_error = describe(remote.error());
+    if (attempt < s.cloud.connect_tries) {
+      const auto wait = policy.after(attempt - 1);
+      fmt::print(stderr, "ceco: cannot reach the cloud at {}:{} ({}); retrying in {} ms\n",
+                 s.cloud.host, s.cloud.port, last_error, wait.count());
+      std::this_thread::sleep_for(wait);
+    }
+  }
+  throw model_error(fmt::format("cannot reach the cloud at {}:{} after {} attempt(s): {}",
+                                s.cloud.host, s.cloud.port, s.cloud.connect_tries, last_error));
+}
+
 } // namespace
+
+std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
+                                                 const site_model& m) {
+  // After a loss the link reconnects by itself, from a thread of its own.
+  auto reconnect = [&sys, s, hello = make_hello(s, m), limits = wire_limits_of(m)] {
+    return connect_to_front(sys, s, hello, limits);
+  };
+  return std::make_unique<deployment>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
+}
 
 void run_sessions(session_args a, const remote_cloud_fn& remote) {
   const bool deployed = bool(remote);

@@ -35,6 +35,13 @@ void add_session_options(CLI::App* cmd, const std::shared_ptr<session_args>& a);
 using remote_cloud_fn = std::function<std::unique_ptr<deployment>(
   caf::actor_system& sys, const settings& s, const site_model& m)>;
 
+/// The edge site wired to the `ceco cloud` that `s` names (cloud.host,
+/// cloud.port), connected with the reconnect backoff and the handshake
+/// checked; after a loss its link reconnects by itself. Throws model_error
+/// when the cloud cannot be reached.
+std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
+                                                 const site_model& m);
+
 /// Runs the prompts of `a` under its strategies and prints the report. With
 /// `remote` unset both sites run here (`ceco sim`); with it, the cloud is
 /// remote: the actor system is set up for a deployment, and after a loss

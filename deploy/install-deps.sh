@@ -8,6 +8,10 @@
 # the built-in model was trained on (README "The built-in default model");
 # openssl makes TLS certificates (deploy/make-tls-certs.sh); libasio-dev
 # (standalone asio) and libssl-dev carry the edge-cloud wire protocol.
+# libcpp-httplib-dev and prometheus-cpp-dev carry `ceco serve` (HTTP and
+# metrics). Node.js and npm (Debian's, unless a node with its npm is already
+# there) run the test that drives `ceco serve` with the official `openai`
+# client, which the end of this script installs into test/openai/ (git-ignored).
 # libopenblas0 matters: without it libtorch falls back to the reference BLAS
 # and matrix products are 2-20x slower.
 set -euo pipefail
@@ -18,6 +22,7 @@ packages=(
   libcaf-dev
   libfmt-dev libcereal-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   libasio-dev libssl-dev
+  libcpp-httplib-dev prometheus-cpp-dev
   doctest-dev
   gnuplot-nox
   bible-kjv
@@ -36,16 +41,33 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "deploy: all ${#packages[@]} packages already installed"
-  exit 0
+# A node that came with its own npm (another distribution's package) stays;
+# else Debian's nodejs and npm.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  for p in nodejs npm; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
 fi
 
-echo "deploy: installing ${missing[*]}"
-if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
-  echo "deploy: not root and no sudo: run this script as root to install ${missing[*]}" >&2
-  exit 1
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deploy: all ${#packages[@]} packages already installed"
+else
+  echo "deploy: installing ${missing[*]}"
+  if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "deploy: not root and no sudo: run this script as root to install ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# The official OpenAI client for the serve test, at the version
+# test/openai/package.json pins, into test/openai/node_modules.
+client_dir="$(cd "$(dirname "$0")/.." && pwd)/test/openai"
+if [ -f "$client_dir/node_modules/openai/package.json" ]; then
+  echo "deploy: the openai npm client is installed in $client_dir"
+else
+  echo "deploy: npm install in $client_dir"
+  (cd "$client_dir" && npm install --no-audit --no-fund --no-package-lock --loglevel=error)
+fi

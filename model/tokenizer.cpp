@@ -170,6 +170,7 @@ tokenizer tokenizer::from_gguf(const gguf_file& f) {
   t.add_bos_ = f.get_bool_or("tokenizer.ggml.add_bos_token", spm);
   t.add_eos_ = f.get_bool_or("tokenizer.ggml.add_eos_token", false);
   t.add_space_prefix_ = f.get_bool_or("tokenizer.ggml.add_space_prefix", spm);
+  t.chat_template_ = f.get_string_or("tokenizer.chat_template", "");
   if (!spm) {
     t.type_ = vocab_type::byte_level_bpe;
     t.pre_name_ = f.get_string_or("tokenizer.ggml.pre", "");

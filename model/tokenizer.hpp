@@ -68,6 +68,8 @@ public:
   const std::string& pre_name() const { return pre_name_; }
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
+  /// The GGUF's `tokenizer.chat_template` (a Jinja template), "" when it has none.
+  const std::string& chat_template() const { return chat_template_; }
   int vocab_size() const { return int(pieces_.size()); }
   int32_t bos() const { return bos_; }
   int32_t eos() const { return eos_; }
@@ -93,6 +95,7 @@ private:
   bool add_eos_ = false;
   bool add_space_prefix_ = true;                 // SentencePiece's dummy prefix
   std::string pre_name_;
+  std::string chat_template_;
   std::vector<int32_t> special_ids_;             // longest text first
   std::shared_ptr<const bpe_vocab> bpe_;         // byte-level BPE only
 };

@@ -1,4 +1,5 @@
 #include "test/support.hpp"
+#include "test/ceco_process.hpp"
 
 #include <csignal>
 #include <cstdio>
@@ -34,46 +35,18 @@ std::string model_arg() {
 }
 
 /// A `ceco cloud` process on loopback; killed when the object goes.
-struct cloud_process {
-  pid_t pid = -1;
+struct cloud_process : ceco_process {
   int port = 0;
   std::string banner;
 
-  explicit cloud_process(const std::string& args) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      dup2(fds[1], 1);
-      dup2(fds[1], 2);
-      close(fds[0]);
-      std::string cmd = std::string("exec ") + CECO_BINARY + " cloud " + args + model_arg();
-      execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
-      _exit(127);
-    }
-    close(fds[1]);
-    FILE* out = fdopen(fds[0], "r");
-    char line[1024] = {};
-    if (fgets(line, sizeof line, out))
-      banner = line;
-    fclose(out);  // the child's further output goes nowhere
+  explicit cloud_process(const std::string& args)
+    : ceco_process("cloud " + args + model_arg(), true) {
+    banner = line();
+    stop_reading();  // the child's further output goes nowhere
     auto at = banner.rfind(':');
     if (banner.find("serving") != std::string::npos && at != std::string::npos)
       port = std::atoi(banner.c_str() + at + 1);
   }
-  void signal(int sig) {
-    if (pid > 0)
-      ::kill(pid, sig);
-  }
-  void kill_now() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-  }
-  ~cloud_process() { kill_now(); }
 };
 
 run_result run_edge(const std::string& args) {

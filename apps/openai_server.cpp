@@ -1,0 +1,556 @@
+#include "apps/openai_server.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <functional>
+#include <random>
+
+#include <httplib.h>
+#include <fmt/format.h>
+
+#include "apps/json_text.hpp"
+#include "apps/openai_api.hpp"
+#include "apps/report.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco::app {
+
+using nlohmann::json;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+/// Modes whose every token comes from the cloud: without it nothing can serve.
+bool needs_cloud(const std::string& mode) {
+  return mode == "cloud" || mode == "naive";
+}
+
+/// Tokens the full model never checked: in exact mode those the cloud could
+/// not verify (it was lost); otherwise every exit's token (cloud and naive
+/// tokens, and drafts the cloud accepted, are the full model's).
+int64_t unverified_tokens(const response_report& r) {
+  if (r.mode == "exact")
+    return r.unverified_tokens;
+  return int64_t(r.tokens.size()) - r.cloud_tokens;
+}
+
+/// ceco's figures of one response, as `ceco sim --json` gives them, less
+/// the prompt and text the response already carries.
+json ceco_json(const response_report& r) {
+  auto j = report_json(r, {}, {}, 0);
+  for (const char* key : {"prompt", "text", "tokens", "formula_bytes_up"})
+    j.erase(key);
+  j["tokens_per_exit"] = j["exits"];
+  j.erase("exits");
+  j["unverified_tokens"] = unverified_tokens(r);
+  j["sampling"] = "greedy";
+  return j;
+}
+
+std::string random_id(const char* prefix) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("{}{:016x}", prefix, rng());
+}
+
+/// One completion's edge session, driven from the HTTP thread: a scoped
+/// actor receives its tokens as the session emits them and, last, its report.
+class generation {
+public:
+  generation(caf::actor_system& sys, deployment& edge, const std::vector<int32_t>& prompt,
+             const std::string& mode, int max_tokens)
+    : self_(sys) {
+    session_ = edge.spawn_session(prompt, mode, max_tokens, caf::actor_cast<caf::actor>(self_));
+    self_->monitor(session_);
+    self_->send(session_, run_atom::value);
+  }
+  ~generation() {
+    // Never leave a session running behind a request that is gone.
+    if (!done_) {
+      cancel();
+      auto until = clock_type::now() + std::chrono::seconds(30);
+      while (!done_ && clock_type::now() < until)
+        next(std::chrono::milliseconds(100));
+    }
+  }
+  generation(const generation&) = delete;
+  generation& operator=(const generation&) = delete;
+
+  struct event {
+    enum class kind { idle, token, done };
+    kind what = kind::idle;
+    int32_t token = 0;
+    int32_t exit_layer = -1;  // -1: the cloud's
+    int64_t rtt_us = -1;      // the cloud request's round trip, for a cloud token
+  };
+
+  /// The next token, the end, or nothing within `wait`.
+  event next(std::chrono::milliseconds wait) {
+    event e;
+    if (done_) {
+      e.what = event::kind::done;
+      return e;
+    }
+    self_->receive(
+      [&](token_atom, int32_t token, int32_t layer, int64_t rtt) {
+        e = {event::kind::token, token, layer, rtt};
+      },
+      [&](response_report& r) {
+        report_ = std::move(r);
+        done_ = true;
+        e.what = event::kind::done;
+      },
+      [&](caf::error& err) {
+        report_.error = describe(err);
+        done_ = true;
+        e.what = event::kind::done;
+      },
+      [&](caf::down_msg& down) {
+        // Only after the report, unless the session died without one.
+        if (!done_)
+          report_.error = "the edge session ended without a report: " + describe(down.reason);
+        done_ = true;
+        e.what = event::kind::done;
+      },
+      caf::after(wait) >> [] {});
+    return e;
+  }
+
+  /// Ends the session early; its cloud session is closed, its report follows.
+  void cancel() {
+    if (!cancelled_ && !done_)
+      self_->send(session_, cancel_atom::value);
+    cancelled_ = true;
+  }
+  bool cancelled() const { return cancelled_; }
+  bool done() const { return done_; }
+  const response_report& report() const { return report_; }
+
+private:
+  caf::scoped_actor self_;
+  edge_session_actor session_;
+  response_report report_;
+  bool done_ = false;
+  bool cancelled_ = false;
+};
+
+/// A request checked and tokenized, ready to run.
+struct prepared {
+  completion_request req;
+  std::vector<int32_t> prompt;
+  int max_tokens = 0;
+  std::vector<std::string> stop;
+  clock_type::time_point received;
+};
+
+} // namespace
+
+chat_format choose_chat_format(const serve_options& o, const tokenizer& vocab, std::string& why) {
+  if (!o.chat_template.empty()) {
+    auto f = parse_chat_format(o.chat_template);
+    if (!f)
+      throw config_error(fmt::format("--chat-template {}: not a built-in template (expected {})",
+                                     o.chat_template, chat_format_names()));
+    why = "chosen by --chat-template";
+    return *f;
+  }
+  if (vocab.chat_template().empty()) {
+    why = "the model has no tokenizer.chat_template";
+    return chat_format::plain;
+  }
+  if (auto f = recognise_chat_template(vocab.chat_template())) {
+    why = "recognised in the model's tokenizer.chat_template";
+    return *f;
+  }
+  why = "the model's tokenizer.chat_template is none of the built-in ones (--chat-template "
+        "chooses one)";
+  return chat_format::plain;
+}
+
+std::string model_id_of(const std::string& path) {
+  std::filesystem::path p(path);
+  auto stem = p.stem().string();
+  if ((stem == "model" || stem.empty()) && p.has_parent_path())
+    return p.parent_path().filename().string();
+  return stem;
+}
+
+struct openai_server::impl {
+  caf::actor_system& sys;
+  deployment& edge;
+  settings s;
+  const site_model& m;
+  serve_options o;
+  chat_format chat;
+  std::shared_ptr<edge_metrics> metrics;
+  std::string id;
+  int64_t created = int64_t(std::time(nullptr));
+  std::atomic<int> in_flight{0};
+  httplib::Server http;
+  socket_t listen_socket = INVALID_SOCKET;
+
+  impl(caf::actor_system& sys, deployment& edge, const settings& s, const site_model& m,
+       serve_options o, chat_format chat, std::shared_ptr<edge_metrics> metrics)
+    : sys(sys), edge(edge), s(s), m(m), o(std::move(o)), chat(chat), metrics(std::move(metrics)) {
+    id = this->o.model_id.empty() ? model_id_of(m.path) : this->o.model_id;
+  }
+
+  int max_seq() const { return m.model->config().max_seq; }
+
+  /// The error object with its status.
+  void reply_error(httplib::Response& res, const api_error& e, const std::string& endpoint) {
+    res.status = e.status;
+    res.set_content(json_text(error_json(e)), "application/json");
+    metrics->request(endpoint, e.status);
+  }
+
+  /// Holds one of the --max-concurrent places while a completion runs.
+  struct place {
+    impl* server;
+    explicit place(impl* s) : server(s) {}
+    ~place() { server->metrics->in_flight(--server->in_flight); }
+  };
+
+  std::unique_ptr<place> take_place() {
+    int now = ++in_flight;
+    if (now > o.max_concurrent) {
+      --in_flight;
+      throw api_error(429, "rate_limit_error",
+                      fmt::format("{} completions are being generated, the limit is {} "
+                                  "(--max-concurrent); retry later",
+                                  o.max_concurrent, o.max_concurrent),
+                      {}, "rate_limit_exceeded");
+    }
+    metrics->in_flight(now);
+    return std::make_unique<place>(this);
+  }
+
+  prepared prepare(const std::string& body, bool is_chat) {
+    prepared p;
+    p.received = clock_type::now();
+    p.req = parse_completion_request(body, is_chat);
+    if (p.req.model != id)
+      throw api_error(404, "invalid_request_error",
+                      fmt::format("The model '{}' does not exist; this server serves '{}'",
+                                  p.req.model, id),
+                      "model", "model_not_found");
+    const auto& vocab = m.vocab;
+    if (is_chat) {
+      p.prompt = vocab.encode(render_chat(chat, p.req.messages), true, true);
+      p.stop = chat_stop_strings(chat);
+    } else if (p.req.prompt) {
+      p.prompt = vocab.encode(*p.req.prompt, true, false);
+    } else {
+      for (size_t i = 0; i < p.req.prompt_tokens.size(); ++i) {
+        auto t = p.req.prompt_tokens[i];
+        if (t < 0 || t >= vocab.vocab_size())
+          throw bad_request(fmt::format("prompt[{}] is token {}, the vocabulary has ids 0..{}", i,
+                                        t, vocab.vocab_size() - 1),
+                            "prompt");
+      }
+      p.prompt = p.req.prompt_tokens;
+    }
+    p.stop.insert(p.stop.end(), p.req.stop.begin(), p.req.stop.end());
+    if (p.prompt.empty())
+      throw bad_request("the prompt has no tokens", is_chat ? "messages" : "prompt");
+    const int n = int(p.prompt.size());
+    if (n >= max_seq())
+      throw bad_request(fmt::format("This model's maximum context length is {} tokens; the "
+                                    "prompt has {}, which leaves no room for a completion",
+                                    max_seq(), n),
+                        is_chat ? "messages" : "prompt", "context_length_exceeded");
+    if (p.req.max_tokens && *p.req.max_tokens > max_seq() - n)
+      throw bad_request(fmt::format("This model's maximum context length is {} tokens. However, "
+                                    "you requested {} tokens ({} in the prompt, {} for the "
+                                    "completion)",
+                                    max_seq(), int64_t(n) + *p.req.max_tokens, n,
+                                    *p.req.max_tokens),
+                        "max_tokens", "context_length_exceeded");
+    p.max_tokens = p.req.max_tokens ? *p.req.max_tokens : max_seq() - n;
+    if (needs_cloud(s.policy.mode) && edge.link_epoch() < 0)
+      throw api_error(503, "server_error",
+                      fmt::format("the cloud is unreachable and mode '{}' has every token from "
+                                  "it; retry once it is back",
+                                  s.policy.mode),
+                      {}, "cloud_unavailable");
+    return p;
+  }
+
+  /// Runs `p`: `emit` gets each piece of text as it may be sent and says
+  /// whether the client still listens; `idle` is asked after a second without
+  /// a token (false: the client is gone). Returns the response; a failed
+  /// session is an api_error in `failure`.
+  completion_result run(const prepared& p, const std::function<bool(const std::string&)>& emit,
+                        const std::function<bool()>& idle, std::optional<api_error>& failure) {
+    completion_result out;
+    out.id = random_id(p.req.chat ? "chatcmpl-" : "cmpl-");
+    out.created = int64_t(std::time(nullptr));
+    out.model = id;
+    out.prompt_tokens = int(p.prompt.size());
+    generation g(sys, edge, p.prompt, s.policy.mode, p.max_tokens);
+    text_stream text(m.vocab, p.prompt.back(), p.stop);
+    bool first = true, gone = false;
+    int used = 0;  // tokens up to the end of the response (a stop included)
+    auto client_gone = [&] {
+      gone = true;
+      g.cancel();
+      metrics->cancelled("disconnect");
+    };
+    while (!g.done()) {
+      auto e = g.next(std::chrono::seconds(1));
+      if (e.what == generation::event::kind::idle) {
+        if (!gone && !idle())
+          client_gone();
+        continue;
+      }
+      if (e.what != generation::event::kind::token)
+        continue;
+      if (first) {
+        metrics->first_token(seconds_since(p.received));
+        first = false;
+      }
+      if (e.rtt_us >= 0)
+        metrics->cloud_round_trip(double(e.rtt_us) / 1e6);
+      if (gone || text.stopped())
+        continue;
+      ++used;
+      auto piece = text.push(e.token);
+      if (!piece.empty() && !emit(piece)) {
+        client_gone();
+        continue;
+      }
+      if (text.stopped()) {
+        g.cancel();
+        metrics->cancelled("stop");
+      }
+    }
+    const auto& r = g.report();
+    metrics->response(r);
+    if (!text.stopped() && !gone) {
+      auto rest = text.finish();
+      if (!rest.empty())
+        emit(rest);
+    }
+    out.text = text.sent();
+    out.completion_tokens = text.stopped() ? used : int(r.tokens.size());
+    if (text.stopped())
+      out.finish_reason = "stop";
+    else if (int(r.tokens.size()) >= p.max_tokens
+             || int(p.prompt.size() + r.tokens.size()) >= max_seq())
+      out.finish_reason = "length";
+    else
+      out.finish_reason = "stop";
+    out.ceco = ceco_json(r);
+    if (!r.error.empty() && !g.cancelled())
+      failure = api_error(503, "server_error", "the response failed: " + r.error, {},
+                          r.error.find("cloud_unreachable") != std::string::npos
+                            ? "cloud_unavailable"
+                            : "generation_failed");
+    return out;
+  }
+
+  void completion(const httplib::Request& req, httplib::Response& res, bool is_chat) {
+    const std::string endpoint = is_chat ? "/v1/chat/completions" : "/v1/completions";
+    prepared p;
+    std::unique_ptr<place> held;
+    try {
+      p = prepare(req.body, is_chat);
+      held = take_place();
+    } catch (const api_error& e) {
+      return reply_error(res, e, endpoint);
+    } catch (const model_error& e) {  // the deployment refused the session's options
+      return reply_error(res, bad_request(e.what()), endpoint);
+    }
+    if (!p.req.stream) {
+      std::optional<api_error> failure;
+      std::string text;
+      auto r = run(p, [&](const std::string& piece) { return text += piece, true; },
+                   [] { return true; }, failure);
+      if (failure)
+        return reply_error(res, *failure, endpoint);
+      res.set_content(json_text(completion_json(is_chat, r)), "application/json");
+      metrics->request(endpoint, 200);
+      return;
+    }
+    // Streamed: the session starts once the headers are out, on this thread.
+    auto shared = std::make_shared<std::pair<prepared, std::unique_ptr<place>>>(std::move(p),
+                                                                               std::move(held));
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+      "text/event-stream", [this, shared, is_chat, endpoint](size_t, httplib::DataSink& sink) {
+        const auto& p = shared->first;
+        bool ok = true;
+        auto send = [&](const json& j) {
+          auto event = "data: " + json_text(j) + "\n\n";
+          return ok = ok && sink.write(event.data(), event.size());
+        };
+        completion_result head;
+        head.id = random_id(is_chat ? "chatcmpl-" : "cmpl-");
+        head.created = int64_t(std::time(nullptr));
+        head.model = id;
+        bool first = true;
+        std::optional<api_error> failure;
+        completion_result r;
+        try {
+          r = run(
+            p,
+            [&](const std::string& piece) {
+              bool sent = send(chunk_json(is_chat, head, piece, first, std::nullopt));
+              first = false;
+              return sent;
+            },
+            [&] {
+              static const std::string ping = ": ping\n\n";  // an SSE comment
+              return ok = ok && sink.write(ping.data(), ping.size());
+            },
+            failure);
+        } catch (const std::exception& e) {  // the headers are out: an error event
+          failure = api_error(500, "server_error", std::string("internal error: ") + e.what());
+        }
+        shared->second.reset();  // the session is over: its place is free before the client hears
+        if (failure) {
+          send(error_json(*failure));
+        } else {
+          r.id = head.id;
+          r.created = head.created;
+          auto last = chunk_json(is_chat, r, {}, first, r.finish_reason);
+          last["usage"] = usage_json(r);
+          last["ceco"] = r.ceco;
+          send(last);
+          if (p.req.include_usage) {
+            auto usage = chunk_json(is_chat, r, {}, false, std::nullopt);
+            usage["choices"] = json::array();
+            usage["usage"] = usage_json(r);
+            send(usage);
+          }
+        }
+        static const std::string done = "data: [DONE]\n\n";
+        if (ok && sink.write(done.data(), done.size()))
+          sink.done();
+        metrics->request(endpoint, ok ? 200 : 499);
+        return ok;
+      });
+  }
+
+  json model_json() const {
+    return {{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "ceco"}};
+  }
+
+  void routes() {
+    http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      completion(req, res, true);
+    });
+    http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      completion(req, res, false);
+    });
+    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(json_text({{"object", "list"}, {"data", json::array({model_json()})}}),
+                      "application/json");
+      metrics->request("/v1/models", 200);
+    });
+    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+      if (req.matches[1] != id)
+        return reply_error(res,
+                           api_error(404, "invalid_request_error",
+                                     fmt::format("The model '{}' does not exist; this server "
+                                                 "serves '{}'",
+                                                 req.matches[1].str(), id),
+                                     "model", "model_not_found"),
+                           "/v1/models");
+      res.set_content(json_text(model_json()), "application/json");
+      metrics->request("/v1/models", 200);
+    });
+    http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      const bool local = bool(edge.contexts());
+      const auto epoch = edge.link_epoch();
+      const bool ok = !(needs_cloud(s.policy.mode) && epoch < 0);
+      res.status = ok ? 200 : 503;
+      res.set_content(json_text({{"status", ok ? "ok" : "unavailable"},
+                                 {"model", id},
+                                 {"mode", s.policy.mode},
+                                 {"cloud", local ? "local" : epoch >= 0 ? "up" : "down"},
+                                 {"in_flight", in_flight.load()},
+                                 {"max_concurrent", o.max_concurrent},
+                                 {"chat_template", to_string(chat)}}),
+                      "application/json");
+    });
+    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      metrics->link(edge.link_epoch());
+      res.set_content(metrics->text(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    // Anything else, and a body the routes left empty: an OpenAI error object.
+    http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty())
+        return;
+      const bool missing = res.status == 404;
+      res.set_content(
+        json_text(error_json(api_error(
+          res.status, "invalid_request_error",
+          missing ? fmt::format("no route {} {}", req.method, req.path)
+                  : fmt::format("{} {}: HTTP status {}", req.method, req.path, res.status)))),
+        "application/json");
+    });
+    http.set_exception_handler(
+      [this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        reply_error(res, api_error(500, "server_error", "internal error: " + what), req.path);
+      });
+    // A streamed response holds its thread for its whole length, and an idle
+    // keep-alive connection holds one until it times out: room for both.
+    const size_t threads = size_t(o.max_concurrent) * 2 + 8;
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    http.set_payload_max_length(8u << 20);
+    // The library listens with a backlog of 5: a burst of clients would wait
+    // a second for a SYN retransmit. Keep the socket to listen again, longer.
+    http.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_socket = sock;
+    });
+  }
+};
+
+openai_server::openai_server(caf::actor_system& sys, deployment& edge, const settings& s,
+                             const site_model& m, serve_options o, chat_format chat,
+                             std::shared_ptr<edge_metrics> metrics)
+  : impl_(std::make_unique<impl>(sys, edge, s, m, std::move(o), chat, std::move(metrics))) {
+  impl_->routes();
+}
+
+openai_server::~openai_server() = default;
+
+int openai_server::bind() {
+  const auto& o = impl_->o;
+  int port = o.port == 0 ? impl_->http.bind_to_any_port(o.host)
+                         : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
+  if (port <= 0)
+    throw config_error(fmt::format("serve: cannot listen on {}:{}", o.host, o.port));
+  if (impl_->listen_socket != INVALID_SOCKET)
+    ::listen(impl_->listen_socket, 1024);  // Linux takes the new backlog
+  return port;
+}
+
+void openai_server::run() {
+  impl_->http.listen_after_bind();
+}
+
+void openai_server::stop() {
+  impl_->http.stop();
+}
+
+const std::string& openai_server::model_id() const {
+  return impl_->id;
+}
+
+} // namespace ceco::app

@@ -1,0 +1,57 @@
+#pragma once
+
+// `ceco serve`'s HTTP server: the OpenAI API over a deployment's edge site.
+// Each completion is one edge session (policy.mode) whose tokens are sent as
+// they are emitted; a client that goes away cancels its session, which
+// closes its cloud session. See README "ceco serve".
+//
+//   POST /v1/chat/completions, /v1/completions   (stream true or false)
+//   GET  /v1/models, /v1/models/{id}, /health, /metrics
+
+#include <memory>
+#include <string>
+
+#include "actors/deployment.hpp"
+#include "apps/chat_templates.hpp"
+#include "apps/prometheus_metrics.hpp"
+
+namespace ceco::app {
+
+struct serve_options {
+  std::string host = "127.0.0.1";
+  int port = 8080;               // 0: any free port
+  int max_concurrent = 16;       // completions at once; more get 429
+  std::string chat_template;     // a built-in name; "" = recognise the model's
+  std::string model_id;          // "" = from the model's file name
+};
+
+/// The chat template `o` names, else the one the model's
+/// tokenizer.chat_template is, else plain; `why` says which and how.
+chat_format choose_chat_format(const serve_options& o, const tokenizer& vocab, std::string& why);
+
+/// The id /v1/models lists for the model at `path`: its file name without
+/// extension, or its folder's name when that is the generic "model".
+std::string model_id_of(const std::string& path);
+
+class openai_server {
+public:
+  openai_server(caf::actor_system& sys, deployment& edge, const settings& s, const site_model& m,
+                serve_options o, chat_format chat, std::shared_ptr<edge_metrics> metrics);
+  ~openai_server();
+  openai_server(const openai_server&) = delete;
+  openai_server& operator=(const openai_server&) = delete;
+
+  /// Binds host:port; returns the port (the chosen one for port 0). Throws
+  /// config_error when it cannot.
+  int bind();
+  /// Serves until stop(); blocks the calling thread.
+  void run();
+  void stop();
+  const std::string& model_id() const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace ceco::app

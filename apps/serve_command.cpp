@@ -1,0 +1,112 @@
+// ceco serve: the edge as an OpenAI-compatible HTTP endpoint. Each
+// completion is one edge session in policy.mode, against `ceco cloud` at
+// cloud.host:cloud.port, or against a cloud site in this process
+// (--local-cloud). Serves until SIGINT or SIGTERM.
+//
+//   ceco serve --local-cloud --port 8080
+//   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json'
+//        -d '{"model": "kjv", "messages": [{"role": "user", "content": "And God said"}]}'
+
+#include <csignal>
+#include <iostream>
+#include <thread>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+
+#include "actors/deployment.hpp"
+#include "actors/edge_session.hpp"
+#include "actors/network.hpp"
+#include "apps/commands.hpp"
+#include "apps/openai_server.hpp"
+#include "apps/sessions.hpp"
+#include "model/transformer.hpp"
+
+namespace ceco::app {
+
+namespace {
+
+struct serve_args {
+  std::string config;
+  std::vector<std::string> sets;
+  bool local_cloud = false;
+  serve_options server;
+};
+
+void run_serve(const serve_args& a) {
+  auto s = load_settings(a.config, a.sets);
+  if (!parse_strategy(s.policy.mode))
+    throw config_error(fmt::format("policy.mode '{}' is not a mode ceco serve can run",
+                                   s.policy.mode));
+  // Signals go to sigwait below, not to CAF's or the server's threads.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that goes away fails a write, not the server
+
+  set_compute_threads(1);
+  auto m = load_site_model(s, default_model_path(), default_exit_heads_path());
+  std::string why;
+  const auto chat = choose_chat_format(a.server, m.vocab, why);
+  caf::actor_system_config cfg;
+  if (a.local_cloud)
+    configure_actor_system(cfg, s.runtime.threads);
+  else
+    configure_deployment(cfg, s);
+  caf::actor_system sys{cfg};
+  auto edge = a.local_cloud ? std::make_unique<deployment>(sys, s, m)
+                            : wire_to_remote_cloud(sys, s, m);
+  auto metrics = std::make_shared<edge_metrics>(s.model.exits);
+  if (a.local_cloud)
+    metrics->add(std::make_shared<cloud_collector>(sys, edge->contexts()));
+  openai_server server(sys, *edge, s, m, a.server, chat, metrics);
+  const int port = server.bind();
+  // The port ends the first line: scripts read it after the last ':'.
+  fmt::print("ceco serve: listening on {}:{}\n", a.server.host, port);
+  fmt::print("ceco serve: model '{}' ({}), mode {}, cloud {}, chat template {} ({}), at most {} "
+             "completions at once\n",
+             server.model_id(), m.path, s.policy.mode,
+             a.local_cloud ? std::string("in this process")
+                           : fmt::format("{}:{}", s.cloud.host, s.cloud.port),
+             to_string(chat), why, a.server.max_concurrent);
+  std::cout.flush();
+  std::thread http([&] { server.run(); });
+  int sig = 0;
+  sigwait(&stop, &sig);
+  fmt::print("ceco serve: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::cout.flush();
+  server.stop();
+  http.join();
+}
+
+} // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto a = std::make_shared<serve_args>();
+  auto* cmd = app.add_subcommand(
+    "serve", "serve the edge as an OpenAI-compatible HTTP endpoint (/v1/chat/completions, "
+             "/v1/completions, /v1/models, /health, /metrics): each completion is one edge "
+             "session in policy.mode, against `ceco cloud` at cloud.host:cloud.port or a cloud "
+             "in this process (--local-cloud)");
+  cmd->add_option("--config", a->config, "TOML settings (the same schema as sim; see config/sim.toml)");
+  cmd->add_option("--set", a->sets, "override one setting, e.g. --set policy.mode=standalone")
+    ->take_all()->allow_extra_args(false);
+  cmd->add_option("--host", a->server.host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", a->server.port, "port to listen on (0: any free port, printed)")
+    ->capture_default_str()->check(CLI::Range(0, 65535));
+  cmd->add_flag("--local-cloud", a->local_cloud,
+                "run the cloud site in this process instead of connecting to `ceco cloud`");
+  cmd->add_option("--chat-template", a->server.chat_template,
+                  "chat prompt format: " + chat_format_names() +
+                    " (default: recognised from the model's tokenizer.chat_template, else plain)");
+  cmd->add_option("--max-concurrent", a->server.max_concurrent,
+                  "completions generated at once; more are answered 429")
+    ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--model-id", a->server.model_id,
+                  "the model's id in the API (default: the model file's name)");
+  cmd->callback([a] { run_serve(*a); });
+}
+
+} // namespace ceco::app

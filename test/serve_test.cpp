@@ -1,0 +1,504 @@
+// ceco serve: the OpenAI request checks, chat templates and streamed text
+// in-process; the server itself as a `ceco serve` process driven by a plain
+// HTTP client (cpp-httplib): bad requests, limits, a client that goes away,
+// streamed == non-streamed, metrics that add up, and a separate `ceco cloud`.
+
+#include "test/support.hpp"
+#include "test/ceco_process.hpp"
+
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include <httplib.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/chat_templates.hpp"
+#include "apps/openai_api.hpp"
+#include "apps/openai_server.hpp"
+#include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
+
+using namespace ceco;
+using namespace ceco::app;
+using namespace ceco::test;
+using nlohmann::json;
+
+namespace {
+
+int status_of(const std::string& body, bool chat = true) {
+  try {
+    parse_completion_request(body, chat);
+  } catch (const api_error& e) {
+    return e.status;
+  }
+  return 200;
+}
+
+std::string param_of(const std::string& body, bool chat = true) {
+  try {
+    parse_completion_request(body, chat);
+  } catch (const api_error& e) {
+    return e.param;
+  }
+  return "accepted";
+}
+
+/// The port after the last ':' of the process's next line.
+int port_from_line(ceco_process& p) {
+  auto l = p.line();
+  auto at = l.rfind(':');
+  REQUIRE_MESSAGE(at != std::string::npos, "no port in '" << l << "'");
+  return std::atoi(l.c_str() + at + 1);
+}
+
+/// `ceco serve` on a free loopback port, with the built-in model.
+struct server {
+  ceco_process proc;
+  int port = 0;
+  explicit server(const std::string& args) : proc("serve --port 0 " + args) {
+    port = port_from_line(proc);
+    REQUIRE(port > 0);
+    proc.line();  // the model, mode and template line
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+};
+
+struct reply {
+  int status = 0;
+  json body;
+};
+
+reply post(const server& s, const std::string& path, const std::string& body) {
+  auto c = s.client();
+  auto r = c.Post(path.c_str(), body, "application/json");
+  REQUIRE_MESSAGE(r, "no answer from ceco serve to " << path);
+  return {r->status, json::parse(r->body, nullptr, false)};
+}
+
+/// A streamed request: the parsed `data:` events before [DONE], and whether
+/// [DONE] came.
+struct stream_reply {
+  int status = 0;
+  std::vector<json> events;
+  bool done = false;
+};
+
+stream_reply post_stream(const server& s, const std::string& path, json body) {
+  body["stream"] = true;
+  auto c = s.client();
+  std::string raw;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = path;
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    raw.append(data, n);
+    return true;
+  };
+  auto r = c.send(req);
+  REQUIRE(r);
+  stream_reply out;
+  out.status = r->status;
+  size_t at = 0;
+  while ((at = raw.find("data: ", at)) != std::string::npos) {
+    auto end = raw.find("\n\n", at);
+    REQUIRE(end != std::string::npos);
+    auto payload = raw.substr(at + 6, end - at - 6);
+    if (payload == "[DONE]")
+      out.done = true;
+    else
+      out.events.push_back(json::parse(payload));
+    at = end;
+  }
+  return out;
+}
+
+/// The text of a stream's chunks, joined.
+std::string joined(const stream_reply& r, bool chat) {
+  std::string text;
+  for (auto& e : r.events) {
+    if (!e.contains("choices") || e["choices"].empty())
+      continue;
+    const auto& c = e["choices"][0];
+    if (chat && c["delta"].contains("content"))
+      text += c["delta"]["content"].get<std::string>();
+    if (!chat)
+      text += c["text"].get<std::string>();
+  }
+  return text;
+}
+
+/// Prometheus text: sample name with labels -> value.
+std::map<std::string, double> scrape(int port, const std::string& path = "/metrics") {
+  httplib::Client c("127.0.0.1", port);
+  auto r = c.Get(path.c_str());
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  std::map<std::string, double> out;
+  std::istringstream in(r->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#')
+      continue;
+    auto space = line.rfind(' ');
+    REQUIRE_MESSAGE(space != std::string::npos, "not a Prometheus sample: " << line);
+    out[line.substr(0, space)] = std::stod(line.substr(space + 1));
+  }
+  return out;
+}
+
+/// Waits up to `seconds` for `metric` at `port` to equal `value`.
+bool wait_for_metric(int port, const std::string& metric, double value, double seconds = 10) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    auto m = scrape(port);
+    if (m.count(metric) && m[metric] == value)
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+json chat_body(const std::string& content, int max_tokens) {
+  return {{"model", "kjv"},
+          {"messages", {{{"role", "user"}, {"content", content}}}},
+          {"max_tokens", max_tokens}};
+}
+
+json completion_body(const std::string& prompt, int max_tokens) {
+  return {{"model", "kjv"}, {"prompt", prompt}, {"max_tokens", max_tokens}};
+}
+
+/// A streamed request that reads `chunks` events and then hangs up.
+void hang_up_after(const server& s, const json& body, int chunks) {
+  auto c = s.client();
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  auto b = body;
+  b["stream"] = true;
+  req.body = b.dump();
+  req.set_header("Content-Type", "application/json");
+  int seen = 0;
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    seen += int(std::count(data, data + n, '\n')) / 2;
+    return seen < chunks;  // false: the client closes the connection
+  };
+  c.send(req);
+}
+
+} // namespace
+
+TEST_CASE("OpenAI request bodies: each bad field is a 400 naming it") {
+  CHECK(status_of("{bad json") == 400);
+  CHECK(status_of("[1, 2]") == 400);
+  CHECK(param_of(R"({"messages": []})") == "model");
+  CHECK(param_of(R"({"model": 7, "messages": []})") == "model");
+  CHECK(param_of(R"({"model": "m", "messages": "hi"})") == "messages");
+  CHECK(param_of(R"({"model": "m", "messages": []})") == "messages");
+  CHECK(param_of(R"({"model": "m", "messages": [{"role": "robot", "content": "x"}]})")
+        == "messages[0].role");
+  const std::string ok = R"("model": "m", "messages": [{"role": "user", "content": "x"}])";
+  CHECK(param_of("{" + ok + "}") == "accepted");
+  CHECK(param_of("{" + ok + R"(, "max_tokens": "12"})") == "max_tokens");
+  CHECK(param_of("{" + ok + R"(, "max_tokens": 0})") == "max_tokens");
+  CHECK(param_of("{" + ok + R"(, "temperature": 3})") == "temperature");
+  CHECK(param_of("{" + ok + R"(, "top_p": "1"})") == "top_p");
+  CHECK(param_of("{" + ok + R"(, "seed": 1.5})") == "seed");
+  CHECK(param_of("{" + ok + R"(, "stream": "yes"})") == "stream");
+  CHECK(param_of("{" + ok + R"(, "stop": ["a","b","c","d","e"]})") == "stop");
+  CHECK(param_of("{" + ok + R"(, "n": 2})") == "n");
+  CHECK(param_of(R"({"model": "m", "prompt": 5})", false) == "prompt");
+  CHECK(param_of(R"({"model": "m", "prompt": ["a", "b"]})", false) == "prompt");
+  CHECK(param_of(R"({"model": "m", "prompt": [1, 2, 3]})", false) == "accepted");
+  auto r = parse_completion_request("{" + ok + R"(, "stop": "\n", "max_tokens": 5, "stream": true,
+    "stream_options": {"include_usage": true}, "temperature": 0, "seed": 3})", true);
+  CHECK(r.stop == std::vector<std::string>{"\n"});
+  CHECK(*r.max_tokens == 5);
+  CHECK(r.stream);
+  CHECK(r.include_usage);
+  CHECK(*r.seed == 3);
+}
+
+TEST_CASE("chat templates: rendered as each model family expects, recognised from Jinja") {
+  std::vector<chat_message> m = {{"system", "Be brief."}, {"user", "Hi"}};
+  CHECK(render_chat(chat_format::chatml, m)
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+           "<|im_start|>assistant\n");
+  CHECK(render_chat(chat_format::llama2, m) == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]");
+  CHECK(render_chat(chat_format::llama3, m)
+        == "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+           "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+           "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  CHECK(render_chat(chat_format::zephyr, m)
+        == "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n");
+  CHECK(render_chat(chat_format::plain, m) == "System: Be brief.\nUser: Hi\nAssistant:");
+  std::vector<chat_message> turns = {{"user", "A"}, {"assistant", "B"}, {"user", "C"}};
+  CHECK(render_chat(chat_format::llama2, turns) == "[INST] A [/INST] B </s><s>[INST] C [/INST]");
+
+  CHECK(recognise_chat_template("{% for message in messages %}{{'<|im_start|>' + message['role']")
+        == chat_format::chatml);
+  CHECK(recognise_chat_template("{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}")
+        == chat_format::llama3);
+  CHECK(recognise_chat_template("{{ '<|user|>\n' + message['content'] + eos_token }}{{ '<|assistant|>' }}")
+        == chat_format::zephyr);
+  CHECK(recognise_chat_template("{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}")
+        == chat_format::llama2);
+  CHECK_FALSE(recognise_chat_template(""));
+  CHECK_FALSE(recognise_chat_template("{{ message['content'] }}"));
+  for (auto name : {"chatml", "llama-2", "llama-3", "zephyr", "plain"})
+    CHECK(to_string(*parse_chat_format(name)) == std::string(name));
+  CHECK_FALSE(parse_chat_format("alpaca"));
+}
+
+TEST_CASE("a GGUF's tokenizer.chat_template is kept and chooses the template and its end-of-turn token stops a reply") {
+  temp_dir dir;
+  gguf_writer g;
+  g.set_string("tokenizer.ggml.model", "llama");
+  g.set_string_array("tokenizer.ggml.tokens",
+                     {"<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "a", "b", "\xe2\x96\x81"});
+  g.set_int32_array("tokenizer.ggml.token_type", {2, 3, 3, 3, 3, 1, 1, 1});
+  g.set_string("tokenizer.chat_template",
+               "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+               "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+  g.write(dir.file("chatml.gguf"));
+  gguf_file f(dir.file("chatml.gguf"));
+  auto vocab = tokenizer::from_gguf(f);
+  CHECK(vocab.chat_template().find("<|im_start|>") != std::string::npos);
+  std::string why;
+  CHECK(choose_chat_format({}, vocab, why) == chat_format::chatml);
+  CHECK(why.find("recognised") != std::string::npos);
+  serve_options chosen;
+  chosen.chat_template = "zephyr";
+  CHECK(choose_chat_format(chosen, vocab, why) == chat_format::zephyr);
+  chosen.chat_template = "alpaca";
+  CHECK(error_of([&] { choose_chat_format(chosen, vocab, why); }).find("--chat-template alpaca")
+        != std::string::npos);
+  CHECK(vocab.encode("<|im_start|>", false, true) == std::vector<int32_t>{3});
+  // <|im_end|> is a control token: it decodes to nothing, yet ends the reply.
+  text_stream s(vocab, 3, chat_stop_strings(chat_format::chatml));
+  CHECK(s.push(5) == "a");
+  CHECK(s.push(4).empty());
+  CHECK(s.stopped());
+  CHECK(s.push(6).empty());
+  CHECK(s.sent() == "a");
+  // Without a template: plain.
+  CHECK(choose_chat_format({}, load_stories("gguf").files.vocab, why) == chat_format::plain);
+}
+
+TEST_CASE("streamed text: pieces join to the decoded tokens and a stop string is never sent") {
+  const auto& vocab = load_stories("gguf").files.vocab;
+  auto tokens = vocab.encode("Once upon a time, there was a little girl named Lily.", false);
+  const int32_t prev = vocab.bos();
+  {
+    text_stream s(vocab, prev, {});
+    std::string all;
+    for (auto t : tokens)
+      all += s.push(t);
+    all += s.finish();
+    CHECK(all == vocab.decode(tokens, prev));
+    CHECK(s.sent() == all);
+  }
+  {
+    // The stop string spans tokens: the text before it goes out, it does not.
+    text_stream s(vocab, prev, {"little girl"});
+    std::string all;
+    for (auto t : tokens) {
+      all += s.push(t);
+      CHECK(all.find("little") == std::string::npos);
+    }
+    all += s.finish();
+    CHECK(s.stopped());
+    CHECK(all == "Once upon a time, there was a ");
+  }
+  {
+    // A tail that only looks like a stop's beginning is sent at the end.
+    const std::string stop = "Lily!";
+    text_stream s(vocab, prev, {stop});
+    std::string all;
+    for (auto t : tokens) {
+      all += s.push(t);
+      // What went out never ends in a beginning of the stop: that is held.
+      for (size_t k = 1; k < stop.size(); ++k)
+        CHECK_FALSE((all.size() >= k && all.compare(all.size() - k, k, stop, 0, k) == 0));
+    }
+    all += s.finish();
+    CHECK_FALSE(s.stopped());
+    CHECK(all == vocab.decode(tokens, prev));
+  }
+}
+
+TEST_CASE("ceco serve: bad requests get OpenAI errors and the server keeps serving") {
+  server s("--local-cloud --set link.latency_ms=0");
+  auto served = [&] {
+    auto r = post(s, "/v1/completions", completion_body("And God said", 3).dump());
+    return r.status == 200 && r.body["usage"]["completion_tokens"].get<int>() > 0;
+  };
+  auto bad = post(s, "/v1/chat/completions", R"({"model": "kjv", "messages": [)");
+  CHECK(bad.status == 400);
+  CHECK(bad.body["error"]["type"] == "invalid_request_error");
+  CHECK(served());
+  auto wrong = post(s, "/v1/chat/completions", R"({"model": "kjv", "messages": "hello"})");
+  CHECK(wrong.status == 400);
+  CHECK(wrong.body["error"]["param"] == "messages");
+  CHECK(served());
+  auto body = chat_body("hi", 4);
+  body["model"] = "gpt-4";
+  auto unknown = post(s, "/v1/chat/completions", body.dump());
+  CHECK(unknown.status == 404);
+  CHECK(unknown.body["error"]["code"] == "model_not_found");
+  CHECK(served());
+  auto too_long = post(s, "/v1/completions", completion_body("And God said", 100000).dump());
+  CHECK(too_long.status == 400);
+  CHECK(too_long.body["error"]["code"] == "context_length_exceeded");
+  CHECK(too_long.body["error"]["param"] == "max_tokens");
+  CHECK(served());
+  auto models = s.client().Get("/v1/models");
+  REQUIRE(models);
+  CHECK(json::parse(models->body)["data"][0]["id"] == "kjv");
+  auto health = s.client().Get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  CHECK(json::parse(health->body)["cloud"] == "local");
+}
+
+TEST_CASE("ceco serve: streamed chunks join to the non-streamed text, and /metrics adds up") {
+  server s("--local-cloud --set link.latency_ms=0");
+  int completion_tokens = 0;
+  for (bool chat : {true, false}) {
+    auto path = chat ? "/v1/chat/completions" : "/v1/completions";
+    auto body = chat ? chat_body("And God said", 24) : completion_body("In the beginning", 24);
+    auto whole = post(s, path, body.dump());
+    REQUIRE(whole.status == 200);
+    const auto& choice = whole.body["choices"][0];
+    auto text = chat ? choice["message"]["content"].get<std::string>()
+                     : choice["text"].get<std::string>();
+    CHECK(choice["finish_reason"] == "length");
+    CHECK(whole.body["usage"]["completion_tokens"] == 24);
+    CHECK(whole.body["ceco"]["mode"] == "collaborative");
+    completion_tokens += 24;
+
+    auto streamed = post_stream(s, path, body);
+    CHECK(streamed.status == 200);
+    CHECK(streamed.done);
+    CHECK(streamed.events.size() > 10);  // one chunk per token, not one at the end
+    CHECK(joined(streamed, chat) == text);
+    const auto& last = streamed.events.back();
+    CHECK(last["choices"][0]["finish_reason"] == "length");
+    CHECK(last["usage"]["completion_tokens"] == 24);
+    const auto& ceco = last["ceco"];
+    int per_exit = 0;
+    for (auto& [k, v] : ceco["tokens_per_exit"].items())
+      per_exit += v.get<int>();
+    CHECK(per_exit == 24);
+    completion_tokens += 24;
+  }
+  // The token counters add up to the tokens the responses carried, and the
+  // cloud answered exactly the cloud's share.
+  auto m = scrape(s.port);
+  double tokens = 0;
+  for (auto& [name, value] : m)
+    if (name.rfind("ceco_tokens_total{", 0) == 0)
+      tokens += value;
+  CHECK(tokens == completion_tokens);
+  CHECK(m["ceco_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}"] == 2);
+  CHECK(m["ceco_time_to_first_token_seconds_count"] == 4);
+  CHECK(m["ceco_cloud_sessions_open"] == 0);
+  CHECK(m["ceco_cloud_tokens_answered_total"] == m["ceco_tokens_total{origin=\"cloud\"}"]);
+  CHECK(m["ceco_cloud_steps_total"] > 0);
+  CHECK(m["ceco_cloud_step_sessions_count"] == m["ceco_cloud_steps_total"]);
+  CHECK(m["ceco_cloud_step_sessions_sum"] == m["ceco_cloud_stepped_sessions_total"]);
+  CHECK(m["ceco_cloud_step_sessions_bucket{le=\"+Inf\"}"] == m["ceco_cloud_steps_total"]);
+
+  // A stop string ends the response before it.
+  auto body = completion_body("In the beginning", 24);
+  auto whole = post(s, "/v1/completions", body.dump());
+  auto text = whole.body["choices"][0]["text"].get<std::string>();
+  auto word = text.substr(text.find(' ', 2), 4);
+  body["stop"] = word;
+  auto stopped = post(s, "/v1/completions", body.dump());
+  CHECK(stopped.body["choices"][0]["finish_reason"] == "stop");
+  CHECK(stopped.body["choices"][0]["text"] == text.substr(0, text.find(word)));
+  CHECK(wait_for_metric(s.port, "ceco_cancelled_requests_total{reason=\"stop\"}", 1));
+  CHECK(wait_for_metric(s.port, "ceco_cloud_sessions_open", 0));
+}
+
+TEST_CASE("ceco serve: over the concurrency limit is 429 and a client that hangs up frees its cloud session") {
+  // A slow link keeps a response running while the test looks.
+  server s("--local-cloud --max-concurrent 1 --set link.latency_ms=20");
+  auto long_body = completion_body("And God said", 200);
+  std::thread first([&] { hang_up_after(s, long_body, 3); });
+  REQUIRE(wait_for_metric(s.port, "ceco_cloud_sessions_open", 1));
+  auto refused = post(s, "/v1/completions", completion_body("And", 2).dump());
+  CHECK(refused.status == 429);
+  CHECK(refused.body["error"]["type"] == "rate_limit_error");
+  first.join();
+  // The hang-up cancels the session at once: its cloud session closes long
+  // before the 200 tokens (4 s at 20 ms) would have ended it.
+  CHECK(wait_for_metric(s.port, "ceco_cloud_sessions_open", 0, 2.0));
+  CHECK(wait_for_metric(s.port, "ceco_cancelled_requests_total{reason=\"disconnect\"}", 1, 2.0));
+  CHECK(wait_for_metric(s.port, "ceco_requests_in_flight", 0, 2.0));
+  auto after = post(s, "/v1/completions", completion_body("And", 2).dump());
+  CHECK(after.status == 200);
+}
+
+TEST_CASE("ceco serve against a ceco cloud process: metrics on both, a hang-up frees the cloud's session, a killed cloud degrades the stream") {
+  ceco_process cloud("cloud --set cloud.port=0 --metrics-port 0");
+  const int cloud_port = port_from_line(cloud);
+  const int metrics_port = port_from_line(cloud);
+  REQUIRE(cloud_port > 0);
+  REQUIRE(metrics_port > 0);
+  server s(fmt::format("--set cloud.port={} --set link.latency_ms=0", cloud_port));
+  auto r = post(s, "/v1/completions", completion_body("And God said", 16).dump());
+  REQUIRE(r.status == 200);
+  auto cm = scrape(metrics_port);
+  CHECK(cm["ceco_cloud_tokens_answered_total"] == r.body["ceco"]["tokens_per_exit"]["cloud"]);
+  CHECK(cm["ceco_cloud_sessions_open"] == 0);
+  CHECK(json::parse(s.client().Get("/health")->body)["cloud"] == "up");
+
+  // A hang-up mid-stream: the cloud's session count drops back.
+  server slow(fmt::format("--set cloud.port={} --set link.latency_ms=20", cloud_port));
+  std::thread first([&] { hang_up_after(slow, completion_body("And God said", 200), 3); });
+  REQUIRE(wait_for_metric(metrics_port, "ceco_cloud_sessions_open", 1));
+  first.join();
+  CHECK(wait_for_metric(metrics_port, "ceco_cloud_sessions_open", 0, 2.0));
+
+  // The cloud mode has every token from the cloud: without it, 503.
+  server cloud_only(fmt::format("--set cloud.port={} --set policy.mode=cloud", cloud_port));
+
+  // The cloud killed mid-stream: the stream goes on on the edge alone and
+  // says how many tokens that was.
+  stream_reply streamed;
+  std::thread reader([&] {
+    streamed = post_stream(slow, "/v1/completions", completion_body("And God said", 120));
+  });
+  REQUIRE(wait_for_metric(metrics_port, "ceco_cloud_sessions_open", 1));
+  cloud.kill_now();
+  reader.join();
+  CHECK(streamed.status == 200);
+  CHECK(streamed.done);
+  REQUIRE_FALSE(streamed.events.empty());
+  const auto& last = streamed.events.back();
+  CHECK(last["choices"][0]["finish_reason"] == "length");
+  CHECK(last["ceco"]["degraded_tokens"].get<int>() > 0);
+  CHECK(scrape(slow.port)["ceco_link_up"] == 0);
+  auto health = cloud_only.client().Get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 503);
+  CHECK(json::parse(health->body)["cloud"] == "down");
+  auto refused = post(cloud_only, "/v1/completions", completion_body("And", 4).dump());
+  CHECK(refused.status == 503);
+  CHECK(refused.body["error"]["code"] == "cloud_unavailable");
+  // The collaborative server still serves, on the edge alone.
+  auto alone = post(slow, "/v1/completions", completion_body("And", 4).dump());
+  CHECK(alone.status == 200);
+  CHECK(alone.body["ceco"]["degraded_tokens"] == alone.body["usage"]["completion_tokens"]);
+  CHECK(alone.body["ceco"]["tokens_per_exit"]["cloud"] == 0);
+}
