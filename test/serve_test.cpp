@@ -502,3 +502,33 @@ TEST_CASE("ceco serve against a ceco cloud process: metrics on both, a hang-up f
   CHECK(alone.body["ceco"]["degraded_tokens"] == alone.body["usage"]["completion_tokens"]);
   CHECK(alone.body["ceco"]["tokens_per_exit"]["cloud"] == 0);
 }
+
+TEST_CASE("ceco serve in exact and speculative modes: only final tokens stream, exact gives the cloud's text") {
+  std::string reference;
+  {
+    server cloud_mode("--local-cloud --set link.latency_ms=0 --set policy.mode=cloud");
+    auto r = post(cloud_mode, "/v1/completions", completion_body("And the LORD said", 32).dump());
+    REQUIRE(r.status == 200);
+    reference = r.body["choices"][0]["text"].get<std::string>();
+  }
+  for (auto mode : {"exact", "speculative"}) {
+    CAPTURE(mode);
+    server s(std::string("--local-cloud --set link.latency_ms=2 --set policy.mode=") + mode);
+    auto body = completion_body("And the LORD said", 32);
+    auto whole = post(s, "/v1/completions", body.dump());
+    REQUIRE(whole.status == 200);
+    auto text = whole.body["choices"][0]["text"].get<std::string>();
+    CHECK(whole.body["ceco"]["mode"] == mode);
+    if (std::string(mode) == "exact") {
+      CHECK(text == reference);
+      CHECK(whole.body["ceco"]["unverified_tokens"] == 0);
+    }
+    // Rolled-back drafts never reach the client: the stream joins to the text.
+    auto streamed = post_stream(s, "/v1/completions", body);
+    CHECK(streamed.done);
+    CHECK(joined(streamed, false) == text);
+    CHECK(streamed.events.back()["ceco"]["rollbacks"].get<int>() >= 0);
+    auto m = scrape(s.port);
+    CHECK(m["ceco_draft_tokens_total{outcome=\"accepted\"}"] > 0);
+  }
+}
