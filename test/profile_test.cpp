@@ -2,6 +2,7 @@
 // profile's time for each piece of work, and nothing else changes.
 
 #include "test/support.hpp"
+#include "test/cloud_sites.hpp"
 
 #include "actors/deployment.hpp"
 #include "config/compute_profile.hpp"
@@ -11,21 +12,13 @@ using namespace ceco::test;
 
 namespace {
 
-struct sim_fixture {
-  explicit sim_fixture(const std::vector<std::string>& sets) {
-    s = load_settings("", sets);
-    m = load_site_model(s, std::string(CECO_SOURCE_DIR) + "/config/models/kjv/model.gguf",
-                        std::string(CECO_SOURCE_DIR) + "/config/models/kjv/exits.gguf");
-    configure_actor_system(cfg, 2);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    sim = std::make_unique<deployment>(*sys, s, m);
+/// The built-in model and its heads.
+struct builtin_sim : sim_fixture {
+  explicit builtin_sim(const std::vector<std::string>& sets)
+      : sim_fixture(sets, std::string(CECO_SOURCE_DIR) + "/config/models/kjv/model.gguf",
+                    std::string(CECO_SOURCE_DIR) + "/config/models/kjv/exits.gguf") {
+    // nop
   }
-  ~sim_fixture() { sim.reset(); }
-  settings s;
-  site_model m;
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  std::unique_ptr<deployment> sim;
 };
 
 const std::vector<std::string> profiled = {"compute.mode=profile", "compute.profile=paper-a100",
@@ -61,8 +54,8 @@ TEST_CASE("the shipped profiles load, and a bad profile is refused by name") {
 }
 
 TEST_CASE("a profile run takes the profile's time for the work done, with the same tokens and bytes") {
-  sim_fixture measured({"split.layer=2", "model.exits=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
-  sim_fixture f(profiled);
+  builtin_sim measured({"split.layer=2", "model.exits=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  builtin_sim f(profiled);
   const auto p = load_compute_profile("paper-a100");
   const int L = f.m.model->config().n_layer;
   auto ids = f.m.vocab.encode("And the LORD said unto Moses");

@@ -14,23 +14,15 @@ using namespace ceco::test;
 namespace {
 
 /// One actor system and simulation per test, on stories260K.
-struct sim_fixture {
-  explicit sim_fixture(std::vector<std::string> sets = {}) {
+struct stories_sim : ceco::test::sim_fixture {
+  explicit stories_sim(std::vector<std::string> sets = {})
+      : sim_fixture(with_stories(std::move(sets))) {
+    // nop
+  }
+  static std::vector<std::string> with_stories(std::vector<std::string> sets) {
     sets.insert(sets.begin(), "model.path=" + stories_gguf());
-    s = load_settings("", sets);
-    m = load_site_model(s, stories_gguf());
-    configure_actor_system(cfg, 2);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    sim = std::make_unique<deployment>(*sys, s, m);
+    return sets;
   }
-  ~sim_fixture() {
-    sim.reset();
-  }
-  settings s;
-  site_model m;
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  std::unique_ptr<deployment> sim;
 };
 
 const std::vector<std::string> test_prompts = {"Once upon a time", "Lily and Ben went to the park",
@@ -50,7 +42,7 @@ int64_t varbyte(int64_t n) {
 TEST_CASE("collaborative with a threshold above 1 gives exactly the cloud strategy's tokens") {
   for (auto dtype : {"f32", "f16"}) {
     CAPTURE(dtype);
-    sim_fixture f({"split.layer=3", "model.exits=2,3", "policy.threshold=1.5",
+    stories_sim f({"split.layer=3", "model.exits=2,3", "policy.threshold=1.5",
                    std::string("upload.dtype=") + dtype, "link.latency_ms=0", "link.bandwidth_mbps=0"});
     for (auto& p : test_prompts) {
       auto ids = f.m.vocab.encode(p);
@@ -66,7 +58,7 @@ TEST_CASE("collaborative with a threshold above 1 gives exactly the cloud strate
 }
 
 TEST_CASE("collaborative with threshold 0 gives exactly standalone's tokens, and naive gives cloud's") {
-  sim_fixture f({"split.layer=3", "model.exits=2,3", "policy.threshold=0", "link.latency_ms=0",
+  stories_sim f({"split.layer=3", "model.exits=2,3", "policy.threshold=0", "link.latency_ms=0",
                  "link.bandwidth_mbps=0"});
   for (auto& p : test_prompts) {
     auto ids = f.m.vocab.encode(p);
@@ -83,7 +75,7 @@ TEST_CASE("collaborative with threshold 0 gives exactly standalone's tokens, and
 }
 
 TEST_CASE("bytes up equal the design-notes formulas plus the documented per-message overhead") {
-  sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
+  stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
   const int64_t d = 64;
   auto ids = f.m.vocab.encode("Once upon a time");
   const int64_t p = int64_t(ids.size());
@@ -123,8 +115,8 @@ TEST_CASE("asynchronous upload keeps the edge from waiting on a slow link") {
     sets.push_back(std::string("upload.mode=") + mode);
     return sets;
   };
-  sim_fixture async_sim(with("async"));
-  sim_fixture sync_sim(with("sync"));
+  stories_sim async_sim(with("async"));
+  stories_sim sync_sim(with("sync"));
   auto ids = async_sim.m.vocab.encode("Once upon a time");
   auto a = async_sim.sim->run(ids, "collaborative", 40);
   auto s = sync_sim.sim->run(ids, "collaborative", 40);
@@ -141,7 +133,7 @@ TEST_CASE("asynchronous upload keeps the edge from waiting on a slow link") {
 }
 
 TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
-  sim_fixture f({"session.ttl_s=0.2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  stories_sim f({"session.ttl_s=0.2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
   auto ids = f.m.vocab.encode("Once upon a time");
   auto r = f.sim->run(ids, "collaborative", 10);
   CHECK(r.error.empty());
@@ -169,7 +161,7 @@ TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
 }
 
 TEST_CASE("concurrent sessions in one context manager never see each other's state") {
-  sim_fixture f({"split.layer=3", "model.exits=2,3", "policy.threshold=0.9", "upload.dtype=f32",
+  stories_sim f({"split.layer=3", "model.exits=2,3", "policy.threshold=0.9", "upload.dtype=f32",
                  "link.latency_ms=1", "link.bandwidth_mbps=0"});
   std::vector<std::vector<int32_t>> prompts;
   for (auto& p : test_prompts)
@@ -190,7 +182,7 @@ TEST_CASE("the cloud computes ready sessions together, and each gets the tokens 
   for (auto batch : {1, 64}) {
     CAPTURE(batch);
     // Threshold above 1: every token is a cloud request.
-    sim_fixture f({"policy.threshold=1.5", "link.latency_ms=0", "link.bandwidth_mbps=0",
+    stories_sim f({"policy.threshold=1.5", "link.latency_ms=0", "link.bandwidth_mbps=0",
                    "session.batch_sessions=" + std::to_string(batch)});
     std::vector<std::vector<int32_t>> prompts;
     for (int copy = 0; copy < 3; ++copy)
@@ -220,7 +212,7 @@ TEST_CASE("the cloud computes ready sessions together, and each gets the tokens 
 
 TEST_CASE("the cloud refuses a session past its memory limit, naming the limit") {
   // stories260K's cloud context (layers 3..5, 2048 positions) is 1.5 MiB.
-  sim_fixture f({"session.max_memory_mb=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  stories_sim f({"session.max_memory_mb=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   self->request(cm, std::chrono::seconds(5), open_atom::value)
@@ -236,7 +228,7 @@ TEST_CASE("the cloud refuses a session past its memory limit, naming the limit")
 }
 
 TEST_CASE("the session limit holds for opens that arrive together") {
-  sim_fixture f({"session.max_sessions=10", "link.latency_ms=0", "link.bandwidth_mbps=0"});
+  stories_sim f({"session.max_sessions=10", "link.latency_ms=0", "link.bandwidth_mbps=0"});
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   // Every open is sent before the first is answered.
@@ -256,7 +248,7 @@ TEST_CASE("the session limit holds for opens that arrive together") {
 }
 
 TEST_CASE("a session's token requests waiting for uploads are bounded") {
-  sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
+  stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   uint64_t id = 0;
@@ -284,7 +276,7 @@ TEST_CASE("a session's token requests waiting for uploads are bounded") {
 
 TEST_CASE("moving the exit evaluator or the uploader to the cloud changes the traffic, never the tokens") {
   auto run = [](const std::string& evaluator, const std::string& uploader, const char* mode) {
-    sim_fixture f({"link.latency_ms=0", "link.bandwidth_mbps=0", "placement.exit_evaluator=" + evaluator,
+    stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0", "placement.exit_evaluator=" + evaluator,
                    "placement.uploader=" + uploader,
                    "model.exit_heads=" + std::string(CECO_SOURCE_DIR) +
                      "/config/models/stories260K-exits-2-3.gguf"});
@@ -372,7 +364,7 @@ TEST_CASE("a response that lost the cloud resumes in a new session, re-uploading
 }
 
 TEST_CASE("the context manager answers bad messages with errors and keeps serving") {
-  sim_fixture f;
+  stories_sim f;
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   auto error_of_upload = [&](upload_msg m) {
@@ -418,7 +410,7 @@ TEST_CASE("the context manager answers bad messages with errors and keeps servin
 }
 
 TEST_CASE("the cloud layers refuse absurd generate requests and keep serving") {
-  sim_fixture f;
+  stories_sim f;
   auto site = spawn_cloud_site(*f.sys, f.s, f.m);
   caf::scoped_actor self{*f.sys};
   auto error_of = [&](generate_request r) {
@@ -564,7 +556,7 @@ TEST_CASE("the link counts a message's bytes without serialising it") {
 }
 
 TEST_CASE("an actor of the cloud that dies is the deployment's failure, named with its reason") {
-  sim_fixture fx;
+  stories_sim fx;
   CHECK(!fx.sim->cloud_failure(std::chrono::milliseconds(50)));
   caf::anon_send_exit(fx.sim->cloud_layers(), caf::exit_reason::kill);
   auto failure = fx.sim->cloud_failure(std::chrono::seconds(5));
@@ -576,7 +568,7 @@ TEST_CASE("an actor of the cloud that dies is the deployment's failure, named wi
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHECK(*fx.sim->cloud_failure() == *failure);
 
-  sim_fixture other;
+  stories_sim other;
   caf::anon_send_exit(other.sim->contexts(), caf::exit_reason::unhandled_exception);
   auto second = other.sim->cloud_failure(std::chrono::seconds(5));
   REQUIRE(second);
@@ -584,7 +576,7 @@ TEST_CASE("an actor of the cloud that dies is the deployment's failure, named wi
 }
 
 TEST_CASE("a cloud site stopped on purpose is no failure") {
-  sim_fixture fx;
+  stories_sim fx;
   auto site = spawn_cloud_site(*fx.sys, fx.s, fx.m);
   auto watch = site.watch;
   site.stop();

@@ -39,23 +39,6 @@ std::vector<model_case> model_cases() {
            {"Once upon a time", "Lily and Ben went to the park", "The little dog"}}};
 }
 
-/// One actor system and simulated deployment with these settings.
-struct sim_fixture {
-  explicit sim_fixture(const std::vector<std::string>& sets) {
-    s = load_settings("", sets);
-    m = load_site_model(s, s.model.path);
-    configure_actor_system(cfg, 2);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    sim = std::make_unique<deployment>(*sys, s, m);
-  }
-  ~sim_fixture() { sim.reset(); }
-  settings s;
-  site_model m;
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  std::unique_ptr<deployment> sim;
-};
-
 /// The grid of the exactness invariants: every (model, threshold, split,
 /// dtype, link) runs `check` on a fresh simulation.
 template <class Check>
