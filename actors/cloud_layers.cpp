@@ -155,7 +155,7 @@ caf::result<Reply> reply_after(self_ptr self, clock_type::time_point t0, int64_t
   if (!self->state.clock.profile())
     return r;
   auto rp = self->make_response_promise<Reply>();
-  self->state.clock.hold(self, t0, cost_us,
+  self->state.clock.hold(self, 0, t0, cost_us,  // one cloud device
                          [rp, r = std::move(r)]() mutable { rp.deliver(std::move(r)); });
   return rp;
 }

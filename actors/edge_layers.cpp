@@ -71,7 +71,7 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
           out.compute_us = p->layers_us(p->edge, st.split, int64_t(tokens.size()),
                                         m.config().n_layer);
           auto rp = self->make_response_promise<edge_output>();
-          st.clock.hold(self, t0, out.compute_us,
+          st.clock.hold(self, session, t0, out.compute_us,
                         [rp, out = std::move(out)]() mutable { rp.deliver(std::move(out)); });
           return rp;
         }
@@ -80,7 +80,10 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
         return make_error(ceco_errc::compute_failed, e.what());
       }
     },
-    [=](close_atom, uint64_t session) { self->state.caches.erase(session); },
+    [=](close_atom, uint64_t session) {
+      self->state.caches.erase(session);
+      self->state.clock.forget(session);
+    },
     [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
   };
 }

@@ -27,6 +27,7 @@ struct exit_evaluator_state {
   exit_policy policy;
   profile_clock clock;  // profile mode: the profile's head cost per evaluation
   bool on_cloud = false;
+  uint64_t next_device = 0;
   static inline const char* name = "exit_evaluator";
 };
 
@@ -70,7 +71,11 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       if (auto* p = st.clock.profile()) {
         d.compute_us = p->heads_us(st.on_cloud ? p->cloud : p->edge, int64_t(st.heads.size()));
         auto rp = self->make_response_promise<exit_decision>();
-        st.clock.hold(self, t0, d.compute_us, [rp, d]() mutable { rp.deliver(std::move(d)); });
+        // Each evaluation on a device of its own: a response never asks two
+        // at once, and each response is an edge device of its own.
+        st.clock.hold(self, st.next_device++, t0, d.compute_us,
+                      [rp, d]() mutable { rp.deliver(std::move(d)); });
+        st.clock.forget(st.next_device - 1);
         return rp;
       }
       return d;

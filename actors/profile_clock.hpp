@@ -1,11 +1,14 @@
 #pragma once
 
-// Profile mode's time for one actor (config/compute_profile.hpp): its pieces
-// of work run one after another, each taking the profile's cost from when it
-// could start (its arrival, or the end of the piece before), and its reply is
-// held until then. So queueing, overlap with the link and batching behave as
-// on the profiled hardware, without a thread ever sleeping. In measured mode
-// (no profile) replies go at once.
+// Profile mode's time for one actor (config/compute_profile.hpp): the pieces
+// of work of one device run one after another, each taking the profile's cost
+// from when it could start (its arrival, or the end of the device's piece
+// before), and its reply is held until then. So queueing, overlap with the
+// link and batching behave as on the profiled hardware, without a thread ever
+// sleeping. A device is a key: the cloud is one, while each response of the
+// simulation runs on an edge device of its own (the edge actors are shared,
+// the simulated devices are not). In measured mode (no profile) replies go at
+// once.
 
 #include <chrono>
 #include <cstdint>
@@ -30,14 +33,16 @@ public:
   /// The profile, or nullptr in measured mode.
   const compute_profile* profile() const { return profile_.get(); }
 
-  /// Runs `deliver` when work of `cost_us` that arrived at `arrived` is done:
-  /// at once if it already is, else on (deliver_atom, id) to `self`.
+  /// Runs `deliver` when work of `cost_us` on `device` that arrived at
+  /// `arrived` is done: at once if it already is, else on (deliver_atom, id)
+  /// to `self`.
   template <class Self>
-  void hold(Self* self, clock_type::time_point arrived, int64_t cost_us,
+  void hold(Self* self, uint64_t device, clock_type::time_point arrived, int64_t cost_us,
             std::function<void()> deliver) {
-    const auto start = std::max(arrived, busy_until_);
-    busy_until_ = start + std::chrono::microseconds(cost_us);
-    const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(busy_until_
+    auto& busy_until = busy_until_[device];
+    const auto start = std::max(arrived, busy_until);
+    busy_until = start + std::chrono::microseconds(cost_us);
+    const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(busy_until
                                                                            - clock_type::now());
     if (wait.count() <= 0)
       return deliver();
@@ -45,6 +50,9 @@ public:
     held_.emplace(id, std::move(deliver));
     self->delayed_send(self, wait, deliver_atom::value, id);
   }
+
+  /// A device's queue is no longer needed (its response ended).
+  void forget(uint64_t device) { busy_until_.erase(device); }
 
   /// The (deliver_atom, id) handler: runs what `hold` kept.
   void release(uint64_t id) {
@@ -58,7 +66,7 @@ public:
 
 private:
   std::shared_ptr<const compute_profile> profile_;
-  clock_type::time_point busy_until_{};
+  std::unordered_map<uint64_t, clock_type::time_point> busy_until_;  // per device
   std::unordered_map<uint64_t, std::function<void()>> held_;
   uint64_t next_ = 0;
 };
