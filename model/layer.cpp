@@ -7,18 +7,24 @@
 
 namespace ceco {
 
-rope_table rope_table::build(const model_config& cfg) {
+rope_table rope_table::build(const model_config& cfg, bool stepwise) {
   const int half = cfg.head_dim() / 2;
   rope_table t{at::empty({cfg.max_seq, half}, at::kFloat), at::empty({cfg.max_seq, half}, at::kFloat)};
   auto pc = t.cos.data_ptr<float>();
   auto ps = t.sin.data_ptr<float>();
-  for (int p = 0; p < cfg.max_seq; ++p)
+  // stepwise: the angle made as the reference implementation makes it, p
+  // times the ratio theta^(-2 / head_dim) once per pair, in fp32.
+  const float ratio = std::pow(cfg.rope_theta, -2.0f / float(cfg.head_dim()));
+  for (int p = 0; p < cfg.max_seq; ++p) {
+    float stepped = float(p);
     for (int i = 0; i < half; ++i) {
-      float freq = 1.0f / std::pow(cfg.rope_theta, float(2 * i) / float(cfg.head_dim()));
-      float angle = float(p) * freq;
+      const float freq = 1.0f / std::pow(cfg.rope_theta, float(2 * i) / float(cfg.head_dim()));
+      const float angle = stepwise ? stepped : float(p) * freq;
       pc[p * half + i] = std::cos(angle);
       ps[p * half + i] = std::sin(angle);
+      stepped *= ratio;
     }
+  }
   return t;
 }
 

@@ -26,11 +26,13 @@
 namespace ceco {
 
 /// llama2.c's RoPE angles, angle(pos, i) = pos · theta^(-2i / head_dim), in
-/// fp32: cos and sin [max_seq, head_dim / 2] each, on the CPU.
+/// fp32: cos and sin [max_seq, head_dim / 2] each, on the CPU. `stepwise`:
+/// the same angles rounded as the reference implementation (llama.cpp)
+/// rounds them (see transformer::set_reference_numerics).
 struct rope_table {
   at::Tensor cos;
   at::Tensor sin;
-  static rope_table build(const model_config& cfg);
+  static rope_table build(const model_config& cfg, bool stepwise = false);
 };
 
 /// x ⊙ w / sqrt(mean(x²) + eps) over the last dimension.
