@@ -118,9 +118,19 @@ void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
     out[i] = w[i] * (x[i] * inv);
 }
 
-void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin) {
+void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin,
+          bool halves) {
+  const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
     float* p = v + h * head_dim;
+    if (halves) {
+      for (int64_t i = 0; i < half; ++i) {
+        float a = p[i], b = p[i + half];
+        p[i] = a * cos[i] - b * sin[i];
+        p[i + half] = a * sin[i] + b * cos[i];
+      }
+      continue;
+    }
     for (int64_t i = 0; i < head_dim / 2; ++i) {
       float a = p[2 * i], b = p[2 * i + 1];
       p[2 * i] = a * cos[i] - b * sin[i];

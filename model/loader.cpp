@@ -53,9 +53,11 @@ loaded_model load_gguf(const std::string& path) {
   auto file = std::make_shared<const gguf_file>(path);
   const gguf_file& f = *file;
   auto arch = f.get_string_or("general.architecture", "llama");
-  if (arch != "llama")
+  if (arch != "llama" && arch != "qwen2")
     throw model_error(fmt::format(
-      "{}: general.architecture is '{}'; ceco runs LLaMA-family ('llama') models", path, arch));
+      "{}: general.architecture is '{}'; ceco runs these architectures: llama, qwen2", path,
+      arch));
+  const bool qwen2 = arch == "qwen2";
   auto key = [&](const char* k) { return arch + "." + k; };
 
   loaded_model m;
@@ -71,6 +73,7 @@ loaded_model load_gguf(const std::string& path) {
   c.max_seq = int(f.get_uint(key("context_length")));
   c.rope_theta = float(f.get_float_or(key("rope.freq_base"), 10000.0));
   c.norm_eps = float(f.get_float_or(key("attention.layer_norm_rms_epsilon"), 1e-5));
+  c.rope_halves = qwen2;  // GGML's NEOX rotation for qwen2
   const auto& embd = f.get("token_embd.weight");
   c.vocab_size = embd.ne.size() == 2 ? int(embd.ne[1]) : 0;
   if (f.has(key("vocab_size")) && int(f.get_uint(key("vocab_size"))) != c.vocab_size)
@@ -89,6 +92,12 @@ loaded_model load_gguf(const std::string& path) {
       m.vocab.vocab_size(), c.vocab_size));
 
   c10::InferenceMode guard;
+  if (f.find("rope_freqs.weight")) {
+    auto factors = read_tensor(f, "rope_freqs.weight", {c.head_dim() / 2});
+    c.rope_freq_factors.assign(factors.data_ptr<float>(),
+                               factors.data_ptr<float>() + factors.numel());
+    c.validate(path + ": rope_freqs.weight");
+  }
   auto& w = m.weights;
   const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
   w.tok_embd = read_matrix(file, "token_embd.weight", c.vocab_size, d);
@@ -107,6 +116,12 @@ loaded_model load_gguf(const std::string& path) {
     l.w1 = read_matrix(file, n("ffn_gate"), ff, d);
     l.w2 = read_matrix(file, n("ffn_down"), d, ff);
     l.w3 = read_matrix(file, n("ffn_up"), ff, d);
+    if (qwen2) {
+      auto b = [&](const char* s) { return fmt::format("blk.{}.{}.bias", il, s); };
+      l.bq = read_tensor(f, b("attn_q"), {d});
+      l.bk = read_tensor(f, b("attn_k"), {d_kv});
+      l.bv = read_tensor(f, b("attn_v"), {d_kv});
+    }
     w.layers.push_back(std::move(l));
   }
   return m;
@@ -300,6 +315,9 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
   };
   int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
   mix(dims, sizeof dims);
+  const float rope[] = {c.rope_theta, c.rope_halves ? 1.0f : 0.0f};
+  mix(rope, sizeof rope);
+  mix(c.rope_freq_factors.data(), c.rope_freq_factors.size() * sizeof(float));
   c10::InferenceMode guard;
   auto add = [&](const at::Tensor& t) {
     if (!t.defined())
@@ -322,6 +340,8 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
   add_matrix(w.tok_embd);
   for (auto& l : w.layers) {
     add(l.attn_norm);
+    for (const auto* b : {&l.bq, &l.bk, &l.bv})
+      add(*b);
     for (auto* m : {&l.wq, &l.wk, &l.wv, &l.wo})
       add_matrix(*m);
     add(l.ffn_norm);

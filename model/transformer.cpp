@@ -1,6 +1,7 @@
 #include "model/transformer.hpp"
 
 #include <cmath>
+#include <tuple>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -42,6 +43,9 @@ transformer::transformer(model_config cfg, model_weights weights, c10::Device de
   for (auto& l : w_.layers) {
     move(l.attn_norm);
     move(l.ffn_norm);
+    move(l.bq);
+    move(l.bk);
+    move(l.bv);
     for (auto* m : l.matrices())
       move_matrix(*m);
   }
@@ -49,6 +53,7 @@ transformer::transformer(model_config cfg, model_weights weights, c10::Device de
   auto table = rope_table::build(cfg_);
   rope_.cos = table.cos.to(device_);
   rope_.sin = table.sin.to(device_);
+  rope_.halves = table.halves;
 }
 
 void transformer::set_reference_numerics(bool on) {
@@ -56,6 +61,7 @@ void transformer::set_reference_numerics(bool on) {
   auto table = rope_table::build(cfg_, on);
   rope_.cos = table.cos.to(device_);
   rope_.sin = table.sin.to(device_);
+  rope_.halves = table.halves;
 }
 
 kv_cache transformer::make_cache(int first, int last, int capacity) const {
@@ -236,8 +242,8 @@ void transformer::attend_one_cpu(float* out, float* q, int64_t pos, int il,
   const float* cos = rope_.cos.data_ptr<float>() + pos * (hd / 2);
   const float* sin = rope_.sin.data_ptr<float>() + pos * (hd / 2);
   float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
-  kernels::rope(q, cfg_.n_head, hd, cos, sin);
-  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin);
+  kernels::rope(q, cfg_.n_head, hd, cos, sin, cfg_.rope_halves);
+  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin, cfg_.rope_halves);
   if (reference_numerics_) {
     kernels::round_to_f16(k_row, d_kv);
     kernels::round_to_f16(cache.values(il).data_ptr<float>() + pos * d_kv, d_kv);
@@ -318,6 +324,11 @@ void transformer::forward_rows_cpu(float* x, const sequence_step* steps, size_t 
   project_rows(w.wq, xb.data(), q.data(), n);
   project_rows(w.wk, xb.data(), k.data(), n);
   project_rows(w.wv, xb.data(), v.data(), n);
+  for (auto [bias, y, width] : {std::tuple{&w.bq, q.data(), d}, std::tuple{&w.bk, k.data(), d_kv},
+                                std::tuple{&w.bv, v.data(), d_kv}})
+    if (bias->defined())
+      for (int64_t i = 0; i < n; ++i)
+        kernels::add(y + i * width, bias->data_ptr<float>(), width);
   for (int64_t i = 0; i < n; ++i) {
     const auto& s = steps[i];
     std::copy_n(k.data() + i * d_kv, d_kv, s.cache->keys(il).data_ptr<float>() + s.pos * d_kv);
