@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <map>
+#include <algorithm>
 #include <fmt/format.h>
 
 #include "model/gguf.hpp"
@@ -304,6 +306,49 @@ loaded_model load_model(const std::string& path, const std::string& tokenizer_pa
   if (fs::path(file).extension() == ".gguf")
     return load_gguf(file);  // reports the wrong magic
   return load_llama2c(file, tokenizer_path);
+}
+
+uint64_t shape_fingerprint(const model_config& c, const tokenizer& vocab) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto mix = [&](const void* data, size_t n) {
+    auto p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; ++i)
+      h = (h ^ p[i]) * 0x100000001b3ULL;
+  };
+  const int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
+  mix(dims, sizeof dims);
+  const float rope[] = {c.rope_theta, c.rope_halves ? 1.0f : 0.0f, c.norm_eps};
+  mix(rope, sizeof rope);
+  mix(c.rope_freq_factors.data(), c.rope_freq_factors.size() * sizeof(float));
+  for (int32_t id = 0; id < vocab.vocab_size(); ++id) {
+    const auto& piece = vocab.piece(id);
+    const uint32_t n = uint32_t(piece.size());
+    mix(&n, sizeof n);
+    mix(piece.data(), piece.size());
+  }
+  return h;
+}
+
+std::string describe_weight_types(const model_weights& w) {
+  std::map<std::string, int> count;
+  auto add = [&](const weight_matrix& m) {
+    if (m.defined())
+      ++count[quant::type_name(m.type())];
+  };
+  add(w.tok_embd);
+  if (!w.output.same_as(w.tok_embd))
+    add(w.output);
+  for (const auto& l : w.layers)
+    for (const auto* m : l.matrices())
+      add(*m);
+  std::vector<std::pair<int, std::string>> order;
+  for (const auto& [name, n] : count)
+    order.emplace_back(-n, name);
+  std::sort(order.begin(), order.end());
+  std::string out;
+  for (const auto& [n, name] : order)
+    out += (out.empty() ? "" : "+") + name;
+  return out;
 }
 
 uint64_t model_fingerprint(const model_config& c, const model_weights& w) {

@@ -7,6 +7,7 @@
 #include <set>
 
 #include <nlohmann/json.hpp>
+#include "actors/messages.hpp"
 #include "model/quant.hpp"
 
 using namespace ceco;
@@ -290,4 +291,46 @@ TEST_CASE("a quantized tensor whose rows do not fill whole blocks is refused by 
   const auto msg = error_of([&] { load_model(path); });
   CHECK(msg.find(path + ": tensor 'blk.0.attn_q.weight' is Q4_K with rows of 64 elements, "
                         "not a multiple of its block size 256") != std::string::npos);
+}
+
+TEST_CASE("the handshake tells two quantizations of one model apart and accepts them when allowed") {
+  const auto& f32 = load_tiny256("tiny256-f32.gguf");
+  const auto& q4 = load_tiny256("tiny256-Q4_K_M.gguf");
+  auto hello_of = [](const tiny256_model& m, bool allow) {
+    hello_msg h;
+    h.fingerprint = model_fingerprint(m.files.config, m.files.weights);
+    h.shape_fingerprint = shape_fingerprint(m.files.config, m.files.vocab);
+    h.weight_types = describe_weight_types(m.files.weights);
+    h.allow_mixed_quantization = allow;
+    h.n_layer = 4;
+    h.split = 2;
+    return h;
+  };
+  CHECK(describe_weight_types(f32.files.weights) == "F32");
+  CHECK(describe_weight_types(q4.files.weights) == "Q4_K+Q6_K");
+  CHECK(shape_fingerprint(f32.files.config, f32.files.vocab) ==
+        shape_fingerprint(q4.files.config, q4.files.vocab));
+
+  const auto refused = compare_hello(hello_of(q4, false), hello_of(f32, false));
+  CHECK(refused.find("edge Q4_K+Q6_K, cloud F32") != std::string::npos);
+  CHECK(refused.find("cloud.allow_mixed_quantization = true") != std::string::npos);
+  // The cloud's setting decides.
+  CHECK(compare_hello(hello_of(q4, true), hello_of(f32, false)) == refused);
+  CHECK(compare_hello(hello_of(q4, false), hello_of(f32, true)) == "");
+  CHECK(mixed_quantization_note(hello_of(q4, false), hello_of(f32, true)).find("Q4_K+Q6_K") !=
+        std::string::npos);
+  CHECK(mixed_quantization_note(hello_of(f32, false), hello_of(f32, true)) == "");
+
+  // Another model is refused whatever the setting.
+  const auto& stories = load_stories("gguf");
+  auto other = hello_of(f32, false);
+  other.fingerprint = model_fingerprint(stories.files.config, stories.files.weights);
+  other.shape_fingerprint = shape_fingerprint(stories.files.config, stories.files.vocab);
+  CHECK(compare_hello(other, hello_of(f32, true)).find("model shape and tokenizer") !=
+        std::string::npos);
+  // Other weights of the same shape and type likewise.
+  auto tampered = hello_of(f32, false);
+  tampered.fingerprint ^= 1;
+  CHECK(compare_hello(tampered, hello_of(f32, true)).find("different F32 weights") !=
+        std::string::npos);
 }
