@@ -308,25 +308,40 @@ loaded_model load_model(const std::string& path, const std::string& tokenizer_pa
   return load_llama2c(file, tokenizer_path);
 }
 
-uint64_t shape_fingerprint(const model_config& c, const tokenizer& vocab) {
+namespace {
+
+/// FNV-1a, fed in pieces.
+struct fnv1a {
   uint64_t h = 0xcbf29ce484222325ULL;
-  auto mix = [&](const void* data, size_t n) {
+  void operator()(const void* data, size_t n) {
     auto p = static_cast<const uint8_t*>(data);
     for (size_t i = 0; i < n; ++i)
       h = (h ^ p[i]) * 0x100000001b3ULL;
-  };
+  }
+};
+
+/// The shape and the RoPE settings.
+void mix_shape(fnv1a& mix, const model_config& c) {
   const int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
   mix(dims, sizeof dims);
-  const float rope[] = {c.rope_theta, c.rope_halves ? 1.0f : 0.0f, c.norm_eps};
+  const float rope[] = {c.rope_theta, c.rope_halves ? 1.0f : 0.0f};
   mix(rope, sizeof rope);
   mix(c.rope_freq_factors.data(), c.rope_freq_factors.size() * sizeof(float));
+}
+
+} // namespace
+
+uint64_t shape_fingerprint(const model_config& c, const tokenizer& vocab) {
+  fnv1a mix;
+  mix_shape(mix, c);
+  mix(&c.norm_eps, sizeof c.norm_eps);
   for (int32_t id = 0; id < vocab.vocab_size(); ++id) {
     const auto& piece = vocab.piece(id);
     const uint32_t n = uint32_t(piece.size());
     mix(&n, sizeof n);
     mix(piece.data(), piece.size());
   }
-  return h;
+  return mix.h;
 }
 
 std::string describe_weight_types(const model_weights& w) {
@@ -352,17 +367,8 @@ std::string describe_weight_types(const model_weights& w) {
 }
 
 uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  auto mix = [&](const void* data, size_t n) {
-    auto p = static_cast<const uint8_t*>(data);
-    for (size_t i = 0; i < n; ++i)
-      h = (h ^ p[i]) * 0x100000001b3ULL;
-  };
-  int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
-  mix(dims, sizeof dims);
-  const float rope[] = {c.rope_theta, c.rope_halves ? 1.0f : 0.0f};
-  mix(rope, sizeof rope);
-  mix(c.rope_freq_factors.data(), c.rope_freq_factors.size() * sizeof(float));
+  fnv1a mix;
+  mix_shape(mix, c);
   c10::InferenceMode guard;
   auto add = [&](const at::Tensor& t) {
     if (!t.defined())
@@ -395,7 +401,7 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
   }
   add(w.output_norm);
   add_matrix(w.output);
-  return h;
+  return mix.h;
 }
 
 model_config shape_preset(const std::string& name) {

@@ -5,8 +5,6 @@
 
 #include <fmt/format.h>
 
-#include "model/gguf.hpp"
-#include "model/gguf_writer.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -70,16 +68,7 @@ struct tiny_model {
     g.set_uint32(key("attention.head_count_kv"), uint32_t(kv_heads));
     g.set_float32(key("attention.layer_norm_rms_epsilon"), 1e-5f);
     g.set_float32(key("rope.freq_base"), theta);
-    g.set_string("tokenizer.ggml.model", "llama");
-    g.set_string_array("tokenizer.ggml.tokens", vocab.get_string_array("tokenizer.ggml.tokens"));
-    std::vector<float> scores;
-    for (auto s : vocab.get_float_array("tokenizer.ggml.scores"))
-      scores.push_back(float(s));
-    g.set_float32_array("tokenizer.ggml.scores", scores);
-    std::vector<int32_t> types;
-    for (auto t : vocab.get_int_array("tokenizer.ggml.token_type"))
-      types.push_back(int32_t(t));
-    g.set_int32_array("tokenizer.ggml.token_type", types);
+    copy_stories_vocabulary(g);
     for (auto k : {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"})
       g.set_uint32(k, uint32_t(vocab.get_uint(k)));
     auto add = [&](const std::string& name, const at::Tensor& t) {
