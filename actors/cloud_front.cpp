@@ -45,6 +45,8 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
     [=](hello_msg& edge) -> caf::result<hello_msg> {
       if (auto diff = compare_hello(edge, self->state.mine); !diff.empty())
         return make_error(ceco_errc::handshake_failed, "the cloud refuses this edge: " + diff);
+      if (auto note = mixed_quantization_note(edge, self->state.mine); !note.empty())
+        fmt::print(stderr, "ceco cloud: {}\n", note);
       if (auto sender = self->current_sender())
         self->state.greeted.insert(sender->node());
       auto reply = self->state.mine;

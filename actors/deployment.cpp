@@ -44,6 +44,8 @@ site_model load_site_model(const settings& s, const std::string& default_model,
   else
     m.heads = exit_heads::load(heads, *model, s.model.exits);
   m.fingerprint = model_fingerprint(model->config(), model->weights());
+  m.shape_fingerprint = shape_fingerprint(model->config(), loaded.vocab);
+  m.weight_types = describe_weight_types(model->weights());
   m.model = std::move(model);
   m.vocab = std::move(loaded.vocab);
   m.path = loaded.path;
@@ -67,6 +69,9 @@ std::string compute_label(const settings& s) {
 hello_msg make_hello(const settings& s, const site_model& m) {
   hello_msg h;
   h.fingerprint = m.fingerprint;
+  h.shape_fingerprint = m.shape_fingerprint;
+  h.weight_types = m.weight_types;
+  h.allow_mixed_quantization = s.cloud.allow_mixed_quantization;
   h.n_layer = m.model->config().n_layer;
   h.split = s.split.layer;
   h.exits.assign(s.model.exits.begin(), s.model.exits.end());

@@ -36,6 +36,8 @@ struct site_model {
   tokenizer vocab;
   std::string path;
   uint64_t fingerprint = 0;
+  uint64_t shape_fingerprint = 0;  // shape and tokenizer (one model in any quantization)
+  std::string weight_types;        // "Q4_K+Q6_K"
 };
 
 /// Loads what `s` names (model.path, model.exit_heads, model.exits) and

@@ -109,9 +109,19 @@ std::string compare_hello(const hello_msg& edge, const hello_msg& cloud) {
   std::vector<std::string> diffs;
   if (edge.protocol != cloud.protocol)
     diffs.push_back(fmt::format("protocol version: edge {}, cloud {}", edge.protocol, cloud.protocol));
-  if (edge.fingerprint != cloud.fingerprint)
-    diffs.push_back(fmt::format("model fingerprint: edge {:016x}, cloud {:016x} (different weights)",
-                                edge.fingerprint, cloud.fingerprint));
+  if (edge.shape_fingerprint != cloud.shape_fingerprint)
+    diffs.push_back(fmt::format(
+      "model shape and tokenizer: edge {:016x}, cloud {:016x} (different models)",
+      edge.shape_fingerprint, cloud.shape_fingerprint));
+  else if (edge.fingerprint != cloud.fingerprint && edge.weight_types == cloud.weight_types)
+    diffs.push_back(fmt::format(
+      "model fingerprint: edge {:016x}, cloud {:016x} (different {} weights of one shape)",
+      edge.fingerprint, cloud.fingerprint, edge.weight_types));
+  else if (edge.fingerprint != cloud.fingerprint && !cloud.allow_mixed_quantization)
+    diffs.push_back(fmt::format(
+      "model weights: edge {}, cloud {} (one model, two quantizations; the cloud accepts that "
+      "with cloud.allow_mixed_quantization = true)",
+      edge.weight_types, cloud.weight_types));
   if (edge.n_layer != cloud.n_layer)
     diffs.push_back(fmt::format("layers: edge {}, cloud {}", edge.n_layer, cloud.n_layer));
   if (edge.split != cloud.split)
@@ -138,6 +148,15 @@ std::string compare_hello(const hello_msg& edge, const hello_msg& cloud) {
   if (edge.secret != cloud.secret)
     diffs.push_back("cloud.secret differs");
   return fmt::format("{}", fmt::join(diffs, "; "));
+}
+
+std::string mixed_quantization_note(const hello_msg& edge, const hello_msg& cloud) {
+  if (edge.fingerprint == cloud.fingerprint || edge.shape_fingerprint != cloud.shape_fingerprint
+      || edge.weight_types == cloud.weight_types)
+    return {};
+  return fmt::format("the edge holds {} weights and this cloud {} of one model "
+                     "(cloud.allow_mixed_quantization): their logits differ by quantization",
+                     edge.weight_types, cloud.weight_types);
 }
 
 void register_message_types(caf::actor_system_config& cfg) {

@@ -193,6 +193,9 @@ struct generate_reply {
 struct hello_msg {
   uint32_t protocol = protocol_version;
   uint64_t fingerprint = 0;   // of the model's shape and weights
+  uint64_t shape_fingerprint = 0;  // of the shape and tokenizer alone (see model/loader.hpp)
+  std::string weight_types;   // the weights' types, "Q4_K+Q6_K"
+  bool allow_mixed_quantization = false;  // the cloud's cloud.allow_mixed_quantization
   int32_t n_layer = 0;
   int32_t split = 0;
   std::vector<int32_t> exits;
@@ -205,8 +208,13 @@ struct hello_msg {
 };
 
 /// What differs between two hellos ("" when they agree); secrets are
-/// compared but never printed.
+/// compared but never printed. One model in two quantizations (same shape
+/// fingerprint, different weight types) agrees only when the cloud allows
+/// it (cloud.allow_mixed_quantization).
 std::string compare_hello(const hello_msg& edge, const hello_msg& cloud);
+/// The line a node logs when it accepts another quantization of its model
+/// ("" when both hold the same weights).
+std::string mixed_quantization_note(const hello_msg& edge, const hello_msg& cloud);
 
 struct session_summary {
   uint64_t session = 0;
@@ -311,7 +319,8 @@ typename Inspector::result_type inspect(Inspector& f, generate_reply& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, hello_msg& x) {
-  return f(caf::meta::type_name("hello_msg"), x.protocol, x.fingerprint, x.n_layer, x.split,
+  return f(caf::meta::type_name("hello_msg"), x.protocol, x.fingerprint, x.shape_fingerprint,
+           x.weight_types, x.allow_mixed_quantization, x.n_layer, x.split,
            x.exits, x.secret, x.evaluator_on_cloud, x.uploader_on_cloud, x.threshold,
            x.min_exit_layer, x.upload_dtype);
 }

@@ -298,6 +298,7 @@ const std::vector<key_spec>& schema() {
     int_key("cloud.request_timeout_ms", 1, max_ms, CECO_REF(int, cloud.request_timeout_ms)),
     int_key("cloud.connect_tries", 1, 1000, CECO_REF(int, cloud.connect_tries)),
     bool_key("cloud.insecure", CECO_REF(bool, cloud.insecure)),
+    bool_key("cloud.allow_mixed_quantization", CECO_REF(bool, cloud.allow_mixed_quantization)),
     bool_key("cloud.tls", CECO_REF(bool, cloud.tls)),
     string_key("cloud.tls_certificate", {}, CECO_REF(std::string, cloud.tls_certificate)),
     string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),

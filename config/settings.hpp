@@ -79,6 +79,7 @@ struct settings {
     int request_timeout_ms = 10000;  // per cloud request
     int connect_tries = 5;           // connection attempts, with doubling backoff
     bool insecure = false;           // serve a non-loopback address with neither TLS nor secret
+    bool allow_mixed_quantization = false;  // accept an edge holding another quantization of the model
     bool tls = false;                // TLS with certificates, on both nodes
     std::string tls_certificate;     // this node's certificate (PEM)
     std::string tls_key;             // its private key (PEM)

@@ -25,6 +25,13 @@ void model_config::validate(const std::string& source) const {
     throw bad("context length", max_seq, fmt::format("1..{}", max_context_length));
   if (!(norm_eps > 0)) throw model_error(fmt::format("{}: norm_eps must be > 0", source));
   if (!(rope_theta > 0)) throw model_error(fmt::format("{}: rope_theta must be > 0", source));
+  if (!rope_freq_factors.empty() && n_head > 0 && n_embd % n_head == 0 &&
+      int(rope_freq_factors.size()) != head_dim() / 2)
+    throw model_error(fmt::format("{}: {} RoPE frequency factors, expected head_dim / 2 = {}",
+                                  source, rope_freq_factors.size(), head_dim() / 2));
+  for (float f : rope_freq_factors)
+    if (!(f > 0))
+      throw model_error(fmt::format("{}: a RoPE frequency factor is {}, expected > 0", source, f));
 }
 
 } // namespace ceco

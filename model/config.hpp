@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace ceco {
 
@@ -22,6 +23,12 @@ struct model_config {
   int max_seq = 0;       // context length the KV cache is sized for
   float rope_theta = 10000.0f;  // RoPE base, interleaved pairs as llama2.c
   float norm_eps = 1e-5f;       // RMSNorm epsilon
+  /// RoPE pairs: false rotates adjacent pairs (2i, 2i+1) as llama2.c and
+  /// `llama`; true rotates (i, i + head_dim/2) as `qwen2` (GGML's NEOX).
+  bool rope_halves = false;
+  /// Llama 3's rope_freqs: pair i's angle divided by factor i
+  /// (head_dim / 2 values), or empty.
+  std::vector<float> rope_freq_factors;
 
   int head_dim() const { return n_embd / n_head; }
   int n_embd_kv() const { return head_dim() * n_head_kv; }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/half.hpp"
+
 #include <ATen/Parallel.h>
 #include <omp.h>
 
@@ -107,15 +109,28 @@ void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols
 }
 
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
-  float ss = dot(x, x, n) / float(n) + eps;
-  float inv = 1.0f / std::sqrt(ss);
+  // The squares summed in double, as the reference implementation does.
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i)
+    ss += double(x[i] * x[i]);
+  const float inv = 1.0f / std::sqrt(float(ss / double(n) + double(eps)));
   for (int64_t i = 0; i < n; ++i)
     out[i] = w[i] * (x[i] * inv);
 }
 
-void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin) {
+void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin,
+          bool halves) {
+  const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
     float* p = v + h * head_dim;
+    if (halves) {
+      for (int64_t i = 0; i < half; ++i) {
+        float a = p[i], b = p[i + half];
+        p[i] = a * cos[i] - b * sin[i];
+        p[i + half] = a * sin[i] + b * cos[i];
+      }
+      continue;
+    }
     for (int64_t i = 0; i < head_dim / 2; ++i) {
       float a = p[2 * i], b = p[2 * i + 1];
       p[2 * i] = a * cos[i] - b * sin[i];
@@ -148,6 +163,71 @@ void attention(float* out, const float* q, const float* k, const float* v, int64
     float inv = 1.0f / sum;
     for (int64_t t = 0; t < n_pos; ++t)
       axpy(oh, scores[t] * inv, v + t * kv_stride + off, head_dim);
+  }
+}
+
+void round_to_f16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = half_to_float(float_to_half(x[i]));
+}
+
+namespace {
+
+/// a · b as 4 accumulators of 8 f32 lanes over each 32 elements (fused
+/// multiply-adds), reduced pairwise, the rest added in double: the
+/// reference implementation's f16 dot product order.
+float dot_lanes(const float* a, const float* b, int64_t n) {
+  float acc[4][8] = {};
+  const int64_t n32 = n / 32 * 32;
+  for (int64_t i = 0; i < n32; i += 32)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 8; ++l)
+        acc[j][l] = std::fma(a[i + 8 * j + l], b[i + 8 * j + l], acc[j][l]);
+  float lane[8];
+  for (int l = 0; l < 8; ++l)
+    lane[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+  float quad[4];
+  for (int l = 0; l < 4; ++l)
+    quad[l] = lane[l] + lane[l + 4];
+  double sum = double((quad[0] + quad[1]) + (quad[2] + quad[3]));
+  for (int64_t i = n32; i < n; ++i)
+    sum += double(a[i] * b[i]);
+  return float(sum);
+}
+
+} // namespace
+
+void attention_f16(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
+                   int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* q16) {
+  const int64_t kv_stride = n_head_kv * head_dim;
+  const int64_t group = n_head / n_head_kv;
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  for (int64_t h = 0; h < n_head; ++h) {
+    std::copy_n(q + h * head_dim, head_dim, q16);
+    round_to_f16(q16, head_dim);
+    const int64_t off = (h / group) * head_dim;
+    float* acc = out + h * head_dim;  // f16 values
+    std::fill_n(acc, head_dim, 0.0f);
+    float sum = 0, max = -INFINITY;
+    for (int64_t t = 0; t < n_pos; ++t) {
+      const float s = dot_lanes(q16, k + t * kv_stride + off, head_dim) * scale;
+      float ms = 1, vs = 1;
+      if (s > max) {  // a new maximum rescales what is accumulated
+        ms = std::exp(max - s);
+        max = s;
+        for (int64_t i = 0; i < head_dim; ++i)
+          acc[i] = half_to_float(float_to_half(acc[i] * ms));
+      } else {
+        vs = std::exp(s - max);
+      }
+      const float* vt = v + t * kv_stride + off;
+      for (int64_t i = 0; i < head_dim; ++i)
+        acc[i] = half_to_float(float_to_half(std::fma(vt[i], vs, acc[i])));
+      sum = sum * ms + vs;
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < head_dim; ++i)
+      acc[i] *= inv;
   }
 }
 

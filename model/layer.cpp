@@ -7,18 +7,28 @@
 
 namespace ceco {
 
-rope_table rope_table::build(const model_config& cfg) {
+rope_table rope_table::build(const model_config& cfg, bool stepwise) {
   const int half = cfg.head_dim() / 2;
-  rope_table t{at::empty({cfg.max_seq, half}, at::kFloat), at::empty({cfg.max_seq, half}, at::kFloat)};
+  rope_table t{at::empty({cfg.max_seq, half}, at::kFloat), at::empty({cfg.max_seq, half}, at::kFloat),
+               cfg.rope_halves};
+  const auto& factors = cfg.rope_freq_factors;
   auto pc = t.cos.data_ptr<float>();
   auto ps = t.sin.data_ptr<float>();
-  for (int p = 0; p < cfg.max_seq; ++p)
+  // stepwise: the angle made as the reference implementation makes it, p
+  // times the ratio theta^(-2 / head_dim) once per pair, in fp32.
+  const float ratio = std::pow(cfg.rope_theta, -2.0f / float(cfg.head_dim()));
+  for (int p = 0; p < cfg.max_seq; ++p) {
+    float stepped = float(p);
     for (int i = 0; i < half; ++i) {
-      float freq = 1.0f / std::pow(cfg.rope_theta, float(2 * i) / float(cfg.head_dim()));
-      float angle = float(p) * freq;
+      const float freq = 1.0f / std::pow(cfg.rope_theta, float(2 * i) / float(cfg.head_dim()));
+      float angle = stepwise ? stepped : float(p) * freq;
+      if (!factors.empty())
+        angle /= factors[size_t(i)];
       pc[p * half + i] = std::cos(angle);
       ps[p * half + i] = std::sin(angle);
+      stepped *= ratio;
     }
+  }
   return t;
 }
 
@@ -35,11 +45,19 @@ at::Tensor rope(const at::Tensor& x, const rope_table& table, int64_t pos, int64
   const int64_t half = x.size(-1) / n_heads / 2;
   auto sizes = x.sizes().vec();
   sizes.back() = n_heads;
+  auto c = table.cos.narrow(0, pos, n).view({n, 1, half});
+  auto s = table.sin.narrow(0, pos, n).view({n, 1, half});
+  if (table.halves) {
+    sizes.push_back(2);
+    sizes.push_back(half);
+    auto v = x.reshape(sizes);  // [..., T, H, 2, half]
+    auto a = v.select(-2, 0);
+    auto b = v.select(-2, 1);
+    return at::stack({a * c - b * s, a * s + b * c}, -2).reshape(x.sizes());
+  }
   sizes.push_back(half);
   sizes.push_back(2);
   auto v = x.reshape(sizes);  // [..., T, H, half, 2]
-  auto c = table.cos.narrow(0, pos, n).view({n, 1, half});
-  auto s = table.sin.narrow(0, pos, n).view({n, 1, half});
   auto a = v.select(-1, 0);
   auto b = v.select(-1, 1);
   return at::stack({a * c - b * s, a * s + b * c}, -1).reshape(x.sizes());
@@ -75,8 +93,11 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& keys, const a
 at::Tensor layer_forward(const at::Tensor& x, const layer_weights& w, float eps,
                          const attention_fn& attend) {
   auto h = rms_norm(x, w.attn_norm, eps);
-  auto att = attend(project(h, w.wq).contiguous(), project(h, w.wk).contiguous(),
-                    project(h, w.wv).contiguous());
+  auto with_bias = [](at::Tensor y, const at::Tensor& b) {
+    return (b.defined() ? y + b : y).contiguous();
+  };
+  auto att = attend(with_bias(project(h, w.wq), w.bq), with_bias(project(h, w.wk), w.bk),
+                    with_bias(project(h, w.wv), w.bv));
   auto mid = x + project(att, w.wo);
   h = rms_norm(mid, w.ffn_norm, eps);
   return mid + project(at::silu(project(h, w.w1)) * project(h, w.w3), w.w2);

@@ -26,11 +26,14 @@
 namespace ceco {
 
 /// llama2.c's RoPE angles, angle(pos, i) = pos · theta^(-2i / head_dim), in
-/// fp32: cos and sin [max_seq, head_dim / 2] each, on the CPU.
+/// fp32: cos and sin [max_seq, head_dim / 2] each, on the CPU. `stepwise`:
+/// the same angles rounded as the reference implementation (llama.cpp)
+/// rounds them (see transformer::set_reference_numerics).
 struct rope_table {
   at::Tensor cos;
   at::Tensor sin;
-  static rope_table build(const model_config& cfg);
+  bool halves = false;  // model_config::rope_halves
+  static rope_table build(const model_config& cfg, bool stepwise = false);
 };
 
 /// x ⊙ w / sqrt(mean(x²) + eps) over the last dimension.
@@ -41,8 +44,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, float eps);
 /// Every weight matrix of the tensor path is applied here.
 at::Tensor project(const at::Tensor& x, const weight_matrix& w);
 
-/// x [..., T, n_heads · head_dim] rotated by interleaved pairs at positions
-/// pos .. pos+T-1.
+/// x [..., T, n_heads · head_dim] rotated at positions pos .. pos+T-1, by
+/// interleaved pairs or by halves (table.halves).
 at::Tensor rope(const at::Tensor& x, const rope_table& table, int64_t pos, int64_t n_heads);
 
 /// Causal attention of rotated queries q [..., T, n_head · hd] over keys and

@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <map>
+#include <algorithm>
 #include <fmt/format.h>
 
 #include "model/gguf.hpp"
@@ -53,9 +55,11 @@ loaded_model load_gguf(const std::string& path) {
   auto file = std::make_shared<const gguf_file>(path);
   const gguf_file& f = *file;
   auto arch = f.get_string_or("general.architecture", "llama");
-  if (arch != "llama")
+  if (arch != "llama" && arch != "qwen2")
     throw model_error(fmt::format(
-      "{}: general.architecture is '{}'; ceco runs LLaMA-family ('llama') models", path, arch));
+      "{}: general.architecture is '{}'; ceco runs these architectures: llama, qwen2", path,
+      arch));
+  const bool qwen2 = arch == "qwen2";
   auto key = [&](const char* k) { return arch + "." + k; };
 
   loaded_model m;
@@ -71,6 +75,7 @@ loaded_model load_gguf(const std::string& path) {
   c.max_seq = int(f.get_uint(key("context_length")));
   c.rope_theta = float(f.get_float_or(key("rope.freq_base"), 10000.0));
   c.norm_eps = float(f.get_float_or(key("attention.layer_norm_rms_epsilon"), 1e-5));
+  c.rope_halves = qwen2;  // GGML's NEOX rotation for qwen2
   const auto& embd = f.get("token_embd.weight");
   c.vocab_size = embd.ne.size() == 2 ? int(embd.ne[1]) : 0;
   if (f.has(key("vocab_size")) && int(f.get_uint(key("vocab_size"))) != c.vocab_size)
@@ -89,6 +94,12 @@ loaded_model load_gguf(const std::string& path) {
       m.vocab.vocab_size(), c.vocab_size));
 
   c10::InferenceMode guard;
+  if (f.find("rope_freqs.weight")) {
+    auto factors = read_tensor(f, "rope_freqs.weight", {c.head_dim() / 2});
+    c.rope_freq_factors.assign(factors.data_ptr<float>(),
+                               factors.data_ptr<float>() + factors.numel());
+    c.validate(path + ": rope_freqs.weight");
+  }
   auto& w = m.weights;
   const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
   w.tok_embd = read_matrix(file, "token_embd.weight", c.vocab_size, d);
@@ -107,6 +118,12 @@ loaded_model load_gguf(const std::string& path) {
     l.w1 = read_matrix(file, n("ffn_gate"), ff, d);
     l.w2 = read_matrix(file, n("ffn_down"), d, ff);
     l.w3 = read_matrix(file, n("ffn_up"), ff, d);
+    if (qwen2) {
+      auto b = [&](const char* s) { return fmt::format("blk.{}.{}.bias", il, s); };
+      l.bq = read_tensor(f, b("attn_q"), {d});
+      l.bk = read_tensor(f, b("attn_k"), {d_kv});
+      l.bv = read_tensor(f, b("attn_v"), {d_kv});
+    }
     w.layers.push_back(std::move(l));
   }
   return m;
@@ -291,15 +308,67 @@ loaded_model load_model(const std::string& path, const std::string& tokenizer_pa
   return load_llama2c(file, tokenizer_path);
 }
 
-uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
+namespace {
+
+/// FNV-1a, fed in pieces.
+struct fnv1a {
   uint64_t h = 0xcbf29ce484222325ULL;
-  auto mix = [&](const void* data, size_t n) {
+  void operator()(const void* data, size_t n) {
     auto p = static_cast<const uint8_t*>(data);
     for (size_t i = 0; i < n; ++i)
       h = (h ^ p[i]) * 0x100000001b3ULL;
-  };
-  int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
+  }
+};
+
+/// The shape and the RoPE settings.
+void mix_shape(fnv1a& mix, const model_config& c) {
+  const int32_t dims[] = {c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.vocab_size};
   mix(dims, sizeof dims);
+  const float rope[] = {c.rope_theta, c.rope_halves ? 1.0f : 0.0f};
+  mix(rope, sizeof rope);
+  mix(c.rope_freq_factors.data(), c.rope_freq_factors.size() * sizeof(float));
+}
+
+} // namespace
+
+uint64_t shape_fingerprint(const model_config& c, const tokenizer& vocab) {
+  fnv1a mix;
+  mix_shape(mix, c);
+  mix(&c.norm_eps, sizeof c.norm_eps);
+  for (int32_t id = 0; id < vocab.vocab_size(); ++id) {
+    const auto& piece = vocab.piece(id);
+    const uint32_t n = uint32_t(piece.size());
+    mix(&n, sizeof n);
+    mix(piece.data(), piece.size());
+  }
+  return mix.h;
+}
+
+std::string describe_weight_types(const model_weights& w) {
+  std::map<std::string, int> count;
+  auto add = [&](const weight_matrix& m) {
+    if (m.defined())
+      ++count[quant::type_name(m.type())];
+  };
+  add(w.tok_embd);
+  if (!w.output.same_as(w.tok_embd))
+    add(w.output);
+  for (const auto& l : w.layers)
+    for (const auto* m : l.matrices())
+      add(*m);
+  std::vector<std::pair<int, std::string>> order;
+  for (const auto& [name, n] : count)
+    order.emplace_back(-n, name);
+  std::sort(order.begin(), order.end());
+  std::string out;
+  for (const auto& [n, name] : order)
+    out += (out.empty() ? "" : "+") + name;
+  return out;
+}
+
+uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
+  fnv1a mix;
+  mix_shape(mix, c);
   c10::InferenceMode guard;
   auto add = [&](const at::Tensor& t) {
     if (!t.defined())
@@ -322,6 +391,8 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
   add_matrix(w.tok_embd);
   for (auto& l : w.layers) {
     add(l.attn_norm);
+    for (const auto* b : {&l.bq, &l.bk, &l.bv})
+      add(*b);
     for (auto* m : {&l.wq, &l.wk, &l.wv, &l.wo})
       add_matrix(*m);
     add(l.ffn_norm);
@@ -330,7 +401,7 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
   }
   add(w.output_norm);
   add_matrix(w.output);
-  return h;
+  return mix.h;
 }
 
 model_config shape_preset(const std::string& name) {

@@ -51,6 +51,11 @@ at::Tensor read_gguf_tensor(const gguf_file& f, const std::string& name,
 /// any format (both loaders produce the same fp32 weights); matrices held as
 /// GGML blocks hash as their type and bytes.
 uint64_t model_fingerprint(const model_config& cfg, const model_weights& w);
+/// A hash of what two quantizations of one model share: the shape, the RoPE
+/// settings and the tokenizer's pieces, not the weights.
+uint64_t shape_fingerprint(const model_config& cfg, const tokenizer& vocab);
+/// The weight matrices' types, most frequent first: "Q4_K+Q6_K", "F32".
+std::string describe_weight_types(const model_weights& w);
 
 /// Named shapes for benchmarks: "260K", "15M", "110M" (llama2.c's
 /// tinyllamas; 15M and 110M with a 32000-token vocabulary).

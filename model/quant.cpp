@@ -543,28 +543,35 @@ CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
   return hsum(acc) + offsets;
 }
 
-/// K-quant blocks as 8 vectors of 32 unsigned values (0..63), with a scale
-/// per sub-block and what the block adds beyond scale * q: see unpack.
-/// sums: the activation's sums per 16.
-/// Q4_K and Q5_K: 8 scales of 32 and the min term of the whole block.
-CECO_AVX2_INLINE void k4_scales(const uint8_t* b, const int16_t* sums, int16_t* scale, float& d,
-                                float& offset) {
-  d = half_f16c(b);
-  int32_t min_sum = 0;
+/// K-quant blocks as 8 vectors of 32 unsigned values (0..63) and a scale
+/// per sub-block, with the terms beyond scale * q summed as the reference
+/// implementation sums them, so that the floats agree to the last bit:
+/// - `bias`: a constant every stored value carries (Q3_K: 4, Q6_K: 32),
+///   subtracted in the integer sums;
+/// - `mins`: Q2_K, Q4_K and Q5_K subtract dmin * min * (sum of the
+///   sub-block's activations); how the integer products of mins and sums
+///   meet the two scales is `min_sum`: Q2_K adds them per lane of 8 with
+///   the scale products; Q4_K scales the block's total by dmin, then by the
+///   activation's d; Q5_K by the product of the two. (The orders that
+///   reproduce the reference's logits on tiny256, see the tests.)
+enum class min_sum { none, lanes8, dmin_then_d, d_dmin };
+
+/// Q4_K and Q5_K: 8 scales and 8 mins of 32.
+CECO_AVX2_INLINE void k4_scales(const uint8_t* b, int16_t* scale, int16_t* mins) {
   for (int j = 0; j < 8; ++j) {
     int sc, m;
     k4_scale_min(b + 4, j, sc, m);
     scale[j] = int16_t(sc);
-    min_sum += m * (sums[2 * j] + sums[2 * j + 1]);
+    mins[j] = int16_t(m);
   }
-  offset = -half_f16c(b + 2) * float(min_sum);
 }
 
 struct avx2_q4_k {
-  static constexpr int sub = 32;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
-                                      int16_t* scale, float& d, float& offset) {
-    k4_scales(b, sums, scale, d, offset);
+  static constexpr int sub = 32, bias = 0, d_at = 0, dmin_at = 2;
+  static constexpr min_sum mins_kind = min_sum::dmin_then_d;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale,
+                                      int16_t* mins) {
+    k4_scales(b, scale, mins);
     const __m256i low = _mm256_set1_epi8(15);
     for (int c = 0; c < 4; ++c) {
       const __m256i bytes = load32(b + 16 + 32 * c);
@@ -574,10 +581,11 @@ struct avx2_q4_k {
   }
 };
 struct avx2_q5_k {
-  static constexpr int sub = 32;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
-                                      int16_t* scale, float& d, float& offset) {
-    k4_scales(b, sums, scale, d, offset);
+  static constexpr int sub = 32, bias = 0, d_at = 0, dmin_at = 2;
+  static constexpr min_sum mins_kind = min_sum::d_dmin;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale,
+                                      int16_t* mins) {
+    k4_scales(b, scale, mins);
     const __m256i low = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     const __m256i qh = load32(b + 16);
     for (int c = 0; c < 4; ++c) {
@@ -591,17 +599,12 @@ struct avx2_q5_k {
   }
 };
 struct avx2_q6_k {
-  static constexpr int sub = 16;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
-                                      int16_t* scale, float& d, float& offset) {
-    d = half_f16c(b + 208);
+  static constexpr int sub = 16, bias = 32, d_at = 208, dmin_at = -1;
+  static constexpr min_sum mins_kind = min_sum::none;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale, int16_t*) {
     const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
-    int32_t bias = 0;  // values are stored + 32
-    for (int s = 0; s < 16; ++s) {
+    for (int s = 0; s < 16; ++s)
       scale[s] = sc[s];
-      bias += sc[s] * sums[s];
-    }
-    offset = -32.0f * d * float(bias);
     const __m256i low = _mm256_set1_epi8(15), three = _mm256_set1_epi8(3);
     for (int h = 0; h < 2; ++h) {
       const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32);
@@ -619,19 +622,15 @@ struct avx2_q6_k {
   }
 };
 struct avx2_q3_k {
-  static constexpr int sub = 16;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
-                                      int16_t* scale, float& d, float& offset) {
-    d = half_f16c(b + 108);
+  static constexpr int sub = 16, bias = 4, d_at = 108, dmin_at = -1;
+  static constexpr min_sum mins_kind = min_sum::none;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale, int16_t*) {
     const uint8_t* sc = b + 96;
-    int32_t bias = 0;  // values are stored + 4
     for (int s = 0; s < 16; ++s) {
       const int low = s < 8 ? (sc[s] & 15) : (sc[s - 8] >> 4);
       const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
       scale[s] = int16_t((low | (high << 4)) - 32);
-      bias += scale[s] * sums[s];
     }
-    offset = -4.0f * d * float(bias);
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i hmask = load32(b);
     for (int n = 0; n < 2; ++n) {
@@ -645,16 +644,14 @@ struct avx2_q3_k {
   }
 };
 struct avx2_q2_k {
-  static constexpr int sub = 16;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, const int16_t* sums, __m256i* q,
-                                      int16_t* scale, float& d, float& offset) {
-    d = half_f16c(b + 80);
-    int32_t min_sum = 0;
+  static constexpr int sub = 16, bias = 0, d_at = 80, dmin_at = 82;
+  static constexpr min_sum mins_kind = min_sum::lanes8;
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale,
+                                      int16_t* mins) {
     for (int s = 0; s < 16; ++s) {
       scale[s] = int16_t(b[s] & 15);
-      min_sum += (b[s] >> 4) * sums[s];
+      mins[s] = int16_t(b[s] >> 4);
     }
-    offset = -half_f16c(b + 82) * float(min_sum);
     const __m256i three = _mm256_set1_epi8(3);
     for (int n = 0; n < 2; ++n) {
       const __m256i qs = load32(b + 16 + 32 * n);
@@ -668,12 +665,21 @@ template <class L, class U>
 CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
   const auto* a = static_cast<const act_block256*>(act);
   __m256 acc = _mm256_setzero_ps();
-  float offsets = 0;
+  float min_total = 0;  // min_sum::dmin_then_d and d_dmin
   for (int64_t b = 0; b < cols / 256; ++b) {
+    const uint8_t* blk = w + b * L::bytes;
     __m256i q[8];
-    int16_t scale[16];
-    float d, offset;
-    U::unpack(w + b * L::bytes, a[b].sums, q, scale, d, offset);
+    int16_t scale[16], mins[16];
+    U::unpack(blk, q, scale, mins);
+    const float d = a[b].d * half_f16c(blk + U::d_at);
+    if (U::mins_kind == min_sum::lanes8) {
+      // lane l: the mins and activation sums of sub-blocks 2l and 2l + 1
+      const __m256i prod = _mm256_madd_epi16(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mins)),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].sums)));
+      const float dmin = -a[b].d * half_f16c(blk + U::dmin_at);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
+    }
     __m256i scales[8];
     if (U::sub == 32) {
       for (int v = 0; v < 8; ++v)
@@ -694,15 +700,28 @@ CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
         scales[v + 4] = _mm256_shuffle_epi8(second, pick);
       }
     }
+    // Lane k of the sums holds elements 4k..4k+3 (mod 32) of every vector.
     __m256i sums = _mm256_setzero_si256();
     for (int v = 0; v < 8; ++v) {
-      const __m256i products = _mm256_maddubs_epi16(q[v], load32(a[b].q + 32 * v));
+      const __m256i y = load32(a[b].q + 32 * v);
+      __m256i products = _mm256_maddubs_epi16(q[v], y);
+      if (U::bias != 0)
+        products = _mm256_sub_epi16(products, _mm256_maddubs_epi16(_mm256_set1_epi8(U::bias), y));
       sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, scales[v]));
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a[b].d), _mm256_cvtepi32_ps(sums), acc);
-    offsets += a[b].d * offset;
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
+    if (U::mins_kind == min_sum::dmin_then_d || U::mins_kind == min_sum::d_dmin) {
+      int32_t total = 0;  // over the 8 sub-blocks of 32
+      for (int j = 0; j < 8; ++j)
+        total += mins[j] * (a[b].sums[2 * j] + a[b].sums[2 * j + 1]);
+      const float dmin = half_f16c(blk + U::dmin_at);
+      if (U::mins_kind == min_sum::dmin_then_d)
+        min_total += a[b].d * (-dmin * float(total));
+      else
+        min_total += (-a[b].d * dmin) * float(total);
+    }
   }
-  return hsum(acc) + offsets;
+  return hsum(acc) + min_total;
 }
 
 CECO_AVX2 float dot_f16_avx2(const uint8_t* w, const void* act, int64_t n) {

@@ -1,6 +1,7 @@
 #include "model/transformer.hpp"
 
 #include <cmath>
+#include <tuple>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -42,6 +43,9 @@ transformer::transformer(model_config cfg, model_weights weights, c10::Device de
   for (auto& l : w_.layers) {
     move(l.attn_norm);
     move(l.ffn_norm);
+    move(l.bq);
+    move(l.bk);
+    move(l.bv);
     for (auto* m : l.matrices())
       move_matrix(*m);
   }
@@ -49,6 +53,15 @@ transformer::transformer(model_config cfg, model_weights weights, c10::Device de
   auto table = rope_table::build(cfg_);
   rope_.cos = table.cos.to(device_);
   rope_.sin = table.sin.to(device_);
+  rope_.halves = table.halves;
+}
+
+void transformer::set_reference_numerics(bool on) {
+  reference_numerics_ = on;
+  auto table = rope_table::build(cfg_, on);
+  rope_.cos = table.cos.to(device_);
+  rope_.sin = table.sin.to(device_);
+  rope_.halves = table.halves;
 }
 
 kv_cache transformer::make_cache(int first, int last, int capacity) const {
@@ -125,10 +138,15 @@ void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last
   c10::InferenceMode guard;
   const int64_t n = x.size(0);
   const sequence_step step{&x, pos, &cache};
-  if (fast_decode_ && n == 1 && x.is_cpu()) {
-    for (int il = first; il < last; ++il) {
-      forward_rows_cpu(x.data_ptr<float>(), &step, 1, il);
-      cache.set_length(il, int(pos + n));
+  if ((fast_decode_ && n == 1 && x.is_cpu()) || (reference_numerics_ && x.is_cpu())) {
+    // One position at a time (f16 attention has only this path).
+    for (int64_t t = 0; t < n; ++t) {
+      auto row = x.narrow(0, t, 1);
+      const sequence_step one{&row, pos + t, &cache};
+      for (int il = first; il < last; ++il) {
+        forward_rows_cpu(row.data_ptr<float>(), &one, 1, il);
+        cache.set_length(il, int(pos + t + 1));
+      }
     }
     return;
   }
@@ -157,6 +175,11 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
   if (steps.empty())
     return;
   c10::InferenceMode guard;
+  if (reference_numerics_ && device_.is_cpu()) {
+    for (const auto& s : steps)
+      forward_layers(*s.x, s.pos, first, last, *s.cache);
+    return;
+  }
   bool decode_rows = fast_decode_;
   for (const auto& s : steps)
     decode_rows = decode_rows && s.x->size(0) == 1 && s.x->is_cpu();
@@ -203,14 +226,32 @@ at::Tensor transformer::attend(const at::Tensor& q_raw, const at::Tensor& k_raw,
                           cache.values(il).narrow(0, 0, pos + n), pos, cfg_);
 }
 
+namespace {
+
+float* q16_scratch(int64_t head_dim) {
+  thread_local std::vector<float> q16;
+  q16.resize(size_t(head_dim));
+  return q16.data();
+}
+
+} // namespace
+
 void transformer::attend_one_cpu(float* out, float* q, int64_t pos, int il,
                                  kv_cache& cache) const {
   const int64_t d_kv = cfg_.n_embd_kv(), hd = cfg_.head_dim();
   const float* cos = rope_.cos.data_ptr<float>() + pos * (hd / 2);
   const float* sin = rope_.sin.data_ptr<float>() + pos * (hd / 2);
   float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
-  kernels::rope(q, cfg_.n_head, hd, cos, sin);
-  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin);
+  kernels::rope(q, cfg_.n_head, hd, cos, sin, cfg_.rope_halves);
+  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin, cfg_.rope_halves);
+  if (reference_numerics_) {
+    kernels::round_to_f16(k_row, d_kv);
+    kernels::round_to_f16(cache.values(il).data_ptr<float>() + pos * d_kv, d_kv);
+    kernels::attention_f16(out, q, cache.keys(il).data_ptr<float>(),
+                           cache.values(il).data_ptr<float>(), pos + 1, cfg_.n_head,
+                           cfg_.n_head_kv, hd, q16_scratch(hd));
+    return;
+  }
   kernels::attention(out, q, cache.keys(il).data_ptr<float>(), cache.values(il).data_ptr<float>(),
                      pos + 1, cfg_.n_head, cfg_.n_head_kv, hd, cache.scores());
 }
@@ -283,6 +324,11 @@ void transformer::forward_rows_cpu(float* x, const sequence_step* steps, size_t 
   project_rows(w.wq, xb.data(), q.data(), n);
   project_rows(w.wk, xb.data(), k.data(), n);
   project_rows(w.wv, xb.data(), v.data(), n);
+  for (auto [bias, y, width] : {std::tuple{&w.bq, q.data(), d}, std::tuple{&w.bk, k.data(), d_kv},
+                                std::tuple{&w.bv, v.data(), d_kv}})
+    if (bias->defined())
+      for (int64_t i = 0; i < n; ++i)
+        kernels::add(y + i * width, bias->data_ptr<float>(), width);
   for (int64_t i = 0; i < n; ++i) {
     const auto& s = steps[i];
     std::copy_n(k.data() + i * d_kv, d_kv, s.cache->keys(il).data_ptr<float>() + s.pos * d_kv);

@@ -86,6 +86,18 @@ public:
   /// call take the batched libtorch path (tests compare the two).
   void set_fast_decode(bool on) { fast_decode_ = on; }
 
+  /// Arithmetic as the reference implementation (llama.cpp) does it by
+  /// default on CPU: keys and values held at f16 precision, queries rounded
+  /// to f16, flash attention's online softmax accumulating the weighted
+  /// values in f16, and RoPE angles rounded as it makes them. Off by default
+  /// (f32 throughout, more accurate); on, every position of a CPU model
+  /// takes the one-token path, row by row. With quantized weights the
+  /// activations are rounded to 8 bits, so a rounding difference upstream
+  /// can move the logits by a whole 8-bit step: this lets ceco reproduce
+  /// the reference's logits (tests), it is not a speed or quality choice.
+  void set_reference_numerics(bool on);
+  bool reference_numerics() const { return reference_numerics_; }
+
 private:
   void check_exits(const std::vector<int>& exits, int first, int last) const;
   void check_forward(const at::Tensor& x, int64_t pos, int first, int last,
@@ -109,6 +121,7 @@ private:
   c10::Device device_;
   rope_table rope_;
   bool fast_decode_ = true;
+  bool reference_numerics_ = false;
 };
 
 } // namespace ceco

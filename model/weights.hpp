@@ -21,6 +21,7 @@ struct layer_weights {
   weight_matrix w1;      // [n_ff, n_embd]  gate
   weight_matrix w2;      // [n_embd, n_ff]  down
   weight_matrix w3;      // [n_ff, n_embd]  up
+  at::Tensor bq, bk, bv;  // qwen2's biases [n_embd], [n_embd_kv] x2; undefined for llama
 
   /// The seven matrices, in the order above.
   std::vector<weight_matrix*> matrices() { return {&wq, &wk, &wv, &wo, &w1, &w2, &w3}; }

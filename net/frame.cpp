@@ -226,6 +226,9 @@ template <class F> void fields(F& f, hello_msg& x) {
   f.f32("threshold", x.threshold, 0.0, 1e6);
   f.i32("min_exit_layer", x.min_exit_layer, 0, L.layers);
   f.u8("upload_dtype", x.upload_dtype, 0, 1);
+  f.u64("shape_fingerprint", x.shape_fingerprint);
+  f.text("weight_types", x.weight_types, 256);
+  f.boolean("allow_mixed_quantization", x.allow_mixed_quantization);
 }
 template <class F> void fields(F& f, hello_reply& x) { fields(f, x.hello); }
 template <class F> void fields(F&, open_session&) {}

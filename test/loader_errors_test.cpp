@@ -31,16 +31,7 @@ void rewrite_stories(const std::string& out,
                    "tokenizer.ggml.eos_token_id"})
     w.set_uint32(key, uint32_t(f.get_uint(key)));
   w.set_float32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  w.set_string("tokenizer.ggml.model", "llama");
-  w.set_string_array("tokenizer.ggml.tokens", f.get_string_array("tokenizer.ggml.tokens"));
-  std::vector<float> scores;
-  for (auto s : f.get_float_array("tokenizer.ggml.scores"))
-    scores.push_back(float(s));
-  w.set_float32_array("tokenizer.ggml.scores", scores);
-  std::vector<int32_t> types;
-  for (auto t : f.get_int_array("tokenizer.ggml.token_type"))
-    types.push_back(int32_t(t));
-  w.set_int32_array("tokenizer.ggml.token_type", types);
+  copy_stories_vocabulary(w);
   for (const auto& t : f.tensors()) {
     std::vector<float> data(size_t(t.n_elements()));
     f.dequantize(t, data.data());

@@ -4,8 +4,10 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
+#include "actors/messages.hpp"
 #include "model/quant.hpp"
 
 using namespace ceco;
@@ -61,6 +63,7 @@ const tiny256_model& load_tiny256(const std::string& file) {
   tiny256_model m;
   m.files = load_model(tiny256_dir() + file);
   m.model = std::make_shared<transformer>(m.files.config, m.files.weights, c10::Device(c10::kCPU));
+  m.model->set_reference_numerics(true);
   return cache.emplace(file, std::move(m)).first->second;
 }
 
@@ -71,8 +74,11 @@ std::vector<std::vector<float>> teacher_forced(const transformer& m, const refer
   c10::InferenceMode guard;
   const int L = m.config().n_layer;
   auto cache = m.make_cache(0, L);
-  auto x = m.embed(r.prompt_ids);
-  m.forward_layers(x, 0, 0, L, cache);
+  at::Tensor x;
+  for (size_t i = 0; i < r.prompt_ids.size(); ++i) {
+    x = m.embed({r.prompt_ids[i]});
+    m.forward_layers(x, int64_t(i), 0, L, cache);
+  }
   auto logits = at::empty({m.config().vocab_size});
   std::vector<std::vector<float>> out;
   int64_t pos = int64_t(r.prompt_ids.size());
@@ -83,7 +89,7 @@ std::vector<std::vector<float>> teacher_forced(const transformer& m, const refer
       break;
     x = at::empty({1, m.config().n_embd});
     m.embed_into(r.tokens[size_t(t)], x);
-    m.forward_layers(x, pos++, 0, L, cache);
+      m.forward_layers(x, pos++, 0, L, cache);
   }
   return out;
 }
@@ -108,18 +114,23 @@ std::vector<int32_t> greedy(const transformer& m, const std::vector<int32_t>& pr
   return out;
 }
 
-// Tolerances. With fp32 weights the reference and ceco differ only by float
-// rounding and the reference's f16 KV cache: 0.006 at most here. With
-// quantized weights both quantize every activation row to 8 bits before the
-// integer dot products, and a rounding-level difference upstream flips some
-// activations by a whole 8-bit step, which later layers carry on: ceco's own
-// AVX2 and portable kernels (the same integer arithmetic, summed in another
-// order) already differ by up to 0.21 on these files, and the reference by
-// up to 0.31. So the comparison can only be as tight as that noise; the test
-// below measures the kernels' spread and requires it to stay inside the
-// tolerance too.
-constexpr float f32_tolerance = 0.02f;
-constexpr float quantized_tolerance = 0.35f;
+// Tolerances. The model runs with the reference's attention numerics
+// (transformer::set_reference_numerics) and the AVX2 kernels sum as the
+// reference's do, so ceco follows the reference's arithmetic closely:
+// - fp32 weights: within 0.005 (float summation order, the reference's own
+//   SiLU and exp); bound 0.01.
+// - quantized weights: both round every activation row to 8 bits before the
+//   integer dot products. Until one of those roundings comes out one step
+//   apart, ceco reproduces the reference's logits to < 1e-3 (Q8_0 and Q4_1
+//   in all 8 steps of every prompt, every file in 5 steps of some prompt:
+//   asserted below). One such step, which a 1e-6 relative change of the
+//   input is enough to cause, moves these logits by up to 0.25 (this
+//   random-weight model makes one 8-bit step of one activation count), and
+//   stays in the KV cache: so the bound is 0.3.
+constexpr float f32_tolerance = 0.01f;
+constexpr float quantized_tolerance = 0.3f;
+constexpr float exact_tolerance = 2e-3f;
+constexpr int exact_steps = 5;
 
 const std::vector<std::string> tiny256_files = {
   "tiny256-f32.gguf",  "tiny256-Q8_0.gguf",   "tiny256-Q4_0.gguf",   "tiny256-Q4_1.gguf",
@@ -127,6 +138,15 @@ const std::vector<std::string> tiny256_files = {
 
 float tolerance_of(const std::string& file) {
   return file == "tiny256-f32.gguf" ? f32_tolerance : quantized_tolerance;
+}
+
+/// Largest difference of the reference's top-5 logits at step t.
+float top5_difference(const reference_run& run, const std::vector<std::vector<float>>& logits,
+                      int t) {
+  float worst = 0;
+  for (const auto& [id, value] : run.top5[size_t(t)])
+    worst = std::max(worst, std::fabs(logits[size_t(t)][size_t(id)] - value));
+  return worst;
 }
 
 } // namespace
@@ -159,37 +179,52 @@ TEST_CASE("tiny256: teacher-forced logits match the reference implementation for
     const float tol = tolerance_of(file);
     const auto& m = *load_tiny256(file).model;
     float worst = 0, spread = 0;
+    int best_exact_run = 0;  // most leading steps within exact_tolerance
     for (const auto& run : reference.at(file)) {
       CAPTURE(run.prompt);
       const auto logits = teacher_forced(m, run, 8);
       quant::use_portable_kernels(true);
       const auto portable = teacher_forced(m, run, 8);
       quant::use_portable_kernels(false);
+      int exact = 0;
       for (int t = 0; t < 8; ++t) {
         CAPTURE(t);
         const auto& top = run.top5[size_t(t)];
         const auto& l = logits[size_t(t)];
-        for (const auto& [id, value] : top) {
-          worst = std::max(worst, std::fabs(l[size_t(id)] - value));
+        const float difference = top5_difference(run, logits, t);
+        worst = std::max(worst, difference);
+        CHECK(difference <= tol);
+        if (exact == t && difference <= exact_tolerance)
+          ++exact;
+        for (const auto& [id, value] : top)
           spread = std::max(spread, std::fabs(l[size_t(id)] - portable[size_t(t)][size_t(id)]));
-          CHECK(std::fabs(l[size_t(id)] - value) <= tol);
-        }
         const int32_t argmax = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
         if (top[0].second - top[1].second > 2 * tol)
           CHECK(argmax == top[0].first);
       }
+      best_exact_run = std::max(best_exact_run, exact);
     }
+    // The portable kernels sum in another order: the same bound holds.
     CHECK(spread <= tol);
+    CHECK(best_exact_run >= exact_steps);
     MESSAGE(file << ": largest top-5 logit difference in the first 8 steps " << worst
-                 << " from the reference, " << spread << " between ceco's kernel sets");
+                 << " from the reference (" << best_exact_run << " leading steps within "
+                 << exact_tolerance << " in the best prompt), " << spread
+                 << " between ceco's kernel sets");
   }
 }
 
 TEST_CASE("tiny256: free-running greedy decoding reproduces the reference's tokens") {
-  // All 24 where the weights are fp32; with quantized weights, up to the
-  // first step whose reference top-2 margin is within twice the tolerance
-  // (beyond it either token is a faithful answer).
+  // All 24 for fp32 weights and for the files whose greedy margins allow it
+  // (at least 0.029): wherever ceco's prompt logits reproduce the
+  // reference's exactly, i.e. no 8-bit rounding came out apart in the
+  // prompt. Otherwise, and for every file, up to the first step whose
+  // reference top-2 margin is within twice the tolerance (beyond it either
+  // token is a faithful answer).
   const auto reference = read_reference();
+  const std::set<std::string> all_24 = {"tiny256-f32.gguf", "tiny256-Q4_K_M.gguf",
+                                        "tiny256-Q5_K_M.gguf", "tiny256-Q6_K.gguf"};
+  int full_runs = 0;
   for (const auto& file : tiny256_files) {
     CAPTURE(file);
     const auto& m = *load_tiny256(file).model;
@@ -199,13 +234,21 @@ TEST_CASE("tiny256: free-running greedy decoding reproduces the reference's toke
       while (decided < run.tokens.size() &&
              run.top5[decided][0].second - run.top5[decided][1].second > 2 * tolerance_of(file))
         ++decided;
+      if (all_24.count(file) && top5_difference(run, teacher_forced(m, run, 1), 0) <= exact_tolerance)
+        decided = run.tokens.size();
       if (file == "tiny256-f32.gguf")
         CHECK(decided == run.tokens.size());
       const auto ours = greedy(m, run.prompt_ids, 24);
+      if (all_24.count(file) && ours == run.tokens)
+        ++full_runs;
       CHECK(std::vector<int32_t>(ours.begin(), ours.begin() + long(decided)) ==
             std::vector<int32_t>(run.tokens.begin(), run.tokens.begin() + long(decided)));
     }
   }
+  // Measured: of the 12 prompts of those four files, all but Q6_K's third
+  // (one rounding apart in its prompt, then a margin of 0.029) are decoded
+  // in full.
+  CHECK(full_runs >= 11);
 }
 
 TEST_CASE("a truncated quantized GGUF is reported with the tensor it cuts") {
@@ -248,4 +291,46 @@ TEST_CASE("a quantized tensor whose rows do not fill whole blocks is refused by 
   const auto msg = error_of([&] { load_model(path); });
   CHECK(msg.find(path + ": tensor 'blk.0.attn_q.weight' is Q4_K with rows of 64 elements, "
                         "not a multiple of its block size 256") != std::string::npos);
+}
+
+TEST_CASE("the handshake tells two quantizations of one model apart and accepts them when allowed") {
+  const auto& f32 = load_tiny256("tiny256-f32.gguf");
+  const auto& q4 = load_tiny256("tiny256-Q4_K_M.gguf");
+  auto hello_of = [](const tiny256_model& m, bool allow) {
+    hello_msg h;
+    h.fingerprint = model_fingerprint(m.files.config, m.files.weights);
+    h.shape_fingerprint = shape_fingerprint(m.files.config, m.files.vocab);
+    h.weight_types = describe_weight_types(m.files.weights);
+    h.allow_mixed_quantization = allow;
+    h.n_layer = 4;
+    h.split = 2;
+    return h;
+  };
+  CHECK(describe_weight_types(f32.files.weights) == "F32");
+  CHECK(describe_weight_types(q4.files.weights) == "Q4_K+Q6_K");
+  CHECK(shape_fingerprint(f32.files.config, f32.files.vocab) ==
+        shape_fingerprint(q4.files.config, q4.files.vocab));
+
+  const auto refused = compare_hello(hello_of(q4, false), hello_of(f32, false));
+  CHECK(refused.find("edge Q4_K+Q6_K, cloud F32") != std::string::npos);
+  CHECK(refused.find("cloud.allow_mixed_quantization = true") != std::string::npos);
+  // The cloud's setting decides.
+  CHECK(compare_hello(hello_of(q4, true), hello_of(f32, false)) == refused);
+  CHECK(compare_hello(hello_of(q4, false), hello_of(f32, true)) == "");
+  CHECK(mixed_quantization_note(hello_of(q4, false), hello_of(f32, true)).find("Q4_K+Q6_K") !=
+        std::string::npos);
+  CHECK(mixed_quantization_note(hello_of(f32, false), hello_of(f32, true)) == "");
+
+  // Another model is refused whatever the setting.
+  const auto& stories = load_stories("gguf");
+  auto other = hello_of(f32, false);
+  other.fingerprint = model_fingerprint(stories.files.config, stories.files.weights);
+  other.shape_fingerprint = shape_fingerprint(stories.files.config, stories.files.vocab);
+  CHECK(compare_hello(other, hello_of(f32, true)).find("model shape and tokenizer") !=
+        std::string::npos);
+  // Other weights of the same shape and type likewise.
+  auto tampered = hello_of(f32, false);
+  tampered.fingerprint ^= 1;
+  CHECK(compare_hello(tampered, hello_of(f32, true)).find("different F32 weights") !=
+        std::string::npos);
 }

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "model/generation.hpp"
+#include "model/gguf.hpp"
+#include "model/gguf_writer.hpp"
 #include "model/loader.hpp"
 #include "model/transformer.hpp"
 
@@ -35,6 +37,21 @@ inline std::string stories_bin() {
 }
 inline std::string stories_tok() {
   return stories_dir() + "/tok512.bin";
+}
+
+/// stories260K's SentencePiece vocabulary (tokens, scores, types) into w.
+inline void copy_stories_vocabulary(gguf_writer& w) {
+  gguf_file f(stories_gguf());
+  w.set_string("tokenizer.ggml.model", "llama");
+  w.set_string_array("tokenizer.ggml.tokens", f.get_string_array("tokenizer.ggml.tokens"));
+  std::vector<float> scores;
+  for (auto s : f.get_float_array("tokenizer.ggml.scores"))
+    scores.push_back(float(s));
+  w.set_float32_array("tokenizer.ggml.scores", scores);
+  std::vector<int32_t> types;
+  for (auto t : f.get_int_array("tokenizer.ggml.token_type"))
+    types.push_back(int32_t(t));
+  w.set_int32_array("tokenizer.ggml.token_type", types);
 }
 
 /// Loaded once per process: "gguf" or "bin".

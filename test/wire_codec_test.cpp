@@ -45,6 +45,9 @@ hello_msg sample_hello() {
   h.threshold = 0.8f;
   h.min_exit_layer = 1;
   h.upload_dtype = 1;
+  h.shape_fingerprint = 0x0fed'cba9'8765'4321ull;
+  h.weight_types = "Q4_K+Q6_K";
+  h.allow_mixed_quantization = true;
   return h;
 }
 
@@ -139,6 +142,9 @@ TEST_CASE("wire: every message type round-trips to the same message and bytes") 
   auto hello_bytes = bytes_of(all[3]);
   auto hello = std::get<hello_msg>(std::get<frame>(decode(hello_bytes.data(), hello_bytes.size(), limits)).msg);
   CHECK(compare_hello(hello, sample_hello()) == "");
+  CHECK(hello.shape_fingerprint == sample_hello().shape_fingerprint);
+  CHECK(hello.weight_types == "Q4_K+Q6_K");
+  CHECK(hello.allow_mixed_quantization);
   CHECK(hello.threshold == 0.8f);
   auto err_bytes = bytes_of(all[21]);
   auto err = std::get<error_frame>(std::get<frame>(decode(err_bytes.data(), err_bytes.size(), limits)).msg);
