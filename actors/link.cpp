@@ -18,18 +18,20 @@ using clock_type = std::chrono::steady_clock;
 
 enum direction { up = 0, down = 1 };
 
-struct transit {
-  clock_type::time_point arrive;
-  std::function<void()> deliver;
+/// One direction of one edge's pipe: each session is an edge of its own
+/// (an open, before it has a session, goes on pipe 0).
+struct pipe_clock {
+  clock_type::time_point free_at;       // when the pipe finishes sending
+  clock_type::time_point last_arrival;  // keeps the pipe FIFO
 };
 
 struct link_state {
   cloud_api cloud;
   link_options opts;
   std::mt19937_64 rng;
-  clock_type::time_point free_at[2];      // when the pipe finishes sending
-  clock_type::time_point last_arrival[2]; // keeps each direction FIFO
-  std::deque<transit> in_flight[2];
+  std::map<std::pair<uint64_t, int>, pipe_clock> pipes;  // (session, direction)
+  // Messages on their way, by arrival; equal arrivals keep their order.
+  std::multimap<clock_type::time_point, std::function<void()>> in_flight[2];
   std::map<uint64_t, link_counters> counters;
   // Requests the cloud has not answered yet, by id: how to fail each one.
   std::map<uint64_t, std::function<void(const caf::error&)>> outstanding;
@@ -48,24 +50,27 @@ struct link_state {
 
 using self_ptr = link_actor::stateful_pointer<link_state>;
 
-/// Puts a message of `bytes` on the pipe; `deliver` runs when it arrives.
-void transmit(self_ptr self, direction dir, int64_t bytes, std::function<void()> deliver) {
+/// Puts a message of `bytes` on the pipe of `session`; `deliver` runs when it
+/// arrives.
+void transmit(self_ptr self, uint64_t session, direction dir, int64_t bytes,
+              std::function<void()> deliver) {
   auto& st = self->state;
+  auto& pipe = st.pipes[{session, int(dir)}];
   auto now = clock_type::now();
   std::chrono::duration<double> tx{0.0};
   if (st.opts.bandwidth_mbps > 0)
     tx = std::chrono::duration<double>(double(bytes) * 8.0 / (st.opts.bandwidth_mbps * 1e6));
-  auto start = std::max(now, st.free_at[dir]);
-  st.free_at[dir] = start + std::chrono::duration_cast<clock_type::duration>(tx);
+  auto start = std::max(now, pipe.free_at);
+  pipe.free_at = start + std::chrono::duration_cast<clock_type::duration>(tx);
   double extra_ms = st.opts.latency_ms;
   if (st.opts.jitter_ms > 0)
     extra_ms += std::uniform_real_distribution<double>(0.0, st.opts.jitter_ms)(st.rng);
-  auto arrive = st.free_at[dir]
+  auto arrive = pipe.free_at
                 + std::chrono::duration_cast<clock_type::duration>(
                   std::chrono::duration<double, std::milli>(extra_ms));
-  arrive = std::max(arrive, st.last_arrival[dir]);
-  st.last_arrival[dir] = arrive;
-  st.in_flight[dir].push_back({arrive, std::move(deliver)});
+  arrive = std::max(arrive, pipe.last_arrival);
+  pipe.last_arrival = arrive;
+  st.in_flight[dir].emplace(arrive, std::move(deliver));
   auto delay = std::chrono::duration_cast<std::chrono::microseconds>(arrive - now);
   self->delayed_send(self, std::max(delay, std::chrono::microseconds(0)), deliver_atom::value,
                      uint64_t(dir));
@@ -98,7 +103,7 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
   const int64_t sent_bytes =
     scale == 1.0 ? up_bytes
                  : up_bytes + int64_t(double((hidden_bytes(xs) + ...)) * (scale - 1.0));
-  transmit(self, up, sent_bytes, [=]() mutable {
+  transmit(self, session, up, sent_bytes, [=]() mutable {
     if (self->state.down) {
       rp.deliver(self->state.down);
       return;
@@ -119,14 +124,14 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
           }
           const int64_t bytes = frames ? frame_bytes(reply_frame(r)) : wire_size(r);
           self->state.count(s, down, bytes);
-          transmit(self, down, bytes, [=]() mutable { rp.deliver(r); });
+          transmit(self, s, down, bytes, [=]() mutable { rp.deliver(r); });
         },
         [=](caf::error& err) mutable {
           if (self->state.outstanding.erase(id) == 0)
             return;
           const int64_t bytes = frames ? frame_bytes(reply_frame(err)) : wire_size(err);
           self->state.count(session, down, bytes);
-          transmit(self, down, bytes, [=]() mutable { rp.deliver(err); });
+          transmit(self, session, down, bytes, [=]() mutable { rp.deliver(err); });
         });
   });
   return rp;
@@ -189,10 +194,10 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
       // Runs every message of that direction that has arrived, in order.
       auto& q = self->state.in_flight[dir];
       auto now = clock_type::now();
-      while (!q.empty() && q.front().arrive <= now) {
-        auto t = std::move(q.front());
-        q.pop_front();
-        t.deliver();
+      while (!q.empty() && q.begin()->first <= now) {
+        auto deliver = std::move(q.begin()->second);
+        q.erase(q.begin());
+        deliver();
       }
     },
   };

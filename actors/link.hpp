@@ -1,9 +1,10 @@
 #pragma once
 
-// The simulated network between an edge and the cloud. Every cloud_api
-// message crosses it in both directions: each direction is a FIFO pipe of
-// `bandwidth_mbps` (0 = unlimited) whose messages also take `latency_ms`
-// plus a uniform jitter in [0, jitter_ms). A message's size is its CAF
+// The simulated network between the edges and the cloud. Every cloud_api
+// message crosses it in both directions: each session is an edge with a
+// pipe of its own, each direction of it FIFO with `bandwidth_mbps` (0 =
+// unlimited), whose messages also take `latency_ms` plus a uniform jitter in
+// [0, jitter_ms). A message's size is its CAF
 // binary serialisation in a simulation, the size of the frame that carries
 // it (net/frame.hpp) to a remote cloud, counted per session (the session a
 // message names; an open counts for the session it returns).
