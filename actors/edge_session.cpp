@@ -168,9 +168,12 @@ void opened_after_finish(self_ptr self, std::optional<uint64_t> id,
     id ? close_cloud(self) : collect_traffic(self);
 }
 
-void open_cloud(self_ptr self) {
+/// Opens a cloud session: `on_open` runs once it is open, `on_error` with
+/// the error; a response that finished meanwhile closes what it opened.
+template <class OnOpen, class OnError>
+void request_session(self_ptr self, clock_type::time_point sent, OnOpen on_open,
+                     OnError on_error) {
   auto& st = self->state;
-  auto sent = clock_type::now();
   ++st.opens_in_flight;
   self->request(st.site.cloud, st.opts.timeout, open_atom::value)
     .then(
@@ -179,25 +182,37 @@ void open_cloud(self_ptr self) {
         if (self->state.finished())
           return opened_after_finish(self, id, sent);
         opened(self, id, sent);
-        if (self->state.is(strategy::cloud))
-          return generate_in_cloud(self);
-        self->state.at = phase::running;
-        loop(self);
+        on_open();
       },
       [=](caf::error& err) {
-        auto& st = self->state;
-        --st.opens_in_flight;
-        if (st.finished())
+        --self->state.opens_in_flight;
+        if (self->state.finished())
           return opened_after_finish(self, std::nullopt, sent);
-        if (st.token_by_token() && st.site.link && is(err, ceco_errc::cloud_unreachable)) {
-          // Start on the edge alone; the response resumes collaboratively
-          // if the link reconnects while it runs.
-          lose_cloud(self, sent);
-          fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
-          return loop(self);
-        }
-        finish(self, "open session: " + describe(err));
+        on_error(err);
       });
+}
+
+void open_cloud(self_ptr self) {
+  auto sent = clock_type::now();
+  request_session(
+    self, sent,
+    [=] {
+      if (self->state.is(strategy::cloud))
+        return generate_in_cloud(self);
+      self->state.at = phase::running;
+      loop(self);
+    },
+    [=](const caf::error& err) {
+      auto& st = self->state;
+      if (st.token_by_token() && st.site.link && is(err, ceco_errc::cloud_unreachable)) {
+        // Start on the edge alone; the response resumes collaboratively
+        // if the link reconnects while it runs.
+        lose_cloud(self, sent);
+        fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
+        return loop(self);
+      }
+      finish(self, "open session: " + describe(err));
+    });
 }
 
 void start(self_ptr self) {
@@ -635,32 +650,23 @@ void resume(self_ptr self, int64_t epoch) {
   auto& st = self->state;
   st.at = phase::resuming;
   st.link_epoch = epoch;
-  auto sent = clock_type::now();
-  ++st.opens_in_flight;
-  self->request(st.site.cloud, st.opts.timeout, open_atom::value)
-    .then(
-      [=](uint64_t id) {
-        --self->state.opens_in_flight;
-        if (self->state.finished())
-          return opened_after_finish(self, id, sent);
-        opened(self, id, sent);
-        auto& st = self->state;
-        st.at = phase::running;
-        st.epoch = 0;  // a new cloud session has had no rollbacks
-        ++st.report.resumed;
-        fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
-                           "collaboratively\n", st.context.rows);
-        if (st.context.rows == 0)
-          return advance(self);
-        upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
-      },
-      [=](caf::error&) {  // not yet: stay on the edge
-        --self->state.opens_in_flight;
-        if (self->state.finished())
-          return opened_after_finish(self, std::nullopt, sent);
-        self->state.at = phase::degraded;
-        advance(self);
-      });
+  request_session(
+    self, clock_type::now(),
+    [=] {
+      auto& st = self->state;
+      st.at = phase::running;
+      st.epoch = 0;  // a new cloud session has had no rollbacks
+      ++st.report.resumed;
+      fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
+                         "collaboratively\n", st.context.rows);
+      if (st.context.rows == 0)
+        return advance(self);
+      upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
+    },
+    [=](const caf::error&) {  // not yet: stay on the edge
+      self->state.at = phase::degraded;
+      advance(self);
+    });
 }
 
 /// One token step: when degraded, first asks whether the link has
