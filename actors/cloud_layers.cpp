@@ -1,6 +1,7 @@
 #include "actors/cloud_layers.hpp"
 
 #include <chrono>
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -9,7 +10,7 @@
 #include "actors/cloud_context.hpp"
 #include "actors/hidden_rows.hpp"
 #include "actors/profile_clock.hpp"
-#include "model/generation.hpp"
+#include "model/generation_batch.hpp"
 #include "model/sampler.hpp"
 #include "model/transformer.hpp"
 
@@ -28,7 +29,7 @@ int32_t computed_positions(const cloud_context& ctx) { return ctx.computed; }
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = sim_clock;
 
 int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
@@ -42,6 +43,14 @@ struct cloud_layers_state {
   at::Tensor step_hidden;  // [rows, n_embd]: final states of a step's requests
   at::Tensor step_logits;  // [rows, vocab]; both grow to the largest step
   profile_clock clock;     // profile mode: the profile's cloud cost for each piece of work
+  // The cloud strategy's generations in progress, stepped together.
+  std::unique_ptr<generation_batch> generations;
+  struct generating {
+    caf::typed_response_promise<generate_reply> promise;
+    int64_t cloud_us = 0;  // the steps it took part in
+  };
+  std::unordered_map<uint64_t, generating> generating_by_id;
+  bool stepping = false;  // a (generate_atom) is on its way, or a step is held
   static inline const char* name = "cloud_layers";
 };
 
@@ -160,6 +169,48 @@ caf::result<Reply> reply_after(self_ptr self, clock_type::time_point t0, int64_t
   return rp;
 }
 
+/// One step of every generation in progress; replies to those that finish
+/// once the step's time has passed, then steps again while any is left.
+void step_generations(self_ptr self) {
+  auto& st = self->state;
+  auto t0 = clock_type::now();
+  std::vector<generation_batch::finished> done;
+  generation_batch::step_work work;
+  try {
+    work = st.generations->step(done);
+  } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
+    for (auto id : st.generations->clear()) {
+      auto it = st.generating_by_id.find(id);
+      it->second.promise.deliver(make_error(ceco_errc::compute_failed, e.what()));
+      st.generating_by_id.erase(it);
+    }
+    st.stepping = false;
+    return;
+  }
+  int64_t cost = us_since(t0);
+  if (auto* p = st.clock.profile()) {
+    const int L = st.model->config().n_layer;
+    cost = p->layers_us(p->cloud, L, work.rows, L) + p->heads_us(p->cloud, work.tokens);
+  }
+  // Every generation in progress took part in this step.
+  for (auto& [id, g] : st.generating_by_id)
+    g.cloud_us += cost;
+  auto finish = [self, done = std::move(done)]() mutable {
+    auto& st = self->state;
+    for (auto& f : done) {
+      auto it = st.generating_by_id.find(f.id);
+      it->second.promise.deliver(generate_reply{std::move(f.tokens), it->second.cloud_us});
+      st.generating_by_id.erase(it);
+    }
+    st.stepping = !st.generations->empty();
+    if (st.stepping)
+      self->send(self, generate_atom::value);  // after what has arrived meanwhile
+  };
+  if (!st.clock.profile())
+    return finish();
+  st.clock.hold(self, 0, t0, cost, std::move(finish));  // the one cloud device
+}
+
 /// The profile's cost of a step: its catch-up rows through layers
 /// [split, L) and one classifier row per token answered.
 int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
@@ -185,6 +236,7 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
   st.eos = eos;
   const auto& cfg = st.model->config();
   st.logits = at::empty({cfg.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(st.model->device()));
+  st.generations = std::make_unique<generation_batch>(st.model);
   const int n_layer = cfg.n_layer;
   return {
     [=](open_atom) -> cloud_context_ptr {
@@ -232,7 +284,6 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
       }
     },
     [=](generate_request& req) -> caf::result<generate_reply> {
-      auto t0 = clock_type::now();
       const auto& cfg = self->state.model->config();
       if (req.prompt.empty() || int64_t(req.prompt.size()) > cfg.max_seq)
         return make_error(ceco_errc::bad_position,
@@ -247,25 +298,22 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
           return make_error(ceco_errc::bad_tensor,
                             fmt::format("prompt token {} is id {}; the vocabulary holds 0..{}", i,
                                         req.prompt[i], cfg.vocab_size - 1));
+      auto& st = self->state;
+      uint64_t id = 0;
       try {
-        generation_options opts;
-        opts.max_tokens = req.max_tokens;
-        opts.eos = self->state.eos;
-        auto r = generate(*self->state.model, req.prompt, opts);
-        generate_reply reply{std::move(r.tokens), us_since(t0)};
-        if (auto* p = self->state.clock.profile()) {
-          // The prompt in one step, then one step per further token.
-          const auto n = int64_t(reply.tokens.size());
-          reply.cloud_us = p->layers_us(p->cloud, n_layer, int64_t(req.prompt.size()), n_layer)
-                           + p->heads_us(p->cloud, 1)
-                           + std::max<int64_t>(n - 1, 0)
-                               * (p->layers_us(p->cloud, n_layer, 1, n_layer) + p->heads_us(p->cloud, 1));
-        }
-        return reply_after(self, t0, reply.cloud_us, std::move(reply));
-      } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
+        id = st.generations->add(std::move(req.prompt), req.max_tokens, st.eos);
+      } catch (const std::exception& e) {
         return make_error(ceco_errc::compute_failed, e.what());
       }
+      auto rp = self->make_response_promise<generate_reply>();
+      st.generating_by_id.emplace(id, cloud_layers_state::generating{rp, 0});
+      if (!st.stepping) {
+        st.stepping = true;
+        self->send(self, generate_atom::value);
+      }
+      return rp;
     },
+    [=](generate_atom) { step_generations(self); },
     [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
   };
 }

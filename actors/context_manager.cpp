@@ -6,13 +6,14 @@
 #include <fmt/format.h>
 
 #include "actors/cloud_layers.hpp"
+#include "actors/sim_clock.hpp"
 #include "net/auth.hpp"
 
 namespace ceco {
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = sim_clock;
 
 struct waiting_request {
   int32_t pos;

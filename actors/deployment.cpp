@@ -10,6 +10,7 @@
 #include "actors/edge_layers.hpp"
 #include "actors/edge_session.hpp"
 #include "actors/exit_evaluator.hpp"
+#include "actors/sim_clock.hpp"
 #include "actors/uploader.hpp"
 
 #include "model/loader.hpp"
@@ -60,6 +61,26 @@ std::shared_ptr<const compute_profile> compute_profile_of(const settings& s) {
                                    "or a file ending in .toml",
                                    fmt::join(compute_profile_names(), ", ")));
   return std::make_shared<const compute_profile>(load_compute_profile(s.compute.profile));
+}
+
+void check_clock(const settings& s, bool in_process) {
+  if (s.compute.clock != "virtual")
+    return;
+  if (s.compute.mode != "profile")
+    throw config_error(
+      "compute.clock = \"virtual\" needs compute.mode = \"profile\": on virtual time the "
+      "host's own work takes no time, so only a profile's costs can make up the times");
+  if (!in_process)
+    throw config_error(
+      "compute.clock = \"virtual\" applies to in-process simulations (ceco sim, ceco "
+      "experiment); this command runs over a real network, in real time: set it to \"real\"");
+}
+
+void configure_simulation(caf::actor_system_config& cfg, const settings& s) {
+  check_clock(s, true);
+  configure_actor_system(cfg, s.runtime.threads);
+  if (s.compute.clock == "virtual")
+    configure_virtual_time(cfg);
 }
 
 std::string compute_label(const settings& s) {
@@ -129,6 +150,9 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
                        cloud_api remote_cloud,
                        std::function<caf::expected<cloud_api>()> reconnect)
   : sys_(sys), settings_(s), model_(m) {
+  check_clock(s, !remote_cloud);
+  if (s.compute.clock == "virtual")
+    sim_clock::use_virtual_time(&sys);  // sys was made by configure_simulation
   const auto& cfg = m.model->config();
   link_options lo;
   lo.remote = bool(remote_cloud);
@@ -165,6 +189,10 @@ deployment::~deployment() {
                  caf::actor_cast<caf::actor>(local_evaluator_),
                  caf::actor_cast<caf::actor>(uploader_)})
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
+  if (sim_clock::is_virtual()) {
+    run_virtual_until(sys_, [] { return false; }, nullptr);  // the actors take their exits
+    sim_clock::use_virtual_time(nullptr);
+  }
 }
 
 edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
@@ -223,6 +251,8 @@ deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
   std::vector<handle> pending;
   for (auto& d : drivers)
     pending.push_back(self->request(d, caf::infinite, run_atom::value));
+  run_virtual_until(sys_, [&] { return self->mailbox().size() >= pending.size(); },
+                    "a response");
   std::vector<response_report> out(prompts.size());
   for (size_t i = 0; i < pending.size(); ++i)
     pending[i].receive([&](response_report& r) { out[i] = std::move(r); },
@@ -262,8 +292,9 @@ cloud_stats deployment::cloud_state() {
   cloud_stats out;
   if (!cloud_.contexts)
     throw model_error("deployment: the cloud is remote; ask it, not this process");
-  self->request(cloud_.contexts, std::chrono::seconds(10), stats_atom::value)
-    .receive([&](cloud_stats& st) { out = st; },
+  auto reply = self->request(cloud_.contexts, std::chrono::seconds(10), stats_atom::value);
+  run_virtual_until(sys_, [&] { return self->mailbox().size() >= 1; }, "the cloud's statistics");
+  reply.receive([&](cloud_stats& st) { out = st; },
              [&](caf::error& err) { throw model_error("context manager stats: " + describe(err)); });
   return out;
 }

@@ -51,6 +51,12 @@ site_model load_site_model(const settings& s, const std::string& default_model,
 /// The device profile compute.mode = "profile" names (nullptr when
 /// measured); config_error when the mode asks for one and none is named.
 std::shared_ptr<const compute_profile> compute_profile_of(const settings& s);
+/// config_error when compute.clock = "virtual" outside an in-process
+/// simulation (`in_process`: ceco sim, ceco experiment) in profile mode.
+void check_clock(const settings& s, bool in_process);
+/// The actor system of an in-process simulation: `threads` scheduler
+/// threads, or virtual time (actors/sim_clock.hpp) when compute.clock asks.
+void configure_simulation(caf::actor_system_config& cfg, const settings& s);
 /// "measured", or "profile:<name>": what produced a result's times.
 std::string compute_label(const settings& s);
 

@@ -14,7 +14,7 @@ namespace ceco {
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = sim_clock;
 
 int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();

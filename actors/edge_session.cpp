@@ -7,6 +7,7 @@
 
 #include "actors/draft_window.hpp"
 #include "actors/hidden_rows.hpp"
+#include "actors/sim_clock.hpp"
 
 namespace ceco {
 
@@ -47,7 +48,7 @@ const std::vector<std::string>& strategy_names() {
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = sim_clock;
 
 int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();

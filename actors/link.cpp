@@ -8,13 +8,14 @@
 #include <fmt/format.h>
 
 #include "actors/reconnect.hpp"
+#include "actors/sim_clock.hpp"
 #include "actors/wire_bridge.hpp"
 
 namespace ceco {
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = sim_clock;
 
 enum direction { up = 0, down = 1 };
 
@@ -71,8 +72,7 @@ void transmit(self_ptr self, uint64_t session, direction dir, int64_t bytes,
   arrive = std::max(arrive, pipe.last_arrival);
   pipe.last_arrival = arrive;
   st.in_flight[dir].emplace(arrive, std::move(deliver));
-  auto delay = std::chrono::duration_cast<std::chrono::microseconds>(arrive - now);
-  self->delayed_send(self, std::max(delay, std::chrono::microseconds(0)), deliver_atom::value,
+  self->delayed_send(self, std::max(arrive - now, clock_type::duration(0)), deliver_atom::value,
                      uint64_t(dir));
 }
 

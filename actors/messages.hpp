@@ -69,6 +69,7 @@ using status_atom = caf::atom_constant<caf::atom("status")>;
 using get_atom = caf::atom_constant<caf::atom("get")>;
 using token_atom = caf::atom_constant<caf::atom("token")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using generate_atom = caf::atom_constant<caf::atom("generate")>;
 
 // -- errors -------------------------------------------------------------------
 
@@ -465,13 +466,16 @@ using context_manager_actor = caf::typed_actor<
 
 /// Layers [split, L) and the final head, plus the whole model for the cloud
 /// strategy. A cloud_step catches up several sessions on their uploads and
-/// answers their tokens in one pass.
+/// answers their tokens in one pass. The cloud strategy's generate requests
+/// are batched the same way: every generation in progress takes one step
+/// together, (generate_atom) to itself, and a new one joins at the next step.
 /// (deliver_atom, id) is its own timer in profile mode (actors/profile_clock.hpp).
 using cloud_layers_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<cloud_context_ptr>,
   caf::replies_to<cloud_step>::with<cloud_step_done>,
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
+  caf::reacts_to<generate_atom>,
   caf::reacts_to<deliver_atom, uint64_t>>;
 
 /// Layers [0, split) on the edge with one KV cache per session. Replies with

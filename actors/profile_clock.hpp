@@ -17,13 +17,14 @@
 #include <unordered_map>
 
 #include "actors/messages.hpp"
+#include "actors/sim_clock.hpp"
 #include "config/compute_profile.hpp"
 
 namespace ceco {
 
 class profile_clock {
 public:
-  using clock_type = std::chrono::steady_clock;
+  using clock_type = sim_clock;
 
   profile_clock() = default;
   explicit profile_clock(std::shared_ptr<const compute_profile> p) : profile_(std::move(p)) {
@@ -42,10 +43,13 @@ public:
     auto& busy_until = busy_until_[device];
     const auto start = std::max(arrived, busy_until);
     busy_until = start + std::chrono::microseconds(cost_us);
-    const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(busy_until
-                                                                           - clock_type::now());
-    if (wait.count() <= 0)
+    const auto wait = busy_until - clock_type::now();
+    if (wait.count() <= 0) {
+      // The host took longer than the profile allows: the reply is late.
+      if (-wait > std::chrono::microseconds(cost_us) / 20)
+        sim_clock::note_overrun(-wait);
       return deliver();
+    }
     const uint64_t id = next_++;
     held_.emplace(id, std::move(deliver));
     self->delayed_send(self, wait, deliver_atom::value, id);

@@ -65,6 +65,7 @@ void run_cloud(const cloud_args& a) {
   std::signal(SIGPIPE, SIG_IGN);
 
   set_compute_threads(1);
+  check_clock(s, false);
   auto m = load_site_model(s, default_model_path(), default_exit_heads_path());
   caf::actor_system_config cfg;
   configure_deployment(cfg, s);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/deployment.hpp"
+#include "actors/sim_clock.hpp"
 #include "apps/commands.hpp"
 #include "apps/datasets.hpp"
 #include "apps/experiments/combos.hpp"
@@ -34,7 +35,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using clock_type = std::chrono::steady_clock;
+using clock_type = std::chrono::steady_clock;  // the run's own progress, in real time
 
 struct experiment_args {
   std::string file;
@@ -74,6 +75,13 @@ void run_experiment(const experiment_args& a) {
       models[key] = std::make_shared<site_model>(
         load_site_model(c.s, default_model_path(), default_exit_heads_path()));
     check_against_model(c.s, models[key]->model->config());
+    // One actor system runs every combination, on one clock.
+    if (c.s.compute.clock != base.compute.clock)
+      throw config_error(fmt::format(
+        "experiment setting '{}' has compute.clock = \"{}\", the experiment \"{}\": the clock "
+        "cannot be swept",
+        c.label, c.s.compute.clock, base.compute.clock));
+    check_clock(c.s, true);
   }
   const auto& first = *models.begin()->second;
   const auto& cfg = first.model->config();
@@ -101,7 +109,7 @@ void run_experiment(const experiment_args& a) {
 
   set_compute_threads(1);
   caf::actor_system_config sys_cfg;
-  configure_actor_system(sys_cfg, base.runtime.threads);
+  configure_simulation(sys_cfg, base);
   caf::actor_system sys{sys_cfg};
   auto t0 = clock_type::now();
   size_t ran = 0;
@@ -135,12 +143,14 @@ void run_experiment(const experiment_args& a) {
           auto ids = m.vocab.encode(sample.prompt);
           // experiment.sessions edges run this response at once against one cloud.
           const int n_sessions = combos[c].s.experiment.sessions;
-          auto batch_start = clock_type::now();
+          sim_clock::take_overruns();
+          auto batch_start = sim_clock::now();  // simulated time, as the responses' own times
           auto batch = sim->run_concurrently(
             std::vector<std::vector<int32_t>>(size_t(n_sessions), ids), strategy,
             base.generation.max_tokens);
           const double batch_ms =
-            std::chrono::duration<double, std::milli>(clock_type::now() - batch_start).count();
+            std::chrono::duration<double, std::milli>(sim_clock::now() - batch_start).count();
+          const auto overruns = sim_clock::take_overruns();
           int64_t batch_tokens = 0;
           std::vector<double> ms_per_token;
           for (auto& r : batch) {
@@ -160,6 +170,12 @@ void run_experiment(const experiment_args& a) {
                                                   combos[c].s.upload.dtype == "f32" ? 4 : 2));
             j["experiment"] = base.experiment.name;
             j["compute"] = compute_label(combos[c].s);
+            if (combos[c].s.compute.mode == "profile") {
+              j["clock"] = combos[c].s.compute.clock;
+              // Counted once per batch of concurrent sessions, on its first line.
+              j["profile_overruns"] = k == 0 ? overruns.count : 0;
+              j["profile_overrun_worst_ms"] = k == 0 ? overruns.worst_ms : 0.0;
+            }
             j["combo"] = int(c);
             j["setting"] = combos[c].label;
             for (auto& [key, v] : combos[c].keys.items())
@@ -198,7 +214,13 @@ void run_experiment(const experiment_args& a) {
   if (a.plots)
     plots = write_plots(dir, groups, combos.size(), base.sweep.threshold.size() > 1,
                         base.sweep.latency_ms.size() > 1, base.sweep.sessions.size() > 1);
-  write_markdown(dir / "summary.md", base, base.experiment.dataset, samples.size(), groups, plots);
+  profile_fit fit;
+  for (const auto& line : ledger.lines()) {
+    fit.overruns += line.value("profile_overruns", int64_t(0));
+    fit.worst_ms = std::max(fit.worst_ms, line.value("profile_overrun_worst_ms", 0.0));
+  }
+  write_markdown(dir / "summary.md", base, base.experiment.dataset, samples.size(), groups, plots,
+                 fit);
   std::ifstream md(dir / "summary.md");
   std::cout << md.rdbuf();
   fmt::print("\nresults in {}/ (results.jsonl, summary.csv, summary.md{})\n", dir.string(),

@@ -47,6 +47,7 @@ void run_serve(const serve_args& a) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that goes away fails a write, not the server
 
   set_compute_threads(1);
+  check_clock(s, false);  // a server answers in real time
   auto m = load_site_model(s, default_model_path(), default_exit_heads_path());
   std::string why;
   const auto chat = choose_chat_format(a.server, m.vocab, why);

@@ -12,6 +12,7 @@
 #include "actors/edge_session.hpp"
 #include "actors/network.hpp"
 #include "actors/reconnect.hpp"
+#include "actors/sim_clock.hpp"
 #include "apps/commands.hpp"
 #include "apps/report.hpp"
 #include "model/metrics.hpp"
@@ -122,6 +123,7 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
 
 std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
                                                  const site_model& m) {
+  check_clock(s, false);  // before connecting: a real network runs in real time
   // After a loss the link reconnects by itself, from a thread of its own.
   auto reconnect = [&sys, s, hello = make_hello(s, m), limits = wire_limits_of(m)] {
     return connect_to_front(sys, s, hello, limits);
@@ -158,7 +160,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
   if (deployed)
     configure_deployment(cfg, s);
   else
-    configure_actor_system(cfg, s.runtime.threads);
+    configure_simulation(cfg, s);
   caf::actor_system sys{cfg};
   std::vector<response_report> reports;
   reports.reserve(prompts.size() * modes.size() * size_t(a.sessions));
@@ -202,10 +204,10 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
         }
         const auto& run_mode = mode;
         // --sessions N: N edge sessions of this prompt at the same time.
-        auto t0 = std::chrono::steady_clock::now();
+        auto t0 = sim_clock::now();  // simulated time, as the responses' own times
         auto batch = sim->run_concurrently(std::vector<std::vector<int32_t>>(size_t(a.sessions), ids),
                                            run_mode);
-        throughput t{mode, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()};
+        throughput t{mode, std::chrono::duration<double, std::milli>(sim_clock::now() - t0).count()};
         for (auto& r : batch) {
           t.tokens += int64_t(r.tokens.size());
           t.cloud_tokens += r.cloud_tokens;
@@ -267,10 +269,16 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
       fmt::print("  error: {}\n", r.report->error);
   }
   print_table(rows, modes);
-  if (s.compute.mode == "profile")
+  if (s.compute.mode == "profile") {
     fmt::print("(compute: device profile '{}': edge and cloud times are the profile's costs for "
-               "the work done, not measurements; tokens and bytes are real)\n",
-               s.compute.profile);
+               "the work done, not measurements; tokens and bytes are real{})\n",
+               s.compute.profile,
+               s.compute.clock == "virtual" ? "; on virtual time" : "");
+    if (auto over = sim_clock::take_overruns(); over.count > 0)
+      fmt::print("({} piece(s) of work took longer on this host than the profile's cost, worst "
+                 "by {:.2f} ms: those times are late; compute.clock = \"virtual\" avoids it)\n",
+                 over.count, over.worst_ms);
+  }
   if (a.sessions > 1) {
     fmt::print("\n{} concurrent sessions per prompt:\n", a.sessions);
     for (auto& mode : modes) {

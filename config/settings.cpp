@@ -64,22 +64,45 @@ key_spec int_key(std::string key, int min, int max, std::function<int&(settings&
   return k;
 }
 
+/// The number `n` holds, checked against [min, max] (or (min, max]).
+double checked_number(const std::string& key, double min, double max, bool strictly_greater,
+                      const toml::node& n, const std::string& where) {
+  std::optional<double> v = n.is_integer() ? std::optional<double>(double(*n.value<int64_t>()))
+                                           : n.value_exact<double>();
+  if (!v)
+    wrong(where, key, "a number", n);
+  if (*v < min || (strictly_greater && *v == min) || std::isnan(*v))
+    wrong(where, key, fmt::format("a number {} {}", strictly_greater ? ">" : ">=", min), n);
+  if (!std::isfinite(*v) || *v > max)
+    wrong(where, key, fmt::format("a finite number <= {}", max), n);
+  return *v;
+}
+
 key_spec float_key(std::string key, double min, double max, std::function<double&(settings&)> ref,
                    bool strictly_greater = false) {
   key_spec k{key, "number", {}, {}};
   k.set = [key, min, max, ref, strictly_greater](settings& s, const toml::node& n,
                                                  const std::string& where) {
-    std::optional<double> v = n.is_integer() ? std::optional<double>(double(*n.value<int64_t>()))
-                                             : n.value_exact<double>();
-    if (!v)
-      wrong(where, key, "a number", n);
-    if (*v < min || (strictly_greater && *v == min) || std::isnan(*v))
-      wrong(where, key, fmt::format("a number {} {}", strictly_greater ? ">" : ">=", min), n);
-    if (!std::isfinite(*v) || *v > max)
-      wrong(where, key, fmt::format("a finite number <= {}", max), n);
-    ref(s) = *v;
+    ref(s) = checked_number(key, min, max, strictly_greater, n, where);
   };
   k.get = [ref](const settings& s) { return fmt::format("{}", ref(const_cast<settings&>(s))); };
+  return k;
+}
+
+using number_map = std::map<std::string, double>;
+
+/// One entry of a map of numbers (an absent entry is not set).
+key_spec map_entry_key(std::string key, std::string entry, double min, double max,
+                       std::function<number_map&(settings&)> ref) {
+  key_spec k{key, "number", {}, {}};
+  k.set = [key, entry, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
+    ref(s)[entry] = checked_number(key, min, max, false, n, where);
+  };
+  k.get = [entry, ref](const settings& s) {
+    const auto& m = ref(const_cast<settings&>(s));
+    auto i = m.find(entry);
+    return i == m.end() ? std::string("(none)") : fmt::format("{}", i->second);
+  };
   return k;
 }
 
@@ -255,7 +278,7 @@ std::vector<std::string> profile_names() {
 const std::vector<key_spec>& schema() {
   static const std::vector<std::string> strategy_keys = {
     "cloud", "naive", "standalone", "collaborative", "speculative", "exact"};
-  static const std::vector<key_spec> keys = {
+  static const std::vector<key_spec> listed = {
     string_key("model.path", {}, CECO_REF(std::string, model.path)),
     string_key("model.tokenizer", {}, CECO_REF(std::string, model.tokenizer)),
     int_list_key("model.exits", CECO_REF(std::vector<int>, model.exits)),
@@ -268,6 +291,7 @@ const std::vector<key_spec>& schema() {
     int_key("policy.min_exit_layer", 0, max_layers, CECO_REF(int, policy.min_exit_layer)),
     string_key("compute.mode", {"measured", "profile"}, CECO_REF(std::string, compute.mode)),
     string_key("compute.profile", {}, CECO_REF(std::string, compute.profile)),
+    string_key("compute.clock", {"real", "virtual"}, CECO_REF(std::string, compute.clock)),
     string_key("upload.dtype", {"f16", "f32"}, CECO_REF(std::string, upload.dtype)),
     string_key("upload.mode", {"async", "sync"}, CECO_REF(std::string, upload.mode)),
     [] {
@@ -323,6 +347,24 @@ const std::vector<key_spec>& schema() {
                    CECO_REF(std::vector<double>, sweep.latency_ms)),
     int_list_plain_key("sweep.sessions", 1, 1024, CECO_REF(std::vector<int>, sweep.sessions)),
   };
+  static const std::vector<key_spec> keys = [] {
+    auto out = listed;
+    out.push_back(string_key("experiment.reference.name", {},
+                             CECO_REF(std::string, experiment.reference.name)));
+    for (const auto& strategy : strategy_keys) {
+      out.push_back(map_entry_key("experiment.reference.total_vs_cloud." + strategy, strategy,
+                                  0.0, 1e6,
+                                  [](settings& s) -> number_map& {
+                                    return s.experiment.reference.total_vs_cloud;
+                                  }));
+      out.push_back(map_entry_key("experiment.reference.cloud_compute_vs_cloud." + strategy,
+                                  strategy, -1.0, 1e6,
+                                  [](settings& s) -> number_map& {
+                                    return s.experiment.reference.cloud_compute_vs_cloud;
+                                  }));
+    }
+    return out;
+  }();
   return keys;
 }
 

@@ -6,6 +6,7 @@
 // impossible values are rejected before anything starts, with the key, the
 // expected and the actual value.
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,7 @@ struct settings {
   struct {
     std::string mode = "measured";  // measured | profile
     std::string profile;            // profile mode: a name in config/profiles/ or a .toml file
+    std::string clock = "real";     // real | virtual (profile mode, ceco sim and experiment)
   } compute;
   struct {
     std::string dtype = "f16";   // f16 | f32
@@ -95,6 +97,12 @@ struct settings {
     std::vector<std::string> strategies{"cloud", "naive", "standalone", "collaborative"};
     int repetitions = 1;
     int sessions = 1;  // edges running each (sample, strategy) at once against one cloud
+    // A published result set beside this one in summary.md, per strategy.
+    struct {
+      std::string name;                                    // "" = none
+      std::map<std::string, double> total_vs_cloud;        // total time / the cloud strategy's
+      std::map<std::string, double> cloud_compute_vs_cloud;  // relative change, -0.695 = -69.5%
+    } reference;
   } experiment;
   struct {
     std::vector<double> threshold;

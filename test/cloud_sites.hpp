@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "actors/deployment.hpp"
+#include "actors/sim_clock.hpp"
 
 namespace ceco::test {
 
@@ -20,6 +21,8 @@ struct sim_fixture {
     s = load_settings("", sets);
     m = load_site_model(s, default_model.empty() ? s.model.path : default_model, default_heads);
     configure_actor_system(cfg, 2);
+    if (s.compute.clock == "virtual")
+      configure_virtual_time(cfg);
     sys = std::make_unique<caf::actor_system>(cfg);
     sim = std::make_unique<deployment>(*sys, s, m);
   }

@@ -2,6 +2,7 @@
 
 #include "model/exit_heads.hpp"
 #include "model/generation.hpp"
+#include "model/generation_batch.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -223,6 +224,48 @@ TEST_CASE("one step over several sequences equals stepping each sequence alone")
   std::vector<transformer::sequence_step> shared{{&x0, before, &together_caches[0]},
                                                  {&gap, before, &together_caches[0]}};
   CHECK(error_of([&] { m.forward_sequences(shared, split, L); }).find("share one cache") != std::string::npos);
+}
+
+TEST_CASE("generations stepped together, joining and leaving, each get generate()'s tokens alone") {
+  auto s = load_stories("gguf");
+  auto seq = reference_sequence();
+  auto prompt = [&](size_t from, size_t n) {
+    return std::vector<int32_t>(seq.begin() + long(from), seq.begin() + long(from + n));
+  };
+  struct job {
+    std::vector<int32_t> prompt;
+    int max_tokens;
+    int joins_at;  // step at which it is added
+  };
+  const std::vector<job> jobs = {{prompt(0, 6), 30, 0},   {prompt(3, 1), 12, 0},
+                                 {prompt(10, 9), 25, 2},  {prompt(20, 4), 1, 2},
+                                 {prompt(0, 6), 18, 5},   {prompt(30, 12), 40, 9}};
+  generation_batch batch(s.model);
+  std::map<uint64_t, size_t> job_of;
+  std::map<size_t, std::vector<int32_t>> got;
+  std::vector<generation_batch::finished> done;
+  size_t most_together = 0;
+  for (int stepped = 0; stepped < 200 && got.size() < jobs.size(); ++stepped) {
+    for (size_t j = 0; j < jobs.size(); ++j)
+      if (jobs[j].joins_at == stepped)
+        job_of[batch.add(jobs[j].prompt, jobs[j].max_tokens, 2)] = j;
+    most_together = std::max(most_together, batch.size());
+    auto work = batch.step(done);
+    CHECK(work.tokens > 0);
+    for (auto& f : done)
+      got[job_of.at(f.id)] = std::move(f.tokens);
+    done.clear();
+  }
+  CHECK(most_together >= 4);
+  REQUIRE(got.size() == jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    CAPTURE(j);
+    generation_options opts;
+    opts.max_tokens = jobs[j].max_tokens;
+    opts.eos = 2;
+    CHECK(got[j] == generate(*s.model, jobs[j].prompt, opts).tokens);
+  }
+  CHECK(error_of([&] { batch.add({}, 4, 2); }).find("no tokens") != std::string::npos);
 }
 
 TEST_CASE("the CPU decode kernels and the libtorch path generate the same tokens") {

@@ -97,3 +97,83 @@ TEST_CASE("a profile run takes the profile's time for the work done, with the sa
   auto collab = f.sim->run(ids, "collaborative", n);
   CHECK(collab.cloud_us >= p.layers_us(p.cloud, L - 2, 1, L) * collab.uploaded_positions / 2);
 }
+
+TEST_CASE("on virtual time a profile run's times are the profile's formulas exactly, at any host speed") {
+  const int n = 12;
+  const std::vector<std::string> modes = {"cloud",         "naive",       "standalone",
+                                          "collaborative", "speculative", "exact"};
+  std::map<std::string, response_report> real;
+  std::vector<int32_t> ids;
+  {
+    builtin_sim f(profiled);  // the host's clock
+    ids = f.m.vocab.encode("And the LORD said unto Moses");
+    for (const auto& mode : modes)
+      real[mode] = f.sim->run(ids, mode, n);
+  }
+  auto virtual_settings = profiled;
+  virtual_settings.push_back("compute.clock=virtual");
+  builtin_sim f(virtual_settings);
+  CHECK(sim_clock::is_virtual());
+  const auto p = load_compute_profile("paper-a100");
+  const int L = f.m.model->config().n_layer;
+  const auto P = int64_t(ids.size());
+  for (const auto& mode : modes) {
+    CAPTURE(mode);
+    auto r = f.sim->run(ids, mode, n);
+    REQUIRE(r.error.empty());
+    CHECK(r.tokens == real[mode].tokens);
+    if (mode != "speculative" && mode != "exact") {
+      CHECK(r.traffic.bytes_up == real[mode].traffic.bytes_up);
+      CHECK(r.traffic.bytes_down == real[mode].traffic.bytes_down);
+    }
+  }
+  // Standalone: nothing but the edge's profiled work, back to back.
+  auto standalone = f.sim->run(ids, "standalone", n);
+  const int64_t edge = p.layers_us(p.edge, 2, P, L) + (n - 1) * p.layers_us(p.edge, 2, 1, L)
+                       + n * p.heads_us(p.edge, 1);
+  CHECK(standalone.edge_us == edge);
+  CHECK(standalone.total_us == edge);
+  // The cloud strategy with a free link: the full model's cost, to the microsecond.
+  auto cloud = f.sim->run(ids, "cloud", n);
+  const int64_t token = p.layers_us(p.cloud, L, 1, L) + p.heads_us(p.cloud, 1);
+  const int64_t whole = p.layers_us(p.cloud, L, P, L) + p.heads_us(p.cloud, 1) + (n - 1) * token;
+  CHECK(cloud.cloud_us == whole);
+  CHECK(cloud.total_us == whole);
+  // The same run twice gives the same times: nothing of the host is in them.
+  for (const auto& mode : modes) {
+    CAPTURE(mode);
+    auto a = f.sim->run(ids, mode, n);
+    auto b = f.sim->run(ids, mode, n);
+    CHECK(a.total_us == b.total_us);
+    CHECK(a.tokens == b.tokens);
+  }
+  // Four concurrent edges of the cloud strategy: their generations are
+  // stepped together on the one cloud device (a request that arrives while a
+  // step runs joins the next one), so they take little longer than one alone,
+  // where one after another would take four times as long.
+  auto four = f.sim->run_concurrently({ids, ids, ids, ids}, "cloud", n);
+  for (const auto& r : four) {
+    CHECK(r.tokens == cloud.tokens);
+    CHECK(r.total_us >= whole);
+    CHECK(r.total_us < whole + whole / 4);
+  }
+}
+
+TEST_CASE("virtual time is refused where time is real") {
+  auto err = [](auto f) {
+    try {
+      f();
+    } catch (const config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(err([] { check_clock(load_settings("", {"compute.clock=virtual"}), true); })
+          .find("needs compute.mode = \"profile\"") != std::string::npos);
+  CHECK(err([] {
+          check_clock(load_settings("", {"compute.clock=virtual", "compute.mode=profile",
+                                         "compute.profile=paper-a100"}),
+                      false);
+        }).find("applies to in-process simulations") != std::string::npos);
+  CHECK(err([] { load_settings("", {"compute.clock=fast"}); }).find("compute.clock") != std::string::npos);
+}

@@ -1,7 +1,9 @@
 #include "apps/experiments/summary.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -119,20 +121,85 @@ std::string cell(const group_summary& g, const char* m, int precision, double sc
                      i->second.second * scale, precision);
 }
 
+/// Each strategy against the cloud strategy of the same setting, beside the
+/// experiment's reference result when it gives one.
+void write_relative_to_cloud(std::ostream& out, const settings& base,
+                             const std::vector<group_summary>& groups) {
+  auto mean = [](const group_summary& g, const char* m) -> std::optional<double> {
+    auto i = g.stats.find(m);
+    if (i == g.stats.end())
+      return std::nullopt;
+    return i->second.first;
+  };
+  const auto& ref = base.experiment.reference;
+  const bool with_ref = !ref.name.empty() || !ref.total_vs_cloud.empty()
+                        || !ref.cloud_compute_vs_cloud.empty();
+  auto given = [](const std::map<std::string, double>& m, const std::string& strategy,
+                  bool as_change) {
+    auto i = m.find(strategy);
+    if (i == m.end())
+      return std::string("-");
+    return as_change ? fmt::format("{:+.1f}%", 100.0 * i->second) : fmt::format("{:.3f}", i->second);
+  };
+  std::string rows;
+  for (const auto& g : groups) {
+    if (g.strategy == "cloud")
+      continue;
+    auto cloud = std::find_if(groups.begin(), groups.end(), [&](const group_summary& c) {
+      return c.strategy == "cloud" && c.combo == g.combo;
+    });
+    if (cloud == groups.end())
+      continue;
+    auto total = mean(g, "total_ms"), cloud_total = mean(*cloud, "total_ms");
+    auto compute = mean(g, "cloud_ms"), cloud_compute = mean(*cloud, "cloud_ms");
+    std::string total_ratio = total && cloud_total && *cloud_total > 0
+                                ? fmt::format("{:.3f}", *total / *cloud_total)
+                                : "-";
+    std::string compute_change = compute && cloud_compute && *cloud_compute > 0
+                                   ? fmt::format("{:+.1f}%", 100.0 * (*compute / *cloud_compute - 1.0))
+                                   : "-";
+    rows += fmt::format("| {} | {} | {} | {} |", g.strategy, g.label, total_ratio, compute_change);
+    if (with_ref)
+      rows += fmt::format(" {} | {} |", given(ref.total_vs_cloud, g.strategy, false),
+                          given(ref.cloud_compute_vs_cloud, g.strategy, true));
+    rows += "\n";
+  }
+  if (rows.empty())
+    return;
+  out << "\nRelative to the cloud strategy of the same setting (total time as a ratio, the "
+         "cloud's compute time as a change)";
+  if (with_ref)
+    out << fmt::format(", beside {}", ref.name.empty() ? "the reference" : ref.name);
+  out << ":\n\n| strategy | setting | total / cloud | cloud compute vs cloud |";
+  if (with_ref)
+    out << " reference total / cloud | reference cloud compute |";
+  out << (with_ref ? "\n|---|---|---|---|---|---|\n" : "\n|---|---|---|---|\n") << rows;
+}
+
 void write_markdown(const fs::path& path, const settings& base, const std::string& dataset,
                     size_t n_samples, const std::vector<group_summary>& groups,
-                    const std::vector<std::string>& plots) {
+                    const std::vector<std::string>& plots, const profile_fit& fit) {
   std::ofstream out(path);
   out << fmt::format("# {}\n\n", base.experiment.name.empty() ? "experiment" : base.experiment.name);
   out << fmt::format("{} samples of {}, up to {} new tokens, {} repetition(s); mean ± std over "
                      "repetitions of the per-response means.\n\n",
                      n_samples, dataset.empty() ? "the prompt" : dataset,
                      base.generation.max_tokens, base.experiment.repetitions);
-  if (base.compute.mode == "profile")
+  if (base.compute.mode == "profile") {
     out << fmt::format("**Compute: device profile `{}`.** Edge and cloud times are the profile's "
                        "costs for the work each response did, not measurements on this machine; "
-                       "tokens, exits and bytes are real.\n\n", base.compute.profile);
-  else
+                       "tokens, exits and bytes are real.", base.compute.profile);
+    if (base.compute.clock == "virtual")
+      out << " Run on virtual time (compute.clock): the host's own work took no time, so the "
+             "times are exactly the profile's costs and the link's delays.\n\n";
+    else if (fit.overruns == 0)
+      out << " Every piece of work fitted in its profiled cost.\n\n";
+    else
+      out << fmt::format(" **{} piece(s) of work took longer on this host than the profile's cost** "
+                         "(worst by {:.2f} ms), so some times are late by up to that much; "
+                         "compute.clock = \"virtual\" avoids it.\n\n",
+                         fit.overruns, fit.worst_ms);
+  } else
     out << "Compute: measured on this machine.\n\n";
   out << "| strategy | setting | total ms | TTFT ms | p95 ms/token | tokens/s, all edges | edge ms "
          "| cloud ms | cloud ms/token | comm ms | bytes up | bytes down | cloud req % | rollbacks "
@@ -149,6 +216,7 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                        cell(g, "rollbacks", 1), exit_share_text(g), cell(g, "agreement_with_cloud", 1, 100.0),
                        cell(g, "rouge_l_with_cloud", 3), cell(g, "em", 3), cell(g, "f1", 3),
                        cell(g, "rouge_l", 3));
+  write_relative_to_cloud(out, base, groups);
   if (!plots.empty()) {
     out << "\nPlots: ";
     for (size_t i = 0; i < plots.size(); ++i)

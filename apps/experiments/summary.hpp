@@ -29,8 +29,16 @@ std::vector<group_summary> summarize(const std::vector<nlohmann::json>& lines,
                                      const std::vector<combo>& combos,
                                      const std::vector<std::string>& strategies);
 void write_csv(const std::filesystem::path& path, const std::vector<group_summary>& groups);
+/// How well profile mode on the host's clock followed its profile: pieces
+/// of work for which the host took longer than the profile's
+/// cost, and the largest excess in simulated ms.
+struct profile_fit {
+  int64_t overruns = 0;
+  double worst_ms = 0;
+};
 void write_markdown(const std::filesystem::path& path, const settings& base,
                     const std::string& dataset, size_t samples,
-                    const std::vector<group_summary>& groups, const std::vector<std::string>& plots);
+                    const std::vector<group_summary>& groups, const std::vector<std::string>& plots,
+                    const profile_fit& fit);
 
 } // namespace ceco::app
