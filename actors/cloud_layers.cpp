@@ -192,9 +192,11 @@ void step_generations(self_ptr self) {
     const int L = st.model->config().n_layer;
     cost = p->layers_us(p->cloud, L, work.rows, L) + p->heads_us(p->cloud, work.tokens);
   }
-  // Every generation in progress took part in this step.
+  // Every generation in progress took part in this step, and has an equal
+  // share of it (as sessions of a catch-up step have in the context manager).
+  const int64_t share = cost / int64_t(std::max<size_t>(1, st.generating_by_id.size()));
   for (auto& [id, g] : st.generating_by_id)
-    g.cloud_us += cost;
+    g.cloud_us += share;
   auto finish = [self, done = std::move(done)]() mutable {
     auto& st = self->state;
     for (auto& f : done) {
@@ -228,9 +230,10 @@ int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
 
 cloud_layers_actor::behavior_type
 cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int split, int32_t eos,
-                std::shared_ptr<const compute_profile> profile) {
+                std::shared_ptr<const compute_profile> profile,
+                std::shared_ptr<device_timeline> cloud_device) {
   auto& st = self->state;
-  st.clock = profile_clock(std::move(profile));
+  st.clock = profile_clock(std::move(profile), std::move(cloud_device));
   st.model = std::move(model);
   st.split = split;
   st.eos = eos;
@@ -322,8 +325,10 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
 
 cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
-                                      int32_t eos, std::shared_ptr<const compute_profile> profile) {
-  return sys.spawn(cloud_layers_fn, std::move(model), split, eos, std::move(profile));
+                                      int32_t eos, std::shared_ptr<const compute_profile> profile,
+                                      std::shared_ptr<device_timeline> cloud_device) {
+  return sys.spawn(cloud_layers_fn, std::move(model), split, eos, std::move(profile),
+                   std::move(cloud_device));
 }
 
 } // namespace ceco

@@ -8,6 +8,7 @@ namespace ceco {
 
 class transformer;
 struct compute_profile;
+struct device_timeline;
 
 /// Bytes a context holds (KV cache and final hidden states).
 int64_t cloud_context_bytes(const cloud_context& ctx);
@@ -21,10 +22,12 @@ int32_t computed_positions(const cloud_context& ctx);
 
 /// The cloud's compute: layers [split, L) for collaborative and naive
 /// requests, the whole model for the cloud strategy. Stops generating at
-/// `eos`. With a profile, each piece of work takes the profile's cloud cost.
+/// `eos`. With a profile, each piece of work takes the profile's cloud cost,
+/// on device 0 of `cloud_device` (nullptr: a device of its own).
 cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
                                       int32_t eos,
-                                      std::shared_ptr<const compute_profile> profile = nullptr);
+                                      std::shared_ptr<const compute_profile> profile = nullptr,
+                                      std::shared_ptr<device_timeline> cloud_device = nullptr);
 
 } // namespace ceco

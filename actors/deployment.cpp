@@ -10,6 +10,7 @@
 #include "actors/edge_layers.hpp"
 #include "actors/edge_session.hpp"
 #include "actors/exit_evaluator.hpp"
+#include "actors/profile_clock.hpp"
 #include "actors/sim_clock.hpp"
 #include "actors/uploader.hpp"
 
@@ -123,7 +124,9 @@ void cloud_site::stop() {
 cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const site_model& m) {
   cloud_site c;
   auto profile = compute_profile_of(s);
-  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos(), profile);
+  // The cloud's one GPU: its layers and a cloud-placed exit evaluator take turns.
+  auto cloud_device = std::make_shared<device_timeline>();
+  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos(), profile, cloud_device);
   context_manager_options cm;
   cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
   cm.max_sessions = s.session.max_sessions;
@@ -132,7 +135,7 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sit
   c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
   if (s.placement.exit_evaluator == "cloud")
     c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd,
-                                              policy_of(s), profile, true);
+                                              policy_of(s), profile, true, cloud_device);
   if (s.placement.uploader == "cloud")
     c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
                                        upload_dtype(s), std::chrono::seconds(30));

@@ -34,9 +34,10 @@ struct exit_evaluator_state {
 exit_evaluator_actor::behavior_type
 exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> self,
                   exit_heads heads, int n_embd, exit_policy policy,
-                  std::shared_ptr<const compute_profile> profile, bool on_cloud) {
+                  std::shared_ptr<const compute_profile> profile, bool on_cloud,
+                  std::shared_ptr<device_timeline> cloud_device) {
   self->state.heads = std::move(heads);
-  self->state.clock = profile_clock(std::move(profile));
+  self->state.clock = profile_clock(std::move(profile), std::move(cloud_device));
   self->state.on_cloud = on_cloud;
   self->state.layers = self->state.heads.layers();
   self->state.n_embd = n_embd;
@@ -71,10 +72,14 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       if (auto* p = st.clock.profile()) {
         d.compute_us = p->heads_us(st.on_cloud ? p->cloud : p->edge, int64_t(st.heads.size()));
         auto rp = self->make_response_promise<exit_decision>();
-        // Each evaluation on a device of its own: a response never asks two
-        // at once, and each response is an edge device of its own.
-        st.clock.hold(self, st.next_device++, t0, d.compute_us,
-                      [rp, d]() mutable { rp.deliver(std::move(d)); });
+        auto deliver = [rp, d]() mutable { rp.deliver(std::move(d)); };
+        if (st.on_cloud) {
+          st.clock.hold(self, 0, t0, d.compute_us, std::move(deliver));  // the cloud's GPU
+          return rp;
+        }
+        // On the edge each evaluation is on a device of its own: a response
+        // never asks two at once, and each response is an edge device.
+        st.clock.hold(self, st.next_device++, t0, d.compute_us, std::move(deliver));
         st.clock.forget(st.next_device - 1);
         return rp;
       }
@@ -99,8 +104,10 @@ exit_evaluator_actor::behavior_type remote_evaluator_fn(exit_evaluator_actor::po
 exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
                                           int n_embd, exit_policy policy,
                                           std::shared_ptr<const compute_profile> profile,
-                                          bool on_cloud) {
-  return sys.spawn(exit_evaluator_fn, heads, n_embd, policy, std::move(profile), on_cloud);
+                                          bool on_cloud,
+                                          std::shared_ptr<device_timeline> cloud_device) {
+  return sys.spawn(exit_evaluator_fn, heads, n_embd, policy, std::move(profile), on_cloud,
+                   std::move(cloud_device));
 }
 
 exit_evaluator_actor spawn_remote_evaluator(caf::actor_system& sys, cloud_api cloud) {

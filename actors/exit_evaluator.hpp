@@ -13,6 +13,7 @@ namespace ceco {
 
 class exit_heads;
 struct compute_profile;
+struct device_timeline;
 
 struct exit_policy {
   float threshold = 0.8f;
@@ -20,11 +21,14 @@ struct exit_policy {
 };
 
 /// With a profile (compute.mode = "profile") each evaluation takes the
-/// profile's head cost of the side it runs on, `on_cloud` or the edge.
+/// profile's head cost of the side it runs on: on the edge, the device of
+/// the response; `on_cloud`, device 0 of `cloud_device`, in turn with the
+/// cloud layers' work.
 exit_evaluator_actor spawn_exit_evaluator(caf::actor_system& sys, const exit_heads& heads,
                                           int n_embd, exit_policy policy,
                                           std::shared_ptr<const compute_profile> profile = nullptr,
-                                          bool on_cloud = false);
+                                          bool on_cloud = false,
+                                          std::shared_ptr<device_timeline> cloud_device = nullptr);
 
 /// Edge-side stand-in for an exit evaluator placed on the cloud: passes each
 /// request through `cloud` (the link), so its bytes and delays count like any

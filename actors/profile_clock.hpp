@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 
 #include "actors/messages.hpp"
@@ -22,12 +23,25 @@
 
 namespace ceco {
 
+/// When each device is next free. Actors that compute on one device share
+/// one: the cloud's layers and an exit evaluator placed on the cloud queue
+/// on the same GPU.
+struct device_timeline {
+  std::mutex mutex;
+  std::unordered_map<uint64_t, sim_clock::time_point> busy_until;
+};
+
 class profile_clock {
 public:
   using clock_type = sim_clock;
 
   profile_clock() = default;
-  explicit profile_clock(std::shared_ptr<const compute_profile> p) : profile_(std::move(p)) {
+  /// `shared`: the timeline of devices other actors also compute on
+  /// (nullptr: devices of this actor's own).
+  explicit profile_clock(std::shared_ptr<const compute_profile> p,
+                         std::shared_ptr<device_timeline> shared = nullptr)
+      : profile_(std::move(p)),
+        timeline_(shared ? std::move(shared) : std::make_shared<device_timeline>()) {
     // nop
   }
 
@@ -40,10 +54,14 @@ public:
   template <class Self>
   void hold(Self* self, uint64_t device, clock_type::time_point arrived, int64_t cost_us,
             std::function<void()> deliver) {
-    auto& busy_until = busy_until_[device];
-    const auto start = std::max(arrived, busy_until);
-    busy_until = start + std::chrono::microseconds(cost_us);
-    const auto wait = busy_until - clock_type::now();
+    clock_type::time_point done;
+    {
+      std::lock_guard<std::mutex> lock(timeline_->mutex);
+      auto& busy_until = timeline_->busy_until[device];
+      busy_until = std::max(arrived, busy_until) + std::chrono::microseconds(cost_us);
+      done = busy_until;
+    }
+    const auto wait = done - clock_type::now();
     if (wait.count() <= 0) {
       // The host took longer than the profile allows: the reply is late.
       if (-wait > std::chrono::microseconds(cost_us) / 20)
@@ -56,7 +74,10 @@ public:
   }
 
   /// A device's queue is no longer needed (its response ended).
-  void forget(uint64_t device) { busy_until_.erase(device); }
+  void forget(uint64_t device) {
+    std::lock_guard<std::mutex> lock(timeline_->mutex);
+    timeline_->busy_until.erase(device);
+  }
 
   /// The (deliver_atom, id) handler: runs what `hold` kept.
   void release(uint64_t id) {
@@ -70,7 +91,7 @@ public:
 
 private:
   std::shared_ptr<const compute_profile> profile_;
-  std::unordered_map<uint64_t, clock_type::time_point> busy_until_;  // per device
+  std::shared_ptr<device_timeline> timeline_;
   std::unordered_map<uint64_t, std::function<void()>> held_;
   uint64_t next_ = 0;
 };

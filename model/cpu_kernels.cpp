@@ -47,8 +47,9 @@ void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r
   }
 }
 
-CECO_CLONES
-float dot(const float* a, const float* b, int64_t n) {
+// Inlined into each clone of their callers: a head is a few dozen values,
+// where a call through the clones' dispatch would cost more than the loop.
+inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i)
@@ -56,8 +57,7 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-CECO_CLONES
-void axpy(float* y, float a, const float* x, int64_t n) {
+inline void axpy(float* y, float a, const float* x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i)
     y[i] += a * x[i];
@@ -139,6 +139,7 @@ void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const f
   }
 }
 
+CECO_CLONES
 void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
                int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores) {
   const int64_t kv_stride = n_head_kv * head_dim;

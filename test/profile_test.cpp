@@ -177,3 +177,31 @@ TEST_CASE("virtual time is refused where time is real") {
         }).find("applies to in-process simulations") != std::string::npos);
   CHECK(err([] { load_settings("", {"compute.clock=fast"}); }).find("compute.clock") != std::string::npos);
 }
+
+TEST_CASE("an exit evaluator placed on the cloud takes turns with the cloud layers on its GPU") {
+  // A profile whose cloud heads are slow: every evaluation holds the cloud's
+  // GPU for 50 ms, so concurrent sessions' evaluations queue behind each other.
+  temp_dir dir;
+  std::ofstream(dir.file("slow-heads.toml"))
+    << "[profile]\ndescription = \"test\"\nsource = \"test\"\n[target]\nlayers = 32\ndim = 4096\n"
+       "[edge]\nlayer_ms = 0.1\nlayer_row_ms = 0\nhead_ms = 0.1\n"
+       "[cloud]\nlayer_ms = 0.1\nlayer_row_ms = 0\nhead_ms = 50\n";
+  auto sets = profiled;
+  sets.back() = "link.bandwidth_mbps=0";
+  sets[1] = "compute.profile=" + dir.file("slow-heads.toml");
+  sets.push_back("compute.clock=virtual");
+  sets.push_back("placement.exit_evaluator=cloud");
+  sets.push_back("policy.threshold=0");  // always exits: the GPU's only heads are evaluations
+  builtin_sim f(sets);
+  auto ids = f.m.vocab.encode("And the LORD said unto Moses");
+  const int n = 6, edges = 4;
+  auto batch = f.sim->run_concurrently(std::vector<std::vector<int32_t>>(edges, ids),
+                                       "collaborative", n);
+  int64_t makespan = 0;
+  for (auto& r : batch) {
+    REQUIRE(r.error.empty());
+    makespan = std::max(makespan, r.total_us);
+  }
+  // Each token of each edge is one evaluation of one exit on the one GPU.
+  CHECK(makespan >= int64_t(edges) * n * 50'000);
+}
