@@ -25,6 +25,17 @@ const std::vector<std::string> profiled = {"compute.mode=profile", "compute.prof
                                            "split.layer=2", "model.exits=2", "link.latency_ms=0",
                                            "link.bandwidth_mbps=0"};
 
+/// The message of the config_error `f` throws ("" if none).
+template <class F>
+std::string err(F&& f) {
+  try {
+    f();
+  } catch (const config_error& e) {
+    return e.what();
+  }
+  return {};
+}
+
 } // namespace
 
 TEST_CASE("the shipped profiles load, and a bad profile is refused by name") {
@@ -40,14 +51,6 @@ TEST_CASE("the shipped profiles load, and a bad profile is refused by name") {
   CHECK(p.layers_us(p.cloud, 1, 1, 4) == p.layers_us(p.cloud, 8, 1, 32));
   temp_dir dir;
   std::ofstream(dir.file("bad.toml")) << "[target]\nlayers = 32\ndim = 4096\n[edge]\nlayer_ms = -1\n";
-  auto err = [](auto f) {
-    try {
-      f();
-    } catch (const config_error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   CHECK(err([&] { load_compute_profile(dir.file("bad.toml")); }).find("edge.layer_ms must be in 0..") != std::string::npos);
   CHECK(err([&] { load_compute_profile("no-such-device"); }).find("no profile named 'no-such-device' (shipped: ") != std::string::npos);
   CHECK(err([&] { compute_profile_of(load_settings("", {"compute.mode=profile"})); }).find("needs compute.profile") != std::string::npos);
@@ -160,14 +163,6 @@ TEST_CASE("on virtual time a profile run's times are the profile's formulas exac
 }
 
 TEST_CASE("virtual time is refused where time is real") {
-  auto err = [](auto f) {
-    try {
-      f();
-    } catch (const config_error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   CHECK(err([] { check_clock(load_settings("", {"compute.clock=virtual"}), true); })
           .find("needs compute.mode = \"profile\"") != std::string::npos);
   CHECK(err([] {
