@@ -40,8 +40,11 @@ uint16_t half_at_most(float v) {
   return uint16_t(half_at_least(-v) ^ 0x8000);
 }
 
+/// Round to nearest, ties to even, for |v| < 2^22 (every level here): adding
+/// 1.5 * 2^23 leaves no bits below the units. Inline, unlike nearbyint.
 int nearest(float v) {
-  return int(std::nearbyint(v));
+  constexpr float magic = 12582912.0f;
+  return int((v + magic) - magic);
 }
 
 int clamp_level(int q, int lo, int hi) {
@@ -362,13 +365,12 @@ file_type parse_file_type(const std::string& name, const std::string& flag) {
 
 ggml_type matrix_type(const file_type& ft, matrix_role role, int il, int n_layer, int64_t cols) {
   ggml_type t = ft.base;
-  if (ft.mixed) {
-    if (role == matrix_role::output)
-      t = ggml_type::q6_k;
-    else if ((role == matrix_role::attn_v || role == matrix_role::ffn_down) &&
-             use_more_bits(il, n_layer))
-      t = ggml_type::q6_k;
-  }
+  const bool block_type = t != ggml_type::f32 && t != ggml_type::f16 && t != ggml_type::bf16;
+  if (role == matrix_role::output && block_type && t != ggml_type::q8_0)
+    t = ggml_type::q6_k;
+  else if (ft.mixed && (role == matrix_role::attn_v || role == matrix_role::ffn_down) &&
+           use_more_bits(il, n_layer))
+    t = ggml_type::q6_k;
   if (cols % 256 != 0) {  // the reference's fallbacks for rows K-quants cannot hold
     if (t == ggml_type::q4_k)
       t = ggml_type::q5_0;

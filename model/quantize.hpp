@@ -29,9 +29,11 @@ std::string file_type_names();
 enum class matrix_role { token_embd, output, attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_down, ffn_up };
 
 /// The type of a matrix with rows of `cols` in layer `il` of `n_layer`:
-///  - plain types: the base type for every matrix;
-///  - _M mixes: output in Q6_K; attn_v and ffn_down in Q6_K in the layers
-///    where il < n/8, il >= 7n/8 or (il - n/8) % 3 == 2; the rest the base;
+///  - the output matrix: Q6_K under every block type but Q8_0 (whose output
+///    stays Q8_0); F32, F16 and BF16 keep their type;
+///  - _M mixes: attn_v and ffn_down in Q6_K in the layers where il < n/8,
+///    il >= 7n/8 or (il - n/8) % 3 == 2;
+///  - every other matrix: the base type;
 ///  - rows K-quants cannot hold (cols % 256 != 0) fall back as the reference
 ///    does: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; rows no block type can
 ///    hold (cols % 32 != 0) are F16.
