@@ -118,34 +118,23 @@ void q8_0_block(const float* x, uint8_t* b) {
     b[2 + i] = uint8_t(int8_t(clamp_level(nearest(x[i] * id), -127, 127)));
 }
 
-void q4_0_block(const float* x, uint8_t* b) {
+/// Q4_0 (bias 8) and Q5_0 (bias 16): d | qh (Q5_0) | qs.
+template <int bias, int qs_at, int qh_at>
+void signed32_block(const float* x, uint8_t* b) {
   uint8_t u[32];
-  store_half(b, quantize_signed32(x, 8, u));
-  pack_nibbles32(u, b + 2, nullptr);
+  store_half(b, quantize_signed32(x, bias, u));
+  pack_nibbles32(u, b + qs_at, qh_at > 0 ? b + qh_at : nullptr);
 }
 
-void q5_0_block(const float* x, uint8_t* b) {
-  uint8_t u[32];
-  store_half(b, quantize_signed32(x, 16, u));
-  pack_nibbles32(u, b + 6, b + 2);
-}
-
-void q4_1_block(const float* x, uint8_t* b) {
+/// Q4_1 (15 levels) and Q5_1 (31): d | m | qh (Q5_1) | qs.
+template <int levels, int qs_at, int qh_at>
+void offset32_block(const float* x, uint8_t* b) {
   uint8_t u[32];
   uint16_t dh, mh;
-  quantize_offset32(x, 15, dh, mh, u);
+  quantize_offset32(x, levels, dh, mh, u);
   store_half(b, dh);
   store_half(b + 2, mh);
-  pack_nibbles32(u, b + 4, nullptr);
-}
-
-void q5_1_block(const float* x, uint8_t* b) {
-  uint8_t u[32];
-  uint16_t dh, mh;
-  quantize_offset32(x, 31, dh, mh, u);
-  store_half(b, dh);
-  store_half(b + 2, mh);
-  pack_nibbles32(u, b + 8, b + 4);
+  pack_nibbles32(u, b + qs_at, qh_at > 0 ? b + qh_at : nullptr);
 }
 
 /// A Q4_K/Q5_K super-block of 256 as 8 sub-blocks of 32: x = d sc_j u -
@@ -310,10 +299,10 @@ void quantize_row(ggml_type t, const float* src, void* dst, int64_t n) {
         store_half(out + 2 * i, float_to_bf16(src[i]));
       return;
     case ggml_type::q8_0: quantize_blocks<q8_0_block>(src, out, n, *info); return;
-    case ggml_type::q4_0: quantize_blocks<q4_0_block>(src, out, n, *info); return;
-    case ggml_type::q4_1: quantize_blocks<q4_1_block>(src, out, n, *info); return;
-    case ggml_type::q5_0: quantize_blocks<q5_0_block>(src, out, n, *info); return;
-    case ggml_type::q5_1: quantize_blocks<q5_1_block>(src, out, n, *info); return;
+    case ggml_type::q4_0: quantize_blocks<signed32_block<8, 2, 0>>(src, out, n, *info); return;
+    case ggml_type::q4_1: quantize_blocks<offset32_block<15, 4, 0>>(src, out, n, *info); return;
+    case ggml_type::q5_0: quantize_blocks<signed32_block<16, 6, 2>>(src, out, n, *info); return;
+    case ggml_type::q5_1: quantize_blocks<offset32_block<31, 8, 4>>(src, out, n, *info); return;
     case ggml_type::q4_k: quantize_blocks<q4_k_block>(src, out, n, *info); return;
     case ggml_type::q5_k: quantize_blocks<q5_k_block>(src, out, n, *info); return;
     case ggml_type::q6_k: quantize_blocks<q6_k_block>(src, out, n, *info); return;
