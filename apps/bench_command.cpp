@@ -6,6 +6,7 @@
 #include <map>
 #include <iostream>
 #include <random>
+#include <unistd.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -16,6 +17,7 @@
 #include "apps/commands.hpp"
 #include "model/generation.hpp"
 #include "model/loader.hpp"
+#include "model/random_weights.hpp"
 #include "model/sampler.hpp"
 #include "model/transformer.hpp"
 
@@ -27,6 +29,7 @@ struct bench_args {
   std::string model;
   std::string tokenizer;
   std::string shape;
+  std::string type;  // --type of the random weights; empty: F32
   int tokens = 256;
   int prompt_tokens = 32;
   int threads = 1;
@@ -121,14 +124,36 @@ void run_bench(const bench_args& a) {
   model_config cfg;
   model_weights weights;
   std::string source;
+  double build_s = 0;
   if (!a.shape.empty()) {
-    cfg = shape_preset(a.shape);
+    auto shape = shape_preset(a.shape);
+    random_weights_options opts;
+    opts.type = quant::parse_file_type(a.type.empty() ? "F32" : a.type, "--type");
+    opts.tied_output = shape.tied_output;
+    cfg = shape.config;
     cfg.max_seq = std::max(cfg.max_seq, a.prompt_tokens + a.tokens + 1);
+    const int64_t d = cfg.n_embd;
+    const int64_t n_matrix_weights =
+      int64_t(cfg.vocab_size) * d * (shape.tied_output ? 1 : 2) +
+      int64_t(cfg.n_layer) * (2 * d * d + 2 * d * cfg.n_embd_kv() + 3 * d * cfg.n_ff);
     if (!a.json)
-      fmt::print(stderr, "building random {} model (seed {})...\n", a.shape, a.seed);
-    weights = random_weights(cfg, a.seed);
-    source = "random " + a.shape;
+      fmt::print(stderr, "building random {} model in {} (seed {})...\n", a.shape, opts.type.name,
+                 a.seed);
+    if (!a.json && n_matrix_weights > 100'000'000) {  // seconds: show the layers
+      const char* end = isatty(STDERR_FILENO) ? "\r" : "\n";
+      opts.on_layer = [end](int done, int n) {
+        fmt::print(stderr, "  layer {}/{}{}", done, n, done == n ? "\n" : end);
+      };
+    }
+    auto t0 = bench_clock::now();
+    weights = random_weights(cfg, a.seed, opts);
+    build_s = seconds_since(t0);
+    source = fmt::format("random {} {}", a.shape, opts.type.name);
   } else {
+    if (!a.type.empty())
+      throw model_error(fmt::format(
+        "bench: --type {} applies to --shape only; a --model file keeps its own weight types",
+        a.type));
     auto m = load_model(a.model.empty() ? default_model_path() : a.model, a.tokenizer);
     cfg = m.config;
     weights = std::move(m.weights);
@@ -215,6 +240,8 @@ void run_bench(const bench_args& a) {
     j["matrix_types"] = matrix_types;
     j["rss_bytes"] = resident_bytes("VmRSS");
     j["peak_rss_bytes"] = resident_bytes("VmHWM");
+    if (!a.shape.empty())
+      j["build_s"] = build_s;
     std::cout << j.dump() << "\n";
     return;
   }
@@ -226,6 +253,8 @@ void run_bench(const bench_args& a) {
   fmt::print("decode    {:>5} tokens  {:>9.1f} tokens/s\n", r.decode_steps,
              r.decode_tokens_per_s());
   fmt::print("weights   {:.1f} MiB in matrices ({})\n", double(weight_bytes) / (1 << 20), types);
+  if (!a.shape.empty())
+    fmt::print("built     in {:.1f} s\n", build_s);
   fmt::print("resident  {:.1f} MiB, peak {:.1f} MiB\n", double(resident_bytes("VmRSS")) / (1 << 20),
              double(resident_bytes("VmHWM")) / (1 << 20));
 }
@@ -240,9 +269,14 @@ void add_bench_command(CLI::App& app) {
                                   default_model_path() + ")");
   cmd->add_option("--tokenizer", a->tokenizer, "llama2.c tokenizer.bin for a .bin model");
   cmd->add_option("--shape", a->shape,
-                  "measure seeded random weights of a named shape instead: 260K, 15M, 42M or "
-                  "110M (llama2.c's tinyllamas dims; vocabulary 32000 above 260K)")
+                  "measure seeded random weights of a named shape instead: " +
+                    shape_names() +
+                    " (the first four llama2.c's tinyllamas, vocabulary 32000 "
+                    "above 260K; the others those models' shapes)")
     ->excludes(model);
+  cmd->add_option("--type", a->type,
+                  "weight type of the --shape model (default F32): " + quant::file_type_names() +
+                    "; the _M mixes assign types per matrix as llama-quantize does");
   cmd->add_option("--tokens", a->tokens, "tokens to decode")->capture_default_str()
     ->check(CLI::PositiveNumber);
   cmd->add_option("--prompt-tokens", a->prompt_tokens, "prompt length for the prefill")

@@ -404,49 +404,4 @@ uint64_t model_fingerprint(const model_config& c, const model_weights& w) {
   return mix.h;
 }
 
-model_config shape_preset(const std::string& name) {
-  model_config c;
-  if (name == "260K") {
-    c = {64, 172, 5, 8, 4, 512, 512};
-  } else if (name == "15M") {
-    c = {288, 768, 6, 6, 6, 32000, 256};
-  } else if (name == "42M") {
-    c = {512, 1376, 8, 8, 8, 32000, 1024};
-  } else if (name == "110M") {
-    c = {768, 2048, 12, 12, 12, 32000, 1024};
-  } else {
-    throw model_error(fmt::format("--shape: unknown shape '{}', expected 260K, 15M, 42M or 110M",
-                                  name));
-  }
-  return c;
-}
-
-model_weights random_weights(const model_config& c, uint64_t seed) {
-  c.validate("random_weights");
-  c10::InferenceMode guard;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto randn = [&](std::vector<int64_t> shape) {
-    return at::normal(0.0, 0.02, shape, gen);
-  };
-  const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
-  model_weights w;
-  w.tok_embd = randn({c.vocab_size, d});
-  w.output_norm = at::ones({d});
-  w.output = randn({c.vocab_size, d});
-  for (int il = 0; il < c.n_layer; ++il) {
-    layer_weights l;
-    l.attn_norm = at::ones({d});
-    l.wq = randn({d, d});
-    l.wk = randn({d_kv, d});
-    l.wv = randn({d_kv, d});
-    l.wo = randn({d, d});
-    l.ffn_norm = at::ones({d});
-    l.w1 = randn({ff, d});
-    l.w2 = randn({d, ff});
-    l.w3 = randn({ff, d});
-    w.layers.push_back(std::move(l));
-  }
-  return w;
-}
-
 } // namespace ceco

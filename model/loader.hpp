@@ -57,10 +57,4 @@ uint64_t shape_fingerprint(const model_config& cfg, const tokenizer& vocab);
 /// The weight matrices' types, most frequent first: "Q4_K+Q6_K", "F32".
 std::string describe_weight_types(const model_weights& w);
 
-/// Named shapes for benchmarks: "260K", "15M", "110M" (llama2.c's
-/// tinyllamas; 15M and 110M with a 32000-token vocabulary).
-model_config shape_preset(const std::string& name);
-/// Seeded random weights of any shape (normal, std 0.02; norms 1).
-model_weights random_weights(const model_config& cfg, uint64_t seed);
-
 } // namespace ceco

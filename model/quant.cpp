@@ -523,6 +523,11 @@ struct avx2_q8_0 {
   static CECO_AVX2_INLINE __m256i values(const uint8_t* b) { return load32(b + 2); }
 };
 
+/// Bytes ahead of the block in hand that the kernels ask the cache for:
+/// the hardware prefetcher stops at 4 KiB pages, and a matrix is one
+/// stream of them.
+constexpr int prefetch_ahead = 2048;
+
 template <class L, class V>
 CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
   const auto* a = static_cast<const act_block32*>(act);
@@ -530,6 +535,7 @@ CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
   float offsets = 0;
   for (int64_t b = 0; b < cols / 32; ++b) {
     const uint8_t* blk = w + b * L::bytes;
+    _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead, _MM_HINT_T0);
     const __m256i x = V::values(blk), y = load32(a[b].q);
     __m256i sums;
     if (L::has_offset) {  // unsigned values: no sign trick needed
@@ -668,6 +674,8 @@ CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
   float min_total = 0;  // min_sum::dmin_then_d and d_dmin
   for (int64_t b = 0; b < cols / 256; ++b) {
     const uint8_t* blk = w + b * L::bytes;
+    for (int line = 0; line < L::bytes; line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead + line, _MM_HINT_T0);
     __m256i q[8];
     int16_t scale[16], mins[16];
     U::unpack(blk, q, scale, mins);
@@ -729,6 +737,7 @@ CECO_AVX2 float dot_f16_avx2(const uint8_t* w, const void* act, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + 2 * i) + prefetch_ahead, _MM_HINT_T0);
     const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * i)));
     const __m256 w1 =
       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * i + 16)));

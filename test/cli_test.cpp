@@ -83,6 +83,18 @@ TEST_CASE("ceco bench --json reports decode speed on a real and on a random mode
   CHECK(nlohmann::json::parse(random.out)["n_layer"] == 5);
 }
 
+TEST_CASE("ceco bench --shape --type builds the weights in that type; --type with --model is refused") {
+  auto r = run_ceco("bench --shape 260K --type Q4_K_M --tokens 4 --json");
+  REQUIRE(r.status == 0);
+  auto j = nlohmann::json::parse(r.out);
+  // dim 64 and ffn 172 fit no K-quant: Q5_0, the output's Q8_0, F16 rows of 172
+  CHECK(j["matrix_types"] == nlohmann::json{{"F16", 5}, {"Q5_0", 29}, {"Q8_0", 3}});
+  CHECK(j["build_s"].get<double>() >= 0);
+  auto refused = run_ceco("bench --model " + stories_gguf() + " --type Q8_0");
+  CHECK(refused.status == 1);
+  CHECK(refused.out.find("--type Q8_0 applies to --shape only") != std::string::npos);
+}
+
 TEST_CASE("ceco tune-exits writes heads that generate loads") {
   temp_dir tmp;
   auto out = tmp.file("heads.gguf");
