@@ -51,6 +51,7 @@ struct cloud_layers_state {
   };
   std::unordered_map<uint64_t, generating> generating_by_id;
   bool stepping = false;  // a (generate_atom) is on its way, or a step is held
+  int max_generations = 256;
   static inline const char* name = "cloud_layers";
 };
 
@@ -230,13 +231,14 @@ int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
 
 cloud_layers_actor::behavior_type
 cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int split, int32_t eos,
-                std::shared_ptr<const compute_profile> profile,
+                int max_generations, std::shared_ptr<const compute_profile> profile,
                 std::shared_ptr<device_timeline> cloud_device) {
   auto& st = self->state;
   st.clock = profile_clock(std::move(profile), std::move(cloud_device));
   st.model = std::move(model);
   st.split = split;
   st.eos = eos;
+  st.max_generations = max_generations;
   const auto& cfg = st.model->config();
   st.logits = at::empty({cfg.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(st.model->device()));
   st.generations = std::make_unique<generation_batch>(st.model);
@@ -302,6 +304,11 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
                             fmt::format("prompt token {} is id {}; the vocabulary holds 0..{}", i,
                                         req.prompt[i], cfg.vocab_size - 1));
       auto& st = self->state;
+      if (int64_t(st.generating_by_id.size()) >= st.max_generations)
+        return make_error(ceco_errc::session_limit,
+                          fmt::format("{} generations are in progress, the limit is {} "
+                                      "(session.max_sessions)",
+                                      st.generating_by_id.size(), st.max_generations));
       uint64_t id = 0;
       try {
         id = st.generations->add(std::move(req.prompt), req.max_tokens, st.eos);
@@ -325,9 +332,11 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
 
 cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
-                                      int32_t eos, std::shared_ptr<const compute_profile> profile,
+                                      int32_t eos, int max_generations,
+                                      std::shared_ptr<const compute_profile> profile,
                                       std::shared_ptr<device_timeline> cloud_device) {
-  return sys.spawn(cloud_layers_fn, std::move(model), split, eos, std::move(profile),
+  return sys.spawn(cloud_layers_fn, std::move(model), split, eos, max_generations,
+                   std::move(profile),
                    std::move(cloud_device));
 }
 

@@ -22,11 +22,13 @@ int32_t computed_positions(const cloud_context& ctx);
 
 /// The cloud's compute: layers [split, L) for collaborative and naive
 /// requests, the whole model for the cloud strategy. Stops generating at
-/// `eos`. With a profile, each piece of work takes the profile's cloud cost,
-/// on device 0 of `cloud_device` (nullptr: a device of its own).
+/// `eos`, and holds at most `max_generations` cloud-strategy generations at
+/// once (each has a KV cache; more are refused). With a profile, each piece
+/// of work takes the profile's cloud cost, on device 0 of `cloud_device`
+/// (nullptr: a device of its own).
 cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
-                                      int32_t eos,
+                                      int32_t eos, int max_generations,
                                       std::shared_ptr<const compute_profile> profile = nullptr,
                                       std::shared_ptr<device_timeline> cloud_device = nullptr);
 

@@ -68,9 +68,11 @@ void check_clock(const settings& s, bool in_process) {
   if (s.compute.clock != "virtual")
     return;
   if (s.compute.mode != "profile")
-    throw config_error(
-      "compute.clock = \"virtual\" needs compute.mode = \"profile\": on virtual time the "
-      "host's own work takes no time, so only a profile's costs can make up the times");
+    throw config_error(fmt::format(
+      "compute.clock = \"virtual\" needs compute.mode = \"profile\" (it is \"{}\"): on "
+      "virtual time the host's own work takes no time, so only a profile's costs can make up "
+      "the times",
+      s.compute.mode));
   if (!in_process)
     throw config_error(
       "compute.clock = \"virtual\" applies to in-process simulations (ceco sim, ceco "
@@ -126,7 +128,8 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sit
   auto profile = compute_profile_of(s);
   // The cloud's one GPU: its layers and a cloud-placed exit evaluator take turns.
   auto cloud_device = std::make_shared<device_timeline>();
-  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos(), profile, cloud_device);
+  c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos(),
+                                s.session.max_sessions, profile, cloud_device);
   context_manager_options cm;
   cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
   cm.max_sessions = s.session.max_sessions;
@@ -154,8 +157,6 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
                        std::function<caf::expected<cloud_api>()> reconnect)
   : sys_(sys), settings_(s), model_(m) {
   check_clock(s, !remote_cloud);
-  if (s.compute.clock == "virtual")
-    sim_clock::use_virtual_time(&sys);  // sys was made by configure_simulation
   const auto& cfg = m.model->config();
   link_options lo;
   lo.remote = bool(remote_cloud);
@@ -183,6 +184,11 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
                 ? spawn_remote_uploader(sys, link)
                 : spawn_uploader(sys, caf::actor_cast<upload_sink>(link_), upload_dtype(s),
                                  std::chrono::seconds(30));
+  // Last, so a constructor that throws never leaves the clock set.
+  if (s.compute.clock == "virtual") {
+    sim_clock::use_virtual_time(&sys);  // sys was made by configure_simulation
+    virtual_time_ = true;
+  }
 }
 
 deployment::~deployment() {
@@ -192,7 +198,7 @@ deployment::~deployment() {
                  caf::actor_cast<caf::actor>(local_evaluator_),
                  caf::actor_cast<caf::actor>(uploader_)})
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
-  if (sim_clock::is_virtual()) {
+  if (virtual_time_) {
     run_virtual_until(sys_, [] { return false; }, nullptr);  // the actors take their exits
     sim_clock::use_virtual_time(nullptr);
   }

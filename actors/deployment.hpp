@@ -135,6 +135,7 @@ private:
   exit_evaluator_actor evaluator_;        // where placement.exit_evaluator says
   exit_evaluator_actor local_evaluator_;  // on the edge, always
   uploader_actor uploader_;
+  bool virtual_time_ = false;  // this deployment set the process's clock
 };
 
 } // namespace ceco

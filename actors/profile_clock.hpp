@@ -35,7 +35,9 @@ class profile_clock {
 public:
   using clock_type = sim_clock;
 
-  profile_clock() = default;
+  profile_clock() : timeline_(std::make_shared<device_timeline>()) {
+    // nop
+  }
   /// `shared`: the timeline of devices other actors also compute on
   /// (nullptr: devices of this actor's own).
   explicit profile_clock(std::shared_ptr<const compute_profile> p,
@@ -64,7 +66,9 @@ public:
     const auto wait = done - clock_type::now();
     if (wait.count() <= 0) {
       // The host took longer than the profile allows: the reply is late.
-      if (-wait > std::chrono::microseconds(cost_us) / 20)
+      // More than 5% late, and more than scheduling noise.
+      if (-wait > std::max<clock_type::duration>(std::chrono::microseconds(cost_us) / 20,
+                                                 std::chrono::microseconds(100)))
         sim_clock::note_overrun(-wait);
       return deliver();
     }

@@ -44,7 +44,7 @@ void sim_clock::use_virtual_time(caf::actor_system* sys) {
     throw std::logic_error("sim_clock: virtual time needs an actor system made with "
                            "configure_virtual_time");
   const caf::detail::test_actor_clock* none = nullptr;
-  if (!virtual_clock.compare_exchange_strong(none, &sched->clock()) && none != &sched->clock())
+  if (!virtual_clock.compare_exchange_strong(none, &sched->clock()))
     throw std::logic_error("sim_clock: one simulation on virtual time per process at a time");
 }
 

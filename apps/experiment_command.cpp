@@ -78,8 +78,8 @@ void run_experiment(const experiment_args& a) {
     // One actor system runs every combination, on one clock.
     if (c.s.compute.clock != base.compute.clock)
       throw config_error(fmt::format(
-        "experiment setting '{}' has compute.clock = \"{}\", the experiment \"{}\": the clock "
-        "cannot be swept",
+        "experiment setting '{}' has compute.clock = \"{}\", the experiment's is \"{}\": the "
+        "clock cannot be swept",
         c.label, c.s.compute.clock, base.compute.clock));
     check_clock(c.s, true);
   }

@@ -49,7 +49,7 @@ void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r
 
 // Inlined into each clone of their callers: a head is a few dozen values,
 // where a call through the clones' dispatch would cost more than the loop.
-inline float dot(const float* a, const float* b, int64_t n) {
+inline __attribute__((always_inline)) float dot(const float* a, const float* b, int64_t n) {
   float s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i)
@@ -57,7 +57,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-inline void axpy(float* y, float a, const float* x, int64_t n) {
+inline __attribute__((always_inline)) void axpy(float* y, float a, const float* x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i)
     y[i] += a * x[i];

@@ -428,6 +428,32 @@ TEST_CASE("the cloud layers refuse absurd generate requests and keep serving") {
   site.stop();
 }
 
+TEST_CASE("the cloud layers hold at most session.max_sessions generations at once") {
+  stories_sim f({"session.max_sessions=2"});
+  auto site = spawn_cloud_site(*f.sys, f.s, f.m);
+  caf::scoped_actor self{*f.sys};
+  // Three long generations asked at once: each holds a KV cache until done.
+  using handle = decltype(self->request(site.layers, caf::infinite, generate_request{}));
+  std::vector<handle> pending;
+  for (int i = 0; i < 3; ++i)
+    pending.push_back(
+      self->request(site.layers, std::chrono::seconds(60), generate_request{0, {1, 403, 407}, 400}));
+  std::vector<std::string> out(pending.size());
+  for (size_t i = 0; i < pending.size(); ++i)
+    pending[i].receive([&](generate_reply& g) { out[i] = std::to_string(g.tokens.size()) + " tokens"; },
+                       [&](caf::error& e) { out[i] = describe(e); });
+  size_t refused = 0, served = 0;
+  for (auto& o : out) {
+    refused += o.find("2 generations are in progress, the limit is 2 (session.max_sessions)")
+               != std::string::npos;
+    served += o.find(" tokens") != std::string::npos;
+  }
+  CAPTURE(out[0]);
+  CHECK(refused == 1);
+  CHECK(served == 2);
+  site.stop();
+}
+
 TEST_CASE("every cross-site message round-trips through CAF's binary serialiser") {
   auto round_trip = [](auto x) {
     std::vector<char> buf;

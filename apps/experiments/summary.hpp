@@ -30,8 +30,8 @@ std::vector<group_summary> summarize(const std::vector<nlohmann::json>& lines,
                                      const std::vector<std::string>& strategies);
 void write_csv(const std::filesystem::path& path, const std::vector<group_summary>& groups);
 /// How well profile mode on the host's clock followed its profile: pieces
-/// of work for which the host took longer than the profile's
-/// cost, and the largest excess in simulated ms.
+/// of work for which the host took longer than the profile's cost, and the
+/// largest excess in ms.
 struct profile_fit {
   int64_t overruns = 0;
   double worst_ms = 0;
