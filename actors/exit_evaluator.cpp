@@ -70,7 +70,8 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       d.token = choice.token;
       d.compute_us = us_since(t0);
       if (auto* p = st.clock.profile()) {
-        d.compute_us = p->heads_us(st.on_cloud ? p->cloud : p->edge, int64_t(st.heads.size()));
+        // Each exit head is a matrix of its own, over one row.
+        d.compute_us = int64_t(st.heads.size()) * p->heads_us(st.on_cloud ? p->cloud : p->edge, 1);
         auto rp = self->make_response_promise<exit_decision>();
         auto deliver = [rp, d]() mutable { rp.deliver(std::move(d)); };
         if (st.on_cloud) {

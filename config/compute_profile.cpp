@@ -42,6 +42,9 @@ side_costs side(const toml::table& t, const std::string& file, const std::string
   c.layer_ms = number(t, file, (name + ".layer_ms").c_str(), 0.0, 1e5);
   c.layer_row_ms = number(t, file, (name + ".layer_row_ms").c_str(), 0.0, 1e5);
   c.head_ms = number(t, file, (name + ".head_ms").c_str(), 0.0, 1e5);
+  // Optional: without it every further row costs a whole head_ms.
+  const auto row_key = name + ".head_row_ms";
+  c.head_row_ms = t.at_path(row_key) ? number(t, file, row_key.c_str(), 0.0, 1e5) : c.head_ms;
   return c;
 }
 
@@ -55,7 +58,9 @@ int64_t compute_profile::layers_us(const side_costs& s, int layers, int64_t rows
 }
 
 int64_t compute_profile::heads_us(const side_costs& s, int64_t rows) const {
-  return int64_t(std::llround(double(rows) * s.head_ms * 1000.0));
+  if (rows <= 0)
+    return 0;
+  return int64_t(std::llround((s.head_ms + s.head_row_ms * double(rows - 1)) * 1000.0));
 }
 
 std::vector<std::string> compute_profile_names() {

@@ -12,7 +12,9 @@
 // simulated model stands for target_layers / n_layer layers of the target.
 // A step over `rows` rows costs, per layer, layer_ms + layer_row_ms * rows
 // (a GPU computes a small batch in about the time of one row); a head (an
-// exit head on the edge, the classifier on the cloud) costs head_ms per row.
+// exit head on the edge, the classifier on the cloud) costs head_ms for its
+// first row and head_row_ms for each further row of the same step (by
+// default head_ms again: rows one after another).
 
 #include <cstdint>
 #include <string>
@@ -24,6 +26,7 @@ struct side_costs {
   double layer_ms = 0;      // one layer, any rows
   double layer_row_ms = 0;  // each row adds this, per layer
   double head_ms = 0;       // one head over one row
+  double head_row_ms = 0;   // each further row of one step, for that head
 };
 
 struct compute_profile {
@@ -37,7 +40,8 @@ struct compute_profile {
 
   /// Microseconds for `layers` layers of a model of `model_layers` over `rows` rows.
   int64_t layers_us(const side_costs& side, int layers, int64_t rows, int model_layers) const;
-  /// Microseconds for `rows` head evaluations.
+  /// Microseconds for one head over `rows` rows of one step (several
+  /// different heads cost one call each).
   int64_t heads_us(const side_costs& side, int64_t rows) const;
 };
 
