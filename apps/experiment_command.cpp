@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -95,7 +96,14 @@ void run_experiment(const experiment_args& a) {
 
   // Resume: keep the valid lines of an earlier run with the same settings.
   json identity;
-  identity["settings"] = describe_settings(base);
+  // Every setting but the reference result, which only changes how
+  // summary.md presents the results.
+  std::string run_settings;
+  std::istringstream described(describe_settings(base));
+  for (std::string line; std::getline(described, line);)
+    if (line.rfind("experiment.reference.", 0) != 0)
+      run_settings += line + "\n";
+  identity["settings"] = run_settings;
   identity["file"] = fs::absolute(a.file).string();
   result_ledger ledger(dir, identity);
 

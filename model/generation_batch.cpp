@@ -1,5 +1,7 @@
 #include "model/generation_batch.hpp"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
@@ -93,8 +95,15 @@ generation_batch::step_work generation_batch::step(std::vector<finished>& done) 
       }
       auto hidden = hidden_.narrow(0, 0, n);
       auto logits = logits_.narrow(0, 0, n);
-      for (int64_t r = 0; r < n; ++r)
-        hidden[r].copy_(decoding_[size_t(r)]->x[0]);
+      if (hidden.is_cpu()) {  // no tensor views per sequence on the decode path
+        const int64_t d = cfg.n_embd;
+        float* rows = hidden.data_ptr<float>();
+        for (int64_t r = 0; r < n; ++r)
+          std::copy_n(decoding_[size_t(r)]->x.data_ptr<float>(), d, rows + r * d);
+      } else {
+        for (int64_t r = 0; r < n; ++r)
+          hidden[r].copy_(decoding_[size_t(r)]->x[0]);
+      }
       m.logits_rows_into(hidden, logits);
       auto cpu = logits.is_cpu() ? logits : logits.to(at::kCPU);
       for (int64_t r = 0; r < n; ++r)

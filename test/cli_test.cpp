@@ -235,6 +235,14 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
     keys.insert(j["setting"].get<std::string>() + j["mode"].get<std::string>() +
                 std::to_string(j["sample"].get<int>()) + std::to_string(j["repetition"].get<int>()));
   CHECK(keys.size() == lines.size());
+  // A reference result set beside the results changes no result: the folder is reused.
+  auto referenced = run_ceco("experiment " + file + " --out " + out +
+                             " --no-plots --set experiment.reference.total_vs_cloud.collaborative=0.9");
+  REQUIRE(referenced.status == 0);
+  CHECK(read_lines(out + "/results.jsonl").size() == lines.size());
+  std::ifstream referenced_md(out + "/summary.md");
+  std::string with_reference((std::istreambuf_iterator<char>(referenced_md)), {});
+  CHECK(with_reference.find("reference total / cloud") != std::string::npos);
   auto other = run_ceco("experiment " + file + " --out " + out + " --set generation.max_tokens=5");
   CHECK(other.status == 1);
   CHECK(other.out.find("holds results of different settings") != std::string::npos);
