@@ -25,17 +25,6 @@ const std::vector<std::string> profiled = {"compute.mode=profile", "compute.prof
                                            "split.layer=2", "model.exits=2", "link.latency_ms=0",
                                            "link.bandwidth_mbps=0"};
 
-/// The message of the config_error `f` throws ("" if none).
-template <class F>
-std::string err(F&& f) {
-  try {
-    f();
-  } catch (const config_error& e) {
-    return e.what();
-  }
-  return {};
-}
-
 } // namespace
 
 TEST_CASE("the shipped profiles load, and a bad profile is refused by name") {
@@ -53,9 +42,9 @@ TEST_CASE("the shipped profiles load, and a bad profile is refused by name") {
   CHECK(p.layers_us(p.cloud, 1, 1, 4) == p.layers_us(p.cloud, 8, 1, 32));
   temp_dir dir;
   std::ofstream(dir.file("bad.toml")) << "[target]\nlayers = 32\ndim = 4096\n[edge]\nlayer_ms = -1\n";
-  CHECK(err([&] { load_compute_profile(dir.file("bad.toml")); }).find("edge.layer_ms must be in 0..") != std::string::npos);
-  CHECK(err([&] { load_compute_profile("no-such-device"); }).find("no profile named 'no-such-device' (shipped: ") != std::string::npos);
-  CHECK(err([&] { compute_profile_of(load_settings("", {"compute.mode=profile"})); }).find("needs compute.profile") != std::string::npos);
+  CHECK(error_of([&] { load_compute_profile(dir.file("bad.toml")); }).find("edge.layer_ms must be in 0..") != std::string::npos);
+  CHECK(error_of([&] { load_compute_profile("no-such-device"); }).find("no profile named 'no-such-device' (shipped: ") != std::string::npos);
+  CHECK(error_of([&] { compute_profile_of(load_settings("", {"compute.mode=profile"})); }).find("needs compute.profile") != std::string::npos);
 }
 
 TEST_CASE("a profile run takes the profile's time for the work done, with the same tokens and bytes") {
@@ -165,14 +154,14 @@ TEST_CASE("on virtual time a profile run's times are the profile's formulas exac
 }
 
 TEST_CASE("virtual time is refused where time is real") {
-  CHECK(err([] { check_clock(load_settings("", {"compute.clock=virtual"}), true); })
+  CHECK(error_of([] { check_clock(load_settings("", {"compute.clock=virtual"}), true); })
           .find("needs compute.mode = \"profile\"") != std::string::npos);
-  CHECK(err([] {
+  CHECK(error_of([] {
           check_clock(load_settings("", {"compute.clock=virtual", "compute.mode=profile",
                                          "compute.profile=paper-a100"}),
                       false);
         }).find("applies to in-process simulations") != std::string::npos);
-  CHECK(err([] { load_settings("", {"compute.clock=fast"}); }).find("compute.clock") != std::string::npos);
+  CHECK(error_of([] { load_settings("", {"compute.clock=fast"}); }).find("compute.clock") != std::string::npos);
 }
 
 TEST_CASE("an exit evaluator placed on the cloud takes turns with the cloud layers on its GPU") {
