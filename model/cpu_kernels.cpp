@@ -139,31 +139,40 @@ void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const f
   }
 }
 
+// Position-major passes: each cached row of keys, then of values, is read
+// once for all heads, in order, as a single stream. Each head's scores,
+// softmax and weighted sum are the same operations in the same order as a
+// head-by-head loop.
 CECO_CLONES
 void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
                int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores) {
   const int64_t kv_stride = n_head_kv * head_dim;
   const int64_t group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(float(head_dim));
+  float* weight_of = scores + n_head * n_pos;  // [n_head]: 1 / each head's softmax sum
+  for (int64_t t = 0; t < n_pos; ++t) {
+    const float* kt = k + t * kv_stride;
+    for (int64_t h = 0; h < n_head; ++h)
+      scores[h * n_pos + t] = dot(q + h * head_dim, kt + (h / group) * head_dim, head_dim) * scale;
+  }
   for (int64_t h = 0; h < n_head; ++h) {
-    const float* qh = q + h * head_dim;
-    const int64_t off = (h / group) * head_dim;
+    float* sh = scores + h * n_pos;
     float m = -INFINITY;
-    for (int64_t t = 0; t < n_pos; ++t) {
-      scores[t] = dot(qh, k + t * kv_stride + off, head_dim) * scale;
-      m = std::max(m, scores[t]);
-    }
+    for (int64_t t = 0; t < n_pos; ++t)
+      m = std::max(m, sh[t]);
     float sum = 0;
     for (int64_t t = 0; t < n_pos; ++t) {
-      scores[t] = std::exp(scores[t] - m);
-      sum += scores[t];
+      sh[t] = std::exp(sh[t] - m);
+      sum += sh[t];
     }
-    float* oh = out + h * head_dim;
-    for (int64_t i = 0; i < head_dim; ++i)
-      oh[i] = 0;
-    float inv = 1.0f / sum;
-    for (int64_t t = 0; t < n_pos; ++t)
-      axpy(oh, scores[t] * inv, v + t * kv_stride + off, head_dim);
+    weight_of[h] = 1.0f / sum;
+  }
+  std::fill_n(out, n_head * head_dim, 0.0f);
+  for (int64_t t = 0; t < n_pos; ++t) {
+    const float* vt = v + t * kv_stride;
+    for (int64_t h = 0; h < n_head; ++h)
+      axpy(out + h * head_dim, scores[h * n_pos + t] * weight_of[h], vt + (h / group) * head_dim,
+           head_dim);
   }
 }
 

@@ -23,7 +23,7 @@ void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const f
           bool halves = false);
 /// Causal attention of one query position over n_pos cached positions.
 /// q: [n_head * head_dim]; k, v: [n_pos, n_head_kv * head_dim];
-/// out: [n_head * head_dim]; scores: n_pos floats of scratch.
+/// out: [n_head * head_dim]; scores: n_head * (n_pos + 1) floats of scratch.
 void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
                int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores);
 /// The same as the reference implementation's CPU flash attention over an

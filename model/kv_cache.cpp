@@ -30,7 +30,7 @@ kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int
       capacity, first_layer, last_layer, mib));
   }
   length_.assign(size_t(last_layer - first_layer), 0);
-  scores_.resize(size_t(capacity));
+  scores_.resize(size_t(capacity) * size_t(cfg.n_head) + size_t(cfg.n_head));
 }
 
 int kv_cache::length() const {

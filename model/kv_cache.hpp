@@ -35,7 +35,8 @@ public:
   /// Bytes held by keys and values.
   int64_t bytes() const;
 
-  /// Scratch for the CPU attention: one score per position.
+  /// Scratch for the CPU attention: a score per head and position, and a
+  /// float per head.
   float* scores() { return scores_.data(); }
 
 private:
@@ -45,7 +46,7 @@ private:
   std::vector<at::Tensor> k_;
   std::vector<at::Tensor> v_;
   std::vector<int> length_;
-  std::vector<float> scores_;  // [capacity]
+  std::vector<float> scores_;  // [n_head * capacity + n_head]
 };
 
 } // namespace ceco
