@@ -562,22 +562,25 @@ CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
 ///   reproduce the reference's logits on tiny256, see the tests.)
 enum class min_sum { none, lanes8, dmin_then_d, d_dmin };
 
-/// Q4_K and Q5_K: 8 scales and 8 mins of 32.
-CECO_AVX2_INLINE void k4_scales(const uint8_t* b, int16_t* scale, int16_t* mins) {
-  for (int j = 0; j < 8; ++j) {
-    int sc, m;
-    k4_scale_min(b + 4, j, sc, m);
-    scale[j] = int16_t(sc);
-    mins[j] = int16_t(m);
-  }
+/// Q4_K and Q5_K: the 8 scales (low half) and 8 mins (high half) of 32 as
+/// 16-bit values, unpacked from their 12 bytes four at a time, as
+/// k4_scale_min unpacks one.
+CECO_AVX2_INLINE __m256i k4_scales_mins(const uint8_t* s) {
+  const uint32_t u0 = load_u32(s), u1 = load_u32(s + 4), u2 = load_u32(s + 8);
+  const uint32_t low6 = 0x3f3f3f3f, nibble = 0x0f0f0f0f, top2 = 0x03030303;
+  const uint32_t scales_lo = u0 & low6, mins_lo = u1 & low6;
+  const uint32_t scales_hi = (u2 & nibble) | (((u0 >> 6) & top2) << 4);
+  const uint32_t mins_hi = ((u2 >> 4) & nibble) | (((u1 >> 6) & top2) << 4);
+  return _mm256_cvtepu8_epi16(_mm_set_epi32(int32_t(mins_hi), int32_t(mins_lo),
+                                            int32_t(scales_hi), int32_t(scales_lo)));
 }
 
 struct avx2_q4_k {
   static constexpr int sub = 32, bias = 0, d_at = 0, dmin_at = 2;
   static constexpr min_sum mins_kind = min_sum::dmin_then_d;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale,
-                                      int16_t* mins) {
-    k4_scales(b, scale, mins);
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, __m256i& scales,
+                                      __m256i& mins) {
+    scales = mins = k4_scales_mins(b + 4);
     const __m256i low = _mm256_set1_epi8(15);
     for (int c = 0; c < 4; ++c) {
       const __m256i bytes = load32(b + 16 + 32 * c);
@@ -589,9 +592,9 @@ struct avx2_q4_k {
 struct avx2_q5_k {
   static constexpr int sub = 32, bias = 0, d_at = 0, dmin_at = 2;
   static constexpr min_sum mins_kind = min_sum::d_dmin;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale,
-                                      int16_t* mins) {
-    k4_scales(b, scale, mins);
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, __m256i& scales,
+                                      __m256i& mins) {
+    scales = mins = k4_scales_mins(b + 4);
     const __m256i low = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     const __m256i qh = load32(b + 16);
     for (int c = 0; c < 4; ++c) {
@@ -607,10 +610,8 @@ struct avx2_q5_k {
 struct avx2_q6_k {
   static constexpr int sub = 16, bias = 32, d_at = 208, dmin_at = -1;
   static constexpr min_sum mins_kind = min_sum::none;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale, int16_t*) {
-    const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
-    for (int s = 0; s < 16; ++s)
-      scale[s] = sc[s];
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, __m256i& scales, __m256i&) {
+    scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)));
     const __m256i low = _mm256_set1_epi8(15), three = _mm256_set1_epi8(3);
     for (int h = 0; h < 2; ++h) {
       const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32);
@@ -630,13 +631,15 @@ struct avx2_q6_k {
 struct avx2_q3_k {
   static constexpr int sub = 16, bias = 4, d_at = 108, dmin_at = -1;
   static constexpr min_sum mins_kind = min_sum::none;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale, int16_t*) {
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, __m256i& scales, __m256i&) {
     const uint8_t* sc = b + 96;
+    int16_t scale[16];
     for (int s = 0; s < 16; ++s) {
       const int low = s < 8 ? (sc[s] & 15) : (sc[s - 8] >> 4);
       const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
       scale[s] = int16_t((low | (high << 4)) - 32);
     }
+    scales = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale));
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i hmask = load32(b);
     for (int n = 0; n < 2; ++n) {
@@ -652,12 +655,12 @@ struct avx2_q3_k {
 struct avx2_q2_k {
   static constexpr int sub = 16, bias = 0, d_at = 80, dmin_at = 82;
   static constexpr min_sum mins_kind = min_sum::lanes8;
-  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, int16_t* scale,
-                                      int16_t* mins) {
-    for (int s = 0; s < 16; ++s) {
-      scale[s] = int16_t(b[s] & 15);
-      mins[s] = int16_t(b[s] >> 4);
-    }
+  static CECO_AVX2_INLINE void unpack(const uint8_t* b, __m256i* q, __m256i& scales,
+                                      __m256i& mins) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    const __m128i nibble = _mm_set1_epi8(15);
+    scales = _mm256_cvtepu8_epi16(_mm_and_si128(packed, nibble));
+    mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), nibble));
     const __m256i three = _mm256_set1_epi8(3);
     for (int n = 0; n < 2; ++n) {
       const __m256i qs = load32(b + 16 + 32 * n);
@@ -677,26 +680,26 @@ CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
     for (int line = 0; line < L::bytes; line += 64)
       _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead + line, _MM_HINT_T0);
     __m256i q[8];
-    int16_t scale[16], mins[16];
+    // 16-bit, per sub-block of 16, or of 32 in the low half
+    __m256i scale = _mm256_setzero_si256(), mins = _mm256_setzero_si256();
     U::unpack(blk, q, scale, mins);
     const float d = a[b].d * half_f16c(blk + U::d_at);
+    const __m256i act_sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].sums));
     if (U::mins_kind == min_sum::lanes8) {
       // lane l: the mins and activation sums of sub-blocks 2l and 2l + 1
-      const __m256i prod = _mm256_madd_epi16(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mins)),
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].sums)));
+      const __m256i prod = _mm256_madd_epi16(mins, act_sums);
       const float dmin = -a[b].d * half_f16c(blk + U::dmin_at);
       acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
     }
     __m256i scales[8];
     if (U::sub == 32) {
+      const __m256i eight = _mm256_permute4x64_epi64(scale, 0x44);  // scales 0..7 twice
       for (int v = 0; v < 8; ++v)
-        scales[v] = _mm256_set1_epi16(scale[v]);
+        scales[v] = _mm256_shuffle_epi8(eight, _mm256_set1_epi16(int16_t(0x0100 + 0x0202 * v)));
     } else {
       // Vector v covers sub-blocks 2v (low lane) and 2v + 1 (high lane).
-      const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale));
-      const __m256i first = _mm256_permute4x64_epi64(all, 0x44);   // scales 0..7 twice
-      const __m256i second = _mm256_permute4x64_epi64(all, 0xEE);  // scales 8..15 twice
+      const __m256i first = _mm256_permute4x64_epi64(scale, 0x44);   // scales 0..7 twice
+      const __m256i second = _mm256_permute4x64_epi64(scale, 0xEE);  // scales 8..15 twice
       for (int v = 0; v < 4; ++v) {
         const char lo = char(4 * v), hi = char(4 * v + 2);
         const __m256i pick = _mm256_setr_epi8(
@@ -719,9 +722,14 @@ CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
     if (U::mins_kind == min_sum::dmin_then_d || U::mins_kind == min_sum::d_dmin) {
-      int32_t total = 0;  // over the 8 sub-blocks of 32
-      for (int j = 0; j < 8; ++j)
-        total += mins[j] * (a[b].sums[2 * j] + a[b].sums[2 * j + 1]);
+      // Over the 8 sub-blocks of 32: their mins times the sums of their
+      // two activation sums of 16.
+      const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(act_sums),
+                                            _mm256_extracti128_si256(act_sums, 1));
+      __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(mins, 1), sums32);
+      prod = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0x4E));
+      prod = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0xB1));
+      const int32_t total = _mm_cvtsi128_si32(prod);
       const float dmin = half_f16c(blk + U::dmin_at);
       if (U::mins_kind == min_sum::dmin_then_d)
         min_total += a[b].d * (-dmin * float(total));
