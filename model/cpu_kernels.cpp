@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/compute_threads.hpp"
 #include "model/half.hpp"
 
 #include <ATen/Parallel.h>
-#include <omp.h>
 
 namespace ceco::kernels {
 
@@ -97,18 +97,11 @@ void matmat(const float* w, const float* x, float* y, int64_t n, int64_t rows, i
     matmat_rows(w, x, y, n, rows, 0, rows, cols);
     return;
   }
-  // Contiguous row blocks, a multiple of 4 rows each, one per thread.
-  const int n_threads = at::get_num_threads();
-#pragma omp parallel num_threads(n_threads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    int64_t per = (rows + nt - 1) / nt;
-    per = (per + 3) / 4 * 4;
-    const int64_t r0 = std::min(rows, int64_t(t) * per);
-    const int64_t r1 = std::min(rows, r0 + per);
-    if (r0 < r1)
-      matmat_rows(w, x, y, n, rows, r0, r1, cols);
-  }
+  // Row ranges of a multiple of 4 rows: the same rows take matvec_rows'
+  // one-row tail whatever the thread count.
+  parallel_ranges(rows, at::get_num_threads(), 4, [&](int64_t r0, int64_t r1) {
+    matmat_rows(w, x, y, n, rows, r0, r1, cols);
+  });
 }
 
 void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t cols) {
@@ -146,23 +139,26 @@ void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const f
   }
 }
 
-// Position-major passes: each cached row of keys, then of values, is read
-// once for all heads, in order, as a single stream. Each head's scores,
-// softmax and weighted sum are the same operations in the same order as a
-// head-by-head loop.
+namespace {
+
+/// Heads [h0, h1) of attention(), in position-major passes: each cached
+/// row of keys, then of values, is read once for all these heads, in
+/// order, as a single stream. Each head's scores, softmax and weighted sum
+/// are the same operations in the same order as a head-by-head loop.
 CECO_CLONES
-void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
-               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores) {
+void attend_heads(int64_t h0, int64_t h1, float* out, const float* q, const float* k,
+                  const float* v, int64_t n_pos, int64_t n_head, int64_t n_head_kv,
+                  int64_t head_dim, float* scores) {
   const int64_t kv_stride = n_head_kv * head_dim;
   const int64_t group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(float(head_dim));
   float* weight_of = scores + n_head * n_pos;  // [n_head]: 1 / each head's softmax sum
   for (int64_t t = 0; t < n_pos; ++t) {
     const float* kt = k + t * kv_stride;
-    for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t h = h0; h < h1; ++h)
       scores[h * n_pos + t] = dot(q + h * head_dim, kt + (h / group) * head_dim, head_dim) * scale;
   }
-  for (int64_t h = 0; h < n_head; ++h) {
+  for (int64_t h = h0; h < h1; ++h) {
     float* sh = scores + h * n_pos;
     float m = -INFINITY;
     for (int64_t t = 0; t < n_pos; ++t)
@@ -174,13 +170,25 @@ void attention(float* out, const float* q, const float* k, const float* v, int64
     }
     weight_of[h] = 1.0f / sum;
   }
-  std::fill_n(out, n_head * head_dim, 0.0f);
+  std::fill(out + h0 * head_dim, out + h1 * head_dim, 0.0f);
   for (int64_t t = 0; t < n_pos; ++t) {
     const float* vt = v + t * kv_stride;
-    for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t h = h0; h < h1; ++h)
       axpy(out + h * head_dim, scores[h * n_pos + t] * weight_of[h], vt + (h / group) * head_dim,
            head_dim);
   }
+}
+
+} // namespace
+
+void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
+               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores) {
+  // Heads split over the compute threads, each head whole on one thread.
+  const int64_t work = n_pos * n_head * head_dim;
+  const int n_threads = work < parallel_min_work ? 1 : int(std::min<int64_t>(at::get_num_threads(), n_head));
+  parallel_ranges(n_head, n_threads, 1, [&](int64_t h0, int64_t h1) {
+    attend_heads(h0, h1, out, q, k, v, n_pos, n_head, n_head_kv, head_dim, scores);
+  });
 }
 
 void round_to_f16(float* x, int64_t n) {

@@ -8,11 +8,11 @@
 #include <ATen/Parallel.h>
 #include <cblas.h>
 #include <fmt/format.h>
-#include <omp.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
+#include "model/compute_threads.hpp"
 #include "model/config.hpp"
 #include "model/half.hpp"
 
@@ -917,22 +917,15 @@ int thread_count(int requested) {
   return requested > 0 ? requested : at::get_num_threads();
 }
 
-/// Calls body(r0, r1) on contiguous row ranges, one per thread.
+/// Calls body(r0, r1) on row ranges that cover [0, rows), split over the
+/// compute threads in multiples of 4 rows.
 template <class Body>
 void split_rows(int64_t rows, int64_t cols, int n_threads, Body body) {
   if (n_threads <= 1 || rows * cols < parallel_min_weights || rows < 2) {
     body(int64_t(0), rows);
     return;
   }
-#pragma omp parallel num_threads(n_threads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t per = (rows + nt - 1) / nt;
-    const int64_t r0 = std::min(rows, int64_t(t) * per);
-    const int64_t r1 = std::min(rows, r0 + per);
-    if (r0 < r1)
-      body(r0, r1);
-  }
+  parallel_ranges(rows, n_threads, 4, body);
 }
 
 /// Rows per matrix stream. A core keeps only a few cache-line misses in
