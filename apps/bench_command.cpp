@@ -230,6 +230,7 @@ void run_bench(const bench_args& a) {
     j["vocab_size"] = cfg.vocab_size;
     j["threads"] = at::get_num_threads();
     j["device"] = a.device;
+    j["blas"] = blas_kernels();
     j["n_prompt"] = r.prompt.size();
     j["n_generated"] = r.tokens.size();
     j["prefill_ms"] = r.prefill_ms;
@@ -247,7 +248,8 @@ void run_bench(const bench_args& a) {
   }
   fmt::print("model     {} ({:.2f}M parameters, dim {}, {} layers, vocab {})\n", source,
              double(n_params) / 1e6, cfg.n_embd, cfg.n_layer, cfg.vocab_size);
-  fmt::print("threads   {} on {}\n", at::get_num_threads(), a.device);
+  fmt::print("threads   {} on {} (prefill products: {})\n", at::get_num_threads(), a.device,
+             blas_kernels());
   fmt::print("prefill   {:>5} tokens  {:>9.1f} tokens/s\n", r.prompt.size(),
              r.prefill_tokens_per_s());
   fmt::print("decode    {:>5} tokens  {:>9.1f} tokens/s\n", r.decode_steps,

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "apps/commands.hpp"
+#include "model/compute_threads.hpp"
 #include "model/config.hpp"
 
 namespace ceco::app {
@@ -32,6 +33,7 @@ std::string default_exit_heads_path() {
 } // namespace ceco::app
 
 int main(int argc, char** argv) {
+  ceco::use_fast_blas_kernels(argv);
   CLI::App app{"ceco " CECO_VERSION ": cloud-edge collaborative inference of early-exit LLaMA models"};
   app.set_version_flag("--version", CECO_VERSION);
   app.require_subcommand(1);

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -15,8 +18,39 @@
 
 // OpenBLAS's own thread count is not governed by at::set_num_threads.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" char* openblas_get_corename() __attribute__((weak));
 
 namespace ceco {
+
+void use_fast_blas_kernels(char** argv) {
+#if defined(__x86_64__)
+  // OpenBLAS picks its kernels for the CPU model as it loads and falls back
+  // to its slowest x86-64 ones (Prescott, SSE3) for a model it does not
+  // know: Debian 12's OpenBLAS on a recent Xeon prefilled 5x slower so.
+  // OPENBLAS_CORETYPE names the kernels instead, but is read only as the
+  // library loads: hence the restart, once, with it set from the CPU's
+  // features. A value the user set is left alone.
+  if (!openblas_get_corename || std::getenv("OPENBLAS_CORETYPE") ||
+      std::string(openblas_get_corename()) != "Prescott")
+    return;
+  const char* core = nullptr;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    core = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    core = "Haswell";
+  if (!core || setenv("OPENBLAS_CORETYPE", core, 0) != 0)
+    return;
+  execv("/proc/self/exe", argv);  // returns only if it failed: go on as we are
+  unsetenv("OPENBLAS_CORETYPE");
+#else
+  (void)argv;
+#endif
+}
+
+std::string blas_kernels() {
+  return openblas_get_corename ? std::string("OpenBLAS ") + openblas_get_corename() : "BLAS";
+}
 
 void set_compute_threads(int n) {
   if (n <= 0)

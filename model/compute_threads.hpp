@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 namespace ceco {
@@ -11,6 +12,13 @@ namespace ceco {
 void set_compute_threads(int n);
 /// Threads of OpenBLAS itself, for big batched products (training).
 void set_blas_threads(int n);
+/// Restarts the program (execv of /proc/self/exe with `argv`) with
+/// OPENBLAS_CORETYPE set from the CPU's features when OpenBLAS did not know
+/// the CPU and fell back to its generic kernels; returns otherwise. Call it
+/// first in main.
+void use_fast_blas_kernels(char** argv);
+/// The BLAS and its kernels, as the library names them: "OpenBLAS Haswell".
+std::string blas_kernels();
 
 /// Calls body(i) exactly once for each i in [0, n_chunks), on the calling
 /// thread and up to n_threads - 1 pool workers, and returns when every call

@@ -6,6 +6,8 @@
 
 #include <sys/wait.h>
 
+#include "model/compute_threads.hpp"
+
 namespace ceco::test {
 
 const stories& load_stories(const std::string& format) {
@@ -45,6 +47,7 @@ run_result run_shell(const std::string& command) {
 } // namespace ceco::test
 
 int main(int argc, char** argv) {
+  ceco::use_fast_blas_kernels(argv);
   ceco::set_compute_threads(1);
   doctest::Context ctx(argc, argv);
   return ctx.run();
