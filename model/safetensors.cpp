@@ -1,15 +1,8 @@
 #include "model/safetensors.hpp"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -61,39 +54,16 @@ quant::ggml_type safetensors_tensor::weight_type() const {
 
 // -- safetensors_file ---------------------------------------------------------
 
-safetensors_file::safetensors_file(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0)
-    throw model_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw model_error(fmt::format("{}: not a regular file", path));
-  }
-  size_ = size_t(st.st_size);
-  if (size_ < 8) {
-    ::close(fd);
+safetensors_file::safetensors_file(const std::string& path)
+    : path_(path), map_(path), base_(map_.data()), size_(map_.size()) {
+  if (size_ < 8)
     throw model_error(fmt::format(
       "{}: truncated safetensors file: {} bytes, not even the 8-byte header length", path,
       size_));
-  }
-  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (p == MAP_FAILED)
-    throw model_error(fmt::format("{}: cannot map: {}", path, std::strerror(errno)));
-  base_ = static_cast<const uint8_t*>(p);
-  try {
-    parse();
-  } catch (...) {
-    ::munmap(const_cast<uint8_t*>(base_), size_);
-    throw;
-  }
+  parse();
 }
 
-safetensors_file::~safetensors_file() {
-  if (base_)
-    ::munmap(const_cast<uint8_t*>(base_), size_);
-}
+safetensors_file::~safetensors_file() = default;
 
 void safetensors_file::parse() {
   uint64_t header_bytes = 0;

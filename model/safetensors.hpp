@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "model/config.hpp"
+#include "model/mapped_file.hpp"
 #include "model/quant.hpp"
 
 namespace ceco {
@@ -58,7 +59,8 @@ public:
 private:
   void parse();
   std::string path_;
-  const uint8_t* base_ = nullptr;
+  mapped_file map_;
+  const uint8_t* base_ = nullptr;  // map_'s bytes
   size_t size_ = 0;
   std::vector<safetensors_tensor> tensors_;
   std::map<std::string, std::string> metadata_;

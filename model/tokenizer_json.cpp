@@ -31,6 +31,7 @@
 
 #include "model/bpe_vocab.hpp"
 #include "model/config.hpp"
+#include "model/unicode.hpp"
 
 namespace ceco {
 
@@ -126,15 +127,6 @@ json single_template(const json& p) {
         return t;
     }
   return json::array();
-}
-
-std::string replace_all(std::string s, std::string_view from, std::string_view to) {
-  size_t pos = 0;
-  while ((pos = s.find(from, pos)) != std::string::npos) {
-    s.replace(pos, from.size(), to);
-    pos += to.size();
-  }
-  return s;
 }
 
 } // namespace
@@ -309,7 +301,7 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
       if (kinds[i] == token_kind::normal && pieces[i].size() == 6
           && pieces[i].compare(0, 3, "<0x") == 0 && pieces[i][5] == '>')
         kinds[i] = token_kind::byte;
-      pieces[i] = replace_all(std::move(pieces[i]), "\xe2\x96\x81", " ");
+      pieces[i] = unicode::replace_all(std::move(pieces[i]), "\xe2\x96\x81", " ");
     }
   }
   auto bpe_pieces = spm ? std::vector<std::string>{} : pieces;
