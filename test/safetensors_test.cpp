@@ -122,11 +122,11 @@ std::string hf_name(const std::string& gguf) {
   return "model.layers." + gguf.substr(4, dot - 4) + "." + layer.at(gguf.substr(dot + 1));
 }
 
-/// stories260K's SentencePiece vocabulary as a tokenizer.json: pieces with
-/// "▁", merges made from the scores as the `tokenizers` converter makes
-/// them (every split of a piece into two pieces, by the piece's score).
-json stories_tokenizer_json() {
-  gguf_file f(stories_gguf());
+/// A GGUF's SentencePiece vocabulary as a tokenizer.json: pieces with "▁",
+/// merges made from the scores as the `tokenizers` converter makes them
+/// (every split of a piece into two pieces, by the piece's score).
+json spm_tokenizer_json(const std::string& vocab_gguf = stories_gguf()) {
+  gguf_file f(vocab_gguf);
   auto pieces = f.get_string_array("tokenizer.ggml.tokens");
   auto scores = f.get_float_array("tokenizer.ggml.scores");
   auto types = f.get_int_array("tokenizer.ggml.token_type");
@@ -264,7 +264,7 @@ void write_pair(const std::string& dir, const variant& v) {
               {"bos_token_id", 1},
               {"eos_token_id", 2},
               {"torch_dtype", "float32"}});
-  write_json(dir + "/hf/tokenizer.json", stories_tokenizer_json());
+  write_json(dir + "/hf/tokenizer.json", spm_tokenizer_json());
 }
 
 /// Logits [T, vocab] of `ids` from the start of a fresh cache.
@@ -414,9 +414,30 @@ TEST_CASE("Llama 3 rope_scaling becomes the reference converter's rope frequency
   CHECK(contains(e, "llama3"));
 }
 
+TEST_CASE("Llama 2's vocabulary as a SentencePiece-style tokenizer.json encodes the reference's test texts as its GGUF") {
+  temp_dir tmp;
+  const auto vocab_gguf = shared_dir() + "/models/vocab/ggml-vocab-llama-spm.gguf";
+  write_json(tmp.file("tokenizer.json"), spm_tokenizer_json(vocab_gguf));
+  const auto json_vocab = tokenizer::from_tokenizer_json(tmp.file("tokenizer.json"));
+  gguf_file f(vocab_gguf);
+  const auto gguf_vocab = tokenizer::from_gguf(f);
+  REQUIRE(json_vocab.vocab_size() == 32000);
+  // The texts of the reference's vectors, each ended by the separator line.
+  const auto inp = read_all(vocab_gguf + ".inp");
+  const std::string all(inp.begin(), inp.end()), sep = "\n__ggml_vocab_test__\n";
+  int cases = 0;
+  for (size_t pos = 0, at; (at = all.find(sep, pos)) != std::string::npos; pos = at + sep.size()) {
+    const auto text = all.substr(pos, at - pos);
+    CAPTURE(text);
+    CHECK(json_vocab.encode(text, false) == gguf_vocab.encode(text, false));
+    ++cases;
+  }
+  CHECK(cases > 40);
+}
+
 TEST_CASE("a SentencePiece-style tokenizer.json encodes as the GGUF vocabulary") {
   temp_dir tmp;
-  write_json(tmp.file("tokenizer.json"), stories_tokenizer_json());
+  write_json(tmp.file("tokenizer.json"), spm_tokenizer_json());
   const auto json_vocab = tokenizer::from_tokenizer_json(tmp.file("tokenizer.json"));
   const auto& gguf_vocab = load_stories("gguf").files.vocab;
   CHECK(json_vocab.type() == vocab_type::sentencepiece);
