@@ -167,7 +167,8 @@ void add_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "run the whole model and stream its text; "
                                              "optionally trace early exits");
   cmd->add_option("--model", a->model,
-                  "checkpoint: a GGUF file, a llama2.c .bin, or a folder holding one "
+                  "checkpoint: a GGUF file, a llama2.c .bin, a Hugging Face folder (config.json, "
+                  "*.safetensors, tokenizer.json) or a folder holding a GGUF or .bin "
                   "(default: $CECO_MODEL, else " + default_model_path() + ")");
   cmd->add_option("--tokenizer", a->tokenizer,
                   "llama2.c tokenizer.bin for a .bin model (default: tok<vocab>.bin or "

@@ -61,7 +61,9 @@ void add_tokenize_command(CLI::App& app) {
     "print the token ids a model's vocabulary gives a text, on one line (reads only the "
     "vocabulary: a vocabulary-only GGUF will do)");
   cmd->add_option("--model", a->model,
-                  "GGUF file, llama2.c .bin or a folder holding one (default: $CECO_MODEL, else "
+                  "GGUF file, llama2.c .bin, Hugging Face folder (config.json, *.safetensors, "
+                  "tokenizer.json) or a folder holding one "
+                  "(default: $CECO_MODEL, else "
                   "the built-in model)");
   cmd->add_option("--tokenizer", a->tokenizer, "llama2.c tokenizer.bin for a .bin model");
   auto* text = cmd->add_option("--text", a->text, "the text to tokenize");

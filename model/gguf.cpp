@@ -3,11 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <fmt/format.h>
 
 namespace ceco {
@@ -96,38 +91,15 @@ std::string gguf_tensor::shape_string() const {
 
 // -- gguf_file ----------------------------------------------------------------
 
-gguf_file::gguf_file(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0)
-    throw model_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw model_error(fmt::format("{}: not a regular file", path));
-  }
-  size_ = size_t(st.st_size);
-  if (size_ < 4) {
-    ::close(fd);
+gguf_file::gguf_file(const std::string& path)
+    : path_(path), map_(path), base_(map_.data()), size_(map_.size()) {
+  if (size_ < 4)
     throw model_error(fmt::format(
       "{}: truncated GGUF: {} bytes, not even the 4-byte magic", path, size_));
-  }
-  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (p == MAP_FAILED)
-    throw model_error(fmt::format("{}: cannot map: {}", path, std::strerror(errno)));
-  base_ = static_cast<const uint8_t*>(p);
-  try {
-    parse();
-  } catch (...) {
-    ::munmap(const_cast<uint8_t*>(base_), size_);
-    throw;
-  }
+  parse();
 }
 
-gguf_file::~gguf_file() {
-  if (base_)
-    ::munmap(const_cast<uint8_t*>(base_), size_);
-}
+gguf_file::~gguf_file() = default;
 
 void gguf_file::parse() {
   cursor c{base_, size_, 0, path_};

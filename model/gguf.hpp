@@ -22,6 +22,7 @@
 
 #include "model/config.hpp"
 #include "model/gguf_format.hpp"
+#include "model/mapped_file.hpp"
 
 namespace ceco {
 
@@ -87,7 +88,8 @@ private:
   /// Offsets aligned, tensors neither overlapping nor leaving gaps.
   void check_layout(uint64_t alignment) const;
   std::string path_;
-  const uint8_t* base_ = nullptr;
+  mapped_file map_;
+  const uint8_t* base_ = nullptr;  // map_'s bytes
   size_t size_ = 0;
   uint32_t version_ = 0;
   std::map<std::string, gguf_value> kv_;

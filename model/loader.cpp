@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 
 #include "model/gguf.hpp"
+#include "model/hf_checkpoint.hpp"
+#include "model/safetensors.hpp"
 
 namespace ceco {
 
@@ -275,15 +277,20 @@ std::string resolve_checkpoint(const std::string& path) {
   std::sort(bin.begin(), bin.end());
   if (!gguf.empty())
     return gguf.front().string();
+  if (is_safetensors_checkpoint(path))
+    return path;  // a Hugging Face checkpoint (its pytorch_model.bin is no llama2.c file)
   if (!bin.empty())
     return bin.front().string();
-  throw model_error(fmt::format("{}: the folder holds no .gguf or llama2.c .bin model", path));
+  throw model_error(fmt::format(
+    "{}: the folder holds no .gguf, Hugging Face safetensors or llama2.c .bin model", path));
 }
 
 } // namespace
 
 tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path) {
   auto file = resolve_checkpoint(path);
+  if (is_safetensors_checkpoint(file))
+    return load_hf_tokenizer(file);
   if (has_gguf_magic(file) || fs::path(file).extension() == ".gguf") {
     gguf_file f(file);
     return tokenizer::from_gguf(f);
@@ -301,6 +308,8 @@ tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_p
 
 loaded_model load_model(const std::string& path, const std::string& tokenizer_path) {
   auto file = resolve_checkpoint(path);
+  if (is_safetensors_checkpoint(file))
+    return load_hf_checkpoint(file);
   if (has_gguf_magic(file))
     return load_gguf(file);
   if (fs::path(file).extension() == ".gguf")

@@ -12,8 +12,13 @@
 //    tokenizer.hpp).
 //  - llama2.c legacy `.bin` (7 x int32 header; a negative vocab_size means a
 //    separate classifier) with a llama2.c `tokenizer.bin`.
-// A folder is accepted too: its .gguf file, else its .bin model with the
-// tok*.bin / tokenizer.bin beside it.
+//  - Hugging Face checkpoints (model/hf_checkpoint.hpp): config.json,
+//    model.safetensors or its shards (model/safetensors.hpp), tokenizer.json;
+//    LlamaForCausalLM and Qwen2ForCausalLM, F32/F16/BF16 matrices kept in
+//    the mapped file as GGUF's are.
+// A folder is accepted too: its .gguf file, else its Hugging Face
+// checkpoint, else its .bin model with the tok*.bin / tokenizer.bin beside it.
+// A .safetensors file or model.safetensors.index.json means its folder.
 
 #include <cstdint>
 #include <string>
@@ -28,8 +33,8 @@ struct loaded_model {
   model_config config;
   model_weights weights;
   tokenizer vocab;
-  std::string path;    // the checkpoint file actually read
-  std::string format;  // "gguf" or "llama2c"
+  std::string path;    // the checkpoint file actually read (a Hugging Face folder)
+  std::string format;  // "gguf", "safetensors" or "llama2c"
 };
 
 /// `tokenizer_path` is required only for a llama2.c .bin whose folder holds
@@ -37,8 +42,9 @@ struct loaded_model {
 loaded_model load_model(const std::string& path, const std::string& tokenizer_path = {});
 
 /// Only the vocabulary of a checkpoint, without reading weights: a GGUF's
-/// tokenizer metadata (a vocabulary-only GGUF is fine), or the llama2.c
-/// tokenizer of a .bin as load_model finds it.
+/// tokenizer metadata (a vocabulary-only GGUF is fine), a Hugging Face
+/// folder's tokenizer.json, or the llama2.c tokenizer of a .bin as
+/// load_model finds it.
 tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path = {});
 
 class gguf_file;

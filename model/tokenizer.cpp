@@ -10,6 +10,7 @@
 #include "model/bpe_vocab.hpp"
 #include "model/config.hpp"
 #include "model/gguf.hpp"
+#include "model/unicode.hpp"
 
 namespace ceco {
 
@@ -27,15 +28,6 @@ int parse_byte_piece(const std::string& p) {
   };
   int hi = hex(p[3]), lo = hex(p[4]);
   return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
-}
-
-std::string replace_all(std::string s, std::string_view from, std::string_view to) {
-  size_t pos = 0;
-  while ((pos = s.find(from, pos)) != std::string::npos) {
-    s.replace(pos, from.size(), to);
-    pos += to.size();
-  }
-  return s;
 }
 
 size_t utf8_length(unsigned char lead) {
@@ -152,7 +144,7 @@ tokenizer tokenizer::from_gguf(const gguf_file& f) {
   int bos = 1, eos = 2;
   if (spm) {
     for (auto& p : pieces)
-      p = replace_all(std::move(p), "\xe2\x96\x81", " ");  // U+2581 "▁"
+      p = unicode::replace_all(std::move(p), "\xe2\x96\x81", " ");  // U+2581 "▁"
     bos = special_id(bos_key, 1);
     eos = special_id(eos_key, 2);
   } else {

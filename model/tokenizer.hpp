@@ -9,7 +9,8 @@
 //    spaces ("▁" in GGUF files is translated on load).
 //  - Byte-level BPE with ranked merges (`gpt2`: Llama 3, Qwen2, SmolLM,
 //    DeepSeek, ...), see bpe_vocab.hpp; pieces are stored as in the file.
-// from_gguf picks the type from `tokenizer.ggml.model`.
+// from_gguf picks the type from `tokenizer.ggml.model`; from_tokenizer_json
+// from a tokenizer.json's pre-tokenizer and normalizer.
 //
 // Before either, special tokens are cut out of the text: user-defined tokens
 // always, control and unknown tokens when `parse_special` is set, longest
@@ -43,6 +44,11 @@ public:
   static tokenizer from_llama2c(const std::string& path, int vocab_size);
   /// From a GGUF file's `tokenizer.ggml.*` metadata.
   static tokenizer from_gguf(const gguf_file& file);
+  /// From a Hugging Face `tokenizer.json` (model/tokenizer_json.cpp): ids
+  /// below `vocab_size` that it lacks become unused pieces; `bos`/`eos` as
+  /// config.json names them (< 0: from the post-processor's template).
+  static tokenizer from_tokenizer_json(const std::string& path, int vocab_size = 0,
+                                       int bos = -1, int eos = -1);
   /// From explicit pieces (used by tests and by the trainer).
   static tokenizer from_pieces(std::vector<std::string> pieces,
                                std::vector<float> scores,

@@ -332,6 +332,15 @@ code_points decode_utf8(std::string_view text) {
   return out;
 }
 
+std::string replace_all(std::string s, std::string_view from, std::string_view to) {
+  size_t pos = 0;
+  while ((pos = s.find(from, pos)) != std::string::npos) {
+    s.replace(pos, from.size(), to);
+    pos += to.size();
+  }
+  return s;
+}
+
 void append_utf8(std::string& out, uint32_t cpt) {
   if (cpt < 0x80) {
     out += char(cpt);

@@ -35,6 +35,10 @@ code_points decode_utf8(std::string_view text);
 /// Appends the UTF-8 encoding of `cpt`.
 void append_utf8(std::string& out, uint32_t cpt);
 
+/// `s` with every `from` replaced by `to`, left to right (SentencePiece's
+/// "▁" for a space).
+std::string replace_all(std::string s, std::string_view from, std::string_view to);
+
 /// GPT-2's byte-level alphabet: every byte as a printable code point
 /// ('!'..'~', '¡'..'¬', '®'..'ÿ' stand for themselves, the other 68 bytes
 /// for U+0100.. in byte order), UTF-8 encoded.
