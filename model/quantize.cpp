@@ -244,9 +244,10 @@ void pack_2bit_levels(const uint8_t* u, uint8_t* qs) {
 /// x_s)), then sc0_s rounded up so its levels reach the sub-block's maximum,
 /// every element within half a step d sc0_s <= (range_s + dmin) / 3 + d.
 /// Then a few smaller scales and offsets (sc0 - 3 .. sc0, m0 - 2 .. m0),
-/// which clip the extremes but may round the rest closer, are tried and the
-/// one of least squared error kept: a sub-block's RMS error stays within
-/// half of d sc0_s.
+/// which clip the extremes but may round the rest closer, and the
+/// least-squares fit to the best one's levels (rounded down and up) are
+/// tried and the one of least squared error kept: a sub-block's RMS error
+/// stays within half of d sc0_s.
 void q2_k_block(const float* x, uint8_t* b) {
   float lo[16], hi[16], max_neg = 0;
   for (int s = 0; s < 16; ++s) {
@@ -275,15 +276,35 @@ void q2_k_block(const float* x, uint8_t* b) {
     const int sc0 = d > 0 ? std::min(15, int(std::ceil(need[s] / d))) : 0;
     int best_sc = sc0, best_m = m0[s];
     float best = level_error(xs, 16, d * float(sc0), -dmin * float(m0[s]), 0, 3, nullptr);
-    for (int m = m0[s]; m >= std::max(0, m0[s] - 2); --m)
-      for (int sc = sc0; sc >= std::max(0, sc0 - 3); --sc) {
-        const float err = level_error(xs, 16, d * float(sc), -dmin * float(m), 0, 3, nullptr);
-        if (err < best) {
-          best = err;
-          best_sc = sc;
-          best_m = m;
-        }
+    auto consider = [&](int sc, int m) {
+      const float err = level_error(xs, 16, d * float(sc), -dmin * float(m), 0, 3, nullptr);
+      if (err < best) {
+        best = err;
+        best_sc = sc;
+        best_m = m;
       }
+    };
+    for (int m = m0[s]; m >= std::max(0, m0[s] - 2); --m)
+      for (int sc = sc0; sc >= std::max(0, sc0 - 3); --sc)
+        consider(sc, m);
+    // The least-squares step and offset for the levels chosen, each
+    // rounded down and up to its grid.
+    level_error(xs, 16, d * float(best_sc), -dmin * float(best_m), 0, 3, u + 16 * s);
+    float su = 0, suu = 0, sx = 0, sxu = 0;
+    for (int i = 0; i < 16; ++i) {
+      const float ui = u[16 * s + i];
+      su += ui;
+      suu += ui * ui;
+      sx += xs[i];
+      sxu += xs[i] * ui;
+    }
+    const float det = 16 * suu - su * su;
+    if (det > 0 && d > 0 && dmin > 0) {
+      const float step = (16 * sxu - su * sx) / det, offset = (sx - step * su) / 16;
+      for (float sc : {std::floor(step / d), std::ceil(step / d)})
+        for (float m : {std::floor(-offset / dmin), std::ceil(-offset / dmin)})
+          consider(clamp_level(int(sc), 0, 15), clamp_level(int(m), 0, 15));
+    }
     level_error(xs, 16, d * float(best_sc), -dmin * float(best_m), 0, 3, u + 16 * s);
     b[s] = uint8_t(best_sc | (best_m << 4));
   }
@@ -309,9 +330,10 @@ uint16_t signed_subblock_scales(const float* x, float bottom, float top, float* 
 /// its element of largest magnitude to -4 and is rounded away from zero
 /// against d, so that it clips nothing but the opposite extreme (by at most
 /// one step): |x - x'| <= |d sc0_s| <= max|x_s| / 4 + d. Then a few
-/// neighbouring scales (|sc0| - 3 .. |sc0| + 1) and those that map the
-/// largest element to +3 instead are tried, and the one of least squared
-/// error kept: a sub-block's RMS error stays within |d sc0_s|.
+/// neighbouring scales (|sc0| - 3 .. |sc0| + 1), those that map the largest
+/// element to +3 instead and the least-squares fit to the best one's levels
+/// are tried, and the one of least squared error kept: a sub-block's RMS
+/// error stays within |d sc0_s|.
 void q3_k_block(const float* x, uint8_t* b) {
   float scale[16];
   const uint16_t d_h = signed_subblock_scales(x, 4, 31, scale);
@@ -337,6 +359,19 @@ void q3_k_block(const float* x, uint8_t* b) {
       consider(sign * mag);
     for (int mag = std::max(0, mag1 - 2); mag <= mag1; ++mag)
       consider(-sign * mag);
+    // The least-squares step for the levels chosen, rounded down and up.
+    level_error(xs, 16, d * float(best_sc), 0, -4, 3, u + 16 * s);
+    float sxq = 0, sqq = 0;
+    for (int i = 0; i < 16; ++i) {
+      const float q = float(u[16 * s + i]) - 4;
+      sxq += xs[i] * q;
+      sqq += q * q;
+    }
+    if (sqq > 0 && d > 0) {
+      const float step = sxq / sqq / d;
+      consider(clamp_level(int(std::floor(step)), -31, 31));
+      consider(clamp_level(int(std::ceil(step)), -31, 31));
+    }
     sc[s] = best_sc;
     level_error(xs, 16, d * float(best_sc), 0, -4, 3, u + 16 * s);
   }
