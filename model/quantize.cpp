@@ -141,42 +141,62 @@ void offset32_block(const float* x, uint8_t* b) {
   pack_nibbles32(u, b + qs_at, qh_at > 0 ? b + qh_at : nullptr);
 }
 
-/// A Q4_K/Q5_K super-block of 256 as 8 sub-blocks of 32: x = d sc_j u -
-/// dmin m_j, u in [0, levels], sc_j and m_j 6-bit. The offsets are fixed
-/// first (m_j rounded up, so -dmin m_j <= min(0, min x_j)), then each scale
-/// is rounded up so its levels reach the sub-block's maximum: |x - x'| <=
-/// (d sc_j) / 2 <= ((range_j + dmin) / levels + d) / 2.
-void k_offset_block(const float* x, int levels, uint8_t* b, uint8_t* u) {
-  float lo[8], hi[8];
-  float max_neg = 0;
-  for (int j = 0; j < 8; ++j) {
+/// The offsets and scales of a K-quant super-block of 256 with offsets
+/// that clip nothing: n_sub sub-blocks, x = d sc_j u - dmin m_j, u in [0,
+/// levels], sc_j and m_j at most max_int. The offsets come first (m_j
+/// rounded up, so -dmin m_j <= min(0, min x_j)), then each sub-block's step
+/// need_j, which its levels need to reach its maximum from there; dmin and
+/// d are 1/max_int of the largest offset and step, rounded up to f16.
+struct unclipped_scales {
+  uint16_t d_h, dmin_h;
+  float d, dmin;
+  int m[16];
+  float need[16];
+};
+
+unclipped_scales offset_scales(const float* x, int n_sub, int levels, int max_int) {
+  const int sub = 256 / n_sub;
+  unclipped_scales r;
+  float lo[16], hi[16], max_neg = 0, max_need = 0;
+  for (int j = 0; j < n_sub; ++j) {
     lo[j] = 0;
-    hi[j] = x[32 * j];
-    for (int i = 0; i < 32; ++i) {
-      lo[j] = std::min(lo[j], x[32 * j + i]);
-      hi[j] = std::max(hi[j], x[32 * j + i]);
+    hi[j] = x[sub * j];
+    for (int i = 0; i < sub; ++i) {
+      lo[j] = std::min(lo[j], x[sub * j + i]);
+      hi[j] = std::max(hi[j], x[sub * j + i]);
     }
     max_neg = std::max(max_neg, -lo[j]);
   }
-  const uint16_t dmin_h = half_at_least(max_neg / 63.0f);
-  const float dmin = half_to_float(dmin_h);
-  int m[8];
-  float base[8], need[8], max_need = 0;
-  for (int j = 0; j < 8; ++j) {
-    m[j] = dmin > 0 ? std::min(63, int(std::ceil(-lo[j] / dmin))) : 0;
-    base[j] = -dmin * float(m[j]);  // as the dequantizer computes the offset
-    need[j] = std::max(0.0f, hi[j] - base[j]) / float(levels);
-    max_need = std::max(max_need, need[j]);
+  r.dmin_h = half_at_least(max_neg / float(max_int));
+  r.dmin = half_to_float(r.dmin_h);
+  for (int j = 0; j < n_sub; ++j) {
+    r.m[j] = r.dmin > 0 ? std::min(max_int, int(std::ceil(-lo[j] / r.dmin))) : 0;
+    // From the offset as the dequantizer computes it.
+    r.need[j] = std::max(0.0f, hi[j] - -r.dmin * float(r.m[j])) / float(levels);
+    max_need = std::max(max_need, r.need[j]);
   }
-  const uint16_t d_h = half_at_least(max_need / 63.0f);
-  const float d = half_to_float(d_h);
+  r.d_h = half_at_least(max_need / float(max_int));
+  r.d = half_to_float(r.d_h);
+  return r;
+}
+
+/// A Q4_K/Q5_K super-block of 256 as 8 sub-blocks of 32: x = d sc_j u -
+/// dmin m_j, u in [0, levels], sc_j and m_j 6-bit, with offset_scales'
+/// offsets and each scale rounded up so its levels reach the sub-block's
+/// maximum: |x - x'| <= (d sc_j) / 2 <= ((range_j + dmin) / levels + d) / 2.
+void k_offset_block(const float* x, int levels, uint8_t* b, uint8_t* u) {
+  const unclipped_scales k = offset_scales(x, 8, levels, 63);
+  const float d = k.d;
+  const uint16_t d_h = k.d_h, dmin_h = k.dmin_h;
+  const int* m = k.m;
   int sc[8];
   for (int j = 0; j < 8; ++j) {
-    sc[j] = d > 0 ? std::min(63, int(std::ceil(need[j] / d))) : 0;
+    sc[j] = d > 0 ? std::min(63, int(std::ceil(k.need[j] / d))) : 0;
     const float step = d * float(sc[j]);
     const float inv = step > 0 ? 1.0f / step : 0.0f;
+    const float base = -k.dmin * float(m[j]);
     for (int i = 0; i < 32; ++i)
-      u[32 * j + i] = uint8_t(clamp_level(nearest((x[32 * j + i] - base[j]) * inv), 0, levels));
+      u[32 * j + i] = uint8_t(clamp_level(nearest((x[32 * j + i] - base) * inv), 0, levels));
   }
   store_half(b, d_h);
   store_half(b + 2, dmin_h);
@@ -239,7 +259,7 @@ void pack_2bit_levels(const uint8_t* u, uint8_t* qs) {
 }
 
 /// A Q2_K super-block of 256 as 16 sub-blocks of 16: x = d sc_s u - dmin
-/// m_s, u in [0, 3], sc_s and m_s 4-bit. As Q4_K, the offsets and scales
+/// m_s, u in [0, 3], sc_s and m_s 4-bit. As Q4_K (offset_scales), the offsets and scales
 /// that clip nothing come first: m0_s rounded up (-dmin m0_s <= min(0, min
 /// x_s)), then sc0_s rounded up so its levels reach the sub-block's maximum,
 /// every element within half a step d sc0_s <= (range_s + dmin) / 3 + d.
@@ -249,27 +269,10 @@ void pack_2bit_levels(const uint8_t* u, uint8_t* qs) {
 /// tried and the one of least squared error kept: a sub-block's RMS error
 /// stays within half of d sc0_s.
 void q2_k_block(const float* x, uint8_t* b) {
-  float lo[16], hi[16], max_neg = 0;
-  for (int s = 0; s < 16; ++s) {
-    lo[s] = 0;
-    hi[s] = x[16 * s];
-    for (int i = 0; i < 16; ++i) {
-      lo[s] = std::min(lo[s], x[16 * s + i]);
-      hi[s] = std::max(hi[s], x[16 * s + i]);
-    }
-    max_neg = std::max(max_neg, -lo[s]);
-  }
-  const uint16_t dmin_h = half_at_least(max_neg / 15.0f);
-  const float dmin = half_to_float(dmin_h);
-  int m0[16];
-  float need[16], max_need = 0;
-  for (int s = 0; s < 16; ++s) {
-    m0[s] = dmin > 0 ? std::min(15, int(std::ceil(-lo[s] / dmin))) : 0;
-    need[s] = std::max(0.0f, hi[s] + dmin * float(m0[s])) / 3.0f;
-    max_need = std::max(max_need, need[s]);
-  }
-  const uint16_t d_h = half_at_least(max_need / 15.0f);
-  const float d = half_to_float(d_h);
+  const unclipped_scales k = offset_scales(x, 16, 3, 15);
+  const float d = k.d, dmin = k.dmin;
+  const int* m0 = k.m;
+  const float* need = k.need;
   uint8_t u[256];
   for (int s = 0; s < 16; ++s) {
     const float* xs = x + 16 * s;
@@ -309,8 +312,8 @@ void q2_k_block(const float* x, uint8_t* b) {
     b[s] = uint8_t(best_sc | (best_m << 4));
   }
   pack_2bit_levels(u, b + 16);
-  store_half(b + 80, d_h);
-  store_half(b + 82, dmin_h);
+  store_half(b + 80, k.d_h);
+  store_half(b + 82, k.dmin_h);
 }
 
 /// The scales of 16 sub-blocks of 16 that map each one's element of
