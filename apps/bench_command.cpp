@@ -278,7 +278,8 @@ void add_bench_command(CLI::App& app) {
     ->excludes(model);
   cmd->add_option("--type", a->type,
                   "weight type of the --shape model (default F32): " + quant::file_type_names() +
-                    "; the _M mixes assign types per matrix as llama-quantize does");
+                    " (case-blind); the _S/_M/_L mixes and Q2_K assign types per matrix as llama-quantize "
+                    "does");
   cmd->add_option("--tokens", a->tokens, "tokens to decode")->capture_default_str()
     ->check(CLI::PositiveNumber);
   cmd->add_option("--prompt-tokens", a->prompt_tokens, "prompt length for the prefill")

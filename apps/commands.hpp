@@ -18,6 +18,7 @@ void add_edge_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
 
 /// A server that cannot go on (an actor of the cloud died): `ceco` exits
 /// with status 3, so that a supervisor restarts it.

@@ -5,6 +5,7 @@
 //   ceco sim --mode all
 //   ceco serve --local-cloud --port 8080
 //   ceco tokenize --model M --text "Hello world" --pieces
+//   ceco quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M
 //   ceco <command> --help
 
 #include <cstdlib>
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   ceco::app::add_serve_command(app);
   ceco::app::add_train_command(app);
   ceco::app::add_tokenize_command(app);
+  ceco::app::add_quantize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

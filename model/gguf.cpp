@@ -124,6 +124,7 @@ void gguf_file::parse() {
   for (uint64_t i = 0; i < n_kv; ++i) {
     auto key = c.read_string("metadata key");
     auto type = c.read<uint32_t>(key.c_str());
+    const size_t value_at = c.pos;
     gguf_value v;
     if (type == t_array) {
       v.is_array = true;
@@ -140,6 +141,7 @@ void gguf_file::parse() {
     } else {
       v.scalar = read_scalar(c, type, key);
     }
+    encoded_.push_back({key, type, base_ + value_at, c.pos - value_at});
     kv_[key] = std::move(v);
   }
 

@@ -48,6 +48,16 @@ struct gguf_tensor {
   std::string shape_string() const;
 };
 
+/// A metadata entry as the file encodes it, for copying it unchanged:
+/// `value` points at its n_bytes in the mapped file (an array: element
+/// type, count, elements).
+struct gguf_encoded_kv {
+  std::string key;
+  uint32_t type = 0;  // gguf_format::value_type
+  const uint8_t* value = nullptr;
+  size_t n_bytes = 0;
+};
+
 /// A read-only, memory-mapped GGUF file.
 class gguf_file {
 public:
@@ -73,6 +83,10 @@ public:
   std::vector<double> get_float_array(const std::string& key) const;
   std::vector<int64_t> get_int_array(const std::string& key) const;
 
+  /// Every metadata entry in file order, as encoded (valid while this
+  /// file is open).
+  const std::vector<gguf_encoded_kv>& encoded_metadata() const { return encoded_; }
+
   const std::vector<gguf_tensor>& tensors() const { return tensors_; }
   /// nullptr when absent.
   const gguf_tensor* find(const std::string& name) const;
@@ -93,6 +107,7 @@ private:
   size_t size_ = 0;
   uint32_t version_ = 0;
   std::map<std::string, gguf_value> kv_;
+  std::vector<gguf_encoded_kv> encoded_;
   std::vector<gguf_tensor> tensors_;
 };
 

@@ -59,12 +59,14 @@ size_t tensor_bytes(ggml_type t, int64_t n_elements, int64_t row_length, const s
 void dequantize_row(ggml_type t, const void* src, float* dst, int64_t n);
 
 /// Whether quantize_row writes type t: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-/// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+/// Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 bool can_quantize(ggml_type t);
 /// The blocks of type t for src[n] into dst (tensor_bytes(t, n, n) bytes);
 /// n is a multiple of the block size. Round to nearest against per-block
 /// scales: dequantize_row gives back src within one step of the type
-/// (half a step for the types with an offset). model/quantize.cpp.
+/// (half a step for the types with an offset; Q2_K and Q3_K, which search
+/// a few scales per sub-block, within that in RMS over each sub-block).
+/// model/quantize.cpp.
 void quantize_row(ggml_type t, const float* src, void* dst, int64_t n);
 
 /// Scratch bytes for one quantized activation row of `cols` elements.

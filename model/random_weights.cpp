@@ -122,7 +122,7 @@ model_weights random_weights(const model_config& c, uint64_t seed,
   const int64_t d = c.n_embd, d_kv = c.n_embd_kv(), ff = c.n_ff;
   uint64_t next_matrix = 0;  // each matrix's stream of values
   auto matrix = [&](matrix_role role, int il, int64_t rows, int64_t cols, const std::string& name) {
-    const auto t = quant::matrix_type(opts.type, role, il, c.n_layer, cols);
+    const auto t = quant::matrix_type(opts.type, role, il, c.n_layer, cols, c.n_head / c.n_head_kv);
     return random_matrix(seed, next_matrix++, rows, cols, t, "random " + name);
   };
   model_weights w;

@@ -273,3 +273,59 @@ TEST_CASE("ceco edge adds no link delay by default; a file's [link] and --set st
   REQUIRE(profiled.status == 0);
   CHECK(has(profiled.out, "link.latency_ms = 25"));
 }
+
+TEST_CASE("ceco quantize writes a model generate loads, reports each tensor, and refuses bad input by name") {
+  temp_dir tmp;
+  const std::string dir = shared_dir() + "/models/tiny256/";
+  const auto out = tmp.file("q4.gguf");
+  auto r = run_ceco("quantize " + dir + "tiny256-f32.gguf " + out + " q4_k_m --threads 2");
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("[   1/  39] token_embd.weight") != std::string::npos);
+  CHECK(r.out.find("[  39/  39]") != std::string::npos);
+  CHECK(r.out.find("F32 -> Q6_K") != std::string::npos);
+  CHECK(r.out.find("(Q4_K_M): 13.02 MiB -> 2.00 MiB in") != std::string::npos);
+  CHECK(r.out.find("39 tensors (9 F32, 25 Q4_K, 5 Q6_K)") != std::string::npos);
+  CHECK(std::filesystem::file_size(out) == std::filesystem::file_size(dir + "tiny256-Q4_K_M.gguf"));
+  auto gen = run_ceco("generate --model " + out + " --prompt 'Once upon a time' --max-tokens 4 --json");
+  REQUIRE(gen.status == 0);
+  CHECK(nlohmann::json::parse(gen.out)["n_generated"] == 4);
+
+  auto no_file_left = [&](const std::string& name) {
+    CHECK_FALSE(std::filesystem::exists(tmp.file(name)));
+    for (const auto& e : std::filesystem::directory_iterator(tmp.path))
+      CHECK(e.path().string().find(".partial") == std::string::npos);
+  };
+  auto unknown = run_ceco("quantize " + dir + "tiny256-f32.gguf " + tmp.file("x.gguf") + " Q9_X");
+  CHECK(unknown.status == 1);
+  CHECK(unknown.out.find("TYPE: unknown weight type 'Q9_X', expected one of F32, F16, BF16, Q8_0") !=
+        std::string::npos);
+  CHECK(unknown.out.find("Q2_K, Q3_K_S, Q3_K_M, Q3_K_L") != std::string::npos);
+  no_file_left("x.gguf");
+  auto missing = run_ceco("quantize /nonexistent/in.gguf " + tmp.file("x.gguf") + " Q8_0");
+  CHECK(missing.status == 1);
+  CHECK(missing.out.find("/nonexistent/in.gguf: cannot open") != std::string::npos);
+  auto unwritable = run_ceco("quantize " + dir + "tiny256-f32.gguf /nonexistent-dir/out.gguf Q8_0");
+  CHECK(unwritable.status == 1);
+  CHECK(unwritable.out.find("/nonexistent-dir/out.gguf: cannot open for writing") != std::string::npos);
+  // Already quantized: refused, unless asked to requantize.
+  auto quantized = run_ceco("quantize " + dir + "tiny256-Q8_0.gguf " + tmp.file("x.gguf") + " Q4_K_M");
+  CHECK(quantized.status == 1);
+  CHECK(quantized.out.find("tiny256-Q8_0.gguf: tensor 'output.weight' is Q8_0, already quantized") !=
+        std::string::npos);
+  CHECK(quantized.out.find("--allow-requantize") != std::string::npos);
+  no_file_left("x.gguf");
+  auto again = run_ceco("quantize " + dir + "tiny256-Q8_0.gguf " + tmp.file("x.gguf") +
+                        " Q4_K_M --allow-requantize");
+  CHECK(again.status == 0);
+  CHECK(std::filesystem::file_size(tmp.file("x.gguf")) == std::filesystem::file_size(out));
+  auto same = run_ceco("quantize " + out + " " + out + " Q8_0");
+  CHECK(same.status == 1);
+  CHECK(same.out.find(out + ": is the input file") != std::string::npos);
+  auto usage = run_ceco("quantize " + dir + "tiny256-f32.gguf");
+  CHECK(usage.status != 0);
+  CHECK(usage.out.find("OUTPUT is required") != std::string::npos);
+  auto help = run_ceco("quantize --help");
+  CHECK(help.status == 0);
+  CHECK(help.out.find("Q4_K_M") != std::string::npos);
+  CHECK(help.out.find("--threads") != std::string::npos);
+}

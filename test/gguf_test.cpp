@@ -65,3 +65,66 @@ TEST_CASE("the stories260K GGUF parses with its metadata and 48 tensors") {
   CHECK(f.get_string_array("tokenizer.ggml.tokens").size() == 512);
   CHECK(f.get("blk.0.attn_k.weight").ne == std::vector<int64_t>{64, 32});
 }
+
+TEST_CASE("gguf_writer copies encoded metadata, aligns per general.alignment and never leaves a partial file") {
+  temp_dir tmp;
+  const auto source = tmp.file("source.gguf");
+  {
+    gguf_writer w;
+    w.set_string_array("test.words", {"x", "yz"});
+    w.set_uint32("general.alignment", 64);
+    std::vector<float> m = {1, 2, 3};
+    w.add_tensor("a", {3}, m.data());
+    // Blocks of any type, written when the file is.
+    w.add_tensor("q", {32, 2}, ggml_type::q8_0, [](uint8_t* out, size_t n) {
+      CHECK(n == 2 * 34);
+      for (size_t i = 0; i < n; ++i)
+        out[i] = uint8_t(i % 7);
+    });
+    w.write(source);
+  }
+  gguf_file f(source);
+  CHECK(f.get_uint("general.alignment") == 64);
+  CHECK(f.get("q").offset % 64 == 0);
+  CHECK(f.get("q").offset > 0);
+  CHECK(f.get("q").type == ggml_type::q8_0);
+  for (size_t i = 0; i < 68; ++i)
+    CHECK(f.get("q").data[i] == uint8_t(i % 7));
+  // Copied entry by entry, the metadata is the same bytes.
+  gguf_writer copy;
+  for (const auto& kv : f.encoded_metadata())
+    copy.set_encoded(kv.key, kv.type, kv.value, kv.n_bytes);
+  const auto copied = tmp.file("copy.gguf");
+  copy.write(copied);
+  gguf_file g(copied);
+  REQUIRE(g.encoded_metadata().size() == 2);
+  CHECK(g.get_string_array("test.words") == std::vector<std::string>{"x", "yz"});
+  for (size_t i = 0; i < 2; ++i) {
+    const auto &a = f.encoded_metadata()[i], &b = g.encoded_metadata()[i];
+    CHECK(a.key == b.key);
+    CHECK(a.type == b.type);
+    CHECK(std::equal(a.value, a.value + a.n_bytes, b.value, b.value + b.n_bytes));
+  }
+
+  // A fill that fails leaves the old file as it was and no temporary file.
+  const auto before = read_all(copied);
+  gguf_writer failing;
+  failing.set_uint32("test.n", 1);
+  failing.add_tensor("q", {32}, ggml_type::q8_0, [](uint8_t*, size_t) {
+    throw model_error("quantizing 'q' failed");
+  });
+  CHECK(error_of([&] { failing.write(copied); }) == "quantizing 'q' failed");
+  CHECK(read_all(copied) == before);
+  CHECK(error_of([&] { failing.write(tmp.file("new.gguf")); }) == "quantizing 'q' failed");
+  CHECK_FALSE(std::filesystem::exists(tmp.file("new.gguf")));
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path)) {
+    CAPTURE(e.path().string());
+    CHECK(e.path().extension() == ".gguf");
+    ++files;
+  }
+  CHECK(files == 2);
+  // A folder that does not exist is named.
+  CHECK(error_of([&] { copy.write("/nonexistent-folder/x.gguf"); })
+          .find("/nonexistent-folder/x.gguf: cannot open for writing: No such file") == 0);
+}

@@ -22,7 +22,8 @@ namespace {
 
 const std::vector<wtype> quantizable = {wtype::f32,  wtype::f16,  wtype::bf16, wtype::q8_0,
                                         wtype::q4_0, wtype::q4_1, wtype::q5_0, wtype::q5_1,
-                                        wtype::q4_k, wtype::q5_k, wtype::q6_k};
+                                        wtype::q2_k, wtype::q3_k, wtype::q4_k, wtype::q5_k,
+                                        wtype::q6_k};
 
 /// Rows with what quantizers get wrong: blocks of one sign, a zero block,
 /// outliers, scales from 1e-3 to 10.
@@ -42,6 +43,57 @@ std::vector<float> awkward_rows(int64_t rows, int64_t cols, std::mt19937& rng) {
     row[100] = 20 * scale;  // an outlier
   }
   return x;
+}
+
+/// Q2_K and Q3_K: the step of the scale (and offset) that clip nothing in
+/// the sub-block of 16 holding element i, as model/quantize.cpp bounds it:
+///  - Q2_K: (range_s + dmin) / 3 + d, range_s = max - min(0, min) of the
+///    sub-block, dmin = 1/15 of the super-block's largest -min(0, min), d =
+///    1/15 of its largest (range_s + dmin) / 3; every element within half
+///    of it;
+///  - Q3_K: max|x_s| / 4 + d, d = 1/31 of the super-block's largest
+///    max|x_s| / 4; every element within it.
+/// The quantizer keeps the scale of least squared error among a few that
+/// include this one: the sub-block's RMS error is within the same bound.
+float low_bit_step(wtype t, const float* row, int64_t i) {
+  auto up = [](float v) { return v * (1.0f + 1.0f / 1024) + 6e-8f; };
+  const int64_t b256 = i / 256 * 256, s16 = i / 16 * 16;
+  auto range_of = [&](int64_t start, float& lo, float& hi, float& amax) {
+    lo = 0;
+    hi = row[start];
+    amax = 0;
+    for (int k = 0; k < 16; ++k) {
+      lo = std::min(lo, row[start + k]);
+      hi = std::max(hi, row[start + k]);
+      amax = std::max(amax, std::fabs(row[start + k]));
+    }
+  };
+  float lo, hi, amax;
+  if (t == wtype::q2_k) {
+    float max_neg = 0, max_span = 0;
+    for (int s = 0; s < 16; ++s) {
+      range_of(b256 + 16 * s, lo, hi, amax);
+      max_neg = std::max(max_neg, -lo);
+      max_span = std::max(max_span, hi - lo);
+    }
+    const float dmin = up(max_neg / 15);
+    const float d = up((max_span + dmin) / 3 / 15);
+    range_of(s16, lo, hi, amax);
+    return ((hi - lo + dmin) / 3 + d) * (1 + 1e-6f);
+  }
+  float max_amax = 0;
+  for (int s = 0; s < 16; ++s) {
+    range_of(b256 + 16 * s, lo, hi, amax);
+    max_amax = std::max(max_amax, amax);
+  }
+  range_of(s16, lo, hi, amax);
+  return (amax / 4 + up(max_amax / 4 / 31)) * (1 + 1e-6f);
+}
+
+/// The RMS error Q2_K (half a step) and Q3_K (one step) keep each sub-block
+/// within.
+float low_bit_rms_bound(wtype t, const float* row, int64_t i) {
+  return t == wtype::q2_k ? low_bit_step(t, row, i) / 2 : low_bit_step(t, row, i);
 }
 
 /// The largest error quantize_row may make at element i of a row, from the
@@ -93,6 +145,10 @@ float error_bound(wtype t, const float* row, int64_t i) {
       lo = std::min(lo, 0.0f);
       return 0.5f * ((hi - lo + dmin) / levels + d) * (1 + 1e-6f);
     }
+    case wtype::q2_k:
+    case wtype::q3_k:
+      // An RMS bound over 16 elements bounds each by 4 times it.
+      return 4 * low_bit_rms_bound(t, row, i);
     case wtype::q6_k: {
       float block_amax;
       stats(b256, 256, lo, hi, block_amax);
@@ -166,8 +222,8 @@ TEST_CASE("quantize_row refuses rows that are not whole blocks and types it cann
   CHECK_THROWS_WITH_AS(quant::quantize_row(wtype::q4_k, x.data(), out.data(), 288),
                        doctest::Contains("288 elements is not a whole number of Q4_K blocks of 256"),
                        model_error);
-  CHECK_THROWS_WITH_AS(quant::quantize_row(wtype::q2_k, x.data(), out.data(), 256),
-                       doctest::Contains("cannot quantize to ggml type Q2_K"), model_error);
+  CHECK_THROWS_WITH_AS(quant::quantize_row(wtype::q8_k, x.data(), out.data(), 256),
+                       doctest::Contains("cannot quantize to ggml type Q8_K"), model_error);
 }
 
 TEST_CASE("quantized weights multiply as their dequantized values and stay near the f32 product") {
@@ -406,4 +462,162 @@ TEST_CASE("on tiny256 the quantizer is about as close to the f32 weights as the 
       compare(a.w3, b.w3, role::ffn_up, il);
     }
   }
+}
+
+TEST_CASE("Q2_K and Q3_K keep each sub-block's RMS error within its unclipped step, and rank with Q4_K as their bits") {
+  std::mt19937 rng(43);
+  const int64_t cols = 1024;
+  for (wtype t : {wtype::q2_k, wtype::q3_k}) {
+    CAPTURE(quant::type_name(t));
+    // The search may clip an extreme, but never does worse over a
+    // sub-block than the scale that clips nothing.
+    for (int64_t rows : {3, 9}) {
+      auto x = awkward_rows(rows, cols, rng);
+      auto back = dequantize_rows(t, quantize_rows(t, x, rows, cols), rows, cols);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t s = 0; s < cols; s += 16) {
+          const float* row = x.data() + r * cols;
+          double err2 = 0;
+          for (int64_t i = s; i < s + 16; ++i)
+            err2 += std::pow(double(back[size_t(r * cols + i)]) - row[i], 2);
+          const double rms = std::sqrt(err2 / 16), bound = low_bit_rms_bound(t, row, s);
+          if (rms > bound) {
+            CAPTURE(r);
+            CAPTURE(s);
+            CHECK(rms <= bound);
+          }
+        }
+    }
+  }
+  // Gaussian rows: the RMS error relative to the rows' RMS. A uniform
+  // quantizer of step h errs by h / sqrt(12) in RMS; the step that spans 16
+  // normal values (their extremes about +-1.8 sigma) is about 3.6 sigma /
+  // 3 for Q2_K's 4 levels and 2.1 sigma / 4 for Q3_K's symmetric 8, and 32
+  // values span about 4 sigma over Q4_K's 15 steps: about 0.35, 0.15 and
+  // 0.08 before the scales are rounded to 4 and 6 bits and before the
+  // search. Measured: Q2_K 0.263, Q3_K 0.144, Q4_K 0.080.
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t rows = 64;
+  std::vector<float> x(size_t(rows * cols));
+  for (auto& v : x)
+    v = 0.02f * normal(rng);
+  auto relative_rms = [&](wtype t) {
+    auto back = dequantize_rows(t, quantize_rows(t, x, rows, cols), rows, cols);
+    double err2 = 0, x2 = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      err2 += std::pow(double(back[i]) - x[i], 2);
+      x2 += double(x[i]) * x[i];
+    }
+    return std::sqrt(err2 / x2);
+  };
+  const double q2 = relative_rms(wtype::q2_k), q3 = relative_rms(wtype::q3_k),
+               q4 = relative_rms(wtype::q4_k);
+  MESSAGE("relative RMS error on Gaussian rows: Q2_K " << q2 << ", Q3_K " << q3 << ", Q4_K " << q4);
+  CHECK(q2 < 0.30);
+  CHECK(q3 < 0.16);
+  CHECK(q4 < q3);
+  CHECK(q3 < q2);
+}
+
+TEST_CASE("on tiny256 Q3_K and Q2_K err as much more than the reference's Q4_K as their bits say") {
+  // The reference has no Q2_K or Q3_K file of tiny256: every matrix its
+  // Q4_K_M file holds in Q4_K is quantized here to Q3_K and Q2_K and its
+  // RMS error set against the reference's Q4_K error of it. At 3.44 and
+  // 2.63 bits against 4.5, each bit fewer about doubles the error: about
+  // 2x and 4x (measured: 2.02x and 3.69x over these 25 matrices).
+  const std::string dir = test::shared_dir() + "/models/tiny256/";
+  const auto f32 = load_model(dir + "tiny256-f32.gguf");
+  const auto ref = load_model(dir + "tiny256-Q4_K_M.gguf");
+  double ref2 = 0, q3_2 = 0, q2_2 = 0;
+  int matrices = 0;
+  auto add = [&](const weight_matrix& theirs, const weight_matrix& original) {
+    if (theirs.type() != wtype::q4_k)
+      return;
+    ++matrices;
+    const at::Tensor& w = original.tensor("test");
+    const int64_t rows = w.size(0), cols = w.size(1);
+    std::vector<float> x(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
+    const auto reference = theirs.to_tensor();
+    ref2 += (reference - w).pow(2).sum().item<double>();
+    for (wtype t : {wtype::q3_k, wtype::q2_k}) {
+      auto back = dequantize_rows(t, quantize_rows(t, x, rows, cols), rows, cols);
+      double e2 = 0;
+      for (size_t i = 0; i < x.size(); ++i)
+        e2 += std::pow(double(back[i]) - x[i], 2);
+      (t == wtype::q3_k ? q3_2 : q2_2) += e2;
+    }
+  };
+  add(ref.weights.tok_embd, f32.weights.tok_embd);
+  for (size_t il = 0; il < ref.weights.layers.size(); ++il) {
+    const auto& a = ref.weights.layers[il];
+    const auto& b = f32.weights.layers[il];
+    const auto ma = a.matrices(), mb = b.matrices();
+    for (size_t k = 0; k < ma.size(); ++k)
+      add(*ma[k], *mb[k]);
+  }
+  REQUIRE(matrices > 20);
+  const double q3_ratio = std::sqrt(q3_2 / ref2), q2_ratio = std::sqrt(q2_2 / ref2);
+  MESSAGE("RMS error against the reference's Q4_K over " << matrices << " matrices: Q3_K "
+                                                          << q3_ratio << "x, Q2_K " << q2_ratio << "x");
+  CHECK(q3_ratio > 1.2);
+  CHECK(q3_ratio < 2.3);
+  CHECK(q2_ratio > q3_ratio);
+  CHECK(q2_ratio < 4.2);
+}
+
+TEST_CASE("the 2- and 3-bit mixes assign types as llama-quantize; names are case-blind and carry llama.cpp's file type") {
+  using role = quant::matrix_role;
+  auto ft = [](const char* name) { return quant::parse_file_type(name, "TYPE"); };
+  CHECK(ft("q4_k_m").name == "Q4_K_M");
+  CHECK(ft("q4_k_m").llama_ftype == 15);
+  const std::vector<std::pair<const char*, uint32_t>> numbers = {
+    {"F32", 0},     {"F16", 1},     {"Q4_0", 2},    {"Q4_1", 3},    {"Q8_0", 7},
+    {"Q5_0", 8},    {"Q5_1", 9},    {"Q2_K", 10},   {"Q3_K_S", 11}, {"Q3_K_M", 12},
+    {"Q3_K_L", 13}, {"Q4_K_S", 14}, {"Q5_K_S", 16}, {"Q5_K_M", 17}, {"Q6_K", 18},
+    {"BF16", 32}};
+  for (const auto& [name, number] : numbers) {
+    CAPTURE(name);
+    CHECK(ft(name).llama_ftype == number);
+  }
+  const int n = 32;  // n/8 = 4, n/16 = 2
+  auto type_of = [&](const char* name, role r, int il, int gqa = 1) {
+    return quant::matrix_type(ft(name), r, il, n, 4096, gqa);
+  };
+  // Q2_K: attn_v in Q4_K with 4 or more query heads per KV head.
+  CHECK(type_of("Q2_K", role::attn_q, 5) == wtype::q2_k);
+  CHECK(type_of("Q2_K", role::ffn_up, 5) == wtype::q2_k);
+  CHECK(type_of("Q2_K", role::token_embd, 0) == wtype::q2_k);
+  CHECK(type_of("Q2_K", role::output, 0) == wtype::q6_k);
+  CHECK(type_of("Q2_K", role::attn_v, 5, 1) == wtype::q3_k);
+  CHECK(type_of("Q2_K", role::attn_v, 5, 4) == wtype::q4_k);
+  CHECK(type_of("Q2_K", role::ffn_down, 5) == wtype::q3_k);
+  CHECK(type_of("Q2_K", role::attn_output, 5) == wtype::q3_k);
+  // Q3_K_S: Q3_K but the output.
+  for (auto r : {role::attn_v, role::ffn_down, role::attn_output, role::ffn_gate})
+    CHECK(type_of("Q3_K_S", r, 0) == wtype::q3_k);
+  // Q3_K_M.
+  CHECK(type_of("Q3_K_M", role::attn_v, 1) == wtype::q5_k);
+  CHECK(type_of("Q3_K_M", role::attn_v, 2) == wtype::q4_k);
+  CHECK(type_of("Q3_K_M", role::ffn_down, 1) == wtype::q5_k);
+  CHECK(type_of("Q3_K_M", role::ffn_down, 2) == wtype::q4_k);
+  CHECK(type_of("Q3_K_M", role::attn_output, 9) == wtype::q4_k);
+  CHECK(type_of("Q3_K_M", role::attn_k, 0) == wtype::q3_k);
+  CHECK(type_of("Q3_K_M", role::output, 0) == wtype::q6_k);
+  // Q3_K_L.
+  for (auto r : {role::attn_v, role::ffn_down, role::attn_output})
+    CHECK(type_of("Q3_K_L", r, 17) == wtype::q5_k);
+  CHECK(type_of("Q3_K_L", role::ffn_up, 17) == wtype::q3_k);
+  // Q4_K_S: attn_v in layers 0-3 and ffn_down in the first n/8 in Q5_K.
+  CHECK(type_of("Q4_K_S", role::attn_v, 3) == wtype::q5_k);
+  CHECK(type_of("Q4_K_S", role::attn_v, 4) == wtype::q4_k);
+  CHECK(type_of("Q4_K_S", role::ffn_down, 3) == wtype::q5_k);
+  CHECK(type_of("Q4_K_S", role::ffn_down, 4) == wtype::q4_k);
+  CHECK(type_of("Q5_K_S", role::ffn_down, 0) == wtype::q5_k);
+  // Rows of 576: Q2_K and Q3_K fall back to Q4_0 (Q4_K: Q5_0, as before).
+  CHECK(quant::matrix_type(ft("Q2_K"), role::attn_q, 0, n, 576) == wtype::q4_0);
+  CHECK(quant::matrix_type(ft("Q3_K_L"), role::ffn_up, 0, n, 576) == wtype::q4_0);
+  CHECK(quant::matrix_type(ft("Q3_K_L"), role::ffn_down, 0, n, 576) == wtype::q5_1);
+  CHECK(quant::matrix_type(ft("Q3_K_M"), role::attn_v, 5, n, 576) == wtype::q5_0);
+  // Other matrices take the base type.
+  CHECK(quant::matrix_type(ft("Q3_K_M"), role::other, 0, n, 512) == wtype::q3_k);
 }
