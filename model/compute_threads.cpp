@@ -39,9 +39,20 @@ void use_fast_blas_kernels(char** argv) {
     core = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     core = "Haswell";
-  if (!core || setenv("OPENBLAS_CORETYPE", core, 0) != 0)
+  // This program's file, by its own path (the process keeps its name), and
+  // only if argv[0] names it: not under a loader or a tool such as valgrind.
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (!core || n <= 0 || !argv || !argv[0])
     return;
-  execv("/proc/self/exe", argv);  // returns only if it failed: go on as we are
+  self[n] = '\0';
+  const std::string exe = self, arg0 = argv[0];
+  auto base = [](const std::string& p) { return p.substr(p.find_last_of('/') + 1); };
+  if (base(exe) != base(arg0) || exe.find(" (deleted)") != std::string::npos)
+    return;
+  if (setenv("OPENBLAS_CORETYPE", core, 0) != 0)
+    return;
+  execv(exe.c_str(), argv);  // returns only if it failed: go on as we are
   unsetenv("OPENBLAS_CORETYPE");
 #else
   (void)argv;

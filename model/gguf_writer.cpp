@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -183,7 +184,25 @@ void gguf_writer::write_to(std::FILE* out, const std::string& path) const {
   }
 }
 
-void gguf_writer::write(const std::string& path) const {
+void gguf_writer::write(const std::string& requested) const {
+  // An existing link is written through, to the file it names; anything
+  // else that is not a regular file (a device, a pipe) is refused, since
+  // the rename below would replace it.
+  std::string path = requested;
+  std::error_code ec;
+  for (int links = 0; std::filesystem::is_symlink(std::filesystem::symlink_status(path, ec));
+       ++links) {
+    auto target = std::filesystem::read_symlink(path, ec);
+    if (ec || links == 40)
+      throw model_error(fmt::format("{}: cannot resolve the link: {}", requested,
+                                    ec ? ec.message() : "too many levels"));
+    if (target.is_relative())
+      target = std::filesystem::path(path).parent_path() / target;
+    path = target.string();
+  }
+  const auto status = std::filesystem::status(path, ec);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
+    throw model_error(fmt::format("{}: exists and is not a regular file; give a file name", path));
   // A name of this process's own, in the same folder, so that the rename
   // replaces `path` at once.
   static std::atomic<unsigned> serial{0};

@@ -1,4 +1,5 @@
 #include "model/hf_checkpoint.hpp"
+#include "model/json_input.hpp"
 
 #include <cmath>
 #include <cstring>
@@ -25,16 +26,11 @@ struct hf_config {
   json j;
 
   explicit hf_config(const std::string& folder) : path((fs::path(folder) / "config.json").string()) {
-    std::ifstream in(path);
-    if (!in)
+    if (!std::ifstream(path))
       throw model_error(fmt::format("{}: cannot open (a Hugging Face checkpoint needs its "
                                     "config.json)",
                                     path));
-    try {
-      j = json::parse(in);
-    } catch (const json::exception& e) {
-      throw model_error(fmt::format("{}: not valid JSON: {}", path, e.what()));
-    }
+    j = read_json_file(path);
     if (!j.is_object())
       throw model_error(fmt::format("{}: expected a JSON object, found {}", path, j.type_name()));
   }
@@ -49,7 +45,7 @@ struct hf_config {
     const auto& v = need(key);
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (int64_t{1} << 30))
       throw model_error(fmt::format("{}: '{}' is {}, expected an integer in 0..2^30", path, key,
-                                    v.dump()));
+                                    json_excerpt(v)));
     return int(v.get<int64_t>());
   }
   int integer_or(const char* key, int fallback) const {
@@ -58,7 +54,7 @@ struct hf_config {
   double number(const char* key) const {
     const auto& v = need(key);
     if (!v.is_number())
-      throw model_error(fmt::format("{}: '{}' is {}, expected a number", path, key, v.dump()));
+      throw model_error(fmt::format("{}: '{}' is {}, expected a number", path, key, json_excerpt(v)));
     return v.get<double>();
   }
   double number_or(const char* key, double fallback) const {
@@ -69,7 +65,7 @@ struct hf_config {
       return fallback;
     if (!j[key].is_boolean())
       throw model_error(fmt::format("{}: '{}' is {}, expected true or false", path, key,
-                                    j[key].dump()));
+                                    json_excerpt(j[key])));
     return j[key].get<bool>();
   }
   /// A token id: an integer, or the first of a list (Llama 3.1 lists several
@@ -80,7 +76,7 @@ struct hf_config {
     const auto& v = j[key];
     const auto& first = v.is_array() && !v.empty() ? v[0] : v;
     if (!first.is_number_unsigned())
-      throw model_error(fmt::format("{}: '{}' is {}, expected a token id", path, key, v.dump()));
+      throw model_error(fmt::format("{}: '{}' is {}, expected a token id", path, key, json_excerpt(v)));
     return int(first.get<uint64_t>());
   }
 
@@ -115,7 +111,7 @@ std::vector<float> llama3_rope_factors(const hf_config& cfg, const json& s, int 
       return fallback;
     if (!s[key].is_number())
       throw model_error(fmt::format("{}: rope_scaling.{} is {}, expected a number", cfg.path,
-                                    key, s[key].dump()));
+                                    key, json_excerpt(s[key])));
     return s[key].get<double>();
   };
   const double factor = get("factor", 8.0);
@@ -164,7 +160,7 @@ model_config read_config(const hf_config& cfg, const std::string& arch) {
       cfg.integer("head_dim"), c.head_dim()));
   if (cfg.has("hidden_act") && cfg.j["hidden_act"] != "silu")
     throw model_error(fmt::format("{}: hidden_act is {}; ceco runs \"silu\"", cfg.path,
-                                  cfg.j["hidden_act"].dump()));
+                                  json_excerpt(cfg.j["hidden_act"])));
   if (cfg.boolean_or("attention_bias", false) && arch == "llama")
     throw model_error(fmt::format("{}: attention_bias is true; ceco runs llama without "
                                   "attention biases",
@@ -180,7 +176,7 @@ model_config read_config(const hf_config& cfg, const std::string& arch) {
     const auto& s = cfg.j["rope_scaling"];
     if (!s.is_object())
       throw model_error(fmt::format("{}: rope_scaling is {}, expected an object or null",
-                                    cfg.path, s.dump()));
+                                    cfg.path, json_excerpt(s)));
     const auto type = s.value("rope_type", s.value("type", std::string("default")));
     if (type == "llama3")
       c.rope_freq_factors = llama3_rope_factors(cfg, s, c.head_dim(), c.rope_theta);
@@ -246,10 +242,13 @@ weight_matrix read_matrix(const safetensors_checkpoint& ckpt, const std::string&
 } // namespace
 
 std::string hf_checkpoint_folder(const std::string& path) {
-  return fs::is_directory(path) ? path : fs::path(path).parent_path().string();
+  std::error_code ec;
+  return fs::is_directory(path, ec) ? path : fs::path(path).parent_path().string();
 }
 
-tokenizer load_hf_tokenizer(const std::string& path) {
+namespace {
+
+tokenizer read_hf_tokenizer(const std::string& path) {
   const auto folder = hf_checkpoint_folder(path);
   const hf_config cfg(folder);
   return tokenizer::from_tokenizer_json((fs::path(folder) / "tokenizer.json").string(),
@@ -257,7 +256,7 @@ tokenizer load_hf_tokenizer(const std::string& path) {
                                         cfg.token_id("eos_token_id"));
 }
 
-loaded_model load_hf_checkpoint(const std::string& path) {
+loaded_model read_hf_checkpoint(const std::string& path) {
   const auto folder = hf_checkpoint_folder(path);
   const hf_config cfg(folder);
   const auto arch = cfg.architecture();
@@ -266,7 +265,7 @@ loaded_model load_hf_checkpoint(const std::string& path) {
   m.format = "safetensors";
   m.config = read_config(cfg, arch);
   const auto& c = m.config;
-  m.vocab = load_hf_tokenizer(folder);
+  m.vocab = read_hf_tokenizer(folder);
   if (m.vocab.vocab_size() != c.vocab_size)
     throw model_error(fmt::format("{}: the tokenizer has {} tokens but vocab_size is {}",
                                   folder, m.vocab.vocab_size(), c.vocab_size));
@@ -301,6 +300,30 @@ loaded_model load_hf_checkpoint(const std::string& path) {
     w.layers.push_back(std::move(l));
   }
   return m;
+}
+
+/// What `read` throws, with a value of the wrong JSON type (nlohmann's
+/// type_error from .value() or .get()) turned into a model_error naming
+/// the checkpoint.
+template <class Read>
+auto checked_json(const std::string& folder, Read read) {
+  try {
+    return read();
+  } catch (const nlohmann::json::exception& e) {
+    throw model_error(fmt::format("{}: a value in config.json or tokenizer.json has an "
+                                  "unexpected type: {}",
+                                  folder, e.what()));
+  }
+}
+
+} // namespace
+
+tokenizer load_hf_tokenizer(const std::string& path) {
+  return checked_json(hf_checkpoint_folder(path), [&] { return read_hf_tokenizer(path); });
+}
+
+loaded_model load_hf_checkpoint(const std::string& path) {
+  return checked_json(hf_checkpoint_folder(path), [&] { return read_hf_checkpoint(path); });
 }
 
 } // namespace ceco

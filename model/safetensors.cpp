@@ -1,4 +1,5 @@
 #include "model/safetensors.hpp"
+#include "model/json_input.hpp"
 
 #include <algorithm>
 #include <filesystem>
@@ -24,8 +25,8 @@ int dtype_size(const std::string& dtype) {
 }
 
 /// Header lengths beyond this are corruption (real headers are kilobytes to
-/// a few megabytes).
-constexpr uint64_t max_header_bytes = uint64_t(1) << 30;
+/// a few megabytes; parsed, a header takes about 16 times its text).
+constexpr uint64_t max_header_bytes = uint64_t(100) << 20;
 
 } // namespace
 
@@ -60,7 +61,11 @@ safetensors_file::safetensors_file(const std::string& path)
     throw model_error(fmt::format(
       "{}: truncated safetensors file: {} bytes, not even the 8-byte header length", path,
       size_));
-  parse();
+  try {
+    parse();
+  } catch (const nlohmann::json::exception& e) {  // a header value of the wrong JSON type
+    throw model_error(fmt::format("{}: corrupt safetensors header: {}", path, e.what()));
+  }
 }
 
 safetensors_file::~safetensors_file() = default;
@@ -69,20 +74,20 @@ void safetensors_file::parse() {
   uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i)
     header_bytes = header_bytes << 8 | base_[i];
-  if (header_bytes > size_ - 8 || header_bytes > max_header_bytes)
+  if (header_bytes > size_ - 8)
     throw model_error(fmt::format(
       "{}: truncated or corrupt safetensors file: the header length is {} bytes, but only {} "
       "bytes follow it",
       path_, header_bytes, size_ - 8));
+  if (header_bytes > max_header_bytes)
+    throw model_error(fmt::format("{}: corrupt safetensors file: a header of {} bytes (at most {} "
+                                  "are accepted)",
+                                  path_, header_bytes, max_header_bytes));
   const uint64_t data_start = 8 + header_bytes;
   const uint64_t data_size = size_ - data_start;
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(base_ + 8, base_ + data_start);
-  } catch (const nlohmann::json::exception& e) {
-    throw model_error(fmt::format("{}: the safetensors header is not valid JSON: {}", path_,
-                                  e.what()));
-  }
+  const nlohmann::json header =
+    parse_json_input(reinterpret_cast<const char*>(base_ + 8),
+                     reinterpret_cast<const char*>(base_ + data_start), path_ + " (header)");
   if (!header.is_object())
     throw model_error(fmt::format("{}: the safetensors header should be a JSON object, found {}",
                                   path_, header.type_name()));
@@ -97,7 +102,7 @@ void safetensors_file::parse() {
     }
     auto bad = [&](const std::string& what) {
       return model_error(fmt::format("{}: tensor '{}': {} (header entry {})", path_, name, what,
-                                     entry.dump()));
+                                     json_excerpt(entry)));
     };
     if (!entry.is_object() || !entry.contains("dtype") || !entry["dtype"].is_string()
         || !entry.contains("shape") || !entry["shape"].is_array()
@@ -117,11 +122,12 @@ void safetensors_file::parse() {
     uint64_t n_elements = 1;
     for (auto& d : entry["shape"]) {
       if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 40))
-        throw bad(fmt::format("impossible dimension {}", d.dump()));
+        throw bad(fmt::format("impossible dimension {}", json_excerpt(d)));
       t.shape.push_back(d.get<int64_t>());
-      n_elements *= d.get<uint64_t>();
-      if (n_elements > (uint64_t{1} << 50))
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim != 0 && n_elements > (uint64_t{1} << 50) / dim)
         throw bad("more elements than any file holds");
+      n_elements *= dim;
     }
     const auto& off = entry["data_offsets"];
     if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
@@ -188,14 +194,7 @@ safetensors_checkpoint::safetensors_checkpoint(const std::string& path) {
   if (!index.empty()) {
     nlohmann::json j;
     {
-      std::ifstream in(index);
-      if (!in)
-        throw model_error(fmt::format("{}: cannot open", index.string()));
-      try {
-        j = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
-        throw model_error(fmt::format("{}: not valid JSON: {}", index.string(), e.what()));
-      }
+      j = read_json_file(index.string());
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw model_error(fmt::format("{}: expected an object with a 'weight_map' object",
@@ -204,7 +203,7 @@ safetensors_checkpoint::safetensors_checkpoint(const std::string& path) {
     for (auto& [name, shard] : j["weight_map"].items()) {
       if (!shard.is_string())
         throw model_error(fmt::format("{}: weight_map['{}'] should be a file name, found {}",
-                                      index.string(), name, shard.dump()));
+                                      index.string(), name, json_excerpt(shard)));
       if (std::find(shards.begin(), shards.end(), shard.get<std::string>()) == shards.end())
         shards.push_back(shard.get<std::string>());
     }

@@ -20,6 +20,7 @@
 // with one.
 
 #include "model/tokenizer.hpp"
+#include "model/json_input.hpp"
 
 #include <filesystem>
 #include <fstream>
@@ -133,17 +134,7 @@ json single_template(const json& p) {
 
 tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size, int bos,
                                          int eos) {
-  json j;
-  {
-    std::ifstream in(path);
-    if (!in)
-      throw model_error(fmt::format("{}: cannot open", path));
-    try {
-      j = json::parse(in);
-    } catch (const json::exception& e) {
-      throw model_error(fmt::format("{}: not valid JSON: {}", path, e.what()));
-    }
-  }
+  json j = read_json_file(path);
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
     throw model_error(fmt::format("{}: expected an object with a 'model' object", path));
   const auto& model = j["model"];
@@ -179,7 +170,7 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
   auto place = [&](const std::string& piece, const json& id_value, token_kind kind) {
     if (!id_value.is_number_unsigned() || id_value.get<uint64_t>() >= (uint64_t{1} << 24))
       throw model_error(fmt::format("{}: token '{}' has id {}, expected 0..{}", path, piece,
-                                    id_value.dump(), (1 << 24) - 1));
+                                    json_excerpt(id_value), (1 << 24) - 1));
     const auto id = size_t(id_value.get<uint64_t>());
     if (id >= pieces.size()) {
       pieces.resize(id + 1);
@@ -200,7 +191,7 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
       if (!a.is_object() || !a.contains("content") || !a["content"].is_string()
           || !a.contains("id"))
         throw model_error(fmt::format("{}: an added_tokens entry needs content and id: {}", path,
-                                      a.dump()));
+                                      json_excerpt(a)));
       const auto content = a["content"].get<std::string>();
       const auto kind = content == unk ? token_kind::unknown
                         : a.value("special", false) ? token_kind::control
@@ -211,6 +202,11 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
     throw model_error(fmt::format(
       "{}: the tokenizer has ids up to {}, but the model's vocab_size is {}", path,
       pieces.size() - 1, vocab_size));
+  // Ids past the tokenizer's own are padding; far more of them than it has
+  // is a corrupt vocab_size, not a model.
+  if (vocab_size > int(pieces.size()) + std::max<int>(int(pieces.size()), 65536))
+    throw model_error(fmt::format("{}: vocab_size {} is far beyond the tokenizer's {} ids", path,
+                                  vocab_size, pieces.size()));
   if (vocab_size > int(pieces.size())) {
     pieces.resize(size_t(vocab_size));
     kinds.resize(size_t(vocab_size), token_kind::unused);
@@ -230,7 +226,7 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
     else
       throw model_error(fmt::format(
         "{}: merge {} is {}, expected \"left right\" or [\"left\", \"right\"]", path,
-        merges.size(), m.dump()));
+        merges.size(), json_excerpt(m)));
   }
 
   // The special tokens the post-processor puts around a sequence.
@@ -316,7 +312,7 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
       std::cerr << fmt::format(
         "warning: {}: pre-tokenizer {} matches none of ceco's named splits; using gpt-2's "
         "(token ids may differ from the original tokenizer's)\n",
-        path, j["pre_tokenizer"].dump().substr(0, 300));
+        path, json_excerpt(j["pre_tokenizer"]));
       t.pre_name_ = "gpt-2";
     }
     t.bpe_ = std::make_shared<const bpe_vocab>(
@@ -325,10 +321,14 @@ tokenizer tokenizer::from_tokenizer_json(const std::string& path, int vocab_size
   }
   // The chat template of tokenizer_config.json beside it, when it has one.
   const auto config = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
-  if (std::ifstream in(config); in) {
-    auto c = json::parse(in, nullptr, false);
-    if (c.is_object() && c.contains("chat_template") && c["chat_template"].is_string())
-      t.chat_template_ = c["chat_template"].get<std::string>();
+  if (std::ifstream(config)) {
+    try {
+      const auto c = read_json_file(config.string());
+      if (c.is_object() && c.contains("chat_template") && c["chat_template"].is_string())
+        t.chat_template_ = c["chat_template"].get<std::string>();
+    } catch (const model_error& e) {  // optional: the model works without it
+      fmt::print(stderr, "warning: {} (the chat template is not used)\n", e.what());
+    }
   }
   return t;
 }

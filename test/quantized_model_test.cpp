@@ -6,6 +6,8 @@
 #include <map>
 #include <set>
 
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 #include "actors/messages.hpp"
 #include "model/gguf_quantize.hpp"
@@ -493,4 +495,22 @@ TEST_CASE("tiny256 in ceco's Q3_K_M and Q2_K: the mixes' types, and logits that 
     CHECK(moved > previous);
     previous = moved;
   }
+}
+
+TEST_CASE("a quantized model is written through a link to its file, and never over a device or pipe") {
+  temp_dir tmp;
+  gguf_quantize_options opts;
+  opts.type = quant::parse_file_type("Q8_0", "test");
+  const auto link = tmp.file("link.gguf");
+  std::filesystem::create_symlink("target.gguf", link);
+  quantize_gguf(tiny256_dir() + "tiny256-f32.gguf", link, opts);
+  CHECK(std::filesystem::is_symlink(std::filesystem::symlink_status(link)));
+  CHECK(std::filesystem::file_size(tmp.file("target.gguf")) ==
+        std::filesystem::file_size(tiny256_dir() + "tiny256-Q8_0.gguf"));
+
+  const auto fifo = tmp.file("pipe.gguf");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const auto e = error_of([&] { quantize_gguf(tiny256_dir() + "tiny256-f32.gguf", fifo, opts); });
+  CHECK(e.find(fifo + ": exists and is not a regular file") != std::string::npos);
+  CHECK(std::filesystem::is_fifo(fifo));
 }

@@ -689,6 +689,41 @@ TEST_CASE("corrupt Hugging Face checkpoints give errors naming the file, the ten
     CHECK(contains(e, "tokenizer.json"));
     CHECK(contains(e, "vocab_size is 100"));
   }
+  SUBCASE("a vocab_size far beyond the tokenizer's ids is refused before it is padded") {
+    auto j = config;
+    j["vocab_size"] = 1 << 30;
+    write_json(config_path, j);
+    auto e = load();
+    CHECK(contains(e, "tokenizer.json"));
+    CHECK(contains(e, "vocab_size 1073741824 is far beyond the tokenizer's 512 ids"));
+  }
+  SUBCASE("JSON nested deeper than any checkpoint's, in the header and in tokenizer.json") {
+    // Copying or printing such a value would recurse once per level.
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    std::vector<char> file(8);
+    for (int i = 0; i < 8; ++i)
+      file[size_t(i)] = char((uint64_t(deep.size()) >> (8 * i)) & 0xff);
+    file.insert(file.end(), deep.begin(), deep.end());
+    write_all(st, file, file.size());
+    CHECK(contains(load(), "(header): JSON nested more than 64 levels deep"));
+    restore();
+    const auto tok = dir + "/tokenizer.json";
+    const auto tokenizer_text = read_all(tok);
+    const std::string nested = "{\"model\": " + deep + "}";
+    write_all(tok, std::vector<char>(nested.begin(), nested.end()), nested.size());
+    CHECK(contains(load(), tok + ": JSON nested more than 64 levels deep"));
+    write_all(tok, tokenizer_text, tokenizer_text.size());
+  }
+  SUBCASE("a tokenizer.json value of the wrong JSON type") {
+    const auto tok = dir + "/tokenizer.json";
+    auto j = json::parse(read_all(tok));
+    j["model"]["type"] = 5;
+    write_json(tok, j);
+    auto e = load();
+    CHECK(contains(e, dir));
+    CHECK(contains(e, "unexpected type"));
+    CHECK(contains(e, "must be string, but is number"));
+  }
   restore();
 }
 
