@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -163,8 +164,12 @@ private:
   }
 
   void grow(int n_workers) {
-    while (int(workers_.size()) < n_workers)
-      workers_.emplace_back([this, index = int(workers_.size())] { worker(index); });
+    try {
+      while (int(workers_.size()) < n_workers)
+        workers_.emplace_back([this, index = int(workers_.size())] { worker(index); });
+    } catch (const std::system_error&) {
+      // No more threads to be had: the job runs on those there are.
+    }
   }
 
   void worker(int index) {

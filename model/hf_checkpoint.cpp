@@ -75,7 +75,7 @@ struct hf_config {
       return -1;
     const auto& v = j[key];
     const auto& first = v.is_array() && !v.empty() ? v[0] : v;
-    if (!first.is_number_unsigned())
+    if (!first.is_number_unsigned() || first.get<uint64_t>() > uint64_t(1 << 30))
       throw model_error(fmt::format("{}: '{}' is {}, expected a token id", path, key, json_excerpt(v)));
     return int(first.get<uint64_t>());
   }

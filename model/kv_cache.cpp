@@ -23,6 +23,7 @@ kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int
       k_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
       v_.push_back(at::zeros({capacity, cfg.n_embd_kv()}, opts));
     }
+    scores_.resize(size_t(capacity) * size_t(cfg.n_head) + size_t(cfg.n_head));
   } catch (const std::exception&) {  // std::bad_alloc, or the allocator's c10::Error
     throw model_error(fmt::format(
       "kv_cache: {} positions of layers [{}, {}) need {:.0f} MiB, which could not be allocated "
@@ -30,7 +31,6 @@ kv_cache::kv_cache(const model_config& cfg, int first_layer, int last_layer, int
       capacity, first_layer, last_layer, mib));
   }
   length_.assign(size_t(last_layer - first_layer), 0);
-  scores_.resize(size_t(capacity) * size_t(cfg.n_head) + size_t(cfg.n_head));
 }
 
 int kv_cache::length() const {

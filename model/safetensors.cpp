@@ -169,7 +169,8 @@ const char* index_name = "model.safetensors.index.json";
 
 safetensors_checkpoint::safetensors_checkpoint(const std::string& path) {
   fs::path index;
-  if (fs::is_directory(path)) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
     if (fs::exists(fs::path(path) / index_name))
       index = fs::path(path) / index_name;
     else if (fs::exists(fs::path(path) / "model.safetensors"))
@@ -204,6 +205,12 @@ safetensors_checkpoint::safetensors_checkpoint(const std::string& path) {
       if (!shard.is_string())
         throw model_error(fmt::format("{}: weight_map['{}'] should be a file name, found {}",
                                       index.string(), name, json_excerpt(shard)));
+      const auto file_name = shard.get<std::string>();
+      if (file_name.empty() || file_name.find('/') != std::string::npos || file_name == "." ||
+          file_name == "..")
+        throw model_error(fmt::format("{}: weight_map['{}'] is '{}', expected a file name in the "
+                                      "index's folder",
+                                      index.string(), name, file_name));
       if (std::find(shards.begin(), shards.end(), shard.get<std::string>()) == shards.end())
         shards.push_back(shard.get<std::string>());
     }

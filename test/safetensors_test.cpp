@@ -681,6 +681,11 @@ TEST_CASE("corrupt Hugging Face checkpoints give errors naming the file, the ten
     CHECK(contains(e, "model.safetensors.index.json"));
     CHECK(contains(e, "shard 'model-00002-of-00002.safetensors' is missing"));
   }
+  SUBCASE("a shard named outside the index's folder") {
+    json index = {{"weight_map", {{"model.norm.weight", "../model.safetensors"}}}};
+    write_json(dir + "/model.safetensors.index.json", index);
+    CHECK(contains(load(), "is '../model.safetensors', expected a file name in the index's folder"));
+  }
   SUBCASE("a tokenizer the model's vocab_size cannot hold") {
     auto j = config;
     j["vocab_size"] = 100;
