@@ -1,7 +1,7 @@
 #pragma once
 
 // The tokens of a speculative or exact response and which of them are final
-// (design notes §8). The edge drafts tokens ahead of the cloud's verdicts;
+// (docs/design.md §5). The edge drafts tokens ahead of the cloud's verdicts;
 // a token is final once every token before it that the cloud is to verify
 // has been accepted. A correction replaces a draft with the cloud's token and
 // drops everything after it. Plain bookkeeping: the session driver

@@ -2,7 +2,7 @@
 
 // The edge session driver: the token loop of one response under one
 // strategy, from the prompt to the last token, over the edge actors and the
-// cloud (design notes §1-2):
+// cloud (docs/design.md §1-2):
 //
 //   cloud          open ─▶ generate_request(prompt) ─▶ close
 //   naive          edge layers ─▶ naive_request(all split states, f32) ─▶ token ... (no exits)

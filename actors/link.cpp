@@ -96,7 +96,7 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
     return rp;
   }
   const bool frames = self->state.opts.remote;
-  const int64_t up_bytes = frames ? frame_bytes(request_frame(xs...)) : (wire_size(xs) + ...);
+  const int64_t up_bytes = frames ? request_frame_bytes(xs...) : (wire_size(xs) + ...);
   if (session != 0)
     self->state.count(session, up, up_bytes);
   const auto scale = self->state.opts.hidden_scale;
@@ -122,14 +122,14 @@ caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... 
               self->state.count(s, up, up_bytes);
             }
           }
-          const int64_t bytes = frames ? frame_bytes(reply_frame(r)) : wire_size(r);
+          const int64_t bytes = frames ? reply_frame_bytes(r) : wire_size(r);
           self->state.count(s, down, bytes);
           transmit(self, s, down, bytes, [=]() mutable { rp.deliver(r); });
         },
         [=](caf::error& err) mutable {
           if (self->state.outstanding.erase(id) == 0)
             return;
-          const int64_t bytes = frames ? frame_bytes(reply_frame(err)) : wire_size(err);
+          const int64_t bytes = frames ? reply_frame_bytes(err) : wire_size(err);
           self->state.count(session, down, bytes);
           transmit(self, session, down, bytes, [=]() mutable { rp.deliver(err); });
         });

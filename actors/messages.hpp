@@ -46,10 +46,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <caf/all.hpp>
 #include <caf/detail/serialized_size.hpp>
+
+#include "proto/messages.hpp"
 
 namespace ceco {
 
@@ -73,156 +76,12 @@ using generate_atom = caf::atom_constant<caf::atom("generate")>;
 
 // -- errors -------------------------------------------------------------------
 
-/// Errors ceco actors answer with; the message context carries the details.
-enum class ceco_errc : uint8_t {
-  unknown_session = 1,  // no such session (never opened, closed, or expired)
-  bad_tensor,           // dtype, shape and byte count disagree, or wrong width
-  position_gap,         // an upload skips positions the cloud has not seen
-  bad_position,         // a request for a position outside the sequence
-  compute_failed,       // the model refused the input
-  session_limit,        // too many sessions
-  handshake_failed,     // protocol, model, split or secret differ
-  cloud_unreachable,    // the link to the cloud is down
-  not_placed_here,      // the actor asked for runs on the other node
-  unknown_message,      // not a message of the protocol
-  handshake_timeout,    // the cloud did not complete the handshake in time (retried)
-  bad_request,          // a request this edge cannot encode: refused here, nothing sent
-};
-
-/// Version of the edge-cloud protocol; a hello with another is refused.
-constexpr uint32_t protocol_version = 3;
-
+/// ceco's errors as CAF errors (category "ceco"); the context carries the details.
 caf::error make_error(ceco_errc code, std::string what);
 /// Whether `err` is the ceco error `code`.
 bool is(const caf::error& err, ceco_errc code);
 /// "unknown_session: session 7 is not open" for ceco errors, CAF's text else.
 std::string describe(const caf::error& err);
-const char* to_string(ceco_errc code);
-
-// -- wire types ---------------------------------------------------------------
-
-enum class wire_dtype : uint8_t { f32 = 0, f16 = 1 };
-
-/// A row-major [rows, cols] matrix as bytes.
-struct tensor_blob {
-  uint8_t dtype = uint8_t(wire_dtype::f32);
-  int32_t rows = 0;
-  int32_t cols = 0;
-  std::vector<uint8_t> bytes;
-
-  /// Empty when consistent, else what is wrong (dtype, sizes).
-  std::string check(int32_t expected_cols) const;
-  friend bool operator==(const tensor_blob& a, const tensor_blob& b) {
-    return a.dtype == b.dtype && a.rows == b.rows && a.cols == b.cols && a.bytes == b.bytes;
-  }
-};
-
-/// fp32 rows -> blob of `dtype` (f16 rounds to nearest even).
-tensor_blob make_blob(const float* data, int32_t rows, int32_t cols, wire_dtype dtype);
-/// blob -> fp32 rows into out[rows * cols]; the blob must pass check().
-void read_blob(const tensor_blob& b, float* out);
-
-/// Split-layer hidden states of positions [start, start + states.rows).
-struct upload_msg {
-  uint64_t session = 0;
-  int32_t start = 0;
-  tensor_blob states;
-};
-
-/// The token after position `pos`, computed by the cloud layers from the
-/// uploaded states of positions 0..pos.
-struct infer_request {
-  uint64_t session = 0;
-  int32_t pos = 0;
-};
-
-struct infer_reply {
-  int32_t token = 0;
-  int64_t cloud_us = 0;  // time the request spent in the cloud
-};
-
-/// Split-layer states of positions [start, start + states.rows) of a
-/// speculative or exact response, with what the cloud is to verify:
-/// drafts[i] is the token the edge chose after position start + i, or -1
-/// when that token is not the cloud's to check (a prompt position, or a
-/// confident exit in speculative mode).
-struct draft_upload {
-  uint64_t session = 0;
-  int32_t epoch = 0;  // the session's rollbacks the edge knew of when it sent this
-  int32_t start = 0;
-  tensor_blob states;
-  std::vector<int32_t> drafts;  // one per row
-};
-
-enum class verdict_outcome : uint8_t {
-  accepted = 0,   // every draft of the upload equals the full model's token
-  corrected = 1,  // the draft after `position` differs: the cloud's is `token`
-  stale = 2,      // sent before a rollback the edge had not heard of: dropped
-};
-
-/// The cloud's answer to a draft_upload, once its rows are computed.
-struct verdict {
-  uint8_t outcome = uint8_t(verdict_outcome::accepted);
-  int32_t epoch = 0;      // the session's epoch after this verdict
-  int32_t position = -1;  // corrected: the row whose draft was wrong
-  int32_t token = 0;      // corrected: the full model's token after it
-  int64_t cloud_us = 0;   // from arrival to verdict
-
-  verdict_outcome what() const { return verdict_outcome(outcome); }
-};
-
-/// Naive split: the whole sequence's split-layer states, fp32, every step;
-/// the cloud recomputes its layers over all of them.
-struct naive_request {
-  uint64_t session = 0;
-  tensor_blob states;
-};
-
-/// Cloud strategy: the prompt's token ids; the cloud generates everything.
-struct generate_request {
-  uint64_t session = 0;
-  std::vector<int32_t> prompt;
-  int32_t max_tokens = 0;
-};
-
-struct generate_reply {
-  std::vector<int32_t> tokens;
-  int64_t cloud_us = 0;
-};
-
-/// The first message of a deployment, both ways.
-struct hello_msg {
-  uint32_t protocol = protocol_version;
-  uint64_t fingerprint = 0;   // of the model's shape and weights
-  uint64_t shape_fingerprint = 0;  // of the shape and tokenizer alone (see model/loader.hpp)
-  std::string weight_types;   // the weights' types, "Q4_K+Q6_K"
-  bool allow_mixed_quantization = false;  // the cloud's cloud.allow_mixed_quantization
-  int32_t n_layer = 0;
-  int32_t split = 0;
-  std::vector<int32_t> exits;
-  std::string secret;         // must match the cloud's cloud.secret
-  bool evaluator_on_cloud = false;  // placement.exit_evaluator = "cloud"
-  bool uploader_on_cloud = false;   // placement.uploader = "cloud"
-  float threshold = 0;              // compared when the evaluator is on the cloud
-  int32_t min_exit_layer = 0;       // likewise
-  uint8_t upload_dtype = 0;         // compared when the uploader is on the cloud
-};
-
-/// What differs between two hellos ("" when they agree); secrets are
-/// compared but never printed. One model in two quantizations (same shape
-/// fingerprint, different weight types) agrees only when the cloud allows
-/// it (cloud.allow_mixed_quantization).
-std::string compare_hello(const hello_msg& edge, const hello_msg& cloud);
-/// The line a node logs when it accepts another quantization of its model
-/// ("" when both hold the same weights).
-std::string mixed_quantization_note(const hello_msg& edge, const hello_msg& cloud);
-
-struct session_summary {
-  uint64_t session = 0;
-  int32_t positions = 0;     // uploaded positions the cloud layers computed
-  int64_t compute_us = 0;    // cloud compute spent on this session
-  int64_t gaps = 0;          // uploads refused for skipping positions
-};
 
 // -- edge-local payloads (serialisable, so any actor may live on any node) ---
 
@@ -230,14 +89,6 @@ struct session_summary {
 struct edge_output {
   tensor_blob split;        // [T, n_embd] hidden states after the split layer
   tensor_blob exit_states;  // [n_exits, n_embd] last row after each exit layer
-  int64_t compute_us = 0;
-};
-
-/// What the exit heads decided about one position.
-struct exit_decision {
-  int32_t exit_layer = -1;          // first exit that fires; -1 if none
-  int32_t token = 0;                // that exit's token, else the deepest exit's
-  std::vector<float> confidence;    // per exit
   int64_t compute_us = 0;
 };
 
@@ -271,7 +122,7 @@ struct response_report {
   int64_t first_token_us = -1;         // time to first token; -1 = none
   int64_t itl_p50_us = 0;              // inter-token latency, median
   int64_t itl_p95_us = 0;
-  // Speculative and exact (design notes §8):
+  // Speculative and exact (docs/design.md §5):
   int32_t drafts = 0;                  // tokens sent to the cloud to verify
   int32_t accepted_drafts = 0;         // of those, the full model agreed
   int32_t rollbacks = 0;               // corrections received
@@ -286,58 +137,73 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, tensor_blob& x) {
   return f(caf::meta::type_name("tensor_blob"), x.dtype, x.rows, x.cols, x.bytes);
 }
+
+namespace caf_inspect {
+
+/// Hands each field a protocol message lists in fields() (proto/messages.hpp)
+/// to a CAF inspector, in the same order; the bounds are the wire's to check.
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, upload_msg& x) {
-  return f(caf::meta::type_name("upload_msg"), x.session, x.start, x.states);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, infer_request& x) {
-  return f(caf::meta::type_name("infer_request"), x.session, x.pos);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, infer_reply& x) {
-  return f(caf::meta::type_name("infer_reply"), x.token, x.cloud_us);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, draft_upload& x) {
-  return f(caf::meta::type_name("draft_upload"), x.session, x.epoch, x.start, x.states, x.drafts);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, verdict& x) {
-  return f(caf::meta::type_name("verdict"), x.outcome, x.epoch, x.position, x.token, x.cloud_us);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, naive_request& x) {
-  return f(caf::meta::type_name("naive_request"), x.session, x.states);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
-  return f(caf::meta::type_name("generate_request"), x.session, x.prompt, x.max_tokens);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, generate_reply& x) {
-  return f(caf::meta::type_name("generate_reply"), x.tokens, x.cloud_us);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, hello_msg& x) {
-  return f(caf::meta::type_name("hello_msg"), x.protocol, x.fingerprint, x.shape_fingerprint,
-           x.weight_types, x.allow_mixed_quantization, x.n_layer, x.split,
-           x.exits, x.secret, x.evaluator_on_cloud, x.uploader_on_cloud, x.threshold,
-           x.min_exit_layer, x.upload_dtype);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, session_summary& x) {
-  return f(caf::meta::type_name("session_summary"), x.session, x.positions, x.compute_us,
-           x.gaps);
+struct caf_fields {
+  using result_type = typename Inspector::result_type;
+  static constexpr bool largest = false;
+  struct {
+    int32_t width = 0, context = 0, vocab = 0, layers = 0;
+    uint32_t max_text = 0;
+  } lim;
+  Inspector& f;
+  caf::error err;
+
+  template <class T>
+  void put(T& v) {
+    if constexpr (std::is_same_v<result_type, void>)
+      f(v);
+    else if (!err)
+      err = f(v);
+  }
+  void u64(const char*, uint64_t& v) { put(v); }
+  void u32(const char*, uint32_t& v) { put(v); }
+  void u8(const char*, uint8_t& v, int, int) { put(v); }
+  void i32(const char*, int32_t& v, int64_t, int64_t) { put(v); }
+  void i64(const char*, int64_t& v, int64_t, int64_t) { put(v); }
+  void f32(const char*, float& v, double, double) { put(v); }
+  void boolean(const char*, bool& v) { put(v); }
+  template <size_t N>
+  void bytes(const char*, std::array<uint8_t, N>& a) {
+    for (auto& b : a)
+      put(b);
+  }
+  template <class T>
+  void vec(const char*, std::vector<T>& v, int64_t, int64_t, double, double) { put(v); }
+  void text(const char*, std::string& s, int64_t) { put(s); }
+  void blob(const char*, tensor_blob& b, int64_t, int64_t, int32_t) { put(b); }
+};
+
+struct fields_probe {
+  static constexpr bool largest = false;
+  struct { int32_t width, context, vocab, layers; uint32_t max_text; } lim;
+};
+
+template <class T, class = void>
+struct has_fields : std::false_type {};
+template <class T>
+struct has_fields<T, std::void_t<decltype(fields(std::declval<fields_probe&>(), std::declval<T&>()))>>
+  : std::true_type {};
+
+} // namespace caf_inspect
+
+/// CAF's inspect of every protocol message, from its one list of fields
+/// (so a message's fields are never listed twice).
+template <class Inspector, class T>
+auto inspect(Inspector& f, T& x)
+  -> std::enable_if_t<caf_inspect::has_fields<T>::value, typename Inspector::result_type> {
+  caf_inspect::caf_fields<Inspector> visit{{}, f, {}};
+  fields(visit, x);
+  if constexpr (!std::is_same_v<typename Inspector::result_type, void>)
+    return visit.err;
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, edge_output& x) {
   return f(caf::meta::type_name("edge_output"), x.split, x.exit_states, x.compute_us);
-}
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, exit_decision& x) {
-  return f(caf::meta::type_name("exit_decision"), x.exit_layer, x.token, x.confidence,
-           x.compute_us);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, link_counters& x) {

@@ -40,15 +40,19 @@ wire::message reply_frame(const caf::error& err) {
 }
 
 caf::error error_of(const wire::error_frame& e) {
-  if (e.code >= uint8_t(ceco_errc::unknown_session) && e.code <= uint8_t(ceco_errc::bad_request)) {
+  if (!is_known(e.code))
+    return make_error(ceco_errc::cloud_unreachable,
+                      fmt::format("the cloud answered error code {}, which this edge does not "
+                                  "know (protocol {}): {}", int(e.code), protocol_version, e.text));
+  const auto code = ceco_errc(e.code);
+  if (!is_link_error(code)) {
     // The text is "code: what" (describe on the cloud); keep the what.
-    const std::string prefix = std::string(to_string(ceco_errc(e.code))) + ": ";
+    const std::string prefix = std::string(to_string(code)) + ": ";
     auto what = e.text.compare(0, prefix.size(), prefix) == 0 ? e.text.substr(prefix.size()) : e.text;
-    return make_error(ceco_errc(e.code), std::move(what));
+    return make_error(code, std::move(what));
   }
   return make_error(ceco_errc::cloud_unreachable,
-                    fmt::format("the cloud answered {}: {}", wire::to_string(wire::wire_errc(e.code)),
-                                e.text));
+                    fmt::format("the cloud answered {}: {}", to_string(code), e.text));
 }
 
 caf::error error_of(const wire::wire_error& e) {
@@ -56,11 +60,6 @@ caf::error error_of(const wire::wire_error& e) {
     return make_error(ceco_errc::bad_request, e.text);
   return make_error(ceco_errc::cloud_unreachable,
                     fmt::format("{}: {}", wire::to_string(e.code), e.text));
-}
-
-int64_t frame_bytes(const wire::message& msg) {
-  auto bytes = wire::encode(0, msg);
-  return wire::ok(bytes) ? int64_t(std::get<0>(bytes).size()) : -1;
 }
 
 namespace {

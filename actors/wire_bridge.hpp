@@ -43,8 +43,24 @@ wire::message reply_frame(const caf::error& err);
 caf::error error_of(const wire::error_frame& e);
 caf::error error_of(const wire::wire_error& e);
 
-/// Bytes of the frame that carries `msg` (header included), as encode() writes it.
-int64_t frame_bytes(const wire::message& msg);
+/// Bytes of the frame that carries a cloud_api request (its arguments) or a
+/// reply, header included, as encode() writes it: counted from the fields,
+/// never encoded, and a message that is a frame as it is (an upload, a draft)
+/// is not copied.
+template <class... Ts>
+int64_t request_frame_bytes(const Ts&... xs) {
+  if constexpr (sizeof...(Ts) == 1 && (wire::is_frame_message<Ts> && ...))
+    return int64_t(wire::encoded_size(xs...));
+  else
+    return int64_t(wire::encoded_size(request_frame(xs...)));
+}
+template <class Reply>
+int64_t reply_frame_bytes(const Reply& r) {
+  if constexpr (wire::is_frame_message<Reply> && !std::is_same_v<Reply, hello_msg>)
+    return int64_t(wire::encoded_size(r));
+  else
+    return int64_t(wire::encoded_size(reply_frame(r)));
+}
 
 /// The reply of type `Reply` a frame carries, or the error it carries (an
 /// error frame, a transport error, or a frame of another type).

@@ -1,7 +1,7 @@
 #pragma once
 
 // One response's figures as JSON (`ceco sim --json`, `results.jsonl`) and
-// the byte formulas of design notes §2.
+// the byte formulas of docs/design.md §2.
 
 #include <string>
 

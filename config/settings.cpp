@@ -505,7 +505,7 @@ const std::vector<link_profile>& link_profiles() {
   static const std::vector<link_profile> profiles = {
     {"lan", 0.5, 1000.0, 0.0, "a local network: 0.5 ms, 1 Gbit/s"},
     {"wan", 25.0, 10.0, 5.0, "a wide-area link: 25 ms + up to 5 ms jitter, 10 Mbit/s"},
-    {"paper", 3.0, 30.0, 0.0, "the CE-CoLLM testbed (design notes §2): 3 ms, 30 Mbit/s"},
+    {"paper", 3.0, 30.0, 0.0, "the CE-CoLLM testbed (docs/design.md §2): 3 ms, 30 Mbit/s"},
   };
   return profiles;
 }

@@ -99,8 +99,9 @@ struct matrix {
 };
 
 /// y[rows] = W · x[cols]. `scratch` holds activation_bytes(w.type, w.cols);
-/// nothing is allocated. Rows are split over n_threads OpenMP threads
-/// (<= 0: ATen's thread count); each row's result does not depend on it.
+/// nothing is allocated. Rows are split over n_threads compute threads
+/// (the chunk pool of model/compute_threads.hpp; <= 0: ATen's thread count);
+/// each row's result does not depend on it.
 void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads = 0);
 
 /// y[n, rows]: row j is exactly matvec(W, x[j]) for the n inputs x[n, cols]

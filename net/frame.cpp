@@ -15,9 +15,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 namespace {
 
-constexpr int64_t max_us = 86'400'000'000;  // durations in a reply: one day
-constexpr int64_t max_count = 1'000'000'000;
-
 /// Thrown inside the codec only; encode and decode turn it into a wire_error.
 struct refusal {
   wire_error error;
@@ -50,14 +47,13 @@ struct vector_buf : std::streambuf {
   std::vector<uint8_t>& out;
 };
 
-size_t element_size(uint8_t dtype) { return dtype == uint8_t(wire_dtype::f16) ? 2 : 4; }
-
 // -- the three visitors of a message's fields ----------------------------------
 // Each message lists its fields once (fields() below) with their bounds; the
 // writer writes them, the reader reads and checks them, the sizer adds up the
 // largest legal payload.
 
 struct writer {
+  static constexpr bool largest = false;
   cereal::BinaryOutputArchive& ar;
   const wire_limits& lim;
   const char* msg = "";
@@ -99,6 +95,7 @@ struct writer {
 };
 
 struct reader {
+  static constexpr bool largest = false;
   span_buf& buf;
   cereal::BinaryInputArchive& ar;
   const wire_limits& lim;
@@ -183,6 +180,7 @@ struct reader {
 
 /// Adds up the largest payload the bounds allow.
 struct sizer {
+  static constexpr bool largest = true;
   const wire_limits& lim;
   uint64_t total = 0;
   const char* msg = "";
@@ -205,107 +203,6 @@ struct sizer {
     total += 9 + uint64_t(std::max<int64_t>(max_rows, 0)) * uint64_t(std::max(cols, 0)) * 4;
   }
 };
-
-// -- the fields of each message, in wire order, with their bounds ------------
-
-template <class F> void fields(F& f, auth_challenge& x) { f.bytes("server_nonce", x.server_nonce); }
-template <class F> void fields(F& f, auth_response& x) {
-  f.bytes("client_nonce", x.client_nonce);
-  f.bytes("client_mac", x.client_mac);
-}
-template <class F> void fields(F& f, auth_ok& x) { f.bytes("server_mac", x.server_mac); }
-template <class F> void fields(F& f, hello_msg& x) {
-  const auto& L = f.lim;
-  f.u32("protocol", x.protocol);
-  f.u64("fingerprint", x.fingerprint);
-  f.i32("n_layer", x.n_layer, 1, L.layers);
-  f.i32("split", x.split, 1, std::max(x.n_layer - 1, 1));
-  f.vec("exits", x.exits, 0, L.layers, 1, L.layers);
-  f.boolean("evaluator_on_cloud", x.evaluator_on_cloud);
-  f.boolean("uploader_on_cloud", x.uploader_on_cloud);
-  f.f32("threshold", x.threshold, 0.0, 1e6);
-  f.i32("min_exit_layer", x.min_exit_layer, 0, L.layers);
-  f.u8("upload_dtype", x.upload_dtype, 0, 1);
-  f.u64("shape_fingerprint", x.shape_fingerprint);
-  f.text("weight_types", x.weight_types, 256);
-  f.boolean("allow_mixed_quantization", x.allow_mixed_quantization);
-}
-template <class F> void fields(F& f, hello_reply& x) { fields(f, x.hello); }
-template <class F> void fields(F&, open_session&) {}
-template <class F> void fields(F& f, open_reply& x) { f.u64("session", x.session); }
-template <class F> void fields(F& f, upload_msg& x) {
-  f.u64("session", x.session);
-  f.i32("start", x.start, 0, f.lim.context - 1);
-  f.blob("states", x.states, 0, int64_t(f.lim.context) - x.start, f.lim.width);
-}
-template <class F> void fields(F& f, positions_reply& x) {
-  f.i32("positions", x.positions, 0, f.lim.context);
-}
-template <class F> void fields(F& f, infer_request& x) {
-  f.u64("session", x.session);
-  f.i32("pos", x.pos, 0, f.lim.context - 1);
-}
-template <class F> void fields(F& f, infer_reply& x) {
-  f.i32("token", x.token, 0, f.lim.vocab - 1);
-  f.i64("cloud_us", x.cloud_us, 0, max_us);
-}
-template <class F> void fields(F& f, naive_request& x) {
-  f.u64("session", x.session);
-  f.blob("states", x.states, 1, f.lim.context, f.lim.width);
-}
-template <class F> void fields(F& f, generate_request& x) {
-  f.u64("session", x.session);
-  f.vec("prompt", x.prompt, 1, f.lim.context, 0, f.lim.vocab - 1);
-  f.i32("max_tokens", x.max_tokens, 1, f.lim.context);
-}
-template <class F> void fields(F& f, generate_reply& x) {
-  f.vec("tokens", x.tokens, 0, f.lim.context, 0, f.lim.vocab - 1);
-  f.i64("cloud_us", x.cloud_us, 0, max_us);
-}
-template <class F> void fields(F& f, close_session& x) { f.u64("session", x.session); }
-template <class F> void fields(F& f, session_summary& x) {
-  f.u64("session", x.session);
-  f.i32("positions", x.positions, 0, f.lim.context);
-  f.i64("compute_us", x.compute_us, 0, max_us);
-  f.i64("gaps", x.gaps, 0, max_count);
-}
-template <class F> void fields(F& f, evaluate_request& x) {
-  f.u64("session", x.session);
-  f.blob("exit_states", x.exit_states, 1, f.lim.layers, f.lim.width);
-}
-template <class F> void fields(F& f, exit_decision& x) {
-  f.i32("exit_layer", x.exit_layer, -1, f.lim.layers);
-  f.i32("token", x.token, 0, f.lim.vocab - 1);
-  f.vec("confidence", x.confidence, 0, f.lim.layers, 0.0, 1.001);  // softmax maxima
-  f.i64("compute_us", x.compute_us, 0, max_us);
-}
-template <class F> void fields(F& f, upload_states& x) {
-  f.u64("session", x.session);
-  f.i32("start", x.start, 0, f.lim.context - 1);
-  f.blob("states", x.states, 0, int64_t(f.lim.context) - x.start, f.lim.width);
-}
-template <class F> void fields(F& f, draft_upload& x) {
-  f.u64("session", x.session);
-  f.i32("epoch", x.epoch, 0, f.lim.context);  // each rollback adds a final token
-  f.i32("start", x.start, 0, f.lim.context - 1);
-  f.blob("states", x.states, 1, int64_t(f.lim.context) - x.start, f.lim.width);
-  // One draft per row: the largest frame has as many as the context.
-  const int64_t rows = std::is_same_v<F, sizer> ? int64_t(f.lim.context) : int64_t(x.states.rows);
-  f.vec("drafts", x.drafts, rows, rows, -1, f.lim.vocab - 1);
-}
-template <class F> void fields(F& f, verdict& x) {
-  f.u8("outcome", x.outcome, 0, 2);
-  f.i32("epoch", x.epoch, 0, f.lim.context);
-  f.i32("position", x.position, -1, f.lim.context - 1);
-  f.i32("token", x.token, 0, f.lim.vocab - 1);
-  f.i64("cloud_us", x.cloud_us, 0, max_us);
-}
-template <class F> void fields(F& f, ping& x) { f.u64("stamp", x.stamp); }
-template <class F> void fields(F& f, pong& x) { f.u64("stamp", x.stamp); }
-template <class F> void fields(F& f, error_frame& x) {
-  f.u8("code", x.code, 0, 255);
-  f.text("text", x.text, f.lim.max_text);
-}
 
 /// A default-constructed alternative of `message` for a type index.
 template <size_t I = 0>
@@ -368,24 +265,6 @@ bool is_request(frame_type t) {
   }
 }
 
-const char* to_string(wire_errc code) {
-  switch (code) {
-    case wire_errc::bad_header: return "bad_header";
-    case wire_errc::too_large: return "too_large";
-    case wire_errc::bad_field: return "bad_field";
-    case wire_errc::truncated: return "truncated";
-    case wire_errc::trailing_bytes: return "trailing_bytes";
-    case wire_errc::not_allowed: return "not_allowed";
-    case wire_errc::too_many_requests: return "too_many_requests";
-    case wire_errc::closed: return "closed";
-    case wire_errc::timed_out: return "timed_out";
-    case wire_errc::auth_failed: return "auth_failed";
-    case wire_errc::io: return "io";
-    case wire_errc::not_encodable: return "not_encodable";
-  }
-  return "unknown";
-}
-
 wire_limits wire_limits::for_model(int32_t width, int32_t context, int32_t vocab, int32_t layers) {
   wire_limits l;
   l.width = width;
@@ -407,6 +286,10 @@ uint64_t max_payload_of(frame_type type, const wire_limits& limits) {
   sizer s{limits};
   std::visit([&](auto& x) { fields(s, x); }, m);
   return s.total;
+}
+
+uint64_t encoded_size(const message& msg) {
+  return std::visit([](const auto& x) { return encoded_size(x); }, msg);
 }
 
 result<std::vector<uint8_t>> encode(uint32_t request_id, const message& msg,

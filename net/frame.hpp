@@ -25,75 +25,38 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
-#include "actors/messages.hpp"
+#include "proto/messages.hpp"
 
 namespace ceco::wire {
 
 constexpr uint32_t frame_magic = 0x4F434543;  // "CECO" as little-endian bytes
 constexpr uint16_t wire_version = 1;
 constexpr size_t header_size = 16;
-constexpr size_t nonce_size = 32;
-constexpr size_t mac_size = 32;  // HMAC-SHA256
 
-using nonce = std::array<uint8_t, nonce_size>;
-using mac = std::array<uint8_t, mac_size>;
-
-// -- messages that are not already in actors/messages.hpp ---------------------
-
-/// Server -> client, first frame of a connection.
-struct auth_challenge {
-  nonce server_nonce{};
-};
-/// Client -> server: its nonce and HMAC(secret, "ceco client" | server | client nonce).
-struct auth_response {
-  nonce client_nonce{};
-  mac client_mac{};
-};
-/// Server -> client: HMAC(secret, "ceco server" | server | client nonce).
-struct auth_ok {
-  mac server_mac{};
-};
-/// The cloud's hello, the reply to the edge's hello_msg. hello_msg::secret
-/// never travels: the handshake above proves it.
-struct hello_reply {
-  hello_msg hello;
-};
-struct open_session {};
-struct open_reply {
-  uint64_t session = 0;
-};
-/// Reply to upload_msg and upload_states: positions the cloud holds.
-struct positions_reply {
-  int32_t positions = 0;
-};
-struct close_session {
-  uint64_t session = 0;
-};
-/// (evaluate_atom, session, exit states) for an exit evaluator on the cloud.
-struct evaluate_request {
-  uint64_t session = 0;
-  tensor_blob exit_states;
-};
-/// (upload_atom, session, start, states) for an uploader on the cloud.
-struct upload_states {
-  uint64_t session = 0;
-  int32_t start = 0;
-  tensor_blob states;
-};
-struct ping {
-  uint64_t stamp = 0;
-};
-struct pong {
-  uint64_t stamp = 0;
-};
-/// Any request may be answered by an error: a ceco_errc or a wire_errc code.
-struct error_frame {
-  uint8_t code = 0;
-  std::string text;
-};
+// The protocol's messages (proto/messages.hpp) by the names the wire code
+// has always used.
+using ceco::auth_challenge;
+using ceco::auth_ok;
+using ceco::auth_response;
+using ceco::close_session;
+using ceco::error_frame;
+using ceco::evaluate_request;
+using ceco::hello_reply;
+using ceco::mac;
+using ceco::nonce;
+using ceco::nonce_size;
+using ceco::mac_size;
+using ceco::open_reply;
+using ceco::open_session;
+using ceco::ping;
+using ceco::pong;
+using ceco::positions_reply;
+using ceco::upload_states;
+using ceco::to_string;
 
 /// One alternative per frame_type, in the order of frame_type (type = index + 1).
 using message = std::variant<auth_challenge, auth_response, auth_ok, hello_msg, hello_reply,
@@ -153,21 +116,9 @@ struct wire_limits {
   static wire_limits for_model(int32_t width, int32_t context, int32_t vocab, int32_t layers);
 };
 
-enum class wire_errc : uint8_t {
-  bad_header = 100,  // magic, version or type unknown
-  too_large,         // payload size over the type's or the frame cap
-  bad_field,         // a field outside its range
-  truncated,         // the payload ends inside a field
-  trailing_bytes,    // bytes left after the last field
-  not_allowed,       // a frame the connection's state does not accept
-  too_many_requests, // the connection's queue is full
-  closed,            // the connection closed
-  timed_out,         // a deadline passed
-  auth_failed,       // the peer did not prove the shared secret
-  io,                // socket error
-  not_encodable,     // a message this side cannot encode (outside the bounds): not sent
-};
-const char* to_string(wire_errc code);
+/// A frame's or a connection's error: one of ceco_errc's codes, the link's
+/// own (is_link_error) except where a peer's error frame carries another.
+using wire_errc = ceco_errc;
 
 /// Why a frame was refused or a connection failed.
 struct wire_error {
@@ -198,6 +149,55 @@ struct frame {
 /// encoding (a count over uint32, a payload over `limits.max_payload` when set).
 result<std::vector<uint8_t>> encode(uint32_t request_id, const message& msg,
                                     const wire_limits& limits = {});
+namespace detail {
+
+/// Adds up the bytes the codec's writer would write, without writing them.
+struct size_counter {
+  static constexpr bool largest = false;
+  wire_limits lim;  // bounds are not checked while counting
+  uint64_t total = 0;
+
+  void u64(const char*, uint64_t&) { total += 8; }
+  void u32(const char*, uint32_t&) { total += 4; }
+  void u8(const char*, uint8_t&, int, int) { total += 1; }
+  void i32(const char*, int32_t&, int64_t, int64_t) { total += 4; }
+  void i64(const char*, int64_t&, int64_t, int64_t) { total += 8; }
+  void f32(const char*, float&, double, double) { total += 4; }
+  void boolean(const char*, bool&) { total += 1; }
+  template <size_t N>
+  void bytes(const char*, std::array<uint8_t, N>&) { total += N; }
+  template <class T>
+  void vec(const char*, std::vector<T>& v, int64_t, int64_t, double, double) {
+    total += 4 + uint64_t(v.size()) * sizeof(T);  // a uint32 count, then the elements
+  }
+  void text(const char*, std::string& s, int64_t) { total += 4 + uint64_t(s.size()); }
+  void blob(const char*, tensor_blob& b, int64_t, int64_t, int32_t) {
+    total += 9 + b.bytes.size();  // dtype, rows, cols, then the bytes
+  }
+};
+
+template <class T, class Variant>
+struct is_alternative;
+template <class T, class... Ts>
+struct is_alternative<T, std::variant<Ts...>> : std::disjunction<std::is_same<T, Ts>...> {};
+
+} // namespace detail
+
+/// Whether `T` is a message of the wire (an alternative of `message`).
+template <class T>
+constexpr bool is_frame_message = detail::is_alternative<T, message>::value;
+
+/// Bytes encode() writes for a frame carrying `x` (header included), counted
+/// from its fields without encoding or copying it: what a link to a remote
+/// cloud counts.
+template <class T, class = std::enable_if_t<is_frame_message<T>>>
+uint64_t encoded_size(const T& x) {
+  detail::size_counter c;
+  fields(c, const_cast<T&>(x));  // the counter only reads
+  return header_size + c.total;
+}
+uint64_t encoded_size(const message& msg);
+
 /// Checks magic, version, type and the payload size against the type's limit
 /// (read before the payload, so an oversized frame is refused unread).
 result<frame_header> parse_header(const uint8_t* bytes, const wire_limits& limits);

@@ -1,14 +1,36 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "test/support.hpp"
 
+#include <cstdlib>
 #include <map>
+#include <new>
 #include <random>
 
 #include <sys/wait.h>
 
 #include "model/compute_threads.hpp"
 
+namespace {
+thread_local int64_t thread_allocations = 0;
+}
+
+// Counts this thread's allocations (allocations_on_this_thread), so a test can
+// show that a hot path allocates nothing.
+void* operator new(std::size_t n) {
+  ++thread_allocations;
+  if (void* p = std::malloc(n ? n : 1))
+    return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
 namespace ceco::test {
+
+int64_t allocations_on_this_thread() { return thread_allocations; }
 
 const stories& load_stories(const std::string& format) {
   static std::map<std::string, stories> cache;

@@ -357,7 +357,7 @@ TEST_CASE("the exit trace follows the threshold and never changes the generated 
   }
 
   // At layer 4 the logit lens agrees with the final layer about half the time
-  // (design notes §6); it must not be all or nothing.
+  // (docs/design.md §8); it must not be all or nothing.
   opts.threshold = 0.0f;
   opts.min_exit_layer = 4;
   auto deep = generate(m, once_upon_a_time, opts);

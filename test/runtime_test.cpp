@@ -6,6 +6,7 @@
 
 #include "actors/deployment.hpp"
 #include "actors/hidden_rows.hpp"
+#include "actors/wire_bridge.hpp"
 #include "model/metrics.hpp"
 
 using namespace ceco;
@@ -74,7 +75,7 @@ TEST_CASE("collaborative with threshold 0 gives exactly standalone's tokens, and
   }
 }
 
-TEST_CASE("bytes up equal the design-notes formulas plus the documented per-message overhead") {
+TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-message overhead") {
   stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0"});
   const int64_t d = 64;
   auto ids = f.m.vocab.encode("Once upon a time");
@@ -559,26 +560,30 @@ TEST_CASE("hidden rows: from a tensor to the wire and back, and the uploader's t
 TEST_CASE("the link counts a message's bytes without serialising it") {
   std::vector<float> rows(size_t(64) * 288, 0.25f);
   upload_msg m{7, 0, make_blob(rows.data(), 64, 288, wire_dtype::f16)};
-  const int reps = 2000;
-  auto t0 = std::chrono::steady_clock::now();
-  int64_t serialised = 0;
-  for (int i = 0; i < reps; ++i) {
-    std::vector<char> buf;
-    caf::binary_serializer sink{nullptr, buf};
-    REQUIRE(!sink(m));
-    serialised += int64_t(buf.size());
-  }
-  auto t1 = std::chrono::steady_clock::now();
-  int64_t counted = 0;
-  for (int i = 0; i < reps; ++i)
-    counted += wire_size(m);
-  auto t2 = std::chrono::steady_clock::now();
-  CHECK(counted == serialised);
-  auto us = [&](auto a, auto b) {
-    return std::chrono::duration<double, std::micro>(b - a).count() / reps;
-  };
-  MESSAGE("a 64 x 288 f16 upload (" << serialised / reps << " bytes): serialising it "
-          << us(t0, t1) << " us, counting it " << us(t1, t2) << " us");
+  draft_upload d{7, 2, 5, make_blob(rows.data(), 3, 288, wire_dtype::f32), {-1, 17, 4}};
+  // What the simulated link counts: CAF's binary serialisation, to the byte.
+  std::vector<char> buf;
+  caf::binary_serializer sink{nullptr, buf};
+  REQUIRE(!sink(m));
+  // What a link to a remote cloud counts: the frame encode() writes.
+  auto frame = wire::encode(1, wire::message(m));
+  REQUIRE(wire::ok(frame));
+  auto draft_frame = wire::encode(1, wire::message(d));
+  REQUIRE(wire::ok(draft_frame));
+  // Counting either way allocates nothing: no buffer, no copy of the payload.
+  const int64_t before = allocations_on_this_thread();
+  const int64_t caf_bytes = wire_size(m);
+  const int64_t frame_bytes = request_frame_bytes(m);
+  const int64_t draft_bytes = request_frame_bytes(d);
+  const int64_t verdict_bytes = reply_frame_bytes(verdict{});
+  const int64_t allocations = allocations_on_this_thread() - before;
+  CHECK(allocations == 0);
+  CHECK(caf_bytes == int64_t(buf.size()));
+  CHECK(frame_bytes == int64_t(std::get<0>(frame).size()));
+  CHECK(draft_bytes == int64_t(std::get<0>(draft_frame).size()));
+  CHECK(verdict_bytes == int64_t(std::get<0>(wire::encode(1, wire::message(verdict{}))).size()));
+  MESSAGE("a 64 x 288 f16 upload: " << caf_bytes << " bytes in a simulation, " << frame_bytes
+          << " as a frame");
 }
 
 TEST_CASE("an actor of the cloud that dies is the deployment's failure, named with its reason") {

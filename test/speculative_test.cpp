@@ -1,6 +1,6 @@
 // Speculative and exact modes: the draft window's bookkeeping, the cloud's
 // verification and rollback, and the exactness invariants over a grid of
-// thresholds, splits, upload dtypes and links (design notes §8).
+// thresholds, splits, upload dtypes and links (docs/design.md §5).
 
 #include "test/support.hpp"
 #include "test/cloud_sites.hpp"

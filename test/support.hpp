@@ -99,6 +99,8 @@ struct run_result {
   std::string out;
 };
 run_result run_shell(const std::string& command);
+/// Allocations (operator new) made on the calling thread so far.
+int64_t allocations_on_this_thread();
 /// `ceco <args>`, stdout and stderr together.
 inline run_result run_ceco(const std::string& args) {
   return run_shell(std::string(CECO_BINARY) + " " + args + " 2>&1");
@@ -120,7 +122,7 @@ struct exit_tally {
   }
 };
 
-/// Reference values of ../shared/docs/design-notes.md §5.
+/// stories260K reference values: "Once upon a time" and llama2.c's documented greedy sample.
 inline const std::vector<int32_t> once_upon_a_time = {1, 403, 407, 261, 378};
 inline const std::vector<int32_t> greedy_40 = {
   432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396,

@@ -122,6 +122,7 @@ TEST_CASE("wire: every message type round-trips to the same message and bytes") 
     CHECK(uint16_t(type_of(all[i])) == i + 1);
     auto bytes = bytes_of(all[i], 1000 + uint32_t(i));
     CHECK(bytes.size() <= header_size + max_payload_of(type_of(all[i]), limits));
+    CHECK(encoded_size(all[i]) == bytes.size());  // what a link counts, never encoded
     auto r = decode(bytes.data(), bytes.size(), limits);
     REQUIRE_MESSAGE(ok(r), std::get<wire_error>(r).text);
     auto& f = std::get<frame>(r);
