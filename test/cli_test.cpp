@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
@@ -52,10 +53,22 @@ TEST_CASE("ceco generate streams text by default") {
 TEST_CASE("--help documents every generate flag with its default") {
   auto r = run_ceco("generate --help");
   CHECK(r.status == 0);
+  // Each flag opens a line of its own, and the line says its default.
+  auto line_of = [&](const std::string& flag) -> std::string {
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);)
+      if (line.rfind("  " + flag + " ", 0) == 0 || line == "  " + flag)
+        return line;
+    return {};
+  };
   for (auto flag : {"--model", "--tokenizer", "--prompt", "--max-tokens", "--temperature", "--top-p",
                     "--seed", "--exits", "--exit-heads", "--threshold", "--min-exit-layer", "--json"})
-    CHECK_MESSAGE(r.out.find(flag) != std::string::npos, flag);
-  CHECK(r.out.find("0.8") != std::string::npos);
+    CHECK_MESSAGE(!line_of(flag).empty(), flag);
+  CHECK(line_of("--threshold").find("=0.8") != std::string::npos);
+  CHECK(line_of("--max-tokens").find("=128") != std::string::npos);
+  CHECK(line_of("--temperature").find("=0") != std::string::npos);
+  CHECK(line_of("--seed").find("=42") != std::string::npos);
+  CHECK(line_of("--prompt").find("=And God said") != std::string::npos);
 }
 
 TEST_CASE("bad input exits non-zero with a message naming the problem") {

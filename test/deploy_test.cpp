@@ -211,19 +211,20 @@ TEST_CASE("ceco cloud --stats reports the tokens it answered and its steps") {
   temp_dir tmp;
   const std::string bin = CECO_BINARY, log = tmp.file("cloud.log");
   // The cloud in the background, an edge of 20 cloud tokens, then SIGINT.
-  auto script = "(" + bin + " cloud --set cloud.port=0 --stats 0.2" + model_arg() + " > " + log +
-                " 2>&1 &\n echo $! > " + tmp.file("pid") + ")\n"
+  auto script = bin + " cloud --set cloud.port=0 --stats 0.2" + model_arg() + " > " + log +
+                " 2>&1 &\n cloud=$!\n"
                 "for i in $(seq 50); do grep -q serving " + log + " && break; sleep 0.1; done\n"
                 "port=$(head -1 " + log + " | sed 's/.*:\\([0-9]*\\) over.*/\\1/')\n" +
                 bin + " edge --set cloud.port=$port --set policy.threshold=1.5 --max-tokens 20" +
                 model_arg() + " > /dev/null 2>&1 || echo edge failed\n"
-                "sleep 0.6; kill -INT $(cat " + tmp.file("pid") + ")\n"
-                "for i in $(seq 50); do grep -q 'SIGINT received' " + log + " && break; sleep 0.1; done\n"
-                "sleep 0.2; cat " + log;
+                "sleep 0.6; kill -INT $cloud\n"
+                "wait $cloud; echo \"cloud exited $?\"\n"
+                "cat " + log;
   auto r = run_shell(script);
   CAPTURE(r.out);
   CHECK(r.out.find("edge failed") == std::string::npos);
   CHECK(r.out.find("SIGINT received") != std::string::npos);
+  CHECK(r.out.find("cloud exited 0") != std::string::npos);  // a requested stop is a clean exit
   // The stats lines add up to the 20 tokens the edge asked for.
   int tokens = 0;
   for (size_t at = r.out.find(" s: "); at != std::string::npos; at = r.out.find(" s: ", at + 1))
@@ -523,6 +524,13 @@ TEST_CASE("a cloud killed mid-response: the edge finishes alone, then reconnects
   CHECK(lines[1]["mode"] == "collaborative");
   CHECK(lines[1]["degraded_tokens"] == 0);
   CHECK(lines[1]["cloud_requests"].get<int>() == lines[1]["n_generated"].get<int>());
+  // The resumed response is the one an undisturbed edge gets from that cloud.
+  auto undisturbed = run_edge("--set policy.threshold=1.5 --set link.latency_ms=0 --max-tokens 300 "
+                              "--json --prompt 'Tom and his dog' --set cloud.port=" +
+                              std::to_string(port));
+  REQUIRE(undisturbed.status == 0);
+  CHECK(lines[1]["prompt"] == "Tom and his dog");
+  CHECK(lines[1]["tokens"] == json_lines(undisturbed.out).at(0)["tokens"]);
 }
 
 TEST_CASE("a hung cloud is noticed by heartbeats and the edge finishes alone") {

@@ -610,7 +610,16 @@ TEST_CASE("a cloud site stopped on purpose is no failure") {
   stories_sim fx;
   auto site = spawn_cloud_site(*fx.sys, fx.s, fx.m);
   auto watch = site.watch;
+  // Wait until the site's actors are really gone, then ask the watch.
+  caf::scoped_actor self{*fx.sys};
+  self->monitor(site.contexts);
+  self->monitor(site.layers);
   site.stop();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  CHECK(!watch->failure());
+  int downs = 0;
+  self->receive_for(downs, 2)([](caf::down_msg&) {}, caf::after(std::chrono::seconds(10)) >> [&] {
+    FAIL("the cloud site's actors did not stop");
+  });
+  CHECK(downs == 2);
+  // The watch saw the same downs; a failure it recorded would show here.
+  CHECK(!watch->failure(std::chrono::milliseconds(500)));
 }
