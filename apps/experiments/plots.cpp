@@ -13,9 +13,10 @@ using json = nlohmann::json;
 
 namespace {
 
-double mean_of(const group_summary& g, const char* m) {
+/// Mean, low and high end of the 95% interval of a metric (zeros where absent).
+metric_stat stat_of(const group_summary& g, const char* m) {
   auto i = g.stats.find(m);
-  return i == g.stats.end() ? 0.0 : i->second.first;
+  return i == g.stats.end() ? metric_stat{} : i->second;
 }
 
 struct sweep_plot {
@@ -39,7 +40,7 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
   for (auto& s : strategies) {
     d << "# " << s << ": " << key;
     for (auto& p : plots)
-      d << " " << p.metric;
+      d << " " << p.metric << " lo hi";
     d << "\n";
     std::vector<const group_summary*> rows;
     for (auto& g : groups)
@@ -50,8 +51,10 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
     });
     for (auto* g : rows) {
       d << g->keys.at(key).get<double>();
-      for (auto& p : plots)
-        d << " " << mean_of(*g, p.metric);
+      for (auto& p : plots) {
+        auto x = stat_of(*g, p.metric);
+        d << " " << x.mean << " " << x.lo << " " << x.hi;
+      }
       d << "\n";
     }
     d << "\n\n";
@@ -63,8 +66,9 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
     for (size_t i = 0; i < plots.size(); ++i) {
       std::string curves;
       for (size_t k = 0; k < strategies.size(); ++k)
-        curves += fmt::format("{}\"{}\" index {} using 1:{} with linespoints pt 7 title \"{}\"",
-                              k ? ", " : "", data, k, i + 2, strategies[k]);
+        curves += fmt::format("{}\"{}\" index {} using 1:{}:{}:{} with yerrorlines pt 7 title \"{}\"",
+                              k ? ", " : "", data, k, 3 * i + 2, 3 * i + 3, 3 * i + 4,
+                              strategies[k]);
       script += fmt::format("set title \"{}\"\nset ylabel \"{}\"\nset output \"{}.{}\"\nplot {}\n",
                             plots[i].title, plots[i].ylabel, plots[i].file, ext, curves);
       made.push_back(fmt::format("{}.{}", plots[i].file, ext));
@@ -87,17 +91,18 @@ std::vector<std::string> write_plots(const fs::path& dir, const std::vector<grou
   auto label = [&](const group_summary& g) {
     return n_combos > 1 ? g.strategy + " " + g.label : g.strategy;
   };
-  auto mean = [](const group_summary& g, const char* m) {
-    auto i = g.stats.find(m);
-    return i == g.stats.end() ? 0.0 : i->second.first;
-  };
+  auto mean = [](const group_summary& g, const char* m) { return stat_of(g, m).mean; };
   {
     std::ofstream d(dir / "plot_groups.dat");
-    d << "# label edge_ms cloud_ms comm_ms total_ms bytes_up cloud_request_rate\n";
-    for (auto& g : groups)
-      d << fmt::format("\"{}\" {} {} {} {} {} {}\n", label(g), mean(g, "edge_ms"),
-                       mean(g, "cloud_ms"), mean(g, "comm_ms"), mean(g, "total_ms"),
-                       std::max(1.0, mean(g, "bytes_up")), mean(g, "cloud_request_rate"));
+    d << "# label edge_ms cloud_ms comm_ms total_ms bytes_up cloud_request_rate total_lo "
+         "total_hi bytes_lo bytes_hi\n";
+    for (auto& g : groups) {
+      auto total = stat_of(g, "total_ms"), bytes = stat_of(g, "bytes_up");
+      d << fmt::format("\"{}\" {} {} {} {} {} {} {} {} {} {}\n", label(g), mean(g, "edge_ms"),
+                       mean(g, "cloud_ms"), mean(g, "comm_ms"), total.mean,
+                       std::max(1.0, bytes.mean), mean(g, "cloud_request_rate"), total.lo,
+                       total.hi, std::max(1.0, bytes.lo), std::max(1.0, bytes.hi));
+    }
   }
   std::vector<std::string> made = {"time_breakdown.png", "time_breakdown.svg", "bytes.png", "bytes.svg"};
   std::string script;
@@ -114,7 +119,7 @@ set key below
 set ylabel "ms per response"
 set title "Time per response: edge, cloud and communication"
 set output "time_breakdown.{1}"
-plot "plot_groups.dat" using 2:xtic(1) title "edge", "" using 3 title "cloud", "" using 4 title "communication"
+plot "plot_groups.dat" using 2:xtic(1) title "edge", "" using 3 title "cloud", "" using 4 title "communication", "" using 0:5:8:9 with yerrorbars lc rgb "black" pt 0 title "total, 95% interval"
 unset style
 set style fill solid 0.8 border -1
 set logscale y
@@ -125,7 +130,7 @@ set y2tics
 set ytics nomirror
 set title "Bytes per response and cloud request rate"
 set output "bytes.{1}"
-plot "plot_groups.dat" using 0:6:xtic(1) with boxes title "bytes up", "" using 0:7 axes x1y2 with points pt 7 ps 2 title "cloud request rate"
+plot "plot_groups.dat" using 0:6:xtic(1) with boxes title "bytes up", "" using 0:6:10:11 with yerrorbars lc rgb "black" pt 0 title "95% interval", "" using 0:7 axes x1y2 with points pt 7 ps 2 title "cloud request rate"
 unset logscale y
 unset y2label
 unset y2tics
@@ -134,11 +139,13 @@ set ytics mirror
   }
   if (threshold_sweep) {
     std::ofstream d(dir / "plot_tradeoff.dat");
-    d << "# threshold total_ms agreement_with_cloud\n";
+    d << "# threshold total_ms agreement_with_cloud total_lo total_hi agreement_lo agreement_hi\n";
     for (auto& g : groups)
-      if (g.strategy == "collaborative")
-        d << fmt::format("{} {} {}\n", g.keys["threshold"].get<double>(), mean(g, "total_ms"),
-                         100 * mean(g, "agreement_with_cloud"));
+      if (g.strategy == "collaborative") {
+        auto total = stat_of(g, "total_ms"), agree = stat_of(g, "agreement_with_cloud");
+        d << fmt::format("{} {} {} {} {} {} {}\n", g.keys["threshold"].get<double>(), total.mean,
+                         100 * agree.mean, total.lo, total.hi, 100 * agree.lo, 100 * agree.hi);
+      }
     for (auto [term, ext] : {std::pair{"pngcairo size 900,600", "png"}, std::pair{"svg size 900,600", "svg"}})
       script += fmt::format(R"gp(
 set terminal {0}
@@ -147,7 +154,7 @@ set xlabel "total ms per response"
 set ylabel "token agreement with the cloud (%)"
 set key off
 set output "threshold_tradeoff.{1}"
-plot "plot_tradeoff.dat" using 2:3 with linespoints pt 7 ps 1.5, "" using 2:3:(sprintf("θ=%g", $1)) with labels offset 0,1
+plot "plot_tradeoff.dat" using 2:3 with lines, "" using 2:3:4:5:6:7 with xyerrorbars pt 7 ps 1.5, "" using 2:3:(sprintf("θ=%g", $1)) with labels offset 0,1
 )gp", term, ext);
     made.push_back("threshold_tradeoff.png");
     made.push_back("threshold_tradeoff.svg");

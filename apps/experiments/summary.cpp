@@ -4,6 +4,8 @@
 #include <cmath>
 #include <fstream>
 #include <optional>
+#include <random>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -28,6 +30,51 @@ const std::vector<std::pair<const char*, const char*>> summary_metrics = {
 
 } // namespace
 
+metric_stat bootstrap(const std::vector<std::vector<double>>& values, int resamples) {
+  metric_stat out;
+  std::vector<double> sample_means;
+  for (const auto& reps : values) {
+    if (reps.empty())
+      continue;
+    double sum = 0;
+    for (double x : reps)
+      sum += x;
+    sample_means.push_back(sum / double(reps.size()));
+    out.values += int(reps.size());
+  }
+  out.samples = int(sample_means.size());
+  if (sample_means.empty())
+    return out;
+  for (double m : sample_means)
+    out.mean += m;
+  out.mean /= double(sample_means.size());
+  out.lo = out.hi = out.mean;
+  if (out.values < 2)
+    return out;
+  std::vector<const std::vector<double>*> nonempty;
+  for (const auto& reps : values)
+    if (!reps.empty())
+      nonempty.push_back(&reps);
+  std::mt19937_64 rng(0x5eed);
+  std::vector<double> stats(static_cast<size_t>(resamples));
+  for (auto& stat : stats) {
+    double total = 0;
+    for (size_t i = 0; i < nonempty.size(); ++i) {
+      const auto& reps = *nonempty[rng() % nonempty.size()];
+      double sum = 0;
+      for (size_t k = 0; k < reps.size(); ++k)
+        sum += reps[rng() % reps.size()];
+      total += sum / double(reps.size());
+    }
+    stat = total / double(nonempty.size());
+  }
+  std::sort(stats.begin(), stats.end());
+  auto at = [&](double q) { return stats[size_t(q * double(stats.size() - 1) + 0.5)]; };
+  out.lo = at(0.025);
+  out.hi = at(0.975);
+  return out;
+}
+
 std::vector<group_summary> summarize(const std::vector<json>& lines,
                                      const std::vector<combo>& combos,
                                      const std::vector<std::string>& strategies) {
@@ -39,43 +86,35 @@ std::vector<group_summary> summarize(const std::vector<json>& lines,
       g.strategy = strategy;
       g.keys = combos[c].keys;
       g.label = combos[c].label;
-      std::map<int, std::map<std::string, std::vector<double>>> per_rep;
+      // metric -> sample -> one value per repetition
+      std::map<std::string, std::map<int, std::vector<double>>> values;
+      std::set<int> samples, repetitions;
       double tokens = 0;
       for (auto& j : lines) {
         if (j["combo"] != int(c) || j["mode"] != strategy)
           continue;
         ++g.responses;
-        int rep = j["repetition"];
+        const int sample = j.value("sample", 0);
+        samples.insert(sample);
+        repetitions.insert(j.value("repetition", 0));
         for (auto& [m, name] : summary_metrics)
           if (j.contains(m) && j[m].is_number())  // ttft_ms is null without tokens
-            per_rep[rep][m].push_back(j[m].get<double>());
+            values[m][sample].push_back(j[m].get<double>());
         for (auto& [k, v] : j["exits"].items())
           g.exit_share[k] += v.get<double>();
         tokens += j["n_generated"].get<double>();
       }
       if (g.responses == 0)
         continue;
+      g.samples = int(samples.size());
+      g.repetitions = int(repetitions.size());
       for (auto& [k, v] : g.exit_share)
         v = tokens > 0 ? v / tokens : 0.0;
-      for (auto& [m, name] : summary_metrics) {
-        std::vector<double> means;
-        for (auto& [rep, metrics] : per_rep)
-          if (auto i = metrics.find(m); i != metrics.end() && !i->second.empty()) {
-            double sum = 0;
-            for (double x : i->second)
-              sum += x;
-            means.push_back(sum / double(i->second.size()));
-          }
-        if (means.empty())
-          continue;
-        double mean = 0, var = 0;
-        for (double x : means)
-          mean += x;
-        mean /= double(means.size());
-        for (double x : means)
-          var += (x - mean) * (x - mean);
-        double sd = means.size() > 1 ? std::sqrt(var / double(means.size() - 1)) : 0.0;
-        g.stats[m] = {mean, sd};
+      for (auto& [m, per_sample] : values) {
+        std::vector<std::vector<double>> table;
+        for (auto& [sample, reps] : per_sample)
+          table.push_back(reps);
+        g.stats[m] = bootstrap(table);
       }
       out.push_back(g);
     }
@@ -92,9 +131,10 @@ std::string exit_share_text(const group_summary& g) {
 
 void write_csv(const fs::path& path, const std::vector<group_summary>& groups) {
   std::ofstream out(path);
-  out << "combo,label,threshold,split,exits,upload_dtype,link,strategy,responses";
+  out << "combo,label,threshold,split,exits,upload_dtype,link,strategy,responses,samples,"
+         "repetitions";
   for (auto& [m, name] : summary_metrics)
-    out << "," << m << "_mean," << m << "_std";
+    out << "," << m << "_mean," << m << "_ci95_lo," << m << "_ci95_hi";
   out << ",exit_distribution\n";
   for (auto& g : groups) {
     out << fmt::format("{},\"{}\",{},{},\"{}\",{},{},{},{}", g.combo, g.label,
@@ -102,12 +142,13 @@ void write_csv(const fs::path& path, const std::vector<group_summary>& groups) {
                        exits_text(g.keys["exit_layers"].get<std::vector<int>>()),
                        g.keys["upload_dtype"].get<std::string>(), g.keys["link"].get<std::string>(),
                        g.strategy, g.responses);
+    out << fmt::format(",{},{}", g.samples, g.repetitions);
     for (auto& [m, name] : summary_metrics) {
       auto i = g.stats.find(m);
       if (i == g.stats.end())
-        out << ",,";
+        out << ",,,";
       else
-        out << fmt::format(",{:.6g},{:.6g}", i->second.first, i->second.second);
+        out << fmt::format(",{:.6g},{:.6g},{:.6g}", i->second.mean, i->second.lo, i->second.hi);
     }
     out << ",\"" << exit_share_text(g) << "\"\n";
   }
@@ -117,8 +158,11 @@ std::string cell(const group_summary& g, const char* m, int precision, double sc
   auto i = g.stats.find(m);
   if (i == g.stats.end())
     return "-";
-  return fmt::format("{:.{}f} ± {:.{}f}", i->second.first * scale, precision,
-                     i->second.second * scale, precision);
+  const auto& x = i->second;
+  if (x.lo == x.hi)
+    return fmt::format("{:.{}f}", x.mean * scale, precision);
+  return fmt::format("{:.{}f} [{:.{}f}, {:.{}f}]", x.mean * scale, precision, x.lo * scale,
+                     precision, x.hi * scale, precision);
 }
 
 /// Each strategy against the cloud strategy of the same setting, beside the
@@ -129,7 +173,7 @@ void write_relative_to_cloud(std::ostream& out, const settings& base,
     auto i = g.stats.find(m);
     if (i == g.stats.end())
       return std::nullopt;
-    return i->second.first;
+    return i->second.mean;
   };
   const auto& ref = base.experiment.reference;
   const bool with_ref = !ref.name.empty() || !ref.total_vs_cloud.empty()
@@ -181,8 +225,11 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                     const std::vector<std::string>& plots, const profile_fit& fit) {
   std::ofstream out(path);
   out << fmt::format("# {}\n\n", base.experiment.name.empty() ? "experiment" : base.experiment.name);
-  out << fmt::format("{} samples of {}, up to {} new tokens, {} repetition(s); mean ± std over "
-                     "repetitions of the per-response means.\n\n",
+  out << fmt::format("{} samples of {}, up to {} new tokens, {} repetition(s). Each cell: the mean "
+                     "over samples (each sample the mean of its repetitions) and, in brackets, a "
+                     "95% bootstrap interval (2,000 resamples of the samples and, within each, of "
+                     "its repetitions); a cell with one value has no interval. `n` is the cell's "
+                     "samples x repetitions.\n\n",
                      n_samples, dataset.empty() ? "the prompt" : dataset,
                      base.generation.max_tokens, base.experiment.repetitions);
   if (base.compute.mode == "profile") {
@@ -201,14 +248,14 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                          fit.overruns, fit.worst_ms);
   } else
     out << "Compute: measured on this machine.\n\n";
-  out << "| strategy | setting | total ms | TTFT ms | p95 ms/token | tokens/s, all edges | edge ms "
+  out << "| strategy | setting | n | total ms | TTFT ms | p95 ms/token | tokens/s, all edges | edge ms "
          "| cloud ms | cloud ms/token | comm ms | bytes up | bytes down | cloud req % | rollbacks "
          "| exits | agree w/ cloud % | ROUGE-L w/ cloud | EM | F1 | ROUGE-L |\n";
-  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  out << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (auto& g : groups)
-    out << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} "
-                       "| {} | {} | {} | {} | {} |\n",
-                       g.strategy, g.label, cell(g, "total_ms", 1), cell(g, "ttft_ms", 1),
+    out << fmt::format("| {} | {} | {} x {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} "
+                       "| {} | {} | {} | {} | {} | {} | {} |\n",
+                       g.strategy, g.label, g.samples, g.repetitions, cell(g, "total_ms", 1), cell(g, "ttft_ms", 1),
                        cell(g, "p95_ms_per_token", 2), cell(g, "aggregate_tokens_per_s", 0),
                        cell(g, "edge_ms", 1), cell(g, "cloud_ms", 1),
                        cell(g, "cloud_ms_per_token", 3), cell(g, "comm_ms", 1), cell(g, "bytes_up", 0),

@@ -1,8 +1,9 @@
 #pragma once
 
-// Summaries of an experiment's results: per combination and strategy, the
-// mean and spread of each metric over repetitions and samples, written as
-// CSV and markdown.
+// Summaries of an experiment's results: per combination and strategy, each
+// metric's mean over samples (each sample the mean of its repetitions) with a
+// 95% bootstrap interval that resamples samples and, within each, its
+// repetitions, so the spread over both shows; written as CSV and markdown.
 
 #include <filesystem>
 #include <map>
@@ -15,13 +16,27 @@
 
 namespace ceco::app {
 
+/// One metric of one cell.
+struct metric_stat {
+  double mean = 0;
+  double lo = 0, hi = 0;  // 95% bootstrap interval; lo == hi == mean for a single value
+  int samples = 0;        // samples with a value
+  int values = 0;         // responses with a value (samples x repetitions)
+};
+
+/// Mean and 95% interval of values[sample][repetition] (see the file's
+/// comment); deterministic: the resampling has a fixed seed.
+metric_stat bootstrap(const std::vector<std::vector<double>>& values, int resamples = 2000);
+
 struct group_summary {
   int combo = 0;
   std::string strategy;
   nlohmann::json keys;
   std::string label;
   int responses = 0;
-  std::map<std::string, std::pair<double, double>> stats;  // metric -> mean, std over repetitions
+  int samples = 0;      // distinct samples among the responses
+  int repetitions = 0;  // distinct repetitions among the responses
+  std::map<std::string, metric_stat> stats;
   std::map<std::string, double> exit_share;                // exit -> share of tokens
 };
 
