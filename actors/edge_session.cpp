@@ -46,6 +46,34 @@ const std::vector<std::string>& strategy_names() {
   return names;
 }
 
+const char* to_string(phase p) {
+  switch (p) {
+    case phase::idle: return "idle";
+    case phase::opening: return "opening";
+    case phase::running: return "running";
+    case phase::degraded: return "degraded";
+    case phase::resuming: return "resuming";
+    case phase::closing: return "closing";
+    case phase::reporting: return "reporting";
+  }
+  return "unknown";
+}
+
+bool phase_transition_allowed(phase from, phase to) {
+  switch (from) {
+    case phase::idle: return to == phase::opening || to == phase::running;
+    case phase::opening:
+      return to == phase::running || to == phase::degraded || to == phase::closing;
+    case phase::running: return to == phase::degraded || to == phase::closing;
+    case phase::degraded: return to == phase::resuming || to == phase::closing;
+    case phase::resuming:
+      return to == phase::running || to == phase::degraded || to == phase::closing;
+    case phase::closing: return to == phase::reporting;
+    case phase::reporting: return false;
+  }
+  return false;
+}
+
 namespace {
 
 using clock_type = sim_clock;
@@ -54,21 +82,10 @@ int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
 }
 
-/// Where a session is; see the diagram in edge_session.hpp.
-enum class phase {
-  idle,       // spawned, not yet run
-  opening,    // asking the link's epoch and opening the cloud session
-  running,    // the token loop of the strategy
-  degraded,   // collaborative, the cloud lost: the token loop on the edge alone
-  resuming,   // the link is back: opening a new cloud session
-  closing,    // finished; waits for uploads in flight before closing the cloud session
-  reporting,  // closing the cloud session, collecting byte counts, delivering
-};
-
 struct edge_session_state {
   edge_site site;
   edge_session_options opts;
-  phase at = phase::idle;
+  phase at = phase::idle;  // changed by transition() only
   response_report report;
   caf::typed_response_promise<response_report> promise;
   uint64_t session = 0;                  // the current cloud session
@@ -102,6 +119,26 @@ struct edge_session_state {
 };
 
 using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
+
+/// Moves the session to `to` along an edge of the diagram in
+/// edge_session.hpp, recording it in the report; an edge the diagram does not
+/// have is refused (the phase stays, and the report names the edge), so a
+/// session can never be in two minds about where it is.
+void transition(self_ptr self, phase to) {
+  auto& st = self->state;
+  if (st.at == to)
+    return;
+  if (!phase_transition_allowed(st.at, to)) {
+    if (st.report.error.empty())
+      st.report.error = fmt::format("internal: the session tried to go from {} to {}, which "
+                                    "the phase diagram does not allow", to_string(st.at),
+                                    to_string(to));
+    fmt::print(stderr, "ceco: {}\n", st.report.error);
+    return;
+  }
+  st.at = to;
+  st.report.phases.emplace_back(to_string(to));
+}
 
 void step(self_ptr self);
 void forward(self_ptr self);
@@ -146,7 +183,7 @@ void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t clou
 
 /// The cloud is out of reach: the response goes on on the edge alone.
 void lose_cloud(self_ptr self, clock_type::time_point sent) {
-  self->state.at = phase::degraded;
+  transition(self, phase::degraded);
   self->state.report.comm_us += us_since(sent);
 }
 
@@ -200,7 +237,7 @@ void open_cloud(self_ptr self) {
     [=] {
       if (self->state.is(strategy::cloud))
         return generate_in_cloud(self);
-      self->state.at = phase::running;
+      transition(self, phase::running);
       loop(self);
     },
     [=](const caf::error& err) {
@@ -223,10 +260,10 @@ void start(self_ptr self) {
   st.window = draft_window(st.opts.prompt);
   st.edge_id = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
   if (st.is(strategy::standalone)) {
-    st.at = phase::running;
+    transition(self, phase::running);
     return step(self);
   }
-  st.at = phase::opening;
+  transition(self, phase::opening);
   if (!st.site.link)
     return open_cloud(self);
   // The link's epoch now: a reconnection later is what lets a session that
@@ -244,7 +281,7 @@ void start(self_ptr self) {
 
 void generate_in_cloud(self_ptr self) {
   auto& st = self->state;
-  st.at = phase::running;
+  transition(self, phase::running);
   auto sent = clock_type::now();
   self->request(st.site.cloud, st.opts.timeout,
                 generate_request{st.session, st.opts.prompt, st.opts.max_tokens})
@@ -649,13 +686,13 @@ void draft_forward(self_ptr self) {
 /// goes on collaboratively.
 void resume(self_ptr self, int64_t epoch) {
   auto& st = self->state;
-  st.at = phase::resuming;
+  transition(self, phase::resuming);
   st.link_epoch = epoch;
   request_session(
     self, clock_type::now(),
     [=] {
       auto& st = self->state;
-      st.at = phase::running;
+      transition(self, phase::running);
       st.epoch = 0;  // a new cloud session has had no rollbacks
       ++st.report.resumed;
       fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
@@ -665,7 +702,7 @@ void resume(self_ptr self, int64_t epoch) {
       upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
     },
     [=](const caf::error&) {  // not yet: stay on the edge
-      self->state.at = phase::degraded;
+      transition(self, phase::degraded);
       advance(self);
     });
 }
@@ -701,7 +738,7 @@ void deliver(self_ptr self) {
 /// from the i-th on, then delivers the report.
 void collect_traffic(self_ptr self, size_t i) {
   auto& st = self->state;
-  st.at = phase::reporting;
+  transition(self, phase::reporting);
   if (!st.site.link || i >= st.cloud_sessions.size())
     return deliver(self);
   self->request(st.site.link, st.opts.timeout, stats_atom::value, st.cloud_sessions[i])
@@ -738,7 +775,7 @@ void finish(self_ptr self, const std::string& error) {
   if (st.finished())
     return;
   const bool lost = st.degraded();
-  st.at = phase::closing;
+  transition(self, phase::closing);
   st.report.total_us = us_since(st.started);
   unstall(self);
   set_latencies(st.report, st.token_us);
@@ -762,7 +799,7 @@ void finish(self_ptr self, const std::string& error) {
 
 void close_cloud(self_ptr self) {
   auto& st = self->state;
-  st.at = phase::reporting;
+  transition(self, phase::reporting);
   // Close the cloud session (its summary has the cloud's compute), then
   // collect the link's byte counts, which by then include the close.
   self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)

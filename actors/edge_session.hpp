@@ -20,14 +20,25 @@
 // the session's epoch (rollbacks so far); verdicts and edge results of an
 // older epoch are dropped.
 //
-// The session moves through explicit phases:
+// The session moves through explicit phases, only along these edges
+// (transition() refuses any other, and the report lists the phases taken):
 //
-//   idle ─run─▶ opening ─▶ running ──────────────────────────▶ closing ─▶ reporting
-//                  │          │ cloud lost            ▲            (uploads settle,
-//                  │          ▼                       │             close, byte counts)
-//                  └──────▶ degraded ─link back─▶ resuming
-//                              ▲                     │ open failed
-//                              └─────────────────────┘
+//   idle ─run─▶ opening ─open─▶ running ─finish─▶ closing ─▶ reporting
+//    │             │  │  cloud lost │  ▲             ▲  ▲      (uploads settle,
+//    │ standalone  │  │             ▼  │ open        │  │       close, byte counts)
+//    └─────────────┼──┼───▶ running  degraded ─link back─▶ resuming
+//                  │  │               ▲  │  ▲                 │  │
+//                  │  └─unreachable───┘  │  └───open failed───┘  │
+//                  └─cancel, failure─────┴─────finish────────────┴──▶ closing
+//
+//   idle       spawned, not yet run
+//   opening    asking the link's epoch and opening the cloud session
+//   running    the token loop of the strategy
+//   degraded   collaborative, speculative or exact with the cloud lost: the
+//              token loop on the edge alone (drafts become final as they are)
+//   resuming   the link is back: opening a new cloud session, re-uploading
+//   closing    finished; waits for uploads and opens in flight
+//   reporting  closing the cloud session, collecting byte counts, delivering
 //
 // Every step is a continuation (request().then), so the driver never blocks
 // a scheduler thread.
@@ -66,6 +77,12 @@ const std::vector<std::string>& strategy_names();
 /// "cloud", "naive", ..., "exact"; nullopt for anything else.
 std::optional<strategy> parse_strategy(std::string_view name);
 const char* to_string(strategy s);
+
+/// Where a session is; see the diagram above.
+enum class phase { idle, opening, running, degraded, resuming, closing, reporting };
+const char* to_string(phase p);
+/// Whether the diagram has the edge from -> to (from != to).
+bool phase_transition_allowed(phase from, phase to);
 
 struct edge_session_options {
   strategy mode = strategy::collaborative;

@@ -131,6 +131,7 @@ struct response_report {
   int32_t verdicts = 0;                // verdict messages received
   int64_t verify_bytes = 0;            // draft ids and epochs up, verdicts down
   std::string error;                   // empty on success
+  std::vector<std::string> phases;     // the session's phases after idle, in order (edge_session.hpp)
 };
 
 template <class Inspector>
@@ -216,7 +217,7 @@ typename Inspector::result_type inspect(Inspector& f, response_report& x) {
            x.exit_counts, x.cloud_tokens, x.degraded_tokens, x.resumed, x.cloud_requests, x.uploads,
            x.uploaded_positions, x.traffic, x.edge_us, x.cloud_us, x.comm_us, x.total_us,
            x.first_token_us, x.itl_p50_us, x.itl_p95_us, x.drafts, x.accepted_drafts, x.rollbacks,
-           x.discarded_tokens, x.unverified_tokens, x.verdicts, x.verify_bytes, x.error);
+           x.discarded_tokens, x.unverified_tokens, x.verdicts, x.verify_bytes, x.error, x.phases);
 }
 
 /// Bytes of `x` as CAF's binary serialiser writes it: what a link counts.
