@@ -215,3 +215,29 @@ TEST_CASE("more concurrent generations than a connection's pending-request cap a
   CHECK(st.refused_busy == 0);
   CHECK(cloud.gateway->sessions_held() == 0);
 }
+
+TEST_CASE("a short cloud.secret is refused on plain TCP beyond loopback, naming the setting") {
+  auto s = load_settings("", {"cloud.host=0.0.0.0", "cloud.secret=s3cret"});
+  const auto limits = wire::wire_limits::for_model(16, 32, 64, 6);
+  std::string error;
+  try {
+    cloud_server_options(s, limits);
+  } catch (const config_error& e) {
+    error = e.what();
+  }
+  CHECK(error.find("cloud.secret has 6 characters; expected at least 16") == 0);
+  CHECK(error.find("cloud.host = \"0.0.0.0\"") != std::string::npos);
+  CHECK(error.find("s3cret") == std::string::npos);  // never printed
+  // The edge refuses it too, before connecting.
+  s.cloud.host = "10.1.2.3";
+  CHECK_THROWS_AS(check_secret(s), config_error);
+  // Long enough, on loopback (local users only) or under TLS: accepted.
+  s.cloud.secret = "0123456789abcdef";
+  CHECK_NOTHROW(check_secret(s));
+  s.cloud.secret = "s3cret";
+  s.cloud.host = "127.0.0.1";
+  CHECK_NOTHROW(check_secret(s));
+  s.cloud.host = "0.0.0.0";
+  s.cloud.tls = true;
+  CHECK_NOTHROW(check_secret(s));
+}
