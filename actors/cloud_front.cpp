@@ -94,7 +94,8 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
         return err;
       if (!placed.evaluator)
         return not_here("exit evaluator", "placement.exit_evaluator");
-      return self->delegate(placed.evaluator, a, id, std::move(b));
+      // Through the context manager, which refreshes the session.
+      return self->delegate(contexts, a, id, std::move(b));
     },
     [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) -> caf::result<int32_t> {
       if (auto err = refuse_stranger(self))

@@ -550,6 +550,14 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       const auto id = r.session;
       return hand_to_layers<generate_reply>(self, id, std::move(r));
     },
+    [=](evaluate_atom a, uint64_t id, tensor_blob& states) -> caf::result<exit_decision> {
+      if (!touch(self, id))
+        return unknown(id);
+      if (!self->state.opts.evaluator)
+        return make_error(ceco_errc::not_placed_here,
+                          "the exit evaluator runs on the edge (placement.exit_evaluator = \"edge\")");
+      return self->delegate(self->state.opts.evaluator, a, id, std::move(states));
+    },
     [=](stats_atom) -> cloud_stats {
       auto& st = self->state;
       return {int64_t(st.sessions.size()), held_bytes(st), st.steps, st.stepped_sessions,

@@ -58,6 +58,7 @@ struct context_manager_options {
   int batch_sessions = 64;        // most sessions per cloud step
   int64_t max_context_bytes = 0;  // 0 = no limit
   std::shared_ptr<session_end_hook> on_end;  // none: nobody is told
+  exit_evaluator_actor evaluator;  // placed on the cloud: evaluations of a session go to it
 };
 
 context_manager_actor spawn_context_manager(caf::actor_system& sys, cloud_layers_actor layers,

@@ -455,7 +455,9 @@ inline int step_size_bucket(int64_t sessions) {
 /// (get_atom, session) -> the session's cloud context, for tests and
 /// diagnostics in the cloud's process (the front never forwards it).
 /// naive_request, generate_request: for an open session, which they keep
-/// alive until answered; the cloud layers compute them.
+/// alive until answered; the cloud layers compute them. (evaluate_atom,
+/// session, states): refreshes the session, then asks the exit evaluator
+/// placed on the cloud.
 using context_manager_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
@@ -464,6 +466,7 @@ using context_manager_actor = caf::typed_actor<
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
+  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
   caf::replies_to<close_atom, uint64_t>::with<session_summary>,
   caf::replies_to<stats_atom>::with<cloud_stats>,
   caf::reacts_to<sweep_atom, uint64_t>>;

@@ -160,6 +160,29 @@ TEST_CASE("an expired session leaves its connection's count: the connection can 
   }
 }
 
+TEST_CASE("a session's exit evaluations on the cloud alone keep it alive past session.ttl_s") {
+  wired_cloud cloud({"session.ttl_s=0.2", "placement.exit_evaluator=cloud"});
+  greeted_peer peer(cloud);
+  auto opened = peer.open();
+  REQUIRE(std::holds_alternative<uint64_t>(opened));
+  const auto id = std::get<uint64_t>(opened);
+  const auto exits = int32_t(cloud.s.model.exits.size());
+  const int n_embd = cloud.m.model->config().n_embd;
+  std::vector<float> rows(size_t(exits) * size_t(n_embd), 0.1f);
+  auto states = make_blob(rows.data(), exits, n_embd, wire_dtype::f32);
+  // Five TTLs of nothing but evaluations, one every 0.1 s.
+  for (int i = 0; i < 10; ++i) {
+    CAPTURE(i);
+    auto d = reply_of<exit_decision>(
+      peer.client->call(request_frame(evaluate_atom::value, id, states), 5000));
+    CHECK_MESSAGE(d, describe(d.error()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  auto closed = reply_of<session_summary>(peer.client->call(request_frame(close_atom::value, id), 5000));
+  CHECK_MESSAGE(closed, describe(closed.error()));
+  CHECK(cloud.gateway->sessions_held() == 0);
+}
+
 TEST_CASE("a closed connection's sessions end at once and stop holding session.max_sessions") {
   wired_cloud cloud({"session.max_sessions=4", "session.max_sessions_per_connection=4",
                      "session.ttl_s=60"});
