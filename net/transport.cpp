@@ -364,9 +364,10 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     auto now = std::chrono::steady_clock::now();
     auto& f = it->second;
     const double per_ms = 1.0 / double(std::max(1, opts.failed_handshake_refill_ms));
-    f.tries_left = std::min(double(opts.max_failed_handshakes),
-                            f.tries_left + per_ms * double(std::chrono::duration_cast<milliseconds>(
-                                                              now - f.refilled).count()));
+    // In fractions of a millisecond: an address knocking faster than once a
+    // millisecond still gets its tries back.
+    const std::chrono::duration<double, std::milli> since = now - f.refilled;
+    f.tries_left = std::min(double(opts.max_failed_handshakes), f.tries_left + per_ms * since.count());
     f.refilled = now;
     return &f;
   }
