@@ -31,8 +31,7 @@ caf::error not_here(const char* actor, const char* key) {
 }
 
 cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor contexts,
-                                        cloud_layers_actor layers, cloud_placed placed,
-                                        hello_msg mine) {
+                                        cloud_placed placed, hello_msg mine) {
   self->state.mine = std::move(mine);
   // Anything outside the protocol gets an error reply; the front keeps serving.
   self->set_default_handler([](caf::scheduled_actor*, caf::message_view& x) -> caf::result<caf::message> {
@@ -73,15 +72,17 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
         return err;
       return self->delegate(contexts, r);
     },
+    // Through the context manager: the session must be open, and stays
+    // alive while the cloud layers compute the answer.
     [=](naive_request& r) -> caf::result<infer_reply> {
       if (auto err = refuse_stranger(self))
         return err;
-      return self->delegate(layers, std::move(r));
+      return self->delegate(contexts, std::move(r));
     },
     [=](generate_request& r) -> caf::result<generate_reply> {
       if (auto err = refuse_stranger(self))
         return err;
-      return self->delegate(layers, std::move(r));
+      return self->delegate(contexts, std::move(r));
     },
     [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
       if (auto err = refuse_stranger(self))
@@ -93,7 +94,8 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
         return err;
       if (!placed.evaluator)
         return not_here("exit evaluator", "placement.exit_evaluator");
-      return self->delegate(placed.evaluator, a, id, std::move(b));
+      // Through the context manager, which refreshes the session.
+      return self->delegate(contexts, a, id, std::move(b));
     },
     [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) -> caf::result<int32_t> {
       if (auto err = refuse_stranger(self))
@@ -108,9 +110,8 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
 } // namespace
 
 cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
-                            cloud_layers_actor layers, cloud_placed placed, hello_msg hello) {
-  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(layers), std::move(placed),
-                   std::move(hello));
+                            cloud_placed placed, hello_msg hello) {
+  return sys.spawn(cloud_front_fn, std::move(contexts), std::move(placed), std::move(hello));
 }
 
 } // namespace ceco

@@ -1,8 +1,9 @@
 #pragma once
 
 // The cloud front: what the cloud exposes, one cloud_api handle that checks
-// an edge's hello, sends session traffic to the context manager, stateless
-// requests (naive, generate) to the cloud layers, and exit evaluations and
+// an edge's hello, sends session traffic to the context manager (naive and
+// generate requests too: it checks their session and keeps it alive while
+// the cloud layers compute them), and exit evaluations and
 // uploads to the evaluator and uploader when they are placed on the cloud.
 // A deployment serves it through the gateway (actors/gateway.hpp, `ceco
 // cloud`), which lets a connection past hello only once the front accepted
@@ -22,6 +23,6 @@ struct cloud_placed {
 
 /// `hello` is what the cloud serves: an edge's hello must agree with it.
 cloud_api spawn_cloud_front(caf::actor_system& sys, context_manager_actor contexts,
-                            cloud_layers_actor layers, cloud_placed placed, hello_msg hello);
+                            cloud_placed placed, hello_msg hello);
 
 } // namespace ceco

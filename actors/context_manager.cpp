@@ -55,6 +55,7 @@ struct session_entry {
   std::vector<draft_check> checking;  // rows of the step in flight
   std::deque<awaiting_verdict> verdicts;
   bool queued = false;               // in `ready`
+  int busy = 0;                      // naive or generate requests at the cloud layers
   clock_type::time_point last_active;
   int64_t compute_us = 0;
   int64_t gaps = 0;
@@ -208,6 +209,38 @@ bool has_work(const session_entry& e) {
 }
 
 void dispatch(self_ptr self);
+
+/// The session ends (closed or expired): whoever listens is told.
+void ended(self_ptr self, uint64_t id) {
+  if (self->state.opts.on_end)
+    (*self->state.opts.on_end)(id);
+}
+
+/// A naive or generate request of an open session, computed by the cloud
+/// layers: the session stays alive (never expires) until it is answered.
+template <class Reply, class Request>
+caf::result<Reply> hand_to_layers(self_ptr self, uint64_t id, Request&& req) {
+  auto* session = touch(self, id);
+  if (!session)
+    return unknown(id);
+  ++session->busy;
+  auto rp = self->make_response_promise<Reply>();
+  auto done = [self, id] {
+    if (auto* s = touch(self, id))  // closed meanwhile: nothing to keep alive
+      --s->busy;
+  };
+  self->request(self->state.layers, caf::infinite, std::forward<Request>(req))
+    .then(
+      [=](Reply& r) mutable {
+        done();
+        rp.deliver(std::move(r));
+      },
+      [=](caf::error& err) mutable {
+        done();
+        rp.deliver(std::move(err));
+      });
+  return rp;
+}
 
 void mark_ready(self_ptr self, uint64_t id, session_entry& e) {
   if (!e.queued && has_work(e)) {
@@ -506,7 +539,24 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       session_summary s{id, i->second.computed, i->second.compute_us, i->second.gaps};
       fail_all(i->second, make_error(ceco_errc::unknown_session, "the session was closed"));
       st.sessions.erase(i);
+      ended(self, id);
       return s;
+    },
+    [=](naive_request& r) -> caf::result<infer_reply> {
+      const auto id = r.session;
+      return hand_to_layers<infer_reply>(self, id, std::move(r));
+    },
+    [=](generate_request& r) -> caf::result<generate_reply> {
+      const auto id = r.session;
+      return hand_to_layers<generate_reply>(self, id, std::move(r));
+    },
+    [=](evaluate_atom a, uint64_t id, tensor_blob& states) -> caf::result<exit_decision> {
+      if (!touch(self, id))
+        return unknown(id);
+      if (!self->state.opts.evaluator)
+        return make_error(ceco_errc::not_placed_here,
+                          "the exit evaluator runs on the edge (placement.exit_evaluator = \"edge\")");
+      return self->delegate(self->state.opts.evaluator, a, id, std::move(states));
     },
     [=](stats_atom) -> cloud_stats {
       auto& st = self->state;
@@ -520,11 +570,16 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
         return;
       auto now = clock_type::now();
       for (auto i = st.sessions.begin(); i != st.sessions.end();) {
-        if (now - i->second.last_active > st.opts.ttl) {
+        // A session whose generation is still at the cloud layers is in use.
+        const auto& e = i->second;
+        const bool in_use = e.busy > 0 || !e.asked.empty() || !e.checking.empty();
+        if (!in_use && now - e.last_active > st.opts.ttl) {
           fail_all(i->second,
                    make_error(ceco_errc::unknown_session, "the session expired (session.ttl_s)"));
+          const auto id = i->first;
           i = st.sessions.erase(i);
           ++st.expired;
+          ended(self, id);
         } else {
           ++i;
         }

@@ -135,14 +135,17 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sit
   cm.max_sessions = s.session.max_sessions;
   cm.batch_sessions = s.session.batch_sessions;
   cm.max_context_bytes = int64_t(s.session.max_memory_mb * 1024.0 * 1024.0);
-  c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
+  c.session_ends = std::make_shared<session_end_hook>();
+  cm.on_end = c.session_ends;
   if (s.placement.exit_evaluator == "cloud")
     c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd,
                                               policy_of(s), profile, true, cloud_device);
+  cm.evaluator = c.placed.evaluator;  // a session's evaluations refresh it on their way
+  c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
   if (s.placement.uploader == "cloud")
     c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
                                        upload_dtype(s), std::chrono::seconds(30));
-  c.front = spawn_cloud_front(sys, c.contexts, c.layers, c.placed, make_hello(s, m));
+  c.front = spawn_cloud_front(sys, c.contexts, c.placed, make_hello(s, m));
   c.watch = std::make_shared<site_watch>(sys);
   c.watch->add(caf::actor_cast<caf::actor>(c.layers), "cloud layers");
   c.watch->add(caf::actor_cast<caf::actor>(c.contexts), "context manager");

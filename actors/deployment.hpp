@@ -66,9 +66,13 @@ hello_msg make_hello(const settings& s, const site_model& m);
 /// What a peer's frames are checked against: this node's model.
 wire::wire_limits wire_limits_of(const site_model& m);
 
+class session_end_hook;
+
 struct cloud_site {
   cloud_layers_actor layers;
   context_manager_actor contexts;
+  /// Told of every session the context manager ends (the gateway listens).
+  std::shared_ptr<session_end_hook> session_ends;
   cloud_placed placed;  // the exit evaluator and uploader, when placed here
   cloud_api front;
   /// Each of the actors above, by name: the first to go down (other than

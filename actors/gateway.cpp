@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 
+#include "actors/context_manager.hpp"
 #include "actors/wire_bridge.hpp"
 #include "net/sessions.hpp"
 
@@ -21,6 +22,8 @@ namespace {
 
 using request_atom = caf::atom_constant<caf::atom("wrequest")>;
 using closed_atom = caf::atom_constant<caf::atom("wclosed")>;
+using ended_atom = caf::atom_constant<caf::atom("wended")>;
+using held_atom = caf::atom_constant<caf::atom("wheld")>;
 
 struct gateway_state {
   cloud_api front;
@@ -34,6 +37,12 @@ struct gateway_state {
 };
 
 using self_ptr = caf::stateful_actor<gateway_state>*;
+
+/// Closes a session no connection owns any more (its connection closed).
+void close_orphan(self_ptr self, uint64_t session) {
+  self->request(self->state.front, caf::infinite, close_atom::value, session)
+    .then([](session_summary&) {}, [](caf::error&) {});  // gone already: fine
+}
 
 void answer(self_ptr self, wire::connection_id conn, uint32_t request_id, wire::message reply) {
   if (auto* server = self->state.server->load())
@@ -85,8 +94,9 @@ struct request_visitor {
       .then(
         [self = self, conn = conn, rid = rid, answered](uint64_t id) {
           answered();
-          if (self->state.greeted.count(conn))  // still open
-            self->state.owners.add(conn, id);
+          if (!self->state.greeted.count(conn))  // closed meanwhile: no one can use it
+            return close_orphan(self, id);
+          self->state.owners.add(conn, id);
           answer(self, conn, rid, reply_frame(id));
         },
         [self = self, conn = conn, rid = rid, answered](caf::error& err) {
@@ -165,7 +175,17 @@ caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
     [=](closed_atom, wire::connection_id conn) {
       self->state.greeted.erase(conn);
       self->state.opening.erase(conn);
-      self->state.owners.release(conn);  // the context manager frees them after the TTL
+      // Bound to this connection, they can never be reached again: closed
+      // now, they stop holding session.max_sessions.
+      for (auto session : self->state.owners.release(conn))
+        close_orphan(self, session);
+    },
+    [=](ended_atom, uint64_t session) { self->state.owners.forget(session); },
+    [=](held_atom) -> int64_t {
+      int64_t opening = 0;
+      for (auto& [conn, n] : self->state.opening)
+        opening += n;
+      return int64_t(self->state.owners.total()) + opening;
     },
   };
 }
@@ -173,11 +193,15 @@ caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
 } // namespace
 
 cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
-                             int max_sessions_per_connection)
-  : replies_(std::make_shared<std::atomic<wire::server*>>(nullptr)) {
+                             int max_sessions_per_connection,
+                             std::shared_ptr<session_end_hook> session_ends)
+  : sys_(sys), session_ends_(std::move(session_ends)),
+    replies_(std::make_shared<std::atomic<wire::server*>>(nullptr)) {
   gateway_ = sys.spawn(gateway_fn, std::move(front), opts.secret, replies_,
                        max_sessions_per_connection);
   auto gw = gateway_;
+  if (session_ends_)
+    session_ends_->set([gw](uint64_t session) { caf::anon_send(gw, ended_atom::value, session); });
   try {
     server_ = std::make_unique<wire::server>(
       std::move(opts),
@@ -189,6 +213,8 @@ cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::serv
         caf::anon_send(gw, closed_atom::value, conn);
       });
   } catch (...) {
+    if (session_ends_)
+      session_ends_->set({});
     caf::anon_send_exit(gateway_, caf::exit_reason::user_shutdown);
     throw;
   }
@@ -197,9 +223,19 @@ cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::serv
 
 cloud_gateway::~cloud_gateway() { stop(); }
 
+int64_t cloud_gateway::sessions_held() {
+  int64_t held = -1;
+  caf::scoped_actor self{sys_};
+  self->request(gateway_, std::chrono::seconds(1), held_atom::value)
+    .receive([&](int64_t n) { held = n; }, [](caf::error&) {});
+  return held;
+}
+
 void cloud_gateway::stop() {
   if (!server_)
     return;
+  if (session_ends_)
+    session_ends_->set({});
   replies_->store(nullptr);
   server_->stop();
   server_.reset();

@@ -11,11 +11,14 @@
 // (wire::session_owners): another connection's session is an unknown
 // session. A connection holds at most `max_sessions_per_connection`
 // sessions (opened or being opened): one more is refused with session_limit,
-// so no one connection takes all of session.max_sessions. A closed
-// connection releases its sessions, which the context manager frees after
-// session.ttl_s like any idle session.
+// so no one connection takes all of session.max_sessions. A session that
+// ends (closed, or expired at the context manager: told through the site's
+// session_end_hook) no longer counts. A closed connection's sessions are
+// closed at once: no other connection can reach them, so there is nothing
+// to resume, and they would hold session.max_sessions until session.ttl_s.
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -24,12 +27,17 @@
 
 namespace ceco {
 
+class session_end_hook;
+
 class cloud_gateway {
 public:
   /// Listens at once (throws std::runtime_error when it cannot). `secret`
   /// is the one the transport checks: a hello that reached the front proved it.
+  /// `session_ends`: the cloud site's (cloud_site::session_ends), so that
+  /// expired sessions leave their connection's count.
   cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
-                int max_sessions_per_connection);
+                int max_sessions_per_connection,
+                std::shared_ptr<session_end_hook> session_ends = {});
   ~cloud_gateway();
   cloud_gateway(const cloud_gateway&) = delete;
   cloud_gateway& operator=(const cloud_gateway&) = delete;
@@ -38,10 +46,15 @@ public:
   wire::server_stats stats() const { return server_->stats(); }
   /// The gateway actor (to watch it).
   const caf::actor& actor() const { return gateway_; }
+  /// Sessions the open connections hold now (opened or being opened); -1
+  /// if the gateway did not answer within a second.
+  int64_t sessions_held();
   /// Closes the listener and every connection, then stops the gateway actor.
   void stop();
 
 private:
+  caf::actor_system& sys_;
+  std::shared_ptr<session_end_hook> session_ends_;
   caf::actor gateway_;
   std::shared_ptr<std::atomic<wire::server*>> replies_;
   std::unique_ptr<wire::server> server_;

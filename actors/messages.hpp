@@ -12,8 +12,8 @@
 // | (open_atom)                  | edge → context manager  | session id (uint64)    |
 // | upload_msg                   | uploader → context mgr  | int32: positions held  |
 // | infer_request                | edge → context manager  | infer_reply (token id) |
-// | naive_request                | edge → cloud layers     | infer_reply            |
-// | generate_request             | edge → cloud layers     | generate_reply         |
+// | naive_request                | edge → context manager → cloud layers | infer_reply |
+// | generate_request             | edge → context manager → cloud layers | generate_reply |
 // | (close_atom, session)        | edge → context manager  | session_summary        |
 // | hello_msg                    | edge → cloud front      | hello_msg (the cloud's)|
 // | (evaluate_atom, session, exit states) | edge → exit evaluator placed on the cloud | exit_decision |
@@ -321,12 +321,19 @@ inline int step_size_bucket(int64_t sessions) {
 /// own timer, numbered, so a sweep message from anywhere else changes nothing.
 /// (get_atom, session) -> the session's cloud context, for tests and
 /// diagnostics in the cloud's process (the front never forwards it).
+/// naive_request, generate_request: for an open session, which they keep
+/// alive until answered; the cloud layers compute them. (evaluate_atom,
+/// session, states): refreshes the session, then asks the exit evaluator
+/// placed on the cloud.
 using context_manager_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
   caf::replies_to<draft_upload>::with<verdict>,
   caf::replies_to<get_atom, uint64_t>::with<cloud_context_ptr>,
   caf::replies_to<infer_request>::with<infer_reply>,
+  caf::replies_to<naive_request>::with<infer_reply>,
+  caf::replies_to<generate_request>::with<generate_reply>,
+  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
   caf::replies_to<close_atom, uint64_t>::with<session_summary>,
   caf::replies_to<stats_atom>::with<cloud_stats>,
   caf::reacts_to<sweep_atom, uint64_t>>;

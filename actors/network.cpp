@@ -36,8 +36,20 @@ bool serves_strangers(const settings& s) {
   return !is_loopback(s.cloud.host) && !s.cloud.tls && s.cloud.secret.empty();
 }
 
+void check_secret(const settings& s) {
+  const auto& c = s.cloud;
+  if (c.secret.empty() || c.secret.size() >= min_secret_length || c.tls || is_loopback(c.host))
+    return;
+  throw config_error(fmt::format(
+    "cloud.secret has {} characters; expected at least {} on plain TCP to or at cloud.host = "
+    "\"{}\" (not loopback): whoever watches one handshake can try short secrets offline. Use a "
+    "longer one (`openssl rand -hex 16` makes 32 characters), or cloud.tls = true",
+    c.secret.size(), min_secret_length, c.host));
+}
+
 wire::server_options cloud_server_options(const settings& s, const wire::wire_limits& limits) {
   const auto& c = s.cloud;
+  check_secret(s);
   if (serves_strangers(s) && !c.insecure)
     throw config_error(fmt::format(
       "cloud.host = \"{}\" is not a loopback address, and neither cloud.tls nor cloud.secret "

@@ -28,10 +28,20 @@ void configure_deployment(caf::actor_system_config& cfg, const settings& s);
 /// cloud.host is not loopback and neither TLS nor a secret guards it.
 bool serves_strangers(const settings& s);
 
+/// Shortest cloud.secret a node accepts on plain TCP to or at an address
+/// other than loopback.
+constexpr size_t min_secret_length = 16;
+
+/// Throws config_error for a cloud.secret shorter than min_secret_length on
+/// plain TCP (cloud.tls off) when cloud.host is not loopback: whoever watches
+/// one handshake sees both nonces and the MAC, and can try short secrets
+/// offline. Both nodes check it (the cloud listening, the edge connecting).
+void check_secret(const settings& s);
+
 /// The transport's options for `ceco cloud`: cloud.host, cloud.port,
 /// cloud.secret, TLS, heartbeats as the idle timeout. Throws config_error
 /// for a listener on a non-loopback address with neither TLS nor a secret,
-/// unless cloud.insecure.
+/// unless cloud.insecure, and for a short secret there (check_secret).
 wire::server_options cloud_server_options(const settings& s, const wire::wire_limits& limits);
 
 /// One attempt to connect, authenticate and pass the handshake with

@@ -75,7 +75,8 @@ void run_cloud(const cloud_args& a) {
   std::unique_ptr<cloud_gateway> gateway;
   try {
     gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options),
-                                              s.session.max_sessions_per_connection);
+                                              s.session.max_sessions_per_connection,
+                                              site.session_ends);
   } catch (const std::exception& e) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,

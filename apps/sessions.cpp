@@ -124,6 +124,7 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
 std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
                                                  const site_model& m) {
   check_clock(s, false);  // before connecting: a real network runs in real time
+  check_secret(s);
   // After a loss the link reconnects by itself, from a thread of its own.
   auto reconnect = [&sys, s, hello = make_hello(s, m), limits = wire_limits_of(m)] {
     return connect_to_front(sys, s, hello, limits);

@@ -39,6 +39,12 @@ void session_owners::remove(connection_id conn, uint64_t session) {
     sessions_.erase(it);
 }
 
+void session_owners::forget(uint64_t session) {
+  auto it = owner_.find(session);
+  if (it != owner_.end())
+    remove(it->second, session);
+}
+
 std::vector<uint64_t> session_owners::release(connection_id conn) {
   std::vector<uint64_t> out;
   auto it = sessions_.find(conn);

@@ -61,9 +61,9 @@ class channel : public std::enable_shared_from_this<channel> {
     queue(std::move(std::get<std::vector<uint8_t>>(bytes)));
   }
 
-  /// Sends `msg`, or, when it cannot be encoded, sends nothing and says why
-  /// (not_encodable): the connection stays as it was.
-  std::optional<wire_error> send_or_refuse(uint32_t request_id, const message& msg) {
+  /// The frame of `msg`, or, when it cannot be encoded, why (not_encodable):
+  /// the connection stays as it was.
+  result<std::vector<uint8_t>> encode_or_refuse(uint32_t request_id, const message& msg) {
     auto bytes = encode(request_id, msg, limits_);
     if (!ok(bytes)) {
       const auto& err = std::get<wire_error>(bytes);
@@ -71,9 +71,7 @@ class channel : public std::enable_shared_from_this<channel> {
                         fmt::format("not sent: a {} frame this side cannot encode ({}: {})",
                                     to_string(type_of(msg)), to_string(err.code), err.text)};
     }
-    if (!closed_)
-      queue(std::move(std::get<std::vector<uint8_t>>(bytes)));
-    return std::nullopt;
+    return bytes;
   }
 
   void queue(std::vector<uint8_t> bytes) {
@@ -112,25 +110,15 @@ class channel : public std::enable_shared_from_this<channel> {
     close_socket();
   }
 
-  /// Reads the next frame unless paused (then resume() does).
+  /// Reads the next frame.
   void read_next() {
     if (closed_ || reading_)
-      return;
-    if (paused_)
       return;
     reading_ = true;
     arm(header_timeout(), "the next frame");
     read_exactly(asio::buffer(header_), [self = shared_from_this()](const asio::error_code& ec, size_t) {
       self->on_header(ec);
     });
-  }
-
-  void pause() { paused_ = true; }
-  void resume() {
-    if (!paused_)
-      return;
-    paused_ = false;
-    read_next();
   }
 
  protected:
@@ -170,6 +158,8 @@ class channel : public std::enable_shared_from_this<channel> {
   }
 
   tcp::socket& socket() { return stream_.next_layer(); }
+  /// The payload size of the frame on_frame() is handed.
+  size_t frame_payload_size() const { return header_info_.payload_size; }
 
   /// The TLS handshake (when TLS is on), then `next`; a failed one closes.
   void secure(asio::ssl::stream_base::handshake_type side, std::function<void()> next) {
@@ -275,7 +265,6 @@ class channel : public std::enable_shared_from_this<channel> {
   std::deque<std::vector<uint8_t>> out_;
   bool writing_ = false;
   bool reading_ = false;
-  bool paused_ = false;
   bool closed_ = false;
   uint64_t timer_generation_ = 0;
 };
@@ -336,6 +325,12 @@ void configure_tls(asio::ssl::context& ctx, const tls_options& tls, const char* 
 struct server::impl : std::enable_shared_from_this<server::impl> {
   class connection;
 
+  /// Failed proofs of one address: a bucket of tries, refilled over time.
+  struct failures {
+    double tries_left = 0;
+    std::chrono::steady_clock::time_point refilled;
+  };
+
   server_options opts;
   request_handler on_request;
   close_handler on_closed;
@@ -346,6 +341,10 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   tcp::acceptor acceptor{io};
   asio::steady_timer accept_retry{io};
   std::unordered_map<connection_id, std::shared_ptr<connection>> connections;
+  // Connections not yet past the secret, by remote address.
+  std::unordered_map<std::string, int> unauthenticated_by_address;
+  int unauthenticated = 0;
+  std::unordered_map<std::string, failures> failed;
   connection_id next_id = 1;
   std::thread thread;
   std::atomic<bool> stopped{false};
@@ -357,16 +356,73 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     counters.*field += delta;
   }
 
+  /// The tries `address` has left now (refilled since it last failed).
+  failures* refill(const std::string& address) {
+    auto it = failed.find(address);
+    if (it == failed.end())
+      return nullptr;
+    auto now = std::chrono::steady_clock::now();
+    auto& f = it->second;
+    const double per_ms = 1.0 / double(std::max(1, opts.failed_handshake_refill_ms));
+    // In fractions of a millisecond: an address knocking faster than once a
+    // millisecond still gets its tries back.
+    const std::chrono::duration<double, std::milli> since = now - f.refilled;
+    f.tries_left = std::min(double(opts.max_failed_handshakes), f.tries_left + per_ms * since.count());
+    f.refilled = now;
+    return &f;
+  }
+  bool must_wait(const std::string& address) {
+    if (opts.max_failed_handshakes <= 0)
+      return false;
+    auto* f = refill(address);
+    return f && f->tries_left < 1.0;
+  }
+  void proof_failed(const std::string& address) {
+    if (opts.max_failed_handshakes <= 0)
+      return;
+    if (failed.size() >= 4096)  // forget the addresses that may try again in full
+      for (auto it = failed.begin(); it != failed.end();) {
+        refill(it->first);
+        it = it->second.tries_left >= double(opts.max_failed_handshakes) ? failed.erase(it)
+                                                                         : std::next(it);
+      }
+    auto* f = refill(address);
+    if (!f) {
+      f = &failed[address];
+      f->tries_left = double(opts.max_failed_handshakes);
+      f->refilled = std::chrono::steady_clock::now();
+    }
+    f->tries_left -= 1.0;
+  }
+
+  void unauthenticated_came(const std::string& address) {
+    ++unauthenticated;
+    ++unauthenticated_by_address[address];
+  }
+  void unauthenticated_gone(const std::string& address) {
+    --unauthenticated;
+    auto it = unauthenticated_by_address.find(address);
+    if (it != unauthenticated_by_address.end() && --it->second <= 0)
+      unauthenticated_by_address.erase(it);
+  }
+  void authenticated_now(const std::string& address) { unauthenticated_gone(address); }
+
   void accept_next();
+  /// Makes room for an unauthenticated connection from `address`.
+  void evict_for(const std::string& address);
   void stop_on_io();
 };
 
 class server::impl::connection : public channel {
  public:
-  connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s)
+  connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s, std::string address)
       : channel(std::move(s), srv->tls_context, srv->opts.tls.enabled(), srv->opts.limits,
                 srv->opts.frame_timeout_ms, srv->opts.max_queued_frames),
-        srv_(std::move(srv)), id_(id) {}
+        srv_(std::move(srv)), id_(id), address_(std::move(address)) {}
+
+  connection_id id() const { return id_; }
+  const std::string& address() const { return address_; }
+  bool authenticated() const { return authenticated_; }
 
   void start() {
     challenge_.server_nonce = random_nonce();
@@ -378,13 +434,18 @@ class server::impl::connection : public channel {
     });
   }
 
-  /// A reply left the handler: one request fewer is pending.
+  /// A reply left the handler: one request fewer is pending, and the
+  /// oldest waiting one is handed on.
   void replied(uint32_t request_id, message msg) {
     if (pending_ > 0)
       --pending_;
     send(request_id, msg);
-    if (pending_ < srv_->opts.max_pending_requests)
-      resume();
+    while (!closed() && !parked_.empty() && pending_ < srv_->opts.max_pending_requests) {
+      auto next = std::move(parked_.front());
+      parked_.pop_front();
+      parked_bytes_ -= next.bytes;
+      hand_on(next.request_id, std::move(next.msg));
+    }
   }
 
  protected:
@@ -404,16 +465,60 @@ class server::impl::connection : public channel {
         return fail({wire_errc::auth_failed, "the client did not prove the shared secret"});
       }
       authenticated_ = true;
+      srv_->authenticated_now(address_);
       srv_->count(&server_stats::authenticated);
       send(0, auth_ok{auth_mac(srv_->opts.secret, auth_role::server, challenge_.server_nonce,
                                response.client_nonce)});
       arm(header_timeout(), "the next frame");
       return;
     }
+    // Pings never wait: they say the connection is alive, however busy.
     if (auto* p = std::get_if<ping>(&msg))
       return send(request_id, pong{p->stamp});
-    if (++pending_ >= srv_->opts.max_pending_requests)
-      pause();
+    const auto& o = srv_->opts;
+    if (pending_ < o.max_pending_requests)
+      return hand_on(request_id, std::move(msg));
+    const auto bytes = int64_t(frame_payload_size());
+    if (int(parked_.size()) < o.max_pending_requests && parked_bytes_ + bytes <= o.max_parked_bytes) {
+      srv_->count(&server_stats::parked);
+      parked_bytes_ += bytes;
+      parked_.push_back({request_id, std::move(msg), bytes});
+      return;
+    }
+    srv_->count(&server_stats::refused_busy);
+    send(request_id,
+         error_frame{uint8_t(wire_errc::too_many_requests),
+                     fmt::format("{} requests of this connection await replies and {} ({} bytes) "
+                                 "wait behind them, the most it may have (max_pending_requests = "
+                                 "{}, as many waiting, {} bytes): wait for replies first",
+                                 pending_, parked_.size(), parked_bytes_, o.max_pending_requests,
+                                 o.max_parked_bytes)});
+  }
+
+  void on_close(const wire_error& why) override {
+    if (why.code == wire_errc::timed_out)
+      srv_->count(&server_stats::timed_out);
+    else if (why.code == wire_errc::auth_failed)
+      srv_->count(&server_stats::auth_failed);  // a wrong MAC, a refused certificate
+    else if (why.code != wire_errc::closed && why.code != wire_errc::io)
+      srv_->count(&server_stats::bad_frames);
+    if (!authenticated_) {
+      srv_->unauthenticated_gone(address_);
+      if (why.code == wire_errc::auth_failed)
+        srv_->proof_failed(address_);
+    }
+    srv_->count(&server_stats::open, -1);
+    parked_.clear();
+    auto self = srv_->connections.find(id_);
+    if (self != srv_->connections.end())
+      srv_->connections.erase(self);
+    if (authenticated_ && srv_->on_closed)
+      srv_->on_closed(id_, why);
+  }
+
+ private:
+  void hand_on(uint32_t request_id, message msg) {
+    ++pending_;
     if (!srv_->on_request)
       return;
     try {
@@ -424,28 +529,43 @@ class server::impl::connection : public channel {
     }
   }
 
-  void on_close(const wire_error& why) override {
-    if (why.code == wire_errc::timed_out)
-      srv_->count(&server_stats::timed_out);
-    else if (why.code == wire_errc::auth_failed)
-      srv_->count(&server_stats::auth_failed);  // a wrong MAC, a refused certificate
-    else if (why.code != wire_errc::closed && why.code != wire_errc::io)
-      srv_->count(&server_stats::bad_frames);
-    srv_->count(&server_stats::open, -1);
-    auto self = srv_->connections.find(id_);
-    if (self != srv_->connections.end())
-      srv_->connections.erase(self);
-    if (authenticated_ && srv_->on_closed)
-      srv_->on_closed(id_, why);
-  }
+  struct parked_request {
+    uint32_t request_id;
+    message msg;
+    int64_t bytes;
+  };
 
- private:
   std::shared_ptr<server::impl> srv_;
   connection_id id_;
+  std::string address_;
   auth_challenge challenge_;
   bool authenticated_ = false;
   int pending_ = 0;
+  std::deque<parked_request> parked_;
+  int64_t parked_bytes_ = 0;
 };
+
+void server::impl::evict_for(const std::string& address) {
+  const auto per_address = std::max(1, opts.max_unauthenticated_per_address);
+  std::string from = address;
+  auto mine = unauthenticated_by_address.find(address);
+  if (mine == unauthenticated_by_address.end() || mine->second < per_address) {
+    if (unauthenticated < std::max(1, opts.max_unauthenticated))
+      return;  // room enough
+    int most = 0;  // the pool is full: the address holding the most gives one up
+    for (auto& [a, n] : unauthenticated_by_address)
+      if (n > most)
+        most = n, from = a;
+  }
+  std::shared_ptr<connection> oldest;
+  for (auto& [id, c] : connections)
+    if (!c->authenticated() && c->address() == from && (!oldest || id < oldest->id()))
+      oldest = c;
+  if (!oldest)
+    return;
+  count(&server_stats::evicted);
+  oldest->fail({wire_errc::closed, "evicted: newer unauthenticated connections came"});
+}
 
 void server::impl::accept_next() {
   acceptor.async_accept([self = shared_from_this()](const asio::error_code& ec, tcp::socket s) {
@@ -461,14 +581,22 @@ void server::impl::accept_next() {
       return;
     }
     self->count(&server_stats::accepted);
-    if (int(self->connections.size()) >= self->opts.max_connections) {
+    asio::error_code peer_ec;
+    auto peer = s.remote_endpoint(peer_ec);
+    const std::string address = peer_ec ? std::string("?") : peer.address().to_string();
+    asio::error_code ignored;
+    if (self->must_wait(address)) {
+      self->count(&server_stats::refused_rate);
+      s.close(ignored);
+    } else if (int(self->connections.size()) >= self->opts.max_connections) {
       self->count(&server_stats::refused_full);
-      asio::error_code ignored;
       s.close(ignored);
     } else {
+      self->evict_for(address);
       auto id = self->next_id++;
-      auto c = std::make_shared<connection>(self, id, std::move(s));
+      auto c = std::make_shared<connection>(self, id, std::move(s), address);
       self->connections.emplace(id, c);
+      self->unauthenticated_came(address);
       self->count(&server_stats::open);
       c->start();
     }
@@ -607,9 +735,19 @@ class client::impl::connection : public channel {
     if (int(pending_.size()) >= client_.opts.max_pending_requests)
       return on_reply(wire_error{wire_errc::too_many_requests,
                                  fmt::format("{} requests already await replies", pending_.size())});
-    if (auto refused = send_or_refuse(id, msg))
-      return on_reply(std::move(*refused));  // that request fails; the connection goes on
-    pending_.emplace(id, std::move(on_reply));
+    auto bytes = encode_or_refuse(id, msg);
+    if (!ok(bytes))
+      return on_reply(std::get<wire_error>(std::move(bytes)));  // that request fails alone
+    // Pings pass the requests that wait: they must come back within the heartbeat.
+    const bool counted = !std::holds_alternative<ping>(msg);
+    auto& w = pending_.emplace(id, waiting{std::move(on_reply), counted, false}).first->second;
+    if (!counted || in_flight_ < std::max(1, client_.opts.max_in_flight)) {
+      w.sent = true;
+      in_flight_ += counted ? 1 : 0;
+      queue(std::get<std::vector<uint8_t>>(std::move(bytes)));
+    } else {
+      held_.emplace_back(id, std::get<std::vector<uint8_t>>(std::move(bytes)));
+    }
   }
 
  protected:
@@ -652,12 +790,17 @@ class client::impl::connection : public channel {
           return fail({wire_errc::closed,
                        fmt::format("the server closed the connection: {}", err->text)});
         auto it = pending_.find(request_id);
-        if (it == pending_.end())
+        if (it == pending_.end() || !it->second.sent)
           return fail({wire_errc::not_allowed,
                        fmt::format("a {} frame answers request {}, which is not pending",
                                    to_string(type_of(msg)), request_id)});
-        auto handler = std::move(it->second);
+        auto handler = std::move(it->second.on_reply);
+        const bool counted = it->second.counted;
         pending_.erase(it);
+        if (counted) {
+          --in_flight_;
+          send_held();
+        }
         handler(std::move(msg));
         return;
       }
@@ -677,8 +820,9 @@ class client::impl::connection : public channel {
     }
     auto pending = std::move(pending_);
     pending_.clear();
-    for (auto& [id, handler] : pending)
-      handler(why);
+    held_.clear();
+    for (auto& [id, w] : pending)
+      w.on_reply(why);
     if (client_.on_closed)
       client_.on_closed(why);
   }
@@ -689,7 +833,30 @@ class client::impl::connection : public channel {
   state state_ = state::challenge;
   nonce server_nonce_{};
   nonce client_nonce_{};
-  std::unordered_map<uint32_t, reply_handler> pending_;
+  /// A request awaiting its reply: sent, or held until fewer are in flight.
+  struct waiting {
+    reply_handler on_reply;
+    bool counted;  // against max_in_flight (all but pings)
+    bool sent;
+  };
+
+  /// Sends held requests, oldest first, while fewer than max_in_flight are out.
+  void send_held() {
+    while (!held_.empty() && in_flight_ < std::max(1, client_.opts.max_in_flight) && !closed()) {
+      auto [id, bytes] = std::move(held_.front());
+      held_.pop_front();
+      auto it = pending_.find(id);
+      if (it == pending_.end())
+        continue;
+      it->second.sent = true;
+      ++in_flight_;
+      queue(std::move(bytes));
+    }
+  }
+
+  std::unordered_map<uint32_t, waiting> pending_;
+  std::deque<std::pair<uint32_t, std::vector<uint8_t>>> held_;
+  int in_flight_ = 0;
 };
 
 client::client(std::shared_ptr<impl> p) : impl_(std::move(p)) {}

@@ -8,13 +8,27 @@
 // request to a handler and writes the replies it is given. A connection is
 // closed when a frame is malformed (after an error frame saying why), when a
 // started frame does not complete within frame_timeout_ms, or when its
-// queued frames pass max_queued_frames; while max_pending_requests of its
-// requests await replies, it is not read (the peer waits, nothing grows).
-// Pings are answered by the transport itself.
+// queued frames pass max_queued_frames.
+//
+// Connections that have not proven the secret yet are bounded apart from the
+// others: at most max_unauthenticated in all and max_unauthenticated_per_address
+// from one address; one more evicts the oldest of its address (or of the
+// address holding the most), so a flood of idle sockets never locks an edge
+// out, it only shortens the flood's own waits. An address whose proofs failed
+// more than max_failed_handshakes times (refilled one per
+// failed_handshake_refill_ms) is refused at accept until it may try again.
+//
+// While max_pending_requests of a connection's requests await replies, the
+// next ones wait in the transport (at most as many again, and
+// max_parked_bytes), handed on as replies leave; past that a request is
+// answered with a too_many_requests error frame. The connection is always
+// read, so pings, answered by the transport itself, are never held back.
 //
 // client: connects, authenticates (and checks the server's proof), sends
 // requests and matches replies by request id; a broken or fake server's
-// frames are checked against the same limits.
+// frames are checked against the same limits. At most max_in_flight requests
+// are on the wire at once (the server's max_pending_requests): the rest wait
+// in the client, in order, and pings pass them.
 //
 // With tls_options, both sides speak TLS first (certificates signed by one CA,
 // each checking the other's role), then the secret's handshake inside it.
@@ -30,6 +44,11 @@
 namespace ceco::wire {
 
 using connection_id = uint64_t;
+
+/// Requests of one connection a server hands on before the next ones wait,
+/// and requests a client has on the wire at once: the same number, so that a
+/// client never sends more than the server takes.
+constexpr int default_max_pending_requests = 64;
 
 /// TLS on a connection, under the secret's handshake: this node's
 /// certificate and key, the CA that signed the peer's, and the peer's role,
@@ -53,11 +72,17 @@ struct server_options {
   bool insecure = false;           // accept an empty secret (loopback tests, trusted zones)
   tls_options tls;
   wire_limits limits;              // what requests are checked against
-  int handshake_timeout_ms = 3000; // from accept to a proven secret
+  int handshake_timeout_ms = 2000; // from accept to a proven secret
   int frame_timeout_ms = 10000;    // from a frame's first byte to its last
   int idle_timeout_ms = 0;         // between frames once authenticated; 0 = none
   int max_connections = 256;
-  int max_pending_requests = 64;   // per connection: handed on, not yet answered
+  int max_unauthenticated = 64;    // connections not yet past the secret, in all
+  int max_unauthenticated_per_address = 8;  // ... from one remote address
+  int max_failed_handshakes = 10;  // per address: wrong proofs before it must wait; 0 = no limit
+  int failed_handshake_refill_ms = 1000;  // one more try per address after this
+  int max_pending_requests = default_max_pending_requests;  // per connection: handed
+                                   // on, not yet answered; as many more wait in the transport
+  int64_t max_parked_bytes = 64ll << 20;  // per connection: payloads of the waiting ones
   int max_queued_frames = 256;     // per connection: waiting to be written
 };
 
@@ -69,6 +94,10 @@ struct server_stats {
   int64_t timed_out = 0;
   int64_t bad_frames = 0;     // closed for a malformed or unexpected frame
   int64_t open = 0;           // connections now
+  int64_t evicted = 0;        // unauthenticated, closed to make room for a newer one
+  int64_t refused_rate = 0;   // refused at accept: the address's proofs failed too often
+  int64_t parked = 0;         // requests that waited behind max_pending_requests
+  int64_t refused_busy = 0;   // requests refused: too many waited already
 };
 
 class server {
@@ -107,7 +136,8 @@ struct client_options {
   wire_limits limits;               // what replies are checked against
   int connect_timeout_ms = 5000;    // connect and handshake
   int frame_timeout_ms = 10000;
-  int max_pending_requests = 1024;  // requests awaiting replies
+  int max_pending_requests = 1024;  // requests awaiting replies, sent or waiting to be
+  int max_in_flight = default_max_pending_requests;  // of those, sent at once (pings aside)
 };
 
 class client {

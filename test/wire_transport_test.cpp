@@ -94,6 +94,18 @@ struct raw_peer : test::raw_wire_peer {
   void authenticate(const std::string& s = secret) { raw_wire_peer::authenticate(s); }
 };
 
+/// Polls `f` until it is true or `ms` pass; whether it became true.
+template <class F>
+bool wired_within(int ms, F f) {
+  auto until = clock_type::now() + std::chrono::milliseconds(ms);
+  while (!f()) {
+    if (clock_type::now() > until)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 std::vector<uint8_t> frame_bytes(const message& m, uint32_t id = 1) {
   return std::get<std::vector<uint8_t>>(encode(id, m, limits));
 }
@@ -631,4 +643,217 @@ TEST_CASE("wire transport: a server needs a secret unless told it is insecure") 
   o.insecure = true;
   server open_server(o, {});
   CHECK(open_server.port() != 0);
+}
+
+namespace {
+
+/// A server whose handler holds every request until release() answers them.
+struct holding_cloud {
+  explicit holding_cloud(server_options o)
+      : srv(std::move(o), [this](connection_id c, uint32_t id, message m) {
+          std::lock_guard<std::mutex> lock(mutex);
+          auto* r = std::get_if<infer_request>(&m);
+          held.push_back({c, id, r ? r->pos : -1});
+          most_held = std::max(most_held, held.size());
+        }) {}
+  /// Answers every request held now; how many.
+  size_t release() {
+    std::vector<std::tuple<connection_id, uint32_t, int32_t>> now;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      now.swap(held);
+    }
+    for (auto& [c, id, pos] : now)
+      srv.reply(c, id, infer_reply{pos, 0});
+    return now.size();
+  }
+  size_t holding() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return held.size();
+  }
+  std::mutex mutex;
+  std::vector<std::tuple<connection_id, uint32_t, int32_t>> held;
+  size_t most_held = 0;
+  server srv;
+};
+
+client_options client_of(const server& srv, int max_in_flight) {
+  client_options o;
+  o.port = srv.port();
+  o.secret = secret;
+  o.limits = limits;
+  o.max_in_flight = max_in_flight;
+  return o;
+}
+
+/// Milliseconds a ping takes to come back, or -1 if none within `ms`.
+int64_t ping_ms(client& cl, int ms) {
+  auto t0 = clock_type::now();
+  auto r = cl.call(ping{1}, ms);
+  if (!ok(r) || !std::holds_alternative<pong>(std::get<message>(r)))
+    return -1;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count();
+}
+
+} // namespace
+
+TEST_CASE("wire transport: pings are answered while a connection's pending requests are at the cap") {
+  auto o = test_options();
+  o.max_pending_requests = 4;
+  holding_cloud cloud(o);
+  // A client that does not hold its requests back (an old or broken edge).
+  auto c = client::connect(client_of(cloud.srv, 1000));
+  REQUIRE_MESSAGE(ok(c), std::get<wire_error>(c).text);
+  auto& cl = *std::get<std::unique_ptr<client>>(c);
+  std::mutex m;
+  std::vector<std::string> answers;
+  for (int i = 0; i < 20; ++i)
+    cl.request(infer_request{1, i}, [&](result<message> r) {
+      std::lock_guard<std::mutex> lock(m);
+      if (!ok(r))
+        answers.push_back("lost: " + std::get<wire_error>(r).text);
+      else if (auto* e = std::get_if<error_frame>(&std::get<message>(r)))
+        answers.push_back(e->text);
+      else
+        answers.push_back("token");
+    });
+  CHECK(wired_within(1000, [&] { return cloud.holding() == 4; }));
+  // Four are handed on, four wait in the transport, twelve are refused at
+  // once; the connection is still read: its pings come back.
+  const auto ms = ping_ms(cl, 1000);
+  MESSAGE("a ping's round trip with 4 requests pending and 4 waiting: " << ms << " ms");
+  CHECK(ms >= 0);
+  CHECK(ms < 500);
+  CHECK(cloud.srv.stats().parked == 4);
+  CHECK(cloud.srv.stats().refused_busy == 12);
+  while (cloud.release() > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(wired_within(2000, [&] {
+    std::lock_guard<std::mutex> lock(m);
+    return answers.size() == 20;
+  }));
+  std::lock_guard<std::mutex> lock(m);
+  CHECK(std::count(answers.begin(), answers.end(), "token") == 8);
+  CHECK(std::count_if(answers.begin(), answers.end(), [](const std::string& a) {
+          return a.find("4 requests of this connection await replies and 4") == 0 &&
+                 a.find("max_pending_requests = 4") != std::string::npos;
+        }) == 12);
+  CHECK(cl.is_open());
+}
+
+TEST_CASE("wire transport: a client keeps no more requests on the wire than the server takes") {
+  auto o = test_options();
+  o.max_pending_requests = 4;
+  holding_cloud cloud(o);
+  auto c = client::connect(client_of(cloud.srv, 4));
+  REQUIRE_MESSAGE(ok(c), std::get<wire_error>(c).text);
+  auto& cl = *std::get<std::unique_ptr<client>>(c);
+  std::mutex m;
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 30; ++i)
+    cl.request(infer_request{1, i}, [&, i](result<message> r) {
+      std::lock_guard<std::mutex> lock(m);
+      auto* reply = ok(r) ? std::get_if<infer_reply>(&std::get<message>(r)) : nullptr;
+      tokens.push_back(reply && reply->token == i ? i : -1);
+    });
+  CHECK(wired_within(1000, [&] { return cloud.holding() == 4; }));
+  // 26 wait in the client; a ping passes them.
+  const auto ms = ping_ms(cl, 1000);
+  CHECK(ms >= 0);
+  CHECK(ms < 500);
+  for (int round = 0; round < 100; ++round) {
+    {
+      std::lock_guard<std::mutex> lock(m);
+      if (tokens.size() == 30)
+        break;
+    }
+    cloud.release();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::lock_guard<std::mutex> lock(m);
+  CHECK(tokens.size() == 30);
+  CHECK(std::count(tokens.begin(), tokens.end(), -1) == 0);
+  CHECK(cloud.most_held == 4);
+  CHECK(cloud.srv.stats().parked == 0);  // the server never had more than it takes
+  CHECK(cloud.srv.stats().refused_busy == 0);
+}
+
+TEST_CASE("wire transport: an edge is served during a flood of 1,000 unauthenticated sockets") {
+  auto o = test_options();
+  o.max_connections = 256;
+  o.handshake_timeout_ms = server_options{}.handshake_timeout_ms;
+  echo_cloud cloud(o);
+  // From the edge's own address (loopback), so no per-address rule spares it.
+  const auto t0 = clock_type::now();
+  asio::io_context io;  // outlives the sockets below
+  std::vector<std::unique_ptr<tcp::socket>> flood;
+  for (int i = 0; i < 1000; ++i) {
+    auto s = std::make_unique<tcp::socket>(io);
+    asio::error_code ec;
+    s->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), cloud.srv.port()), ec);
+    REQUIRE_MESSAGE(!ec, ec.message());
+    flood.push_back(std::move(s));
+  }
+  const double flood_ms = std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+  // While the flood's sockets are all open (each would wait 2 s for a proof
+  // of the secret), real clients connect, authenticate and are answered.
+  std::vector<double> served_ms;
+  for (int i = 0; i < 5; ++i) {
+    auto t = clock_type::now();
+    auto c = client::connect(cloud.client_opts());
+    REQUIRE_MESSAGE(ok(c), std::get<wire_error>(c).text);
+    auto r = std::get<std::unique_ptr<client>>(c)->call(infer_request{1, 7}, 2000);
+    REQUIRE(ok(r));
+    CHECK(std::get<infer_reply>(std::get<message>(r)).token == 7);
+    served_ms.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t).count());
+  }
+  const double total_ms = std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+  auto st = cloud.srv.stats();
+  MESSAGE("1,000 unauthenticated sockets opened in " << flood_ms << " ms; 5 edges served in "
+          << served_ms[0] << ", " << served_ms[1] << ", " << served_ms[2] << ", " << served_ms[3]
+          << ", " << served_ms[4] << " ms; " << st.evicted << " evicted, " << st.open
+          << " open, " << st.refused_full << " refused as full");
+  CHECK(*std::max_element(served_ms.begin(), served_ms.end()) < 1000);
+  CHECK(total_ms < o.handshake_timeout_ms);  // all during the flood, before its sockets time out
+  CHECK(st.authenticated == 5);
+  CHECK(st.refused_full == 0);
+  // Unauthenticated connections held at once: within the pool's bound.
+  CHECK(st.open <= server_options{}.max_unauthenticated_per_address + 1);
+  // The flood's sockets that stayed are closed after the handshake deadline.
+  CHECK(wired_within(4000, [&] { return cloud.srv.stats().open == 0; }));
+}
+
+TEST_CASE("wire transport: failed proofs of the secret are rate-limited per address") {
+  auto o = test_options();
+  o.max_failed_handshakes = 3;
+  o.failed_handshake_refill_ms = 1000;
+  echo_cloud cloud(o);
+  for (int i = 0; i < 3; ++i) {
+    auto c = client::connect(cloud.client_opts("a guess"));
+    REQUIRE(!ok(c));
+    CHECK(std::get<wire_error>(c).code == wire_errc::auth_failed);
+  }
+  CHECK(wired_within(1000, [&] { return cloud.srv.stats().auth_failed == 3; }));
+  // The address has used its tries: the next connection is closed at accept,
+  // even with the right secret, until a try comes back.
+  auto t0 = clock_type::now();
+  auto refused = client::connect(cloud.client_opts());
+  CHECK(!ok(refused));
+  CHECK(std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count() < 400);
+  CHECK(cloud.srv.stats().refused_rate == 1);
+  // Guessing now runs at one try per refill (1 s), however fast it knocks.
+  int guesses = 0;
+  const auto until = clock_type::now() + std::chrono::milliseconds(2200);
+  while (clock_type::now() < until) {
+    auto c = client::connect(cloud.client_opts("another guess"));
+    REQUIRE(!ok(c));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  guesses = int(cloud.srv.stats().auth_failed) - 3;
+  MESSAGE("wrong proofs the server checked in 2.2 s once the tries were used: " << guesses
+          << " (refused at accept: " << cloud.srv.stats().refused_rate << ")");
+  CHECK(guesses >= 1);
+  CHECK(guesses <= 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  cloud.serves_a_good_client();
 }
