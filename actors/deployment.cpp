@@ -36,6 +36,8 @@ site_model load_site_model(const settings& s, const std::string& default_model,
   site_model m;
   auto loaded = load_model(s.model.path.empty() ? default_model : s.model.path, s.model.tokenizer);
   check_against_model(s, loaded.config);
+  if (s.model.context > 0)  // caches (edge and cloud) are sized for this many positions
+    loaded.config.max_seq = s.model.context;
   auto model = std::make_shared<transformer>(loaded.config, std::move(loaded.weights),
                                              parse_device(s.model.device));
   std::string heads = s.model.exit_heads;

@@ -24,6 +24,16 @@ const char* type_of(const json& v) {
   }
 }
 
+/// An integer field's value as an int64, or a 400 naming the field and the
+/// value as written when it is past int64 (2^64 - 1 is not -1).
+int64_t integer_of(const json& v, const std::string& name) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+    throw bad_request(fmt::format("'{}' is {}, past the largest integer accepted ({})", name,
+                                  v.dump(), INT64_MAX),
+                      name);
+  return v.get<int64_t>();
+}
+
 api_error wrong_type(const std::string& field, const char* expected, const json& v) {
   return bad_request(fmt::format("'{}' must be {}, got {}", field, expected, type_of(v)), field);
 }
@@ -118,10 +128,37 @@ void parse_prompt(const json& body, completion_request& r) {
   }
   for (size_t i = 0; i < v->size(); ++i) {
     const auto& t = (*v)[i];
+    const auto name = fmt::format("prompt[{}]", i);
     if (!t.is_number_integer())
-      throw wrong_type(fmt::format("prompt[{}]", i), "a token id (an integer)", t);
-    r.prompt_tokens.push_back(t.get<int32_t>());
+      throw wrong_type(name, "a token id (an integer)", t);
+    r.prompt_tokens.push_back(integer_of(t, name));
   }
+}
+
+/// Whether the JSON text nests arrays and objects deeper than `limit`: one
+/// pass over the bytes, before any value is built (nlohmann's parser with a
+/// callback rescans an array at each object's end, quadratic in its size).
+bool nesting_exceeds(const std::string& text, int limit) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit)
+        return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
 }
 
 size_t utf8_incomplete_tail(const std::string& s) {
@@ -152,6 +189,13 @@ json error_json(const api_error& e) {
 }
 
 completion_request parse_completion_request(const std::string& body, bool chat) {
+  if (body.size() > max_request_bytes)
+    throw api_error(413, "invalid_request_error",
+                    fmt::format("the request body has {} bytes, at most {} are accepted",
+                                body.size(), max_request_bytes));
+  if (nesting_exceeds(body, max_request_depth))
+    throw bad_request(fmt::format("the request body nests JSON more than {} levels deep",
+                                  max_request_depth));
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded())
     throw bad_request("the request body is not valid JSON");
@@ -173,10 +217,10 @@ completion_request parse_completion_request(const std::string& body, bool chat) 
     if (const json* v = field(j, name)) {
       if (!v->is_number_integer())
         throw wrong_type(name, "an integer", *v);
-      auto n = v->get<int64_t>();
+      auto n = integer_of(*v, name);
       if (n < 1)
         throw bad_request(fmt::format("'{}' must be at least 1, got {}", name, n), name);
-      r.max_tokens = int(std::min<int64_t>(n, 1 << 30));
+      r.max_tokens = n;
     }
   }
   r.temperature = number_in(j, "temperature", 0.0, 2.0, 1.0);
@@ -184,12 +228,12 @@ completion_request parse_completion_request(const std::string& body, bool chat) 
   if (const json* v = field(j, "seed")) {
     if (!v->is_number_integer())
       throw wrong_type("seed", "an integer", *v);
-    r.seed = v->get<int64_t>();
+    r.seed = integer_of(*v, "seed");
   }
   if (const json* v = field(j, "n")) {
     if (!v->is_number_integer())
       throw wrong_type("n", "an integer", *v);
-    if (v->get<int64_t>() != 1)
+    if (integer_of(*v, "n") != 1)
       throw bad_request("'n' must be 1: ceco answers one choice per request", "n");
   }
   if (const json* v = field(j, "stop")) {

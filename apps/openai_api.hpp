@@ -18,6 +18,12 @@
 
 namespace ceco::app {
 
+/// Request bodies larger than this are refused (413) before they are parsed.
+constexpr size_t max_request_bytes = 8u << 20;
+/// JSON nested deeper than this is refused while it is parsed: a request
+/// nests 4 levels (messages[i].content[k].text).
+constexpr int max_request_depth = 32;
+
 /// An OpenAI error object and the HTTP status that carries it.
 struct api_error : std::runtime_error {
   api_error(int status, std::string type, const std::string& message, std::string param = {},
@@ -42,8 +48,9 @@ struct completion_request {
   std::string model;
   std::vector<chat_message> messages;         // chat
   std::optional<std::string> prompt;          // completions: text
-  std::vector<int32_t> prompt_tokens;         // completions: token ids given as such
-  std::optional<int> max_tokens;              // unset: up to the end of the context
+  std::vector<int64_t> prompt_tokens;         // completions: token ids given as such (any
+                                              // int64: checked against the vocabulary later)
+  std::optional<int64_t> max_tokens;          // unset: up to the end of the context
   double temperature = 1.0;
   double top_p = 1.0;
   std::optional<int64_t> seed;

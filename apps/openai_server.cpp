@@ -7,9 +7,12 @@
 #include <functional>
 #include <random>
 
+#include <malloc.h>
+
 #include <httplib.h>
 #include <fmt/format.h>
 
+#include "apps/http_front.hpp"
 #include "apps/json_text.hpp"
 #include "apps/openai_api.hpp"
 #include "apps/report.hpp"
@@ -192,13 +195,39 @@ struct openai_server::impl {
   std::string id;
   int64_t created = int64_t(std::time(nullptr));
   std::atomic<int> in_flight{0};
-  httplib::Server http;
+  http_front http;
   socket_t listen_socket = INVALID_SOCKET;
+  size_t longest_token = 4;  // bytes of text one token can stand for, at most
 
   impl(caf::actor_system& sys, deployment& edge, const settings& s, const site_model& m,
        serve_options o, chat_format chat, std::shared_ptr<edge_metrics> metrics)
-    : sys(sys), edge(edge), s(s), m(m), o(std::move(o)), chat(chat), metrics(std::move(metrics)) {
+    : sys(sys), edge(edge), s(s), m(m), o(std::move(o)), chat(chat), metrics(std::move(metrics)),
+      http(limits_of(this->o)) {
     id = this->o.model_id.empty() ? model_id_of(m.path) : this->o.model_id;
+    // Memory of a large request goes back when it is freed: blocks of 256 KiB
+    // or more are mapped and unmapped, and a thread's arena keeps at most
+    // 1 MiB free at its top. glibc's defaults adapt upwards to the largest
+    // block freed (up to 32 MiB mapped, 64 MiB kept per arena), so 8 MiB
+    // bodies on a few worker threads stayed resident request after request.
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+    // A piece is never shorter than the text it matches ("\xe2\x96\x81" for a space,
+    // byte-level BPE's characters for bytes, "<0x41>" for a byte, "<unk>" for a
+    // character of up to 4 bytes).
+    for (int32_t t = 0; t < m.vocab.vocab_size(); ++t)
+      longest_token = std::max(longest_token, m.vocab.piece(t).size());
+  }
+
+  static http_limits limits_of(const serve_options& o) {
+    http_limits l;
+    l.header_timeout_ms = o.header_timeout_ms;
+    l.body_timeout_ms = o.body_timeout_ms;
+    l.max_connections = o.max_connections;
+    l.max_body_bytes = max_request_bytes;
+    // A streamed response holds its thread for its whole length: room for
+    // every completion and for the quick requests beside them.
+    l.workers = o.max_concurrent * 2 + 8;
+    return l;
   }
 
   int max_seq() const { return m.model->config().max_seq; }
@@ -231,6 +260,24 @@ struct openai_server::impl {
     return std::make_unique<place>(this);
   }
 
+  /// Text past the context is refused before it is tokenized: a token stands
+  /// for at most `longest_token` bytes, so a longer text has more tokens
+  /// than the context holds.
+  std::vector<int32_t> encode_bounded(const std::string& text, bool special,
+                                      const char* param) const {
+    const size_t bound = size_t(max_seq()) * longest_token;
+    if (text.size() > bound)
+      throw bad_request(fmt::format("This model's maximum context length is {} tokens; the "
+                                    "prompt has {} bytes, so at least {} tokens (a token is at "
+                                    "most {} bytes)",
+                                    max_seq(), text.size(), text.size() / longest_token,
+                                    longest_token),
+                        param, "context_length_exceeded");
+    return m.vocab.encode(text, true, special);
+  }
+
+  /// Checks the request and tokenizes its prompt; the cheap checks (the
+  /// model, the cloud) come before the tokenizer.
   prepared prepare(const std::string& body, bool is_chat) {
     prepared p;
     p.received = clock_type::now();
@@ -240,12 +287,18 @@ struct openai_server::impl {
                       fmt::format("The model '{}' does not exist; this server serves '{}'",
                                   p.req.model, id),
                       "model", "model_not_found");
+    if (needs_cloud(s.policy.mode) && edge.link_epoch() < 0)
+      throw api_error(503, "server_error",
+                      fmt::format("the cloud is unreachable and mode '{}' has every token from "
+                                  "it; retry once it is back",
+                                  s.policy.mode),
+                      {}, "cloud_unavailable");
     const auto& vocab = m.vocab;
     if (is_chat) {
-      p.prompt = vocab.encode(render_chat(chat, p.req.messages), true, true);
+      p.prompt = encode_bounded(render_chat(chat, p.req.messages), true, "messages");
       p.stop = chat_stop_strings(chat);
     } else if (p.req.prompt) {
-      p.prompt = vocab.encode(*p.req.prompt, true, false);
+      p.prompt = encode_bounded(*p.req.prompt, false, "prompt");
     } else {
       for (size_t i = 0; i < p.req.prompt_tokens.size(); ++i) {
         auto t = p.req.prompt_tokens[i];
@@ -254,7 +307,7 @@ struct openai_server::impl {
                                         t, vocab.vocab_size() - 1),
                             "prompt");
       }
-      p.prompt = p.req.prompt_tokens;
+      p.prompt.assign(p.req.prompt_tokens.begin(), p.req.prompt_tokens.end());
     }
     p.stop.insert(p.stop.end(), p.req.stop.begin(), p.req.stop.end());
     if (p.prompt.empty())
@@ -269,16 +322,10 @@ struct openai_server::impl {
       throw bad_request(fmt::format("This model's maximum context length is {} tokens. However, "
                                     "you requested {} tokens ({} in the prompt, {} for the "
                                     "completion)",
-                                    max_seq(), int64_t(n) + *p.req.max_tokens, n,
+                                    max_seq(), uint64_t(n) + uint64_t(*p.req.max_tokens), n,
                                     *p.req.max_tokens),
                         "max_tokens", "context_length_exceeded");
-    p.max_tokens = p.req.max_tokens ? *p.req.max_tokens : max_seq() - n;
-    if (needs_cloud(s.policy.mode) && edge.link_epoch() < 0)
-      throw api_error(503, "server_error",
-                      fmt::format("the cloud is unreachable and mode '{}' has every token from "
-                                  "it; retry once it is back",
-                                  s.policy.mode),
-                      {}, "cloud_unavailable");
+    p.max_tokens = p.req.max_tokens ? int(*p.req.max_tokens) : max_seq() - n;
     return p;
   }
 
@@ -302,13 +349,23 @@ struct openai_server::impl {
       g.cancel();
       metrics->cancelled("disconnect");
     };
+    auto last_event = clock_type::now();
     while (!g.done()) {
-      auto e = g.next(std::chrono::seconds(1));
-      if (e.what == generation::event::kind::idle) {
-        if (!gone && !idle())
-          client_gone();
+      auto e = g.next(std::chrono::milliseconds(200));
+      // A client that hung up is seen within 200 ms, streamed or not.
+      if (!gone && !http_front::client_connected()) {
+        client_gone();
         continue;
       }
+      if (e.what == generation::event::kind::idle) {
+        if (!gone && seconds_since(last_event) >= 1.0) {
+          last_event = clock_type::now();
+          if (!idle())
+            client_gone();
+        }
+        continue;
+      }
+      last_event = clock_type::now();
       if (e.what != generation::event::kind::token)
         continue;
       if (first) {
@@ -360,8 +417,8 @@ struct openai_server::impl {
     prepared p;
     std::unique_ptr<place> held;
     try {
+      held = take_place();  // before any work on the request
       p = prepare(req.body, is_chat);
-      held = take_place();
     } catch (const api_error& e) {
       return reply_error(res, e, endpoint);
     } catch (const model_error& e) {  // the deployment refused the session's options
@@ -507,11 +564,6 @@ struct openai_server::impl {
         }
         reply_error(res, api_error(500, "server_error", "internal error: " + what), req.path);
       });
-    // A streamed response holds its thread for its whole length, and an idle
-    // keep-alive connection holds one until it times out: room for both.
-    const size_t threads = size_t(o.max_concurrent) * 2 + 8;
-    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    http.set_payload_max_length(8u << 20);
     // The library listens with a backlog of 5: a burst of clients would wait
     // a second for a SYN retransmit. Keep the socket to listen again, longer.
     http.set_socket_options([this](socket_t sock) {
@@ -543,6 +595,7 @@ int openai_server::bind() {
 
 void openai_server::run() {
   impl_->http.listen_after_bind();
+  impl_->http.shut_down();
 }
 
 void openai_server::stop() {

@@ -23,6 +23,9 @@ struct serve_options {
   int max_concurrent = 16;       // completions at once; more get 429
   std::string chat_template;     // a built-in name; "" = recognise the model's
   std::string model_id;          // "" = from the model's file name
+  int max_connections = 512;     // open at once; past it the longest-waiting one is closed
+  int header_timeout_ms = 10'000;  // a request's line and headers, from their first byte
+  int body_timeout_ms = 30'000;    // its body, from the end of its headers
 };
 
 /// The chat template `o` names, else the one the model's

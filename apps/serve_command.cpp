@@ -105,6 +105,17 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-concurrent", a->server.max_concurrent,
                   "completions generated at once; more are answered 429")
     ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--max-connections", a->server.max_connections,
+                  "HTTP connections open at once; past it the one that has waited longest for "
+                  "its request is closed, or the new one is answered 503")
+    ->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--header-timeout-ms", a->server.header_timeout_ms,
+                  "a request's line and headers must arrive within this many ms of their first "
+                  "byte, else the connection is closed")
+    ->capture_default_str()->check(CLI::Range(100, 3600000));
+  cmd->add_option("--body-timeout-ms", a->server.body_timeout_ms,
+                  "a request's body must arrive within this many ms of its headers")
+    ->capture_default_str()->check(CLI::Range(100, 3600000));
   cmd->add_option("--model-id", a->server.model_id,
                   "the model's id in the API (default: the model file's name)");
   cmd->callback([a] { run_serve(*a); });

@@ -284,6 +284,7 @@ const std::vector<key_spec>& schema() {
     int_list_key("model.exits", CECO_REF(std::vector<int>, model.exits)),
     string_key("model.exit_heads", {}, CECO_REF(std::string, model.exit_heads)),
     string_key("model.device", {}, CECO_REF(std::string, model.device)),
+    int_key("model.context", 0, max_context_length, CECO_REF(int, model.context)),
     int_key("split.layer", 1, max_layers, CECO_REF(int, split.layer)),
     string_key("policy.mode", strategy_keys, CECO_REF(std::string, policy.mode)),
     int_key("policy.max_draft", 1, 256, CECO_REF(int, policy.max_draft)),
@@ -431,6 +432,34 @@ void apply_override(settings& s, const std::string& assignment) {
 
 namespace {
 
+/// `path` for an error message: at most 120 characters, and its length when cut.
+std::string path_excerpt(const std::string& path) {
+  std::string out;
+  for (char c : path.substr(0, 120))
+    out += (c == '\0') ? std::string("\\0") : std::string(1, c);
+  if (path.size() > 120)
+    out += fmt::format("... ({} characters)", path.size());
+  return out;
+}
+
+/// A path setting names something that exists and can be looked at; the
+/// checkpoint's folder may be a folder, every other file must be a file.
+void check_path(const std::string& key, const std::string& path) {
+  if (path.find('\0') != std::string::npos)
+    throw config_error(fmt::format("{}: a path cannot hold a NUL character, got \"{}\"", key,
+                                   path_excerpt(path)));
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory)
+    throw config_error(fmt::format("{}: cannot use '{}': {}", key, path_excerpt(path),
+                                   ec.message()));
+  if (!std::filesystem::exists(st))
+    throw config_error(fmt::format("{}: no such file or folder '{}'", key, path_excerpt(path)));
+  if (key != "model.path" && std::filesystem::is_directory(st))
+    throw config_error(fmt::format("{}: '{}' is a folder, a file is expected", key,
+                                   path_excerpt(path)));
+}
+
 void check_tls(const settings& s) {
   const auto& c = s.cloud;
   const bool any_file = !c.tls_certificate.empty() || !c.tls_key.empty() || !c.tls_ca_file.empty();
@@ -495,8 +524,8 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
                            std::pair{"cloud.tls_certificate", &s.cloud.tls_certificate},
                            std::pair{"cloud.tls_key", &s.cloud.tls_key},
                            std::pair{"cloud.tls_ca_file", &s.cloud.tls_ca_file}})
-    if (!path->empty() && *path != "none" && !std::filesystem::exists(*path))
-      throw config_error(fmt::format("{}: no such file or folder '{}'", key, *path));
+    if (!path->empty() && *path != "none")
+      check_path(key, *path);
   check_tls(s);
   return s;
 }
@@ -523,7 +552,34 @@ void apply_link_profile(settings& s) {
   throw config_error(fmt::format("link.profile: unknown profile '{}'", s.link.profile));
 }
 
+void check_consistency(const settings& s) {
+  // A cloud request goes up and comes back: its round trip on the link.
+  const double round_trip_ms = 2.0 * s.link.latency_ms + s.link.jitter_ms;
+  if (round_trip_ms >= s.cloud.request_timeout_ms)
+    throw config_error(fmt::format(
+      "link.latency_ms = {} (with link.jitter_ms = {}) gives a cloud round trip of up to {} ms, "
+      "but cloud.request_timeout_ms = {}: every cloud request would time out; raise "
+      "cloud.request_timeout_ms above {} ms or lower the latency",
+      s.link.latency_ms, s.link.jitter_ms, round_trip_ms, s.cloud.request_timeout_ms,
+      round_trip_ms));
+  // An idle cloud session expires after session.ttl_s: shorter than a few
+  // round trips (and than 100 ms of the edge's own work between requests),
+  // sessions expire while they are in use.
+  const double min_ttl_ms = std::max(100.0, 4.0 * round_trip_ms);
+  if (s.session.ttl_s * 1000.0 < min_ttl_ms)
+    throw config_error(fmt::format(
+      "session.ttl_s = {} s is shorter than a session is idle between two of its requests: at "
+      "least {} s is needed (100 ms, and 4 cloud round trips of link.latency_ms = {} with "
+      "link.jitter_ms = {}); sessions would expire while in use",
+      s.session.ttl_s, min_ttl_ms / 1000.0, s.link.latency_ms, s.link.jitter_ms));
+}
+
 void check_against_model(const settings& s, const model_config& cfg) {
+  check_consistency(s);
+  if (s.model.context > cfg.max_seq)
+    throw config_error(fmt::format(
+      "model.context = {} is past the model's context length of {} tokens", s.model.context,
+      cfg.max_seq));
   if (s.split.layer < 1 || s.split.layer >= cfg.n_layer)
     throw config_error(fmt::format(
       "split.layer is {}, but the model has {} layers: the edge must run 1..{} of them",
@@ -537,6 +593,11 @@ void check_against_model(const settings& s, const model_config& cfg) {
   if (needs_exits && s.model.exits.empty())
     throw config_error(fmt::format("model.exits is empty, but policy.mode = \"{}\" needs exits",
                                    s.policy.mode));
+  if (needs_exits && !s.model.exits.empty() && s.policy.min_exit_layer > s.model.exits.back())
+    throw config_error(fmt::format(
+      "policy.min_exit_layer = {} is past every exit of model.exits = [{}]: no exit could ever "
+      "fire and policy.mode = \"{}\" would silently run as the cloud strategy",
+      s.policy.min_exit_layer, fmt::join(s.model.exits, ", "), s.policy.mode));
 }
 
 std::string describe_settings(const settings& s) {

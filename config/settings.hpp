@@ -27,6 +27,7 @@ struct settings {
     std::string exit_heads;  // trained heads file; "" = the built-in heads with
                              // the built-in model, else untrained; "none" = untrained
     std::string device = "cpu";
+    int context = 0;         // positions caches are sized for; 0 = the model's context length
   } model;
   struct {
     int layer = 3;  // layers the edge runs
@@ -138,7 +139,12 @@ settings real_network_defaults();
 /// Applies one "key=value" (the value in TOML syntax; bare strings and
 /// comma-separated lists are accepted too).
 void apply_override(settings& s, const std::string& assignment);
-/// Checks the values against the model's shape (split, exits).
+/// Checks the values against each other (link delays and the request
+/// timeout, the session TTL, heartbeats, session caps); each error names
+/// every key it involves. check_against_model calls it.
+void check_consistency(const settings& s);
+/// Checks the values against each other and against the model's shape
+/// (split, exits, context).
 void check_against_model(const settings& s, const model_config& cfg);
 /// Every key with its current value, one "key = value" per line.
 std::string describe_settings(const settings& s);

@@ -254,6 +254,26 @@ loaded_model load_llama2c(const std::string& path, const std::string& tokenizer_
   return m;
 }
 
+/// `path` for a message: a path past 200 characters is cut, its length said.
+std::string path_excerpt(const std::string& path) {
+  return path.size() <= 200 ? path
+                            : fmt::format("{}... ({} characters)", path.substr(0, 200), path.size());
+}
+
+/// A filesystem error while looking at a checkpoint (a name too long, a
+/// folder that cannot be listed) is the input's fault: a model_error.
+template <typename F>
+auto with_file_errors(const std::string& path, F f) {
+  try {
+    return f();
+  } catch (const fs::filesystem_error& e) {
+    throw model_error(fmt::format("{}: {}{}", path_excerpt(path), e.code().message(),
+                                  e.path1().empty() || e.path1().string() == path
+                                    ? std::string()
+                                    : " (" + path_excerpt(e.path1().string()) + ")"));
+  }
+}
+
 bool has_gguf_magic(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
@@ -261,8 +281,14 @@ bool has_gguf_magic(const std::string& path) {
 }
 
 std::string resolve_checkpoint(const std::string& path) {
-  if (!fs::exists(path))
-    throw model_error(fmt::format("{}: no such file or folder", path));
+  if (path.find('\0') != std::string::npos)
+    throw model_error("a model path cannot hold a NUL character");
+  std::error_code ec;
+  if (!fs::exists(path, ec)) {
+    if (ec && ec != std::errc::no_such_file_or_directory)
+      throw model_error(fmt::format("{}: {}", path_excerpt(path), ec.message()));
+    throw model_error(fmt::format("{}: no such file or folder", path_excerpt(path)));
+  }
   if (!fs::is_directory(path))
     return path;
   std::vector<fs::path> gguf, bin;
@@ -285,9 +311,8 @@ std::string resolve_checkpoint(const std::string& path) {
     "{}: the folder holds no .gguf, Hugging Face safetensors or llama2.c .bin model", path));
 }
 
-} // namespace
 
-tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path) {
+tokenizer load_tokenizer_of(const std::string& path, const std::string& tokenizer_path) {
   auto file = resolve_checkpoint(path);
   if (is_safetensors_checkpoint(file))
     return load_hf_tokenizer(file);
@@ -306,7 +331,7 @@ tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_p
   return llama2c_tokenizer(file, std::abs(h[5]), tokenizer_path);
 }
 
-loaded_model load_model(const std::string& path, const std::string& tokenizer_path) {
+loaded_model load_model_of(const std::string& path, const std::string& tokenizer_path) {
   auto file = resolve_checkpoint(path);
   if (is_safetensors_checkpoint(file))
     return load_hf_checkpoint(file);
@@ -316,6 +341,17 @@ loaded_model load_model(const std::string& path, const std::string& tokenizer_pa
     return load_gguf(file);  // reports the wrong magic
   return load_llama2c(file, tokenizer_path);
 }
+
+} // namespace
+
+tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path) {
+  return with_file_errors(path, [&] { return load_tokenizer_of(path, tokenizer_path); });
+}
+
+loaded_model load_model(const std::string& path, const std::string& tokenizer_path) {
+  return with_file_errors(path, [&] { return load_model_of(path, tokenizer_path); });
+}
+
 
 namespace {
 

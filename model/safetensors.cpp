@@ -207,19 +207,35 @@ safetensors_checkpoint::safetensors_checkpoint(const std::string& path) {
                                       index.string(), name, json_excerpt(shard)));
       const auto file_name = shard.get<std::string>();
       if (file_name.empty() || file_name.find('/') != std::string::npos || file_name == "." ||
-          file_name == "..")
+          file_name == ".." || file_name.find('\0') != std::string::npos)
         throw model_error(fmt::format("{}: weight_map['{}'] is '{}', expected a file name in the "
                                       "index's folder",
-                                      index.string(), name, file_name));
+                                      index.string(), name,
+                                      file_name.size() <= 200
+                                        ? file_name
+                                        : file_name.substr(0, 200) + "..."));
+      if (file_name.size() > 255)  // NAME_MAX: no file can have it
+        throw model_error(fmt::format("{}: weight_map['{}'] is a file name of {} characters ({}), "
+                                      "at most 255 are possible",
+                                      index.string(), name, file_name.size(),
+                                      json_excerpt(shard)));
       if (std::find(shards.begin(), shards.end(), shard.get<std::string>()) == shards.end())
         shards.push_back(shard.get<std::string>());
     }
     std::sort(shards.begin(), shards.end());
     for (const auto& shard : shards) {
       const auto file = index.parent_path() / shard;
-      if (!fs::exists(file))
-        throw model_error(fmt::format("{}: shard '{}' is missing (expected {})", index.string(),
-                                      shard, file.string()));
+      std::error_code ec;
+      const auto st = fs::status(file, ec);
+      if (!fs::exists(st))
+        throw model_error(fmt::format("{}: shard '{}' is missing (expected {}{})", index.string(),
+                                      shard, file.string(),
+                                      ec && ec != std::errc::no_such_file_or_directory
+                                        ? ": " + ec.message()
+                                        : std::string()));
+      if (fs::is_directory(st))
+        throw model_error(fmt::format("{}: shard '{}' is a folder, expected a .safetensors file",
+                                      index.string(), shard));
       add(file.string());
     }
     for (auto& [name, shard] : j["weight_map"].items()) {

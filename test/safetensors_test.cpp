@@ -753,3 +753,32 @@ TEST_CASE("ceco commands take a Hugging Face folder as --model") {
   CHECK(hf_ids.status == 0);
   CHECK(hf_ids.out == gguf_ids.out);
 }
+
+TEST_CASE("a shard name no file can have, or a shard that is a folder, is an error naming the index") {
+  temp_dir tmp;
+  const auto dir = small_checkpoint(tmp);
+  auto load = [&] { return error_of([&] { load_model(dir); }); };
+  {
+    json index = {{"weight_map", {{"model.norm.weight", std::string(5000, 'a') + ".safetensors"}}}};
+    write_json(dir + "/model.safetensors.index.json", index);
+    auto e = load();
+    CHECK(contains(e, "model.safetensors.index.json"));
+    CHECK(contains(e, "a file name of 5012 characters"));
+    CHECK(e.size() < 1000);
+  }
+  {
+    std::filesystem::create_directory(dir + "/shard.safetensors");
+    json index = {{"weight_map", {{"model.norm.weight", "shard.safetensors"}}}};
+    write_json(dir + "/model.safetensors.index.json", index);
+    CHECK(contains(load(), "shard 'shard.safetensors' is a folder"));
+  }
+  // As a command: exit 1 with the message, not an internal error.
+  json index = {{"weight_map", {{"model.norm.weight", std::string(5000, 'a') + ".safetensors"}}}};
+  write_json(dir + "/model.safetensors.index.json", index);
+  auto r = run_ceco("generate --model " + dir + " --max-tokens 2");
+  CHECK(r.status == 1);
+  CHECK(contains(r.out, "a file name of 5012 characters"));
+  auto long_path = run_ceco("generate --max-tokens 2 --model /tmp/" + std::string(100000, 'x'));
+  CHECK(long_path.status == 1);
+  CHECK(contains(long_path.out, "(100005 characters)"));
+}

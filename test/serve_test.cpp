@@ -6,9 +6,18 @@
 #include "test/support.hpp"
 #include "test/ceco_process.hpp"
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <httplib.h>
 #include <fmt/format.h>
@@ -531,4 +540,268 @@ TEST_CASE("ceco serve in exact and speculative modes: only final tokens stream, 
     auto m = scrape(s.port);
     CHECK(m["ceco_draft_tokens_total{outcome=\"accepted\"}"] > 0);
   }
+}
+
+namespace {
+
+/// A plain TCP connection to 127.0.0.1:port (-1 when refused).
+int raw_connect(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool send_text(int fd, const std::string& text) {
+  size_t at = 0;
+  while (at < text.size()) {
+    auto n = ::send(fd, text.data() + at, text.size() - at, MSG_NOSIGNAL);
+    if (n <= 0)
+      return false;
+    at += size_t(n);
+  }
+  return true;
+}
+
+std::string http_post(const std::string& path, const std::string& body) {
+  return fmt::format("POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Content-Length: {}\r\n\r\n{}",
+                     path, body.size(), body);
+}
+
+/// Whether the server closed `fd` within `seconds` (EOF or reset).
+bool closed_by_server(int fd, double seconds) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, int(seconds * 1000)) <= 0)
+    return false;
+  char buf[4096];
+  for (;;) {
+    auto n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN))
+      return true;
+    if (n < 0)
+      return false;
+  }
+}
+
+/// Resident memory of process `pid`, MiB.
+double rss_mib(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0)
+      return std::stod(line.substr(6)) / 1024.0;
+  return -1;
+}
+
+/// Seconds a GET of `path` took to answer (status in `status`; 0: none in 5 s).
+double timed_get(int port, const std::string& path, int& status) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_connection_timeout(5, 0);
+  c.set_read_timeout(5, 0);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.Get(path.c_str());
+  status = r ? r->status : 0;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace
+
+TEST_CASE("request numbers are range-checked and reported as written, deep JSON is refused") {
+  auto big = parse_completion_request(R"({"model": "m", "prompt": [4294967297]})", false);
+  REQUIRE(big.prompt_tokens.size() == 1);
+  CHECK(big.prompt_tokens[0] == 4294967297LL);  // not 1: the server then refuses it by value
+  auto message_of = [](const std::string& body, bool chat = false) -> std::string {
+    try {
+      parse_completion_request(body, chat);
+    } catch (const api_error& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  CHECK(message_of(R"({"model": "m", "prompt": "x", "max_tokens": 18446744073709551615})")
+          .find("18446744073709551615") != std::string::npos);
+  CHECK(param_of(R"({"model": "m", "prompt": "x", "max_tokens": 18446744073709551615})", false)
+        == "max_tokens");
+  CHECK(message_of(R"({"model": "m", "prompt": [18446744073709551615]})")
+          .find("18446744073709551615") != std::string::npos);
+  CHECK(*parse_completion_request(R"({"model": "m", "prompt": "x", "max_tokens": 9223372036854775807})",
+                                  false).max_tokens == INT64_MAX);
+  CHECK(param_of(R"({"model": "m", "prompt": "x", "seed": 18446744073709551615})", false) == "seed");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  CHECK(status_of(R"({"model": "m", "prompt": "x", "extra": )" + deep + "}", false) == 400);
+  CHECK(message_of(R"({"model": "m", "prompt": "x", "extra": )" + deep + "}")
+          .find("levels deep") != std::string::npos);
+  // Nesting a request really uses is accepted.
+  CHECK(param_of(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})")
+        == "accepted");
+}
+
+TEST_CASE("ceco serve: token ids and max_tokens past their range are refused with the value given") {
+  server s("--local-cloud --set link.latency_ms=0");
+  auto id = post(s, "/v1/completions", R"({"model": "kjv", "prompt": [1, 4294967297]})");
+  CHECK(id.status == 400);
+  CHECK(id.body["error"]["param"] == "prompt");
+  CHECK(id.body["error"]["message"].get<std::string>().find("4294967297") != std::string::npos);
+  for (std::string n : {"9223372036854775807", "18446744073709551615"}) {
+    auto r = post(s, "/v1/completions",
+                  R"({"model": "kjv", "prompt": "And", "max_tokens": )" + n + "}");
+    CHECK(r.status == 400);
+    CHECK(r.body["error"]["param"] == "max_tokens");
+    CHECK(r.body["error"]["message"].get<std::string>().find(n) != std::string::npos);
+  }
+}
+
+TEST_CASE("ceco serve: /health answers within 1 s while 200 slow clients are connected, and they are closed at the header timeout") {
+  server s("--local-cloud --set link.latency_ms=0");  // the default 10 s header timeout
+  std::vector<int> slow;
+  for (int i = 0; i < 200; ++i) {
+    int fd = raw_connect(s.port);
+    REQUIRE(fd >= 0);
+    send_text(fd, "POST /v1/completions HTTP/1.1\r\n");
+    slow.push_back(fd);
+  }
+  std::atomic<bool> stop{false};
+  std::thread drip([&] {
+    // A byte every 2 s from each: never a whole header line.
+    while (!stop) {
+      for (int fd : slow)
+        send_text(fd, "X");
+      for (int i = 0; i < 20 && !stop; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  for (int k = 0; k < 3; ++k) {
+    int status = 0;
+    double t = timed_get(s.port, "/health", status);
+    CAPTURE(k);
+    CHECK(status == 200);
+    CHECK(t < 1.0);
+    MESSAGE("/health with 200 slow clients: " << t * 1000 << " ms");
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  }
+  // Each is closed by the 10 s header deadline, long before 8 KiB of headers.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(14);
+  std::vector<bool> seen(slow.size(), false);
+  int closed = 0;
+  while (closed < int(slow.size()) && std::chrono::steady_clock::now() < until) {
+    for (size_t i = 0; i < slow.size(); ++i)
+      if (!seen[i] && closed_by_server(slow[i], 0.0)) {
+        seen[i] = true;
+        ++closed;
+      }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  stop = true;
+  drip.join();
+  for (int fd : slow)
+    ::close(fd);
+  CHECK(closed == 200);
+  auto r = post(s, "/v1/completions", completion_body("And", 2).dump());
+  CHECK(r.status == 200);
+}
+
+TEST_CASE("ceco serve: past --max-connections the longest-waiting connection is closed and new ones are served") {
+  server s("--local-cloud --set link.latency_ms=0 --max-connections 20");
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    int fd = raw_connect(s.port);
+    REQUIRE(fd >= 0);
+    send_text(fd, "GET /health HTTP/1.1\r\n");  // never finished
+    idle.push_back(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // The first 20 made room for the next 20.
+  int closed = 0;
+  for (int i = 0; i < 20; ++i)
+    closed += closed_by_server(idle[size_t(i)], 2.0);
+  CHECK(closed == 20);
+  int status = 0;
+  CHECK(timed_get(s.port, "/health", status) < 1.0);
+  CHECK(status == 200);
+  for (int fd : idle)
+    ::close(fd);
+}
+
+TEST_CASE("ceco serve: clients that hang up on non-streamed requests free their places at once") {
+  server s("--local-cloud --max-concurrent 16 --set link.latency_ms=20");
+  std::vector<int> fds;
+  for (int i = 0; i < 16; ++i) {
+    int fd = raw_connect(s.port);
+    REQUIRE(fd >= 0);
+    REQUIRE(send_text(fd, http_post("/v1/completions", completion_body("And God said", 200).dump())));
+    fds.push_back(fd);
+  }
+  REQUIRE(wait_for_metric(s.port, "ceco_requests_in_flight", 16));
+  for (int fd : fds)
+    ::close(fd);
+  // 200 tokens at 20 ms each way would take 8 s: the hang-ups cancel them.
+  CHECK(wait_for_metric(s.port, "ceco_requests_in_flight", 0, 2.0));
+  CHECK(wait_for_metric(s.port, "ceco_cancelled_requests_total{reason=\"disconnect\"}", 16, 2.0));
+  auto next = post(s, "/v1/completions", completion_body("And", 2).dump());
+  CHECK(next.status == 200);
+  CHECK(wait_for_metric(s.port, "ceco_cloud_sessions_open", 0, 2.0));
+}
+
+TEST_CASE("ceco serve: --max-concurrent is checked before the prompt is tokenized") {
+  server s("--local-cloud --max-concurrent 1 --set link.latency_ms=20");
+  int fd = raw_connect(s.port);
+  REQUIRE(fd >= 0);
+  REQUIRE(send_text(fd, http_post("/v1/completions", completion_body("And God said", 200).dump())));
+  REQUIRE(wait_for_metric(s.port, "ceco_requests_in_flight", 1));
+  std::string text;
+  while (text.size() < 7'000'000)
+    text += "And God said, Let there be light: and there was light. ";
+  auto t0 = std::chrono::steady_clock::now();
+  auto busy = post(s, "/v1/completions", completion_body(text, 4).dump());
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(busy.status == 429);
+  CHECK(took < 1.0);
+  ::close(fd);
+}
+
+TEST_CASE("ceco serve: bounded work per request: a 7 MB prompt is refused fast, deep JSON is refused, memory is given back") {
+  server s("--local-cloud --set link.latency_ms=0");
+  CHECK(post(s, "/v1/completions", completion_body("And", 2).dump()).status == 200);
+  const double rss0 = rss_mib(s.proc.pid);
+  std::string text;
+  while (text.size() < 7'000'000)
+    text += "And God said, Let there be light: and there was light. ";
+  for (bool chat : {false, true}) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = chat ? post(s, "/v1/chat/completions", chat_body(text, 4).dump())
+                  : post(s, "/v1/completions", completion_body(text, 4).dump());
+    double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CAPTURE(chat);
+    CHECK(r.status == 400);
+    CHECK(r.body["error"]["code"] == "context_length_exceeded");
+    CHECK(took < 1.0);
+    MESSAGE("7 MB prompt refused in " << took * 1000 << " ms");
+  }
+  // Bodies of 8 MB nested as deep as they go, and wide ones of many small
+  // values: refused or served, and the memory their parse took comes back.
+  const std::string deep = R"({"model": "kjv", "prompt": "x", "e": )" + std::string(3'500'000, '[')
+                           + std::string(3'500'000, ']') + "}";
+  json wide = completion_body("And", 1);
+  wide["e"] = json::array();
+  for (int i = 0; i < 400'000; ++i)
+    wide["e"].push_back({{"k", i}});
+  const auto wide_text = wide.dump();
+  for (int i = 0; i < 6; ++i) {
+    auto d = post(s, "/v1/completions", deep);
+    CHECK(d.status == 400);
+    CHECK(d.body["error"]["message"].get<std::string>().find("levels deep") != std::string::npos);
+    CHECK(post(s, "/v1/completions", wide_text).status == 200);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the last one's trim, after its reply
+  const double rss1 = rss_mib(s.proc.pid);
+  MESSAGE("ceco serve RSS before " << rss0 << " MiB, after 2 prompts of 7 MB, 6 deep and 6 wide "
+          "bodies " << rss1 << " MiB");
+  CHECK(rss1 - rss0 < 48.0);
 }

@@ -1,8 +1,11 @@
 #include "test/support.hpp"
 
+#include <cstring>
 #include <fstream>
+#include <random>
 
 #include "config/settings.hpp"
+#include "test/cloud_sites.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -131,4 +134,136 @@ TEST_CASE("settings are checked against the model's shape") {
   CHECK(contains(error_of([&] { check_against_model(s, five); }), "model.exits is empty"));
   s.policy.mode = "cloud";
   CHECK(error_of([&] { check_against_model(s, five); }).empty());
+}
+
+TEST_CASE("path settings that no file can have are refused by name, never an internal error") {
+  temp_dir tmp;
+  auto set_err = [](const std::string& set) { return error_of([&] { load_settings("", {set}); }); };
+  auto long_path = set_err("model.path=/tmp/" + std::string(100000, 'x'));
+  CHECK(contains(long_path, "model.path"));
+  CHECK(contains(long_path, "(100005 characters)"));
+  CHECK(long_path.size() < 1000);
+  auto nul = write(tmp, "[model]\npath = \"\\u0000\"\n");
+  CHECK(contains(error_of([&] { load_settings(nul, {}); }), "model.path"));
+  for (auto key : {"model.tokenizer", "model.exit_heads", "experiment.dataset"})
+    CHECK(contains(set_err(std::string(key) + "=" + tmp.path.string()), "is a folder, a file is expected"));
+  // As commands: exit 1 with the key, not exit 2.
+  for (std::string args : {"--set model.path=/tmp/" + std::string(100000, 'x'),
+                           "--config " + nul,
+                           "--set model.exit_heads=" + tmp.path.string(),
+                           "--set model.path=" + tmp.path.string()}) {
+    CAPTURE(args.substr(0, 100));
+    auto r = run_ceco("sim --max-tokens 2 " + args);
+    CHECK(r.status == 1);
+    CHECK(contains(r.out, "ceco: error: "));
+  }
+}
+
+TEST_CASE("settings that cannot work together are refused naming every key involved") {
+  auto refused = [](const std::vector<std::string>& sets) {
+    auto s = load_settings("", sets);
+    return error_of([&] { check_consistency(s); });
+  };
+  auto ttl = refused({"session.ttl_s=0.001"});
+  CHECK(contains(ttl, "session.ttl_s = 0.001"));
+  CHECK(contains(ttl, "link.latency_ms"));
+  auto latency = refused({"link.latency_ms=6000"});
+  CHECK(contains(latency, "link.latency_ms = 6000"));
+  CHECK(contains(latency, "cloud.request_timeout_ms = 10000"));
+  CHECK(contains(refused({"link.latency_ms=20", "link.jitter_ms=70", "cloud.request_timeout_ms=100"}),
+                 "link.jitter_ms = 70"));
+  // Enough room is accepted.
+  CHECK(refused({"session.ttl_s=0.2", "link.latency_ms=0"}).empty());
+  CHECK(refused({"link.latency_ms=4000", "cloud.request_timeout_ms=9000", "session.ttl_s=60"}).empty());
+  // The commands refuse them before running (the probe's cases: exit 0 with
+  // 15 of 16 tokens degraded; every request timing out).
+  for (std::string set : {"session.ttl_s=0.001", "link.latency_ms=6000"}) {
+    CAPTURE(set);
+    auto r = run_ceco("sim --max-tokens 4 --set " + set);
+    CHECK(r.status == 1);
+    CHECK(contains(r.out, set.substr(0, set.find('='))));
+  }
+}
+
+TEST_CASE("settings fuzzer: each accepted combination runs undegraded, each refused one names a key") {
+  struct choice {
+    std::string key;
+    std::vector<std::string> values;
+  };
+  const std::vector<choice> space = {
+    {"session.ttl_s", {"0.001", "0.05", "0.2", "60"}},
+    {"link.latency_ms", {"0", "1", "3", "30"}},
+    {"link.jitter_ms", {"0", "2", "40"}},
+    {"cloud.request_timeout_ms", {"1", "50", "10000"}},
+    {"policy.mode", {"cloud", "naive", "standalone", "collaborative", "speculative", "exact"}},
+    {"policy.threshold", {"0", "0.8", "1.5"}},
+    {"policy.min_exit_layer", {"0", "1", "3", "4"}},
+    {"model.exits", {"2,3", "1", "3"}},
+    {"split.layer", {"1", "3", "4"}},
+    {"upload.mode", {"async", "sync"}},
+    {"upload.dtype", {"f16", "f32"}},
+    {"policy.max_draft", {"1", "16"}},
+    {"model.context", {"0", "16", "64"}},
+  };
+  std::mt19937 rng(28005);
+  int accepted = 0, refused = 0;
+  for (int round = 0; round < 60; ++round) {
+    std::vector<std::string> sets = {"model.path=" + stories_gguf(), "link.bandwidth_mbps=0"};
+    for (auto& c : space)
+      if (rng() % 2)
+        sets.push_back(c.key + "=" + c.values[rng() % c.values.size()]);
+    std::string all;
+    for (auto& s : sets)
+      all += s + " ";
+    CAPTURE(all);
+    std::unique_ptr<sim_fixture> f;
+    try {
+      f = std::make_unique<sim_fixture>(sets);
+    } catch (const config_error& e) {
+      // Refused: clearly, naming a key of the space.
+      const std::string what = e.what();
+      bool named = false;
+      for (auto& c : space)
+        named = named || contains(what, c.key);
+      CHECK_MESSAGE(named, what);
+      ++refused;
+      continue;
+    }
+    ++accepted;
+    const auto mode = f->s.policy.mode;
+    auto r = f->sim->run(f->m.vocab.encode("Once upon a time"), mode, 6);
+    CHECK_MESSAGE(r.error.empty(), r.error);
+    CHECK(r.degraded_tokens == 0);
+    CHECK_FALSE(r.tokens.empty());
+    // A threshold of 0 makes every token an exit's in collaborative mode.
+    if (mode == "collaborative" && f->s.policy.threshold == 0.0) {
+      int exited = 0;
+      for (auto n : r.exit_counts)
+        exited += n;
+      CHECK(exited == int(r.tokens.size()));
+    }
+  }
+  MESSAGE(accepted << " combinations accepted and run, " << refused << " refused");
+  CHECK(accepted >= 10);
+  CHECK(refused >= 10);
+}
+
+TEST_CASE("model.context sizes the caches below the file's context length") {
+  // stories260K with llama.context_length raised to 2^20 in place.
+  auto bytes = read_all(stories_gguf());
+  const std::string key = "llama.context_length";
+  auto at = std::search(bytes.begin(), bytes.end(), key.begin(), key.end());
+  REQUIRE(at != bytes.end());
+  const uint32_t huge = 1u << 20;
+  std::memcpy(bytes.data() + size_t(at - bytes.begin()) + key.size() + 4, &huge, 4);
+  temp_dir tmp;
+  auto path = tmp.file("long-context.gguf");
+  write_all(path, bytes, bytes.size());
+  sim_fixture f({"model.path=" + path, "model.context=64", "link.latency_ms=0"});
+  CHECK(f.m.model->config().max_seq == 64);
+  auto r = f.sim->run(f.m.vocab.encode("Once upon a time"), "collaborative", 4);
+  CHECK(r.error.empty());
+  CHECK(r.tokens.size() == 4);
+  CHECK(contains(error_of([&] { sim_fixture g({"model.path=" + stories_gguf(), "model.context=100000"}); }),
+                 "model.context = 100000 is past the model's context length"));
 }
