@@ -6,6 +6,10 @@
 //   ceco cloud --config config/sim.toml --set cloud.host=0.0.0.0
 //   ceco edge  --config config/sim.toml --set cloud.host=<cloud address>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <csignal>
 #include <iostream>
 #include <optional>
@@ -51,8 +55,30 @@ void print_stats(caf::actor_system& sys, const cloud_site& site, cloud_stats& la
   last = now;
 }
 
+/// cloud.host as the address to listen on: an IP address as it is, a name
+/// ("localhost", as edge and serve accept it) as the first address it
+/// resolves to.
+std::string listen_address(const std::string& host) {
+  in6_addr ip{};
+  if (host.empty() || ::inet_pton(AF_INET, host.c_str(), &ip) == 1 ||
+      ::inet_pton(AF_INET6, host.c_str(), &ip) == 1)
+    return host;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &found); rc != 0)
+    throw config_error(fmt::format("cloud.host '{}': not an IP address, and it does not resolve: {}",
+                                   host, ::gai_strerror(rc)));
+  char text[INET6_ADDRSTRLEN] = {};
+  ::getnameinfo(found->ai_addr, found->ai_addrlen, text, sizeof text, nullptr, 0, NI_NUMERICHOST);
+  ::freeaddrinfo(found);
+  return text;
+}
+
 void run_cloud(const cloud_args& a) {
   auto s = load_settings(a.config, a.sets);
+  s.cloud.host = listen_address(s.cloud.host);
   if (a.insecure)
     s.cloud.insecure = true;
   // Signals go to sigwait below, not to CAF's threads (spawned after this).
