@@ -16,6 +16,7 @@
 // session.ttl_s like any idle session.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -28,8 +29,10 @@ class cloud_gateway {
 public:
   /// Listens at once (throws std::runtime_error when it cannot). `secret`
   /// is the one the transport checks: a hello that reached the front proved it.
+  /// `log`, when set, hears each refused hello with the edge's address and why.
   cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
-                int max_sessions_per_connection);
+                int max_sessions_per_connection,
+                std::function<void(const std::string&)> log = {});
   ~cloud_gateway();
   cloud_gateway(const cloud_gateway&) = delete;
   cloud_gateway& operator=(const cloud_gateway&) = delete;

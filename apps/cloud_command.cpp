@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <csignal>
+#include <cstdio>
 #include <iostream>
 #include <optional>
 
@@ -97,11 +98,32 @@ void run_cloud(const cloud_args& a) {
   configure_deployment(cfg, s);
   caf::actor_system sys{cfg};
   auto options = cloud_server_options(s, wire_limits_of(m));
+  // Each refused edge on stderr, with its address and why: a wrong or missing
+  // secret, a plain edge of a TLS cloud, another model (the gateway's hello).
+  // Never throws: stderr may be a closed pipe (SIGPIPE is ignored), and this
+  // runs on the transport's thread and in the gateway actor.
+  auto log_refusal = [](const std::string& line) {
+    std::fputs(("ceco cloud: " + line + "\n").c_str(), stderr);
+    std::fflush(stderr);
+  };
+  const bool tls = s.cloud.tls;
+  options.on_refused = [log_refusal, tls](const std::string& peer, const wire::wire_error& why) {
+    std::string hint;
+    if (why.text.rfind("hello.", 0) == 0)
+      hint = " (an edge whose model is not this cloud's: another shape)";
+    else if (why.code == wire::wire_errc::auth_failed && why.text.rfind("TLS", 0) != 0)
+      hint = " (its cloud.secret is not this cloud's, or it has none)";
+    else if (tls && (why.code == wire::wire_errc::timed_out || why.text.rfind("TLS", 0) == 0))
+      hint = " (an edge without cloud.tls = true, or a certificate this cloud's "
+             "cloud.tls_ca_file did not sign)";
+    log_refusal(fmt::format("refused the connection from {}: {}: {}{}", peer,
+                            wire::to_string(why.code), why.text, hint));
+  };
   auto site = spawn_cloud_site(sys, s, m);
   std::unique_ptr<cloud_gateway> gateway;
   try {
     gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options),
-                                              s.session.max_sessions_per_connection);
+                                              s.session.max_sessions_per_connection, log_refusal);
   } catch (const std::exception& e) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,

@@ -10,6 +10,9 @@
 #include <thread>
 
 #include <csignal>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -267,6 +270,38 @@ void print_regime(regime_run& run, const std::vector<row>& measured) {
              here.empty() ? "" : "; ", here);
 }
 
+/// Whether host:port answers a TLS ClientHello as a TLS server does (a
+/// handshake record or an alert), within a second. A plain ceco cloud sends
+/// its challenge at once, so an edge whose handshake timed out asks this.
+bool speaks_tls(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0)
+    return false;
+  int sock = ::socket(found->ai_family, found->ai_socktype, found->ai_protocol);
+  bool tls = false;
+  if (sock >= 0 && ::connect(sock, found->ai_addr, found->ai_addrlen) == 0) {
+    // TLS 1.2 ClientHello: one cipher suite, no extensions.
+    std::vector<uint8_t> hello = {0x16, 0x03, 0x01, 0x00, 0x2d, 0x01, 0x00, 0x00, 0x29, 0x03, 0x03};
+    for (int i = 0; i < 32; ++i)
+      hello.push_back(uint8_t(i * 7 + 1));
+    for (uint8_t b : {0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00})
+      hello.push_back(b);
+    if (::send(sock, hello.data(), hello.size(), MSG_NOSIGNAL) == ssize_t(hello.size())) {
+      pollfd p{sock, POLLIN, 0};
+      uint8_t reply[2] = {};
+      if (::poll(&p, 1, 1000) == 1 && ::recv(sock, reply, 2, MSG_WAITALL) == 2)
+        tls = (reply[0] == 0x15 || reply[0] == 0x16) && reply[1] == 0x03;
+    }
+  }
+  if (sock >= 0)
+    ::close(sock);
+  ::freeaddrinfo(found);
+  return tls;
+}
+
 /// Connects to the cloud that `s` names, with doubling backoff, and checks
 /// the handshake; throws model_error when it cannot.
 cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site_model& m) {
@@ -278,6 +313,15 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
       return *remote;
     if (is(remote.error(), ceco_errc::handshake_failed))
       throw model_error(describe(remote.error()));
+    // A plain edge of a TLS cloud waits for a challenge that never comes:
+    // no retry helps.
+    if (is(remote.error(), ceco_errc::handshake_timeout) && !s.cloud.tls &&
+        speaks_tls(s.cloud.host, s.cloud.port))
+      throw model_error(fmt::format(
+        "the cloud at {}:{} speaks TLS (its cloud.tls = true) and this edge has cloud.tls = "
+        "false: both nodes must agree on cloud.tls; set cloud.tls = true with "
+        "cloud.tls_certificate, cloud.tls_key and cloud.tls_ca_file (deploy/make-tls-certs.sh)",
+        s.cloud.host, s.cloud.port));
     last_error = describe(remote.error());
     if (attempt < s.cloud.connect_tries) {
       const auto wait = policy.after(attempt - 1);

@@ -351,6 +351,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   std::atomic<bool> stopped{false};
   mutable std::mutex stats_mutex;
   server_stats counters;
+  std::unordered_map<connection_id, std::string> peers;  // under stats_mutex
 
   void count(int64_t server_stats::*field, int64_t delta = 1) {
     std::lock_guard<std::mutex> lock(stats_mutex);
@@ -363,10 +364,10 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
 class server::impl::connection : public channel {
  public:
-  connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s)
+  connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s, std::string peer)
       : channel(std::move(s), srv->tls_context, srv->opts.tls.enabled(), srv->opts.limits,
                 srv->opts.frame_timeout_ms, srv->opts.max_queued_frames),
-        srv_(std::move(srv)), id_(id) {}
+        srv_(std::move(srv)), id_(id), peer_(std::move(peer)) {}
 
   void start() {
     challenge_.server_nonce = random_nonce();
@@ -432,6 +433,15 @@ class server::impl::connection : public channel {
     else if (why.code != wire_errc::closed && why.code != wire_errc::io)
       srv_->count(&server_stats::bad_frames);
     srv_->count(&server_stats::open, -1);
+    {
+      std::lock_guard<std::mutex> lock(srv_->stats_mutex);
+      srv_->peers.erase(id_);
+    }
+    const bool peer_fault = !authenticated_ || (why.code != wire_errc::closed &&
+                                                why.code != wire_errc::io &&
+                                                why.code != wire_errc::timed_out);
+    if (peer_fault && srv_->opts.on_refused && !srv_->stopped)
+      srv_->opts.on_refused(peer_, why);
     auto self = srv_->connections.find(id_);
     if (self != srv_->connections.end())
       srv_->connections.erase(self);
@@ -442,6 +452,7 @@ class server::impl::connection : public channel {
  private:
   std::shared_ptr<server::impl> srv_;
   connection_id id_;
+  std::string peer_;
   auth_challenge challenge_;
   bool authenticated_ = false;
   int pending_ = 0;
@@ -467,7 +478,15 @@ void server::impl::accept_next() {
       s.close(ignored);
     } else {
       auto id = self->next_id++;
-      auto c = std::make_shared<connection>(self, id, std::move(s));
+      asio::error_code peer_ec;
+      auto ep = s.remote_endpoint(peer_ec);
+      std::string peer = peer_ec ? std::string("an unknown peer")
+                                 : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+      {
+        std::lock_guard<std::mutex> lock(self->stats_mutex);
+        self->peers[id] = peer;
+      }
+      auto c = std::make_shared<connection>(self, id, std::move(s), std::move(peer));
       self->connections.emplace(id, c);
       self->count(&server_stats::open);
       c->start();
@@ -544,6 +563,12 @@ void server::close(connection_id conn) {
     auto c = it->second;
     c->fail({wire_errc::closed, "closed by the server"});
   });
+}
+
+std::string server::peer(connection_id conn) const {
+  std::lock_guard<std::mutex> lock(impl_->stats_mutex);
+  auto it = impl_->peers.find(conn);
+  return it == impl_->peers.end() ? std::string() : it->second;
 }
 
 server_stats server::stats() const {

@@ -5,6 +5,7 @@
 #include "test/support.hpp"
 #include "test/ceco_process.hpp"
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -340,4 +341,64 @@ TEST_CASE("a generated start-of-text token prints as its text, not as nothing") 
   REQUIRE(r.status == 0);
   CHECK(contains(r.out, "a good friend.\"<s>Once upon a"));
   CHECK(contains(r.out, "  341  \"<s>\""));  // the exit trace's row
+}
+
+TEST_CASE("two nodes: the cloud logs each refused edge, and the edge is told why without retrying") {
+  ceco_process cloud("cloud --set cloud.port=0 --set cloud.secret=s3cret", true);
+  auto banner = cloud.line();
+  const int port = port_of(banner.substr(0, banner.find(" over ")));
+  REQUIRE_MESSAGE(port > 0, banner);
+  const std::string at = " --max-tokens 4 --set cloud.port=" + std::to_string(port);
+  auto no_secret = run_ceco_for("edge" + at, 60);
+  CHECK(no_secret.status == 1);
+  CHECK(contains(no_secret.out, "no cloud.secret set on this edge, and the cloud requires one"));
+  auto other_model = run_ceco_for("edge --set cloud.secret=s3cret --set model.path=" +
+                                  stories_gguf() + at, 60);
+  CHECK(other_model.status == 1);
+  CHECK(contains(other_model.out, "the cloud refuses this edge's hello: hello.n_layer"));
+  CHECK(contains(other_model.out, "the edge's model is not the cloud's"));
+  CHECK_FALSE(contains(other_model.out, "retrying"));
+  CHECK_FALSE(contains(other_model.out, "cannot reach"));
+  auto first = cloud.line();
+  auto second = cloud.line();
+  CHECK(contains(first, "ceco cloud: refused the connection from 127.0.0.1:"));
+  CHECK(contains(first, "did not prove the shared secret"));
+  CHECK(contains(second, "ceco cloud: refused the connection from 127.0.0.1:"));
+  CHECK(contains(second, "hello.n_layer"));
+  // An edge whose model passes the bounds but differs: the gateway's refusal.
+  ceco_process stories("cloud --set cloud.port=0 --set cloud.secret=s3cret --set model.path=" +
+                       stories_gguf(), true);
+  auto stories_banner = stories.line();
+  const int stories_port = port_of(stories_banner.substr(0, stories_banner.find(" over ")));
+  REQUIRE_MESSAGE(stories_port > 0, stories_banner);
+  auto smaller = run_ceco_for("edge --max-tokens 4 --set cloud.secret=s3cret --set cloud.port=" +
+                              std::to_string(stories_port), 60);
+  CHECK(smaller.status == 1);
+  CHECK(contains(smaller.out, "(different models)"));
+  CHECK_FALSE(contains(smaller.out, "retrying"));
+  auto refused = stories.line();
+  CHECK(contains(refused, "ceco cloud: refused the edge at 127.0.0.1:"));
+  CHECK(contains(refused, "(different models)"));
+}
+
+TEST_CASE("two nodes: a plain edge against a TLS cloud fails at once, saying so") {
+  temp_dir certs;
+  auto made = run_shell("sh " + std::string(CECO_SOURCE_DIR) + "/deploy/make-tls-certs.sh " +
+                        certs.path.string() + " 2>&1");
+  REQUIRE_MESSAGE(made.status == 0, made.out);
+  ceco_process cloud("cloud --set cloud.port=0 --set cloud.tls=true --set cloud.tls_certificate=" +
+                     certs.file("cloud.pem") + " --set cloud.tls_key=" + certs.file("cloud-key.pem") +
+                     " --set cloud.tls_ca_file=" + certs.file("ca.pem"), true);
+  auto banner = cloud.line();
+  const int port = port_of(banner.substr(0, banner.find(" over ")));
+  REQUIRE_MESSAGE(port > 0, banner);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto plain = run_ceco_for("edge --max-tokens 4 --set cloud.port=" + std::to_string(port), 60);
+  const double seconds =
+    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(plain.status == 1);
+  CHECK(contains(plain.out, "speaks TLS (its cloud.tls = true) and this edge has cloud.tls = false"));
+  CHECK_FALSE(contains(plain.out, "retrying"));
+  CHECK(seconds < 8);  // one handshake's timeout, not five tries with backoff (12 s)
+  CHECK(contains(cloud.line(), "ceco cloud: refused the connection from 127.0.0.1:"));
 }
