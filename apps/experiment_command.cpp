@@ -101,7 +101,9 @@ void run_experiment(const experiment_args& a) {
                models.size() > 1 ? fmt::format(" and {} more", models.size() - 1) : "");
     return;
   }
-  fs::create_directories(dir);
+  if (std::error_code ec; !fs::create_directories(dir, ec) && ec)
+    throw config_error(fmt::format("--out {}: cannot create the folder: {}", dir.string(),
+                                   ec.message()));
 
   // Resume: keep the valid lines of an earlier run with the same settings.
   json identity;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 #include <iostream>
@@ -115,6 +116,10 @@ int main(int argc, char** argv) {
     std::cerr << "ceco: fatal: " << e.what() << "\n";
     return ceco::app::fatal_failure_status;
   } catch (const ceco::model_error& e) {
+    std::cerr << "ceco: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A file or folder the command was given: the user's to fix, as a setting.
     std::cerr << "ceco: error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {

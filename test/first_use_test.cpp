@@ -87,6 +87,14 @@ TEST_CASE("every command exits 1 on a bad flag, a bad setting or a missing file"
   auto experiment = run_ceco("experiment /nonexistent/x.toml");
   CHECK(experiment.status == 1);
   CHECK(contains(experiment.out, "/nonexistent/x.toml"));
+  auto out = run_ceco("experiment " + std::string(CECO_SOURCE_DIR) +
+                      "/config/experiments/smoke.toml --out /proc/no-such/x");
+  CHECK(out.status == 1);
+  CHECK(contains(out.out, "--out /proc/no-such/x: cannot create the folder"));
+  auto heads = run_ceco("tune-exits --model " + stories_gguf() +
+                        " --steps 1 --self-generated 300 --out /nonexistent/dir/h.gguf");
+  CHECK(heads.status == 1);
+  CHECK(contains(heads.out, "/nonexistent/dir/h.gguf: cannot open for writing"));
   for (std::string cmd : {"generate", "bench", "tune-exits", "tokenize --text x"}) {
     CAPTURE(cmd);
     auto model = run_ceco(cmd + " --model /nonexistent/m.gguf");
