@@ -105,6 +105,9 @@ TEST_CASE("every command exits 1 on a bad flag, a bad setting or a missing file"
   auto edge = run_ceco_for("edge --set cloud.port=1 --set cloud.connect_tries=1 --max-tokens 2", 60);
   CHECK(edge.status == 1);
   CHECK(contains(edge.out, "cannot reach the cloud at 127.0.0.1:1"));
+  auto serve = run_ceco_for("serve --port 0 --set cloud.port=1 --set cloud.connect_tries=1", 60);
+  CHECK(serve.status == 1);
+  CHECK(contains(serve.out, "cannot reach the cloud at 127.0.0.1:1"));
   // Help and version are not errors.
   CHECK(run_ceco("--help").status == 0);
   CHECK(run_ceco("--version").status == 0);
