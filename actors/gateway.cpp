@@ -33,6 +33,7 @@ struct gateway_state {
   wire::session_owners owners;
   int max_sessions_per_connection = 0;
   std::unordered_map<wire::connection_id, int> opening;  // opens asked, not yet answered
+  std::function<void(const std::string&)> log;  // a refused hello, with the peer's address
   static inline const char* name = "gateway";
 };
 
@@ -136,9 +137,23 @@ void handle(self_ptr self, wire::connection_id conn, uint32_t rid, wire::message
   auto& st = self->state;
   if (auto* hello = std::get_if<hello_msg>(&msg)) {
     hello->secret = st.secret;  // the connection proved it in the transport's handshake
-    return ask_then<hello_msg>(self, conn, rid,
-                          [=](const hello_msg&) { self->state.greeted.insert(conn); },
-                          std::move(*hello));
+    std::string peer;
+    if (auto* server = st.server->load())
+      peer = server->peer(conn);
+    self->request(st.front, caf::infinite, std::move(*hello))
+      .then(
+        [=](hello_msg& r) {
+          self->state.greeted.insert(conn);
+          answer(self, conn, rid, reply_frame(std::move(r)));
+        },
+        [=](caf::error& err) {
+          if (self->state.log)
+            self->state.log(fmt::format("refused the edge at {}: {}",
+                                        peer.empty() ? "a closed connection" : peer,
+                                        describe(err)));
+          answer(self, conn, rid, reply_frame(err));
+        });
+    return;
   }
   if (!st.greeted.count(conn))
     return answer(self, conn, rid,
@@ -156,8 +171,10 @@ void handle(self_ptr self, wire::connection_id conn, uint32_t rid, wire::message
 
 caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
                          std::shared_ptr<std::atomic<wire::server*>> server,
-                         int max_sessions_per_connection) {
+                         int max_sessions_per_connection,
+                         std::function<void(const std::string&)> log) {
   self->state.front = std::move(front);
+  self->state.log = std::move(log);
   self->state.max_sessions_per_connection = max_sessions_per_connection;
   self->state.secret = std::move(secret);
   self->state.server = std::move(server);
@@ -194,11 +211,12 @@ caf::behavior gateway_fn(self_ptr self, cloud_api front, std::string secret,
 
 cloud_gateway::cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
                              int max_sessions_per_connection,
-                             std::shared_ptr<session_end_hook> session_ends)
+                             std::shared_ptr<session_end_hook> session_ends,
+                             std::function<void(const std::string&)> log)
   : sys_(sys), session_ends_(std::move(session_ends)),
     replies_(std::make_shared<std::atomic<wire::server*>>(nullptr)) {
   gateway_ = sys.spawn(gateway_fn, std::move(front), opts.secret, replies_,
-                       max_sessions_per_connection);
+                       max_sessions_per_connection, std::move(log));
   auto gw = gateway_;
   if (session_ends_)
     session_ends_->set([gw](uint64_t session) { caf::anon_send(gw, ended_atom::value, session); });

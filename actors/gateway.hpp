@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -34,10 +35,12 @@ public:
   /// Listens at once (throws std::runtime_error when it cannot). `secret`
   /// is the one the transport checks: a hello that reached the front proved it.
   /// `session_ends`: the cloud site's (cloud_site::session_ends), so that
-  /// expired sessions leave their connection's count.
+  /// expired sessions leave their connection's count. `log`, when set, hears
+  /// each refused hello with the edge's address and why.
   cloud_gateway(caf::actor_system& sys, cloud_api front, wire::server_options opts,
                 int max_sessions_per_connection,
-                std::shared_ptr<session_end_hook> session_ends = {});
+                std::shared_ptr<session_end_hook> session_ends = {},
+                std::function<void(const std::string&)> log = {});
   ~cloud_gateway();
   cloud_gateway(const cloud_gateway&) = delete;
   cloud_gateway& operator=(const cloud_gateway&) = delete;

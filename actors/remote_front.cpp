@@ -150,6 +150,7 @@ caf::expected<cloud_api> connect_remote_front(caf::actor_system& sys, wire::clie
                                               int timeout_ms) {
   const auto where = fmt::format("cloud at {}:{}", opts.host, opts.port);
   const bool tls = opts.tls.enabled();
+  const bool no_secret = opts.secret.empty();
   auto notice = std::make_shared<close_notice>();
   auto connected = wire::client::connect(
     std::move(opts), [notice](const wire::wire_error& why) {
@@ -157,6 +158,11 @@ caf::expected<cloud_api> connect_remote_front(caf::actor_system& sys, wire::clie
     });
   if (!wire::ok(connected)) {
     const auto& err = std::get<1>(connected);
+    if (err.code == wire::wire_errc::auth_failed && !tls && no_secret)
+      return make_error(ceco_errc::handshake_failed,
+                        fmt::format("{}: the cloud refuses this edge: no cloud.secret set on this "
+                                    "edge, and the cloud requires one (--set cloud.secret=...; the "
+                                    "shared-secret handshake failed: {})", where, err.text));
     if (err.code == wire::wire_errc::auth_failed && !tls)
       return make_error(ceco_errc::handshake_failed,
                         fmt::format("{}: the cloud refuses this edge: cloud.secret differs "
@@ -181,6 +187,17 @@ caf::expected<cloud_api> connect_remote_front(caf::actor_system& sys, wire::clie
   }
   std::shared_ptr<wire::client> client = std::move(std::get<0>(connected));
   auto answer = client->call(request_frame(hello), timeout_ms);
+  // The cloud closed the connection over the hello frame itself: it is
+  // outside the bounds of the cloud's model (layers, width, vocabulary).
+  const std::string closed_over = "the server closed the connection: ";
+  if (!wire::ok(answer) && std::get<1>(answer).code == wire::wire_errc::closed &&
+      std::get<1>(answer).text.rfind(closed_over, 0) == 0) {
+    client->close();
+    return make_error(ceco_errc::handshake_failed,
+                      fmt::format("{}: the cloud refuses this edge's hello: {} (the edge's model "
+                                  "is not the cloud's: another shape)",
+                                  where, std::get<1>(answer).text.substr(closed_over.size())));
+  }
   if (!wire::ok(answer) && std::get<1>(answer).code == wire::wire_errc::timed_out) {
     client->close();
     return make_error(ceco_errc::handshake_timeout,

@@ -1,6 +1,7 @@
 // ceco bench: prefill and decode speed of the forward pass, on a real
 // checkpoint or on seeded random weights of a named shape.
 
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -30,9 +31,13 @@ struct bench_args {
   std::string tokenizer;
   std::string shape;
   std::string type;  // --type of the random weights; empty: F32
-  int tokens = 256;
-  int prompt_tokens = 32;
-  int threads = 1;
+  // llama-bench's pp512 / tg128; where the model's context is shorter and
+  // neither is given, the prompt is shortened (then the decode) to fit.
+  int tokens = 128;
+  int prompt_tokens = 512;
+  bool tokens_given = false;
+  bool prompt_tokens_given = false;
+  int threads = 0;  // all cores, as generate
   uint64_t seed = 1;
   std::string device = "cpu";
   int sessions = 1;
@@ -118,7 +123,35 @@ std::pair<double, double> measure_sessions(const transformer& model, const bench
   return {alone, together};
 }
 
-void run_bench(const bench_args& a) {
+/// The defaults of --prompt-tokens and --tokens that were not given, made to
+/// fit a context of max_seq positions (prompt + decode + 1).
+void fit_defaults(bench_args& a, int max_seq) {
+  if (a.prompt_tokens + a.tokens < max_seq)
+    return;
+  if (!a.tokens_given)
+    a.tokens = std::max(1, std::min(a.tokens, (max_seq - 1) / 2));
+  if (!a.prompt_tokens_given)
+    a.prompt_tokens = std::max(1, std::min(a.prompt_tokens, max_seq - 1 - a.tokens));
+  if (!a.json && (!a.tokens_given || !a.prompt_tokens_given))
+    fmt::print(stderr, "bench: {} prompt and {} decoded tokens, to fit the model's context of {}\n",
+               a.prompt_tokens, a.tokens, max_seq);
+}
+
+/// The shape's name as shape_names() spells it ("260k" -> "260K").
+std::string shape_name(const std::string& given) {
+  auto lower = [](std::string x) {
+    for (auto& ch : x)
+      ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    return x;
+  };
+  std::string names = shape_names() + ", ";
+  for (size_t at = 0, end; (end = names.find(", ", at)) != std::string::npos; at = end + 2)
+    if (lower(names.substr(at, end - at)) == lower(given))
+      return names.substr(at, end - at);
+  return given;
+}
+
+void run_bench(bench_args a) {
   set_compute_threads(a.threads);
   auto device = parse_device(a.device);
   model_config cfg;
@@ -148,7 +181,7 @@ void run_bench(const bench_args& a) {
     auto t0 = bench_clock::now();
     weights = random_weights(cfg, a.seed, opts);
     build_s = seconds_since(t0);
-    source = fmt::format("random {} {}", a.shape, opts.type.name);
+    source = fmt::format("random {} {}", shape_name(a.shape), opts.type.name);
   } else {
     if (!a.type.empty())
       throw model_error(fmt::format(
@@ -158,6 +191,7 @@ void run_bench(const bench_args& a) {
     cfg = m.config;
     weights = std::move(m.weights);
     source = m.path;
+    fit_defaults(a, cfg.max_seq);
   }
   if (a.prompt_tokens + a.tokens >= cfg.max_seq)
     throw model_error(fmt::format(
@@ -280,11 +314,15 @@ void add_bench_command(CLI::App& app) {
                   "weight type of the --shape model (default F32): " + quant::file_type_names() +
                     " (case-blind); the _S/_M/_L mixes and Q2_K assign types per matrix as llama-quantize "
                     "does");
-  cmd->add_option("--tokens", a->tokens, "tokens to decode")->capture_default_str()
-    ->check(CLI::PositiveNumber);
-  cmd->add_option("--prompt-tokens", a->prompt_tokens, "prompt length for the prefill")
+  auto* tokens = cmd->add_option("--tokens", a->tokens,
+                                 "tokens to decode (llama-bench's tg128; unless given, fewer "
+                                 "where the model's context is shorter)")
     ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores")
+  auto* prompt_tokens = cmd->add_option("--prompt-tokens", a->prompt_tokens,
+                                        "prompt length for the prefill (llama-bench's pp512; "
+                                        "unless given, shortened to fit the model's context)")
+    ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores (as generate)")
     ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", a->seed, "seed of the random weights and prompt")
     ->capture_default_str();
@@ -294,7 +332,11 @@ void add_bench_command(CLI::App& app) {
     ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_flag("--json", a->json, "print one JSON object (decode_tokens_per_s, ...)");
-  cmd->callback([a] { run_bench(*a); });
+  cmd->callback([a, tokens, prompt_tokens] {
+    a->tokens_given = tokens->count() > 0;
+    a->prompt_tokens_given = prompt_tokens->count() > 0;
+    run_bench(*a);
+  });
 }
 
 } // namespace ceco::app

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "model/tokenizer.hpp"
+
 namespace ceco::app {
 
 namespace {
@@ -113,6 +115,28 @@ std::string render_chat(chat_format f, const std::vector<chat_message>& messages
       return out + "Assistant:";
   }
   return out;
+}
+
+std::vector<std::string> missing_chat_markers(chat_format f, const tokenizer& vocab) {
+  std::vector<std::string> markers;
+  switch (f) {
+    case chat_format::chatml: markers = {"<|im_start|>", "<|im_end|>"}; break;
+    case chat_format::llama3:
+      markers = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+      break;
+    case chat_format::llama2:
+    case chat_format::zephyr: markers = {"</s>"}; break;
+    case chat_format::plain: break;
+  }
+  std::vector<std::string> missing;
+  for (auto& marker : markers) {
+    auto ids = vocab.encode(marker, false, true);
+    const bool special = ids.size() == 1 && (vocab.kind(ids[0]) == token_kind::control ||
+                                             vocab.kind(ids[0]) == token_kind::user_defined);
+    if (!special)
+      missing.push_back(marker);
+  }
+  return missing;
 }
 
 std::vector<std::string> chat_stop_strings(chat_format f) {

@@ -15,6 +15,10 @@
 #include <string_view>
 #include <vector>
 
+namespace ceco {
+class tokenizer;
+}
+
 namespace ceco::app {
 
 struct chat_message {
@@ -37,6 +41,11 @@ std::optional<chat_format> recognise_chat_template(std::string_view jinja);
 /// The prompt text of `messages`, ending where the assistant's reply starts.
 /// Special markers are text here; encode it with special tokens parsed.
 std::string render_chat(chat_format f, const std::vector<chat_message>& messages);
+
+/// The markers of `f` that its models hold as special tokens (chatml's
+/// "<|im_start|>", llama-3's "<|eot_id|>", "</s>") which `vocab` lacks as
+/// one special token each: with them the template turns into plain text.
+std::vector<std::string> missing_chat_markers(chat_format f, const tokenizer& vocab);
 
 /// Text that ends the assistant's turn in `f` (besides the model's EOS).
 std::vector<std::string> chat_stop_strings(chat_format f);

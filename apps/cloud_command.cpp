@@ -6,7 +6,12 @@
 //   ceco cloud --config config/sim.toml --set cloud.host=0.0.0.0
 //   ceco edge  --config config/sim.toml --set cloud.host=<cloud address>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <csignal>
+#include <cstdio>
 #include <iostream>
 #include <optional>
 
@@ -51,8 +56,30 @@ void print_stats(caf::actor_system& sys, const cloud_site& site, cloud_stats& la
   last = now;
 }
 
+/// cloud.host as the address to listen on: an IP address as it is, a name
+/// ("localhost", as edge and serve accept it) as the first address it
+/// resolves to.
+std::string listen_address(const std::string& host) {
+  in6_addr ip{};
+  if (host.empty() || ::inet_pton(AF_INET, host.c_str(), &ip) == 1 ||
+      ::inet_pton(AF_INET6, host.c_str(), &ip) == 1)
+    return host;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &found); rc != 0)
+    throw config_error(fmt::format("cloud.host '{}': not an IP address, and it does not resolve: {}",
+                                   host, ::gai_strerror(rc)));
+  char text[INET6_ADDRSTRLEN] = {};
+  ::getnameinfo(found->ai_addr, found->ai_addrlen, text, sizeof text, nullptr, 0, NI_NUMERICHOST);
+  ::freeaddrinfo(found);
+  return text;
+}
+
 void run_cloud(const cloud_args& a) {
   auto s = load_settings(a.config, a.sets);
+  s.cloud.host = listen_address(s.cloud.host);
   if (a.insecure)
     s.cloud.insecure = true;
   // Signals go to sigwait below, not to CAF's threads (spawned after this).
@@ -71,12 +98,33 @@ void run_cloud(const cloud_args& a) {
   configure_deployment(cfg, s);
   caf::actor_system sys{cfg};
   auto options = cloud_server_options(s, wire_limits_of(m));
+  // Each refused edge on stderr, with its address and why: a wrong or missing
+  // secret, a plain edge of a TLS cloud, another model (the gateway's hello).
+  // Never throws: stderr may be a closed pipe (SIGPIPE is ignored), and this
+  // runs on the transport's thread and in the gateway actor.
+  auto log_refusal = [](const std::string& line) {
+    std::fputs(("ceco cloud: " + line + "\n").c_str(), stderr);
+    std::fflush(stderr);
+  };
+  const bool tls = s.cloud.tls;
+  options.on_refused = [log_refusal, tls](const std::string& peer, const wire::wire_error& why) {
+    std::string hint;
+    if (why.text.rfind("hello.", 0) == 0)
+      hint = " (an edge whose model is not this cloud's: another shape)";
+    else if (why.code == wire::wire_errc::auth_failed && why.text.rfind("TLS", 0) != 0)
+      hint = " (its cloud.secret is not this cloud's, or it has none)";
+    else if (tls && (why.code == wire::wire_errc::timed_out || why.text.rfind("TLS", 0) == 0))
+      hint = " (an edge without cloud.tls = true, or a certificate this cloud's "
+             "cloud.tls_ca_file did not sign)";
+    log_refusal(fmt::format("refused the connection from {}: {}: {}{}", peer,
+                            wire::to_string(why.code), why.text, hint));
+  };
   auto site = spawn_cloud_site(sys, s, m);
   std::unique_ptr<cloud_gateway> gateway;
   try {
     gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options),
                                               s.session.max_sessions_per_connection,
-                                              site.session_ends);
+                                              site.session_ends, log_refusal);
   } catch (const std::exception& e) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,

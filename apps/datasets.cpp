@@ -210,10 +210,15 @@ std::vector<dataset_sample> load_dataset(const std::string& path, const std::str
   for (size_t i = 0; i < order.size(); ++i)
     order[i] = i;
   std::shuffle(order.begin(), order.end(), std::mt19937_64(seed));
-  order.resize(std::min(order.size(), size_t(samples)));
   std::vector<dataset_sample> out;
+  // A record whose prompt does not fit even without its passage is passed
+  // over for the next one of the shuffle.
+  std::string too_long;
   for (auto i : order) {
+    if (out.size() >= size_t(samples))
+      break;
     auto& r = records[i];
+    bool fits = true;
     std::string passage = r.passage;
     std::string prompt = r.before + passage + r.after;
     // Shorten the passage until the prompt fits (BOS included).
@@ -222,10 +227,12 @@ std::vector<dataset_sample> load_dataset(const std::string& path, const std::str
       if (passage.empty() || cut == std::string::npos || cut == 0) {
         passage.clear();
         prompt = r.before + r.after;
-        if (int(vocab.encode(prompt).size()) > max_prompt_tokens)
-          throw config_error(fmt::format(
-            "{}: record {}: even without its passage the prompt exceeds {} tokens", path,
-            r.index, max_prompt_tokens));
+        if (int(vocab.encode(prompt).size()) > max_prompt_tokens) {
+          fits = false;
+          if (too_long.empty())
+            too_long = fmt::format("{}: record {}: even without its passage the prompt exceeds "
+                                   "{} tokens", path, r.index, max_prompt_tokens);
+        }
         break;
       }
       // Drop about a tenth of what is left at once: long documents converge fast.
@@ -234,8 +241,11 @@ std::vector<dataset_sample> load_dataset(const std::string& path, const std::str
       passage = passage.substr(0, space == std::string::npos ? keep : space);
       prompt = r.before + passage + r.after;
     }
-    out.push_back({r.index, prompt, r.reference});
+    if (fits)
+      out.push_back({r.index, prompt, r.reference});
   }
+  if (out.empty() && !too_long.empty())
+    throw config_error(too_long + ", as every record does");
   return out;
 }
 

@@ -31,7 +31,8 @@ struct dataset_sample {
 std::string detect_format(const std::string& path, const std::string& format);
 
 /// `samples` records drawn by a seeded shuffle; prompts fit in
-/// `max_prompt_tokens` tokens of `vocab`.
+/// `max_prompt_tokens` tokens of `vocab` (a passage is shortened; a record
+/// too long without it is passed over for the next of the shuffle).
 std::vector<dataset_sample> load_dataset(const std::string& path, const std::string& format,
                                          int samples, uint64_t seed, const tokenizer& vocab,
                                          int max_prompt_tokens);

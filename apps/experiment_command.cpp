@@ -43,6 +43,7 @@ struct experiment_args {
   std::string out;
   std::vector<std::string> sets;
   bool plots = true;
+  bool check = false;  // --check: validate every combination, run nothing
 };
 
 std::string duration_text(double seconds) {
@@ -66,7 +67,6 @@ void run_experiment(const experiment_args& a) {
                                                           ? fs::path(a.file).stem().string()
                                                           : base.experiment.name)
                                : fs::path(a.out);
-  fs::create_directories(dir);
 
   // Load and check every combination's model before running anything.
   std::map<std::string, std::shared_ptr<site_model>> models;
@@ -93,6 +93,17 @@ void run_experiment(const experiment_args& a) {
     samples = load_dataset(base.experiment.dataset, base.experiment.format, base.experiment.samples,
                            uint64_t(base.experiment.seed), first.vocab,
                            cfg.max_seq - base.generation.max_tokens - 1);
+  if (a.check) {
+    fmt::print("{}: {} combination(s) x {} repetition(s) x {} sample(s) x {} strategies valid "
+               "(model {}{})\n",
+               a.file, combos.size(), base.experiment.repetitions, samples.size(),
+               strategies.size(), first.path,
+               models.size() > 1 ? fmt::format(" and {} more", models.size() - 1) : "");
+    return;
+  }
+  if (std::error_code ec; !fs::create_directories(dir, ec) && ec)
+    throw config_error(fmt::format("--out {}: cannot create the folder: {}", dir.string(),
+                                   ec.message()));
 
   // Resume: keep the valid lines of an earlier run with the same settings.
   json identity;
@@ -250,6 +261,9 @@ void add_experiment_command(CLI::App& app) {
   cmd->add_option("--set", a->sets, "override one setting, e.g. --set experiment.samples=5")
     ->take_all()->allow_extra_args(false);
   cmd->add_flag("!--no-plots", a->plots, "skip the gnuplot plots");
+  cmd->add_flag("--check", a->check,
+                "check the file: settings, every combination against its model, the dataset; "
+                "run nothing and write nothing");
   cmd->callback([a] { run_experiment(*a); });
 }
 

@@ -1,8 +1,11 @@
 // ceco generate: the whole model on one node, streaming its text, optionally
 // tracing what each early exit would have emitted at a threshold.
 
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +25,7 @@ struct generate_args {
   std::string model;
   std::string tokenizer;
   std::string prompt = "And God said";
+  std::string prompt_file;  // --prompt-file: the prompt from a file, "-" = stdin
   int max_tokens = 128;
   float temperature = 0.0f;
   float top_p = 1.0f;
@@ -36,6 +40,38 @@ struct generate_args {
   bool json = false;
 };
 
+/// The text of `token` after `prev` as it is shown: a control token other
+/// than the end of text (a generated start-of-text, say) as its own text
+/// ("<s>"), where decoding would show nothing.
+std::string visible_piece(const tokenizer& vocab, int32_t prev, int32_t token) {
+  auto piece = vocab.decode_piece(prev, token);
+  if (piece.empty() && token >= 0 && token < vocab.vocab_size() && token != vocab.eos() &&
+      vocab.kind(token) == token_kind::control)
+    return vocab.token_text(token);
+  return piece;
+}
+
+/// The whole of a file, or of stdin for "-", less one final line break.
+std::string read_prompt_file(const std::string& path) {
+  std::string text;
+  if (path == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin), {});
+  } else {
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+      throw model_error(fmt::format("--prompt-file {}: cannot open", path));
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  if (!text.empty() && text.back() == '\n')
+    text.pop_back();
+  if (!text.empty() && text.back() == '\r')
+    text.pop_back();
+  if (text.empty())
+    throw model_error(fmt::format("--prompt-file {}: empty, expected the prompt's text",
+                                  path == "-" ? std::string("- (stdin)") : path));
+  return text;
+}
+
 void print_exit_report(const generation_result& r, const exit_heads& heads,
                        const generate_args& a, const tokenizer& vocab) {
   auto layers = heads.layers();
@@ -46,7 +82,7 @@ void print_exit_report(const generation_result& r, const exit_heads& heads,
   fmt::print(stderr, "{}\n", header);
   for (size_t i = 0; i < r.exit_trace.size(); ++i) {
     const auto& s = r.exit_trace[i];
-    auto text = vocab.decode_piece(-1, r.tokens[i]);
+    auto text = visible_piece(vocab, -1, r.tokens[i]);
     for (auto& ch : text)
       if (ch == '\n') ch = ' ';
     std::string line = fmt::format("{:>5}  {:<14} {:>5}  {:>6}", i, fmt::format("{:?}", text).substr(0, 14),
@@ -77,7 +113,9 @@ void print_exit_report(const generation_result& r, const exit_heads& heads,
              total_exited ? 100.0 * double(total_agree) / double(total_exited) : 0.0);
 }
 
-void run_generate(const generate_args& a) {
+void run_generate(generate_args a) {
+  if (!a.prompt_file.empty())
+    a.prompt = read_prompt_file(a.prompt_file);
   set_compute_threads(a.threads);
   auto device = parse_device(a.device);
   auto m = load_model(a.model.empty() ? default_model_path() : a.model, a.tokenizer);
@@ -103,6 +141,17 @@ void run_generate(const generate_args& a) {
   opts.min_exit_layer = a.min_exit_layer;
 
   auto prompt = m.vocab.encode(a.prompt, true);
+  {
+    // Warm-up, so that the prefill speed is the prefill's: the first pass
+    // faults the weights in and starts the threads. A few prompt tokens and
+    // one decoded token, untimed.
+    generation_options warm;
+    warm.max_tokens = 1;
+    warm.stop_at_eos = false;
+    std::vector<int32_t> head(prompt.begin(),
+                              prompt.begin() + std::min<std::ptrdiff_t>(8, std::ptrdiff_t(prompt.size())));
+    generate(model, head, warm);
+  }
   int32_t prev = prompt.back();
   if (!a.json) {
     fmt::print("{}", a.prompt);
@@ -110,7 +159,7 @@ void run_generate(const generate_args& a) {
   }
   auto on_token = [&](int32_t t) {
     if (!a.json) {
-      fmt::print("{}", m.vocab.decode_piece(prev, t));
+      fmt::print("{}", visible_piece(m.vocab, prev, t));
       std::fflush(stdout);
     }
     prev = t;
@@ -173,7 +222,11 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer,
                   "llama2.c tokenizer.bin for a .bin model (default: tok<vocab>.bin or "
                   "tokenizer.bin beside it)");
-  cmd->add_option("--prompt", a->prompt, "text to continue")->capture_default_str();
+  auto* prompt = cmd->add_option("--prompt", a->prompt, "text to continue")->capture_default_str();
+  cmd->add_option("--prompt-file", a->prompt_file,
+                  "read the prompt from this file (all of it, less a final line break); - reads "
+                  "it from stdin")
+    ->excludes(prompt);
   cmd->add_option("--max-tokens", a->max_tokens, "most tokens to generate")
     ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--temperature", a->temperature, "sampling temperature; 0 = greedy")

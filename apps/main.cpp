@@ -8,7 +8,12 @@
 //   ceco quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M
 //   ceco <command> --help
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -33,6 +38,53 @@ std::string default_exit_heads_path() {
 
 } // namespace ceco::app
 
+namespace {
+
+/// Edit distance of two words (insertions, deletions, substitutions).
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+/// The first argument when it is meant as a command but names none: a
+/// message with the nearest command, else "".
+std::string unknown_command(const CLI::App& app, int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-' || argv[1][0] == '\0')
+    return {};
+  const std::string word = argv[1];
+  std::vector<std::string> names;
+  for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    names.push_back(sub->get_name());
+  if (std::find(names.begin(), names.end(), word) != names.end())
+    return {};
+  std::string best;
+  size_t best_distance = 0;
+  for (const auto& n : names) {
+    size_t d = edit_distance(word, n);
+    if (best.empty() || d < best_distance)
+      best = n, best_distance = d;
+  }
+  std::string all;
+  for (const auto& n : names)
+    all += (all.empty() ? "" : ", ") + n;
+  if (!best.empty() && best_distance <= std::max<size_t>(2, word.size() / 3))
+    return fmt::format("unknown command '{}'; did you mean '{}'? (commands: {})", word, best, all);
+  return fmt::format("unknown command '{}' (commands: {})", word, all);
+}
+
+} // namespace
+
 int main(int argc, char** argv) {
   ceco::use_fast_blas_kernels(argv);
   CLI::App app{"ceco " CECO_VERSION ": cloud-edge collaborative inference of early-exit LLaMA models"};
@@ -50,14 +102,24 @@ int main(int argc, char** argv) {
   ceco::app::add_train_command(app);
   ceco::app::add_tokenize_command(app);
   ceco::app::add_quantize_command(app);
+  if (auto message = unknown_command(app, argc, argv); !message.empty()) {
+    std::cerr << "ceco: error: " << message << "\n";
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every error in the flags exits 1, as an
+    // error in the settings does (CLI11's own codes are 100 and up).
+    return app.exit(e) == 0 ? 0 : 1;
   } catch (const ceco::app::fatal_failure& e) {
     std::cerr << "ceco: fatal: " << e.what() << "\n";
     return ceco::app::fatal_failure_status;
   } catch (const ceco::model_error& e) {
+    std::cerr << "ceco: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A file or folder the command was given: the user's to fix, as a setting.
     std::cerr << "ceco: error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {

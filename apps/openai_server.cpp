@@ -1,6 +1,8 @@
 #include "apps/openai_server.hpp"
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -8,6 +10,9 @@
 #include <random>
 
 #include <malloc.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <httplib.h>
 #include <fmt/format.h>
@@ -534,7 +539,8 @@ struct openai_server::impl {
                                  {"cloud", local ? "local" : epoch >= 0 ? "up" : "down"},
                                  {"in_flight", in_flight.load()},
                                  {"max_concurrent", o.max_concurrent},
-                                 {"chat_template", to_string(chat)}}),
+                                 {"chat_template", to_string(chat)},
+                                 {"link_delay", describe_link_delay(s)}}),
                       "application/json");
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -566,8 +572,12 @@ struct openai_server::impl {
       });
     // The library listens with a backlog of 5: a burst of clients would wait
     // a second for a SYN retransmit. Keep the socket to listen again, longer.
+    // SO_REUSEADDR only: the library's default adds SO_REUSEPORT, with which
+    // a second server on the same port starts and the kernel splits the
+    // requests between the two.
     http.set_socket_options([this](socket_t sock) {
-      httplib::default_socket_options(sock);
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
       listen_socket = sock;
     });
   }
@@ -582,12 +592,45 @@ openai_server::openai_server(caf::actor_system& sys, deployment& edge, const set
 
 openai_server::~openai_server() = default;
 
+namespace {
+
+/// Why binding host:port fails, found by trying it as the server does.
+std::string bind_failure(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found); rc != 0)
+    return fmt::format("cannot resolve '{}': {}", host, ::gai_strerror(rc));
+  std::string why = "unknown reason";
+  for (auto* ai = found; ai; ai = ai->ai_next) {
+    int sock = ::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (sock < 0) {
+      why = std::strerror(errno);
+      continue;
+    }
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    if (::bind(sock, ai->ai_addr, ai->ai_addrlen) != 0)
+      why = std::strerror(errno);
+    else if (::listen(sock, 1) != 0)
+      why = std::strerror(errno);
+    ::close(sock);
+  }
+  ::freeaddrinfo(found);
+  return why;
+}
+
+} // namespace
+
 int openai_server::bind() {
   const auto& o = impl_->o;
   int port = o.port == 0 ? impl_->http.bind_to_any_port(o.host)
                          : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
   if (port <= 0)
-    throw config_error(fmt::format("serve: cannot listen on {}:{}", o.host, o.port));
+    throw config_error(fmt::format("serve: cannot listen on {}:{}: {}", o.host, o.port,
+                                   bind_failure(o.host, o.port)));
   if (impl_->listen_socket != INVALID_SOCKET)
     ::listen(impl_->listen_socket, 1024);  // Linux takes the new backlog
   return port;

@@ -1,8 +1,22 @@
 #include "apps/report.hpp"
 
+#include <fmt/format.h>
+
 #include "model/metrics.hpp"
 
 namespace ceco::app {
+
+std::string describe_link_delay(const settings& s) {
+  const auto& l = s.link;
+  if (l.latency_ms <= 0 && l.bandwidth_mbps <= 0 && l.jitter_ms <= 0)
+    return "no simulated delay";
+  std::string out = fmt::format("simulated {:g} ms one way", l.latency_ms);
+  if (l.bandwidth_mbps > 0)
+    out += fmt::format(", {:g} Mbit/s", l.bandwidth_mbps);
+  if (l.jitter_ms > 0)
+    out += fmt::format(", up to {:g} ms jitter", l.jitter_ms);
+  return out + " (link.*)";
+}
 
 int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
                          int64_t dtype_bytes) {

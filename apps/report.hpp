@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/messages.hpp"
+#include "config/settings.hpp"
 
 namespace ceco::app {
 
@@ -25,5 +26,10 @@ nlohmann::json report_json(const response_report& r, const std::string& prompt,
 /// Adds agreement_with_cloud and rouge_l_with_cloud.
 void add_cloud_agreement(nlohmann::json& j, const std::vector<int32_t>& tokens,
                          const std::vector<int32_t>& cloud_tokens);
+
+/// The delay the link simulates on top of the network, for the start line
+/// and /health of `ceco serve`: "none simulated", or "simulated 5 ms one way,
+/// 30 Mbit/s" (with jitter where set).
+std::string describe_link_delay(const settings& s);
 
 } // namespace ceco::app

@@ -19,6 +19,7 @@
 #include "actors/network.hpp"
 #include "apps/commands.hpp"
 #include "apps/openai_server.hpp"
+#include "apps/report.hpp"
 #include "apps/sessions.hpp"
 #include "model/transformer.hpp"
 
@@ -34,7 +35,9 @@ struct serve_args {
 };
 
 void run_serve(const serve_args& a) {
-  auto s = load_settings(a.config, a.sets);
+  // A server answers people: its link adds no simulated delay, against a
+  // real cloud or one in this process, unless the file or --set asks.
+  auto s = load_settings(a.config, a.sets, real_network_defaults());
   if (!parse_strategy(s.policy.mode))
     throw config_error(fmt::format("policy.mode '{}' is not a mode ceco serve can run",
                                    s.policy.mode));
@@ -51,6 +54,16 @@ void run_serve(const serve_args& a) {
   auto m = load_site_model(s, default_model_path(), default_exit_heads_path());
   std::string why;
   const auto chat = choose_chat_format(a.server, m.vocab, why);
+  if (auto missing = missing_chat_markers(chat, m.vocab); !missing.empty()) {
+    std::string list;
+    for (auto& x : missing)
+      list += (list.empty() ? "" : ", ") + x;
+    fmt::print(stderr, "ceco serve: WARNING: chat template {}: {} {} of the model's vocabulary; "
+                       "the template becomes plain text the model was not tuned on "
+                       "(--chat-template plain, or a model of that family)\n",
+               to_string(chat), list,
+               missing.size() == 1 ? "is not a special token" : "are not special tokens");
+  }
   caf::actor_system_config cfg;
   if (a.local_cloud)
     configure_actor_system(cfg, s.runtime.threads);
@@ -67,11 +80,11 @@ void run_serve(const serve_args& a) {
   // The port ends the first line: scripts read it after the last ':'.
   fmt::print("ceco serve: listening on {}:{}\n", a.server.host, port);
   fmt::print("ceco serve: model '{}' ({}), mode {}, cloud {}, chat template {} ({}), at most {} "
-             "completions at once\n",
+             "completions at once, link: {}\n",
              server.model_id(), m.path, s.policy.mode,
              a.local_cloud ? std::string("in this process")
                            : fmt::format("{}:{}", s.cloud.host, s.cloud.port),
-             to_string(chat), why, a.server.max_concurrent);
+             to_string(chat), why, a.server.max_concurrent, describe_link_delay(s));
   std::cout.flush();
   std::thread http([&] { server.run(); });
   int sig = 0;

@@ -1,10 +1,20 @@
 #include "apps/sessions.hpp"
 
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <thread>
+
+#include <csignal>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -80,10 +90,14 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
     }
     if (n == 0)
       continue;
+    // Means per response, as every other column (a whole number prints as one).
     std::string per_exit;
     for (auto& [k, v] : exits)
-      if (v > 0)
-        per_exit += fmt::format("{}:{:.0f} ", k, v);
+      if (v > 0) {
+        const double mean = v / n;
+        per_exit += mean == std::floor(mean) ? fmt::format("{}:{:.0f} ", k, mean)
+                                             : fmt::format("{}:{:.1f} ", k, mean);
+      }
     fmt::print("{:<14} {:>7.1f} {:>8.1f}% {:>11.0f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} "
                "{:>8.2f} {:>8.3f} {:>8.1f} {:>8}  {}\n",
                mode, tokens / n, tokens > 0 ? 100.0 * cloud / tokens : 0.0, up / n, down / n,
@@ -92,8 +106,200 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
   }
   fmt::print("(means per response over {} response(s) per mode; ttft = time to first token, "
              "itl p50 = median time between tokens, rollback = drafts the cloud corrected; agree = "
-             "token agreement with the cloud strategy)\n",
+             "token agreement with the cloud strategy; tokens per exit = mean tokens per response "
+             "from each exit layer and from the cloud)\n",
              rows.size() / std::max<size_t>(1, modes.size()));
+}
+
+/// `ceco sim --mode all` also runs the six strategies in the paper's regime:
+/// device profile paper-a100 (a 7B model on A100s, about 37 ms per cloud
+/// token) on virtual time over the paper's link, split 2 with its exit, as
+/// config/experiments/paper-table1.toml. The clock is the process's, so it
+/// runs in a forked process beside the measured run (which mostly waits on
+/// its link), and its JSON lines are read at the end.
+const std::vector<std::string> paper_regime = {
+  "compute.mode=profile", "compute.profile=paper-a100", "compute.clock=virtual",
+  "link.profile=paper",   "split.layer=2",              "model.exits=2"};
+
+struct regime_run {
+  pid_t pid = -1;
+  int out = -1;
+
+  /// Forked before this process starts threads or loads a model: the child
+  /// skips libtorch's start-up, and its virtual clock is its own.
+  explicit regime_run(const session_args& a) {
+    int fds[2];
+    if (::pipe(fds) != 0)
+      return;
+    std::cout.flush();
+    std::fflush(nullptr);
+    pid = ::fork();
+    if (pid == 0) {
+      ::close(fds[0]);
+      ::dup2(fds[1], 1);
+      ::dup2(fds[1], 2);
+      ::close(fds[1]);
+      int status = 0;
+      try {
+        session_args c = a;
+        c.mode = "all";
+        c.json = true;
+        c.regime = false;
+        c.sessions = 1;
+        c.print_config = false;
+        c.sets.insert(c.sets.end(), paper_regime.begin(), paper_regime.end());
+        run_sessions(c);
+      } catch (const std::exception& e) {
+        std::cerr << e.what() << "\n";
+        status = 1;
+      }
+      std::cout.flush();
+      std::cerr.flush();
+      std::fflush(nullptr);
+      ::_exit(status);
+    }
+    ::close(fds[1]);
+    if (pid < 0)
+      ::close(fds[0]);
+    else
+      out = fds[0];
+  }
+  regime_run(const regime_run&) = delete;
+  regime_run& operator=(const regime_run&) = delete;
+
+  /// Everything it printed, and whether it exited 0.
+  std::pair<std::string, bool> finish() {
+    std::string text;
+    if (out >= 0) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::read(out, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+        if (n > 0)
+          text.append(buf, size_t(n));
+      ::close(out);
+      out = -1;
+    }
+    int status = 0;
+    bool ok = pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0;
+    pid = -1;
+    return {text, ok};
+  }
+  ~regime_run() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    if (out >= 0)
+      ::close(out);
+  }
+};
+
+/// The paper-regime table under the measured one, and when collaboration pays.
+void print_regime(regime_run& run, const std::vector<row>& measured) {
+  auto [text, ok] = run.finish();
+  std::map<std::string, std::vector<nlohmann::json>> by_mode;
+  std::vector<std::string> order;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("mode"))
+      continue;
+    std::string mode = j["mode"];
+    if (!by_mode.count(mode))
+      order.push_back(mode);
+    by_mode[mode].push_back(std::move(j));
+  }
+  if (!ok || order.empty()) {
+    auto last = text.substr(text.rfind('\n', text.size() > 1 ? text.size() - 2 : 0) + 1);
+    fmt::print("\n(the paper-regime table could not run: {})\n",
+               last.empty() ? "no output" : last.substr(0, last.find('\n')));
+    return;
+  }
+  auto mean = [&](const std::string& mode, const char* key) {
+    double sum = 0;
+    for (auto& j : by_mode[mode])
+      sum += std::string(key) == "cloud_tokens" ? j["exits"].value("cloud", 0.0) : j.value(key, 0.0);
+    return sum / double(std::max<size_t>(1, by_mode[mode].size()));
+  };
+  fmt::print("\nThe same strategies in the paper's regime (NOT measured: device profile paper-a100, "
+             "a 7B model on A100s, on virtual time; the paper's 3 ms / 30 Mbit/s link; split 2 "
+             "with its exit; tokens and bytes are real):\n");
+  fmt::print("{:<14} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}\n", "mode", "cloud req",
+             "bytes up", "edge ms", "cloud ms", "comm ms", "total ms", "vs cloud");
+  const double cloud_total = by_mode.count("cloud") ? mean("cloud", "total_ms") : 0.0;
+  std::string best;
+  double best_total = 0;
+  for (auto& mode : order) {
+    const double tokens = mean(mode, "n_generated");
+    const double total = mean(mode, "total_ms");
+    // The strategies that keep the cloud's quality (standalone does not).
+    const bool collaborative = mode == "collaborative" || mode == "speculative" || mode == "exact";
+    if (collaborative && (best.empty() || total < best_total))
+      best = mode, best_total = total;
+    fmt::print("{:<14} {:>8.1f}% {:>11.0f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9}\n", mode,
+               tokens > 0 ? 100.0 * mean(mode, "cloud_tokens") / tokens : 0.0,
+               mean(mode, "bytes_up"), mean(mode, "edge_ms"), mean(mode, "cloud_ms"),
+               mean(mode, "comm_ms"), total,
+               cloud_total > 0 ? fmt::format("{:.2f}x", total / cloud_total) : "-");
+  }
+  // Measured on this host: the fastest strategy against the cloud's.
+  double measured_cloud = -1, measured_best = -1;
+  std::string measured_name;
+  for (auto& r : measured) {
+    const double t = double(r.report->total_us) / 1000.0;
+    if (r.report->mode == "cloud")
+      measured_cloud = measured_cloud < 0 ? t : std::min(measured_cloud, t);
+    else if ((r.report->mode == "collaborative" || r.report->mode == "speculative" ||
+              r.report->mode == "exact") && (measured_best < 0 || t < measured_best))
+      measured_best = t, measured_name = r.report->mode;
+  }
+  std::string here;
+  if (measured_cloud > 0 && measured_best > 0)
+    here = measured_best < measured_cloud
+             ? fmt::format("here too {} beat the cloud ({:.0f} against {:.0f} ms)", measured_name,
+                           measured_best, measured_cloud)
+             : fmt::format("on this host the model's compute is tiny next to a round trip, so "
+                           "the cloud strategy wins ({:.0f} ms; {} {:.0f} ms)",
+                           measured_cloud, measured_name, measured_best);
+  fmt::print("Collaboration pays when the cloud's compute per token is large against the link's "
+             "round trip and many edges share one cloud: in the paper's regime {} takes {:.2f}x "
+             "the cloud strategy's time{}{} (README \"Device profiles\"; "
+             "config/experiments/paper-table1.toml, capacity.toml).\n",
+             best, cloud_total > 0 ? best_total / cloud_total : 0.0,
+             here.empty() ? "" : "; ", here);
+}
+
+/// Whether host:port answers a TLS ClientHello as a TLS server does (a
+/// handshake record or an alert), within a second. A plain ceco cloud sends
+/// its challenge at once, so an edge whose handshake timed out asks this.
+bool speaks_tls(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0)
+    return false;
+  int sock = ::socket(found->ai_family, found->ai_socktype, found->ai_protocol);
+  bool tls = false;
+  if (sock >= 0 && ::connect(sock, found->ai_addr, found->ai_addrlen) == 0) {
+    // TLS 1.2 ClientHello: one cipher suite, no extensions.
+    std::vector<uint8_t> hello = {0x16, 0x03, 0x01, 0x00, 0x2d, 0x01, 0x00, 0x00, 0x29, 0x03, 0x03};
+    for (int i = 0; i < 32; ++i)
+      hello.push_back(uint8_t(i * 7 + 1));
+    for (uint8_t b : {0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00})
+      hello.push_back(b);
+    if (::send(sock, hello.data(), hello.size(), MSG_NOSIGNAL) == ssize_t(hello.size())) {
+      pollfd p{sock, POLLIN, 0};
+      uint8_t reply[2] = {};
+      if (::poll(&p, 1, 1000) == 1 && ::recv(sock, reply, 2, MSG_WAITALL) == 2)
+        tls = (reply[0] == 0x15 || reply[0] == 0x16) && reply[1] == 0x03;
+    }
+  }
+  if (sock >= 0)
+    ::close(sock);
+  ::freeaddrinfo(found);
+  return tls;
 }
 
 /// Connects to the cloud that `s` names, with doubling backoff, and checks
@@ -107,6 +313,15 @@ cloud_api connect_to_cloud(caf::actor_system& sys, const settings& s, const site
       return *remote;
     if (is(remote.error(), ceco_errc::handshake_failed))
       throw model_error(describe(remote.error()));
+    // A plain edge of a TLS cloud waits for a challenge that never comes:
+    // no retry helps.
+    if (is(remote.error(), ceco_errc::handshake_timeout) && !s.cloud.tls &&
+        speaks_tls(s.cloud.host, s.cloud.port))
+      throw model_error(fmt::format(
+        "the cloud at {}:{} speaks TLS (its cloud.tls = true) and this edge has cloud.tls = "
+        "false: both nodes must agree on cloud.tls; set cloud.tls = true with "
+        "cloud.tls_certificate, cloud.tls_key and cloud.tls_ca_file (deploy/make-tls-certs.sh)",
+        s.cloud.host, s.cloud.port));
     last_error = describe(remote.error());
     if (attempt < s.cloud.connect_tries) {
       const auto wait = policy.after(attempt - 1);
@@ -149,6 +364,10 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
     fmt::print("{}", describe_settings(s));
     return;
   }
+  // The paper's regime beside the measured table: `ceco sim --mode all`.
+  std::unique_ptr<regime_run> regime;
+  if (!deployed && a.mode == "all" && !a.json && s.compute.mode != "profile" && a.regime)
+    regime = std::make_unique<regime_run>(a);
   std::vector<std::string> prompts;
   if (!a.prompts_file.empty())
     prompts = read_prompts(a.prompts_file);
@@ -280,6 +499,8 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
                  "by {:.2f} ms: those times are late; compute.clock = \"virtual\" avoids it)\n",
                  over.count, over.worst_ms);
   }
+  if (regime)
+    print_regime(*regime, rows);
   if (a.sessions > 1) {
     fmt::print("\n{} concurrent sessions per prompt:\n", a.sessions);
     for (auto& mode : modes) {
@@ -329,6 +550,10 @@ void add_session_options(CLI::App* cmd, const std::shared_ptr<session_args>& a) 
                   "cloud) and report the aggregate tokens/s")
     ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_flag("--print-config", a->print_config, "print the effective settings and exit");
+  if (cmd->get_name() == "sim")
+    cmd->add_flag("!--no-paper-regime", a->regime,
+                  "with --mode all, skip the table of the strategies in the paper's regime "
+                  "(device profile paper-a100 on virtual time) under the measured one");
 }
 
 } // namespace ceco::app

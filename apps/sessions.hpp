@@ -26,6 +26,7 @@ struct session_args {
   int sessions = 1;
   bool json = false;
   bool print_config = false;
+  bool regime = true;  // sim --mode all: the paper-regime table too (--no-paper-regime)
 };
 
 /// --config, --set, --mode, --prompt(s), --max-tokens, --json, --sessions, --print-config.

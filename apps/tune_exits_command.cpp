@@ -1,6 +1,7 @@
 // ceco tune-exits: trains exit heads on a frozen model by distilling its
 // final layer, on text or on text the model generates itself.
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -28,6 +29,7 @@ struct tune_args {
   exit_training_options train;
   int min_exit_layer = 1;
   int threads = 0;
+  bool force = false;  // write --out even over a file when agreement got worse
 };
 
 const std::vector<float> report_thresholds = {0.5f, 0.8f, 0.9f};
@@ -78,9 +80,10 @@ void run_tune(const tune_args& a) {
   auto eval = collect_exit_data(model, eval_seqs, a.exits);
   fmt::print(stderr, "tune-exits: {} training positions, {} held out\n", train.size(), eval.size());
 
+  const auto before = evaluate_exit_heads(exit_heads::untrained(model, a.exits), eval,
+                                         report_thresholds, a.min_exit_layer);
   print_quality("before tuning (untrained heads: the model's final norm and classifier), held-out positions:",
-                evaluate_exit_heads(exit_heads::untrained(model, a.exits), eval, report_thresholds,
-                                    a.min_exit_layer));
+                before);
 
   auto progress = [&](size_t i, int step, float loss) {
     const int width = 30;
@@ -92,8 +95,23 @@ void run_tune(const tune_args& a) {
       fmt::print(stderr, "\n");
   };
   auto heads = train_exit_heads(model, train, a.train, progress);
-  print_quality("after tuning, held-out positions:",
-                evaluate_exit_heads(heads, eval, report_thresholds, a.min_exit_layer));
+  const auto after = evaluate_exit_heads(heads, eval, report_thresholds, a.min_exit_layer);
+  print_quality("after tuning, held-out positions:", after);
+  // Heads worse than the untrained ones: said, and not written over a file
+  // that may hold better ones unless --force.
+  std::string worse;
+  for (size_t i = 0; i < before.size() && i < after.size(); ++i)
+    if (before[i].layer != 0 && after[i].agreement < before[i].agreement)
+      worse += fmt::format("{}exit {} {:.1f}% -> {:.1f}%", worse.empty() ? "" : ", ",
+                           after[i].layer, 100 * before[i].agreement, 100 * after[i].agreement);
+  if (!worse.empty()) {
+    fmt::print(stderr, "tune-exits: WARNING: agreement with the final layer got worse by tuning "
+                       "({}); more --steps, another --lr or --loss may help\n", worse);
+    if (std::filesystem::exists(a.out) && !a.force)
+      throw model_error(fmt::format("tune-exits: --out {} exists and the tuned heads are worse "
+                                    "than untrained ones ({}): kept the file; --force writes "
+                                    "over it", a.out, worse));
+  }
   heads.save(a.out);
   fmt::print("\nsaved {} heads to {} (use: ceco generate --exit-heads {})\n", heads.size(), a.out,
              a.out);
@@ -142,6 +160,9 @@ void add_tune_exits_command(CLI::App& app) {
     ->capture_default_str();
   cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores")->capture_default_str();
   cmd->add_option("--out", a->out, "where to write the heads (GGUF)")->capture_default_str();
+  cmd->add_flag("--force", a->force,
+                "write --out over an existing file even when the tuned heads agree with the "
+                "final layer less than untrained ones (otherwise warned and kept)");
   cmd->callback([a] {
     if (a->train.loss == "next" && a->text.empty())
       throw model_error("--loss next needs --text: self-generated data has no true next token "

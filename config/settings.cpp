@@ -1,5 +1,6 @@
 #include "config/settings.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -375,11 +376,39 @@ const key_spec& find_key(const std::string& key, const std::string& where) {
   for (auto& k : schema())
     if (k.key == key)
       return k;
-  std::vector<std::string> known;
-  for (auto& k : schema())
-    known.push_back(k.key);
-  throw config_error(fmt::format("{}: unknown key '{}' (known keys: {})", where, key,
-                                 fmt::join(known, ", ")));
+  // The nearest keys by edit distance, of the whole key or of its last part
+  // (a misspelt name in the right section, or the right name in another).
+  auto distance = [](const std::string& a, const std::string& b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j)
+      row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+      size_t diagonal = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= b.size(); ++j) {
+        size_t up = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+        diagonal = up;
+      }
+    }
+    return row[b.size()];
+  };
+  auto last_part = [](const std::string& k) { return k.substr(k.rfind('.') + 1); };
+  std::vector<std::pair<size_t, std::string>> near;
+  for (auto& k : schema()) {
+    size_t d = std::min(distance(key, k.key), distance(last_part(key), last_part(k.key)));
+    if (d <= std::max<size_t>(2, last_part(key).size() / 3))
+      near.emplace_back(d, k.key);
+  }
+  std::stable_sort(near.begin(), near.end(),
+                   [](auto& x, auto& y) { return x.first < y.first; });
+  std::vector<std::string> names;
+  for (size_t i = 0; i < near.size() && i < 3; ++i)
+    names.push_back(near[i].second);
+  throw config_error(fmt::format(
+    "{}: unknown key '{}'{} (every key with its default: config/sim.toml or "
+    "`ceco sim --print-config`)",
+    where, key, names.empty() ? "" : fmt::format("; did you mean {}?", fmt::join(names, ", "))));
 }
 
 void apply_table(settings& s, const toml::table& t, const std::string& prefix,

@@ -1,5 +1,6 @@
 #include "model/random_weights.hpp"
 
+#include <cctype>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -100,8 +101,14 @@ weight_matrix random_matrix(uint64_t seed, uint64_t matrix, int64_t rows, int64_
 } // namespace
 
 named_shape shape_preset(const std::string& name) {
+  // Case-blind, as --type is: "smollm2-135m" and "110m" name shapes too.
+  auto lower = [](std::string x) {
+    for (auto& ch : x)
+      ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    return x;
+  };
   for (const auto& s : shapes())
-    if (name == s.name)
+    if (lower(name) == lower(s.name))
       return {s.config, s.tied_output};
   throw model_error(fmt::format("--shape: unknown shape '{}', expected one of {}", name,
                                 shape_names()));

@@ -350,6 +350,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   std::atomic<bool> stopped{false};
   mutable std::mutex stats_mutex;
   server_stats counters;
+  std::unordered_map<connection_id, std::string> peers;  // under stats_mutex
 
   void count(int64_t server_stats::*field, int64_t delta = 1) {
     std::lock_guard<std::mutex> lock(stats_mutex);
@@ -415,10 +416,11 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
 class server::impl::connection : public channel {
  public:
-  connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s, std::string address)
+  connection(std::shared_ptr<server::impl> srv, connection_id id, tcp::socket s, std::string address,
+             std::string peer)
       : channel(std::move(s), srv->tls_context, srv->opts.tls.enabled(), srv->opts.limits,
                 srv->opts.frame_timeout_ms, srv->opts.max_queued_frames),
-        srv_(std::move(srv)), id_(id), address_(std::move(address)) {}
+        srv_(std::move(srv)), id_(id), address_(std::move(address)), peer_(std::move(peer)) {}
 
   connection_id id() const { return id_; }
   const std::string& address() const { return address_; }
@@ -509,6 +511,15 @@ class server::impl::connection : public channel {
     }
     srv_->count(&server_stats::open, -1);
     parked_.clear();
+    {
+      std::lock_guard<std::mutex> lock(srv_->stats_mutex);
+      srv_->peers.erase(id_);
+    }
+    const bool peer_fault = !authenticated_ || (why.code != wire_errc::closed &&
+                                                why.code != wire_errc::io &&
+                                                why.code != wire_errc::timed_out);
+    if (peer_fault && srv_->opts.on_refused && !srv_->stopped)
+      srv_->opts.on_refused(peer_, why);
     auto self = srv_->connections.find(id_);
     if (self != srv_->connections.end())
       srv_->connections.erase(self);
@@ -537,7 +548,8 @@ class server::impl::connection : public channel {
 
   std::shared_ptr<server::impl> srv_;
   connection_id id_;
-  std::string address_;
+  std::string address_;  // the peer's IP address: per-address limits
+  std::string peer_;     // address:port, for the log
   auth_challenge challenge_;
   bool authenticated_ = false;
   int pending_ = 0;
@@ -594,7 +606,13 @@ void server::impl::accept_next() {
     } else {
       self->evict_for(address);
       auto id = self->next_id++;
-      auto c = std::make_shared<connection>(self, id, std::move(s), address);
+      std::string peer_name = peer_ec ? std::string("an unknown peer")
+                                      : fmt::format("{}:{}", address, peer.port());
+      {
+        std::lock_guard<std::mutex> lock(self->stats_mutex);
+        self->peers[id] = peer_name;
+      }
+      auto c = std::make_shared<connection>(self, id, std::move(s), address, std::move(peer_name));
       self->connections.emplace(id, c);
       self->unauthenticated_came(address);
       self->count(&server_stats::open);
@@ -672,6 +690,12 @@ void server::close(connection_id conn) {
     auto c = it->second;
     c->fail({wire_errc::closed, "closed by the server"});
   });
+}
+
+std::string server::peer(connection_id conn) const {
+  std::lock_guard<std::mutex> lock(impl_->stats_mutex);
+  auto it = impl_->peers.find(conn);
+  return it == impl_->peers.end() ? std::string() : it->second;
 }
 
 server_stats server::stats() const {

@@ -84,6 +84,12 @@ struct server_options {
                                    // on, not yet answered; as many more wait in the transport
   int64_t max_parked_bytes = 64ll << 20;  // per connection: payloads of the waiting ones
   int max_queued_frames = 256;     // per connection: waiting to be written
+  /// A connection that closed before it proved the secret (a wrong or
+  /// missing secret, a refused certificate, a plain peer of a TLS server),
+  /// or that the server closed for a frame it refused (outside the model's
+  /// bounds: the hello of an edge with another model's shape): its address
+  /// ("10.0.0.7:51234") and why. Called on the server's thread.
+  std::function<void(const std::string& peer, const wire_error& why)> on_refused;
 };
 
 struct server_stats {
@@ -115,6 +121,8 @@ class server {
   server& operator=(const server&) = delete;
 
   uint16_t port() const;
+  /// The address of an open connection's peer ("" once it closed). From any thread.
+  std::string peer(connection_id conn) const;
   /// From any thread; dropped if the connection has closed.
   void reply(connection_id conn, uint32_t request_id, message msg);
   /// From any thread.
