@@ -1,0 +1,213 @@
+// The drafting loop of speculative and exact: drafts ahead of the cloud's
+// verdicts (see session_driver.hpp and docs/design.md §5).
+
+#include <algorithm>
+
+#include "actors/session_driver.hpp"
+
+namespace ceco::session_driver {
+
+// -- speculative and exact: drafts ahead of the cloud's verdicts --------------------
+
+/// Shows the tokens that became final since the last call. True when that
+/// ended the response (a final end of sequence, or max_tokens).
+bool show_final(self_ptr self) {
+  auto& st = self->state;
+  const auto& w = st.window;
+  for (int32_t i = w.prompt_size() + int32_t(st.report.tokens.size()); i < w.final_size(); ++i) {
+    const int32_t token = w.sequence()[size_t(i)];
+    if (token == st.opts.eos) {
+      finish(self);
+      return true;
+    }
+    // A confident exit's token counts for its exit; an uncertain draft the
+    // cloud accepted, or its correction, is the cloud's token (as in
+    // collaborative).
+    const int origin = w.origin(i);
+    show_token(self, token, origin >= 0 ? int32_t(st.opts.exits[size_t(origin)]) : -1);
+    if (origin >= 0)
+      ++st.report.exit_counts[size_t(origin)];
+    else
+      ++st.report.cloud_tokens;
+    if (int(st.report.tokens.size()) >= st.opts.max_tokens) {
+      finish(self);
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Waiting for verdicts ends; the wait counts as communication.
+void unstall(self_ptr self) {
+  auto& st = self->state;
+  if (!st.stalled)
+    return;
+  st.stalled = false;
+  st.report.comm_us += us_since(st.stalled_since);
+}
+
+/// Whether there is nothing more to draft: an end of sequence, max_tokens,
+/// or a full context.
+bool drafted_all(const edge_session_state& st) {
+  const auto& w = st.window;
+  return (w.generated() > 0 && w.sequence().back() == st.opts.eos)
+         || w.generated() >= st.opts.max_tokens || st.pos >= st.opts.max_seq;
+}
+
+/// Starts the next edge step unless one is in flight, the draft window is
+/// full, or everything is drafted (then the verdicts decide what follows).
+void draft_step(self_ptr self) {
+  auto& st = self->state;
+  if (st.finished() || st.computing)
+    return;
+  const auto& w = st.window;
+  if (drafted_all(st) || w.unverified() >= st.opts.max_draft) {
+    if (w.unverified() == 0)
+      return finish(self);  // all final: the context is full
+    if (!st.stalled) {
+      st.stalled = true;
+      st.stalled_since = clock_type::now();
+    }
+    return;
+  }
+  st.computing = true;
+  step(self);
+}
+
+/// The cloud is out of reach: every draft becomes final as it is, and the
+/// response goes on on the edge alone (and resumes if the link comes back).
+void give_up_drafts(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  fmt::print(stderr, "ceco: draft upload failed ({}); {} drafted token(s) stay unverified, "
+                     "continuing on the edge alone\n", describe(err), st.window.unverified());
+  lose_cloud(self, clock_type::now());
+  st.report.degraded_tokens += st.window.unverified();
+  st.report.unverified_tokens += st.window.give_up(int(st.opts.exits.size()) - 1);
+  unstall(self);
+  if (!show_final(self))
+    draft_step(self);
+}
+
+/// A verdict on the draft upload of rows ..last sent at `epoch`.
+void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const verdict& v) {
+  auto& st = self->state;
+  ++st.report.verdicts;
+  st.report.verify_bytes += wire_size(v);
+  upload_settled(self);
+  if (st.finished() || st.degraded() || epoch != st.epoch
+      || v.what() == verdict_outcome::stale)
+    return;  // a verdict on drafts already rolled back (or no longer needed)
+  if (v.what() == verdict_outcome::corrected
+      && (v.position < first || v.position > last || v.epoch != epoch + 1))
+    return give_up_drafts(
+      self, make_error(ceco_errc::bad_position,
+                       fmt::format("the cloud corrected position {} at epoch {}, for an upload "
+                                   "of positions {}..{} at epoch {}", v.position, v.epoch, first,
+                                   last, epoch)));
+  unstall(self);
+  auto& w = st.window;
+  if (v.what() == verdict_outcome::accepted) {
+    st.report.accepted_drafts += w.accept(last + 1);
+  } else {
+    // Every draft before the wrong one stands; from there on the edge
+    // continues from the cloud's token, on position+1.
+    st.report.accepted_drafts += w.accept(v.position);
+    ++st.report.rollbacks;
+    st.report.discarded_tokens += w.correct(v.position + 1, v.token);
+    st.epoch = v.epoch;
+    st.pos = v.position + 1;
+    st.context.truncate(st.pos);
+  }
+  if (!show_final(self))
+    draft_step(self);
+}
+
+/// Sends rows [start, start + split.rows) with the draft of the last row
+/// (-1: nothing to verify); the verdict comes back whenever it is ready.
+void upload_draft(self_ptr self, tensor_blob split, int32_t start, int32_t draft) {
+  auto& st = self->state;
+  const int32_t rows = split.rows;
+  draft_upload m{st.session, st.epoch, start, std::move(split),
+                 std::vector<int32_t>(size_t(rows), -1)};
+  m.drafts.back() = draft;
+  ++st.report.uploads;
+  st.report.uploaded_positions += rows;
+  st.report.verify_bytes += 4 + 4 * int64_t(rows);  // the epoch and the drafts
+  ++st.uploads_in_flight;
+  const int32_t epoch = st.epoch;
+  self->request(st.site.uploader, st.opts.timeout, std::move(m))
+    .then([=](verdict& v) { on_verdict(self, epoch, start, start + rows - 1, v); },
+          [=](caf::error& err) {
+            upload_settled(self);
+            auto& st = self->state;
+            if (!st.finished() && !st.degraded())
+              give_up_drafts(self, err);
+          });
+}
+
+/// The edge layers and the edge's exit heads over the next input; the token
+/// becomes a draft (or final), its row goes up with it, and the next step
+/// starts at once unless the window is full.
+void draft_forward(self_ptr self) {
+  auto& st = self->state;
+  const int32_t start = st.pos;
+  const int32_t epoch = st.epoch;
+  std::vector<int32_t> input(st.window.sequence().begin() + start, st.window.sequence().end());
+  const auto n = int32_t(input.size());
+  // Results computed for a sequence that was rolled back meanwhile are dropped.
+  auto rolled_back = [=] {
+    auto& st = self->state;
+    if (st.finished())
+      return true;
+    if (epoch == st.epoch)
+      return false;
+    st.computing = false;
+    draft_step(self);
+    return true;
+  };
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start,
+                std::move(input))
+    .then(
+      [=](edge_output& out) {
+        auto& st = self->state;
+        st.report.edge_us += out.compute_us;
+        if (rolled_back())
+          return;
+        st.pos = start + n;
+        if (st.site.link)
+          st.context.append(out.split);
+        auto split = std::make_shared<tensor_blob>(std::move(out.split));
+        self->request(st.site.local_evaluator, st.opts.timeout, evaluate_atom::value, st.session,
+                      std::move(out.exit_states))
+          .then(
+            [=](exit_decision& d) {
+              auto& st = self->state;
+              st.report.edge_us += d.compute_us;
+              if (rolled_back())
+                return;
+              const bool confident = d.exit_layer >= 0;
+              const bool lost = st.degraded();
+              const bool verify = !lost && (st.is(strategy::exact) || !confident);
+              const int deepest = int(st.opts.exits.size()) - 1;
+              const int origin = confident ? exit_index_of(st, d.exit_layer)
+                                           : lost ? deepest : draft_window::uncertain;
+              if (lost) {
+                ++st.report.degraded_tokens;
+                if (st.is(strategy::exact) || !confident)
+                  ++st.report.unverified_tokens;
+              }
+              st.window.draft(d.token, origin, verify);
+              if (verify)
+                ++st.report.drafts;
+              if (!lost)
+                upload_draft(self, std::move(*split), start, verify ? d.token : -1);
+              st.computing = false;
+              if (!show_final(self))
+                draft_step(self);
+            },
+            [=](caf::error& err) { finish(self, "exit evaluator: " + describe(err)); });
+      },
+      [=](caf::error& err) { finish(self, "edge layers: " + describe(err)); });
+}
+
+} // namespace ceco::session_driver
