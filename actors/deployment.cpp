@@ -232,6 +232,11 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
       throw config_error(fmt::format("model.exits is empty, but mode '{}' needs exits", name));
   }
   o.max_draft = settings_.policy.max_draft;
+  const auto& loss = settings_.policy.on_cloud_loss;
+  o.on_cloud_loss = loss == "wait" || (loss == "auto" && o.mode == strategy::exact)
+                      ? cloud_loss::wait
+                      : loss == "fail" ? cloud_loss::fail : cloud_loss::degrade;
+  o.cloud_loss_wait = std::chrono::milliseconds(settings_.policy.cloud_loss_wait_ms);
   o.prompt = prompt;
   o.max_tokens = max_tokens > 0 ? max_tokens : settings_.generation.max_tokens;
   o.eos = model_.vocab.eos();

@@ -7,6 +7,9 @@
 
 namespace ceco::session_driver {
 
+void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const verdict& v);
+void lose_cloud_while_drafting(self_ptr self, const caf::error& err);
+
 // -- speculative and exact: drafts ahead of the cloud's verdicts --------------------
 
 /// Shows the tokens that became final since the last call. True when that
@@ -76,15 +79,106 @@ void draft_step(self_ptr self) {
 
 /// The cloud is out of reach: every draft becomes final as it is, and the
 /// response goes on on the edge alone (and resumes if the link comes back).
-void give_up_drafts(self_ptr self, const caf::error& err) {
+void give_up_drafts(self_ptr self, const std::string& why) {
   auto& st = self->state;
-  fmt::print(stderr, "ceco: draft upload failed ({}); {} drafted token(s) stay unverified, "
-                     "continuing on the edge alone\n", describe(err), st.window.unverified());
-  lose_cloud(self, clock_type::now());
+  fmt::print(stderr, "ceco: {}; {} drafted token(s) stay unverified, continuing on the edge "
+                     "alone\n", why, st.window.unverified());
+  st.holding = false;
   st.report.degraded_tokens += st.window.unverified();
   st.report.unverified_tokens += st.window.give_up(int(st.opts.exits.size()) - 1);
   unstall(self);
   if (!show_final(self))
+    draft_step(self);
+}
+
+/// A draft upload failed: the cloud is lost. Per policy.on_cloud_loss the
+/// response ends, or holds its drafts unverified (drafting on up to the
+/// window) until the link is back and they are verified, or until the wait
+/// is over.
+void lose_cloud_while_drafting(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  const auto& o = st.opts;
+  if (o.on_cloud_loss == cloud_loss::fail)
+    return finish(self, fmt::format("the cloud was lost ({}), and policy.on_cloud_loss = \"fail\"",
+                                    describe(err)));
+  lose_cloud(self, clock_type::now());
+  if (o.on_cloud_loss == cloud_loss::degrade && o.cloud_loss_wait.count() == 0)
+    return give_up_drafts(self, fmt::format("draft upload failed ({})", describe(err)));
+  st.holding = true;
+  st.loss_deadline = clock_type::now() + o.cloud_loss_wait;
+  fmt::print(stderr, "ceco: the cloud was lost ({}); holding {} drafted token(s) unverified and "
+                     "waiting up to {} ms for it (policy.cloud_loss_wait_ms)\n",
+             describe(err), st.window.unverified(), o.cloud_loss_wait.count());
+  watch_link(self);
+  draft_step(self);
+}
+
+void watch_link(self_ptr self) {
+  auto& st = self->state;
+  st.watching = false;
+  if (st.finished() || !st.holding || st.at != phase::degraded)
+    return;
+  if (clock_type::now() >= st.loss_deadline)
+    return cloud_loss_expired(self);
+  if (!st.site.link)
+    return cloud_loss_expired(self);
+  self->request(st.site.link, st.opts.timeout, status_atom::value)
+    .then(
+      [=](int64_t epoch) {
+        auto& st = self->state;
+        if (st.finished() || !st.holding || st.at != phase::degraded)
+          return;
+        if (epoch > st.link_epoch)
+          return resume(self, epoch);
+        st.watching = true;
+        self->delayed_send(self, std::chrono::milliseconds(20), reconnect_atom::value);
+      },
+      [=](caf::error&) {
+        self->state.watching = true;
+        self->delayed_send(self, std::chrono::milliseconds(20), reconnect_atom::value);
+      });
+}
+
+void cloud_loss_expired(self_ptr self) {
+  auto& st = self->state;
+  const auto waited = st.opts.cloud_loss_wait.count();
+  if (!st.drafting())  // the cloud strategy: nothing to go on with alone
+    return finish(self, fmt::format("the cloud was lost mid-generation and not back within {} ms "
+                                    "(policy.cloud_loss_wait_ms)", waited));
+  if (st.opts.on_cloud_loss == cloud_loss::wait)
+    return finish(self, fmt::format(
+      "the cloud was lost and not back within {} ms (policy.cloud_loss_wait_ms): with "
+      "policy.on_cloud_loss = \"wait\" a {} response never emits tokens the cloud did not "
+      "verify", waited, to_string(st.opts.mode)));
+  give_up_drafts(self, fmt::format("the cloud was not back within {} ms "
+                                   "(policy.cloud_loss_wait_ms)", waited));
+}
+
+void resume_drafts(self_ptr self) {
+  auto& st = self->state;
+  st.holding = false;
+  const auto& w = st.window;
+  const int32_t rows = st.context.rows;
+  // Row i carries the token after position i when that token awaits a verdict.
+  std::vector<int32_t> drafts(size_t(rows), -1);
+  for (int32_t i = 0; i < rows; ++i)
+    if (i + 1 < w.size() && w.awaits_verdict(i + 1))
+      drafts[size_t(i)] = w.sequence()[size_t(i + 1)];
+  draft_upload m{st.session, st.epoch, 0, st.context.encode(wire_dtype::f32), std::move(drafts)};
+  ++st.report.uploads;
+  st.report.uploaded_positions += rows;
+  st.report.verify_bytes += 4 + 4 * int64_t(rows);
+  ++st.uploads_in_flight;
+  const int32_t epoch = st.epoch;
+  self->request(st.site.uploader, st.opts.timeout, std::move(m))
+    .then([=](verdict& v) { on_verdict(self, epoch, 0, rows - 1, v); },
+          [=](caf::error& err) {
+            upload_settled(self);
+            auto& st = self->state;
+            if (!st.finished() && !st.degraded())
+              lose_cloud_while_drafting(self, err);
+          });
+  if (!st.computing)
     draft_step(self);
 }
 
@@ -100,10 +194,8 @@ void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const
   if (v.what() == verdict_outcome::corrected
       && (v.position < first || v.position > last || v.epoch != epoch + 1))
     return give_up_drafts(
-      self, make_error(ceco_errc::bad_position,
-                       fmt::format("the cloud corrected position {} at epoch {}, for an upload "
-                                   "of positions {}..{} at epoch {}", v.position, v.epoch, first,
-                                   last, epoch)));
+      self, fmt::format("the cloud corrected position {} at epoch {}, for an upload of "
+                        "positions {}..{} at epoch {}", v.position, v.epoch, first, last, epoch));
   unstall(self);
   auto& w = st.window;
   if (v.what() == verdict_outcome::accepted) {
@@ -141,7 +233,7 @@ void upload_draft(self_ptr self, tensor_blob split, int32_t start, int32_t draft
             upload_settled(self);
             auto& st = self->state;
             if (!st.finished() && !st.degraded())
-              give_up_drafts(self, err);
+              lose_cloud_while_drafting(self, err);
           });
 }
 
@@ -186,7 +278,10 @@ void draft_forward(self_ptr self) {
               if (rolled_back())
                 return;
               const bool confident = d.exit_layer >= 0;
-              const bool lost = st.degraded();
+              // Lost and given up: the edge's token is final as it is. Lost
+              // and holding: a draft like any other, uploaded once the cloud
+              // is back.
+              const bool lost = st.degraded() && !st.holding;
               const bool verify = !lost && (st.is(strategy::exact) || !confident);
               const int deepest = int(st.opts.exits.size()) - 1;
               const int origin = confident ? exit_index_of(st, d.exit_layer)
@@ -199,7 +294,7 @@ void draft_forward(self_ptr self) {
               st.window.draft(d.token, origin, verify);
               if (verify)
                 ++st.report.drafts;
-              if (!lost)
+              if (!st.degraded())
                 upload_draft(self, std::move(*split), start, verify ? d.token : -1);
               st.computing = false;
               if (!show_final(self))

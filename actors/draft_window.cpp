@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <algorithm>
+
 namespace ceco {
 
 draft_window::draft_window(std::vector<int32_t> prompt)
@@ -44,6 +46,10 @@ int32_t draft_window::give_up(int fallback) {
       origins_[size_t(i - prompt_)] = fallback;
   to_verify_.clear();
   return n;
+}
+
+bool draft_window::awaits_verdict(int32_t index) const {
+  return std::binary_search(to_verify_.begin(), to_verify_.end(), index);
 }
 
 } // namespace ceco

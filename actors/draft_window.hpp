@@ -40,6 +40,8 @@ public:
   /// Origin of the token at sequence index i (i >= prompt_size()).
   int origin(int32_t i) const { return origins_[size_t(i - prompt_)]; }
 
+  /// Whether the token at sequence index `index` awaits the cloud's verdict.
+  bool awaits_verdict(int32_t index) const;
   /// Appends the token after the last; `verify`: the cloud is to check it.
   void draft(int32_t token, int origin, bool verify);
   /// The cloud verified every draft up to sequence index `last`; returns

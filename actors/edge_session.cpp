@@ -213,14 +213,25 @@ void resume(self_ptr self, int64_t epoch) {
       transition(self, phase::running);
       st.epoch = 0;  // a new cloud session has had no rollbacks
       ++st.report.resumed;
-      fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions and going on "
-                         "collaboratively\n", st.context.rows);
+      if (st.holding && st.is(strategy::cloud)) {
+        fmt::print(stderr, "ceco: the cloud is back; generating again in a new session\n");
+        st.holding = false;
+        return generate_in_cloud(self);
+      }
+      fmt::print(stderr, "ceco: the cloud is back; re-uploading {} positions{} and going on "
+                         "collaboratively\n", st.context.rows,
+                 st.holding ? fmt::format(" with {} draft(s) to verify", st.window.unverified())
+                            : std::string());
+      if (st.holding)
+        return resume_drafts(self);
       if (st.context.rows == 0)
         return advance(self);
       upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
     },
     [=](const caf::error&) {  // not yet: stay on the edge
       transition(self, phase::degraded);
+      if (self->state.holding)
+        return watch_link(self);  // drafting goes on by itself, up to the window
       advance(self);
     });
 }
@@ -231,7 +242,8 @@ void step(self_ptr self) {
   auto& st = self->state;
   if (st.finished())
     return;
-  if (st.at != phase::degraded || !st.site.link)
+  // Held drafts: watch_link looks for the link, this step just drafts on.
+  if (st.at != phase::degraded || !st.site.link || st.holding)
     return advance(self);
   self->request(st.site.link, st.opts.timeout, status_atom::value)
     .then(
@@ -353,10 +365,12 @@ edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
           return make_error(ceco_errc::unknown_message, "this edge session already runs");
         },
         [=](cancel_atom) { finish(self, "cancelled"); },
+        [=](reconnect_atom) { watch_link(self); },
       });
       return self->state.promise;
     },
     [=](cancel_atom) {},  // not yet running: nothing to stop
+    [=](reconnect_atom) {},
   };
 }
 

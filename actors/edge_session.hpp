@@ -35,7 +35,9 @@
 //   opening    asking the link's epoch and opening the cloud session
 //   running    the token loop of the strategy
 //   degraded   collaborative, speculative or exact with the cloud lost: the
-//              token loop on the edge alone (drafts become final as they are)
+//              token loop on the edge alone; speculative and exact hold their
+//              drafts unverified until the link is back or
+//              policy.cloud_loss_wait_ms passes (docs/design.md §7)
 //   resuming   the link is back: opening a new cloud session, re-uploading
 //   closing    finished; waits for uploads and opens in flight
 //   reporting  closing the cloud session, collecting byte counts, delivering
@@ -84,6 +86,13 @@ const char* to_string(phase p);
 /// Whether the diagram has the edge from -> to (from != to).
 bool phase_transition_allowed(phase from, phase to);
 
+/// What a response does when the cloud is lost (policy.on_cloud_loss).
+enum class cloud_loss {
+  wait,     // speculative, exact: hold the drafts and wait for the cloud; others: fail
+  degrade,  // go on alone (speculative, exact: after waiting cloud_loss_wait)
+  fail,     // end the response with an error
+};
+
 struct edge_session_options {
   strategy mode = strategy::collaborative;
   std::vector<int32_t> prompt;
@@ -93,6 +102,8 @@ struct edge_session_options {
   std::vector<int> exits;     // exit layers, ascending
   bool sync_upload = false;   // collaborative: wait for each upload's ack before going on
   int max_draft = 16;         // speculative, exact: most tokens not yet final
+  cloud_loss on_cloud_loss = cloud_loss::degrade;
+  std::chrono::milliseconds cloud_loss_wait{10'000};  // see cloud_loss
   std::chrono::milliseconds timeout{30'000};  // per cloud request
   caf::actor token_sink;      // receives each token as it is emitted; may be invalid
 };

@@ -381,8 +381,10 @@ using uploader_actor = caf::typed_actor<
 /// One response: runs the token loop of its strategy and reports.
 /// (cancel_atom) ends it early: the token loop stops, its cloud session is
 /// closed and the report (tokens so far, error "cancelled") is delivered.
+/// (reconnect_atom) is its own timer while it waits for a lost cloud.
 using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>,
-                                            caf::reacts_to<cancel_atom>>;
+                                            caf::reacts_to<cancel_atom>,
+                                            caf::reacts_to<reconnect_atom>>;
 
 /// Registers every message type above with a CAF configuration.
 void register_message_types(caf::actor_system_config& cfg);

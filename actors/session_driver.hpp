@@ -56,6 +56,11 @@ struct edge_session_state {
   bool computing = false;      // an edge step (layers, exit evaluation) is in flight
   bool stalled = false;        // waiting for verdicts: the window is full, or all is drafted
   clock_type::time_point stalled_since;
+  // The cloud lost in speculative or exact: drafts are held unverified until
+  // it is back (verified then) or `loss_deadline` passes.
+  bool holding = false;
+  bool watching = false;  // a reconnect_atom tick is scheduled
+  clock_type::time_point loss_deadline;
   static inline const char* name = "edge_session";
 
   bool is(strategy s) const { return opts.mode == s; }
@@ -84,6 +89,8 @@ void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t clou
 void lose_cloud(self_ptr self, clock_type::time_point sent);
 void opened(self_ptr self, uint64_t id, clock_type::time_point sent);
 void opened_after_finish(self_ptr self, std::optional<uint64_t> id, clock_type::time_point sent);
+/// Once the link is back (its epoch past link_epoch): a new cloud session.
+void resume(self_ptr self, int64_t epoch);
 /// One token step: when degraded, first asks whether the link has reconnected.
 void step(self_ptr self);
 void finish(self_ptr self, const std::string& error = {});
@@ -139,5 +146,14 @@ void draft_step(self_ptr self);
 void draft_forward(self_ptr self);
 /// Waiting for verdicts ends; the wait counts as communication.
 void unstall(self_ptr self);
+/// The link is back while drafts are held: uploads every position again in
+/// the new session, each held draft with its row, and drafting goes on.
+void resume_drafts(self_ptr self);
+/// The cloud stayed away past policy.cloud_loss_wait_ms with drafts held:
+/// an error (wait) or the drafts final unverified (degrade).
+void cloud_loss_expired(self_ptr self);
+/// While drafts are held: checks the link, resumes when it is back, gives
+/// up at the deadline, else looks again shortly.
+void watch_link(self_ptr self);
 
 } // namespace ceco::session_driver

@@ -22,10 +22,24 @@ void generate_in_cloud(self_ptr self) {
         for (size_t i = 0; i < r.tokens.size(); ++i)  // not streamed: all come with the reply
           show_token(self, r.tokens[i], -1, i == 0 ? us_since(sent) : int64_t(-1));
         report.cloud_tokens = int32_t(report.tokens.size());
-        report.cloud_requests = 1;
+        ++report.cloud_requests;
         finish(self);
       },
-      [=](caf::error& err) { finish(self, "cloud generate: " + describe(err)); });
+      [=](caf::error& err) {
+        auto& st = self->state;
+        if (!is(err, ceco_errc::cloud_unreachable) || !st.site.link
+            || st.opts.on_cloud_loss == cloud_loss::fail)
+          return finish(self, "cloud generate: " + describe(err));
+        // Nothing was shown yet (the tokens come with the reply): wait for
+        // the link and generate again in a new session, as if undisturbed.
+        lose_cloud(self, sent);
+        st.holding = true;
+        st.loss_deadline = clock_type::now() + st.opts.cloud_loss_wait;
+        fmt::print(stderr, "ceco: the cloud was lost mid-generation ({}); waiting up to {} ms "
+                           "to generate again in a new session (policy.cloud_loss_wait_ms)\n",
+                   describe(err), st.opts.cloud_loss_wait.count());
+        watch_link(self);
+      });
 }
 
 // -- the token loop: naive, standalone, collaborative --------------------------------
@@ -91,6 +105,11 @@ void ask_cloud(self_ptr self, int32_t last) {
       [=](caf::error& err) {
         if (self->state.finished())
           return;
+        if (self->state.opts.on_cloud_loss != cloud_loss::degrade)
+          return finish(self, fmt::format("cloud request: {} (policy.on_cloud_loss = \"{}\": "
+                                          "collaborative goes on alone only with \"degrade\")",
+                                          describe(err), self->state.opts.on_cloud_loss ==
+                                          cloud_loss::wait ? "wait" : "fail"));
         // The cloud is gone or not answering: go on on the edge alone, as
         // standalone would, until the link reconnects (see step).
         lose_cloud(self, sent);
@@ -129,7 +148,7 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
       [=](caf::error& err) {
         if (self->state.finished())
           return;
-        if (local)
+        if (local || self->state.opts.on_cloud_loss != cloud_loss::degrade)
           return finish(self, "exit evaluator: " + describe(err));
         // The evaluator on the cloud is out of reach: continue on the edge.
         lose_cloud(self, sent);

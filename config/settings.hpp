@@ -38,6 +38,10 @@ struct settings {
     double threshold = 0.8;
     int min_exit_layer = 1;
     int max_draft = 16;  // speculative, exact: most tokens ahead of the cloud's verdicts
+    // What a response does when the cloud is lost: auto (exact waits, the
+    // others degrade) | wait | degrade | fail; see config/sim.toml.
+    std::string on_cloud_loss = "auto";
+    int cloud_loss_wait_ms = 10000;  // wait, and speculative/exact before degrading
   } policy;
   struct {
     std::string mode = "measured";  // measured | profile
