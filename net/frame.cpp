@@ -178,22 +178,13 @@ struct reader {
   }
 };
 
-/// Adds up the largest payload the bounds allow.
-struct sizer {
+/// Adds up the largest payload the bounds allow: the fixed-size fields as the
+/// counter counts them, every count at its bound.
+struct sizer : detail::size_counter {
   static constexpr bool largest = true;
-  const wire_limits& lim;
-  uint64_t total = 0;
-  const char* msg = "";
+  explicit sizer(const wire_limits& limits) : lim(limits) {}
+  const wire_limits& lim;  // the bounds (hides the counter's)
 
-  void u64(const char*, uint64_t&) { total += 8; }
-  void u32(const char*, uint32_t&) { total += 4; }
-  void u8(const char*, uint8_t&, int, int) { total += 1; }
-  void i32(const char*, int32_t&, int64_t, int64_t) { total += 4; }
-  void i64(const char*, int64_t&, int64_t, int64_t) { total += 8; }
-  void f32(const char*, float&, double, double) { total += 4; }
-  void boolean(const char*, bool&) { total += 1; }
-  template <size_t N>
-  void bytes(const char*, std::array<uint8_t, N>&) { total += N; }
   template <class T>
   void vec(const char*, std::vector<T>&, int64_t, int64_t hi, double, double) {
     total += 4 + uint64_t(std::max<int64_t>(hi, 0)) * sizeof(T);
@@ -283,7 +274,7 @@ uint64_t max_payload_of(frame_type type, const wire_limits& limits) {
   if (index < 1 || index > frame_type_count)
     return 0;
   message m = make_message(index - 1);
-  sizer s{limits};
+  sizer s(limits);
   std::visit([&](auto& x) { fields(s, x); }, m);
   return s.total;
 }
