@@ -12,6 +12,7 @@ namespace ceco::session_driver {
 void generate_in_cloud(self_ptr self) {
   auto& st = self->state;
   transition(self, phase::running);
+  ++st.report.cloud_requests;
   auto sent = clock_type::now();
   self->request(st.site.cloud, st.opts.timeout,
                 generate_request{st.session, st.opts.prompt, st.opts.max_tokens})
@@ -22,7 +23,6 @@ void generate_in_cloud(self_ptr self) {
         for (size_t i = 0; i < r.tokens.size(); ++i)  // not streamed: all come with the reply
           show_token(self, r.tokens[i], -1, i == 0 ? us_since(sent) : int64_t(-1));
         report.cloud_tokens = int32_t(report.tokens.size());
-        ++report.cloud_requests;
         finish(self);
       },
       [=](caf::error& err) {
