@@ -58,6 +58,8 @@ json ceco_json(const response_report& r) {
   j["tokens_per_exit"] = j["exits"];
   j.erase("exits");
   j["unverified_tokens"] = unverified_tokens(r);
+  // What losing the cloud did to this response (policy.on_cloud_loss).
+  j["cloud_loss"] = r.degraded_tokens > 0 ? "degraded" : r.resumed > 0 ? "resumed" : "none";
   j["sampling"] = "greedy";
   return j;
 }
