@@ -298,10 +298,13 @@ TEST_CASE("concurrent exact sessions with rollbacks never see each other's state
   CHECK(f.sim->cloud_state().sessions == 0);
 }
 
-TEST_CASE("an exact response that loses the cloud finishes, says what was never verified, and resumes") {
+TEST_CASE("an exact response told to degrade that loses the cloud finishes, says what was never verified, and resumes") {
+  // exact waits for a lost cloud by default (cloud_loss_test.cpp); this is
+  // the degrading path, at once.
   auto s = load_settings("", {"model.path=" + builtin_model(), "model.exit_heads=" + builtin_heads(),
                               "policy.threshold=0.8", "policy.max_draft=4", "link.latency_ms=2",
-                              "link.bandwidth_mbps=0"});
+                              "link.bandwidth_mbps=0", "policy.on_cloud_loss=degrade",
+                              "policy.cloud_loss_wait_ms=0"});
   auto m = load_site_model(s, s.model.path);
   caf::actor_system_config cfg;
   configure_actor_system(cfg, 2);
