@@ -1076,3 +1076,38 @@ TEST_CASE("ceco serve: a stream past --drain-timeout-s is ended with an error ev
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 }
+
+TEST_CASE("chat templates of other families are not taken for a built-in one") {
+  // Phi-3: zephyr's role markers, but <|end|> ends a turn.
+  CHECK_FALSE(recognise_chat_template(
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{'<|user|>\n' + "
+    "message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{{ '<|assistant|>\n' }}"));
+  // Gemma.
+  CHECK_FALSE(recognise_chat_template(
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"));
+  // Qwen2 and SmolLM2 are chatml, TinyLlama is zephyr, Mistral's [INST] is llama-2's.
+  CHECK(recognise_chat_template("{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                                "'<|im_end|>' + '\n'}}") == chat_format::chatml);
+  CHECK(recognise_chat_template("{% if message['role'] == 'user' %}{{ '<|user|>\n' + "
+                                "message['content'] + eos_token }}{% elif message['role'] == "
+                                "'assistant' %}{{ '<|assistant|>\n'  + message['content'] + "
+                                "eos_token }}{% endif %}") == chat_format::zephyr);
+  CHECK(recognise_chat_template("{{ '[INST] ' + message['content'] + ' [/INST]' }}{{ "
+                                "message['content'] + eos_token}}") == chat_format::llama2);
+}
+
+TEST_CASE("ceco serve --help explains every flag of the API key, the queue, the access log and the shutdown") {
+  auto help = run_ceco("serve --help");
+  REQUIRE(help.status == 0);
+  for (const char* flag : {"--api-key ", "--api-key-file", "--protect-health", "--queue",
+                           "--access-log", "--drain-timeout-s", "--max-concurrent"})
+    CHECK_MESSAGE(help.out.find(flag) != std::string::npos, flag);
+  CHECK(help.out.find("Authorization: Bearer KEY") != std::string::npos);
+  CHECK(help.out.find("Retry-After") != std::string::npos);
+  CHECK(help.out.find("503") != std::string::npos);
+  auto chat_help = run_ceco("chat --help");
+  REQUIRE(chat_help.status == 0);
+  for (const char* flag : {"--local-cloud", "--mode", "--chat-template", "--system",
+                           "--max-tokens", "--quiet"})
+    CHECK_MESSAGE(chat_help.out.find(flag) != std::string::npos, flag);
+}
