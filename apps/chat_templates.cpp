@@ -84,7 +84,10 @@ std::optional<chat_format> recognise_chat_template(std::string_view jinja) {
     return chat_format::chatml;
   if (contains(jinja, "<|start_header_id|>"))
     return chat_format::llama3;
-  if (contains(jinja, "<|user|>") && contains(jinja, "<|assistant|>"))
+  // Phi-3 writes zephyr's role markers but ends a turn with <|end|>, not
+  // </s>: zephyr's rendering would be another format than it was tuned on.
+  if (contains(jinja, "<|user|>") && contains(jinja, "<|assistant|>")
+      && !contains(jinja, "<|end|>"))
     return chat_format::zephyr;
   if (contains(jinja, "[INST]"))
     return chat_format::llama2;

@@ -16,6 +16,7 @@ void add_experiment_command(CLI::App& app);
 void add_cloud_command(CLI::App& app);
 void add_edge_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);

@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   ceco::app::add_cloud_command(app);
   ceco::app::add_edge_command(app);
   ceco::app::add_serve_command(app);
+  ceco::app::add_chat_command(app);
   ceco::app::add_train_command(app);
   ceco::app::add_tokenize_command(app);
   ceco::app::add_quantize_command(app);

@@ -236,6 +236,30 @@ completion_request parse_completion_request(const std::string& body, bool chat) 
     if (integer_of(*v, "n") != 1)
       throw bad_request("'n' must be 1: ceco answers one choice per request", "n");
   }
+  // Log probabilities: the exits and the cloud send a token alone, never
+  // its probability or the ones beside it, so a request for them is refused
+  // rather than answered with a null.
+  const char* no_logprobs = "ceco serve cannot return log probabilities: a token comes from an "
+                            "exit head or the cloud without its probability";
+  if (const json* v = field(j, "logprobs")) {
+    if (chat) {
+      if (!v->is_boolean())
+        throw wrong_type("logprobs", "a boolean", *v);
+      if (v->get<bool>())
+        throw bad_request(fmt::format("'logprobs' is true; {}", no_logprobs), "logprobs");
+    } else {
+      if (!v->is_number_integer())
+        throw wrong_type("logprobs", "an integer", *v);
+      throw bad_request(fmt::format("'logprobs' is {}; {}", v->dump(), no_logprobs), "logprobs");
+    }
+  }
+  if (const json* v = field(j, "top_logprobs")) {
+    if (!v->is_number_integer())
+      throw wrong_type("top_logprobs", "an integer", *v);
+    if (integer_of(*v, "top_logprobs") != 0)
+      throw bad_request(fmt::format("'top_logprobs' is {}; {}", v->dump(), no_logprobs),
+                        "top_logprobs");
+  }
   if (const json* v = field(j, "stop")) {
     if (v->is_string()) {
       r.stop.push_back(v->get<std::string>());

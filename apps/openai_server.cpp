@@ -4,10 +4,15 @@
 #include <cerrno>
 #include <cstring>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <ctime>
+#include <deque>
+#include <mutex>
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <thread>
 
 #include <malloc.h>
 #include <netdb.h>
@@ -17,6 +22,7 @@
 #include <httplib.h>
 #include <fmt/format.h>
 
+#include "apps/generation.hpp"
 #include "apps/http_front.hpp"
 #include "apps/json_text.hpp"
 #include "apps/openai_api.hpp"
@@ -64,91 +70,36 @@ json ceco_json(const response_report& r) {
   return j;
 }
 
+/// What the access log says of the request this thread serves, beyond what
+/// httplib's request and response carry (a stream's tokens come after its
+/// handler returned, on the same thread).
+struct request_note {
+  clock_type::time_point start{};
+  bool completion = false;
+  int prompt_tokens = -1;
+  int completion_tokens = -1;
+  int status = 0;  // overrides the response's (a stream its client left: 499)
+};
+thread_local request_note note;
+
+/// The endpoint label of a path in the metrics: a route, or "other".
+std::string endpoint_of(const std::string& path) {
+  for (const char* known : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
+                            "/metrics"})
+    if (path == known)
+      return known;
+  if (path.rfind("/v1/models/", 0) == 0)
+    return "/v1/models";
+  return "other";
+}
+
+/// A client that hung up while its request waited in the queue.
+struct client_left {};
+
 std::string random_id(const char* prefix) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   return fmt::format("{}{:016x}", prefix, rng());
 }
-
-/// One completion's edge session, driven from the HTTP thread: a scoped
-/// actor receives its tokens as the session emits them and, last, its report.
-class generation {
-public:
-  generation(caf::actor_system& sys, deployment& edge, const std::vector<int32_t>& prompt,
-             const std::string& mode, int max_tokens)
-    : self_(sys) {
-    session_ = edge.spawn_session(prompt, mode, max_tokens, caf::actor_cast<caf::actor>(self_));
-    self_->monitor(session_);
-    self_->send(session_, run_atom::value);
-  }
-  ~generation() {
-    // Never leave a session running behind a request that is gone.
-    if (!done_) {
-      cancel();
-      auto until = clock_type::now() + std::chrono::seconds(30);
-      while (!done_ && clock_type::now() < until)
-        next(std::chrono::milliseconds(100));
-    }
-  }
-  generation(const generation&) = delete;
-  generation& operator=(const generation&) = delete;
-
-  struct event {
-    enum class kind { idle, token, done };
-    kind what = kind::idle;
-    int32_t token = 0;
-    int32_t exit_layer = -1;  // -1: the cloud's
-    int64_t rtt_us = -1;      // the cloud request's round trip, for a cloud token
-  };
-
-  /// The next token, the end, or nothing within `wait`.
-  event next(std::chrono::milliseconds wait) {
-    event e;
-    if (done_) {
-      e.what = event::kind::done;
-      return e;
-    }
-    self_->receive(
-      [&](token_atom, int32_t token, int32_t layer, int64_t rtt) {
-        e = {event::kind::token, token, layer, rtt};
-      },
-      [&](response_report& r) {
-        report_ = std::move(r);
-        done_ = true;
-        e.what = event::kind::done;
-      },
-      [&](caf::error& err) {
-        report_.error = describe(err);
-        done_ = true;
-        e.what = event::kind::done;
-      },
-      [&](caf::down_msg& down) {
-        // Only after the report, unless the session died without one.
-        if (!done_)
-          report_.error = "the edge session ended without a report: " + describe(down.reason);
-        done_ = true;
-        e.what = event::kind::done;
-      },
-      caf::after(wait) >> [] {});
-    return e;
-  }
-
-  /// Ends the session early; its cloud session is closed, its report follows.
-  void cancel() {
-    if (!cancelled_ && !done_)
-      self_->send(session_, cancel_atom::value);
-    cancelled_ = true;
-  }
-  bool cancelled() const { return cancelled_; }
-  bool done() const { return done_; }
-  const response_report& report() const { return report_; }
-
-private:
-  caf::scoped_actor self_;
-  edge_session_actor session_;
-  response_report report_;
-  bool done_ = false;
-  bool cancelled_ = false;
-};
 
 /// A request checked and tokenized, ready to run.
 struct prepared {
@@ -160,6 +111,23 @@ struct prepared {
 };
 
 } // namespace
+
+bool bearer_matches(const std::string& header, const std::string& key) {
+  static const std::string scheme = "Bearer ";
+  if (key.empty())
+    return false;
+  bool ok = header.size() == scheme.size() + key.size();
+  // Every byte of the key is looked at whatever the header holds, so the
+  // time tells nothing of how much of a guess was right.
+  unsigned diff = 0;
+  for (size_t i = 0; i < scheme.size(); ++i)
+    diff |= unsigned(uint8_t(i < header.size() ? header[i] : 0) ^ uint8_t(scheme[i]));
+  for (size_t i = 0; i < key.size(); ++i) {
+    const size_t at = scheme.size() + i;
+    diff |= unsigned(uint8_t(at < header.size() ? header[at] : 0) ^ uint8_t(key[i]));
+  }
+  return ok && diff == 0;
+}
 
 chat_format choose_chat_format(const serve_options& o, const tokenizer& vocab, std::string& why) {
   if (!o.chat_template.empty()) {
@@ -202,6 +170,16 @@ struct openai_server::impl {
   std::string id;
   int64_t created = int64_t(std::time(nullptr));
   std::atomic<int> in_flight{0};
+  // The places of --max-concurrent and the queue before them, first come
+  // first served: a waiting request holds a ticket until its turn.
+  std::mutex place_mutex;
+  std::condition_variable place_cv;
+  std::deque<uint64_t> waiting;
+  uint64_t next_ticket = 0;
+  std::atomic<bool> draining{false};   // SIGTERM: new requests get 503
+  std::atomic<bool> aborting{false};   // the drain's time is up: end what still runs
+  std::mutex log_mutex;
+  FILE* access_log = nullptr;
   http_front http;
   socket_t listen_socket = INVALID_SOCKET;
   size_t longest_token = 4;  // bytes of text one token can stand for, at most
@@ -223,6 +201,18 @@ struct openai_server::impl {
     // character of up to 4 bytes).
     for (int32_t t = 0; t < m.vocab.vocab_size(); ++t)
       longest_token = std::max(longest_token, m.vocab.piece(t).size());
+    if (this->o.access_log == "-") {
+      access_log = stderr;
+    } else if (!this->o.access_log.empty()) {
+      access_log = std::fopen(this->o.access_log.c_str(), "a");
+      if (!access_log)
+        throw config_error(fmt::format("--access-log {}: cannot open for appending: {}",
+                                       this->o.access_log, std::strerror(errno)));
+    }
+  }
+  ~impl() {
+    if (access_log && access_log != stderr)
+      std::fclose(access_log);
   }
 
   static http_limits limits_of(const serve_options& o) {
@@ -231,39 +221,85 @@ struct openai_server::impl {
     l.body_timeout_ms = o.body_timeout_ms;
     l.max_connections = o.max_connections;
     l.max_body_bytes = max_request_bytes;
-    // A streamed response holds its thread for its whole length: room for
-    // every completion and for the quick requests beside them.
-    l.workers = o.max_concurrent * 2 + 8;
+    // A streamed response holds its thread for its whole length, and a
+    // queued one while it waits: room for every completion, every queued
+    // one and the quick requests beside them.
+    l.workers = o.max_concurrent * 2 + o.queue + 8;
     return l;
   }
 
   int max_seq() const { return m.model->config().max_seq; }
 
+  int queued() {
+    std::lock_guard<std::mutex> lock(place_mutex);
+    return int(waiting.size());
+  }
+
   /// The error object with its status.
   void reply_error(httplib::Response& res, const api_error& e, const std::string& endpoint) {
     res.status = e.status;
+    if (e.status == 429)
+      res.set_header("Retry-After", "1");
     res.set_content(json_text(error_json(e)), "application/json");
-    metrics->request(endpoint, e.status);
+    metrics->request(endpoint_of(endpoint), e.status);
+  }
+
+  static api_error shutting_down() {
+    return api_error(503, "server_error",
+                     "the server is shutting down and takes no new requests", {},
+                     "shutting_down");
   }
 
   /// Holds one of the --max-concurrent places while a completion runs.
   struct place {
     impl* server;
     explicit place(impl* s) : server(s) {}
-    ~place() { server->metrics->in_flight(--server->in_flight); }
+    ~place() {
+      std::lock_guard<std::mutex> lock(server->place_mutex);
+      server->metrics->in_flight(--server->in_flight);
+      server->place_cv.notify_all();
+    }
   };
 
+  /// A place now, else a turn in the queue (first come, first served),
+  /// else 429. A queued request whose client hangs up leaves the queue
+  /// (client_left); one still queued when the server drains gets 503.
   std::unique_ptr<place> take_place() {
-    int now = ++in_flight;
-    if (now > o.max_concurrent) {
-      --in_flight;
-      throw api_error(429, "rate_limit_error",
-                      fmt::format("{} completions are being generated, the limit is {} "
-                                  "(--max-concurrent); retry later",
-                                  o.max_concurrent, o.max_concurrent),
-                      {}, "rate_limit_exceeded");
+    std::unique_lock<std::mutex> lock(place_mutex);
+    if (draining)
+      throw shutting_down();
+    if (in_flight < o.max_concurrent && waiting.empty()) {
+      metrics->in_flight(++in_flight);
+      return std::make_unique<place>(this);
     }
-    metrics->in_flight(now);
+    if (int(waiting.size()) >= o.queue)
+      throw api_error(429, "rate_limit_error",
+                      fmt::format("{} completions are being generated (--max-concurrent {}) and "
+                                  "{} wait for a place (--queue {}); retry later",
+                                  in_flight.load(), o.max_concurrent, waiting.size(), o.queue),
+                      {}, "rate_limit_exceeded");
+    const uint64_t ticket = next_ticket++;
+    waiting.push_back(ticket);
+    metrics->queued(int(waiting.size()));
+    auto leave = [&] {
+      waiting.erase(std::find(waiting.begin(), waiting.end(), ticket));
+      metrics->queued(int(waiting.size()));
+      place_cv.notify_all();
+    };
+    while (!(waiting.front() == ticket && in_flight < o.max_concurrent)) {
+      place_cv.wait_for(lock, std::chrono::milliseconds(100));
+      if (draining) {
+        leave();
+        throw shutting_down();
+      }
+      if (!http_front::client_connected()) {
+        leave();
+        metrics->cancelled("disconnect");
+        throw client_left{};
+      }
+    }
+    leave();
+    metrics->in_flight(++in_flight);
     return std::make_unique<place>(this);
   }
 
@@ -357,8 +393,14 @@ struct openai_server::impl {
       metrics->cancelled("disconnect");
     };
     auto last_event = clock_type::now();
+    bool shut = false;
     while (!g.done()) {
       auto e = g.next(std::chrono::milliseconds(200));
+      if (!shut && !gone && aborting) {  // the drain's time is up
+        shut = true;
+        g.cancel();
+        metrics->cancelled("shutdown");
+      }
       // A client that hung up is seen within 200 ms, streamed or not.
       if (!gone && !http_front::client_connected()) {
         client_gone();
@@ -411,7 +453,15 @@ struct openai_server::impl {
     else
       out.finish_reason = "stop";
     out.ceco = ceco_json(r);
-    if (!r.error.empty() && !g.cancelled())
+    note.prompt_tokens = out.prompt_tokens;
+    note.completion_tokens = out.completion_tokens;
+    if (shut)
+      failure = api_error(503, "server_error",
+                          fmt::format("the server shut down before the response was complete "
+                                      "({} tokens generated)",
+                                      out.completion_tokens),
+                          {}, "shutting_down");
+    else if (!r.error.empty() && !g.cancelled())
       failure = api_error(503, "server_error", "the response failed: " + r.error, {},
                           r.error.find("cloud_unreachable") != std::string::npos
                             ? "cloud_unavailable"
@@ -423,9 +473,15 @@ struct openai_server::impl {
     const std::string endpoint = is_chat ? "/v1/chat/completions" : "/v1/completions";
     prepared p;
     std::unique_ptr<place> held;
+    note.completion = true;
     try {
       held = take_place();  // before any work on the request
       p = prepare(req.body, is_chat);
+      note.prompt_tokens = int(p.prompt.size());
+    } catch (const client_left&) {
+      res.status = 499;  // nobody reads it: the connection is gone
+      metrics->request(endpoint, 499);
+      return;
     } catch (const api_error& e) {
       return reply_error(res, e, endpoint);
     } catch (const model_error& e) {  // the deployment refused the session's options
@@ -498,6 +554,8 @@ struct openai_server::impl {
         if (ok && sink.write(done.data(), done.size()))
           sink.done();
         metrics->request(endpoint, ok ? 200 : 499);
+        if (!ok)
+          note.status = 499;
         return ok;
       });
   }
@@ -540,10 +598,62 @@ struct openai_server::impl {
                                  {"mode", s.policy.mode},
                                  {"cloud", local ? "local" : epoch >= 0 ? "up" : "down"},
                                  {"in_flight", in_flight.load()},
+                                 {"queued", queued()},
                                  {"max_concurrent", o.max_concurrent},
                                  {"chat_template", to_string(chat)},
                                  {"link_delay", describe_link_delay(s)}}),
                       "application/json");
+    });
+    // The API key, and a server shutting down, before any route.
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      note = request_note{};
+      note.start = clock_type::now();
+      const bool open = !o.protect_health && (req.path == "/health" || req.path == "/metrics");
+      if (!o.api_key.empty() && !open) {
+        const auto header = req.get_header_value("Authorization");
+        if (!bearer_matches(header, o.api_key)) {
+          res.set_header("WWW-Authenticate", "Bearer");
+          reply_error(res,
+                      api_error(401, "invalid_request_error",
+                                header.empty()
+                                  ? "You didn't provide an API key: send it in the "
+                                    "Authorization header as 'Bearer KEY'"
+                                  : "Incorrect API key provided in the Authorization header",
+                                {}, "invalid_api_key"),
+                      req.path);
+          return httplib::Server::HandlerResponse::Handled;
+        }
+      }
+      if (draining && req.path != "/metrics") {
+        reply_error(res, shutting_down(), req.path);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
+    // One line per request, once its response (a whole stream) is written.
+    http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      auto n = note;
+      note = request_note{};
+      if (!access_log)
+        return;
+      const double ms = n.start == clock_type::time_point{}
+                          ? 0.0
+                          : seconds_since(n.start) * 1000.0;
+      auto count = [](int v) { return v < 0 ? std::string("-") : std::to_string(v); };
+      char when[32] = {};
+      const std::time_t t = std::time(nullptr);
+      std::tm utc{};
+      gmtime_r(&t, &utc);
+      std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &utc);
+      auto line = fmt::format(
+        "{} client={}:{} method={} path={} status={} prompt_tokens={} completion_tokens={} "
+        "ms={:.1f} mode={}\n",
+        when, req.remote_addr, req.remote_port, req.method, req.path,
+        n.status ? n.status : res.status, count(n.prompt_tokens), count(n.completion_tokens), ms,
+        n.completion ? s.policy.mode : std::string("-"));
+      std::lock_guard<std::mutex> lock(log_mutex);
+      std::fputs(line.c_str(), access_log);
+      std::fflush(access_log);
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       metrics->link(edge.link_epoch());
@@ -641,6 +751,32 @@ int openai_server::bind() {
 void openai_server::run() {
   impl_->http.listen_after_bind();
   impl_->http.shut_down();
+}
+
+int openai_server::drain(int timeout_s) {
+  auto& i = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(i.place_mutex);
+    i.draining = true;
+    i.place_cv.notify_all();  // the queued get 503
+  }
+  const auto until = clock_type::now() + std::chrono::seconds(timeout_s);
+  auto busy = [&] {
+    std::lock_guard<std::mutex> lock(i.place_mutex);
+    return i.in_flight.load() + int(i.waiting.size());
+  };
+  while (busy() > 0 && clock_type::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const int ended = i.in_flight.load();
+  if (busy() > 0) {
+    i.aborting = true;
+    // A session ends within a step of being cancelled; its stream then
+    // carries an error event.
+    const auto last = clock_type::now() + std::chrono::seconds(5);
+    while (busy() > 0 && clock_type::now() < last)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return ended;
 }
 
 void openai_server::stop() {

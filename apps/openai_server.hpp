@@ -26,7 +26,16 @@ struct serve_options {
   int max_connections = 512;     // open at once; past it the longest-waiting one is closed
   int header_timeout_ms = 10'000;  // a request's line and headers, from their first byte
   int body_timeout_ms = 30'000;    // its body, from the end of its headers
+  int queue = 64;                // completions waiting beyond max_concurrent; more get 429
+  std::string api_key;           // "" = none; else every request needs `Authorization: Bearer KEY`
+  bool protect_health = false;   // /health and /metrics behind the key too
+  std::string access_log = "-";  // "-" = stderr, "" = none, else a file appended to
+  int drain_timeout_s = 10;      // on SIGTERM/SIGINT: how long streams in flight may finish
 };
+
+/// Whether `header` (an Authorization header's value) is `Bearer <key>`,
+/// compared in time that depends on the key's length only.
+bool bearer_matches(const std::string& header, const std::string& key);
 
 /// The chat template `o` names, else the one the model's
 /// tokenizer.chat_template is, else plain; `why` says which and how.
@@ -50,6 +59,10 @@ public:
   /// Serves until stop(); blocks the calling thread.
   void run();
   void stop();
+  /// Refuses new requests with 503 and waits up to `timeout_s` for the
+  /// completions in flight to finish; those still running then are ended
+  /// (an error event for a stream). Returns how many were ended so.
+  int drain(int timeout_s);
   const std::string& model_id() const;
 
 private:

@@ -61,10 +61,12 @@ edge_metrics::edge_metrics(const std::vector<int>& exits)
               .Register(*registry_)),
     cancelled_(BuildCounter()
                  .Name("ceco_cancelled_requests_total")
-                 .Help("responses ended early: the client went away (disconnect) or a stop "
-                       "string was reached (stop)")
+                 .Help("responses ended early: the client went away (disconnect), a stop "
+                       "string was reached (stop) or the server shut down (shutdown)")
                  .Register(*registry_)),
     in_flight_(gauge(*registry_, "ceco_requests_in_flight", "completions being generated now")),
+    queued_(gauge(*registry_, "ceco_requests_queued",
+                  "completions waiting for a place beyond --max-concurrent (at most --queue)")),
     degraded_(counter(*registry_, "ceco_degraded_tokens_total",
                       "tokens produced on the edge alone because the cloud was lost")),
     cloud_requests_(counter(*registry_, "ceco_cloud_requests_total",

@@ -40,6 +40,8 @@ public:
 
   void request(const std::string& endpoint, int status);
   void in_flight(int n) { in_flight_.Set(double(n)); }
+  /// Completions waiting for a place (--queue).
+  void queued(int n) { queued_.Set(double(n)); }
   /// A finished response: its tokens by origin, cloud requests, bytes.
   void response(const response_report& r);
   void cloud_round_trip(double seconds) { cloud_latency_.Observe(seconds); }
@@ -59,6 +61,7 @@ private:
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Family<prometheus::Counter>& cancelled_;
   prometheus::Gauge& in_flight_;
+  prometheus::Gauge& queued_;
   prometheus::Counter& degraded_;
   prometheus::Counter& cloud_requests_;
   prometheus::Counter& bytes_up_;

@@ -8,6 +8,8 @@
 //        -d '{"model": "kjv", "messages": [{"role": "user", "content": "And God said"}]}'
 
 #include <csignal>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -31,10 +33,41 @@ struct serve_args {
   std::string config;
   std::vector<std::string> sets;
   bool local_cloud = false;
+  std::string api_key_file;
   serve_options server;
 };
 
-void run_serve(const serve_args& a) {
+/// The API key: --api-key, else the first line of --api-key-file, else
+/// $CECO_API_KEY; "" for none.
+std::string api_key_of(const serve_args& a) {
+  std::string key = a.server.api_key;
+  const char* origin = "--api-key";
+  if (!a.api_key_file.empty()) {
+    std::ifstream in(a.api_key_file);
+    if (!in)
+      throw config_error(fmt::format("--api-key-file {}: cannot be read", a.api_key_file));
+    std::getline(in, key);
+    origin = "--api-key-file";
+  } else if (key.empty()) {
+    if (const char* env = std::getenv("CECO_API_KEY"))
+      key = env;
+    origin = "CECO_API_KEY";
+  }
+  while (!key.empty() && (key.back() == '\r' || key.back() == ' ' || key.back() == '\t'))
+    key.pop_back();
+  if (key.empty() && origin != std::string("CECO_API_KEY"))
+    throw config_error(fmt::format("{}{}: the key is empty", origin,
+                                   a.api_key_file.empty() ? "" : " " + a.api_key_file));
+  for (char c : key)
+    if (static_cast<unsigned char>(c) < 0x21 || static_cast<unsigned char>(c) > 0x7e)
+      throw config_error(fmt::format("{}: the key holds a space or a control character; it is "
+                                     "sent in an HTTP header as 'Bearer KEY'",
+                                     origin));
+  return key;
+}
+
+void run_serve(serve_args a) {
+  a.server.api_key = api_key_of(a);
   // A server answers people: its link adds no simulated delay, against a
   // real cloud or one in this process, unless the file or --set asks.
   auto s = load_settings(a.config, a.sets, real_network_defaults());
@@ -80,16 +113,28 @@ void run_serve(const serve_args& a) {
   // The port ends the first line: scripts read it after the last ':'.
   fmt::print("ceco serve: listening on {}:{}\n", a.server.host, port);
   fmt::print("ceco serve: model '{}' ({}), mode {}, cloud {}, chat template {} ({}), at most {} "
-             "completions at once, link: {}\n",
+             "completions at once and {} queued, link: {}, API key: {}\n",
              server.model_id(), m.path, s.policy.mode,
              a.local_cloud ? std::string("in this process")
                            : fmt::format("{}:{}", s.cloud.host, s.cloud.port),
-             to_string(chat), why, a.server.max_concurrent, describe_link_delay(s));
+             to_string(chat), why, a.server.max_concurrent, a.server.queue,
+             describe_link_delay(s),
+             a.server.api_key.empty() ? "none (every request is served)"
+             : a.server.protect_health ? "required on every path"
+                                       : "required (/health and /metrics open)");
   std::cout.flush();
   std::thread http([&] { server.run(); });
   int sig = 0;
   sigwait(&stop, &sig);
-  fmt::print("ceco serve: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  fmt::print("ceco serve: {} received: new requests get 503, completions in flight have {} s "
+             "to finish\n",
+             sig == SIGINT ? "SIGINT" : "SIGTERM", a.server.drain_timeout_s);
+  std::cout.flush();
+  const int ended = server.drain(a.server.drain_timeout_s);
+  if (ended > 0)
+    fmt::print("ceco serve: {} completions still running after {} s were ended\n", ended,
+               a.server.drain_timeout_s);
+  fmt::print("ceco serve: shut down\n");
   std::cout.flush();
   server.stop();
   http.join();
@@ -116,8 +161,30 @@ void add_serve_command(CLI::App& app) {
                   "chat prompt format: " + chat_format_names() +
                     " (default: recognised from the model's tokenizer.chat_template, else plain)");
   cmd->add_option("--max-concurrent", a->server.max_concurrent,
-                  "completions generated at once; more are answered 429")
+                  "completions generated at once; more wait in the queue (--queue)")
     ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--queue", a->server.queue,
+                  "completions that wait, first come first served, for a place beyond "
+                  "--max-concurrent; past it a request is answered 429 with Retry-After "
+                  "(0: no queue). A waiting client that hangs up leaves the queue")
+    ->capture_default_str()->check(CLI::Range(0, 4096));
+  auto* key = cmd->add_option("--api-key", a->server.api_key,
+                              "every request must carry 'Authorization: Bearer KEY', else 401 "
+                              "(default: $CECO_API_KEY; none: every request is served)");
+  cmd->add_option("--api-key-file", a->api_key_file,
+                  "as --api-key, the key being the file's first line (kept out of the "
+                  "process list)")
+    ->excludes(key);
+  cmd->add_flag("--protect-health", a->server.protect_health,
+                "with an API key, /health and /metrics need it too (default: they are open)");
+  cmd->add_option("--access-log", a->server.access_log,
+                  "one line per request (time, client address, method, path, status, prompt "
+                  "and completion tokens, ms, mode) appended to FILE; '-' is stderr, '' none")
+    ->capture_default_str();
+  cmd->add_option("--drain-timeout-s", a->server.drain_timeout_s,
+                  "on SIGTERM or SIGINT new requests get 503 and completions in flight have "
+                  "this many seconds to finish; those still running are then ended")
+    ->capture_default_str()->check(CLI::Range(0, 3600));
   cmd->add_option("--max-connections", a->server.max_connections,
                   "HTTP connections open at once; past it the one that has waited longest for "
                   "its request is closed, or the new one is answered 503")

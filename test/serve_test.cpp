@@ -441,7 +441,7 @@ TEST_CASE("ceco serve: streamed chunks join to the non-streamed text, and /metri
 
 TEST_CASE("ceco serve: over the concurrency limit is 429 and a client that hangs up frees its cloud session") {
   // A slow link keeps a response running while the test looks.
-  server s("--local-cloud --max-concurrent 1 --set link.latency_ms=20");
+  server s("--local-cloud --max-concurrent 1 --queue 0 --set link.latency_ms=20");
   auto long_body = completion_body("And God said", 200);
   std::thread first([&] { hang_up_after(s, long_body, 3); });
   REQUIRE(wait_for_metric(s.port, "ceco_cloud_sessions_open", 1));
@@ -750,7 +750,7 @@ TEST_CASE("ceco serve: clients that hang up on non-streamed requests free their 
 }
 
 TEST_CASE("ceco serve: --max-concurrent is checked before the prompt is tokenized") {
-  server s("--local-cloud --max-concurrent 1 --set link.latency_ms=20");
+  server s("--local-cloud --max-concurrent 1 --queue 0 --set link.latency_ms=20");
   int fd = raw_connect(s.port);
   REQUIRE(fd >= 0);
   REQUIRE(send_text(fd, http_post("/v1/completions", completion_body("And God said", 200).dump())));
@@ -804,4 +804,310 @@ TEST_CASE("ceco serve: bounded work per request: a 7 MB prompt is refused fast, 
   MESSAGE("ceco serve RSS before " << rss0 << " MiB, after 2 prompts of 7 MB, 6 deep and 6 wide "
           "bodies " << rss1 << " MiB");
   CHECK(rss1 - rss0 < 48.0);
+}
+
+// ---- a server people can put in front of users (issue 26, item 3) ----
+
+TEST_CASE("logprobs and top_logprobs are refused naming the field, n > 1 too, unknown fields are ignored") {
+  const std::string chat = R"("model": "m", "messages": [{"role": "user", "content": "hi"}])";
+  const std::string prompt = R"("model": "m", "prompt": "hi")";
+  CHECK(param_of("{" + chat + R"(, "logprobs": true})") == "logprobs");
+  CHECK(status_of("{" + chat + R"(, "logprobs": true})") == 400);
+  CHECK(param_of("{" + chat + R"(, "logprobs": true, "top_logprobs": 3})") == "logprobs");
+  CHECK(param_of("{" + chat + R"(, "top_logprobs": 3})") == "top_logprobs");
+  CHECK(param_of("{" + chat + R"(, "logprobs": "yes"})") == "logprobs");
+  CHECK(param_of("{" + prompt + R"(, "logprobs": 0})", false) == "logprobs");
+  CHECK(param_of("{" + prompt + R"(, "logprobs": 5})", false) == "logprobs");
+  try {
+    parse_completion_request("{" + chat + R"(, "top_logprobs": 3})", true);
+    FAIL("top_logprobs accepted");
+  } catch (const api_error& e) {
+    CHECK(std::string(e.what()).find("'top_logprobs' is 3") != std::string::npos);
+  }
+  // Asked not to give them, or nothing asked: accepted.
+  CHECK(param_of("{" + chat + R"(, "logprobs": false, "top_logprobs": 0})") == "accepted");
+  CHECK(param_of("{" + chat + R"(, "logprobs": null})") == "accepted");
+  CHECK(param_of("{" + chat + R"(, "n": 3})") == "n");
+  CHECK(param_of("{" + chat + R"(, "n": 1})") == "accepted");
+  CHECK(param_of("{" + chat + R"(, "user": "u-1", "service_tier": "auto", "frequency_penalty": 0.5,
+                   "something_new": {"a": [1]}})") == "accepted");
+}
+
+TEST_CASE("an Authorization header is checked against the key, whole") {
+  CHECK(bearer_matches("Bearer k3y-1", "k3y-1"));
+  CHECK_FALSE(bearer_matches("Bearer k3y-2", "k3y-1"));
+  CHECK_FALSE(bearer_matches("Bearer k3y-", "k3y-1"));
+  CHECK_FALSE(bearer_matches("Bearer k3y-11", "k3y-1"));
+  CHECK_FALSE(bearer_matches("Basic k3y-1", "k3y-1"));
+  CHECK_FALSE(bearer_matches("k3y-1", "k3y-1"));
+  CHECK_FALSE(bearer_matches("", "k3y-1"));
+  CHECK_FALSE(bearer_matches("Bearer ", ""));
+}
+
+namespace {
+
+reply request(const server& s, const std::string& method, const std::string& path,
+              const std::string& key, const std::string& body = {}) {
+  auto c = s.client();
+  httplib::Headers h;
+  if (!key.empty())
+    h.emplace("Authorization", "Bearer " + key);
+  auto r = method == "GET" ? c.Get(path.c_str(), h)
+                           : c.Post(path.c_str(), h, body, "application/json");
+  REQUIRE_MESSAGE(r, "no answer from ceco serve to " << path);
+  return {r->status, json::parse(r->body, nullptr, false)};
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+} // namespace
+
+TEST_CASE("ceco serve --api-key: without the key 401 in OpenAI's format, /health and /metrics open unless --protect-health") {
+  const auto body = completion_body("And God said", 3).dump();
+  {
+    server s("--local-cloud --api-key k3y-1 --set link.latency_ms=0");
+    auto none = request(s, "POST", "/v1/completions", "", body);
+    CHECK(none.status == 401);
+    CHECK(none.body["error"]["type"] == "invalid_request_error");
+    CHECK(none.body["error"]["code"] == "invalid_api_key");
+    CHECK(none.body["error"]["message"].get<std::string>().find("API key") != std::string::npos);
+    CHECK(request(s, "POST", "/v1/completions", "k3y-2", body).status == 401);
+    CHECK(request(s, "POST", "/v1/chat/completions", "k3y", chat_body("hi", 2).dump()).status
+          == 401);
+    CHECK(request(s, "GET", "/v1/models", "", "").status == 401);
+    CHECK(request(s, "GET", "/no/such/path", "", "").status == 401);
+    auto ok = request(s, "POST", "/v1/completions", "k3y-1", body);
+    CHECK(ok.status == 200);
+    CHECK(ok.body["usage"]["completion_tokens"] == 3);
+    CHECK(request(s, "GET", "/v1/models", "k3y-1", "").status == 200);
+    CHECK(request(s, "GET", "/health", "", "").status == 200);
+    CHECK(request(s, "GET", "/metrics", "", "").status == 200);
+    auto m = scrape(s.port);
+    CHECK(m["ceco_http_requests_total{endpoint=\"/v1/completions\",status=\"401\"}"] == 2);
+  }
+  {
+    server s("--local-cloud --api-key k3y-1 --protect-health --set link.latency_ms=0");
+    CHECK(request(s, "GET", "/health", "", "").status == 401);
+    CHECK(request(s, "GET", "/metrics", "", "").status == 401);
+    CHECK(request(s, "GET", "/health", "k3y-1", "").status == 200);
+    CHECK(request(s, "GET", "/metrics", "k3y-1", "").status == 200);
+  }
+  {
+    temp_dir dir;
+    const auto file = dir.file("key");
+    std::ofstream(file) << "from-a-file\n";
+    server s("--local-cloud --api-key-file " + file + " --set link.latency_ms=0");
+    CHECK(request(s, "POST", "/v1/completions", "", body).status == 401);
+    CHECK(request(s, "POST", "/v1/completions", "from-a-file", body).status == 200);
+  }
+  {
+    ::setenv("CECO_API_KEY", "from-the-env", 1);
+    server s("--local-cloud --set link.latency_ms=0");
+    ::unsetenv("CECO_API_KEY");
+    CHECK(request(s, "POST", "/v1/completions", "", body).status == 401);
+    CHECK(request(s, "POST", "/v1/completions", "from-the-env", body).status == 200);
+  }
+  {
+    // Without a key every request is served, as before.
+    server s("--local-cloud --set link.latency_ms=0");
+    CHECK(request(s, "POST", "/v1/completions", "", body).status == 200);
+  }
+}
+
+TEST_CASE("ceco serve: an empty or unreadable key file is an error naming the flag") {
+  temp_dir dir;
+  std::ofstream(dir.file("empty")) << "\n";
+  auto empty = run_ceco("serve --local-cloud --port 0 --api-key-file " + dir.file("empty"));
+  CHECK(empty.status == 1);
+  CHECK(empty.out.find("--api-key-file") != std::string::npos);
+  CHECK(empty.out.find("empty") != std::string::npos);
+  auto missing = run_ceco("serve --local-cloud --port 0 --api-key-file " + dir.file("none"));
+  CHECK(missing.status == 1);
+  CHECK(missing.out.find("--api-key-file") != std::string::npos);
+  auto both = run_ceco("serve --local-cloud --port 0 --api-key a --api-key-file " + dir.file("empty"));
+  CHECK(both.status == 1);
+}
+
+TEST_CASE("ceco serve: past --max-concurrent requests wait in the queue, 429 with Retry-After only when it is full, a queued client that hangs up leaves it") {
+  server s("--local-cloud --max-concurrent 1 --queue 2 --set link.latency_ms=20");
+  // 40 tokens at 20 ms each way: about 1.6 s each.
+  const auto body = completion_body("And God said", 40).dump();
+  std::vector<int> statuses(3, 0);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.emplace_back([&, i] {
+      statuses[i] = post(s, "/v1/completions", body).status;
+    });
+    if (i == 0)
+      REQUIRE(wait_for_metric(s.port, "ceco_requests_in_flight", 1));
+    else
+      REQUIRE(wait_for_metric(s.port, "ceco_requests_queued", i));
+  }
+  CHECK(scrape(s.port)["ceco_requests_in_flight"] == 1);
+  auto c = s.client();
+  auto full = c.Post("/v1/completions", body, "application/json");
+  REQUIRE(full);
+  CHECK(full->status == 429);
+  CHECK(full->get_header_value("Retry-After") == "1");
+  auto err = json::parse(full->body);
+  CHECK(err["error"]["type"] == "rate_limit_error");
+  CHECK(err["error"]["message"].get<std::string>().find("--queue 2") != std::string::npos);
+  for (auto& t : clients)
+    t.join();
+  CHECK(statuses == std::vector<int>{200, 200, 200});  // the queued ones were served, in turn
+  CHECK(scrape(s.port)["ceco_requests_queued"] == 0);
+
+  // A queued request whose client hangs up leaves the queue at once.
+  int busy = raw_connect(s.port);
+  REQUIRE(busy >= 0);
+  REQUIRE(send_text(busy, http_post("/v1/completions", completion_body("And God said", 200).dump())));
+  REQUIRE(wait_for_metric(s.port, "ceco_requests_in_flight", 1));
+  int queued = raw_connect(s.port);
+  REQUIRE(queued >= 0);
+  REQUIRE(send_text(queued, http_post("/v1/completions", body)));
+  REQUIRE(wait_for_metric(s.port, "ceco_requests_queued", 1));
+  ::close(queued);
+  CHECK(wait_for_metric(s.port, "ceco_requests_queued", 0, 1.0));
+  CHECK(scrape(s.port)["ceco_requests_in_flight"] == 1);  // the running one goes on
+  ::close(busy);
+  CHECK(wait_for_metric(s.port, "ceco_requests_in_flight", 0, 2.0));
+}
+
+TEST_CASE("ceco serve --access-log: one line per request with method, path, status, tokens, ms, mode and client") {
+  temp_dir dir;
+  const auto log = dir.file("access.log");
+  {
+    server s("--local-cloud --api-key k3y-1 --access-log " + log + " --set link.latency_ms=0");
+    CHECK(request(s, "POST", "/v1/completions", "k3y-1", completion_body("And God said", 5).dump())
+            .status == 200);
+    auto streamed = completion_body("In the beginning", 4);
+    streamed["stream"] = true;
+    CHECK(request(s, "POST", "/v1/completions", "k3y-1", streamed.dump()).status == 200);
+    CHECK(request(s, "POST", "/v1/chat/completions", "nope", chat_body("hi", 2).dump()).status
+          == 401);
+    CHECK(request(s, "GET", "/health", "", "").status == 200);
+    // A line is written once its response is out: wait for the last one.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    auto lines_in = [&] {
+      auto text = read_file(log);
+      return std::count(text.begin(), text.end(), '\n');
+    };
+    while (lines_in() < 4 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  INFO(read_file(log));
+  std::istringstream in(read_file(log));
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);)
+    lines.push_back(l);
+  REQUIRE(lines.size() == 4);
+  // A line is written when its response is out, so a stream's may come
+  // after the next request's: each is found by its path and status.
+  auto line_with = [&](const std::string& what) {
+    for (auto& l : lines)
+      if (l.find(what) != std::string::npos)
+        return l;
+    return std::string();
+  };
+  auto has = [](const std::string& l, const std::string& what) {
+    return l.find(what) != std::string::npos;
+  };
+  auto plain = line_with("prompt_tokens=4 ");
+  CHECK(has(plain, "method=POST path=/v1/completions status=200 prompt_tokens=4 "
+                   "completion_tokens=5 "));
+  CHECK(has(plain, " mode=collaborative"));
+  CHECK(has(plain, "client=127.0.0.1:"));
+  CHECK(has(plain, " ms="));
+  auto streamed_line = line_with("completion_tokens=4 ");
+  CHECK(has(streamed_line, "method=POST path=/v1/completions status=200 "));
+  CHECK(has(line_with("status=401"), "method=POST path=/v1/chat/completions status=401 "
+                                      "prompt_tokens=- completion_tokens=- "));
+  auto health = line_with("path=/health");
+  CHECK(has(health, "method=GET path=/health status=200 "));
+  CHECK(has(health, "mode=-"));
+}
+
+TEST_CASE("ceco serve on SIGTERM finishes the stream in flight, refuses new requests with 503, and exits 0") {
+  server s("--local-cloud --set link.latency_ms=20");
+  // About 2.4 s of tokens, streamed.
+  stream_reply streamed;
+  std::thread client([&] {
+    streamed = post_stream(s, "/v1/completions", completion_body("And God said", 60));
+  });
+  REQUIRE(wait_for_metric(s.port, "ceco_requests_in_flight", 1));
+  s.proc.signal(SIGTERM);
+  CHECK(s.proc.line().find("SIGTERM received") != std::string::npos);
+  auto refused = post(s, "/v1/completions", completion_body("And", 2).dump());
+  CHECK(refused.status == 503);
+  CHECK(refused.body["error"]["code"] == "shutting_down");
+  client.join();
+  CHECK(streamed.status == 200);
+  CHECK(streamed.done);
+  REQUIRE_FALSE(streamed.events.empty());
+  CHECK(streamed.events.back()["usage"]["completion_tokens"] == 60);
+  CHECK(streamed.events.back()["choices"][0]["finish_reason"] == "length");
+  int status = -1;
+  REQUIRE(::waitpid(s.proc.pid, &status, 0) == s.proc.pid);
+  s.proc.pid = -1;
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("ceco serve: a stream past --drain-timeout-s is ended with an error event, and the server exits 0") {
+  server s("--local-cloud --drain-timeout-s 1 --set link.latency_ms=20");
+  stream_reply streamed;
+  std::thread client([&] {
+    streamed = post_stream(s, "/v1/completions", completion_body("And God said", 200));
+  });
+  REQUIRE(wait_for_metric(s.port, "ceco_requests_in_flight", 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  s.proc.signal(SIGTERM);
+  client.join();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(took < 4.0);  // 200 tokens would take 8 s
+  REQUIRE_FALSE(streamed.events.empty());
+  CHECK(streamed.events.back()["error"]["code"] == "shutting_down");
+  int status = -1;
+  REQUIRE(::waitpid(s.proc.pid, &status, 0) == s.proc.pid);
+  s.proc.pid = -1;
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("chat templates of other families are not taken for a built-in one") {
+  // Phi-3: zephyr's role markers, but <|end|> ends a turn.
+  CHECK_FALSE(recognise_chat_template(
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{'<|user|>\n' + "
+    "message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{{ '<|assistant|>\n' }}"));
+  // Gemma.
+  CHECK_FALSE(recognise_chat_template(
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"));
+  // Qwen2 and SmolLM2 are chatml, TinyLlama is zephyr, Mistral's [INST] is llama-2's.
+  CHECK(recognise_chat_template("{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                                "'<|im_end|>' + '\n'}}") == chat_format::chatml);
+  CHECK(recognise_chat_template("{% if message['role'] == 'user' %}{{ '<|user|>\n' + "
+                                "message['content'] + eos_token }}{% elif message['role'] == "
+                                "'assistant' %}{{ '<|assistant|>\n'  + message['content'] + "
+                                "eos_token }}{% endif %}") == chat_format::zephyr);
+  CHECK(recognise_chat_template("{{ '[INST] ' + message['content'] + ' [/INST]' }}{{ "
+                                "message['content'] + eos_token}}") == chat_format::llama2);
+}
+
+TEST_CASE("ceco serve --help explains every flag of the API key, the queue, the access log and the shutdown") {
+  auto help = run_ceco("serve --help");
+  REQUIRE(help.status == 0);
+  for (const char* flag : {"--api-key ", "--api-key-file", "--protect-health", "--queue",
+                           "--access-log", "--drain-timeout-s", "--max-concurrent"})
+    CHECK_MESSAGE(help.out.find(flag) != std::string::npos, flag);
+  CHECK(help.out.find("Authorization: Bearer KEY") != std::string::npos);
+  CHECK(help.out.find("Retry-After") != std::string::npos);
+  CHECK(help.out.find("503") != std::string::npos);
+  auto chat_help = run_ceco("chat --help");
+  REQUIRE(chat_help.status == 0);
+  for (const char* flag : {"--local-cloud", "--mode", "--chat-template", "--system",
+                           "--max-tokens", "--quiet"})
+    CHECK_MESSAGE(chat_help.out.find(flag) != std::string::npos, flag);
 }

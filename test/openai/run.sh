@@ -3,7 +3,9 @@
 # against a `ceco cloud` process it starts too) on free loopback ports and
 # runs the official OpenAI client against it.
 #
-#   run.sh CECO_BINARY local|two-process
+#   run.sh CECO_BINARY local|two-process|limits
+#
+# limits: limits_test.mjs against a server with an API key and a queue.
 #
 # Exits 77 (skipped) when node or the openai package (deploy/install-deps.sh
 # installs both) is missing here; under CI (CI=true) that is a failure.
@@ -46,7 +48,12 @@ port_of() {
 }
 
 serve_args=(serve --port 0 --set link.latency_ms=0)
-if [ "$setup" = "local" ]; then
+if [ "$setup" = "limits" ]; then
+  # An API key (from the environment), one completion at once and one queued,
+  # a link slow enough to keep a stream running while the test looks.
+  export CECO_API_KEY="ceco-test-key-$$"
+  serve_args=(serve --port 0 --local-cloud --max-concurrent 1 --queue 1 --set link.latency_ms=20)
+elif [ "$setup" = "local" ]; then
   serve_args+=(--local-cloud)
 else
   "$ceco" cloud --set cloud.port=0 > "$work/cloud.out" 2> "$work/cloud.err" &
@@ -56,4 +63,8 @@ fi
 "$ceco" "${serve_args[@]}" > "$work/serve.out" 2> "$work/serve.err" &
 pids+=($!)
 port=$(port_of "$work/serve.out")
-node "$here/client_test.mjs" "http://127.0.0.1:$port/v1"
+if [ "$setup" = "limits" ]; then
+  node "$here/limits_test.mjs" "http://127.0.0.1:$port/v1" "$CECO_API_KEY"
+else
+  node "$here/client_test.mjs" "http://127.0.0.1:$port/v1"
+fi
