@@ -1111,3 +1111,54 @@ TEST_CASE("ceco serve --help explains every flag of the API key, the queue, the 
                            "--max-tokens", "--quiet"})
     CHECK_MESSAGE(chat_help.out.find(flag) != std::string::npos, flag);
 }
+
+TEST_CASE("ceco serve: 256 concurrent completions through one serve and one link to a ceco cloud all answer 200") {
+  ceco_process cloud("cloud --set cloud.port=0 --metrics-port 0");
+  const int cloud_port = port_from_line(cloud);
+  const int metrics_port = port_from_line(cloud);
+  REQUIRE(cloud_port > 0);
+  // At most 64 in flight (the cloud's sessions per connection), the rest queued.
+  server s(fmt::format("--set cloud.port={} --set policy.mode=cloud --set link.latency_ms=0 "
+                       "--max-concurrent 64 --queue 256",
+                       cloud_port));
+  const int n = 256;
+  std::vector<int> status(n, 0);
+  std::vector<std::thread> clients;
+  const auto body = completion_body("And God said", 8).dump();
+  for (int i = 0; i < n; ++i)
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", s.port);
+      c.set_read_timeout(120, 0);
+      c.set_connection_timeout(30, 0);
+      if (auto r = c.Post("/v1/completions", body, "application/json"))
+        status[size_t(i)] = r->status;
+    });
+  for (auto& t : clients)
+    t.join();
+  int ok = 0;
+  for (int st : status)
+    ok += st == 200;
+  CHECK(ok == n);
+  CHECK(wait_for_metric(metrics_port, "ceco_cloud_sessions_open", 0, 5.0));
+}
+
+TEST_CASE("ceco serve in cloud mode against a cloud whose sessions expire fast: every request 200, none left held") {
+  // Generations (profile time) outlive session.ttl_s, and one connection may
+  // hold 4 sessions: 24 requests in a row pass that cap six times over.
+  ceco_process cloud("cloud --set cloud.port=0 --metrics-port 0 --set session.ttl_s=0.2 "
+                     "--set session.max_sessions_per_connection=4 --set compute.mode=profile "
+                     "--set compute.profile=paper-a100");
+  const int cloud_port = port_from_line(cloud);
+  const int metrics_port = port_from_line(cloud);
+  REQUIRE(cloud_port > 0);
+  server s(fmt::format("--set cloud.port={} --set policy.mode=cloud --set link.latency_ms=0",
+                       cloud_port));
+  int ok = 0;
+  for (int i = 0; i < 24; ++i) {
+    auto r = post(s, "/v1/completions", completion_body("And God said", 8).dump());
+    CAPTURE(r.body.dump());
+    ok += r.status == 200;
+  }
+  CHECK(ok == 24);
+  CHECK(wait_for_metric(metrics_port, "ceco_cloud_sessions_open", 0, 5.0));
+}
