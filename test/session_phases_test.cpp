@@ -179,3 +179,30 @@ TEST_CASE("session phases: a lost cloud degrades the response, a reconnected one
   CHECK(phases(r.phases.end() - 4, r.phases.end()) ==
         phases{"resuming", "running", "closing", "reporting"});
 }
+
+TEST_CASE("session phases: a cloud lost while a finished response closes its session leaves the response whole") {
+  auto s = stories_settings({"link.latency_ms=0"});
+  auto m = load_site_model(s, stories_gguf());
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, 2);
+  caf::actor_system sys{cfg};
+  // Answers the open and the generation, then is gone at the close.
+  auto stub = sys.spawn([]() -> caf::behavior {
+    return {
+      [](open_atom) { return uint64_t(7); },
+      [](generate_request&) { return generate_reply{{5, 6, 7}, 0}; },
+      [](close_atom, uint64_t) -> caf::result<session_summary> {
+        return make_error(ceco_errc::cloud_unreachable, "test: the cloud went at the close");
+      },
+    };
+  });
+  response_report r;
+  {
+    deployment dep(sys, s, m, caf::actor_cast<cloud_api>(stub));
+    r = dep.run(m.vocab.encode("Once upon a time"), "cloud", 3);
+  }
+  CHECK(r.error.empty());
+  CHECK(r.tokens == std::vector<int32_t>{5, 6, 7});
+  CHECK(r.phases == phases{"opening", "running", "closing", "reporting"});
+  caf::anon_send_exit(stub, caf::exit_reason::user_shutdown);
+}
