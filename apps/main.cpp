@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "apps/commands.hpp"
+#include "config/settings.hpp"
 #include "model/compute_threads.hpp"
 #include "model/config.hpp"
 
@@ -40,23 +41,6 @@ std::string default_exit_heads_path() {
 
 namespace {
 
-/// Edit distance of two words (insertions, deletions, substitutions).
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j)
-    row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
 /// The first argument when it is meant as a command but names none: a
 /// message with the nearest command, else "".
 std::string unknown_command(const CLI::App& app, int argc, char** argv) {
@@ -71,7 +55,7 @@ std::string unknown_command(const CLI::App& app, int argc, char** argv) {
   std::string best;
   size_t best_distance = 0;
   for (const auto& n : names) {
-    size_t d = edit_distance(word, n);
+    size_t d = ceco::edit_distance(word, n);
     if (best.empty() || d < best_distance)
       best = n, best_distance = d;
   }

@@ -381,25 +381,10 @@ const key_spec& find_key(const std::string& key, const std::string& where) {
       return k;
   // The nearest keys by edit distance, of the whole key or of its last part
   // (a misspelt name in the right section, or the right name in another).
-  auto distance = [](const std::string& a, const std::string& b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j)
-      row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-      size_t diagonal = row[0];
-      row[0] = i;
-      for (size_t j = 1; j <= b.size(); ++j) {
-        size_t up = row[j];
-        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-        diagonal = up;
-      }
-    }
-    return row[b.size()];
-  };
   auto last_part = [](const std::string& k) { return k.substr(k.rfind('.') + 1); };
   std::vector<std::pair<size_t, std::string>> near;
   for (auto& k : schema()) {
-    size_t d = std::min(distance(key, k.key), distance(last_part(key), last_part(k.key)));
+    size_t d = std::min(edit_distance(key, k.key), edit_distance(last_part(key), last_part(k.key)));
     if (d <= std::max<size_t>(2, last_part(key).size() / 3))
       near.emplace_back(d, k.key);
   }
@@ -637,6 +622,22 @@ std::string describe_settings(const settings& s) {
   for (auto& k : schema())
     out += fmt::format("{} = {}\n", k.key, k.get(s));
   return out;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
 }
 
 } // namespace ceco

@@ -153,4 +153,8 @@ void check_against_model(const settings& s, const model_config& cfg);
 /// Every key with its current value, one "key = value" per line.
 std::string describe_settings(const settings& s);
 
+/// Edit distance of two words (insertions, deletions, substitutions): how
+/// near a misspelt key or command is to one that exists.
+size_t edit_distance(const std::string& a, const std::string& b);
+
 } // namespace ceco
