@@ -1,10 +1,13 @@
 #include "apps/http_front.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <malloc.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -458,6 +461,37 @@ void http_front::serve(std::unique_ptr<connection> c) {
   c->since = clock_type::now();
   c->deadline = c->since + std::chrono::milliseconds(limits_.idle_timeout_ms);
   admit(std::move(c));
+}
+
+void set_listen_options(int sock) {
+  int yes = 1;
+  ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+}
+
+std::string bind_failure(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found); rc != 0)
+    return fmt::format("cannot resolve '{}': {}", host, ::gai_strerror(rc));
+  std::string why = "unknown reason";
+  for (auto* ai = found; ai; ai = ai->ai_next) {
+    int sock = ::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (sock < 0) {
+      why = std::strerror(errno);
+      continue;
+    }
+    set_listen_options(sock);
+    if (::bind(sock, ai->ai_addr, ai->ai_addrlen) != 0)
+      why = std::strerror(errno);
+    else if (::listen(sock, 1) != 0)
+      why = std::strerror(errno);
+    ::close(sock);
+  }
+  ::freeaddrinfo(found);
+  return why;
 }
 
 } // namespace ceco::app

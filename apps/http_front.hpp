@@ -101,4 +101,12 @@ private:
   std::vector<std::thread> workers_;
 };
 
+/// A listening socket's options for ceco's HTTP servers: SO_REUSEADDR only.
+/// The library's default adds SO_REUSEPORT, with which a second server on the
+/// same port starts and the kernel splits the connections between the two.
+void set_listen_options(int sock);
+/// Why binding host:port fails ("Address already in use"), found by trying it
+/// as the servers do.
+std::string bind_failure(const std::string& host, int port);
+
 } // namespace ceco::app

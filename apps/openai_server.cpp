@@ -684,12 +684,8 @@ struct openai_server::impl {
       });
     // The library listens with a backlog of 5: a burst of clients would wait
     // a second for a SYN retransmit. Keep the socket to listen again, longer.
-    // SO_REUSEADDR only: the library's default adds SO_REUSEPORT, with which
-    // a second server on the same port starts and the kernel splits the
-    // requests between the two.
     http.set_socket_options([this](socket_t sock) {
-      int yes = 1;
-      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+      set_listen_options(sock);
       listen_socket = sock;
     });
   }
@@ -704,37 +700,6 @@ openai_server::openai_server(caf::actor_system& sys, deployment& edge, const set
 
 openai_server::~openai_server() = default;
 
-namespace {
-
-/// Why binding host:port fails, found by trying it as the server does.
-std::string bind_failure(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* found = nullptr;
-  if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found); rc != 0)
-    return fmt::format("cannot resolve '{}': {}", host, ::gai_strerror(rc));
-  std::string why = "unknown reason";
-  for (auto* ai = found; ai; ai = ai->ai_next) {
-    int sock = ::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-    if (sock < 0) {
-      why = std::strerror(errno);
-      continue;
-    }
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    if (::bind(sock, ai->ai_addr, ai->ai_addrlen) != 0)
-      why = std::strerror(errno);
-    else if (::listen(sock, 1) != 0)
-      why = std::strerror(errno);
-    ::close(sock);
-  }
-  ::freeaddrinfo(found);
-  return why;
-}
-
-} // namespace
 
 int openai_server::bind() {
   const auto& o = impl_->o;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <prometheus/text_serializer.h>
 
+#include "apps/http_front.hpp"
 #include "config/settings.hpp"
 
 namespace ceco::app {
@@ -209,6 +210,7 @@ struct metrics_endpoint::impl {
 metrics_endpoint::metrics_endpoint(const std::string& host, int port,
                                    std::shared_ptr<prometheus::Collectable> collectable)
   : impl_(std::make_unique<impl>()) {
+  impl_->http.set_socket_options([](socket_t sock) { set_listen_options(sock); });
   impl_->http.Get("/metrics", [collectable](const httplib::Request&, httplib::Response& res) {
     res.set_content(prometheus::TextSerializer{}.Serialize(collectable->Collect()),
                     "text/plain; version=0.0.4; charset=utf-8");
@@ -216,7 +218,8 @@ metrics_endpoint::metrics_endpoint(const std::string& host, int port,
   port_ = port == 0 ? impl_->http.bind_to_any_port(host)
                     : (impl_->http.bind_to_port(host, port) ? port : -1);
   if (port_ <= 0)
-    throw config_error(fmt::format("cannot serve metrics on {}:{}", host, port));
+    throw config_error(fmt::format("cannot serve metrics on {}:{}: {}", host, port,
+                                   bind_failure(host, port)));
   impl_->thread = std::thread([this] { impl_->http.listen_after_bind(); });
 }
 

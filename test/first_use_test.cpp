@@ -307,6 +307,27 @@ TEST_CASE("ceco serve on a port in use fails and says why") {
                               ": Address already in use"));
 }
 
+TEST_CASE("ceco cloud --metrics-port on a port in use fails and says why") {
+  // A port another program listens on, as a second cloud's metrics would find it.
+  int sock = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(sock >= 0);
+  int yes = 1;
+  ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(sock, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(sock, 1) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
+  const int held = ntohs(a.sin_port);
+  auto cloud = run_ceco_for("cloud --set cloud.port=0 --metrics-port " + std::to_string(held), 60);
+  ::close(sock);
+  CHECK(cloud.status == 1);
+  CHECK(contains(cloud.out, "cannot serve metrics on 127.0.0.1:" + std::to_string(held) +
+                              ": Address already in use"));
+}
+
 TEST_CASE("ceco serve warns when the chat template's markers are not special tokens of the model") {
   local_server chatml("--chat-template chatml");
   CHECK(contains(chatml.lines, "WARNING: chat template chatml: <|im_start|>, <|im_end|> are not "
