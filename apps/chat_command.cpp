@@ -35,10 +35,7 @@ namespace ceco::app {
 
 namespace {
 
-struct chat_args {
-  std::string config;
-  std::vector<std::string> sets;
-  bool local_cloud = false;
+struct chat_args : edge_front_args {
   std::string mode;
   std::string chat_template;
   std::string system;
@@ -93,13 +90,9 @@ void run_chat(const chat_args& a) {
   std::string why;
   const auto chat = choose_chat_format(o, m.vocab, why);
   caf::actor_system_config cfg;
-  if (a.local_cloud)
-    configure_actor_system(cfg, s.runtime.threads);
-  else
-    configure_deployment(cfg, s);
+  configure_edge_front(cfg, s, a);
   caf::actor_system sys{cfg};
-  auto edge = a.local_cloud ? std::make_unique<deployment>(sys, s, m)
-                            : wire_to_remote_cloud(sys, s, m);
+  auto edge = start_edge_front(sys, s, m, a);
   const int max_seq = m.model->config().max_seq;
   const bool terminal = ::isatty(0) && ::isatty(1);
   std::string mode = s.policy.mode;
@@ -108,8 +101,7 @@ void run_chat(const chat_args& a) {
                "ceco chat: model {}, mode {}, cloud {}, chat template {} ({}); /reset, /mode "
                "STRATEGY, /quit\n",
                m.path, mode,
-               a.local_cloud ? std::string("in this process")
-                             : fmt::format("{}:{}", s.cloud.host, s.cloud.port),
+               cloud_location(s, a),
                to_string(chat), why);
   std::vector<chat_message> history;
   auto reset = [&] {
@@ -213,11 +205,7 @@ void add_chat_command(CLI::App& app) {
             "tokens come (history kept, the model's chat template; /reset, /mode STRATEGY, "
             "/quit); each reply is one edge session against `ceco cloud` or a cloud in this "
             "process (--local-cloud)");
-  cmd->add_option("--config", a->config, "TOML settings (the same schema as sim; see config/sim.toml)");
-  cmd->add_option("--set", a->sets, "override one setting, e.g. --set policy.mode=standalone")
-    ->take_all()->allow_extra_args(false);
-  cmd->add_flag("--local-cloud", a->local_cloud,
-                "run the cloud site in this process instead of connecting to `ceco cloud`");
+  add_edge_front_options(cmd, *a);
   cmd->add_option("--mode", a->mode,
                   "the strategy of the first reply (default: policy.mode); /mode changes it");
   cmd->add_option("--chat-template", a->chat_template,

@@ -29,10 +29,7 @@ namespace ceco::app {
 
 namespace {
 
-struct serve_args {
-  std::string config;
-  std::vector<std::string> sets;
-  bool local_cloud = false;
+struct serve_args : edge_front_args {
   std::string api_key_file;
   serve_options server;
 };
@@ -98,13 +95,9 @@ void run_serve(serve_args a) {
                missing.size() == 1 ? "is not a special token" : "are not special tokens");
   }
   caf::actor_system_config cfg;
-  if (a.local_cloud)
-    configure_actor_system(cfg, s.runtime.threads);
-  else
-    configure_deployment(cfg, s);
+  configure_edge_front(cfg, s, a);
   caf::actor_system sys{cfg};
-  auto edge = a.local_cloud ? std::make_unique<deployment>(sys, s, m)
-                            : wire_to_remote_cloud(sys, s, m);
+  auto edge = start_edge_front(sys, s, m, a);
   auto metrics = std::make_shared<edge_metrics>(s.model.exits);
   if (a.local_cloud)
     metrics->add(std::make_shared<cloud_collector>(sys, edge->contexts()));
@@ -115,8 +108,7 @@ void run_serve(serve_args a) {
   fmt::print("ceco serve: model '{}' ({}), mode {}, cloud {}, chat template {} ({}), at most {} "
              "completions at once and {} queued, link: {}, API key: {}\n",
              server.model_id(), m.path, s.policy.mode,
-             a.local_cloud ? std::string("in this process")
-                           : fmt::format("{}:{}", s.cloud.host, s.cloud.port),
+             cloud_location(s, a),
              to_string(chat), why, a.server.max_concurrent, a.server.queue,
              describe_link_delay(s),
              a.server.api_key.empty() ? "none (every request is served)"
@@ -149,14 +141,10 @@ void add_serve_command(CLI::App& app) {
              "/v1/completions, /v1/models, /health, /metrics): each completion is one edge "
              "session in policy.mode, against `ceco cloud` at cloud.host:cloud.port or a cloud "
              "in this process (--local-cloud)");
-  cmd->add_option("--config", a->config, "TOML settings (the same schema as sim; see config/sim.toml)");
-  cmd->add_option("--set", a->sets, "override one setting, e.g. --set policy.mode=standalone")
-    ->take_all()->allow_extra_args(false);
+  add_edge_front_options(cmd, *a);
   cmd->add_option("--host", a->server.host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", a->server.port, "port to listen on (0: any free port, printed)")
     ->capture_default_str()->check(CLI::Range(0, 65535));
-  cmd->add_flag("--local-cloud", a->local_cloud,
-                "run the cloud site in this process instead of connecting to `ceco cloud`");
   cmd->add_option("--chat-template", a->server.chat_template,
                   "chat prompt format: " + chat_format_names() +
                     " (default: recognised from the model's tokenizer.chat_template, else plain)");

@@ -347,6 +347,32 @@ std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const s
   return std::make_unique<deployment>(sys, s, m, connect_to_cloud(sys, s, m), reconnect);
 }
 
+void add_edge_front_options(CLI::App* cmd, edge_front_args& a) {
+  cmd->add_option("--config", a.config, "TOML settings (the same schema as sim; see config/sim.toml)");
+  cmd->add_option("--set", a.sets, "override one setting, e.g. --set policy.mode=standalone")
+    ->take_all()->allow_extra_args(false);
+  cmd->add_flag("--local-cloud", a.local_cloud,
+                "run the cloud site in this process instead of connecting to `ceco cloud`");
+}
+
+void configure_edge_front(caf::actor_system_config& cfg, const settings& s,
+                          const edge_front_args& a) {
+  if (a.local_cloud)
+    configure_actor_system(cfg, s.runtime.threads);
+  else
+    configure_deployment(cfg, s);
+}
+
+std::unique_ptr<deployment> start_edge_front(caf::actor_system& sys, const settings& s,
+                                             const site_model& m, const edge_front_args& a) {
+  return a.local_cloud ? std::make_unique<deployment>(sys, s, m) : wire_to_remote_cloud(sys, s, m);
+}
+
+std::string cloud_location(const settings& s, const edge_front_args& a) {
+  return a.local_cloud ? std::string("in this process")
+                       : fmt::format("{}:{}", s.cloud.host, s.cloud.port);
+}
+
 void run_sessions(session_args a, const remote_cloud_fn& remote) {
   const bool deployed = bool(remote);
   // A real network's link adds no delay unless the file or --set asks.

@@ -43,6 +43,25 @@ using remote_cloud_fn = std::function<std::unique_ptr<deployment>(
 std::unique_ptr<deployment> wire_to_remote_cloud(caf::actor_system& sys, const settings& s,
                                                  const site_model& m);
 
+/// What a command that answers people (serve, chat) reads to reach its cloud:
+/// --config, --set, --local-cloud.
+struct edge_front_args {
+  std::string config;
+  std::vector<std::string> sets;
+  bool local_cloud = false;
+};
+void add_edge_front_options(CLI::App* cmd, edge_front_args& a);
+/// The actor system's configuration for the edge of `a`: one with a cloud in
+/// this process, or a deployment's.
+void configure_edge_front(caf::actor_system_config& cfg, const settings& s,
+                          const edge_front_args& a);
+/// The edge site with a cloud in this process (--local-cloud) or wired to
+/// `ceco cloud` (wire_to_remote_cloud).
+std::unique_ptr<deployment> start_edge_front(caf::actor_system& sys, const settings& s,
+                                             const site_model& m, const edge_front_args& a);
+/// "in this process" or "HOST:PORT", for a start line.
+std::string cloud_location(const settings& s, const edge_front_args& a);
+
 /// Runs the prompts of `a` under its strategies and prints the report. With
 /// `remote` unset both sites run here (`ceco sim`); with it, the cloud is
 /// remote: the actor system is set up for a deployment, and after a loss
