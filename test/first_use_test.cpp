@@ -283,6 +283,25 @@ TEST_CASE("ceco serve simulates no link delay by default and says what it simula
   CHECK(contains(nlohmann::json::parse(h->body)["link_delay"].get<std::string>(), "simulated 5 ms"));
 }
 
+/// A loopback port this test listens on, as another program would hold it.
+struct held_port {
+  int sock = -1;
+  int port = 0;
+  held_port() {
+    sock = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(sock >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(sock, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(sock, 1) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~held_port() { ::close(sock); }
+};
+
 TEST_CASE("ceco serve on a port in use fails and says why") {
   local_server first("");
   auto second = run_ceco_for("serve --local-cloud --port " + std::to_string(first.port), 60);
@@ -290,18 +309,9 @@ TEST_CASE("ceco serve on a port in use fails and says why") {
   CHECK(contains(second.out, "cannot listen on 127.0.0.1:" + std::to_string(first.port) +
                                ": Address already in use"));
   // A port another program holds.
-  int sock = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(sock >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(sock, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::listen(sock, 1) == 0);
-  socklen_t len = sizeof a;
-  ::getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
-  const int held = ntohs(a.sin_port);
+  held_port other;
+  const int held = other.port;
   auto third = run_ceco_for("serve --local-cloud --port " + std::to_string(held), 60);
-  ::close(sock);
   CHECK(third.status == 1);
   CHECK(contains(third.out, "cannot listen on 127.0.0.1:" + std::to_string(held) +
                               ": Address already in use"));
@@ -309,20 +319,9 @@ TEST_CASE("ceco serve on a port in use fails and says why") {
 
 TEST_CASE("ceco cloud --metrics-port on a port in use fails and says why") {
   // A port another program listens on, as a second cloud's metrics would find it.
-  int sock = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(sock >= 0);
-  int yes = 1;
-  ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(sock, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::listen(sock, 1) == 0);
-  socklen_t len = sizeof a;
-  ::getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
-  const int held = ntohs(a.sin_port);
+  held_port other;
+  const int held = other.port;
   auto cloud = run_ceco_for("cloud --set cloud.port=0 --metrics-port " + std::to_string(held), 60);
-  ::close(sock);
   CHECK(cloud.status == 1);
   CHECK(contains(cloud.out, "cannot serve metrics on 127.0.0.1:" + std::to_string(held) +
                               ": Address already in use"));
