@@ -115,12 +115,9 @@ void lose_cloud_while_drafting(self_ptr self, const caf::error& err) {
 
 void watch_link(self_ptr self) {
   auto& st = self->state;
-  st.watching = false;
   if (st.finished() || !st.holding || st.at != phase::degraded)
     return;
-  if (clock_type::now() >= st.loss_deadline)
-    return cloud_loss_expired(self);
-  if (!st.site.link)
+  if (clock_type::now() >= st.loss_deadline || !st.site.link)
     return cloud_loss_expired(self);
   self->request(st.site.link, st.opts.timeout, status_atom::value)
     .then(
@@ -130,11 +127,9 @@ void watch_link(self_ptr self) {
           return;
         if (epoch > st.link_epoch)
           return resume(self, epoch);
-        st.watching = true;
         self->delayed_send(self, std::chrono::milliseconds(20), reconnect_atom::value);
       },
       [=](caf::error&) {
-        self->state.watching = true;
         self->delayed_send(self, std::chrono::milliseconds(20), reconnect_atom::value);
       });
 }

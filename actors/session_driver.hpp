@@ -59,7 +59,6 @@ struct edge_session_state {
   // The cloud lost in speculative or exact: drafts are held unverified until
   // it is back (verified then) or `loss_deadline` passes.
   bool holding = false;
-  bool watching = false;  // a reconnect_atom tick is scheduled
   clock_type::time_point loss_deadline;
   static inline const char* name = "edge_session";
 
