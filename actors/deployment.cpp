@@ -1,16 +1,19 @@
 #include "actors/deployment.hpp"
 
+#include <cstdio>
 #include <thread>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "actors/cloud_layers.hpp"
+#include "actors/cluster.hpp"
 #include "actors/context_manager.hpp"
 #include "actors/edge_layers.hpp"
 #include "actors/edge_session.hpp"
 #include "actors/exit_evaluator.hpp"
 #include "actors/profile_clock.hpp"
+#include "actors/session_router.hpp"
 #include "actors/sim_clock.hpp"
 #include "actors/uploader.hpp"
 
@@ -118,6 +121,8 @@ wire::wire_limits wire_limits_of(const site_model& m) {
 void cloud_site::stop() {
   if (watch)
     watch->stop();
+  for (auto& w : workers)
+    w.stop();
   for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(contexts),
                  caf::actor_cast<caf::actor>(placed.evaluator),
                  caf::actor_cast<caf::actor>(placed.uploader), caf::actor_cast<caf::actor>(front)})
@@ -125,7 +130,63 @@ void cloud_site::stop() {
       caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
 }
 
+namespace {
+
+/// A gateway's site: the front and the placed actors over a session router.
+cloud_site spawn_gateway_site(caf::actor_system& sys, const settings& s, const site_model& m) {
+  cloud_site c;
+  auto profile = compute_profile_of(s);
+  c.session_ends = std::make_shared<session_end_hook>();
+  session_router_options ro;
+  ro.on_end = c.session_ends;
+  ro.on_worker_down = [](const std::string& name, const std::string& why, int64_t lost) {
+    // Never throws: stderr may be a closed pipe.
+    std::fputs(fmt::format("ceco cloud: cluster: worker {} went down ({}); {} session(s) on it "
+                           "lost, their edges open new ones\n", name, why, lost).c_str(), stderr);
+    std::fflush(stderr);
+  };
+  c.router = spawn_session_router(sys, ro);
+  c.contexts = caf::actor_cast<context_manager_actor>(c.router);
+  // Evaluations go through the router to the session's worker, whose
+  // evaluator decides; this one only marks the placement for the front.
+  if (s.placement.exit_evaluator == "cloud")
+    c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd,
+                                              policy_of(s), profile, true);
+  if (s.placement.uploader == "cloud")
+    c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
+                                       upload_dtype(s), std::chrono::seconds(30));
+  c.front = spawn_cloud_front(sys, c.contexts, c.placed, make_hello(s, m));
+  c.watch = std::make_shared<site_watch>(sys);
+  c.watch->add(caf::actor_cast<caf::actor>(c.router), "session router");
+  c.watch->add(caf::actor_cast<caf::actor>(c.front), "cloud front");
+  c.watch->add(caf::actor_cast<caf::actor>(c.placed.evaluator), "exit evaluator");
+  c.watch->add(caf::actor_cast<caf::actor>(c.placed.uploader), "uploader");
+  return c;
+}
+
+cloud_site spawn_single_site(caf::actor_system& sys, const settings& s, const site_model& m);
+
+} // namespace
+
 cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const site_model& m) {
+  if (s.cluster.role == "gateway")
+    return spawn_gateway_site(sys, s, m);
+  if (s.cluster.local_workers == 0)
+    return spawn_single_site(sys, s, m);
+  auto c = spawn_gateway_site(sys, s, m);
+  for (int i = 0; i < s.cluster.local_workers; ++i) {
+    c.workers.push_back(spawn_single_site(sys, s, m));
+    auto& w = c.workers.back();
+    auto front = spawn_worker_front(sys, w.contexts, make_hello(s, m));
+    w.watch->add(caf::actor_cast<caf::actor>(front), "worker front");
+    caf::anon_send(c.router, join_atom::value, fmt::format("local {}", i), front);
+  }
+  return c;
+}
+
+namespace {
+
+cloud_site spawn_single_site(caf::actor_system& sys, const settings& s, const site_model& m) {
   cloud_site c;
   auto profile = compute_profile_of(s);
   // The cloud's one GPU: its layers and a cloud-placed exit evaluator take turns.
@@ -156,6 +217,8 @@ cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const sit
   c.watch->add(caf::actor_cast<caf::actor>(c.placed.uploader), "uploader");
   return c;
 }
+
+} // namespace
 
 deployment::deployment(caf::actor_system& sys, const settings& s, const site_model& m,
                        cloud_api remote_cloud,

@@ -69,8 +69,10 @@ wire::wire_limits wire_limits_of(const site_model& m);
 class session_end_hook;
 
 struct cloud_site {
-  cloud_layers_actor layers;
-  context_manager_actor contexts;
+  cloud_layers_actor layers;      // none at a gateway
+  context_manager_actor contexts; // at a gateway: its session router
+  session_router_actor router;    // a gateway's (none elsewhere)
+  std::vector<cloud_site> workers;  // in-process workers behind the router (cluster.local_workers)
   /// Told of every session the context manager ends (the gateway listens).
   std::shared_ptr<session_end_hook> session_ends;
   cloud_placed placed;  // the exit evaluator and uploader, when placed here
@@ -82,6 +84,10 @@ struct cloud_site {
   void stop();
 };
 
+/// The cloud site of s.cluster.role: the context manager and cloud layers
+/// (single, worker), or a session router in their place (gateway: its
+/// workers join later, actors/cluster.hpp). With cluster.local_workers = N
+/// in one process: a router in front of N whole sites, each its own device.
 cloud_site spawn_cloud_site(caf::actor_system& sys, const settings& s, const site_model& m);
 
 /// The edge site, and the cloud site unless the cloud is remote.

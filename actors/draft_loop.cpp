@@ -102,10 +102,14 @@ void lose_cloud_while_drafting(self_ptr self, const caf::error& err) {
     return finish(self, fmt::format("the cloud was lost ({}), and policy.on_cloud_loss = \"fail\"",
                                     describe(err)));
   lose_cloud(self, clock_type::now());
-  if (o.on_cloud_loss == cloud_loss::degrade && o.cloud_loss_wait.count() == 0)
+  st.session_lost = is(err, ceco_errc::session_lost);
+  if (o.on_cloud_loss == cloud_loss::degrade && o.cloud_loss_wait.count() == 0 && !st.session_lost)
     return give_up_drafts(self, fmt::format("draft upload failed ({})", describe(err)));
   st.holding = true;
-  st.loss_deadline = clock_type::now() + o.cloud_loss_wait;
+  // A lost session alone (its worker went down) is opened again elsewhere at
+  // once; the wait covers that open even where the policy would not wait.
+  st.loss_deadline = clock_type::now()
+                     + (st.session_lost ? std::max(o.cloud_loss_wait, o.timeout) : o.cloud_loss_wait);
   fmt::print(stderr, "ceco: the cloud was lost ({}); holding {} drafted token(s) unverified and "
                      "waiting up to {} ms for it (policy.cloud_loss_wait_ms)\n",
              describe(err), st.window.unverified(), o.cloud_loss_wait.count());
@@ -125,7 +129,7 @@ void watch_link(self_ptr self) {
         auto& st = self->state;
         if (st.finished() || !st.holding || st.at != phase::degraded)
           return;
-        if (epoch > st.link_epoch)
+        if (may_resume(st, epoch))
           return resume(self, epoch);
         self->delayed_send(self, std::chrono::milliseconds(20), reconnect_atom::value);
       },

@@ -206,6 +206,7 @@ void resume(self_ptr self, int64_t epoch) {
   auto& st = self->state;
   transition(self, phase::resuming);
   st.link_epoch = epoch;
+  st.session_lost = false;
   request_session(
     self, clock_type::now(),
     [=] {
@@ -236,6 +237,36 @@ void resume(self_ptr self, int64_t epoch) {
     });
 }
 
+bool may_resume(const edge_session_state& st, int64_t link_epoch) {
+  return link_epoch > st.link_epoch || (st.session_lost && link_epoch >= 0);
+}
+
+void reopen(self_ptr self, clock_type::time_point sent, bool reupload, std::function<void()> again,
+            std::function<void()> failed) {
+  lose_cloud(self, sent);
+  transition(self, phase::resuming);
+  self->state.session_lost = false;
+  fmt::print(stderr, "ceco: the cloud lost this response's session (its worker went down); "
+                     "opening a new one\n");
+  request_session(
+    self, clock_type::now(),
+    [=] {
+      auto& st = self->state;
+      transition(self, phase::running);
+      st.epoch = 0;
+      ++st.report.resumed;
+      if (!reupload || st.context.rows == 0)
+        return again();
+      upload(self, st.context.encode(wire_dtype::f32), 0, again);
+    },
+    [=](const caf::error& err) {
+      transition(self, phase::degraded);
+      fmt::print(stderr, "ceco: no new cloud session ({}); continuing on the edge alone\n",
+                 describe(err));
+      failed();
+    });
+}
+
 /// One token step: when degraded, first asks whether the link has
 /// reconnected since this session lost the cloud.
 void step(self_ptr self) {
@@ -250,7 +281,7 @@ void step(self_ptr self) {
       [=](int64_t epoch) {
         if (self->state.finished())
           return;
-        if (epoch > self->state.link_epoch)
+        if (may_resume(self->state, epoch))
           return resume(self, epoch);
         advance(self);
       },

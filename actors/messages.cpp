@@ -47,6 +47,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<exit_decision>("exit_decision");
   cfg.add_message_type<link_counters>("link_counters");
   cfg.add_message_type<response_report>("response_report");
+  cfg.add_message_type<cloud_stats>("cloud_stats");
   cfg.add_error_category(ceco_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string what = ctx.match_elements<std::string>() ? ctx.get_as<std::string>(0) : "";
     return fmt::format("ceco::{}: {}", to_string(static_cast<ceco_errc>(code)), what);

@@ -73,6 +73,8 @@ using get_atom = caf::atom_constant<caf::atom("get")>;
 using token_atom = caf::atom_constant<caf::atom("token")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using generate_atom = caf::atom_constant<caf::atom("generate")>;
+using join_atom = caf::atom_constant<caf::atom("join")>;
+using cluster_atom = caf::atom_constant<caf::atom("cluster")>;
 
 // -- errors -------------------------------------------------------------------
 
@@ -307,6 +309,13 @@ struct cloud_stats {
   std::vector<int64_t> step_sizes;
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cloud_stats& x) {
+  return f(caf::meta::type_name("cloud_stats"), x.sessions, x.context_bytes, x.steps,
+           x.stepped_sessions, x.session_bytes, x.tokens, x.positions, x.refused_limit,
+           x.refused_memory, x.expired, x.step_sizes);
+}
+
 /// Buckets of cloud_stats::step_sizes: 1, 2, 4, ..., 1024 sessions, and more.
 constexpr int step_size_buckets = 12;
 inline int step_size_bucket(int64_t sessions) {
@@ -337,6 +346,49 @@ using context_manager_actor = caf::typed_actor<
   caf::replies_to<close_atom, uint64_t>::with<session_summary>,
   caf::replies_to<stats_atom>::with<cloud_stats>,
   caf::reacts_to<sweep_atom, uint64_t>>;
+
+/// What a gateway sees of a worker's context manager across cloud nodes
+/// (CAF's network layer; actors/session_router.hpp): the context manager's
+/// interface less what only its own process may ask (get_atom's pointer,
+/// the sweep timer), after a hello that checks the gateway holds the same
+/// model, split, exits and placement.
+using worker_api = caf::typed_actor<
+  caf::replies_to<hello_msg>::with<hello_msg>,
+  caf::replies_to<open_atom>::with<uint64_t>,
+  caf::replies_to<upload_msg>::with<int32_t>,
+  caf::replies_to<draft_upload>::with<verdict>,
+  caf::replies_to<infer_request>::with<infer_reply>,
+  caf::replies_to<naive_request>::with<infer_reply>,
+  caf::replies_to<generate_request>::with<generate_reply>,
+  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
+  caf::replies_to<close_atom, uint64_t>::with<session_summary>,
+  caf::replies_to<stats_atom>::with<cloud_stats>>;
+
+/// One worker as a gateway sees it.
+struct worker_status {
+  std::string name;      // "host:port", or "local N" in one process
+  bool up = false;
+  int64_t sessions = 0;  // open on it now, placed by this gateway
+  int64_t placed = 0;    // sessions placed on it so far
+  int64_t lost = 0;      // sessions that were on it when it went down
+  int64_t joins = 0;     // times it (re)joined
+};
+
+/// A gateway's view of its cluster: (cluster_atom) to its session router.
+struct cluster_status {
+  std::vector<worker_status> workers;
+  int64_t sessions = 0;       // open now, on all workers
+  int64_t refused_full = 0;   // opens refused: every worker full
+  int64_t refused_none = 0;   // opens refused: no worker up
+};
+
+/// A gateway's context manager: places each new session on a worker and
+/// forwards every message of it there (actors/session_router.hpp).
+/// (join_atom, name, worker) adds a worker, or replaces one of that name
+/// that went down.
+using session_router_actor = context_manager_actor::extend<
+  caf::reacts_to<join_atom, std::string, worker_api>,
+  caf::replies_to<cluster_atom>::with<cluster_status>>;
 
 /// Layers [split, L) and the final head, plus the whole model for the cloud
 /// strategy. A cloud_step catches up several sessions on their uploads and
@@ -394,4 +446,4 @@ void register_message_types(caf::actor_system_config& cfg);
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_context_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_step)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_step_done)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_stats)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cluster_status)

@@ -5,6 +5,7 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 
+#include "actors/cluster.hpp"
 #include "actors/remote_front.hpp"
 
 namespace ceco {
@@ -30,6 +31,7 @@ void configure_actor_system(caf::actor_system_config& cfg, int threads) {
 
 void configure_deployment(caf::actor_system_config& cfg, const settings& s) {
   configure_actor_system(cfg, s.runtime.threads);
+  configure_cluster(cfg, s);
 }
 
 bool serves_strangers(const settings& s) {

@@ -60,6 +60,10 @@ struct edge_session_state {
   // it is back (verified then) or `loss_deadline` passes.
   bool holding = false;
   clock_type::time_point loss_deadline;
+  // The cloud answered session_lost (the worker that held the session went
+  // down) while the link stayed up: resume at the next look, not at the
+  // link's next epoch.
+  bool session_lost = false;
   static inline const char* name = "edge_session";
 
   bool is(strategy s) const { return opts.mode == s; }
@@ -90,6 +94,15 @@ void opened(self_ptr self, uint64_t id, clock_type::time_point sent);
 void opened_after_finish(self_ptr self, std::optional<uint64_t> id, clock_type::time_point sent);
 /// Once the link is back (its epoch past link_epoch): a new cloud session.
 void resume(self_ptr self, int64_t epoch);
+/// Whether a session that lost the cloud may resume now: the link came back
+/// (its epoch past the one the session knew), or the cloud lost only the
+/// session and is there to open another.
+bool may_resume(const edge_session_state& st, int64_t link_epoch);
+/// The cloud lost this response's session (session_lost) but is reachable:
+/// a new session, every position so far uploaded again (`reupload`), then
+/// `again` (the request that failed); `failed` if no session opens.
+void reopen(self_ptr self, clock_type::time_point sent, bool reupload, std::function<void()> again,
+            std::function<void()> failed);
 /// One token step: when degraded, first asks whether the link has reconnected.
 void step(self_ptr self);
 void finish(self_ptr self, const std::string& error = {});

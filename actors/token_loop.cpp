@@ -27,14 +27,17 @@ void generate_in_cloud(self_ptr self) {
       },
       [=](caf::error& err) {
         auto& st = self->state;
-        if (!is(err, ceco_errc::cloud_unreachable) || !st.site.link
+        const bool lost = is(err, ceco_errc::session_lost);
+        if ((!is(err, ceco_errc::cloud_unreachable) && !lost) || !st.site.link
             || st.opts.on_cloud_loss == cloud_loss::fail)
           return finish(self, "cloud generate: " + describe(err));
+        st.session_lost = lost;
         // Nothing was shown yet (the tokens come with the reply): wait for
         // the link and generate again in a new session, as if undisturbed.
         lose_cloud(self, sent);
         st.holding = true;
-        st.loss_deadline = clock_type::now() + st.opts.cloud_loss_wait;
+        st.loss_deadline = clock_type::now() + (lost ? std::max(st.opts.cloud_loss_wait, st.opts.timeout)
+                                                     : st.opts.cloud_loss_wait);
         fmt::print(stderr, "ceco: the cloud was lost mid-generation ({}); waiting up to {} ms "
                            "to generate again in a new session (policy.cloud_loss_wait_ms)\n",
                    describe(err), st.opts.cloud_loss_wait.count());
@@ -85,7 +88,12 @@ void ask_naive(self_ptr self) {
         account_round_trip(self, sent, r.cloud_us);
         emit(self, r.token, -1, us_since(sent));
       },
-      [=](caf::error& err) { finish(self, "naive request: " + describe(err)); });
+      [=](caf::error& err) {
+        if (is(err, ceco_errc::session_lost) && !self->state.finished())
+          return reopen(self, sent, false, [=] { ask_naive(self); },
+                        [=] { finish(self, "naive request: " + describe(err)); });
+        finish(self, "naive request: " + describe(err));
+      });
 }
 
 /// Collaborative, no exit fired: the cloud's token for position `last`.
@@ -105,6 +113,17 @@ void ask_cloud(self_ptr self, int32_t last) {
       [=](caf::error& err) {
         if (self->state.finished())
           return;
+        // Only the session is gone: the same request in a new one, so the
+        // response's tokens are those it would have had.
+        if (is(err, ceco_errc::session_lost) && self->state.site.link
+            && self->state.opts.on_cloud_loss != cloud_loss::fail)
+          return reopen(self, sent, true, [=] { ask_cloud(self, last); }, [=] {
+            auto& st = self->state;
+            if (st.opts.on_cloud_loss != cloud_loss::degrade)
+              return finish(self, "cloud request: " + describe(err) + ", and no new session opened");
+            st.session_lost = true;  // tried again at the next token
+            emit(self, st.fallback_token, int(st.opts.exits.size()) - 1);
+          });
         if (self->state.opts.on_cloud_loss != cloud_loss::degrade)
           return finish(self, fmt::format("cloud request: {} (policy.on_cloud_loss = \"{}\": "
                                           "collaborative goes on alone only with \"degrade\")",

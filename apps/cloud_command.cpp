@@ -18,6 +18,7 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 
+#include "actors/cluster.hpp"
 #include "actors/deployment.hpp"
 #include "actors/gateway.hpp"
 #include "apps/commands.hpp"
@@ -34,6 +35,7 @@ struct cloud_args {
   double stats_s = 0;
   int metrics_port = -1;  // -1: no metrics
   bool insecure = false;
+  std::string role;  // cluster.role, when given
 };
 
 /// One line of what the cloud holds and has done since the last line.
@@ -78,10 +80,15 @@ std::string listen_address(const std::string& host) {
 }
 
 void run_cloud(const cloud_args& a) {
-  auto s = load_settings(a.config, a.sets);
+  auto sets = a.sets;
+  if (!a.role.empty())
+    sets.push_back("cluster.role=\"" + a.role + "\"");
+  auto s = load_settings(a.config, sets);
   s.cloud.host = listen_address(s.cloud.host);
   if (a.insecure)
     s.cloud.insecure = true;
+  const bool worker = s.cluster.role == "worker";
+  const bool gateway = s.cluster.role == "gateway";
   // Signals go to sigwait below, not to CAF's threads (spawned after this).
   sigset_t stop;
   sigemptyset(&stop);
@@ -120,16 +127,36 @@ void run_cloud(const cloud_args& a) {
                             wire::to_string(why.code), why.text, hint));
   };
   auto site = spawn_cloud_site(sys, s, m);
-  std::unique_ptr<cloud_gateway> gateway;
+  // A worker faces its gateways only, on its cluster port; a single cloud
+  // and a gateway face the edges on the wire protocol.
+  std::unique_ptr<cloud_gateway> edges;
+  std::unique_ptr<worker_joiner> joiner;
+  uint16_t port = 0;
   try {
-    gateway = std::make_unique<cloud_gateway>(sys, site.front, std::move(options),
+    if (worker) {
+      auto front = spawn_worker_front(sys, site.contexts, make_hello(s, m));
+      site.watch->add(caf::actor_cast<caf::actor>(front), "worker front");
+      port = publish_worker(sys, s, front);
+    } else {
+      edges = std::make_unique<cloud_gateway>(sys, site.front, std::move(options),
                                               s.session.max_sessions_per_connection,
                                               site.session_ends, log_refusal);
+      port = edges->port();
+    }
+  } catch (const config_error&) {
+    site.stop();
+    throw;
   } catch (const std::exception& e) {
     site.stop();
     throw config_error(fmt::format("cloud: cannot listen on {}:{}: {}", s.cloud.host, s.cloud.port,
                                    e.what()));
   }
+  if (gateway)
+    joiner = std::make_unique<worker_joiner>(sys, s, site.router, make_hello(s, m),
+                                             [](const std::string& line) {
+                                               fmt::print("ceco cloud: cluster: {}\n", line);
+                                               std::fflush(stdout);
+                                             });
   // Prometheus metrics on their own port, from a thread of their own.
   std::unique_ptr<metrics_endpoint> metrics;
   if (a.metrics_port >= 0) {
@@ -137,25 +164,37 @@ void run_cloud(const cloud_args& a) {
       metrics = std::make_unique<metrics_endpoint>(
         s.cloud.host, a.metrics_port, std::make_shared<cloud_collector>(sys, site.contexts));
     } catch (const std::exception&) {
-      gateway->stop();
+      joiner.reset();
+      if (edges)
+        edges->stop();
       site.stop();
       throw;
     }
   }
-  const auto port = gateway->port();
   const auto& c = m.model->config();
   // The port ends the first line's first part: scripts read it after the last ':'.
-  fmt::print("ceco cloud: serving {} (layers {}..{} of {}, fingerprint {:016x}) on {}:{} over {}{}\n",
-             m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cloud.host, port,
-             describe_transport(s), s.cloud.secret.empty() ? "" : ", secret required");
+  if (worker)
+    fmt::print("ceco cloud: worker serving {} (layers {}..{} of {}, fingerprint {:016x}) to "
+               "gateways on {}:{} over {}\n",
+               m.path, s.split.layer, c.n_layer - 1, c.n_layer, m.fingerprint, s.cluster.host,
+               port, describe_cluster_transport(s));
+  else
+    fmt::print("ceco cloud: {} {} (layers {}..{} of {}, fingerprint {:016x}) on {}:{} over {}{}\n",
+               gateway ? "gateway for" : "serving", m.path, s.split.layer, c.n_layer - 1,
+               c.n_layer, m.fingerprint, s.cloud.host, port, describe_transport(s),
+               s.cloud.secret.empty() ? "" : ", secret required");
+  if (gateway)
+    fmt::print("ceco cloud: gateway: {} worker(s) listed (cluster.workers) over {}\n",
+               s.cluster.workers.size(), describe_cluster_transport(s));
   std::cout.flush();
   if (metrics)
     fmt::print("ceco cloud: metrics on http://{}:{}/metrics\n", s.cloud.host, metrics->port());
   std::cout.flush();
-  if (serves_strangers(s))
+  if (!worker && serves_strangers(s))
     fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
                        "anyone who reaches it is served\n", s.cloud.host);
-  site.watch->add(gateway->actor(), "gateway");
+  if (edges)
+    site.watch->add(edges->actor(), "gateway");
   // Until a signal, or until an actor of the cloud dies: then the process
   // exits non-zero (its supervisor restarts it) rather than answer errors.
   cloud_stats last;
@@ -181,7 +220,9 @@ void run_cloud(const cloud_args& a) {
     fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::cout.flush();
   metrics.reset();
-  gateway->stop();
+  joiner.reset();
+  if (edges)
+    edges->stop();
   site.stop();
   if (failure)
     throw fatal_failure(fmt::format("cloud: {}: exiting with status {} so that its supervisor "
@@ -207,6 +248,12 @@ void add_cloud_command(CLI::App& app) {
                   "refused sessions by reason) on cloud.host at this port, /metrics (0: any free "
                   "port, printed)")
     ->check(CLI::Range(0, 65535));
+  cmd->add_option("--role", a->role,
+                  "cluster.role: \"worker\" holds sessions and cloud layers for its gateways on "
+                  "cluster.host:cluster.port (CAF's network layer, mutual TLS); \"gateway\" faces "
+                  "the edges and places each session on one of cluster.workers; \"single\" (the "
+                  "default) is both in one process (see docs/cluster.md)")
+    ->check(CLI::IsMember({"single", "gateway", "worker"}));
   cmd->add_flag("--insecure", a->insecure,
                 "serve a non-loopback cloud.host with neither TLS nor cloud.secret (a trusted "
                 "network only; the same as cloud.insecure = true)");

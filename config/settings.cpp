@@ -332,6 +332,16 @@ const std::vector<key_spec>& schema() {
     string_key("cloud.tls_certificate", {}, CECO_REF(std::string, cloud.tls_certificate)),
     string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),
     string_key("cloud.tls_ca_file", {}, CECO_REF(std::string, cloud.tls_ca_file)),
+    string_key("cluster.role", {"single", "gateway", "worker"}, CECO_REF(std::string, cluster.role)),
+    string_key("cluster.host", {}, CECO_REF(std::string, cluster.host)),
+    int_key("cluster.port", 0, 65535, CECO_REF(int, cluster.port)),
+    string_list_key("cluster.workers", {}, CECO_REF(std::vector<std::string>, cluster.workers)),
+    int_key("cluster.join_interval_ms", 10, max_ms, CECO_REF(int, cluster.join_interval_ms)),
+    int_key("cluster.local_workers", 0, 64, CECO_REF(int, cluster.local_workers)),
+    bool_key("cluster.insecure", CECO_REF(bool, cluster.insecure)),
+    string_key("cluster.tls_certificate", {}, CECO_REF(std::string, cluster.tls_certificate)),
+    string_key("cluster.tls_key", {}, CECO_REF(std::string, cluster.tls_key)),
+    string_key("cluster.tls_ca_file", {}, CECO_REF(std::string, cluster.tls_ca_file)),
     string_key("experiment.name", {}, CECO_REF(std::string, experiment.name)),
     string_key("experiment.dataset", {}, CECO_REF(std::string, experiment.dataset)),
     string_key("experiment.format", {"auto", "alpaca", "xsum", "boolq", "quac", "imdb", "text"},
@@ -500,6 +510,51 @@ void check_tls(const settings& s) {
                        "a node that checks its peer must present its own certificate too");
 }
 
+/// A gateway or worker talks to other cloud nodes over CAF's network layer:
+/// with mutual TLS (all three files), or in the clear only when asked.
+void check_cluster(const settings& s) {
+  const auto& c = s.cluster;
+  const int files = int(!c.tls_certificate.empty()) + int(!c.tls_key.empty())
+                    + int(!c.tls_ca_file.empty());
+  if (files != 0 && files != 3)
+    throw config_error(
+      "cluster.tls_certificate, cluster.tls_key and cluster.tls_ca_file go together (mutual TLS "
+      "between cloud nodes), but only some are set");
+  if (files == 3 && c.insecure)
+    throw config_error("cluster.insecure = true and cluster TLS files are both set: choose one");
+  if (c.role == "single")
+    return;
+  if (files == 0 && !c.insecure)
+    throw config_error(fmt::format(
+      "cluster.role = \"{}\" needs cluster.tls_certificate, cluster.tls_key and "
+      "cluster.tls_ca_file (mutual TLS between cloud nodes; deploy/make-tls-certs.sh makes them), "
+      "or cluster.insecure = true on a trusted network",
+      c.role));
+  if (c.role == "gateway" && c.workers.empty())
+    throw config_error("cluster.role = \"gateway\" needs cluster.workers: the workers' "
+                       "\"host:port\" (e.g. [\"10.0.0.2:7171\"])");
+  for (const auto& w : c.workers) {
+    auto colon = w.rfind(':');
+    int port = 0;
+    bool ok = colon != std::string::npos && colon > 0 && colon + 1 < w.size();
+    if (ok) {
+      try {
+        size_t used = 0;
+        port = std::stoi(w.substr(colon + 1), &used);
+        ok = used == w.size() - colon - 1 && port > 0 && port <= 65535;
+      } catch (const std::exception&) {
+        ok = false;
+      }
+    }
+    if (!ok)
+      throw config_error(fmt::format("cluster.workers: '{}' is not \"host:port\" with a port "
+                                     "of 1-65535", w));
+  }
+  if (c.local_workers > 0)
+    throw config_error("cluster.local_workers is for in-process runs (ceco sim, ceco experiment); "
+                       "a gateway's workers are cluster.workers");
+}
+
 } // namespace
 
 settings real_network_defaults() {
@@ -527,7 +582,8 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
     // Relative paths in a file are relative to the file.
     auto base = std::filesystem::path(file).parent_path();
     for (auto* p : {&s.model.path, &s.model.tokenizer, &s.model.exit_heads, &s.experiment.dataset,
-                    &s.cloud.tls_certificate, &s.cloud.tls_key, &s.cloud.tls_ca_file})
+                    &s.cloud.tls_certificate, &s.cloud.tls_key, &s.cloud.tls_ca_file,
+                    &s.cluster.tls_certificate, &s.cluster.tls_key, &s.cluster.tls_ca_file})
       if (!p->empty() && *p != "none" && std::filesystem::path(*p).is_relative())
         *p = (base / *p).lexically_normal().string();
   }
@@ -540,10 +596,14 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
                            std::pair{"experiment.dataset", &s.experiment.dataset},
                            std::pair{"cloud.tls_certificate", &s.cloud.tls_certificate},
                            std::pair{"cloud.tls_key", &s.cloud.tls_key},
-                           std::pair{"cloud.tls_ca_file", &s.cloud.tls_ca_file}})
+                           std::pair{"cloud.tls_ca_file", &s.cloud.tls_ca_file},
+                           std::pair{"cluster.tls_certificate", &s.cluster.tls_certificate},
+                           std::pair{"cluster.tls_key", &s.cluster.tls_key},
+                           std::pair{"cluster.tls_ca_file", &s.cluster.tls_ca_file}})
     if (!path->empty() && *path != "none")
       check_path(key, *path);
   check_tls(s);
+  check_cluster(s);
   return s;
 }
 

@@ -92,6 +92,19 @@ struct settings {
     std::string tls_key;             // its private key (PEM)
     std::string tls_ca_file;         // CA that signed the peer's certificate (PEM)
   } cloud;
+  // -- a cloud of several nodes (`ceco cloud --role gateway|worker`; docs/cluster.md) --
+  struct {
+    std::string role = "single";       // single | gateway | worker
+    std::string host = "127.0.0.1";    // where a worker listens for its gateways
+    int port = 7171;                   // a worker's cluster port; 0: any free port (printed)
+    std::vector<std::string> workers;  // a gateway's workers, "host:port" each
+    int join_interval_ms = 1000;       // how often a gateway tries a worker that is down
+    int local_workers = 0;             // in-process runs: this many cloud sites behind one router
+    bool insecure = false;             // plain TCP between cloud nodes (a trusted network only)
+    std::string tls_certificate;       // this node's cluster certificate (PEM)
+    std::string tls_key;               // its private key (PEM)
+    std::string tls_ca_file;           // the cluster CA (PEM): peers it did not sign get nothing
+  } cluster;
   // -- experiments only (`ceco experiment`) --
   struct {
     std::string name;

@@ -24,6 +24,7 @@ const char* to_string(ceco_errc code) {
     case ceco_errc::unknown_message: return "unknown_message";
     case ceco_errc::handshake_timeout: return "handshake_timeout";
     case ceco_errc::bad_request: return "bad_request";
+    case ceco_errc::session_lost: return "session_lost";
     case ceco_errc::bad_header: return "bad_header";
     case ceco_errc::too_large: return "too_large";
     case ceco_errc::bad_field: return "bad_field";
@@ -71,6 +72,7 @@ bool is_link_error(ceco_errc code) {
     case ceco_errc::unknown_message:
     case ceco_errc::handshake_timeout:
     case ceco_errc::bad_request:
+    case ceco_errc::session_lost:
       return false;
   }
   return false;

@@ -55,6 +55,7 @@ enum class ceco_errc : uint8_t {
   unknown_message,      // not a message of the protocol
   handshake_timeout,    // the cloud did not complete the handshake in time (retried)
   bad_request,          // a request this edge cannot encode: refused here, nothing sent
+  session_lost,         // the cloud node that held the session is gone: open a new one
   // The link's own: a frame refused or a connection failed.
   bad_header = 100,   // magic, version or type unknown
   too_large,          // payload size over the type's or the frame cap

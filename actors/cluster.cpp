@@ -1,0 +1,219 @@
+#include "actors/cluster.hpp"
+
+#include <chrono>
+#include <set>
+
+#include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
+#include <fmt/format.h>
+
+namespace ceco {
+
+namespace {
+
+bool uses_tls(const settings& s) { return !s.cluster.insecure; }
+
+/// "host:port" into its parts (checked by the settings already).
+std::pair<std::string, uint16_t> split_address(const std::string& address) {
+  auto colon = address.rfind(':');
+  auto host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')  // [::1]:7171
+    host = host.substr(1, host.size() - 2);
+  return {host, uint16_t(std::stoi(address.substr(colon + 1)))};
+}
+
+struct worker_front_state {
+  hello_msg mine;
+  std::set<caf::node_id> greeted;  // gateway nodes whose hello was accepted
+  static inline const char* name = "worker_front";
+};
+
+using front_ptr = worker_api::stateful_pointer<worker_front_state>;
+
+/// Only this process and gateways that passed the hello are served.
+caf::error refuse_stranger(front_ptr self) {
+  auto sender = self->current_sender();
+  if (!sender || sender->node() == self->node() || self->state.greeted.count(sender->node()))
+    return {};
+  return make_error(ceco_errc::handshake_failed,
+                    "send hello_msg first: this gateway has not passed the worker's hello");
+}
+
+worker_api::behavior_type worker_front_fn(front_ptr self, context_manager_actor contexts,
+                                          hello_msg mine) {
+  // The cluster's certificates authenticate the gateway; cloud.secret is the
+  // edges' business and never travels between cloud nodes.
+  mine.secret.clear();
+  self->state.mine = std::move(mine);
+  self->set_default_handler([](caf::scheduled_actor*, caf::message_view& x) -> caf::result<caf::message> {
+    return make_error(ceco_errc::unknown_message,
+                      fmt::format("a cloud worker does not handle this message of {} element(s)",
+                                  x.content().size()));
+  });
+  return {
+    [=](hello_msg& gateway) -> caf::result<hello_msg> {
+      gateway.secret.clear();
+      if (auto diff = compare_hello(gateway, self->state.mine); !diff.empty())
+        return make_error(ceco_errc::handshake_failed, "the cloud worker refuses this gateway: " + diff);
+      if (auto sender = self->current_sender())
+        self->state.greeted.insert(sender->node());
+      return self->state.mine;
+    },
+    [=](open_atom a) -> caf::result<uint64_t> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, a);
+    },
+    [=](upload_msg& m) -> caf::result<int32_t> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, std::move(m));
+    },
+    [=](draft_upload& m) -> caf::result<verdict> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, std::move(m));
+    },
+    [=](infer_request& r) -> caf::result<infer_reply> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, r);
+    },
+    [=](naive_request& r) -> caf::result<infer_reply> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, std::move(r));
+    },
+    [=](generate_request& r) -> caf::result<generate_reply> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, std::move(r));
+    },
+    [=](evaluate_atom a, uint64_t id, tensor_blob& b) -> caf::result<exit_decision> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, a, id, std::move(b));
+    },
+    [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, a, id);
+    },
+    [=](stats_atom a) -> caf::result<cloud_stats> {
+      if (auto err = refuse_stranger(self))
+        return err;
+      return self->delegate(contexts, a);
+    },
+  };
+}
+
+} // namespace
+
+void configure_cluster(caf::actor_system_config& cfg, const settings& s) {
+  if (s.cluster.role == "single")
+    return;
+  cfg.load<caf::io::middleman>();
+  // A peer that stops answering (cut off, not closed) is dropped after the
+  // connection timeout, which takes its sessions down with it.
+  cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
+  cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::seconds(3)});
+  if (uses_tls(s)) {
+    cfg.load<caf::openssl::manager>();
+    cfg.openssl_certificate = s.cluster.tls_certificate;
+    cfg.openssl_key = s.cluster.tls_key;
+    cfg.openssl_cafile = s.cluster.tls_ca_file;
+  }
+}
+
+std::string describe_cluster_transport(const settings& s) {
+  return uses_tls(s) ? "mutual TLS" : "plain TCP (cluster.insecure)";
+}
+
+worker_api spawn_worker_front(caf::actor_system& sys, context_manager_actor contexts,
+                              hello_msg mine) {
+  return sys.spawn(worker_front_fn, std::move(contexts), std::move(mine));
+}
+
+uint16_t publish_worker(caf::actor_system& sys, const settings& s, const worker_api& front) {
+  const auto& host = s.cluster.host;
+  auto port = uint16_t(s.cluster.port);
+  auto bound = uses_tls(s) ? caf::openssl::publish(front, port, host.c_str(), true)
+                           : sys.middleman().publish(front, port, host.c_str(), true);
+  if (!bound)
+    throw config_error(fmt::format("cluster: cannot listen on {}:{} (cluster.host, cluster.port): "
+                                   "{}", host, port, sys.render(bound.error())));
+  return *bound;
+}
+
+worker_joiner::worker_joiner(caf::actor_system& sys, const settings& s,
+                             session_router_actor router, hello_msg mine,
+                             std::function<void(const std::string&)> log)
+  : sys_(sys), settings_(s), router_(std::move(router)), mine_(std::move(mine)),
+    log_(std::move(log)) {
+  mine_.secret.clear();
+  thread_ = std::thread([this] {
+    const auto interval = std::chrono::milliseconds(settings_.cluster.join_interval_ms);
+    while (!stopping_) {
+      join_now();
+      for (auto waited = std::chrono::milliseconds(0); waited < interval && !stopping_;
+           waited += std::chrono::milliseconds(10))
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+}
+
+worker_joiner::~worker_joiner() { stop(); }
+
+void worker_joiner::stop() {
+  stopping_ = true;
+  if (thread_.joinable())
+    thread_.join();
+}
+
+size_t worker_joiner::join_now() {
+  caf::scoped_actor self{sys_};
+  std::set<std::string> up;
+  self->request(router_, std::chrono::seconds(5), cluster_atom::value)
+    .receive(
+      [&](cluster_status& st) {
+        for (auto& w : st.workers)
+          if (w.up)
+            up.insert(w.name);
+      },
+      [&](caf::error&) {});
+  for (const auto& address : settings_.cluster.workers) {
+    if (stopping_ || up.count(address))
+      continue;
+    auto [host, port] = split_address(address);
+    auto worker = uses_tls(settings_) ? caf::openssl::remote_actor<worker_api>(sys_, host, port)
+                                      : sys_.middleman().remote_actor<worker_api>(host, port);
+    // Each failure is logged once, until it changes (a worker that is not up
+    // yet is tried again after cluster.join_interval_ms).
+    auto failed = [&](const std::string& why) {
+      if (last_failure_[address] != why)
+        log_(fmt::format("worker {}: {}", address, why));
+      last_failure_[address] = why;
+    };
+    if (!worker) {
+      failed(fmt::format("cannot connect: {}{}", sys_.render(worker.error()),
+                         uses_tls(settings_) ? " (not up, or its certificate is not signed by "
+                                               "cluster.tls_ca_file, or ours not by its)"
+                                             : " (not up?)"));
+      continue;
+    }
+    std::string refused;
+    self->request(*worker, std::chrono::seconds(10), mine_)
+      .receive([&](hello_msg&) {}, [&](caf::error& err) { refused = describe(err); });
+    if (!refused.empty()) {
+      failed("refused: " + refused);
+      continue;
+    }
+    last_failure_.erase(address);
+    caf::anon_send(router_, join_atom::value, address, *worker);
+    log_(fmt::format("worker {} joined", address));
+    up.insert(address);
+  }
+  return up.size();
+}
+
+} // namespace ceco
