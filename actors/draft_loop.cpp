@@ -169,12 +169,15 @@ void resume_drafts(self_ptr self) {
   st.report.verify_bytes += 4 + 4 * int64_t(rows);
   ++st.uploads_in_flight;
   const int32_t epoch = st.epoch;
+  const uint64_t session = st.session;
   self->request(st.site.uploader, st.opts.timeout, std::move(m))
     .then([=](verdict& v) { on_verdict(self, epoch, 0, rows - 1, v); },
           [=](caf::error& err) {
             upload_settled(self);
             auto& st = self->state;
-            if (!st.finished() && !st.degraded())
+            // An upload of a session already replaced failing says nothing
+            // of the current one.
+            if (!st.finished() && !st.degraded() && session == st.session)
               lose_cloud_while_drafting(self, err);
           });
   if (!st.computing)
@@ -226,12 +229,18 @@ void upload_draft(self_ptr self, tensor_blob split, int32_t start, int32_t draft
   st.report.verify_bytes += 4 + 4 * int64_t(rows);  // the epoch and the drafts
   ++st.uploads_in_flight;
   const int32_t epoch = st.epoch;
+  const uint64_t session = st.session;
   self->request(st.site.uploader, st.opts.timeout, std::move(m))
-    .then([=](verdict& v) { on_verdict(self, epoch, start, start + rows - 1, v); },
+    .then([=](verdict& v) {
+            if (session == self->state.session)  // else a verdict on a replaced session
+              on_verdict(self, epoch, start, start + rows - 1, v);
+            else
+              upload_settled(self);
+          },
           [=](caf::error& err) {
             upload_settled(self);
             auto& st = self->state;
-            if (!st.finished() && !st.degraded())
+            if (!st.finished() && !st.degraded() && session == st.session)
               lose_cloud_while_drafting(self, err);
           });
 }

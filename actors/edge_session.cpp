@@ -133,8 +133,19 @@ void lose_cloud(self_ptr self, clock_type::time_point sent) {
 
 // -- opening ---------------------------------------------------------------------
 
+/// A session the cloud lost (session_lost) is closed once its replacement
+/// is open: the close ends it for the gateway's count of this connection's
+/// sessions; the answer (session_lost) is expected and dropped.
+void close_lost_session(self_ptr self, uint64_t lost) {
+  self->request(self->state.site.cloud, self->state.opts.timeout, close_atom::value, lost)
+    .then([](session_summary&) {}, [](caf::error&) {});
+}
+
 void opened(self_ptr self, uint64_t id, clock_type::time_point sent) {
   auto& st = self->state;
+  if (st.replacing_lost && st.session != 0 && st.session != id)
+    close_lost_session(self, st.session);
+  st.replacing_lost = false;
   st.session = id;
   st.cloud_sessions.push_back(id);
   st.report.comm_us += us_since(sent);
@@ -206,6 +217,7 @@ void resume(self_ptr self, int64_t epoch) {
   auto& st = self->state;
   transition(self, phase::resuming);
   st.link_epoch = epoch;
+  st.replacing_lost = st.session_lost;
   st.session_lost = false;
   request_session(
     self, clock_type::now(),
@@ -246,6 +258,7 @@ void reopen(self_ptr self, clock_type::time_point sent, bool reupload, std::func
   lose_cloud(self, sent);
   transition(self, phase::resuming);
   self->state.session_lost = false;
+  self->state.replacing_lost = true;
   fmt::print(stderr, "ceco: the cloud lost this response's session (its worker went down); "
                      "opening a new one\n");
   request_session(

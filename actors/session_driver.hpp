@@ -64,6 +64,7 @@ struct edge_session_state {
   // down) while the link stayed up: resume at the next look, not at the
   // link's next epoch.
   bool session_lost = false;
+  bool replacing_lost = false;  // the session being opened replaces a lost one (closed then)
   static inline const char* name = "edge_session";
 
   bool is(strategy s) const { return opts.mode == s; }

@@ -38,6 +38,7 @@ struct router_state {
   std::unordered_map<uint64_t, placed_session> sessions;  // by the id the edge knows
   std::unordered_set<uint64_t> lost;                      // ids of sessions a worker took down
   std::deque<uint64_t> lost_order;                        // oldest first, to bound `lost`
+  std::unordered_set<uint64_t> lost_untold;               // lost, on_end not yet told
   std::map<uint64_t, pending_request> pending;
   uint64_t next_session = 1;
   uint64_t next_request = 1;
@@ -45,31 +46,42 @@ struct router_state {
   int64_t refused_none = 0;
   static inline const char* name = "session_router";
 
-  /// The error for a session that is not (or no longer) here.
-  caf::error missing(uint64_t id) const {
-    if (lost.count(id))
+  /// The error for a session that is not (or no longer) here. A lost one
+  /// ends for those told of endings (the gateway's count of a connection's
+  /// sessions) when its edge first names it after the loss: ended at the loss
+  /// itself, requests of it already on their way would find it unknown before
+  /// the router could answer session_lost.
+  caf::error missing(uint64_t id) {
+    if (lost.count(id)) {
+      if (opts.on_end && lost_untold.erase(id))
+        (*opts.on_end)(id);
       return make_error(ceco_errc::session_lost,
                         fmt::format("session {} was on a cloud worker that went down; open a new "
                                     "session and upload its context again", id));
+    }
     return make_error(ceco_errc::unknown_session, fmt::format("session {} is not open", id));
   }
 
-  /// The session ended (closed, expired at its worker, or lost).
-  void end(uint64_t id) {
+  /// The session ended (closed, expired at its worker, or lost: then
+  /// `tell` is false, see missing()).
+  void end(uint64_t id, bool tell = true) {
     auto i = sessions.find(id);
     if (i == sessions.end())
       return;
     --workers[i->second.worker].status.sessions;
     sessions.erase(i);
-    if (opts.on_end)
+    if (tell && opts.on_end)
       (*opts.on_end)(id);
   }
 
   void remember_lost(uint64_t id) {
     lost.insert(id);
+    lost_untold.insert(id);
     lost_order.push_back(id);
     while (lost_order.size() > opts.remembered_lost) {
       lost.erase(lost_order.front());
+      if (opts.on_end && lost_untold.erase(lost_order.front()))
+        (*opts.on_end)(lost_order.front());
       lost_order.pop_front();
     }
   }
@@ -182,7 +194,7 @@ void lose_worker(router_ptr self, size_t worker, const std::string& why) {
     if (where.worker == worker)
       gone.push_back(id);
   for (auto id : gone) {
-    st.end(id);
+    st.end(id, false);
     st.remember_lost(id);
     ++w.status.lost;
   }
