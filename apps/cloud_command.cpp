@@ -54,6 +54,19 @@ void print_stats(caf::actor_system& sys, const cloud_site& site, cloud_stats& la
              now.sessions, double(now.context_bytes) / 1048576.0, seconds, now.tokens - last.tokens,
              double(now.tokens - last.tokens) / seconds, now.positions - last.positions, steps,
              steps > 0 ? double(now.stepped_sessions - last.stepped_sessions) / double(steps) : 0.0);
+  if (site.router) {
+    self->request(site.router, std::chrono::seconds(5), cluster_atom::value)
+      .receive(
+        [&](cluster_status& st) {
+          std::string line;
+          for (const auto& w : st.workers)
+            line += fmt::format("{}{} {} ({} session(s), {} placed, {} lost)",
+                                line.empty() ? "" : "; ", w.name, w.up ? "up" : "DOWN",
+                                w.sessions, w.placed, w.lost);
+          fmt::print("ceco cloud: workers: {}\n", line.empty() ? "none listed" : line);
+        },
+        [&](caf::error&) {});
+  }
   std::cout.flush();
   last = now;
 }
@@ -162,7 +175,7 @@ void run_cloud(const cloud_args& a) {
   if (a.metrics_port >= 0) {
     try {
       metrics = std::make_unique<metrics_endpoint>(
-        s.cloud.host, a.metrics_port, std::make_shared<cloud_collector>(sys, site.contexts));
+        s.cloud.host, a.metrics_port, std::make_shared<cloud_collector>(sys, site.contexts, site.router));
     } catch (const std::exception&) {
       joiner.reset();
       if (edges)

@@ -142,7 +142,8 @@ std::string edge_metrics::text() const {
   return prometheus::TextSerializer{}.Serialize(families);
 }
 
-cloud_collector::cloud_collector(caf::actor_system& sys, context_manager_actor contexts)
+cloud_collector::cloud_collector(caf::actor_system& sys, context_manager_actor contexts,
+                                 session_router_actor router)
   : sys_(sys), contexts_(std::move(contexts)),
     registry_(std::make_shared<prometheus::Registry>()),
     sessions_(gauge(*registry_, "ceco_cloud_sessions_open", "edge sessions open on the cloud")),
@@ -171,7 +172,27 @@ cloud_collector::cloud_collector(caf::actor_system& sys, context_manager_actor c
                   .Help("sessions computed together per cloud step")
                   .Register(*registry_)
                   .Add({}, step_boundaries())),
-    up_(gauge(*registry_, "ceco_cloud_up", "1 when the context manager answered this scrape")) {}
+    up_(gauge(*registry_, "ceco_cloud_up", "1 when the context manager answered this scrape")),
+    router_(std::move(router)),
+    worker_up_(BuildGauge().Name("ceco_cluster_worker_up")
+                 .Help("a gateway's workers: 1 while connected (cluster.workers)")
+                 .Register(*registry_)),
+    worker_sessions_(BuildGauge().Name("ceco_cluster_worker_sessions")
+                       .Help("sessions open on each worker, placed by this gateway")
+                       .Register(*registry_)),
+    worker_placed_(BuildGauge().Name("ceco_cluster_worker_placed_sessions")
+                     .Help("sessions placed on each worker since the gateway started")
+                     .Register(*registry_)),
+    worker_lost_(BuildGauge().Name("ceco_cluster_worker_lost_sessions")
+                   .Help("sessions on each worker when it went down (their edges opened new ones)")
+                   .Register(*registry_)),
+    worker_joins_(BuildGauge().Name("ceco_cluster_worker_joins")
+                    .Help("times each worker joined (again)")
+                    .Register(*registry_)),
+    refused_full_(gauge(*registry_, "ceco_cluster_refused_full",
+                        "session opens a gateway refused: every worker full")),
+    refused_none_(gauge(*registry_, "ceco_cluster_refused_no_worker",
+                        "session opens a gateway refused: no worker up")) {}
 
 std::vector<prometheus::MetricFamily> cloud_collector::Collect() const {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -198,6 +219,23 @@ std::vector<prometheus::MetricFamily> cloud_collector::Collect() const {
       step_sizes_.ObserveMultiple(more, double(now.stepped_sessions - last_.stepped_sessions));
     }
     last_ = now;
+  }
+  if (router_) {
+    self->request(router_, std::chrono::seconds(5), cluster_atom::value)
+      .receive(
+        [&](cluster_status& st) {
+          for (const auto& w : st.workers) {
+            const std::map<std::string, std::string> label{{"worker", w.name}};
+            worker_up_.Add(label).Set(w.up ? 1 : 0);
+            worker_sessions_.Add(label).Set(double(w.sessions));
+            worker_placed_.Add(label).Set(double(w.placed));
+            worker_lost_.Add(label).Set(double(w.lost));
+            worker_joins_.Add(label).Set(double(w.joins));
+          }
+          refused_full_.Set(double(st.refused_full));
+          refused_none_.Set(double(st.refused_none));
+        },
+        [&](caf::error&) {});
   }
   return registry_->Collect();
 }

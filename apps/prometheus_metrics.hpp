@@ -81,10 +81,13 @@ private:
   std::vector<std::shared_ptr<prometheus::Collectable>> more_;
 };
 
-/// The context manager's figures, read when scraped.
+/// The context manager's figures, read when scraped; at a gateway, its
+/// workers' figures added up, and each worker's health and sessions
+/// (`router` set).
 class cloud_collector : public prometheus::Collectable {
 public:
-  cloud_collector(caf::actor_system& sys, context_manager_actor contexts);
+  cloud_collector(caf::actor_system& sys, context_manager_actor contexts,
+                  session_router_actor router = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
 private:
@@ -102,6 +105,14 @@ private:
   prometheus::Counter& expired_;
   prometheus::Histogram& step_sizes_;
   prometheus::Gauge& up_;
+  session_router_actor router_;
+  prometheus::Family<prometheus::Gauge>& worker_up_;
+  prometheus::Family<prometheus::Gauge>& worker_sessions_;
+  prometheus::Family<prometheus::Gauge>& worker_placed_;
+  prometheus::Family<prometheus::Gauge>& worker_lost_;
+  prometheus::Family<prometheus::Gauge>& worker_joins_;
+  prometheus::Gauge& refused_full_;
+  prometheus::Gauge& refused_none_;
   mutable std::mutex mutex_;
   mutable cloud_stats last_;
 };
