@@ -385,7 +385,7 @@ void close_cloud(self_ptr self) {
       [=](caf::error& err) {
         // A cloud lost while the session closes takes the session with it:
         // every token is out by now, so the response stands.
-        if (is(err, ceco_errc::cloud_unreachable))
+        if (is(err, ceco_errc::cloud_unreachable) || is(err, ceco_errc::session_lost))
           fmt::print(stderr, "ceco: the cloud was lost while this response closed its session "
                              "({}); the response is complete\n", describe(err));
         else if (self->state.report.error.empty())

@@ -232,7 +232,8 @@ void run_experiment(const experiment_args& a) {
   std::vector<std::string> plots;
   if (a.plots)
     plots = write_plots(dir, groups, combos.size(), base.sweep.threshold.size() > 1,
-                        base.sweep.latency_ms.size() > 1, base.sweep.sessions.size() > 1);
+                        base.sweep.latency_ms.size() > 1, base.sweep.sessions.size() > 1,
+                        base.sweep.workers.size() > 1);
   profile_fit fit;
   for (const auto& line : ledger.lines()) {
     fit.overruns += line.value("profile_overruns", int64_t(0));

@@ -361,6 +361,7 @@ const std::vector<key_spec>& schema() {
     float_list_key("sweep.latency_ms", 0.0, max_link_ms,
                    CECO_REF(std::vector<double>, sweep.latency_ms)),
     int_list_plain_key("sweep.sessions", 1, 1024, CECO_REF(std::vector<int>, sweep.sessions)),
+    int_list_plain_key("sweep.workers", 0, 64, CECO_REF(std::vector<int>, sweep.workers)),
   };
   static const std::vector<key_spec> keys = [] {
     auto out = listed;

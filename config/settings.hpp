@@ -130,6 +130,7 @@ struct settings {
     std::vector<std::string> link;  // profile names
     std::vector<double> latency_ms;  // link.latency_ms values (after any profile)
     std::vector<int> sessions;       // experiment.sessions values
+    std::vector<int> workers;        // cluster.local_workers values
   } sweep;
 };
 

@@ -246,8 +246,12 @@ TEST_CASE("gateway and two worker processes over mutual TLS: one-process tokens,
   // exact and cloud give the undisturbed tokens.
   for (auto mode : {"exact", "cloud"}) {
     CAPTURE(mode);
-    node_process w3("--role worker --set cluster.port=0 --stats 0.02" + certs.node("worker1") + stories_model, true);
-    node_process w4("--role worker --set cluster.port=0" + certs.node("worker2") + stories_model);
+    // The workers take the device profile's time per step (replies held, in
+    // real time), so that a response is still running when its worker dies.
+    const std::string slow = " --set compute.mode=profile --set compute.profile=paper-a100";
+    node_process w3("--role worker --set cluster.port=0 --stats 0.02" + slow + certs.node("worker1") +
+                      stories_model, true);
+    node_process w4("--role worker --set cluster.port=0" + slow + certs.node("worker2") + stories_model);
     node_process gw("--role gateway --set cloud.port=0" + certs.node("gateway") + workers_arg(w3, w4) +
                       stories_model, true);
     REQUIRE(wait_for_line(gw, "joined", 5));

@@ -20,6 +20,7 @@ std::vector<combo> make_combos(const settings& base) {
   first.keys["link"] = base.link.profile.empty() ? "custom" : base.link.profile;
   first.keys["latency_ms"] = base.link.latency_ms;
   first.keys["sessions"] = base.experiment.sessions;
+  first.keys["workers"] = base.cluster.local_workers;
   std::vector<combo> out{first};
   auto expand = [&](const char* key, const std::string& setting, const std::vector<json>& values,
                     const std::vector<std::string>& texts, const char* label) {
@@ -59,6 +60,9 @@ std::vector<combo> make_combos(const settings& base) {
   reset();
   for (auto x : base.sweep.sessions) v.push_back(x), t.push_back(std::to_string(x));
   expand("sessions", "experiment.sessions", v, t, "edges");
+  reset();
+  for (auto x : base.sweep.workers) v.push_back(x), t.push_back(std::to_string(x));
+  expand("workers", "cluster.local_workers", v, t, "workers");
 
   for (auto& c : out) {
     c.s = base;

@@ -26,17 +26,25 @@ struct sweep_plot {
   const char* file;
 };
 
-/// Data (one gnuplot index per strategy, ordered by the swept key) and the
+/// Data (one gnuplot index per series, ordered by the swept key) and the
 /// script of plots of `metrics` against the swept key; adds the images to `made`.
+/// A series is a strategy, or a strategy and its value of `series_key` when
+/// another key is swept too ("exact, 64 edges").
 std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& groups,
                         const char* key, const char* xlabel, bool log_x,
-                        const std::vector<sweep_plot>& plots, std::vector<std::string>& made) {
+                        const std::vector<sweep_plot>& plots, std::vector<std::string>& made,
+                        const char* series_key = nullptr, const char* series_unit = "") {
   const std::string data = std::string("plot_") + key + ".dat";
   std::ofstream d(dir / data);
+  auto series_of = [&](const group_summary& g) {
+    if (!series_key || !g.keys.contains(series_key))
+      return g.strategy;
+    return fmt::format("{}, {} {}", g.strategy, g.keys.at(series_key).dump(), series_unit);
+  };
   std::vector<std::string> strategies;
   for (auto& g : groups)
-    if (std::find(strategies.begin(), strategies.end(), g.strategy) == strategies.end())
-      strategies.push_back(g.strategy);
+    if (std::find(strategies.begin(), strategies.end(), series_of(g)) == strategies.end())
+      strategies.push_back(series_of(g));
   for (auto& s : strategies) {
     d << "# " << s << ": " << key;
     for (auto& p : plots)
@@ -44,7 +52,7 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
     d << "\n";
     std::vector<const group_summary*> rows;
     for (auto& g : groups)
-      if (g.strategy == s)
+      if (series_of(g) == s)
         rows.push_back(&g);
     std::sort(rows.begin(), rows.end(), [&](auto* a, auto* b) {
       return a->keys.at(key).template get<double>() < b->keys.at(key).template get<double>();
@@ -82,7 +90,7 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
 
 std::vector<std::string> write_plots(const fs::path& dir, const std::vector<group_summary>& groups,
                                      size_t n_combos, bool threshold_sweep, bool latency_sweep,
-                                     bool sessions_sweep) {
+                                     bool sessions_sweep, bool workers_sweep) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     fmt::print(stderr, "experiment: gnuplot is not installed (deploy/install-deps.sh installs "
                        "gnuplot-nox); skipping plots\n");
@@ -166,7 +174,14 @@ plot "plot_tradeoff.dat" using 2:3 with lines, "" using 2:3:4:5:6:7 with xyerror
                            {"ttft_ms", "Time to first token against link latency",
                             "time to first token, ms (log)", "latency_ttft"}},
                           made);
-  if (sessions_sweep)
+  if (workers_sweep)
+    script += sweep_plots(dir, groups, "workers", "cloud workers (each its own device)", true,
+                          {{"aggregate_tokens_per_s", "Tokens per second of all edges against cloud workers",
+                            "tokens/s (log)", "cluster_throughput"},
+                           {"p95_ms_per_token", "p95 time per token against cloud workers",
+                            "p95 ms per token (log)", "cluster_p95"}},
+                          made, sessions_sweep ? "sessions" : nullptr, "edges");
+  else if (sessions_sweep)
     script += sweep_plots(dir, groups, "sessions", "concurrent edges against one cloud", true,
                           {{"aggregate_tokens_per_s", "Tokens per second of all edges together",
                             "tokens/s (log)", "capacity_throughput"},

@@ -18,6 +18,6 @@ namespace ceco::app {
 std::vector<std::string> write_plots(const std::filesystem::path& dir,
                                      const std::vector<group_summary>& groups, size_t combos,
                                      bool threshold_sweep, bool latency_sweep = false,
-                                     bool sessions_sweep = false);
+                                     bool sessions_sweep = false, bool workers_sweep = false);
 
 } // namespace ceco::app
