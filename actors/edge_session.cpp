@@ -332,7 +332,7 @@ void close_cloud(self_ptr self) {
   transition(self, phase::reporting);
   // Close the cloud session (its summary has the cloud's compute), then
   // collect the link's byte counts, which by then include the close.
-  self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)
+  self->request(st.site.cloud, st.opts.timeout, close_session{st.session})
     .then(
       [=](session_summary& s) {
         self->state.report.cloud_us += s.compute_us;
