@@ -9,41 +9,6 @@
 
 namespace ceco {
 
-namespace {
-constexpr strategy all_strategies[] = {strategy::cloud,         strategy::naive,
-                                       strategy::standalone,    strategy::collaborative,
-                                       strategy::speculative,   strategy::exact};
-} // namespace
-
-std::optional<strategy> parse_strategy(std::string_view name) {
-  for (auto s : all_strategies)
-    if (name == to_string(s))
-      return s;
-  return std::nullopt;
-}
-
-const char* to_string(strategy s) {
-  switch (s) {
-    case strategy::cloud: return "cloud";
-    case strategy::naive: return "naive";
-    case strategy::standalone: return "standalone";
-    case strategy::collaborative: return "collaborative";
-    case strategy::speculative: return "speculative";
-    case strategy::exact: return "exact";
-  }
-  return "unknown";
-}
-
-const std::vector<std::string>& strategy_names() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> out;
-    for (auto s : all_strategies)
-      out.emplace_back(to_string(s));
-    return out;
-  }();
-  return names;
-}
-
 const char* to_string(phase p) {
   switch (p) {
     case phase::idle: return "idle";
@@ -355,7 +320,7 @@ edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
   auto& st = self->state;
   st.site = std::move(site);
   st.opts = std::move(opts);
-  st.report.mode = to_string(st.opts.mode);
+  st.report.mode = st.opts.mode;
   st.report.prompt = st.opts.prompt;
   st.report.exit_layers.assign(st.opts.exits.begin(), st.opts.exits.end());
   st.report.exit_counts.assign(st.opts.exits.size(), 0);

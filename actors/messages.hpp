@@ -56,6 +56,7 @@
 #include <caf/all.hpp>
 #include <caf/detail/serialized_size.hpp>
 
+#include "config/strategy.hpp"
 #include "proto/messages.hpp"
 
 namespace ceco {
@@ -104,7 +105,7 @@ struct link_counters {
 
 /// The figures of one response; see README "Metrics".
 struct response_report {
-  std::string mode;
+  strategy mode = strategy::collaborative;
   std::vector<int32_t> prompt;
   std::vector<int32_t> tokens;
   std::vector<int32_t> exit_layers;    // the configured exits

@@ -505,7 +505,7 @@ TEST_CASE("every cross-site message round-trips through CAF's binary serialiser"
   auto d = round_trip(exit_decision{3, 431, {0.5f, 0.9f}, 6});
   CHECK((d.exit_layer == 3 && d.token == 431 && d.confidence == std::vector<float>{0.5f, 0.9f}));
   response_report r;
-  r.mode = "collaborative";
+  r.mode = strategy::collaborative;
   r.tokens = {1, 2, 3};
   r.exit_counts = {2, 1};
   r.traffic.bytes_up = 12345;

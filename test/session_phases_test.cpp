@@ -117,7 +117,7 @@ TEST_CASE("session phases: a cancel during the open closes what the open brings,
   auto seen = std::make_shared<std::promise<void>>();
   auto stub = sys.spawn(stub_cloud, seen, false);
   deployment dep(sys, s, m, caf::actor_cast<cloud_api>(stub));
-  auto session = dep.spawn_session(m.vocab.encode("Once upon a time"), "collaborative", 8);
+  auto session = dep.spawn_session(m.vocab.encode("Once upon a time"), strategy::collaborative, 8);
   caf::scoped_actor self{sys};
   auto running = self->request(session, std::chrono::seconds(20), run_atom::value);
   REQUIRE(seen->get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);

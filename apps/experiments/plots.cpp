@@ -33,12 +33,12 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
                         const std::vector<sweep_plot>& plots, std::vector<std::string>& made) {
   const std::string data = std::string("plot_") + key + ".dat";
   std::ofstream d(dir / data);
-  std::vector<std::string> strategies;
+  std::vector<strategy> strategies;
   for (auto& g : groups)
     if (std::find(strategies.begin(), strategies.end(), g.strategy) == strategies.end())
       strategies.push_back(g.strategy);
   for (auto& s : strategies) {
-    d << "# " << s << ": " << key;
+    d << "# " << to_string(s) << ": " << key;
     for (auto& p : plots)
       d << " " << p.metric << " lo hi";
     d << "\n";
@@ -68,7 +68,7 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
       for (size_t k = 0; k < strategies.size(); ++k)
         curves += fmt::format("{}\"{}\" index {} using 1:{}:{}:{} with yerrorlines pt 7 title \"{}\"",
                               k ? ", " : "", data, k, 3 * i + 2, 3 * i + 3, 3 * i + 4,
-                              strategies[k]);
+                              to_string(strategies[k]));
       script += fmt::format("set title \"{}\"\nset ylabel \"{}\"\nset output \"{}.{}\"\nplot {}\n",
                             plots[i].title, plots[i].ylabel, plots[i].file, ext, curves);
       made.push_back(fmt::format("{}.{}", plots[i].file, ext));
@@ -89,7 +89,8 @@ std::vector<std::string> write_plots(const fs::path& dir, const std::vector<grou
     return {};
   }
   auto label = [&](const group_summary& g) {
-    return n_combos > 1 ? g.strategy + " " + g.label : g.strategy;
+    const std::string name = to_string(g.strategy);
+    return n_combos > 1 ? name + " " + g.label : name;
   };
   auto mean = [](const group_summary& g, const char* m) { return stat_of(g, m).mean; };
   {
@@ -141,7 +142,7 @@ set ytics mirror
     std::ofstream d(dir / "plot_tradeoff.dat");
     d << "# threshold total_ms agreement_with_cloud total_lo total_hi agreement_lo agreement_hi\n";
     for (auto& g : groups)
-      if (g.strategy == "collaborative") {
+      if (g.strategy == strategy::collaborative) {
         auto total = stat_of(g, "total_ms"), agree = stat_of(g, "agreement_with_cloud");
         d << fmt::format("{} {} {} {} {} {} {}\n", g.keys["threshold"].get<double>(), total.mean,
                          100 * agree.mean, total.lo, total.hi, 100 * agree.lo, 100 * agree.hi);
