@@ -30,6 +30,50 @@ caf::error not_here(const char* actor, const char* key) {
                     fmt::format("the {} runs on the edge ({} = \"edge\")", actor, key));
 }
 
+/// The cloud's hello: compared with the edge's, and the edge's node greeted.
+caf::result<hello_msg> serve(front_ptr self, const context_manager_actor&, const cloud_placed&,
+                             hello_msg& edge) {
+  if (auto diff = compare_hello(edge, self->state.mine); !diff.empty())
+    return make_error(ceco_errc::handshake_failed, "the cloud refuses this edge: " + diff);
+  if (auto note = mixed_quantization_note(edge, self->state.mine); !note.empty())
+    fmt::print(stderr, "ceco cloud: {}\n", note);
+  if (auto sender = self->current_sender())
+    self->state.greeted.insert(sender->node());
+  auto reply = self->state.mine;
+  reply.secret.clear();
+  return reply;
+}
+
+/// Every other request goes to the context manager (naive and generate
+/// requests too: the session must be open, and stays alive while the cloud
+/// layers compute the answer).
+template <class Request>
+caf::result<reply_t<Request>> serve(front_ptr self, const context_manager_actor& contexts,
+                                    const cloud_placed&, Request& x) {
+  if (auto err = refuse_stranger(self))
+    return err;
+  return self->delegate(contexts, std::move(x));
+}
+
+caf::result<exit_decision> serve(front_ptr self, const context_manager_actor& contexts,
+                                 const cloud_placed& placed, evaluate_request& x) {
+  if (auto err = refuse_stranger(self))
+    return err;
+  if (!placed.evaluator)
+    return not_here("exit evaluator", "placement.exit_evaluator");
+  // Through the context manager, which refreshes the session.
+  return self->delegate(contexts, std::move(x));
+}
+
+caf::result<int32_t> serve(front_ptr self, const context_manager_actor&, const cloud_placed& placed,
+                           upload_states& x) {
+  if (auto err = refuse_stranger(self))
+    return err;
+  if (!placed.uploader)
+    return not_here("uploader", "placement.uploader");
+  return self->delegate(placed.uploader, std::move(x));
+}
+
 cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor contexts,
                                         cloud_placed placed, hello_msg mine) {
   self->state.mine = std::move(mine);
@@ -40,71 +84,12 @@ cloud_api::behavior_type cloud_front_fn(front_ptr self, context_manager_actor co
                                   "see the protocol in actors/messages.hpp",
                                   x.content().size()));
   });
-  return {
-    [=](hello_msg& edge) -> caf::result<hello_msg> {
-      if (auto diff = compare_hello(edge, self->state.mine); !diff.empty())
-        return make_error(ceco_errc::handshake_failed, "the cloud refuses this edge: " + diff);
-      if (auto note = mixed_quantization_note(edge, self->state.mine); !note.empty())
-        fmt::print(stderr, "ceco cloud: {}\n", note);
-      if (auto sender = self->current_sender())
-        self->state.greeted.insert(sender->node());
-      auto reply = self->state.mine;
-      reply.secret.clear();
-      return reply;
-    },
-    [=](open_atom a) -> caf::result<uint64_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a);
-    },
-    [=](upload_msg& m) -> caf::result<int32_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(m));
-    },
-    [=](draft_upload& m) -> caf::result<verdict> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(m));
-    },
-    [=](infer_request& r) -> caf::result<infer_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, r);
-    },
-    // Through the context manager: the session must be open, and stays
-    // alive while the cloud layers compute the answer.
-    [=](naive_request& r) -> caf::result<infer_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(r));
-    },
-    [=](generate_request& r) -> caf::result<generate_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(r));
-    },
-    [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a, id);
-    },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& b) -> caf::result<exit_decision> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      if (!placed.evaluator)
-        return not_here("exit evaluator", "placement.exit_evaluator");
-      // Through the context manager, which refreshes the session.
-      return self->delegate(contexts, a, id, std::move(b));
-    },
-    [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) -> caf::result<int32_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      if (!placed.uploader)
-        return not_here("uploader", "placement.uploader");
-      return self->delegate(placed.uploader, a, id, start, std::move(b));
-    },
-  };
+  return behavior_of<cloud_api::behavior_type>(cloud_protocol{}, [=](auto rpc) {
+    using request = typename decltype(rpc)::request;
+    return [=](request& x) -> caf::result<reply_t<request>> {
+      return serve(self, contexts, placed, x);
+    };
+  });
 }
 
 } // namespace

@@ -50,61 +50,25 @@ worker_api::behavior_type worker_front_fn(front_ptr self, context_manager_actor 
                       fmt::format("a cloud worker does not handle this message of {} element(s)",
                                   x.content().size()));
   });
-  return {
-    [=](hello_msg& gateway) -> caf::result<hello_msg> {
-      gateway.secret.clear();
-      if (auto diff = compare_hello(gateway, self->state.mine); !diff.empty())
-        return make_error(ceco_errc::handshake_failed, "the cloud worker refuses this gateway: " + diff);
-      if (auto sender = self->current_sender())
-        self->state.greeted.insert(sender->node());
-      return self->state.mine;
-    },
-    [=](open_atom a) -> caf::result<uint64_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a);
-    },
-    [=](upload_msg& m) -> caf::result<int32_t> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(m));
-    },
-    [=](draft_upload& m) -> caf::result<verdict> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(m));
-    },
-    [=](infer_request& r) -> caf::result<infer_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, r);
-    },
-    [=](naive_request& r) -> caf::result<infer_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(r));
-    },
-    [=](generate_request& r) -> caf::result<generate_reply> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, std::move(r));
-    },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& b) -> caf::result<exit_decision> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a, id, std::move(b));
-    },
-    [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a, id);
-    },
-    [=](stats_atom a) -> caf::result<cloud_stats> {
-      if (auto err = refuse_stranger(self))
-        return err;
-      return self->delegate(contexts, a);
-    },
-  };
+  return behavior_of<worker_api::behavior_type>(worker_protocol{}, [=](auto rpc) {
+    using request = typename decltype(rpc)::request;
+    using reply = typename decltype(rpc)::reply;
+    return [=](request& x) -> caf::result<reply> {
+      if constexpr (std::is_same_v<request, hello_msg>) {
+        x.secret.clear();
+        if (auto diff = compare_hello(x, self->state.mine); !diff.empty())
+          return make_error(ceco_errc::handshake_failed,
+                            "the cloud worker refuses this gateway: " + diff);
+        if (auto sender = self->current_sender())
+          self->state.greeted.insert(sender->node());
+        return self->state.mine;
+      } else {
+        if (auto err = refuse_stranger(self))
+          return err;
+        return self->delegate(contexts, std::move(x));
+      }
+    };
+  });
 }
 
 } // namespace

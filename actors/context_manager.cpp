@@ -381,7 +381,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
   self->state.opts = opts;
   schedule_sweep(self);
   return {
-    [=](open_atom) -> caf::result<uint64_t> {
+    [=](open_session&) -> caf::result<uint64_t> {
       auto& st = self->state;
       // Sessions still being created count: the limit holds however many
       // opens arrive before the first is answered.
@@ -531,8 +531,9 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       mark_ready(self, r.session, e);
       return rp;
     },
-    [=](close_atom, uint64_t id) -> caf::result<session_summary> {
+    [=](close_session& c) -> caf::result<session_summary> {
       auto& st = self->state;
+      const uint64_t id = c.session;
       auto i = st.sessions.find(id);
       if (i == st.sessions.end())
         return unknown(id);
@@ -550,13 +551,13 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       const auto id = r.session;
       return hand_to_layers<generate_reply>(self, id, std::move(r));
     },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& states) -> caf::result<exit_decision> {
-      if (!touch(self, id))
-        return unknown(id);
+    [=](evaluate_request& r) -> caf::result<exit_decision> {
+      if (!touch(self, r.session))
+        return unknown(r.session);
       if (!self->state.opts.evaluator)
         return make_error(ceco_errc::not_placed_here,
                           "the exit evaluator runs on the edge (placement.exit_evaluator = \"edge\")");
-      return self->delegate(self->state.opts.evaluator, a, id, std::move(states));
+      return self->delegate(self->state.opts.evaluator, std::move(r));
     },
     [=](stats_atom) -> cloud_stats {
       auto& st = self->state;

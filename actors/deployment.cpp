@@ -273,18 +273,14 @@ deployment::~deployment() {
 }
 
 edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
-                                             const std::string& mode, int max_tokens,
+                                             std::optional<strategy> mode, int max_tokens,
                                              caf::actor token_sink) {
   edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
                  caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
-  const auto& name = mode.empty() ? settings_.policy.mode : mode;
-  auto parsed = parse_strategy(name);
-  if (!parsed)
-    throw config_error(fmt::format("mode '{}' is not a strategy: expected one of {}", name,
-                                   fmt::join(strategy_names(), ", ")));
-  o.mode = *parsed;
-  if (o.mode == strategy::speculative || o.mode == strategy::exact) {
+  o.mode = mode.value_or(settings_.policy.mode);
+  const char* name = to_string(o.mode);
+  if (drafts(o.mode)) {
     // Drafts are decided and uploaded on the edge, token by token.
     if (settings_.placement.exit_evaluator != "edge" || settings_.placement.uploader != "edge")
       throw config_error(fmt::format(
@@ -316,14 +312,25 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
   return spawn_edge_session(sys_, site, o);
 }
 
-response_report deployment::run(const std::vector<int32_t>& prompt, const std::string& mode,
-                                int max_tokens) {
+response_report deployment::run(const std::vector<int32_t>& prompt,
+                                std::optional<strategy> mode, int max_tokens) {
   return run_concurrently({prompt}, mode, max_tokens).front();
+}
+
+response_report deployment::run(const std::vector<int32_t>& prompt, std::string_view mode,
+                                int max_tokens) {
+  return run(prompt, strategy_of(mode, "mode"), max_tokens);
 }
 
 std::vector<response_report>
 deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
-                             const std::string& mode, int max_tokens) {
+                             std::string_view mode, int max_tokens) {
+  return run_concurrently(prompts, strategy_of(mode, "mode"), max_tokens);
+}
+
+std::vector<response_report>
+deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
+                             std::optional<strategy> mode, int max_tokens) {
   std::vector<edge_session_actor> drivers;
   for (auto& p : prompts)
     drivers.push_back(spawn_session(p, mode, max_tokens));

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "actors/cloud_front.hpp"
@@ -105,11 +106,17 @@ public:
   deployment& operator=(const deployment&) = delete;
 
   /// Runs one response to completion. `mode` overrides policy.mode when set.
-  response_report run(const std::vector<int32_t>& prompt, const std::string& mode = {},
+  response_report run(const std::vector<int32_t>& prompt, std::optional<strategy> mode = {},
+                      int max_tokens = 0);
+  /// The same with the strategy by its name (a config_error for an unknown one).
+  response_report run(const std::vector<int32_t>& prompt, std::string_view mode,
                       int max_tokens = 0);
   /// Runs several responses at the same time on the same actors.
   std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
-                                                const std::string& mode = {}, int max_tokens = 0);
+                                                std::optional<strategy> mode = {},
+                                                int max_tokens = 0);
+  std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
+                                                std::string_view mode, int max_tokens = 0);
 
   /// Waits up to `max_wait` for the link to the cloud to be up; false if it
   /// is still down then.
@@ -117,10 +124,11 @@ public:
 
   /// One response's session, spawned but not yet run (send it run_atom):
   /// `token_sink`, if valid, receives each token as it is emitted (see
-  /// edge_session.hpp). Throws config_error for an unknown mode, an empty
-  /// prompt or one that fills the model's context.
-  edge_session_actor spawn_session(const std::vector<int32_t>& prompt, const std::string& mode = {},
-                                   int max_tokens = 0, caf::actor token_sink = {});
+  /// edge_session.hpp). Throws config_error for a mode the placement cannot
+  /// run, an empty prompt or one that fills the model's context.
+  edge_session_actor spawn_session(const std::vector<int32_t>& prompt,
+                                   std::optional<strategy> mode = {}, int max_tokens = 0,
+                                   caf::actor token_sink = {});
 
   /// The link's epoch: how many times it reconnected, or -1 while the cloud
   /// is lost.

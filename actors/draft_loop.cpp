@@ -277,8 +277,8 @@ void draft_forward(self_ptr self) {
         if (st.site.link)
           st.context.append(out.split);
         auto split = std::make_shared<tensor_blob>(std::move(out.split));
-        self->request(st.site.local_evaluator, st.opts.timeout, evaluate_atom::value, st.session,
-                      std::move(out.exit_states))
+        self->request(st.site.local_evaluator, st.opts.timeout,
+                      evaluate_request{st.session, std::move(out.exit_states)})
           .then(
             [=](exit_decision& d) {
               auto& st = self->state;

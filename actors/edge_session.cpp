@@ -9,41 +9,6 @@
 
 namespace ceco {
 
-namespace {
-constexpr strategy all_strategies[] = {strategy::cloud,         strategy::naive,
-                                       strategy::standalone,    strategy::collaborative,
-                                       strategy::speculative,   strategy::exact};
-} // namespace
-
-std::optional<strategy> parse_strategy(std::string_view name) {
-  for (auto s : all_strategies)
-    if (name == to_string(s))
-      return s;
-  return std::nullopt;
-}
-
-const char* to_string(strategy s) {
-  switch (s) {
-    case strategy::cloud: return "cloud";
-    case strategy::naive: return "naive";
-    case strategy::standalone: return "standalone";
-    case strategy::collaborative: return "collaborative";
-    case strategy::speculative: return "speculative";
-    case strategy::exact: return "exact";
-  }
-  return "unknown";
-}
-
-const std::vector<std::string>& strategy_names() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> out;
-    for (auto s : all_strategies)
-      out.emplace_back(to_string(s));
-    return out;
-  }();
-  return names;
-}
-
 const char* to_string(phase p) {
   switch (p) {
     case phase::idle: return "idle";
@@ -137,7 +102,7 @@ void lose_cloud(self_ptr self, clock_type::time_point sent) {
 /// is open: the close ends it for the gateway's count of this connection's
 /// sessions; the answer (session_lost) is expected and dropped.
 void close_lost_session(self_ptr self, uint64_t lost) {
-  self->request(self->state.site.cloud, self->state.opts.timeout, close_atom::value, lost)
+  self->request(self->state.site.cloud, self->state.opts.timeout, close_session{lost})
     .then([](session_summary&) {}, [](caf::error&) {});
 }
 
@@ -376,7 +341,7 @@ void close_cloud(self_ptr self) {
   transition(self, phase::reporting);
   // Close the cloud session (its summary has the cloud's compute), then
   // collect the link's byte counts, which by then include the close.
-  self->request(st.site.cloud, st.opts.timeout, close_atom::value, st.session)
+  self->request(st.site.cloud, st.opts.timeout, close_session{st.session})
     .then(
       [=](session_summary& s) {
         self->state.report.cloud_us += s.compute_us;
@@ -399,7 +364,7 @@ edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
   auto& st = self->state;
   st.site = std::move(site);
   st.opts = std::move(opts);
-  st.report.mode = to_string(st.opts.mode);
+  st.report.mode = st.opts.mode;
   st.report.prompt = st.opts.prompt;
   st.report.exit_layers.assign(st.opts.exits.begin(), st.opts.exits.end());
   st.report.exit_counts.assign(st.opts.exits.size(), 0);

@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "actors/messages.hpp"
+#include "config/strategy.hpp"
 
 namespace ceco {
 
@@ -69,16 +70,6 @@ struct edge_site {
   cloud_api cloud;  // a link in a simulation, the remote front in a deployment
   link_actor link;  // where traffic is counted; may be invalid (no counts)
 };
-
-/// The strategy of a response; settings name it (policy.mode), the session
-/// driver works with the enum.
-enum class strategy { cloud, naive, standalone, collaborative, speculative, exact };
-
-/// Every strategy's name, in the order of the enum.
-const std::vector<std::string>& strategy_names();
-/// "cloud", "naive", ..., "exact"; nullopt for anything else.
-std::optional<strategy> parse_strategy(std::string_view name);
-const char* to_string(strategy s);
 
 /// Where a session is; see the diagram above.
 enum class phase { idle, opening, running, degraded, resuming, closing, reporting };

@@ -43,8 +43,9 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
   self->state.n_embd = n_embd;
   self->state.policy = policy;
   return {
-    [=](evaluate_atom, uint64_t, tensor_blob& states) -> caf::result<exit_decision> {
+    [=](evaluate_request& r) -> caf::result<exit_decision> {
       auto t0 = clock_type::now();
+      const tensor_blob& states = r.exit_states;
       auto& st = self->state;
       if (auto bad = states.check(st.n_embd); !bad.empty())
         return make_error(ceco_errc::bad_tensor, "exit states: " + bad);
@@ -93,8 +94,8 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
 exit_evaluator_actor::behavior_type remote_evaluator_fn(exit_evaluator_actor::pointer self,
                                                         cloud_api cloud) {
   return {
-    [=](evaluate_atom a, uint64_t session, tensor_blob& states) -> caf::result<exit_decision> {
-      return self->delegate(cloud, a, session, std::move(states));
+    [=](evaluate_request& r) -> caf::result<exit_decision> {
+      return self->delegate(cloud, std::move(r));
     },
     [](deliver_atom, uint64_t) {},  // no timer of its own
   };

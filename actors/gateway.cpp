@@ -41,7 +41,7 @@ using self_ptr = caf::stateful_actor<gateway_state>*;
 
 /// Closes a session no connection owns any more (its connection closed).
 void close_orphan(self_ptr self, uint64_t session) {
-  self->request(self->state.front, caf::infinite, close_atom::value, session)
+  self->request(self->state.front, caf::infinite, close_session{session})
     .then([](session_summary&) {}, [](caf::error&) {});  // gone already: fine
 }
 
@@ -51,10 +51,10 @@ void answer(self_ptr self, wire::connection_id conn, uint32_t request_id, wire::
 }
 
 /// Asks the front; `on_reply` sees the reply before it is answered.
-template <class Reply, class OnReply, class... Ts>
+template <class Request, class OnReply, class Reply = reply_t<Request>>
 void ask_then(self_ptr self, wire::connection_id conn, uint32_t request_id, OnReply on_reply,
-         Ts&&... xs) {
-  self->request(self->state.front, caf::infinite, std::forward<Ts>(xs)...)
+              Request x) {
+  self->request(self->state.front, caf::infinite, std::move(x))
     .then(
       [=](Reply& r) mutable {
         on_reply(r);
@@ -63,12 +63,14 @@ void ask_then(self_ptr self, wire::connection_id conn, uint32_t request_id, OnRe
       [=](caf::error& err) { answer(self, conn, request_id, reply_frame(err)); });
 }
 
-template <class Reply, class... Ts>
-void ask(self_ptr self, wire::connection_id conn, uint32_t request_id, Ts&&... xs) {
-  ask_then<Reply>(self, conn, request_id, [](const Reply&) {}, std::forward<Ts>(xs)...);
+template <class Request>
+void ask(self_ptr self, wire::connection_id conn, uint32_t request_id, Request x) {
+  ask_then(self, conn, request_id, [](const reply_t<Request>&) {}, std::move(x));
 }
 
-/// Hands a greeted connection's request for one of its sessions to the front.
+/// Hands a greeted connection's request for one of its sessions to the front:
+/// every request of cloud_protocol as it is, open and close also counted
+/// against the connection.
 struct request_visitor {
   self_ptr self;
   wire::connection_id conn;
@@ -91,7 +93,7 @@ struct request_visitor {
       if (it != self->state.opening.end() && --it->second <= 0)
         self->state.opening.erase(it);
     };
-    self->request(st.front, caf::infinite, open_atom::value)
+    self->request(st.front, caf::infinite, open_session{})
       .then(
         [self = self, conn = conn, rid = rid, answered](uint64_t id) {
           answered();
@@ -105,31 +107,22 @@ struct request_visitor {
           answer(self, conn, rid, reply_frame(err));
         });
   }
-  void operator()(upload_msg& m) { ask<int32_t>(self, conn, rid, std::move(m)); }
-  void operator()(draft_upload& m) { ask<verdict>(self, conn, rid, std::move(m)); }
-  void operator()(infer_request& r) { ask<infer_reply>(self, conn, rid, r); }
-  void operator()(naive_request& r) { ask<infer_reply>(self, conn, rid, std::move(r)); }
-  void operator()(generate_request& r) { ask<generate_reply>(self, conn, rid, std::move(r)); }
   void operator()(wire::close_session& c) {
-    ask_then<session_summary>(self, conn, rid,
-                         [self = self, conn = conn, id = c.session](const session_summary&) {
-                           self->state.owners.remove(conn, id);
-                         },
-                         close_atom::value, c.session);
-  }
-  void operator()(wire::evaluate_request& r) {
-    ask<exit_decision>(self, conn, rid, evaluate_atom::value, r.session,
-                       std::move(r.exit_states));
-  }
-  void operator()(wire::upload_states& r) {
-    ask<int32_t>(self, conn, rid, upload_atom::value, r.session, r.start, std::move(r.states));
+    ask_then(self, conn, rid,
+             [self = self, conn = conn, id = c.session](const session_summary&) {
+               self->state.owners.remove(conn, id);
+             },
+             std::move(c));
   }
   template <class T>
   void operator()(T& other) {
-    answer(self, conn, rid,
-           reply_frame(make_error(ceco_errc::unknown_message,
-                                  fmt::format("the cloud does not serve {} frames",
-                                              wire::to_string(wire::type_of(other))))));
+    if constexpr (is_cloud_request<T>)
+      ask(self, conn, rid, std::move(other));
+    else
+      answer(self, conn, rid,
+             reply_frame(make_error(ceco_errc::unknown_message,
+                                    fmt::format("the cloud does not serve {} frames",
+                                                wire::to_string(wire::type_of(other))))));
   }
 };
 

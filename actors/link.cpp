@@ -76,47 +76,67 @@ void transmit(self_ptr self, uint64_t session, direction dir, int64_t bytes,
                      uint64_t(dir));
 }
 
+/// Adds up the bytes of the tensors a message's fields hold.
+struct tensor_bytes {
+  static constexpr bool largest = false;
+  struct { int32_t width = 0, context = 0, vocab = 0, layers = 0; uint32_t max_text = 0; } lim;
+  int64_t total = 0;
+
+  template <class... Ts> void u64(Ts&&...) {}
+  template <class... Ts> void u32(Ts&&...) {}
+  template <class... Ts> void u8(Ts&&...) {}
+  template <class... Ts> void i32(Ts&&...) {}
+  template <class... Ts> void i64(Ts&&...) {}
+  template <class... Ts> void f32(Ts&&...) {}
+  template <class... Ts> void boolean(Ts&&...) {}
+  template <class... Ts> void bytes(Ts&&...) {}
+  template <class... Ts> void vec(Ts&&...) {}
+  template <class... Ts> void text(Ts&&...) {}
+  void blob(const char*, tensor_blob& b, int64_t, int64_t, int32_t) { total += int64_t(b.bytes.size()); }
+};
+
 /// Bytes of hidden states a message carries (their transfer time scales in
 /// profile mode).
-int64_t hidden_bytes(const tensor_blob& b) { return int64_t(b.bytes.size()); }
-int64_t hidden_bytes(const upload_msg& m) { return hidden_bytes(m.states); }
-int64_t hidden_bytes(const draft_upload& m) { return hidden_bytes(m.states); }
-int64_t hidden_bytes(const naive_request& m) { return hidden_bytes(m.states); }
 template <class T>
-int64_t hidden_bytes(const T&) { return 0; }
+int64_t hidden_bytes(const T& x) {
+  tensor_bytes sum;
+  fields(sum, const_cast<T&>(x));  // the sum only reads
+  return sum.total;
+}
 
 /// Request up, reply (or error) down, each through the pipe. When the cloud
 /// is lost, every request it has not answered fails at once (CAF would
 /// otherwise hold them until their timeouts).
-template <class Reply, class... Ts>
-caf::typed_response_promise<Reply> relay(self_ptr self, uint64_t session, Ts... xs) {
+template <class Request, class Reply = reply_t<Request>>
+caf::typed_response_promise<Reply> relay(self_ptr self, Request x) {
+  const uint64_t session = proto::session_of(x);
   auto rp = self->template make_response_promise<Reply>();
   if (self->state.down) {
     rp.deliver(self->state.down);
     return rp;
   }
   const bool frames = self->state.opts.remote;
-  const int64_t up_bytes = frames ? request_frame_bytes(xs...) : (wire_size(xs) + ...);
+  const int64_t up_bytes = frames ? request_frame_bytes(x) : wire_size(x);
   if (session != 0)
     self->state.count(session, up, up_bytes);
   const auto scale = self->state.opts.hidden_scale;
   const int64_t sent_bytes =
     scale == 1.0 ? up_bytes
-                 : up_bytes + int64_t(double((hidden_bytes(xs) + ...)) * (scale - 1.0));
-  transmit(self, session, up, sent_bytes, [=]() mutable {
+                 : up_bytes + int64_t(double(hidden_bytes(x)) * (scale - 1.0));
+  transmit(self, session, up, sent_bytes, [=, x = std::move(x)]() mutable {
     if (self->state.down) {
       rp.deliver(self->state.down);
       return;
     }
     const uint64_t id = self->state.next_request++;
     self->state.outstanding[id] = [rp](const caf::error& err) mutable { rp.deliver(err); };
-    self->request(self->state.cloud, caf::infinite, xs...)
+    self->request(self->state.cloud, caf::infinite, std::move(x))
       .then(
         [=](Reply& r) mutable {
           if (self->state.outstanding.erase(id) == 0)
             return;  // already failed by the down handler
           uint64_t s = session;
-          if constexpr (std::is_same_v<Reply, uint64_t>) {
+          if constexpr (std::is_same_v<Request, open_session>) {
             if (s == 0) {  // an open: its traffic belongs to the new session
               s = r;
               self->state.count(s, up, up_bytes);
@@ -164,20 +184,11 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
       });
     }
   });
-  return {
-    [=](hello_msg& h) { return relay<hello_msg>(self, 0, std::move(h)); },
-    [=](open_atom a) { return relay<uint64_t>(self, 0, a); },
-    [=](upload_msg& m) { return relay<int32_t>(self, m.session, std::move(m)); },
-    [=](draft_upload& m) { return relay<verdict>(self, m.session, std::move(m)); },
-    [=](infer_request& r) { return relay<infer_reply>(self, r.session, r); },
-    [=](naive_request& r) { return relay<infer_reply>(self, r.session, std::move(r)); },
-    [=](generate_request& r) { return relay<generate_reply>(self, r.session, std::move(r)); },
-    [=](close_atom a, uint64_t id) { return relay<session_summary>(self, id, a, id); },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& b) {
-      return relay<exit_decision>(self, id, a, id, std::move(b));
-    },
-    [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) {
-      return relay<int32_t>(self, id, a, id, start, std::move(b));
+  return behavior_of<link_actor::behavior_type>(
+    cloud_protocol{},
+    [=](auto rpc) {
+      using request = typename decltype(rpc)::request;
+      return [=](request& x) { return relay(self, std::move(x)); };
     },
     [=](stats_atom, uint64_t id) -> link_counters { return self->state.counters[id]; },
     [=](reconnect_atom, caf::actor front) {
@@ -199,8 +210,7 @@ link_actor::behavior_type link_fn(self_ptr self, cloud_api cloud, link_options o
         q.erase(q.begin());
         deliver();
       }
-    },
-  };
+    });
 }
 
 } // namespace

@@ -2,11 +2,26 @@
 
 #include <fmt/format.h>
 
+#include "net/frame.hpp"
+
 namespace ceco {
 
 namespace {
 
 const caf::atom_value ceco_category = caf::atom("ceco");
+
+/// A protocol message under the name of its frame (numbers are CAF's own).
+template <class T>
+void add_protocol_type(caf::actor_system_config& cfg) {
+  if constexpr (!std::is_arithmetic_v<T>)
+    cfg.add_message_type<T>(wire::to_string(wire::type_of(wire::message(T{}))));
+}
+
+template <class... Rs>
+void add_protocol_types(caf::actor_system_config& cfg, rpc_list<Rs...>) {
+  (add_protocol_type<typename Rs::request>(cfg), ...);
+  (add_protocol_type<typename Rs::reply>(cfg), ...);
+}
 
 } // namespace
 
@@ -31,20 +46,10 @@ std::string describe(const caf::error& err) {
 }
 
 void register_message_types(caf::actor_system_config& cfg) {
-  cfg.add_message_type<hello_msg>("hello_msg");
+  add_protocol_types(cfg, cloud_protocol{});
   cfg.add_message_type<std::vector<int32_t>>("ceco_ids");
   cfg.add_message_type<tensor_blob>("tensor_blob");
-  cfg.add_message_type<upload_msg>("upload_msg");
-  cfg.add_message_type<draft_upload>("draft_upload");
-  cfg.add_message_type<verdict>("verdict");
-  cfg.add_message_type<infer_request>("infer_request");
-  cfg.add_message_type<infer_reply>("infer_reply");
-  cfg.add_message_type<naive_request>("naive_request");
-  cfg.add_message_type<generate_request>("generate_request");
-  cfg.add_message_type<generate_reply>("generate_reply");
-  cfg.add_message_type<session_summary>("session_summary");
   cfg.add_message_type<edge_output>("edge_output");
-  cfg.add_message_type<exit_decision>("exit_decision");
   cfg.add_message_type<link_counters>("link_counters");
   cfg.add_message_type<response_report>("response_report");
   cfg.add_message_type<cloud_stats>("cloud_stats");

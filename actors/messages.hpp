@@ -9,16 +9,20 @@
 //
 // | message                      | from → to               | reply                  |
 // |------------------------------|-------------------------|------------------------|
-// | (open_atom)                  | edge → context manager  | session id (uint64)    |
+// | open_session                 | edge → context manager  | session id (uint64)    |
 // | upload_msg                   | uploader → context mgr  | int32: positions held  |
 // | infer_request                | edge → context manager  | infer_reply (token id) |
 // | naive_request                | edge → context manager → cloud layers | infer_reply |
 // | generate_request             | edge → context manager → cloud layers | generate_reply |
-// | (close_atom, session)        | edge → context manager  | session_summary        |
+// | close_session                | edge → context manager  | session_summary        |
 // | hello_msg                    | edge → cloud front      | hello_msg (the cloud's)|
-// | (evaluate_atom, session, exit states) | edge → exit evaluator placed on the cloud | exit_decision |
-// | (upload_atom, session, start, states) | edge → uploader placed on the cloud | int32 |
+// | evaluate_request             | edge → exit evaluator placed on the cloud | exit_decision |
+// | upload_states                | edge → uploader placed on the cloud | int32 |
 // | draft_upload                 | uploader → context mgr  | verdict, once computed |
+//
+// The table is `cloud_protocol` below: one line per request and its reply,
+// from which cloud_api and every relay of it (link, remote front, cloud
+// front, gateway, wire bridge) are generated.
 //
 // A deployment starts with hello: protocol version, model fingerprint,
 // split, exits, where the movable actors run (and, for those on the cloud,
@@ -52,6 +56,7 @@
 #include <caf/all.hpp>
 #include <caf/detail/serialized_size.hpp>
 
+#include "config/strategy.hpp"
 #include "proto/messages.hpp"
 
 namespace ceco {
@@ -61,8 +66,6 @@ namespace ceco {
 using open_atom = caf::atom_constant<caf::atom("open")>;
 using close_atom = caf::atom_constant<caf::atom("close")>;
 using forward_atom = caf::atom_constant<caf::atom("forward")>;
-using evaluate_atom = caf::atom_constant<caf::atom("evaluate")>;
-using upload_atom = caf::atom_constant<caf::atom("upload")>;
 using run_atom = caf::atom_constant<caf::atom("run")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
@@ -104,7 +107,7 @@ struct link_counters {
 
 /// The figures of one response; see README "Metrics".
 struct response_report {
-  std::string mode;
+  strategy mode = strategy::collaborative;
   std::vector<int32_t> prompt;
   std::vector<int32_t> tokens;
   std::vector<int32_t> exit_layers;    // the configured exits
@@ -267,18 +270,71 @@ struct cloud_step_done {
 
 // -- actor interfaces ---------------------------------------------------------
 
-/// What an edge sees of the cloud; see the protocol table above.
-using cloud_api = caf::typed_actor<
-  caf::replies_to<hello_msg>::with<hello_msg>,
-  caf::replies_to<open_atom>::with<uint64_t>,
-  caf::replies_to<upload_msg>::with<int32_t>,
-  caf::replies_to<draft_upload>::with<verdict>,
-  caf::replies_to<infer_request>::with<infer_reply>,
-  caf::replies_to<naive_request>::with<infer_reply>,
-  caf::replies_to<generate_request>::with<generate_reply>,
-  caf::replies_to<close_atom, uint64_t>::with<session_summary>,
-  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
-  caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>>;
+// -- the cloud protocol: one list ---------------------------------------------
+
+/// A request of the cloud protocol and the reply it gets.
+template <class Request, class Reply>
+struct rpc {
+  using request = Request;
+  using reply = Reply;
+};
+template <class... Rpcs>
+struct rpc_list {};
+
+/// Every request an edge sends the cloud and its reply, in one list: cloud_api
+/// is generated from it, and the link, the remote front, the cloud front, the
+/// gateway and the wire bridge iterate it, so a new request is its struct
+/// (proto/messages.hpp), its frame (net/frame.hpp), its handler and one line
+/// here.
+using cloud_protocol = rpc_list<
+  rpc<hello_msg, hello_msg>,
+  rpc<open_session, uint64_t>,
+  rpc<upload_msg, int32_t>,
+  rpc<draft_upload, verdict>,
+  rpc<infer_request, infer_reply>,
+  rpc<naive_request, infer_reply>,
+  rpc<generate_request, generate_reply>,
+  rpc<close_session, session_summary>,
+  rpc<evaluate_request, exit_decision>,
+  rpc<upload_states, int32_t>>;
+
+namespace detail {
+template <class Request, class List>
+struct find_rpc {};  // not a request of the list: no `type`
+template <class Request, class R, class... Rs>
+struct find_rpc<Request, rpc_list<R, Rs...>>
+  : std::conditional_t<std::is_same_v<Request, typename R::request>, R,
+                       find_rpc<Request, rpc_list<Rs...>>> {};
+template <class Request, class List, class = void>
+struct in_list : std::false_type {};
+template <class Request, class List>
+struct in_list<Request, List, std::void_t<typename find_rpc<Request, List>::reply>>
+  : std::true_type {};
+template <class List>
+struct typed_actor_of;
+template <class... Rs>
+struct typed_actor_of<rpc_list<Rs...>> {
+  using type =
+    caf::typed_actor<typename caf::replies_to<typename Rs::request>::template with<typename Rs::reply>...>;
+};
+} // namespace detail
+
+/// The reply a request of the cloud protocol gets.
+template <class Request>
+using reply_t = typename detail::find_rpc<Request, cloud_protocol>::reply;
+/// Whether `T` is a request of the cloud protocol.
+template <class T>
+constexpr bool is_cloud_request = detail::in_list<T, cloud_protocol>::value;
+
+/// A behavior of `Behavior` type with one handler per request of `List`,
+/// `make(rpc<Request, Reply>{})` each, then `others`.
+template <class Behavior, class... Rs, class Make, class... Others>
+Behavior behavior_of(rpc_list<Rs...>, Make make, Others... others) {
+  return Behavior{make(Rs{})..., std::move(others)...};
+}
+
+/// What an edge sees of the cloud: every request of cloud_protocol.
+using cloud_api = detail::typed_actor_of<cloud_protocol>::type;
 
 /// A simulated network link that forwards cloud_api to the cloud after the
 /// delays of its latency and bandwidth, counting serialised bytes per session.
@@ -331,19 +387,18 @@ inline int step_size_bucket(int64_t sessions) {
 /// (get_atom, session) -> the session's cloud context, for tests and
 /// diagnostics in the cloud's process (the front never forwards it).
 /// naive_request, generate_request: for an open session, which they keep
-/// alive until answered; the cloud layers compute them. (evaluate_atom,
-/// session, states): refreshes the session, then asks the exit evaluator
-/// placed on the cloud.
+/// alive until answered; the cloud layers compute them. evaluate_request:
+/// refreshes the session, then asks the exit evaluator placed on the cloud.
 using context_manager_actor = caf::typed_actor<
-  caf::replies_to<open_atom>::with<uint64_t>,
+  caf::replies_to<open_session>::with<uint64_t>,
   caf::replies_to<upload_msg>::with<int32_t>,
   caf::replies_to<draft_upload>::with<verdict>,
   caf::replies_to<get_atom, uint64_t>::with<cloud_context_ptr>,
   caf::replies_to<infer_request>::with<infer_reply>,
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
-  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
-  caf::replies_to<close_atom, uint64_t>::with<session_summary>,
+  caf::replies_to<evaluate_request>::with<exit_decision>,
+  caf::replies_to<close_session>::with<session_summary>,
   caf::replies_to<stats_atom>::with<cloud_stats>,
   caf::reacts_to<sweep_atom, uint64_t>>;
 
@@ -352,17 +407,18 @@ using context_manager_actor = caf::typed_actor<
 /// interface less what only its own process may ask (get_atom's pointer,
 /// the sweep timer), after a hello that checks the gateway holds the same
 /// model, split, exits and placement.
-using worker_api = caf::typed_actor<
-  caf::replies_to<hello_msg>::with<hello_msg>,
-  caf::replies_to<open_atom>::with<uint64_t>,
-  caf::replies_to<upload_msg>::with<int32_t>,
-  caf::replies_to<draft_upload>::with<verdict>,
-  caf::replies_to<infer_request>::with<infer_reply>,
-  caf::replies_to<naive_request>::with<infer_reply>,
-  caf::replies_to<generate_request>::with<generate_reply>,
-  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
-  caf::replies_to<close_atom, uint64_t>::with<session_summary>,
-  caf::replies_to<stats_atom>::with<cloud_stats>>;
+using worker_protocol = rpc_list<
+  rpc<hello_msg, hello_msg>,
+  rpc<open_session, uint64_t>,
+  rpc<upload_msg, int32_t>,
+  rpc<draft_upload, verdict>,
+  rpc<infer_request, infer_reply>,
+  rpc<naive_request, infer_reply>,
+  rpc<generate_request, generate_reply>,
+  rpc<close_session, session_summary>,
+  rpc<evaluate_request, exit_decision>,
+  rpc<stats_atom, cloud_stats>>;
+using worker_api = detail::typed_actor_of<worker_protocol>::type;
 
 /// One worker as a gateway sees it.
 struct worker_status {
@@ -416,7 +472,7 @@ using edge_layers_actor = caf::typed_actor<
 /// Exit heads and the threshold decision for one position; (deliver_atom,
 /// id): its own timer in profile mode.
 using exit_evaluator_actor = caf::typed_actor<
-  caf::replies_to<evaluate_atom, uint64_t, tensor_blob>::with<exit_decision>,
+  caf::replies_to<evaluate_request>::with<exit_decision>,
   caf::reacts_to<deliver_atom, uint64_t>>;
 
 /// Where uploads go: the context manager, or a cloud front / link to it.
@@ -427,7 +483,7 @@ using upload_sink = caf::typed_actor<caf::replies_to<upload_msg>::with<int32_t>,
 /// once the cloud acknowledged them (a caller that does not wait is never
 /// held up); a draft_upload (f32 states) likewise, answered by its verdict.
 using uploader_actor = caf::typed_actor<
-  caf::replies_to<upload_atom, uint64_t, int32_t, tensor_blob>::with<int32_t>,
+  caf::replies_to<upload_states>::with<int32_t>,
   caf::replies_to<draft_upload>::with<verdict>>;
 
 /// One response: runs the token loop of its strategy and reports.

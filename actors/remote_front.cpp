@@ -59,8 +59,8 @@ struct remote_front_state {
 using self_ptr = caf::stateful_actor<remote_front_state>*;
 
 /// Sends the request's frame; its reply (or error) answers the promise.
-template <class Reply, class... Ts>
-caf::response_promise forward(self_ptr self, Ts&&... xs) {
+template <class Request, class Reply = reply_t<Request>>
+caf::response_promise forward(self_ptr self, Request x) {
   auto rp = self->make_response_promise();
   auto& st = self->state;
   const uint64_t id = st.next_request++;
@@ -72,7 +72,7 @@ caf::response_promise forward(self_ptr self, Ts&&... xs) {
       rp.deliver(reply.error());
   });
   auto me = caf::actor_cast<caf::actor>(self);
-  st.client->request(request_frame(std::forward<Ts>(xs)...),
+  st.client->request(request_frame(std::move(x)),
                      [me, id](wire::result<wire::message> r) {
                        caf::anon_send(me, reply_atom::value, id,
                                       std::make_shared<wire::result<wire::message>>(std::move(r)));
@@ -97,20 +97,11 @@ caf::behavior remote_front_fn(self_ptr self, std::shared_ptr<wire::client> clien
   self->attach_functor([client] { client->close(); });
   if (heartbeat_ms > 0)
     self->send(self, beat_atom::value);
-  return {
-    [=](hello_msg& h) { return forward<hello_msg>(self, std::move(h)); },
-    [=](open_atom a) { return forward<uint64_t>(self, a); },
-    [=](upload_msg& m) { return forward<int32_t>(self, std::move(m)); },
-    [=](draft_upload& m) { return forward<verdict>(self, std::move(m)); },
-    [=](infer_request& r) { return forward<infer_reply>(self, r); },
-    [=](naive_request& r) { return forward<infer_reply>(self, std::move(r)); },
-    [=](generate_request& r) { return forward<generate_reply>(self, std::move(r)); },
-    [=](close_atom a, uint64_t id) { return forward<session_summary>(self, a, id); },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& b) {
-      return forward<exit_decision>(self, a, id, std::move(b));
-    },
-    [=](upload_atom a, uint64_t id, int32_t start, tensor_blob& b) {
-      return forward<int32_t>(self, a, id, start, std::move(b));
+  return behavior_of<caf::behavior>(
+    cloud_protocol{},
+    [=](auto rpc) {
+      using request = typename decltype(rpc)::request;
+      return [=](request& x) { return forward(self, std::move(x)); };
     },
     [=](reply_atom, uint64_t id, wire_reply_ptr& r) {
       auto it = self->state.pending.find(id);
@@ -139,8 +130,7 @@ caf::behavior remote_front_fn(self_ptr self, std::shared_ptr<wire::client> clien
       }
       self->delayed_send(self, st.heartbeat, beat_atom::value);
     },
-    [=](pong_atom) { self->state.ping_out = false; },
-  };
+    [=](pong_atom) { self->state.ping_out = false; });
 }
 
 } // namespace

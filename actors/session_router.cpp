@@ -125,6 +125,20 @@ caf::result<Reply> route(router_ptr self, uint64_t id, Send send, Fix fix) {
 
 constexpr auto keep = [](auto&) {};
 
+/// Forwards a request naming its session (`.session`) to that session's
+/// worker, the id translated.
+template <class Request, class Fix>
+caf::result<reply_t<Request>> forward(router_ptr self, Request msg, Fix fix) {
+  const auto id = msg.session;
+  return route<reply_t<Request>>(
+    self, id,
+    [&](worker_api& w, uint64_t local) {
+      msg.session = local;
+      return self->request(w, caf::infinite, std::move(msg));
+    },
+    fix);
+}
+
 /// The worker that is up with the fewest sessions, among those not yet tried.
 std::optional<size_t> pick(const router_state& st, const std::vector<bool>& tried) {
   std::optional<size_t> best;
@@ -162,7 +176,7 @@ void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, std::vec
                        // Down before it answered: the next worker.
                        open_on(self, rp, tried);
                      }};
-  self->request(st.workers[*worker].handle, caf::infinite, open_atom::value)
+  self->request(st.workers[*worker].handle, caf::infinite, open_session{})
     .then(
       [=](uint64_t local) mutable {
         auto& st = self->state;
@@ -253,75 +267,31 @@ session_router_actor::behavior_type router_fn(router_ptr self, session_router_op
       out.refused_none = st.refused_none;
       return out;
     },
-    [=](open_atom) -> caf::result<uint64_t> {
+    [=](open_session&) -> caf::result<uint64_t> {
       auto rp = self->make_response_promise<uint64_t>();
       open_on(self, rp, std::vector<bool>(self->state.workers.size(), false));
       return rp;
     },
-    [=](upload_msg& m) -> caf::result<int32_t> {
-      return route<int32_t>(
-        self, m.session,
-        [&](worker_api& w, uint64_t local) {
-          m.session = local;
-          return self->request(w, caf::infinite, std::move(m));
-        },
-        keep);
-    },
-    [=](draft_upload& m) -> caf::result<verdict> {
-      return route<verdict>(
-        self, m.session,
-        [&](worker_api& w, uint64_t local) {
-          m.session = local;
-          return self->request(w, caf::infinite, std::move(m));
-        },
-        keep);
-    },
+    [=](upload_msg& m) -> caf::result<int32_t> { return forward(self, std::move(m), keep); },
+    [=](draft_upload& m) -> caf::result<verdict> { return forward(self, std::move(m), keep); },
     [=](get_atom, uint64_t) -> caf::result<cloud_context_ptr> {
       return make_error(ceco_errc::not_placed_here,
                         "a gateway holds no session contexts: they live on its workers");
     },
-    [=](infer_request& r) -> caf::result<infer_reply> {
-      return route<infer_reply>(
-        self, r.session,
-        [&](worker_api& w, uint64_t local) {
-          r.session = local;
-          return self->request(w, caf::infinite, r);
-        },
-        keep);
-    },
-    [=](naive_request& r) -> caf::result<infer_reply> {
-      return route<infer_reply>(
-        self, r.session,
-        [&](worker_api& w, uint64_t local) {
-          r.session = local;
-          return self->request(w, caf::infinite, std::move(r));
-        },
-        keep);
-    },
+    [=](infer_request& r) -> caf::result<infer_reply> { return forward(self, r, keep); },
+    [=](naive_request& r) -> caf::result<infer_reply> { return forward(self, std::move(r), keep); },
     [=](generate_request& r) -> caf::result<generate_reply> {
-      return route<generate_reply>(
-        self, r.session,
-        [&](worker_api& w, uint64_t local) {
-          r.session = local;
-          return self->request(w, caf::infinite, std::move(r));
-        },
-        keep);
+      return forward(self, std::move(r), keep);
     },
-    [=](evaluate_atom a, uint64_t id, tensor_blob& b) -> caf::result<exit_decision> {
-      return route<exit_decision>(
-        self, id,
-        [&](worker_api& w, uint64_t local) {
-          return self->request(w, caf::infinite, a, local, std::move(b));
-        },
-        keep);
+    [=](evaluate_request& r) -> caf::result<exit_decision> {
+      return forward(self, std::move(r), keep);
     },
-    [=](close_atom a, uint64_t id) -> caf::result<session_summary> {
-      return route<session_summary>(
-        self, id, [&](worker_api& w, uint64_t local) { return self->request(w, caf::infinite, a, local); },
-        [=](session_summary& s) {
-          s.session = id;
-          self->state.end(id);
-        });
+    [=](close_session& c) -> caf::result<session_summary> {
+      const auto id = c.session;
+      return forward(self, c, [=](session_summary& s) {
+        s.session = id;
+        self->state.end(id);
+      });
     },
     [=](stats_atom) -> caf::result<cloud_stats> {
       // The workers' figures added up; sessions as placed here.

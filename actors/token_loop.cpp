@@ -149,7 +149,7 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
   auto sent = clock_type::now();
   // Kept for a retry on the edge only when the evaluator is remote.
   auto payload = local ? std::move(*states) : *states;
-  self->request(evaluator, st.opts.timeout, evaluate_atom::value, st.session, std::move(payload))
+  self->request(evaluator, st.opts.timeout, evaluate_request{st.session, std::move(payload)})
     .then(
       [=](exit_decision& d) {
         auto& st = self->state;
@@ -192,8 +192,7 @@ void upload(self_ptr self, const tensor_blob& split, int32_t start, std::functio
   st.report.uploaded_positions += split.rows;
   ++st.uploads_in_flight;
   auto sent = clock_type::now();
-  auto h = self->request(st.site.uploader, st.opts.timeout, upload_atom::value, st.session, start,
-                         split);
+  auto h = self->request(st.site.uploader, st.opts.timeout, upload_states{{st.session, start, split}});
   if (!st.opts.sync_upload) {
     // Asynchronous: the token loop goes on at once; the ack only settles
     // the count. A lost upload surfaces as the failure of the cloud request

@@ -23,13 +23,12 @@ uploader_actor::behavior_type uploader_fn(uploader_actor::stateful_pointer<uploa
   self->state.dtype = dtype;
   self->state.timeout = timeout;
   return {
-    [=](upload_atom, uint64_t session, int32_t start,
-        tensor_blob& states) -> caf::result<int32_t> {
+    [=](upload_states& up) -> caf::result<int32_t> {
       auto& st = self->state;
-      if (auto bad = states.check(0); !bad.empty())
+      if (auto bad = up.states.check(0); !bad.empty())
         return make_error(ceco_errc::bad_tensor, "upload: " + bad);
       // The one place on the way to the cloud where the dtype changes.
-      upload_msg msg{session, start, transcode(std::move(states), st.dtype, st.rows)};
+      upload_msg msg{up.session, up.start, transcode(std::move(up.states), st.dtype, st.rows)};
       auto rp = self->make_response_promise<int32_t>();
       self->request(st.cloud, st.timeout, std::move(msg))
         .then([=](int32_t held) mutable { rp.deliver(held); },
@@ -52,9 +51,8 @@ uploader_actor::behavior_type uploader_fn(uploader_actor::stateful_pointer<uploa
 
 uploader_actor::behavior_type remote_uploader_fn(uploader_actor::pointer self, cloud_api cloud) {
   return {
-    [=](upload_atom a, uint64_t session, int32_t start,
-        tensor_blob& states) -> caf::result<int32_t> {
-      return self->delegate(cloud, a, session, start, std::move(states));
+    [=](upload_states& up) -> caf::result<int32_t> {
+      return self->delegate(cloud, std::move(up));
     },
     [=](draft_upload&) -> caf::result<verdict> {
       return make_error(ceco_errc::not_placed_here,

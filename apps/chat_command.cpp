@@ -76,11 +76,13 @@ std::vector<int32_t> fit_history(chat_format chat, const tokenizer& vocab,
 
 void run_chat(const chat_args& a) {
   auto s = load_settings(a.config, a.sets, real_network_defaults());
-  if (!a.mode.empty())
-    s.policy.mode = a.mode;
-  if (!parse_strategy(s.policy.mode))
-    throw config_error(fmt::format("--mode {}: not a strategy (expected {})", s.policy.mode,
-                                   modes_list()));
+  if (!a.mode.empty()) {
+    auto parsed = parse_strategy(a.mode);
+    if (!parsed)
+      throw config_error(fmt::format("--mode {}: not a strategy (expected {})", a.mode,
+                                     modes_list()));
+    s.policy.mode = *parsed;
+  }
   std::signal(SIGPIPE, SIG_IGN);
   set_compute_threads(1);
   check_clock(s, false);  // a person waits for the reply in real time
@@ -95,12 +97,12 @@ void run_chat(const chat_args& a) {
   auto edge = start_edge_front(sys, s, m, a);
   const int max_seq = m.model->config().max_seq;
   const bool terminal = ::isatty(0) && ::isatty(1);
-  std::string mode = s.policy.mode;
+  strategy mode = s.policy.mode;
   if (!a.quiet)
     fmt::print(stderr,
                "ceco chat: model {}, mode {}, cloud {}, chat template {} ({}); /reset, /mode "
                "STRATEGY, /quit\n",
-               m.path, mode,
+               m.path, to_string(mode),
                cloud_location(s, a),
                to_string(chat), why);
   std::vector<chat_message> history;
@@ -136,11 +138,11 @@ void run_chat(const chat_args& a) {
       name.erase(0, name.find_first_not_of(' '));
       name.erase(name.find_last_not_of(' ') + 1);
       if (name.empty())
-        fmt::print("(mode {}; /mode STRATEGY with one of {})\n", mode, modes_list());
-      else if (!parse_strategy(name))
+        fmt::print("(mode {}; /mode STRATEGY with one of {})\n", to_string(mode), modes_list());
+      else if (auto parsed = parse_strategy(name); !parsed)
         fmt::print("(/mode {}: not a strategy; expected one of {})\n", name, modes_list());
       else
-        fmt::print("(mode {})\n", mode = name);
+        fmt::print("(mode {})\n", to_string(mode = *parsed));
       std::fflush(stdout);
       continue;
     }
@@ -192,7 +194,7 @@ void run_chat(const chat_args& a) {
     if (!a.quiet)
       fmt::print(stderr, "[{} tokens, {} from the cloud, {} degraded, {:.0f} ms, mode {}]\n",
                  r.tokens.size(), r.cloud_tokens, r.degraded_tokens, double(r.total_us) / 1e3,
-                 mode);
+                 to_string(mode));
   }
 }
 

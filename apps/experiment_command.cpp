@@ -62,7 +62,7 @@ void run_experiment(const experiment_args& a) {
     throw config_error("experiment.strategies is empty");
   // The cloud runs first in each cell, so the others can be compared to it.
   std::stable_sort(strategies.begin(), strategies.end(),
-                   [](auto& x, auto& y) { return x == "cloud" && y != "cloud"; });
+                   [](auto x, auto y) { return x == strategy::cloud && y != strategy::cloud; });
   fs::path dir = a.out.empty() ? fs::path("results") / (base.experiment.name.empty()
                                                           ? fs::path(a.file).stem().string()
                                                           : base.experiment.name)
@@ -153,8 +153,8 @@ void run_experiment(const experiment_args& a) {
     std::unique_ptr<deployment> sim;
     for (int rep = 0; rep < base.experiment.repetitions; ++rep)
       for (size_t si = 0; si < samples.size(); ++si)
-        for (auto& strategy : strategies) {
-          if (ledger.done(int(c), rep, si, strategy))
+        for (auto mode : strategies) {
+          if (ledger.done(int(c), rep, si, mode))
             continue;
           if (!sim)
             sim = std::make_unique<deployment>(sys, combos[c].s, m);
@@ -165,7 +165,7 @@ void run_experiment(const experiment_args& a) {
           sim_clock::take_overruns();
           auto batch_start = sim_clock::now();  // simulated time, as the responses' own times
           auto batch = sim->run_concurrently(
-            std::vector<std::vector<int32_t>>(size_t(n_sessions), ids), strategy,
+            std::vector<std::vector<int32_t>>(size_t(n_sessions), ids), mode,
             base.generation.max_tokens);
           const double batch_ms =
             std::chrono::duration<double, std::milli>(sim_clock::now() - batch_start).count();
@@ -184,7 +184,7 @@ void run_experiment(const experiment_args& a) {
             const auto& r = batch[k];
             auto text = m.vocab.decode(r.tokens, ids.back());
             auto j = report_json(r, sample.prompt, text,
-                                 formula_bytes_up(strategy, int64_t(ids.size()),
+                                 formula_bytes_up(mode, int64_t(ids.size()),
                                                   int64_t(r.tokens.size()), cfg.n_embd,
                                                   combos[c].s.upload.dtype == "f32" ? 4 : 2));
             j["experiment"] = base.experiment.name;
@@ -207,7 +207,7 @@ void run_experiment(const experiment_args& a) {
                                 / double(std::max<size_t>(1, r.tokens.size()));
             j["aggregate_tokens_per_s"] = batch_ms > 0 ? double(batch_tokens) / batch_ms * 1000.0 : 0.0;
             j["p95_ms_per_token"] = p95;
-            const auto* cloud = strategy == "cloud" ? &batch.front().tokens
+            const auto* cloud = mode == strategy::cloud ? &batch.front().tokens
                                                     : ledger.cloud_tokens(int(c), rep, si);
             if (cloud)
               add_cloud_agreement(j, r.tokens, *cloud);

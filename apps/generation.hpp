@@ -23,7 +23,7 @@ namespace ceco::app {
 class generation {
 public:
   generation(caf::actor_system& sys, deployment& edge, const std::vector<int32_t>& prompt,
-             const std::string& mode, int max_tokens)
+             strategy mode, int max_tokens)
     : self_(sys) {
     session_ = edge.spawn_session(prompt, mode, max_tokens, caf::actor_cast<caf::actor>(self_));
     self_->monitor(session_);

@@ -41,16 +41,11 @@ double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-/// Modes whose every token comes from the cloud: without it nothing can serve.
-bool needs_cloud(const std::string& mode) {
-  return mode == "cloud" || mode == "naive";
-}
-
 /// Tokens the full model never checked: in exact mode those the cloud could
 /// not verify (it was lost); otherwise every exit's token (cloud and naive
 /// tokens, and drafts the cloud accepted, are the full model's).
 int64_t unverified_tokens(const response_report& r) {
-  if (r.mode == "exact")
+  if (r.mode == strategy::exact)
     return r.unverified_tokens;
   return int64_t(r.tokens.size()) - r.cloud_tokens;
 }
@@ -334,7 +329,7 @@ struct openai_server::impl {
       throw api_error(503, "server_error",
                       fmt::format("the cloud is unreachable and mode '{}' has every token from "
                                   "it; retry once it is back",
-                                  s.policy.mode),
+                                  to_string(s.policy.mode)),
                       {}, "cloud_unavailable");
     const auto& vocab = m.vocab;
     if (is_chat) {
@@ -595,7 +590,7 @@ struct openai_server::impl {
       res.status = ok ? 200 : 503;
       res.set_content(json_text({{"status", ok ? "ok" : "unavailable"},
                                  {"model", id},
-                                 {"mode", s.policy.mode},
+                                 {"mode", to_string(s.policy.mode)},
                                  {"cloud", local ? "local" : epoch >= 0 ? "up" : "down"},
                                  {"in_flight", in_flight.load()},
                                  {"queued", queued()},
@@ -650,7 +645,7 @@ struct openai_server::impl {
         "ms={:.1f} mode={}\n",
         when, req.remote_addr, req.remote_port, req.method, req.path,
         n.status ? n.status : res.status, count(n.prompt_tokens), count(n.completion_tokens), ms,
-        n.completion ? s.policy.mode : std::string("-"));
+        n.completion ? to_string(s.policy.mode) : "-");
       std::lock_guard<std::mutex> lock(log_mutex);
       std::fputs(line.c_str(), access_log);
       std::fflush(access_log);

@@ -18,25 +18,30 @@ std::string describe_link_delay(const settings& s) {
   return out + " (link.*)";
 }
 
-int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
-                         int64_t dtype_bytes) {
-  if (mode == "collaborative" || mode == "speculative" || mode == "exact")
-    return n > 0 ? (p + n - 1) * d * dtype_bytes : 0;  // the last token's state is never needed
-  if (mode == "naive") {
-    int64_t total = 0;
-    for (int64_t i = 0; i < n; ++i)
-      total += (p + i) * d * 4;
-    return total;
+int64_t formula_bytes_up(strategy mode, int64_t p, int64_t n, int64_t d, int64_t dtype_bytes) {
+  switch (mode) {
+    case strategy::collaborative:
+    case strategy::speculative:
+    case strategy::exact:
+      return n > 0 ? (p + n - 1) * d * dtype_bytes : 0;  // the last token's state is never needed
+    case strategy::naive: {
+      int64_t total = 0;
+      for (int64_t i = 0; i < n; ++i)
+        total += (p + i) * d * 4;
+      return total;
+    }
+    case strategy::cloud:
+      return p * 4;
+    case strategy::standalone:
+      return 0;
   }
-  if (mode == "cloud")
-    return p * 4;
   return 0;
 }
 
 nlohmann::json report_json(const response_report& x, const std::string& prompt,
                            const std::string& text, int64_t formula_up) {
   nlohmann::json j;
-  j["mode"] = x.mode;
+  j["mode"] = to_string(x.mode);
   j["prompt"] = prompt;
   j["text"] = text;
   j["tokens"] = x.tokens;
@@ -68,7 +73,7 @@ nlohmann::json report_json(const response_report& x, const std::string& prompt,
                                        : nlohmann::json(nullptr);
   j["itl_p50_ms"] = double(x.itl_p50_us) / 1000.0;
   j["itl_p95_ms"] = double(x.itl_p95_us) / 1000.0;
-  if (x.mode == "speculative" || x.mode == "exact") {
+  if (drafts(x.mode)) {
     j["drafts"] = x.drafts;
     j["accepted_drafts"] = x.accepted_drafts;
     j["rollbacks"] = x.rollbacks;

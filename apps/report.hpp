@@ -16,7 +16,7 @@ namespace ceco::app {
 /// (p + n - 1)·d·dtype, naive Σ_{i<n} (p + i)·d·4, cloud 4p, standalone 0;
 /// speculative and exact as collaborative when nothing is rolled back (each
 /// rollback uploads the positions after it again).
-int64_t formula_bytes_up(const std::string& mode, int64_t p, int64_t n, int64_t d,
+int64_t formula_bytes_up(strategy mode, int64_t p, int64_t n, int64_t d,
                          int64_t dtype_bytes);
 
 /// The fields of `ceco sim --json` (README "ceco sim").

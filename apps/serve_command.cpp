@@ -68,9 +68,6 @@ void run_serve(serve_args a) {
   // A server answers people: its link adds no simulated delay, against a
   // real cloud or one in this process, unless the file or --set asks.
   auto s = load_settings(a.config, a.sets, real_network_defaults());
-  if (!parse_strategy(s.policy.mode))
-    throw config_error(fmt::format("policy.mode '{}' is not a mode ceco serve can run",
-                                   s.policy.mode));
   // Signals go to sigwait below, not to CAF's or the server's threads.
   sigset_t stop;
   sigemptyset(&stop);
@@ -107,7 +104,7 @@ void run_serve(serve_args a) {
   fmt::print("ceco serve: listening on {}:{}\n", a.server.host, port);
   fmt::print("ceco serve: model '{}' ({}), mode {}, cloud {}, chat template {} ({}), at most {} "
              "completions at once and {} queued, link: {}, API key: {}\n",
-             server.model_id(), m.path, s.policy.mode,
+             server.model_id(), m.path, to_string(s.policy.mode),
              cloud_location(s, a),
              to_string(chat), why, a.server.max_concurrent, a.server.queue,
              describe_link_delay(s),

@@ -55,7 +55,7 @@ struct row {
   double agreement = -1;  // with the cloud strategy's tokens; -1 = not run
 };
 
-void print_table(const std::vector<row>& rows, const std::vector<std::string>& modes) {
+void print_table(const std::vector<row>& rows, const std::vector<strategy>& modes) {
   fmt::print("\n{:<14} {:>7} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} "
              "{:>8}  {}\n", "mode", "tokens", "cloud req", "bytes up", "bytes down", "edge ms",
              "cloud ms", "comm ms", "total ms", "ttft ms", "itl p50", "rollback", "agree",
@@ -100,7 +100,7 @@ void print_table(const std::vector<row>& rows, const std::vector<std::string>& m
       }
     fmt::print("{:<14} {:>7.1f} {:>8.1f}% {:>11.0f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} "
                "{:>8.2f} {:>8.3f} {:>8.1f} {:>8}  {}\n",
-               mode, tokens / n, tokens > 0 ? 100.0 * cloud / tokens : 0.0, up / n, down / n,
+               to_string(mode), tokens / n, tokens > 0 ? 100.0 * cloud / tokens : 0.0, up / n, down / n,
                edge / n, cl / n, comm / n, total / n, ttft / n, itl / n, rollbacks / n,
                agree_n > 0 ? fmt::format("{:.1f}%", 100.0 * agree / agree_n) : "-", per_exit);
   }
@@ -198,14 +198,17 @@ struct regime_run {
 /// The paper-regime table under the measured one, and when collaboration pays.
 void print_regime(regime_run& run, const std::vector<row>& measured) {
   auto [text, ok] = run.finish();
-  std::map<std::string, std::vector<nlohmann::json>> by_mode;
-  std::vector<std::string> order;
+  std::map<strategy, std::vector<nlohmann::json>> by_mode;
+  std::vector<strategy> order;
   std::istringstream lines(text);
   for (std::string line; std::getline(lines, line);) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("mode"))
       continue;
-    std::string mode = j["mode"];
+    auto named = j["mode"].is_string() ? parse_strategy(j["mode"].get<std::string>()) : std::nullopt;
+    if (!named)
+      continue;
+    const strategy mode = *named;
     if (!by_mode.count(mode))
       order.push_back(mode);
     by_mode[mode].push_back(std::move(j));
@@ -216,7 +219,7 @@ void print_regime(regime_run& run, const std::vector<row>& measured) {
                last.empty() ? "no output" : last.substr(0, last.find('\n')));
     return;
   }
-  auto mean = [&](const std::string& mode, const char* key) {
+  auto mean = [&](strategy mode, const char* key) {
     double sum = 0;
     for (auto& j : by_mode[mode])
       sum += std::string(key) == "cloud_tokens" ? j["exits"].value("cloud", 0.0) : j.value(key, 0.0);
@@ -227,17 +230,18 @@ void print_regime(regime_run& run, const std::vector<row>& measured) {
              "with its exit; tokens and bytes are real):\n");
   fmt::print("{:<14} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}\n", "mode", "cloud req",
              "bytes up", "edge ms", "cloud ms", "comm ms", "total ms", "vs cloud");
-  const double cloud_total = by_mode.count("cloud") ? mean("cloud", "total_ms") : 0.0;
+  const double cloud_total =
+    by_mode.count(strategy::cloud) ? mean(strategy::cloud, "total_ms") : 0.0;
   std::string best;
   double best_total = 0;
   for (auto& mode : order) {
     const double tokens = mean(mode, "n_generated");
     const double total = mean(mode, "total_ms");
     // The strategies that keep the cloud's quality (standalone does not).
-    const bool collaborative = mode == "collaborative" || mode == "speculative" || mode == "exact";
-    if (collaborative && (best.empty() || total < best_total))
-      best = mode, best_total = total;
-    fmt::print("{:<14} {:>8.1f}% {:>11.0f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9}\n", mode,
+    if (uploads_split_states(mode) && (best.empty() || total < best_total))
+      best = to_string(mode), best_total = total;
+    fmt::print("{:<14} {:>8.1f}% {:>11.0f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9.1f} {:>9}\n",
+               to_string(mode),
                tokens > 0 ? 100.0 * mean(mode, "cloud_tokens") / tokens : 0.0,
                mean(mode, "bytes_up"), mean(mode, "edge_ms"), mean(mode, "cloud_ms"),
                mean(mode, "comm_ms"), total,
@@ -248,11 +252,10 @@ void print_regime(regime_run& run, const std::vector<row>& measured) {
   std::string measured_name;
   for (auto& r : measured) {
     const double t = double(r.report->total_us) / 1000.0;
-    if (r.report->mode == "cloud")
+    if (r.report->mode == strategy::cloud)
       measured_cloud = measured_cloud < 0 ? t : std::min(measured_cloud, t);
-    else if ((r.report->mode == "collaborative" || r.report->mode == "speculative" ||
-              r.report->mode == "exact") && (measured_best < 0 || t < measured_best))
-      measured_best = t, measured_name = r.report->mode;
+    else if (uploads_split_states(r.report->mode) && (measured_best < 0 || t < measured_best))
+      measured_best = t, measured_name = to_string(r.report->mode);
   }
   std::string here;
   if (measured_cloud > 0 && measured_best > 0)
@@ -379,9 +382,9 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
   auto s = load_settings(a.config, a.sets, deployed ? real_network_defaults() : settings{});
   if (a.max_tokens > 0)
     s.generation.max_tokens = a.max_tokens;
-  std::vector<std::string> modes;
+  std::vector<strategy> modes;
   if (a.mode == "all")
-    modes = strategy_names();
+    modes = all_strategies();
   else if (!a.mode.empty())
     apply_override(s, "policy.mode=" + a.mode), modes = {s.policy.mode};
   else
@@ -411,7 +414,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
   std::vector<response_report> reports;
   reports.reserve(prompts.size() * modes.size() * size_t(a.sessions));
   struct throughput {
-    std::string mode;
+    strategy mode;
     double ms = 0;
     int64_t tokens = 0;
     int64_t cloud_tokens = 0;
@@ -470,7 +473,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
                                                 m.model->config().n_embd,
                                                 s.upload.dtype == "f32" ? 4 : 2));
           j["compute"] = compute_label(s);
-          if (mode == "cloud" && !cloud)
+          if (mode == strategy::cloud && !cloud)
             cloud = &r;
           if (cloud) {
             x.agreement = token_agreement(r.tokens, cloud->tokens);
@@ -494,14 +497,14 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
   auto fail_if_any = [&] {
     if (failed)
       throw model_error(fmt::format("{} of {} responses failed; the first ({}): {}", n_failed,
-                                    reports.size(), failed->mode, failed->error));
+                                    reports.size(), to_string(failed->mode), failed->error));
   };
   if (a.json)
     return fail_if_any();
   if (prompts.size() > 1)
     fmt::print(stderr, "\n");
   for (auto& r : rows) {
-    fmt::print("[{}] {}{}\n", r.report->mode, r.prompt, r.text);
+    fmt::print("[{}] {}{}\n", to_string(r.report->mode), r.prompt, r.text);
     if (r.report->degraded_tokens > 0)
       fmt::print("  ({} tokens produced on the edge alone after the cloud was lost{}{})\n",
                  r.report->degraded_tokens,
@@ -537,7 +540,8 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
           tokens += double(t.tokens);
           cloud += double(t.cloud_tokens);
         }
-      fmt::print("{:<14} {:>9.1f} tokens/s in all, {:>9.1f} of them from the cloud\n", mode,
+      fmt::print("{:<14} {:>9.1f} tokens/s in all, {:>9.1f} of them from the cloud\n",
+                 to_string(mode),
                  ms > 0 ? tokens / ms * 1000 : 0.0, ms > 0 ? cloud / ms * 1000 : 0.0);
     }
     if (cloud_seen.steps > 0)

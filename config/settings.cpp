@@ -136,6 +136,53 @@ key_spec string_key(std::string key, std::vector<std::string> allowed,
   return k;
 }
 
+/// A strategy by its name (config/strategy.hpp).
+key_spec strategy_key(std::string key, std::function<strategy&(settings&)> ref) {
+  key_spec k{key, "string", {}, {}};
+  k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto v = n.value_exact<std::string>();
+    if (!v)
+      wrong(where, key, "a string", n);
+    auto parsed = parse_strategy(*v);
+    if (!parsed)
+      wrong(where, key, fmt::format("one of \"{}\"", fmt::join(strategy_names(), "\", \"")), n);
+    ref(s) = *parsed;
+  };
+  k.get = [ref](const settings& s) {
+    return fmt::format("\"{}\"", to_string(ref(const_cast<settings&>(s))));
+  };
+  return k;
+}
+
+/// A list of strategies by their names.
+key_spec strategy_list_key(std::string key, std::function<std::vector<strategy>&(settings&)> ref) {
+  key_spec k{key, "list of strings", {}, {}};
+  k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
+    auto arr = n.as_array();
+    if (!arr)
+      wrong(where, key, "a list of strings", n);
+    std::vector<strategy> out;
+    for (auto& e : *arr) {
+      auto v = e.value_exact<std::string>();
+      if (!v)
+        wrong(where, key, "a list of strings", n);
+      auto parsed = parse_strategy(*v);
+      if (!parsed)
+        throw config_error(fmt::format("{}: {} may hold \"{}\", got \"{}\"", where, key,
+                                       fmt::join(strategy_names(), "\", \""), *v));
+      out.push_back(*parsed);
+    }
+    ref(s) = out;
+  };
+  k.get = [ref](const settings& s) {
+    std::vector<std::string> names;
+    for (auto x : ref(const_cast<settings&>(s)))
+      names.emplace_back(to_string(x));
+    return names.empty() ? std::string("[]") : fmt::format("[\"{}\"]", fmt::join(names, "\", \""));
+  };
+  return k;
+}
+
 key_spec int_list_key(std::string key, std::function<std::vector<int>&(settings&)> ref) {
   key_spec k{key, "list of integers", {}, {}};
   k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
@@ -277,8 +324,7 @@ std::vector<std::string> profile_names() {
 #define CECO_REF(T, member) [](settings& s) -> T& { return s.member; }
 
 const std::vector<key_spec>& schema() {
-  static const std::vector<std::string> strategy_keys = {
-    "cloud", "naive", "standalone", "collaborative", "speculative", "exact"};
+  static const std::vector<std::string>& strategy_keys = strategy_names();
   static const std::vector<key_spec> listed = {
     string_key("model.path", {}, CECO_REF(std::string, model.path)),
     string_key("model.tokenizer", {}, CECO_REF(std::string, model.tokenizer)),
@@ -287,7 +333,7 @@ const std::vector<key_spec>& schema() {
     string_key("model.device", {}, CECO_REF(std::string, model.device)),
     int_key("model.context", 0, max_context_length, CECO_REF(int, model.context)),
     int_key("split.layer", 1, max_layers, CECO_REF(int, split.layer)),
-    string_key("policy.mode", strategy_keys, CECO_REF(std::string, policy.mode)),
+    strategy_key("policy.mode", CECO_REF(strategy, policy.mode)),
     int_key("policy.max_draft", 1, 256, CECO_REF(int, policy.max_draft)),
     string_key("policy.on_cloud_loss", {"auto", "wait", "degrade", "fail"},
                CECO_REF(std::string, policy.on_cloud_loss)),
@@ -348,8 +394,7 @@ const std::vector<key_spec>& schema() {
                CECO_REF(std::string, experiment.format)),
     int_key("experiment.samples", 1, 10'000'000, CECO_REF(int, experiment.samples)),
     int_key("experiment.seed", 0, int_max, CECO_REF(int, experiment.seed)),
-    string_list_key("experiment.strategies", strategy_keys,
-                    CECO_REF(std::vector<std::string>, experiment.strategies)),
+    strategy_list_key("experiment.strategies", CECO_REF(std::vector<strategy>, experiment.strategies)),
     int_key("experiment.repetitions", 1, 10'000, CECO_REF(int, experiment.repetitions)),
     int_key("experiment.sessions", 1, 1024, CECO_REF(int, experiment.sessions)),
     float_list_key("sweep.threshold", 0.0, 1000.0, CECO_REF(std::vector<double>, sweep.threshold)),
@@ -667,15 +712,15 @@ void check_against_model(const settings& s, const model_config& cfg) {
       throw config_error(fmt::format(
         "model.exits has an exit after layer {}, past split.layer = {} (exits run on the edge)",
         e, s.split.layer));
-  bool needs_exits = s.policy.mode != "cloud" && s.policy.mode != "naive";
+  const bool needs_exits = uses_exits(s.policy.mode);
   if (needs_exits && s.model.exits.empty())
     throw config_error(fmt::format("model.exits is empty, but policy.mode = \"{}\" needs exits",
-                                   s.policy.mode));
+                                   to_string(s.policy.mode)));
   if (needs_exits && !s.model.exits.empty() && s.policy.min_exit_layer > s.model.exits.back())
     throw config_error(fmt::format(
       "policy.min_exit_layer = {} is past every exit of model.exits = [{}]: no exit could ever "
       "fire and policy.mode = \"{}\" would silently run as the cloud strategy",
-      s.policy.min_exit_layer, fmt::join(s.model.exits, ", "), s.policy.mode));
+      s.policy.min_exit_layer, fmt::join(s.model.exits, ", "), to_string(s.policy.mode)));
 }
 
 std::string describe_settings(const settings& s) {

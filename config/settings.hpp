@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "config/strategy.hpp"
 #include "model/config.hpp"
 
 namespace ceco {
@@ -33,8 +34,7 @@ struct settings {
     int layer = 3;  // layers the edge runs
   } split;
   struct {
-    std::string mode = "collaborative";  // cloud | naive | standalone | collaborative |
-                                         // speculative | exact
+    strategy mode = strategy::collaborative;  // config/strategy.hpp
     double threshold = 0.8;
     int min_exit_layer = 1;
     int max_draft = 16;  // speculative, exact: most tokens ahead of the cloud's verdicts
@@ -112,12 +112,14 @@ struct settings {
     std::string format = "auto";  // auto | alpaca | xsum | boolq | quac | imdb | text
     int samples = 10;
     int seed = 1;
-    std::vector<std::string> strategies{"cloud", "naive", "standalone", "collaborative"};
+    std::vector<strategy> strategies{strategy::cloud, strategy::naive, strategy::standalone,
+                                     strategy::collaborative};
     int repetitions = 1;
     int sessions = 1;  // edges running each (sample, strategy) at once against one cloud
     // A published result set beside this one in summary.md, per strategy.
     struct {
       std::string name;                                    // "" = none
+      // by strategy name (to_string):
       std::map<std::string, double> total_vs_cloud;        // total time / the cloud strategy's
       std::map<std::string, double> cloud_compute_vs_cloud;  // relative change, -0.695 = -69.5%
     } reference;

@@ -3,13 +3,11 @@
 namespace ceco::wire {
 
 std::optional<uint64_t> session_of(const message& request) {
+  if (!is_request(type_of(request)))
+    return std::nullopt;
   return std::visit(
     [](const auto& m) -> std::optional<uint64_t> {
-      using T = std::decay_t<decltype(m)>;
-      if constexpr (std::is_same_v<T, upload_msg> || std::is_same_v<T, infer_request> ||
-                    std::is_same_v<T, naive_request> || std::is_same_v<T, generate_request> ||
-                    std::is_same_v<T, close_session> || std::is_same_v<T, evaluate_request> ||
-                    std::is_same_v<T, upload_states> || std::is_same_v<T, draft_upload>)
+      if constexpr (proto::names_session<std::decay_t<decltype(m)>>)
         return m.session;
       else
         return std::nullopt;

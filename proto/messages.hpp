@@ -27,6 +27,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace ceco {
@@ -137,7 +139,8 @@ std::string compare_hello(const hello_msg& edge, const hello_msg& cloud);
 /// ("" when both hold the same weights).
 std::string mixed_quantization_note(const hello_msg& edge, const hello_msg& cloud);
 
-/// Opens a session on the cloud; answered by open_reply.
+/// Opens a session on the cloud; answered by open_reply (between actors, by
+/// the session id alone).
 struct open_session {};
 struct open_reply {
   uint64_t session = 0;
@@ -216,7 +219,8 @@ struct generate_reply {
   int64_t cloud_us = 0;
 };
 
-/// Ends a session; answered by its session_summary.
+/// Ends a session; answered by its session_summary (the edge layers' own
+/// close of a session is (close_atom, session) of actors/messages.hpp).
 struct close_session {
   uint64_t session = 0;
 };
@@ -243,9 +247,10 @@ struct exit_decision {
   int64_t compute_us = 0;
 };
 
-/// An upload_msg of split-layer states (f32) for an uploader placed on the
-/// cloud, which converts them to upload.dtype and hands them to the context
-/// manager; answered by positions_reply. Its own frame type, the same fields.
+/// An upload_msg of split-layer states (f32) for an uploader, on the edge or
+/// placed on the cloud, which converts them to upload.dtype and hands them to
+/// the context manager; answered by positions_reply (between actors, by the
+/// positions alone). Its own frame type, the same fields.
 struct upload_states : upload_msg {};
 
 // -- the link's own messages ------------------------------------------------------
@@ -289,6 +294,24 @@ struct error_frame {
 namespace proto {
 constexpr int64_t max_us = 86'400'000'000;  // durations in a reply: one day
 constexpr int64_t max_count = 1'000'000'000;
+
+template <class T, class = void>
+struct has_session : std::false_type {};
+template <class T>
+struct has_session<T, std::void_t<decltype(std::declval<const T&>().session)>> : std::true_type {};
+
+/// Whether a message names a session (a `session` field).
+template <class T>
+constexpr bool names_session = has_session<T>::value;
+
+/// The session a message names; 0 for one that names none (hello, open).
+template <class T>
+uint64_t session_of(const T& x) {
+  if constexpr (names_session<T>)
+    return x.session;
+  else
+    return 0;
+}
 } // namespace proto
 
 template <class F> void fields(F& f, auth_challenge& x) { f.bytes("server_nonce", x.server_nonce); }

@@ -102,7 +102,7 @@ struct greeted_peer {
   }
   /// A new session's id, or the error's description.
   std::variant<uint64_t, std::string> open() {
-    auto r = reply_of<uint64_t>(client->call(request_frame(open_atom::value), 5000));
+    auto r = reply_of<uint64_t>(client->call(request_frame(open_session{}), 5000));
     if (r)
       return *r;
     return describe(r.error());
@@ -174,11 +174,11 @@ TEST_CASE("a session's exit evaluations on the cloud alone keep it alive past se
   for (int i = 0; i < 10; ++i) {
     CAPTURE(i);
     auto d = reply_of<exit_decision>(
-      peer.client->call(request_frame(evaluate_atom::value, id, states), 5000));
+      peer.client->call(request_frame(evaluate_request{id, states}), 5000));
     CHECK_MESSAGE(d, describe(d.error()));
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  auto closed = reply_of<session_summary>(peer.client->call(request_frame(close_atom::value, id), 5000));
+  auto closed = reply_of<session_summary>(peer.client->call(request_frame(close_session{id}), 5000));
   CHECK_MESSAGE(closed, describe(closed.error()));
   CHECK(cloud.gateway->sessions_held() == 0);
 }

@@ -251,7 +251,7 @@ TEST_CASE("the handshake refuses another split, another secret and a node that s
 
   // A peer of our own that knows the secret but skips the hello.
   wire_peer peer(cloud.port, "s3cret");
-  auto open_error = peer.error_of<uint64_t>(open_atom::value);
+  auto open_error = peer.error_of<uint64_t>(open_session{});
   CHECK(open_error.find("handshake_failed: send hello_msg first") == 0);
 }
 
@@ -315,7 +315,7 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
   };
   wire_peer peer(cloud.port);
   greet(peer);
-  auto opened = peer.ask<uint64_t>(open_atom::value);
+  auto opened = peer.ask<uint64_t>(open_session{});
   REQUIRE_MESSAGE(opened, describe(opened.error()));
   const uint64_t id = *opened;
 
@@ -330,9 +330,9 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
   CHECK(answer->token >= 0);
 
   // Asking for actors this cloud does not run (they are placed on the edge).
-  CHECK(peer.error_of<exit_decision>(evaluate_atom::value, id, good)
+  CHECK(peer.error_of<exit_decision>(evaluate_request{id, good})
           .find("not_placed_here: the exit evaluator runs on the edge") == 0);
-  CHECK(peer.error_of<int32_t>(upload_atom::value, id, int32_t(4), good)
+  CHECK(peer.error_of<int32_t>(upload_states{{id, int32_t(4), good}})
           .find("not_placed_here: the uploader runs on the edge") == 0);
 
   // Tensors that lie about their shape, have the wrong width or more rows
@@ -363,7 +363,7 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
     CAPTURE(err);
     CHECK(err.find("bad_request: not sent: a upload frame this side cannot encode") == 0);
     CHECK(careful.client->is_open());
-    CHECK(careful.ask<uint64_t>(open_atom::value));
+    CHECK(careful.ask<uint64_t>(open_session{}));
   }
 
   // A frame type the protocol does not have, from an authenticated peer.
@@ -380,7 +380,7 @@ TEST_CASE("a broken peer's bad messages get errors while the cloud keeps serving
   CHECK(raw.closed_within(2000) >= 0);
 
   // The first connection's session is still served.
-  CHECK(peer.error_of<session_summary>(close_atom::value, id) == "accepted");
+  CHECK(peer.error_of<session_summary>(close_session{id}) == "accepted");
 
   // Meanwhile a real edge is served as usual.
   auto r = run_edge("--max-tokens 20 --json --set link.latency_ms=0" + port_arg(cloud));
@@ -456,15 +456,15 @@ TEST_CASE("hostile peers on the cloud's port get a closed connection, and an edg
   wire_peer owner(cloud.port, "s3cret"), other(cloud.port, "s3cret");
   REQUIRE(owner.ask<hello_msg>(make_hello(s, m)));
   REQUIRE(other.ask<hello_msg>(make_hello(s, m)));
-  auto opened = owner.ask<uint64_t>(open_atom::value);
+  auto opened = owner.ask<uint64_t>(open_session{});
   REQUIRE(opened);
   std::vector<float> rows(2 * 64, 0.1f);
   auto states = make_blob(rows.data(), 2, 64, wire_dtype::f16);
   CHECK(other.error_of<int32_t>(upload_msg{*opened, 0, states}).find("unknown_session") == 0);
   CHECK(other.error_of<infer_reply>(infer_request{*opened, 1}).find("unknown_session") == 0);
-  CHECK(other.error_of<session_summary>(close_atom::value, *opened).find("unknown_session") == 0);
+  CHECK(other.error_of<session_summary>(close_session{*opened}).find("unknown_session") == 0);
   CHECK(owner.error_of<int32_t>(upload_msg{*opened, 0, states}) == "accepted");
-  CHECK(owner.error_of<session_summary>(close_atom::value, *opened) == "accepted");
+  CHECK(owner.error_of<session_summary>(close_session{*opened}) == "accepted");
 
   // A generate_request with max_tokens = -1 once killed the cloud layers for
   // good: now the frame is refused, and the whole protocol still works.
@@ -582,24 +582,24 @@ TEST_CASE("one connection holds at most session.max_sessions_per_connection sess
   };
   wire_peer greedy(cloud.port);
   greeted(greedy);
-  auto first = greedy.ask<uint64_t>(open_atom::value);
-  auto second = greedy.ask<uint64_t>(open_atom::value);
+  auto first = greedy.ask<uint64_t>(open_session{});
+  auto second = greedy.ask<uint64_t>(open_session{});
   REQUIRE(first);
   REQUIRE(second);
-  auto third = greedy.error_of<uint64_t>(open_atom::value);
+  auto third = greedy.error_of<uint64_t>(open_session{});
   CHECK(third.find("session_limit: this connection holds 2 session(s)") == 0);
   CHECK(third.find("session.max_sessions_per_connection = 2") != std::string::npos);
 
   // Another connection still gets its own, up to its own limit.
   wire_peer other(cloud.port);
   greeted(other);
-  CHECK(other.ask<uint64_t>(open_atom::value));
-  CHECK(other.ask<uint64_t>(open_atom::value));
-  CHECK(other.error_of<uint64_t>(open_atom::value).find("session_limit") == 0);
+  CHECK(other.ask<uint64_t>(open_session{}));
+  CHECK(other.ask<uint64_t>(open_session{}));
+  CHECK(other.error_of<uint64_t>(open_session{}).find("session_limit") == 0);
 
   // Closing one frees a place on that connection.
-  CHECK(greedy.error_of<session_summary>(close_atom::value, *first) == "accepted");
-  CHECK(greedy.ask<uint64_t>(open_atom::value));
+  CHECK(greedy.error_of<session_summary>(close_session{*first}) == "accepted");
+  CHECK(greedy.ask<uint64_t>(open_session{}));
 
   // Opens sent together, unanswered, count too: two of five at most pass.
   wire_peer eager(cloud.port);
@@ -608,7 +608,7 @@ TEST_CASE("one connection holds at most session.max_sessions_per_connection sess
   for (int i = 0; i < 5; ++i) {
     auto done = std::make_shared<std::promise<bool>>();
     answers.push_back(done->get_future());
-    eager.client->request(request_frame(open_atom::value), [done](wire::result<wire::message> r) {
+    eager.client->request(request_frame(open_session{}), [done](wire::result<wire::message> r) {
       done->set_value(wire::ok(r) && bool(reply_of<uint64_t>(std::move(r))));
     });
   }

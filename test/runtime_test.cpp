@@ -86,13 +86,14 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   REQUIRE(n == 30);
   CHECK(collab.uploaded_positions == p + n - 1);
   CHECK(collab.uploads == n);  // the prompt in one message, then one per generated token but the last
-  // open 8 + close 16 + 12 per cloud request + per upload 21 + length prefix + payload
-  int64_t expected = 8 + 16 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
+  // open 0 (no fields) + close 8 (the session) + 12 per cloud request + per upload 21 + length
+  // prefix + payload
+  int64_t expected = 0 + 8 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
   expected += 21 + varbyte(p * d * 2) + (n - 1) * (21 + varbyte(d * 2));
   CHECK(collab.traffic.bytes_up == expected);
 
   auto naive = f.sim->run(ids, "naive", 30);
-  int64_t naive_expected = 8 + 16;
+  int64_t naive_expected = 0 + 8;
   for (int64_t i = 0; i < 30; ++i) {
     int64_t payload = (p + i) * d * 4;
     naive_expected += payload + 17 + varbyte(payload);
@@ -101,8 +102,8 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   CHECK(naive.traffic.messages_up == 32);
 
   auto cloud = f.sim->run(ids, "cloud", 30);
-  // open 8 + close 16 + generate_request: session 8 + ids (prefix + 4 each) + max_tokens 4
-  CHECK(cloud.traffic.bytes_up == 8 + 16 + 8 + 1 + 4 * p + 4);
+  // open 0 + close 8 + generate_request: session 8 + ids (prefix + 4 each) + max_tokens 4
+  CHECK(cloud.traffic.bytes_up == 0 + 8 + 8 + 1 + 4 * p + 4);
   CHECK(cloud.traffic.bytes_down > 4 * 30);
 }
 
@@ -145,7 +146,7 @@ TEST_CASE("a session's cloud state is freed at its end and after its TTL") {
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   uint64_t id = 0;
-  self->request(cm, std::chrono::seconds(5), open_atom::value)
+  self->request(cm, std::chrono::seconds(5), open_session{})
     .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
   std::vector<float> rows(2 * 64, 0.5f);
   self->request(cm, std::chrono::seconds(5), upload_msg{id, 0, make_blob(rows.data(), 2, 64, wire_dtype::f16)})
@@ -216,9 +217,9 @@ TEST_CASE("the cloud refuses a session past its memory limit, naming the limit")
   stories_sim f({"session.max_memory_mb=2", "link.latency_ms=0", "link.bandwidth_mbps=0"});
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
-  self->request(cm, std::chrono::seconds(5), open_atom::value)
+  self->request(cm, std::chrono::seconds(5), open_session{})
     .receive([&](uint64_t) {}, [&](caf::error& e) { FAIL(describe(e)); });
-  self->request(cm, std::chrono::seconds(5), open_atom::value)
+  self->request(cm, std::chrono::seconds(5), open_session{})
     .receive([&](uint64_t) { FAIL("a session past the memory limit was opened"); },
              [&](caf::error& e) {
                auto what = describe(e);
@@ -233,9 +234,9 @@ TEST_CASE("the session limit holds for opens that arrive together") {
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   // Every open is sent before the first is answered.
-  std::vector<decltype(self->request(cm, std::chrono::seconds(5), open_atom::value))> opens;
+  std::vector<decltype(self->request(cm, std::chrono::seconds(5), open_session{}))> opens;
   for (int i = 0; i < 40; ++i)
-    opens.push_back(self->request(cm, std::chrono::seconds(5), open_atom::value));
+    opens.push_back(self->request(cm, std::chrono::seconds(5), open_session{}));
   int opened = 0, refused = 0;
   for (auto& h : opens)
     h.receive([&](uint64_t) { ++opened; },
@@ -253,13 +254,13 @@ TEST_CASE("a session's token requests waiting for uploads are bounded") {
   caf::scoped_actor self{*f.sys};
   auto cm = f.sim->contexts();
   uint64_t id = 0;
-  self->request(cm, std::chrono::seconds(5), open_atom::value)
+  self->request(cm, std::chrono::seconds(5), open_session{})
     .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
   // Position 5 is never uploaded: every request waits.
   std::vector<decltype(self->request(cm, std::chrono::seconds(5), infer_request{id, 5}))> asks;
   for (int i = 0; i < 300; ++i)
     asks.push_back(self->request(cm, std::chrono::seconds(5), infer_request{id, 5}));
-  self->request(cm, std::chrono::seconds(5), close_atom::value, id)
+  self->request(cm, std::chrono::seconds(5), close_session{id})
     .receive([&](session_summary&) {}, [&](caf::error& e) { FAIL(describe(e)); });
   int limited = 0, closed = 0;
   for (auto& h : asks)
@@ -375,7 +376,7 @@ TEST_CASE("the context manager answers bad messages with errors and keeps servin
     return out;
   };
   uint64_t id = 0;
-  self->request(cm, std::chrono::seconds(5), open_atom::value)
+  self->request(cm, std::chrono::seconds(5), open_session{})
     .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
   std::vector<float> rows(3 * 64, 0.25f);
   auto good = make_blob(rows.data(), 3, 64, wire_dtype::f16);
@@ -402,7 +403,7 @@ TEST_CASE("the context manager answers bad messages with errors and keeps servin
   self->request(cm, std::chrono::seconds(5), infer_request{id, -4})
     .receive([&](infer_reply&) { FAIL("negative position answered"); },
              [&](caf::error& e) { CHECK(describe(e).find("bad_position") == 0); });
-  self->request(cm, std::chrono::seconds(5), close_atom::value, id)
+  self->request(cm, std::chrono::seconds(5), close_session{id})
     .receive([&](session_summary& s) {
                CHECK(s.positions == 4);
                CHECK(s.gaps == 1);
@@ -504,7 +505,7 @@ TEST_CASE("every cross-site message round-trips through CAF's binary serialiser"
   auto d = round_trip(exit_decision{3, 431, {0.5f, 0.9f}, 6});
   CHECK((d.exit_layer == 3 && d.token == 431 && d.confidence == std::vector<float>{0.5f, 0.9f}));
   response_report r;
-  r.mode = "collaborative";
+  r.mode = strategy::collaborative;
   r.tokens = {1, 2, 3};
   r.exit_counts = {2, 1};
   r.traffic.bytes_up = 12345;

@@ -50,7 +50,7 @@ struct stub_cloud_state {
 caf::behavior stub_cloud(caf::stateful_actor<stub_cloud_state>* self,
                          std::shared_ptr<std::promise<void>> open_seen, bool unreachable) {
   return {
-    [=](open_atom) -> caf::result<uint64_t> {
+    [=](open_session&) -> caf::result<uint64_t> {
       if (unreachable)
         return make_error(ceco_errc::cloud_unreachable, "test: no cloud here");
       self->state.open = self->make_response_promise();
@@ -58,7 +58,7 @@ caf::behavior stub_cloud(caf::stateful_actor<stub_cloud_state>* self,
       return caf::delegated<uint64_t>();
     },
     [=](run_atom) { self->state.open.deliver(uint64_t(7)); },
-    [=](close_atom, uint64_t id) { return session_summary{id, 0, 0, 0}; },
+    [=](close_session& c) { return session_summary{c.session, 0, 0, 0}; },
     [=](upload_msg&) { return int32_t(0); },
   };
 }
@@ -117,7 +117,7 @@ TEST_CASE("session phases: a cancel during the open closes what the open brings,
   auto seen = std::make_shared<std::promise<void>>();
   auto stub = sys.spawn(stub_cloud, seen, false);
   deployment dep(sys, s, m, caf::actor_cast<cloud_api>(stub));
-  auto session = dep.spawn_session(m.vocab.encode("Once upon a time"), "collaborative", 8);
+  auto session = dep.spawn_session(m.vocab.encode("Once upon a time"), strategy::collaborative, 8);
   caf::scoped_actor self{sys};
   auto running = self->request(session, std::chrono::seconds(20), run_atom::value);
   REQUIRE(seen->get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
@@ -189,9 +189,9 @@ TEST_CASE("session phases: a cloud lost while a finished response closes its ses
   // Answers the open and the generation, then is gone at the close.
   auto stub = sys.spawn([]() -> caf::behavior {
     return {
-      [](open_atom) { return uint64_t(7); },
+      [](open_session&) { return uint64_t(7); },
       [](generate_request&) { return generate_reply{{5, 6, 7}, 0}; },
-      [](close_atom, uint64_t) -> caf::result<session_summary> {
+      [](close_session&) -> caf::result<session_summary> {
         return make_error(ceco_errc::cloud_unreachable, "test: the cloud went at the close");
       },
     };

@@ -35,7 +35,7 @@ TEST_CASE("a settings file and --set overrides are applied in order") {
   auto s = load_settings(path, {"policy.threshold=0.7", "model.exits=2,3", "split.layer=3",
                                 "generation.prompt=Hello there", "upload.dtype=\"f32\""});
   CHECK(s.policy.threshold == doctest::Approx(0.7));
-  CHECK(s.policy.mode == "standalone");
+  CHECK(s.policy.mode == strategy::standalone);
   CHECK(s.link.latency_ms == doctest::Approx(12.0));
   CHECK(s.model.exits == std::vector<int>{2, 3});
   CHECK(s.generation.prompt == "Hello there");
@@ -132,7 +132,7 @@ TEST_CASE("settings are checked against the model's shape") {
                  "model.exits has an exit after layer 3, past split.layer = 2"));
   s.model.exits = {};
   CHECK(contains(error_of([&] { check_against_model(s, five); }), "model.exits is empty"));
-  s.policy.mode = "cloud";
+  s.policy.mode = strategy::cloud;
   CHECK(error_of([&] { check_against_model(s, five); }).empty());
 }
 
@@ -236,7 +236,7 @@ TEST_CASE("settings fuzzer: each accepted combination runs undegraded, each refu
     CHECK(r.degraded_tokens == 0);
     CHECK_FALSE(r.tokens.empty());
     // A threshold of 0 makes every token an exit's in collaborative mode.
-    if (mode == "collaborative" && f->s.policy.threshold == 0.0) {
+    if (mode == strategy::collaborative && f->s.policy.threshold == 0.0) {
       int exited = 0;
       for (auto n : r.exit_counts)
         exited += n;

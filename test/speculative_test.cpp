@@ -194,7 +194,7 @@ TEST_CASE("after a rollback the cloud session equals a fresh one fed the final t
 
   auto open = [&] {
     uint64_t id = 0;
-    self->request(site.contexts, caf::infinite, open_atom::value)
+    self->request(site.contexts, caf::infinite, open_session{})
       .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
     return id;
   };

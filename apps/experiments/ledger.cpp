@@ -47,13 +47,13 @@ result_ledger::result_ledger(const fs::path& dir, const json& identity) {
 
 void result_ledger::remember(const json& j) {
   done_.insert(result_key(j["combo"], j["repetition"], j["sample"], j["mode"]));
-  if (j["mode"] == "cloud")
+  if (j["mode"] == to_string(strategy::cloud))
     cloud_tokens_[result_key(j["combo"], j["repetition"], j["sample"], "")] =
       j["tokens"].get<std::vector<int32_t>>();
 }
 
-bool result_ledger::done(int combo, int rep, size_t sample, const std::string& strategy) const {
-  return done_.count(result_key(combo, rep, sample, strategy)) > 0;
+bool result_ledger::done(int combo, int rep, size_t sample, strategy mode) const {
+  return done_.count(result_key(combo, rep, sample, to_string(mode))) > 0;
 }
 
 const std::vector<int32_t>* result_ledger::cloud_tokens(int combo, int rep, size_t sample) const {

@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/strategy.hpp"
+
 namespace ceco::app {
 
 /// "combo/repetition/sample/strategy": one response of the experiment.
@@ -27,7 +29,7 @@ public:
   /// folder holds results of other settings.
   result_ledger(const std::filesystem::path& dir, const nlohmann::json& identity);
 
-  bool done(int combo, int rep, size_t sample, const std::string& strategy) const;
+  bool done(int combo, int rep, size_t sample, strategy mode) const;
   size_t done_count() const { return done_.size(); }
   /// The cloud strategy's tokens of a cell (combo, repetition, sample), or null.
   const std::vector<int32_t>* cloud_tokens(int combo, int rep, size_t sample) const;

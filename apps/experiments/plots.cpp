@@ -38,8 +38,8 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
   std::ofstream d(dir / data);
   auto series_of = [&](const group_summary& g) {
     if (!series_key || !g.keys.contains(series_key))
-      return g.strategy;
-    return fmt::format("{}, {} {}", g.strategy, g.keys.at(series_key).dump(), series_unit);
+      return std::string(to_string(g.strategy));
+    return fmt::format("{}, {} {}", to_string(g.strategy), g.keys.at(series_key).dump(), series_unit);
   };
   std::vector<std::string> strategies;
   for (auto& g : groups)
@@ -97,7 +97,8 @@ std::vector<std::string> write_plots(const fs::path& dir, const std::vector<grou
     return {};
   }
   auto label = [&](const group_summary& g) {
-    return n_combos > 1 ? g.strategy + " " + g.label : g.strategy;
+    const std::string name = to_string(g.strategy);
+    return n_combos > 1 ? name + " " + g.label : name;
   };
   auto mean = [](const group_summary& g, const char* m) { return stat_of(g, m).mean; };
   {
@@ -149,7 +150,7 @@ set ytics mirror
     std::ofstream d(dir / "plot_tradeoff.dat");
     d << "# threshold total_ms agreement_with_cloud total_lo total_hi agreement_lo agreement_hi\n";
     for (auto& g : groups)
-      if (g.strategy == "collaborative") {
+      if (g.strategy == strategy::collaborative) {
         auto total = stat_of(g, "total_ms"), agree = stat_of(g, "agreement_with_cloud");
         d << fmt::format("{} {} {} {} {} {} {}\n", g.keys["threshold"].get<double>(), total.mean,
                          100 * agree.mean, total.lo, total.hi, 100 * agree.lo, 100 * agree.hi);

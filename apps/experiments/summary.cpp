@@ -77,7 +77,7 @@ metric_stat bootstrap(const std::vector<std::vector<double>>& values, int resamp
 
 std::vector<group_summary> summarize(const std::vector<json>& lines,
                                      const std::vector<combo>& combos,
-                                     const std::vector<std::string>& strategies) {
+                                     const std::vector<strategy>& strategies) {
   std::vector<group_summary> out;
   for (size_t c = 0; c < combos.size(); ++c)
     for (auto& strategy : strategies) {
@@ -91,7 +91,7 @@ std::vector<group_summary> summarize(const std::vector<json>& lines,
       std::set<int> samples, repetitions;
       double tokens = 0;
       for (auto& j : lines) {
-        if (j["combo"] != int(c) || j["mode"] != strategy)
+        if (j["combo"] != int(c) || j["mode"] != to_string(strategy))
           continue;
         ++g.responses;
         const int sample = j.value("sample", 0);
@@ -141,7 +141,7 @@ void write_csv(const fs::path& path, const std::vector<group_summary>& groups) {
                        g.keys["threshold"].dump(), g.keys["split"].dump(),
                        exits_text(g.keys["exit_layers"].get<std::vector<int>>()),
                        g.keys["upload_dtype"].get<std::string>(), g.keys["link"].get<std::string>(),
-                       g.strategy, g.responses);
+                       to_string(g.strategy), g.responses);
     out << fmt::format(",{},{}", g.samples, g.repetitions);
     for (auto& [m, name] : summary_metrics) {
       auto i = g.stats.find(m);
@@ -187,10 +187,10 @@ void write_relative_to_cloud(std::ostream& out, const settings& base,
   };
   std::string rows;
   for (const auto& g : groups) {
-    if (g.strategy == "cloud")
+    if (g.strategy == strategy::cloud)
       continue;
     auto cloud = std::find_if(groups.begin(), groups.end(), [&](const group_summary& c) {
-      return c.strategy == "cloud" && c.combo == g.combo;
+      return c.strategy == strategy::cloud && c.combo == g.combo;
     });
     if (cloud == groups.end())
       continue;
@@ -202,10 +202,11 @@ void write_relative_to_cloud(std::ostream& out, const settings& base,
     std::string compute_change = compute && cloud_compute && *cloud_compute > 0
                                    ? fmt::format("{:+.1f}%", 100.0 * (*compute / *cloud_compute - 1.0))
                                    : "-";
-    rows += fmt::format("| {} | {} | {} | {} |", g.strategy, g.label, total_ratio, compute_change);
+    rows += fmt::format("| {} | {} | {} | {} |", to_string(g.strategy), g.label, total_ratio,
+                        compute_change);
     if (with_ref)
-      rows += fmt::format(" {} | {} |", given(ref.total_vs_cloud, g.strategy, false),
-                          given(ref.cloud_compute_vs_cloud, g.strategy, true));
+      rows += fmt::format(" {} | {} |", given(ref.total_vs_cloud, to_string(g.strategy), false),
+                          given(ref.cloud_compute_vs_cloud, to_string(g.strategy), true));
     rows += "\n";
   }
   if (rows.empty())
@@ -255,7 +256,7 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
   for (auto& g : groups)
     out << fmt::format("| {} | {} | {} x {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} "
                        "| {} | {} | {} | {} | {} | {} | {} |\n",
-                       g.strategy, g.label, g.samples, g.repetitions, cell(g, "total_ms", 1), cell(g, "ttft_ms", 1),
+                       to_string(g.strategy), g.label, g.samples, g.repetitions, cell(g, "total_ms", 1), cell(g, "ttft_ms", 1),
                        cell(g, "p95_ms_per_token", 2), cell(g, "aggregate_tokens_per_s", 0),
                        cell(g, "edge_ms", 1), cell(g, "cloud_ms", 1),
                        cell(g, "cloud_ms_per_token", 3), cell(g, "comm_ms", 1), cell(g, "bytes_up", 0),

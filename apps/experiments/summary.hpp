@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/experiments/combos.hpp"
+#include "config/strategy.hpp"
 
 namespace ceco::app {
 
@@ -30,7 +31,7 @@ metric_stat bootstrap(const std::vector<std::vector<double>>& values, int resamp
 
 struct group_summary {
   int combo = 0;
-  std::string strategy;
+  ceco::strategy strategy = ceco::strategy::cloud;
   nlohmann::json keys;
   std::string label;
   int responses = 0;
@@ -42,7 +43,7 @@ struct group_summary {
 
 std::vector<group_summary> summarize(const std::vector<nlohmann::json>& lines,
                                      const std::vector<combo>& combos,
-                                     const std::vector<std::string>& strategies);
+                                     const std::vector<strategy>& strategies);
 void write_csv(const std::filesystem::path& path, const std::vector<group_summary>& groups);
 /// How well profile mode on the host's clock followed its profile: pieces
 /// of work for which the host took longer than the profile's cost, and the
