@@ -230,7 +230,9 @@ float dot_q45_k(const uint8_t* w, const void* act, int64_t cols) {
     __m512i qh;
     if constexpr (Five)
       qh = broadcast32(CECO_FIELD(blk, block_q5_k, qh));
-    __m512i sums = _mm512_setzero_si512();
+    // Two sums, so that each dpwssd waits for one two steps back (integers:
+    // the order does not matter).
+    __m512i sums[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
     for (int c = 0; c < 4; ++c) {
       __m512i q = _mm512_and_si512(_mm512_srlv_epi16(broadcast32(qs + 32 * c), shift), low4);
       if constexpr (Five) {
@@ -240,10 +242,11 @@ float dot_q45_k(const uint8_t* w, const void* act, int64_t cols) {
       }
       const __m512i y = _mm512_loadu_si512(a[b].q + 64 * c);
       const __m512i scale = _mm512_permutexvar_epi16(halves16(int16_t(2 * c), int16_t(2 * c + 1)), sm);
-      sums = _mm512_dpwssd_epi32(sums, _mm512_maddubs_epi16(q, y), scale);
+      sums[c % 2] = _mm512_dpwssd_epi32(sums[c % 2], _mm512_maddubs_epi16(q, y), scale);
     }
     const float d = a[b].d * half_f16c(CECO_FIELD(blk, B, d));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold(sums)), acc);
+    const __m512i total_sums = _mm512_add_epi32(sums[0], sums[1]);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold(total_sums)), acc);
     // The mins: over the 8 sub-blocks of 32, min times the sum of its activations.
     const __m256i act_sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].sums));
     const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(act_sums),
@@ -284,7 +287,7 @@ float dot_q6_k(const uint8_t* w, const void* act, int64_t cols) {
       _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead + line, _MM_HINT_T0);
     const __m512i scales = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(CECO_FIELD(blk, block_q6_k, scales)))));
-    __m512i sums = _mm512_setzero_si512();
+    __m512i sums[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};  // as Q4_K's
     for (int h = 0; h < 2; ++h) {
       const __m512i ql = _mm512_loadu_si512(CECO_FIELD(blk, block_q6_k, ql) + 64 * h);
       const __m512i qh = broadcast32(CECO_FIELD(blk, block_q6_k, qh) + 32 * h);
@@ -296,11 +299,12 @@ float dot_q6_k(const uint8_t* w, const void* act, int64_t cols) {
         const __m512i y = _mm512_loadu_si512(a[b].q + 64 * m);
         const __m512i products =
           _mm512_sub_epi16(_mm512_maddubs_epi16(q[k], y), _mm512_maddubs_epi16(thirty_two, y));
-        sums = _mm512_dpwssd_epi32(sums, products, _mm512_permutexvar_epi16(pick[m], scales));
+        sums[k] = _mm512_dpwssd_epi32(sums[k], products, _mm512_permutexvar_epi16(pick[m], scales));
       }
     }
     const float d = a[b].d * half_f16c(CECO_FIELD(blk, block_q6_k, d));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold(sums)), acc);
+    const __m512i total_sums = _mm512_add_epi32(sums[0], sums[1]);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold(total_sums)), acc);
   }
   const float min_total = 0;  // the AVX2 kernel's sum, term for term
   return hsum(acc) + min_total;
