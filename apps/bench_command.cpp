@@ -18,6 +18,7 @@
 #include "apps/commands.hpp"
 #include "model/generation.hpp"
 #include "model/loader.hpp"
+#include "model/quant.hpp"
 #include "model/random_weights.hpp"
 #include "model/sampler.hpp"
 #include "model/transformer.hpp"
@@ -265,6 +266,7 @@ void run_bench(bench_args a) {
     j["threads"] = at::get_num_threads();
     j["device"] = a.device;
     j["blas"] = blas_kernels();
+    j["kernels"] = quant::kernel_level_name(quant::active_kernel_level());
     j["n_prompt"] = r.prompt.size();
     j["n_generated"] = r.tokens.size();
     j["prefill_ms"] = r.prefill_ms;
@@ -282,8 +284,9 @@ void run_bench(bench_args a) {
   }
   fmt::print("model     {} ({:.2f}M parameters, dim {}, {} layers, vocab {})\n", source,
              double(n_params) / 1e6, cfg.n_embd, cfg.n_layer, cfg.vocab_size);
-  fmt::print("threads   {} on {} (prefill products: {})\n", at::get_num_threads(), a.device,
-             blas_kernels());
+  fmt::print("threads   {} on {} (prefill products: {}; dot products: {})\n",
+             at::get_num_threads(), a.device, blas_kernels(),
+             quant::kernel_level_name(quant::active_kernel_level()));
   fmt::print("prefill   {:>5} tokens  {:>9.1f} tokens/s\n", r.prompt.size(),
              r.prefill_tokens_per_s());
   fmt::print("decode    {:>5} tokens  {:>9.1f} tokens/s\n", r.decode_steps,

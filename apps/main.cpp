@@ -67,10 +67,29 @@ std::string unknown_command(const CLI::App& app, int argc, char** argv) {
   return fmt::format("unknown command '{}' (commands: {})", word, all);
 }
 
+/// Whether the command line runs a model, whose batched products need
+/// OpenBLAS's fast kernels (and so may restart the process once, see
+/// use_fast_blas_kernels): not `--help`, `--version`, no command at all,
+/// `tokenize` or `quantize`, which start in a fraction of the time so.
+bool needs_blas(int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-')
+    return false;
+  const std::string command = argv[1];
+  if (command == "tokenize" || command == "quantize")
+    return false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "--version")
+      return false;
+  }
+  return true;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
-  ceco::use_fast_blas_kernels(argv);
+  if (needs_blas(argc, argv))
+    ceco::use_fast_blas_kernels(argv);
   CLI::App app{"ceco " CECO_VERSION ": cloud-edge collaborative inference of early-exit LLaMA models"};
   app.set_version_flag("--version", CECO_VERSION);
   app.require_subcommand(1);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include <ATen/Parallel.h>
@@ -13,6 +15,7 @@
 #include "model/config.hpp"
 #include "model/half.hpp"
 #include "model/quant_avx2.hpp"
+#include "model/quant_avx512.hpp"
 #include "model/quant_blocks.hpp"
 
 namespace ceco::quant {
@@ -443,19 +446,76 @@ struct kernels {
   type_info info;
   dot_fn portable_dot;
   dequantize_fn dequantize;
-  dot_fn simd_dot = nullptr;  // AVX2/FMA, where the CPU has it
+  dot_fn avx2_dot = nullptr;    // AVX2/FMA
+  dot_fn avx512_dot = nullptr;  // AVX-512 and VNNI
 
   dot_fn dot() const;
 };
 
-std::atomic<bool> portable_only{false};
-
-dot_fn kernels::dot() const {
-  if (simd_dot && !portable_only.load(std::memory_order_relaxed) && avx2::available())
-    return simd_dot;
-  return portable_dot;
+bool cpu_has_avx2() {
+#if defined(__x86_64__)
+  return avx2::available();
+#else
+  return false;
+#endif
 }
 
+/// Checked here, in a file compiled for plain x86-64: the AVX-512 file
+/// runs only after this says yes.
+bool cpu_has_avx512() {
+#if defined(__x86_64__)
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512vnni") &&
+                          avx512::dot(ggml_type::q8_0) != nullptr;  // built with them
+  return has;
+#else
+  return false;
+#endif
+}
+
+kernel_level level_from_environment() {
+  const kernel_level best = best_kernel_level();
+  const char* name = std::getenv("CECO_KERNELS");
+  if (!name || !*name)
+    return best;
+  for (kernel_level l : {kernel_level::portable, kernel_level::avx2, kernel_level::avx512}) {
+    if (std::strcmp(name, kernel_level_name(l)) != 0)
+      continue;
+    if (kernel_level_supported(l))
+      return l;
+    std::fprintf(stderr, "ceco: CECO_KERNELS=%s: this CPU lacks it; using %s\n", name,
+                 kernel_level_name(best));
+    return best;
+  }
+  std::fprintf(stderr, "ceco: CECO_KERNELS=%s is none of portable, avx2, avx512; using %s\n",
+               name, kernel_level_name(best));
+  return best;
+}
+
+/// -1 until the first dot product asks (CECO_KERNELS read then).
+std::atomic<int> level{-1};
+
+kernel_level current_level() {
+  int l = level.load(std::memory_order_relaxed);
+  if (l < 0) {
+    static const int from_environment = int(level_from_environment());
+    int unset = -1;
+    level.compare_exchange_strong(unset, from_environment);
+    l = level.load(std::memory_order_relaxed);
+  }
+  return kernel_level(l);
+}
+
+dot_fn kernels::dot() const {
+  const kernel_level l = current_level();
+  if (l >= kernel_level::avx512 && avx512_dot)
+    return avx512_dot;
+  if (l >= kernel_level::avx2 && avx2_dot)
+    return avx2_dot;
+  return portable_dot;
+}
 
 constexpr ggml_type act32_type = ggml_type::q8_0;
 constexpr ggml_type act256_type = ggml_type::q8_k;
@@ -483,19 +543,24 @@ const kernels* find_kernels(ggml_type t) {
                             dequantize_bf16};
   static const kernels q4_0{block_info<q4_0_layout>("Q4_0"), dot32<q4_0_layout>,
                             dequantize_layout<q4_0_layout>,
-                            avx2::dot(ggml_type::q4_0)};
+                            avx2::dot(ggml_type::q4_0),
+                            avx512::dot(ggml_type::q4_0)};
   static const kernels q4_1{block_info<q4_1_layout>("Q4_1"), dot32<q4_1_layout>,
                             dequantize_layout<q4_1_layout>,
-                            avx2::dot(ggml_type::q4_1)};
+                            avx2::dot(ggml_type::q4_1),
+                            avx512::dot(ggml_type::q4_1)};
   static const kernels q5_0{block_info<q5_0_layout>("Q5_0"), dot32<q5_0_layout>,
                             dequantize_layout<q5_0_layout>,
-                            avx2::dot(ggml_type::q5_0)};
+                            avx2::dot(ggml_type::q5_0),
+                            avx512::dot(ggml_type::q5_0)};
   static const kernels q5_1{block_info<q5_1_layout>("Q5_1"), dot32<q5_1_layout>,
                             dequantize_layout<q5_1_layout>,
-                            avx2::dot(ggml_type::q5_1)};
+                            avx2::dot(ggml_type::q5_1),
+                            avx512::dot(ggml_type::q5_1)};
   static const kernels q8_0{block_info<q8_0_layout>("Q8_0"), dot32<q8_0_layout>,
                             dequantize_layout<q8_0_layout>,
-                            avx2::dot(ggml_type::q8_0)};
+                            avx2::dot(ggml_type::q8_0),
+                            avx512::dot(ggml_type::q8_0)};
   static const kernels q2_k{block_info<q2_k_layout>("Q2_K"), dot256<q2_k_layout>,
                             dequantize_layout<q2_k_layout>,
                             avx2::dot(ggml_type::q2_k)};
@@ -504,13 +569,16 @@ const kernels* find_kernels(ggml_type t) {
                             avx2::dot(ggml_type::q3_k)};
   static const kernels q4_k{block_info<q4_k_layout>("Q4_K"), dot256<q4_k_layout>,
                             dequantize_layout<q4_k_layout>,
-                            avx2::dot(ggml_type::q4_k)};
+                            avx2::dot(ggml_type::q4_k),
+                            avx512::dot(ggml_type::q4_k)};
   static const kernels q5_k{block_info<q5_k_layout>("Q5_K"), dot256<q5_k_layout>,
                             dequantize_layout<q5_k_layout>,
-                            avx2::dot(ggml_type::q5_k)};
+                            avx2::dot(ggml_type::q5_k),
+                            avx512::dot(ggml_type::q5_k)};
   static const kernels q6_k{block_info<q6_k_layout>("Q6_K"), dot256<q6_k_layout>,
                             dequantize_layout<q6_k_layout>,
-                            avx2::dot(ggml_type::q6_k)};
+                            avx2::dot(ggml_type::q6_k),
+                            avx512::dot(ggml_type::q6_k)};
   switch (t) {
     case ggml_type::f32: return &f32;
     case ggml_type::f16: return &f16;
@@ -580,8 +648,40 @@ void for_rows_interleaved(int64_t r0, int64_t r1, Row row) {
 
 } // namespace
 
-void use_portable_kernels(bool portable) {
-  portable_only = portable;
+const char* kernel_level_name(kernel_level l) {
+  switch (l) {
+    case kernel_level::portable: return "portable";
+    case kernel_level::avx2: return "avx2";
+    case kernel_level::avx512: return "avx512";
+  }
+  return "?";
+}
+
+bool kernel_level_supported(kernel_level l) {
+  switch (l) {
+    case kernel_level::portable: return true;
+    case kernel_level::avx2: return cpu_has_avx2();
+    case kernel_level::avx512: return cpu_has_avx512();
+  }
+  return false;
+}
+
+kernel_level best_kernel_level() {
+  return cpu_has_avx512() ? kernel_level::avx512
+         : cpu_has_avx2() ? kernel_level::avx2
+                          : kernel_level::portable;
+}
+
+kernel_level active_kernel_level() {
+  return current_level();
+}
+
+void set_kernel_level(kernel_level l) {
+  if (!kernel_level_supported(l))
+    throw model_error(fmt::format("kernel level {} is not supported by this CPU (best: {})",
+                                  kernel_level_name(l), kernel_level_name(best_kernel_level())));
+  current_level();  // the environment read first, so that it cannot overwrite l later
+  level.store(int(l), std::memory_order_relaxed);
 }
 
 const type_info* find_info(ggml_type t) {

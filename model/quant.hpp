@@ -79,9 +79,24 @@ void dequantize_activation(ggml_type weight, const void* activation, float* dst,
 /// One weight row · one activation row made by quantize_activation.
 float dot_row(ggml_type weight, const void* w_row, const void* activation, int64_t cols);
 
-/// Uses the portable kernels even where the CPU has AVX2 (tests compare
-/// the two).
-void use_portable_kernels(bool portable);
+/// The instruction sets of the dot products, lowest first: portable C++,
+/// AVX2 (with FMA and F16C), AVX-512 (F, BW, VL and VNNI). A type without a
+/// kernel of a level takes the next one below it.
+enum class kernel_level { portable, avx2, avx512 };
+/// "portable", "avx2", "avx512".
+const char* kernel_level_name(kernel_level l);
+/// Whether this CPU and this build run level l.
+bool kernel_level_supported(kernel_level l);
+/// The highest level this CPU supports.
+kernel_level best_kernel_level();
+/// The level the dot products use: the highest this CPU supports, or the
+/// one the environment variable CECO_KERNELS names (portable, avx2,
+/// avx512; a level the CPU lacks or a name it does not know is refused
+/// with a line on stderr, and the best level used).
+kernel_level active_kernel_level();
+/// Sets the level (tests, measurements); throws model_error for one the
+/// CPU lacks.
+void set_kernel_level(kernel_level l);
 
 /// A row-major matrix [rows, cols] of GGML blocks (a view, owns nothing).
 struct matrix {

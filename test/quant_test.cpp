@@ -6,6 +6,7 @@
 #include <map>
 #include <random>
 
+#include "model/config.hpp"
 #include "model/gguf.hpp"
 #include "model/quant.hpp"
 #include "model/weight_matrix.hpp"
@@ -73,6 +74,16 @@ std::vector<uint8_t> random_weights(wtype t, int64_t rows, int64_t cols, std::mt
   return bytes;
 }
 
+/// Every kernel level this CPU runs, lowest first.
+std::vector<quant::kernel_level> supported_levels() {
+  std::vector<quant::kernel_level> out;
+  for (auto l : {quant::kernel_level::portable, quant::kernel_level::avx2,
+                 quant::kernel_level::avx512})
+    if (quant::kernel_level_supported(l))
+      out.push_back(l);
+  return out;
+}
+
 std::vector<float> dequantized(wtype t, const std::vector<uint8_t>& bytes, int64_t rows,
                                int64_t cols) {
   std::vector<float> out(size_t(rows * cols));
@@ -107,9 +118,10 @@ TEST_CASE("quantized matvec equals dequantize-then-multiply for every type, thre
       for (int64_t i = 0; i < cols; ++i)  // 8-bit blocks with f16 scales: |x - x_q| <= max|x| / 200
         REQUIRE(std::fabs(x[i] - x_q[i]) <= 5.0f / 200.0f);
 
-      for (bool portable : {false, true}) {
-      quant::use_portable_kernels(portable);
-      CAPTURE(portable);
+      for (quant::kernel_level level : supported_levels()) {
+      quant::set_kernel_level(level);
+      const std::string level_name = quant::kernel_level_name(level);
+      CAPTURE(level_name);
       std::vector<float> first;
       for (int threads : {1, 2, 3}) {
         CAPTURE(threads);
@@ -136,9 +148,67 @@ TEST_CASE("quantized matvec equals dequantize-then-multiply for every type, thre
           CHECK(y == first);  // rows never depend on the split
       }
       }
-      quant::use_portable_kernels(false);
+      quant::set_kernel_level(quant::best_kernel_level());
     }
   }
+}
+
+TEST_CASE("each kernel level this CPU runs gives the AVX2 kernels' floats bit for bit, at any block count") {
+  // The AVX-512 kernels compute the AVX2 ones' integers and meet them with
+  // the scales in the same float operations (model/quant_avx512.cpp).
+  if (!quant::kernel_level_supported(quant::kernel_level::avx2)) {
+    MESSAGE("this CPU has no AVX2: nothing to compare");
+    return;
+  }
+  std::mt19937 rng(16);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (wtype t : weight_types) {
+    const int64_t block = quant::find_info(t)->block_size;
+    if (block == 1)
+      continue;
+    // one block, an odd number of them, many
+    for (int64_t cols : {block, 7 * block, (block == 32 ? 96 : 12) * block}) {
+      CAPTURE(quant::type_name(t));
+      CAPTURE(cols);
+      const int64_t rows = 9;
+      auto bytes = random_weights(t, rows, cols, rng);
+      auto w = quant::matrix::view(t, bytes.data(), rows, cols, "w");
+      std::vector<float> x(static_cast<size_t>(cols));
+      for (auto& v : x)
+        v = normal(rng);
+      std::vector<uint8_t> act(quant::activation_bytes(t, cols));
+      quant::quantize_activation(t, x.data(), act.data(), cols);
+      std::vector<float> avx2(static_cast<size_t>(rows));
+      quant::set_kernel_level(quant::kernel_level::avx2);
+      for (int64_t r = 0; r < rows; ++r)
+        avx2[size_t(r)] = quant::dot_row(t, w.row(r), act.data(), cols);
+      for (quant::kernel_level level : supported_levels()) {
+        if (level <= quant::kernel_level::avx2)
+          continue;
+        const std::string level_name = quant::kernel_level_name(level);
+        CAPTURE(level_name);
+        quant::set_kernel_level(level);
+        for (int64_t r = 0; r < rows; ++r)
+          CHECK(quant::dot_row(t, w.row(r), act.data(), cols) == avx2[size_t(r)]);
+      }
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+}
+
+TEST_CASE("kernel levels: names, the best is supported, portable always") {
+  using quant::kernel_level;
+  CHECK(std::string(quant::kernel_level_name(kernel_level::portable)) == "portable");
+  CHECK(std::string(quant::kernel_level_name(kernel_level::avx2)) == "avx2");
+  CHECK(std::string(quant::kernel_level_name(kernel_level::avx512)) == "avx512");
+  CHECK(quant::kernel_level_supported(kernel_level::portable));
+  CHECK(quant::kernel_level_supported(quant::best_kernel_level()));
+  if (quant::kernel_level_supported(kernel_level::avx512))
+    CHECK(quant::kernel_level_supported(kernel_level::avx2));
+  for (kernel_level l : {kernel_level::avx2, kernel_level::avx512})
+    if (!quant::kernel_level_supported(l))
+      CHECK_THROWS_AS(quant::set_kernel_level(l), model_error);
+  MESSAGE("kernel levels this CPU runs: best " << quant::kernel_level_name(quant::best_kernel_level()));
 }
 
 TEST_CASE("quantized batches: matvec_batch equals matvec per input, matmat equals dequantize-then-multiply") {

@@ -186,9 +186,10 @@ TEST_CASE("tiny256: teacher-forced logits match the reference implementation for
     for (const auto& run : reference.at(file)) {
       CAPTURE(run.prompt);
       const auto logits = teacher_forced(m, run, 8);
-      quant::use_portable_kernels(true);
+      const auto level = quant::active_kernel_level();
+      quant::set_kernel_level(quant::kernel_level::portable);
       const auto portable = teacher_forced(m, run, 8);
-      quant::use_portable_kernels(false);
+      quant::set_kernel_level(level);
       int exact = 0;
       for (int t = 0; t < 8; ++t) {
         CAPTURE(t);
