@@ -13,15 +13,6 @@ namespace {
 
 bool uses_tls(const settings& s) { return !s.cluster.insecure; }
 
-/// "host:port" into its parts (checked by the settings already).
-std::pair<std::string, uint16_t> split_address(const std::string& address) {
-  auto colon = address.rfind(':');
-  auto host = address.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')  // [::1]:7171
-    host = host.substr(1, host.size() - 2);
-  return {host, uint16_t(std::stoi(address.substr(colon + 1)))};
-}
-
 struct worker_front_state {
   hello_msg mine;
   std::set<caf::node_id> greeted;  // gateway nodes whose hello was accepted
@@ -148,7 +139,7 @@ size_t worker_joiner::join_now() {
   for (const auto& address : settings_.cluster.workers) {
     if (stopping_ || up.count(address))
       continue;
-    auto [host, port] = split_address(address);
+    auto [host, port] = *split_host_port(address);  // checked by the settings
     auto worker = uses_tls(settings_) ? caf::openssl::remote_actor<worker_api>(sys_, host, port)
                                       : sys_.middleman().remote_actor<worker_api>(host, port);
     // Each failure is logged once, until it changes (a worker that is not up

@@ -72,11 +72,14 @@ wire::server_options cloud_server_options(const settings& s, const wire::wire_li
   return o;
 }
 
-caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings& s,
-                                          const hello_msg& hello, const wire::wire_limits& limits) {
+namespace {
+
+caf::expected<cloud_api> connect_to_one(caf::actor_system& sys, const settings& s,
+                                        const std::string& host, uint16_t port,
+                                        const hello_msg& hello, const wire::wire_limits& limits) {
   wire::client_options o;
-  o.host = s.cloud.host;
-  o.port = uint16_t(s.cloud.port);
+  o.host = host;
+  o.port = port;
   o.secret = s.cloud.secret;
   o.tls = tls_of(s, "ceco cloud");
   o.limits = limits;
@@ -88,6 +91,25 @@ caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings
                                       std::min(1000, o.connect_timeout_ms), o.connect_timeout_ms);
   return connect_remote_front(sys, std::move(o), hello, s.cloud.heartbeat_ms,
                               s.cloud.request_timeout_ms);
+}
+
+} // namespace
+
+caf::expected<cloud_api> connect_to_front(caf::actor_system& sys, const settings& s,
+                                          const hello_msg& hello, const wire::wire_limits& limits) {
+  // cloud.host:cloud.port first, then each of cloud.hosts (more gateways of
+  // one cluster): the first that completes the handshake serves. A refusal
+  // of this edge (another model, another secret) is an answer, not a loss.
+  auto first = connect_to_one(sys, s, s.cloud.host, uint16_t(s.cloud.port), hello, limits);
+  if (first || s.cloud.hosts.empty() || is(first.error(), ceco_errc::handshake_failed))
+    return first;
+  for (const auto& address : s.cloud.hosts) {
+    auto [host, port] = *split_host_port(address);  // checked by the settings
+    auto next = connect_to_one(sys, s, host, uint16_t(port), hello, limits);
+    if (next || is(next.error(), ceco_errc::handshake_failed))
+      return next;
+  }
+  return first;
 }
 
 std::string describe_transport(const settings& s) {

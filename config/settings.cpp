@@ -378,6 +378,7 @@ const std::vector<key_spec>& schema() {
     string_key("cloud.tls_certificate", {}, CECO_REF(std::string, cloud.tls_certificate)),
     string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),
     string_key("cloud.tls_ca_file", {}, CECO_REF(std::string, cloud.tls_ca_file)),
+    string_list_key("cloud.hosts", {}, CECO_REF(std::vector<std::string>, cloud.hosts)),
     string_key("cluster.role", {"single", "gateway", "worker"}, CECO_REF(std::string, cluster.role)),
     string_key("cluster.host", {}, CECO_REF(std::string, cluster.host)),
     int_key("cluster.port", 0, 65535, CECO_REF(int, cluster.port)),
@@ -568,6 +569,10 @@ void check_cluster(const settings& s) {
       "between cloud nodes), but only some are set");
   if (files == 3 && c.insecure)
     throw config_error("cluster.insecure = true and cluster TLS files are both set: choose one");
+  for (const auto& h : s.cloud.hosts)
+    if (!split_host_port(h))
+      throw config_error(fmt::format("cloud.hosts: '{}' is not \"host:port\" with a port of "
+                                     "1-65535", h));
   if (c.role == "single")
     return;
   if (files == 0 && !c.insecure)
@@ -579,29 +584,34 @@ void check_cluster(const settings& s) {
   if (c.role == "gateway" && c.workers.empty())
     throw config_error("cluster.role = \"gateway\" needs cluster.workers: the workers' "
                        "\"host:port\" (e.g. [\"10.0.0.2:7171\"])");
-  for (const auto& w : c.workers) {
-    auto colon = w.rfind(':');
-    int port = 0;
-    bool ok = colon != std::string::npos && colon > 0 && colon + 1 < w.size();
-    if (ok) {
-      try {
-        size_t used = 0;
-        port = std::stoi(w.substr(colon + 1), &used);
-        ok = used == w.size() - colon - 1 && port > 0 && port <= 65535;
-      } catch (const std::exception&) {
-        ok = false;
-      }
-    }
-    if (!ok)
+  for (const auto& w : c.workers)
+    if (!split_host_port(w))
       throw config_error(fmt::format("cluster.workers: '{}' is not \"host:port\" with a port "
                                      "of 1-65535", w));
-  }
   if (c.local_workers > 0)
     throw config_error("cluster.local_workers is for in-process runs (ceco sim, ceco experiment); "
                        "a gateway's workers are cluster.workers");
 }
 
 } // namespace
+
+std::optional<std::pair<std::string, int>> split_host_port(const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= address.size())
+    return std::nullopt;
+  auto host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')  // [::1]:7171
+    host = host.substr(1, host.size() - 2);
+  int port = 0;
+  for (size_t i = colon + 1; i < address.size(); ++i) {
+    if (address[i] < '0' || address[i] > '9' || port > 65535)
+      return std::nullopt;
+    port = port * 10 + (address[i] - '0');
+  }
+  if (port < 1 || port > 65535)
+    return std::nullopt;
+  return std::pair{host, port};
+}
 
 settings real_network_defaults() {
   settings s;

@@ -7,6 +7,7 @@
 // expected and the actual value.
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,7 @@ struct settings {
     std::string tls_certificate;     // this node's certificate (PEM)
     std::string tls_key;             // its private key (PEM)
     std::string tls_ca_file;         // CA that signed the peer's certificate (PEM)
+    std::vector<std::string> hosts;  // more clouds (gateways), "host:port", tried in order after host:port
   } cloud;
   // -- a cloud of several nodes (`ceco cloud --role gateway|worker`; docs/cluster.md) --
   struct {
@@ -156,6 +158,10 @@ settings load_settings(const std::string& file, const std::vector<std::string>& 
 /// delay and no bandwidth limit (the simulation's 5 ms and 30 Mbit/s are for
 /// `ceco sim`); a file's or --set's link.* keys still apply on top.
 settings real_network_defaults();
+
+/// "host:port" (or "[v6]:port") into its parts; nullopt when it is not one
+/// with a port of 1-65535.
+std::optional<std::pair<std::string, int>> split_host_port(const std::string& address);
 /// Applies one "key=value" (the value in TOML syntax; bare strings and
 /// comma-separated lists are accepted too).
 void apply_override(settings& s, const std::string& assignment);

@@ -800,7 +800,12 @@ def restart_cloud():
     with windows_lock:
         restart_windows.append([kill_t, None])
     log(f"restart: kill -9 {p.pid} ({cloud['name']})")
-    os.kill(p.pid, signal.SIGKILL)
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        # Gone already (someone else killed it): the process check reports
+        # that; the restart goes on.
+        log(f"restart: {p.pid} had already exited")
     p.wait()
     reap(p)
     time.sleep(args.down_s)

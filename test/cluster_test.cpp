@@ -317,3 +317,53 @@ TEST_CASE("a worker's cluster port: a peer without the cluster's certificate, an
   CHECK(after - before < 32 * 1024);  // bounded: nothing kept per refused peer
   gateway.stop_reading();
 }
+
+TEST_CASE("two gateways over the same workers: one killed mid-response, the edges fail over to the other and finish") {
+  cluster_certs certs;
+  const std::string slow = " --set compute.mode=profile --set compute.profile=paper-a100";
+  node_process w1("--role worker --set cluster.port=0 --stats 0.02" + slow + certs.node("worker1") +
+                    stories_model, true);
+  node_process w2("--role worker --set cluster.port=0" + slow + certs.node("worker2") + stories_model);
+  REQUIRE(w1.port > 0);
+  REQUIRE(w2.port > 0);
+  node_process g1("--role gateway --set cloud.port=0" + certs.node("gateway") + workers_arg(w1, w2) +
+                    stories_model, true);
+  node_process g2("--role gateway --set cloud.port=0" + certs.node("gateway") + workers_arg(w1, w2) +
+                    stories_model, true);
+  for (auto* g : {&g1, &g2}) {
+    REQUIRE(wait_for_line(*g, "joined", 5));
+    REQUIRE(wait_for_line(*g, "joined", 5));
+    g->stop_reading();
+  }
+  node_process single("--set cloud.port=0" + stories_model);
+  auto alone = run_ceco(edge_args(single.port, "exact"));
+  REQUIRE(alone.status == 0);
+  auto expected = json_lines(alone.out);
+  REQUIRE(expected.size() == 8);
+
+  std::string out;
+  std::thread edges([&] {
+    out = run_ceco(edge_args(g1.port, "exact") +
+                   fmt::format(" --set 'cloud.hosts=[\"127.0.0.1:{}\"]' --set link.latency_ms=20", g2.port)).out;
+  });
+  bool holding = false;
+  for (int i = 0; i < 400 && !holding; ++i) {
+    auto l = w1.line();
+    if (l.empty())
+      break;
+    holding = l.find("ceco cloud: 0 session") == std::string::npos && l.find(" session(s)") != std::string::npos;
+  }
+  REQUIRE(holding);
+  g1.kill_now();
+  edges.join();
+  auto lines = json_lines(out);
+  REQUIRE_MESSAGE(lines.size() == 8, out);
+  int resumed = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    CHECK_MESSAGE(lines[i]["error"].is_null(), out);
+    CHECK(lines[i]["tokens"] == expected[i]["tokens"]);
+    resumed += lines[i]["resumed"].get<int>();
+  }
+  CHECK(resumed >= 8);  // every response moved to the other gateway
+  w1.stop_reading();
+}
