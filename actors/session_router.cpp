@@ -171,9 +171,12 @@ void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, std::vec
     return;
   }
   tried[*worker] = true;
+  // An open on its way counts as a session there already: opens that arrive
+  // together spread instead of all taking the worker that was emptiest.
+  ++st.workers[*worker].status.sessions;
   const auto tag = st.next_request++;
   st.pending[tag] = {*worker, [=](const caf::error&) mutable {
-                       // Down before it answered: the next worker.
+                       // Down before it answered (its count was reset): the next worker.
                        open_on(self, rp, tried);
                      }};
   self->request(st.workers[*worker].handle, caf::infinite, open_session{})
@@ -184,13 +187,13 @@ void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, std::vec
           return;  // went down meanwhile; the open went elsewhere
         const auto id = st.next_session++;
         st.sessions[id] = {*worker, local};
-        ++st.workers[*worker].status.sessions;
         ++st.workers[*worker].status.placed;
         rp.deliver(id);
       },
       [=](caf::error& err) mutable {
         if (!self->state.settle(tag))
           return;
+        --self->state.workers[*worker].status.sessions;
         if (is(err, ceco_errc::session_limit))
           return open_on(self, rp, tried);
         rp.deliver(std::move(err));
@@ -212,6 +215,7 @@ void lose_worker(router_ptr self, size_t worker, const std::string& why) {
     st.remember_lost(id);
     ++w.status.lost;
   }
+  w.status.sessions = 0;  // opens still on their way there are retried elsewhere
   std::vector<std::function<void(const caf::error&)>> fails;
   for (auto i = st.pending.begin(); i != st.pending.end();) {
     if (i->second.worker == worker) {

@@ -73,12 +73,13 @@ TEST_CASE("a router over two workers in one process: every strategy gives the on
         CHECK(got[i].traffic.bytes_up == expected[i].traffic.bytes_up);
     }
   }
-  // Placed by load (the fewest open sessions): both workers take a share.
+  // Placed by load (the fewest open sessions, opens on their way counted):
+  // eight opened together spread four and four.
   auto st = status_of(cluster);
   REQUIRE(st.workers.size() == 2);
   CHECK(st.workers[0].placed + st.workers[1].placed == 40);
-  CHECK(st.workers[0].placed >= 12);
-  CHECK(st.workers[1].placed >= 12);
+  CHECK(st.workers[0].placed >= 16);
+  CHECK(st.workers[1].placed >= 16);
   CHECK(st.sessions == 0);  // every session closed, at its worker too
 }
 
