@@ -10,7 +10,7 @@ namespace {
 
 struct cloud_front_state {
   hello_msg mine;
-  std::set<caf::node_id> greeted;  // remote nodes whose hello was accepted
+  greeted_nodes greeted;  // remote nodes whose hello was accepted
   static inline const char* name = "cloud_front";
 };
 
@@ -18,11 +18,7 @@ using front_ptr = cloud_api::stateful_pointer<cloud_front_state>;
 
 /// Only this process and nodes that passed the handshake are served.
 caf::error refuse_stranger(front_ptr self) {
-  auto sender = self->current_sender();
-  if (!sender || sender->node() == self->node() || self->state.greeted.count(sender->node()))
-    return {};
-  return make_error(ceco_errc::handshake_failed,
-                    "send hello_msg first: this node has not passed the handshake");
+  return self->state.greeted.refuse_stranger(self->current_sender(), self->node(), "this node");
 }
 
 caf::error not_here(const char* actor, const char* key) {
@@ -37,8 +33,7 @@ caf::result<hello_msg> serve(front_ptr self, const context_manager_actor&, const
     return make_error(ceco_errc::handshake_failed, "the cloud refuses this edge: " + diff);
   if (auto note = mixed_quantization_note(edge, self->state.mine); !note.empty())
     fmt::print(stderr, "ceco cloud: {}\n", note);
-  if (auto sender = self->current_sender())
-    self->state.greeted.insert(sender->node());
+  self->state.greeted.add(self->current_sender());
   auto reply = self->state.mine;
   reply.secret.clear();
   return reply;

@@ -15,7 +15,7 @@ bool uses_tls(const settings& s) { return !s.cluster.insecure; }
 
 struct worker_front_state {
   hello_msg mine;
-  std::set<caf::node_id> greeted;  // gateway nodes whose hello was accepted
+  greeted_nodes greeted;  // gateway nodes whose hello was accepted
   static inline const char* name = "worker_front";
 };
 
@@ -23,11 +23,8 @@ using front_ptr = worker_api::stateful_pointer<worker_front_state>;
 
 /// Only this process and gateways that passed the hello are served.
 caf::error refuse_stranger(front_ptr self) {
-  auto sender = self->current_sender();
-  if (!sender || sender->node() == self->node() || self->state.greeted.count(sender->node()))
-    return {};
-  return make_error(ceco_errc::handshake_failed,
-                    "send hello_msg first: this gateway has not passed the worker's hello");
+  return self->state.greeted.refuse_stranger(self->current_sender(), self->node(),
+                                             "this gateway");
 }
 
 worker_api::behavior_type worker_front_fn(front_ptr self, context_manager_actor contexts,
@@ -50,8 +47,7 @@ worker_api::behavior_type worker_front_fn(front_ptr self, context_manager_actor 
         if (auto diff = compare_hello(x, self->state.mine); !diff.empty())
           return make_error(ceco_errc::handshake_failed,
                             "the cloud worker refuses this gateway: " + diff);
-        if (auto sender = self->current_sender())
-          self->state.greeted.insert(sender->node());
+        self->state.greeted.add(self->current_sender());
         return self->state.mine;
       } else {
         if (auto err = refuse_stranger(self))

@@ -132,6 +132,20 @@ void cloud_site::stop() {
 
 namespace {
 
+/// What every cloud site ends with, over its contexts (a context manager or a
+/// gateway's router): the uploader when placed on the cloud, the front, and
+/// the watch over them and the evaluator.
+void finish_site(caf::actor_system& sys, const settings& s, const site_model& m, cloud_site& c) {
+  if (s.placement.uploader == "cloud")
+    c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
+                                       upload_dtype(s), std::chrono::seconds(30));
+  c.front = spawn_cloud_front(sys, c.contexts, c.placed, make_hello(s, m));
+  c.watch = std::make_shared<site_watch>(sys);
+  c.watch->add(caf::actor_cast<caf::actor>(c.front), "cloud front");
+  c.watch->add(caf::actor_cast<caf::actor>(c.placed.evaluator), "exit evaluator");
+  c.watch->add(caf::actor_cast<caf::actor>(c.placed.uploader), "uploader");
+}
+
 /// A gateway's site: the front and the placed actors over a session router.
 cloud_site spawn_gateway_site(caf::actor_system& sys, const settings& s, const site_model& m) {
   cloud_site c;
@@ -152,15 +166,8 @@ cloud_site spawn_gateway_site(caf::actor_system& sys, const settings& s, const s
   if (s.placement.exit_evaluator == "cloud")
     c.placed.evaluator = spawn_exit_evaluator(sys, m.heads, m.model->config().n_embd,
                                               policy_of(s), profile, true);
-  if (s.placement.uploader == "cloud")
-    c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
-                                       upload_dtype(s), std::chrono::seconds(30));
-  c.front = spawn_cloud_front(sys, c.contexts, c.placed, make_hello(s, m));
-  c.watch = std::make_shared<site_watch>(sys);
+  finish_site(sys, s, m, c);
   c.watch->add(caf::actor_cast<caf::actor>(c.router), "session router");
-  c.watch->add(caf::actor_cast<caf::actor>(c.front), "cloud front");
-  c.watch->add(caf::actor_cast<caf::actor>(c.placed.evaluator), "exit evaluator");
-  c.watch->add(caf::actor_cast<caf::actor>(c.placed.uploader), "uploader");
   return c;
 }
 
@@ -205,16 +212,9 @@ cloud_site spawn_single_site(caf::actor_system& sys, const settings& s, const si
                                               policy_of(s), profile, true, cloud_device);
   cm.evaluator = c.placed.evaluator;  // a session's evaluations refresh it on their way
   c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
-  if (s.placement.uploader == "cloud")
-    c.placed.uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(c.contexts),
-                                       upload_dtype(s), std::chrono::seconds(30));
-  c.front = spawn_cloud_front(sys, c.contexts, c.placed, make_hello(s, m));
-  c.watch = std::make_shared<site_watch>(sys);
+  finish_site(sys, s, m, c);
   c.watch->add(caf::actor_cast<caf::actor>(c.layers), "cloud layers");
   c.watch->add(caf::actor_cast<caf::actor>(c.contexts), "context manager");
-  c.watch->add(caf::actor_cast<caf::actor>(c.front), "cloud front");
-  c.watch->add(caf::actor_cast<caf::actor>(c.placed.evaluator), "exit evaluator");
-  c.watch->add(caf::actor_cast<caf::actor>(c.placed.uploader), "uploader");
   return c;
 }
 

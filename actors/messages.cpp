@@ -45,6 +45,19 @@ std::string describe(const caf::error& err) {
   return caf::to_string(err);
 }
 
+void greeted_nodes::add(const caf::strong_actor_ptr& sender) {
+  if (sender)
+    nodes_.insert(sender->node());
+}
+
+caf::error greeted_nodes::refuse_stranger(const caf::strong_actor_ptr& sender,
+                                          const caf::node_id& here, const char* what) const {
+  if (!sender || sender->node() == here || nodes_.count(sender->node()))
+    return {};
+  return make_error(ceco_errc::handshake_failed,
+                    fmt::format("send hello_msg first: {} has not passed the handshake", what));
+}
+
 void register_message_types(caf::actor_system_config& cfg) {
   add_protocol_types(cfg, cloud_protocol{});
   cfg.add_message_type<std::vector<int32_t>>("ceco_ids");

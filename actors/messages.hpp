@@ -49,6 +49,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -281,13 +282,26 @@ struct rpc {
 template <class... Rpcs>
 struct rpc_list {};
 
-/// Every request an edge sends the cloud and its reply, in one list: cloud_api
-/// is generated from it, and the link, the remote front, the cloud front, the
-/// gateway and the wire bridge iterate it, so a new request is its struct
-/// (proto/messages.hpp), its frame (net/frame.hpp), its handler and one line
-/// here.
-using cloud_protocol = rpc_list<
-  rpc<hello_msg, hello_msg>,
+namespace detail {
+template <class... Lists>
+struct join_rpcs;
+template <class... As>
+struct join_rpcs<rpc_list<As...>> {
+  using type = rpc_list<As...>;
+};
+template <class... As, class... Bs, class... Rest>
+struct join_rpcs<rpc_list<As...>, rpc_list<Bs...>, Rest...>
+  : join_rpcs<rpc_list<As..., Bs...>, Rest...> {};
+} // namespace detail
+
+/// The lists one after the other.
+template <class... Lists>
+using join_rpcs = typename detail::join_rpcs<Lists...>::type;
+
+/// The requests of one session (or opening one), as a context manager
+/// answers them: the edge's cloud protocol and a worker's (across cloud
+/// nodes) both carry them.
+using session_rpcs = rpc_list<
   rpc<open_session, uint64_t>,
   rpc<upload_msg, int32_t>,
   rpc<draft_upload, verdict>,
@@ -295,8 +309,15 @@ using cloud_protocol = rpc_list<
   rpc<naive_request, infer_reply>,
   rpc<generate_request, generate_reply>,
   rpc<close_session, session_summary>,
-  rpc<evaluate_request, exit_decision>,
-  rpc<upload_states, int32_t>>;
+  rpc<evaluate_request, exit_decision>>;
+
+/// Every request an edge sends the cloud and its reply, in one list: cloud_api
+/// is generated from it, and the link, the remote front, the cloud front, the
+/// gateway and the wire bridge iterate it, so a new request is its struct
+/// (proto/messages.hpp), its frame (net/frame.hpp), its handler and one line
+/// here.
+using cloud_protocol = join_rpcs<rpc_list<rpc<hello_msg, hello_msg>>, session_rpcs,
+                                 rpc_list<rpc<upload_states, int32_t>>>;
 
 namespace detail {
 template <class Request, class List>
@@ -407,17 +428,8 @@ using context_manager_actor = caf::typed_actor<
 /// interface less what only its own process may ask (get_atom's pointer,
 /// the sweep timer), after a hello that checks the gateway holds the same
 /// model, split, exits and placement.
-using worker_protocol = rpc_list<
-  rpc<hello_msg, hello_msg>,
-  rpc<open_session, uint64_t>,
-  rpc<upload_msg, int32_t>,
-  rpc<draft_upload, verdict>,
-  rpc<infer_request, infer_reply>,
-  rpc<naive_request, infer_reply>,
-  rpc<generate_request, generate_reply>,
-  rpc<close_session, session_summary>,
-  rpc<evaluate_request, exit_decision>,
-  rpc<stats_atom, cloud_stats>>;
+using worker_protocol = join_rpcs<rpc_list<rpc<hello_msg, hello_msg>>, session_rpcs,
+                                  rpc_list<rpc<stats_atom, cloud_stats>>>;
 using worker_api = detail::typed_actor_of<worker_protocol>::type;
 
 /// One worker as a gateway sees it.
@@ -493,6 +505,19 @@ using uploader_actor = caf::typed_actor<
 using edge_session_actor = caf::typed_actor<caf::replies_to<run_atom>::with<response_report>,
                                             caf::reacts_to<cancel_atom>,
                                             caf::reacts_to<reconnect_atom>>;
+
+/// The nodes whose hello a front (the cloud front, a worker's front)
+/// accepted: only they, and the front's own process, are served.
+class greeted_nodes {
+public:
+  void add(const caf::strong_actor_ptr& sender);
+  /// handshake_failed for a sender of another node that has not passed hello.
+  caf::error refuse_stranger(const caf::strong_actor_ptr& sender, const caf::node_id& here,
+                             const char* what) const;
+
+private:
+  std::set<caf::node_id> nodes_;
+};
 
 /// Registers every message type above with a CAF configuration.
 void register_message_types(caf::actor_system_config& cfg);
