@@ -366,3 +366,24 @@ TEST_CASE("two gateways over the same workers: one killed mid-response, the edge
   CHECK(check_finished(out, expected) >= 8);
   w1.stop_reading();
 }
+
+TEST_CASE("a gateway, two workers and edges in network namespaces run where the machine allows it") {
+  auto [code, out] = run_shell("bash " + std::string(CECO_SOURCE_DIR) + "/deploy/cluster-netns.sh --binary " +
+                               CECO_BINARY + " --edges 4 --max-tokens 10 --json 2>&1");
+  if (code == 77) {
+    if (const char* status = std::getenv("CECO_SKIP_STATUS")) {
+      std::fprintf(stderr, "skipped: network namespaces are not available here: %s\n", out.c_str());
+      std::fflush(nullptr);
+      std::_Exit(std::atoi(status));
+    }
+    MESSAGE("skipped: " << out);
+    return;
+  }
+  REQUIRE_MESSAGE(code == 0, out);
+  auto lines = json_lines(out);
+  REQUIRE_MESSAGE(lines.size() == 4, out);
+  for (auto& j : lines) {
+    CHECK(j["n_generated"] == 10);
+    CHECK(j["degraded_tokens"] == 0);
+  }
+}
