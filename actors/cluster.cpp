@@ -96,12 +96,25 @@ uint16_t publish_worker(caf::actor_system& sys, const settings& s, const worker_
   return *bound;
 }
 
+void stop_worker(caf::actor_system& sys, const settings& s, const worker_api& front,
+                 uint16_t port) {
+  // The OpenSSL module's middleman actor speaks the io middleman's protocol
+  // (its unpublish helper does not compile against CAF 0.17's atoms).
+  auto mm = uses_tls(s) ? sys.openssl_manager().actor_handle() : sys.middleman().actor_handle();
+  caf::scoped_actor self{sys};
+  self->request(mm, std::chrono::seconds(5), caf::unpublish_atom::value, front.address(), port)
+    .receive([] {}, [](caf::error&) {});
+  caf::anon_send_exit(front, caf::exit_reason::user_shutdown);
+}
+
 worker_joiner::worker_joiner(caf::actor_system& sys, const settings& s,
                              session_router_actor router, hello_msg mine,
                              std::function<void(const std::string&)> log)
   : sys_(sys), settings_(s), router_(std::move(router)), mine_(std::move(mine)),
     log_(std::move(log)) {
   mine_.secret.clear();
+  for (const auto& address : settings_.cluster.workers)  // listed, down until they join
+    caf::anon_send(router_, join_atom::value, address, worker_api{});
   thread_ = std::thread([this] {
     const auto interval = std::chrono::milliseconds(settings_.cluster.join_interval_ms);
     while (!stopping_) {

@@ -39,6 +39,10 @@ worker_api spawn_worker_front(caf::actor_system& sys, context_manager_actor cont
 /// Throws config_error naming the address when it cannot.
 uint16_t publish_worker(caf::actor_system& sys, const settings& s, const worker_api& front);
 
+/// Takes a worker's front off its cluster port and stops it (the actor
+/// system cannot shut down while the middleman holds it published).
+void stop_worker(caf::actor_system& sys, const settings& s, const worker_api& front, uint16_t port);
+
 /// A gateway's link to its workers: a thread that connects to each
 /// cluster.workers address that is not up (at start, and again every
 /// cluster.join_interval_ms after it went down), checks its hello and hands

@@ -251,7 +251,10 @@ session_router_actor::behavior_type router_fn(router_ptr self, session_router_op
         st.workers.push_back({});
         same = st.workers.end() - 1;
         same->status.name = name;
-      } else if (same->handle) {
+      }
+      if (!handle)
+        return;  // listed, not (yet) connected: shown as down
+      if (same->handle) {
         if (same->handle == handle)
           return;
         lose_worker(self, size_t(same - st.workers.begin()), "replaced by a new connection");

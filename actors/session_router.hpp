@@ -20,7 +20,8 @@
 // it, and every later message naming one of them, is answered session_lost,
 // and the edge opens a new session elsewhere and uploads its context again
 // (the resume path of docs/design.md §7). A worker joins, or rejoins under its
-// name, with (join_atom, name, handle) at any time.
+// name, with (join_atom, name, handle) at any time; an invalid handle lists a
+// worker that is not up (yet), so that the status shows it down.
 
 #include <functional>
 #include <memory>

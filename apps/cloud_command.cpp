@@ -22,6 +22,7 @@
 #include "actors/deployment.hpp"
 #include "actors/gateway.hpp"
 #include "apps/commands.hpp"
+#include "apps/json_text.hpp"
 #include "apps/prometheus_metrics.hpp"
 #include "model/transformer.hpp"
 
@@ -69,6 +70,27 @@ void print_stats(caf::actor_system& sys, const cloud_site& site, cloud_stats& la
   }
   std::cout.flush();
   last = now;
+}
+
+/// A gateway's view of its workers as JSON (GET /cluster on its metrics port).
+std::string cluster_json(caf::actor_system& sys, const session_router_actor& router) {
+  caf::scoped_actor self{sys};
+  nlohmann::json j = {{"role", "gateway"}, {"answered", false}};
+  self->request(router, std::chrono::seconds(5), cluster_atom::value)
+    .receive(
+      [&](cluster_status& st) {
+        j["answered"] = true;
+        j["sessions"] = st.sessions;
+        j["refused_full"] = st.refused_full;
+        j["refused_no_worker"] = st.refused_none;
+        j["workers"] = nlohmann::json::array();
+        for (const auto& w : st.workers)
+          j["workers"].push_back({{"name", w.name}, {"role", "worker"}, {"up", w.up},
+                                  {"sessions", w.sessions}, {"placed", w.placed},
+                                  {"lost", w.lost}, {"joins", w.joins}});
+      },
+      [&](caf::error&) {});
+  return json_text(j);
 }
 
 /// cloud.host as the address to listen on: an IP address as it is, a name
@@ -144,10 +166,11 @@ void run_cloud(const cloud_args& a) {
   // and a gateway face the edges on the wire protocol.
   std::unique_ptr<cloud_gateway> edges;
   std::unique_ptr<worker_joiner> joiner;
+  worker_api front;
   uint16_t port = 0;
   try {
     if (worker) {
-      auto front = spawn_worker_front(sys, site.contexts, make_hello(s, m));
+      front = spawn_worker_front(sys, site.contexts, make_hello(s, m));
       site.watch->add(caf::actor_cast<caf::actor>(front), "worker front");
       port = publish_worker(sys, s, front);
     } else {
@@ -174,8 +197,12 @@ void run_cloud(const cloud_args& a) {
   std::unique_ptr<metrics_endpoint> metrics;
   if (a.metrics_port >= 0) {
     try {
+      std::function<std::string()> cluster;
+      if (site.router)
+        cluster = [&sys, router = site.router] { return cluster_json(sys, router); };
       metrics = std::make_unique<metrics_endpoint>(
-        s.cloud.host, a.metrics_port, std::make_shared<cloud_collector>(sys, site.contexts, site.router));
+        s.cloud.host, a.metrics_port, std::make_shared<cloud_collector>(sys, site.contexts, site.router),
+        std::move(cluster));
     } catch (const std::exception&) {
       joiner.reset();
       if (edges)
@@ -201,7 +228,10 @@ void run_cloud(const cloud_args& a) {
                s.cluster.workers.size(), describe_cluster_transport(s));
   std::cout.flush();
   if (metrics)
-    fmt::print("ceco cloud: metrics on http://{}:{}/metrics\n", s.cloud.host, metrics->port());
+    fmt::print("ceco cloud: metrics on http://{}:{}/metrics{}\n", s.cloud.host, metrics->port(),
+               site.router ? fmt::format(", workers on http://{}:{}/cluster (ceco cluster status)",
+                                         s.cloud.host, metrics->port())
+                           : std::string());
   std::cout.flush();
   if (!worker && serves_strangers(s))
     fmt::print(stderr, "ceco cloud: WARNING: serving {} without TLS or a secret (--insecure): "
@@ -236,6 +266,8 @@ void run_cloud(const cloud_args& a) {
   joiner.reset();
   if (edges)
     edges->stop();
+  if (front)
+    stop_worker(sys, s, front, port);
   site.stop();
   if (failure)
     throw fatal_failure(fmt::format("cloud: {}: exiting with status {} so that its supervisor "

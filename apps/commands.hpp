@@ -14,6 +14,7 @@ void add_sim_command(CLI::App& app);
 void add_tune_exits_command(CLI::App& app);
 void add_experiment_command(CLI::App& app);
 void add_cloud_command(CLI::App& app);
+void add_cluster_command(CLI::App& app);
 void add_edge_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_chat_command(CLI::App& app);

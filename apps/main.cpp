@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   ceco::app::add_tune_exits_command(app);
   ceco::app::add_experiment_command(app);
   ceco::app::add_cloud_command(app);
+  ceco::app::add_cluster_command(app);
   ceco::app::add_edge_command(app);
   ceco::app::add_serve_command(app);
   ceco::app::add_chat_command(app);

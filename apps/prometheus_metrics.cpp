@@ -246,13 +246,18 @@ struct metrics_endpoint::impl {
 };
 
 metrics_endpoint::metrics_endpoint(const std::string& host, int port,
-                                   std::shared_ptr<prometheus::Collectable> collectable)
+                                   std::shared_ptr<prometheus::Collectable> collectable,
+                                   std::function<std::string()> cluster)
   : impl_(std::make_unique<impl>()) {
   impl_->http.set_socket_options([](socket_t sock) { set_listen_options(sock); });
   impl_->http.Get("/metrics", [collectable](const httplib::Request&, httplib::Response& res) {
     res.set_content(prometheus::TextSerializer{}.Serialize(collectable->Collect()),
                     "text/plain; version=0.0.4; charset=utf-8");
   });
+  if (cluster)
+    impl_->http.Get("/cluster", [cluster](const httplib::Request&, httplib::Response& res) {
+      res.set_content(cluster(), "application/json");
+    });
   port_ = port == 0 ? impl_->http.bind_to_any_port(host)
                     : (impl_->http.bind_to_port(host, port) ? port : -1);
   if (port_ <= 0)

@@ -118,11 +118,14 @@ private:
 };
 
 /// Prometheus text exposition of `collectable` at GET /metrics on
-/// host:port (0: any free port), from a thread of its own until destroyed.
+/// host:port (0: any free port), from a thread of its own until destroyed;
+/// with `cluster` set (a gateway), its JSON at GET /cluster as well
+/// (`ceco cluster status` reads it).
 class metrics_endpoint {
 public:
   metrics_endpoint(const std::string& host, int port,
-                   std::shared_ptr<prometheus::Collectable> collectable);
+                   std::shared_ptr<prometheus::Collectable> collectable,
+                   std::function<std::string()> cluster = {});
   ~metrics_endpoint();
   int port() const { return port_; }
 
