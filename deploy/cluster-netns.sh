@@ -27,18 +27,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-case "$profile" in
-  lan)   rate=1000mbit; delay_ms=0.5 ;;
-  wan)   rate=10mbit;   delay_ms=25 ;;
-  paper) rate=30mbit;   delay_ms=3 ;;
-  *) echo "cluster-netns: unknown profile '$profile' (lan, wan, paper)" >&2; exit 2 ;;
-esac
-
-skip() { echo "cluster-netns: skipped: $*" >&2; exit 77; }
-[ "$(id -u)" -eq 0 ] || skip "needs root to create network namespaces"
-command -v ip >/dev/null || skip "iproute2 (ip) is not installed"
+script=cluster-netns
+# shellcheck source=deploy/netns-common.sh
+. "$(dirname "$0")/netns-common.sh"
 command -v openssl >/dev/null || skip "openssl is not installed (the cluster's certificates)"
-[ -x "$binary" ] || { echo "cluster-netns: no ceco binary at $binary (build first)" >&2; exit 2; }
 
 tag="cc$$"
 nodes=(gateway worker1 worker2 edges)

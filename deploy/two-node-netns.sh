@@ -22,17 +22,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-case "$profile" in
-  lan)   rate=1000mbit; delay_ms=0.5 ;;
-  wan)   rate=10mbit;   delay_ms=25 ;;
-  paper) rate=30mbit;   delay_ms=3 ;;
-  *) echo "two-node-netns: unknown profile '$profile' (lan, wan, paper)" >&2; exit 2 ;;
-esac
-
-skip() { echo "two-node-netns: skipped: $*" >&2; exit 77; }
-[ "$(id -u)" -eq 0 ] || skip "needs root to create network namespaces"
-command -v ip >/dev/null || skip "iproute2 (ip) is not installed"
-[ -x "$binary" ] || { echo "two-node-netns: no ceco binary at $binary (build first)" >&2; exit 2; }
+script=two-node-netns
+# shellcheck source=deploy/netns-common.sh
+. "$(dirname "$0")/netns-common.sh"
 
 tag="ceco$$"
 ns_cloud="${tag}_cloud"; ns_edge="${tag}_edge"
