@@ -311,7 +311,8 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
                                       st.generating_by_id.size(), st.max_generations));
       uint64_t id = 0;
       try {
-        id = st.generations->add(std::move(req.prompt), req.max_tokens, st.eos);
+        id = st.generations->add(std::move(req.prompt), req.max_tokens, st.eos,
+                                 sampler_of(req.sampling));
       } catch (const std::exception& e) {
         return make_error(ceco_errc::compute_failed, e.what());
       }

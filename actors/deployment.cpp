@@ -291,6 +291,12 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
       throw config_error(fmt::format("model.exits is empty, but mode '{}' needs exits", name));
   }
   o.max_draft = settings_.policy.max_draft;
+  const auto& smp = settings_.sampling;
+  o.sampling = {float(smp.temperature), smp.top_k, float(smp.top_p), uint64_t(smp.seed)};
+  if (samples(o.sampling) && o.mode != strategy::cloud && o.mode != strategy::standalone)
+    throw config_error(fmt::format(
+      "sampling.temperature = {} samples, which the cloud and standalone strategies do; mode "
+      "'{}' decides tokens greedily only (sampling.temperature = 0)", smp.temperature, name));
   const auto& loss = settings_.policy.on_cloud_loss;
   o.on_cloud_loss = loss == "wait" || (loss == "auto" && o.mode == strategy::exact)
                       ? cloud_loss::wait

@@ -97,6 +97,9 @@ struct edge_session_options {
   std::chrono::milliseconds cloud_loss_wait{10'000};  // see cloud_loss
   std::chrono::milliseconds timeout{30'000};  // per cloud request
   caf::actor token_sink;      // receives each token as it is emitted; may be invalid
+  // How tokens are chosen where they are decided (sampling.*): the cloud
+  // strategy's cloud and standalone's exits; greedy elsewhere.
+  sampler_options sampling;
 };
 
 edge_session_actor spawn_edge_session(caf::actor_system& sys, edge_site site,

@@ -9,6 +9,7 @@
 #include "actors/hidden_rows.hpp"
 #include "actors/profile_clock.hpp"
 #include "model/exit_heads.hpp"
+#include "model/sampler.hpp"
 
 namespace ceco {
 
@@ -69,6 +70,15 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
                                 st.policy.min_exit_layer);
       d.exit_layer = choice.layer;
       d.token = choice.token;
+      if (const auto opts = sampler_of(r.sampling); samples(opts)) {
+        // The firing exit's distribution (or the deepest exit's), sampled
+        // with the edge's draw for this position (docs/design.md §5).
+        const size_t i = choice.index >= 0 ? size_t(choice.index) : st.heads.size() - 1;
+        auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
+        std::vector<std::pair<float, int32_t>> scratch;
+        d.token = sample_at(logits.data_ptr<float>(), int(logits.numel()), opts,
+                            position_uniform(opts.seed, sample_stream::edge, r.pos), scratch);
+      }
       d.compute_us = us_since(t0);
       if (auto* p = st.clock.profile()) {
         // Each exit head is a matrix of its own, over one row.

@@ -58,9 +58,19 @@
 #include <caf/detail/serialized_size.hpp>
 
 #include "config/strategy.hpp"
+#include "model/sampler.hpp"
 #include "proto/messages.hpp"
 
 namespace ceco {
+
+// -- sampling: the wire's parameters and the model's sampler options -------------
+
+inline sampler_options sampler_of(const sampling_params& p) {
+  return {p.temperature, p.top_k, p.top_p, p.seed};
+}
+inline sampling_params params_of(const sampler_options& o) {
+  return {o.temperature, o.top_k, o.top_p, o.seed};
+}
 
 // -- atoms (at most 10 characters) -------------------------------------------
 

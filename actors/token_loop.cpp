@@ -15,7 +15,8 @@ void generate_in_cloud(self_ptr self) {
   ++st.report.cloud_requests;
   auto sent = clock_type::now();
   self->request(st.site.cloud, st.opts.timeout,
-                generate_request{st.session, st.opts.prompt, st.opts.max_tokens})
+                generate_request{st.session, st.opts.prompt, st.opts.max_tokens,
+                                 params_of(st.opts.sampling)})
     .then(
       [=](generate_reply& r) {
         auto& report = self->state.report;
@@ -149,7 +150,8 @@ void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last) 
   auto sent = clock_type::now();
   // Kept for a retry on the edge only when the evaluator is remote.
   auto payload = local ? std::move(*states) : *states;
-  self->request(evaluator, st.opts.timeout, evaluate_request{st.session, std::move(payload)})
+  self->request(evaluator, st.opts.timeout, evaluate_request{st.session, std::move(payload), last,
+                                               params_of(st.opts.sampling)})
     .then(
       [=](exit_decision& d) {
         auto& st = self->state;

@@ -76,6 +76,12 @@ struct settings {
     std::string prompt = "And God said";
   } generation;
   struct {
+    double temperature = 0.0;  // 0 = greedy (argmax), bit-equal to no sampling
+    int top_k = 0;             // 0 = every token
+    double top_p = 1.0;        // 1 = no nucleus cut
+    int seed = 0;              // with the position, decides each sampled token
+  } sampling;
+  struct {
     int threads = 2;  // CAF scheduler threads
   } runtime;
   // -- two-node deployment (`ceco cloud`, `ceco edge`) --

@@ -17,7 +17,8 @@ generation_batch::generation_batch(std::shared_ptr<const transformer> model)
                           at::TensorOptions().dtype(at::kFloat).device(model_->device()));
 }
 
-uint64_t generation_batch::add(std::vector<int32_t> prompt, int max_tokens, int32_t eos) {
+uint64_t generation_batch::add(std::vector<int32_t> prompt, int max_tokens, int32_t eos,
+                               sampler_options sampling) {
   const auto& cfg = model_->config();
   if (prompt.empty())
     throw model_error("generation: the prompt has no tokens");
@@ -28,10 +29,19 @@ uint64_t generation_batch::add(std::vector<int32_t> prompt, int max_tokens, int3
   c10::InferenceMode guard;
   auto s = std::make_unique<sequence>(sequence{next_id_++, std::move(prompt), max_tokens, eos,
                                                model_->make_cache(0, cfg.n_layer), at::Tensor(),
-                                               {}});
+                                               {}, sampling});
   s->tokens.reserve(size_t(std::max(max_tokens, 0)));
   sequences_.push_back(std::move(s));
   return sequences_.back()->id;
+}
+
+int32_t generation_batch::choose(sequence& s, const float* logits) {
+  const int n = model_->config().vocab_size;
+  if (!samples(s.sampling))
+    return argmax(logits, n);
+  const auto pos = int64_t(s.prompt.size() + s.tokens.size()) - 1;
+  return sample_at(logits, n, s.sampling,
+                   position_uniform(s.sampling.seed, sample_stream::cloud, pos), scratch_);
 }
 
 bool generation_batch::emit(sequence& s, int32_t next) const {
@@ -64,7 +74,7 @@ generation_batch::step_work generation_batch::step(std::vector<finished>& done) 
       m.forward_layers(x, 0, 0, L, s.cache);
       m.logits_into(x, one_logits_);
       auto cpu = one_logits_.is_cpu() ? one_logits_ : one_logits_.to(at::kCPU);
-      more[i] = emit(s, argmax(cpu.data_ptr<float>(), cfg.vocab_size));
+      more[i] = emit(s, choose(s, cpu.data_ptr<float>()));
       work.rows += int64_t(s.prompt.size());
       ++work.tokens;
     } else {
@@ -86,7 +96,7 @@ generation_batch::step_work generation_batch::step(std::vector<finished>& done) 
       m.forward_layers(*steps_[0].x, steps_[0].pos, 0, L, *steps_[0].cache);
       m.logits_into(*steps_[0].x, one_logits_);
       auto cpu = one_logits_.is_cpu() ? one_logits_ : one_logits_.to(at::kCPU);
-      next[0] = argmax(cpu.data_ptr<float>(), cfg.vocab_size);
+      next[0] = choose(*decoding_[0], cpu.data_ptr<float>());
     } else {
       m.forward_sequences(steps_, 0, L);
       if (!hidden_.defined() || hidden_.size(0) < n) {
@@ -107,7 +117,7 @@ generation_batch::step_work generation_batch::step(std::vector<finished>& done) 
       m.logits_rows_into(hidden, logits);
       auto cpu = logits.is_cpu() ? logits : logits.to(at::kCPU);
       for (int64_t r = 0; r < n; ++r)
-        next[size_t(r)] = argmax(cpu.data_ptr<float>() + r * cfg.vocab_size, cfg.vocab_size);
+        next[size_t(r)] = choose(*decoding_[size_t(r)], cpu.data_ptr<float>() + r * cfg.vocab_size);
     }
     work.rows += n;
     work.tokens += n;

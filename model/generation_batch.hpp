@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "model/kv_cache.hpp"
+#include "model/sampler.hpp"
 #include "model/transformer.hpp"
 
 namespace ceco {
@@ -22,10 +23,13 @@ class generation_batch {
 public:
   explicit generation_batch(std::shared_ptr<const transformer> model);
 
-  /// Adds a sequence (greedy, stops at `eos`, after `max_tokens`, or when
-  /// the context is full); returns its id. model_error for an empty prompt
-  /// or one the context cannot hold.
-  uint64_t add(std::vector<int32_t> prompt, int max_tokens, int32_t eos);
+  /// Adds a sequence (greedy unless `sampling` samples: then the token
+  /// after position i is sample_at with position_uniform(seed, cloud, i);
+  /// stops at `eos`, after `max_tokens`, or when the context is full);
+  /// returns its id. model_error for an empty prompt or one the context
+  /// cannot hold.
+  uint64_t add(std::vector<int32_t> prompt, int max_tokens, int32_t eos,
+               sampler_options sampling = {});
 
   struct finished {
     uint64_t id = 0;
@@ -55,7 +59,10 @@ private:
     kv_cache cache;
     at::Tensor x;  // [1, n_embd]: the next token's row while decoding
     std::vector<int32_t> tokens;
+    sampler_options sampling;
   };
+  /// The sequence's next token from its logits row.
+  int32_t choose(sequence& s, const float* logits);
   /// Appends `next` unless it ends the sequence; false when it is done.
   bool emit(sequence& s, int32_t next) const;
 
@@ -70,6 +77,7 @@ private:
   at::Tensor hidden_;  // [rows, n_embd]
   at::Tensor logits_;  // [rows, vocab]
   at::Tensor one_logits_;  // [vocab]
+  std::vector<std::pair<float, int32_t>> scratch_;  // sampling's candidates
 };
 
 } // namespace ceco

@@ -25,51 +25,127 @@ sampler::sampler(sampler_options opts) : opts_(opts), rng_(opts.seed) {
   // nop
 }
 
-int32_t sampler::sample(const float* logits, int n) {
-  if (opts_.temperature <= 0.0f)
-    return argmax(logits, n);
-  candidates_.resize(size_t(n));
+namespace {
+
+/// The kept candidates of `opts` over `logits` into `c[0, keep)`, each
+/// `first` an unnormalised probability; returns keep and their total.
+size_t candidates(const float* logits, int n, const sampler_options& opts,
+                  std::vector<std::pair<float, int32_t>>& c, double& total) {
+  c.resize(size_t(n));
   for (int i = 0; i < n; ++i)
-    candidates_[size_t(i)] = {logits[i] / opts_.temperature, i};
+    c[size_t(i)] = {logits[i] / opts.temperature, i};
   auto by_logit = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
   size_t keep = size_t(n);
-  if (opts_.top_k > 0 && opts_.top_k < n) {
-    keep = size_t(opts_.top_k);
-    std::partial_sort(candidates_.begin(), candidates_.begin() + std::ptrdiff_t(keep),
-                      candidates_.end(), by_logit);
+  if (opts.top_k > 0 && opts.top_k < n) {
+    keep = size_t(opts.top_k);
+    std::partial_sort(c.begin(), c.begin() + std::ptrdiff_t(keep), c.end(), by_logit);
   } else {
-    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+    std::sort(c.begin(), c.end(), by_logit);
   }
   // Softmax over the kept candidates, in place: first -> probability.
-  float m = candidates_[0].first;
-  double total = 0.0;
+  float m = c[0].first;
+  total = 0.0;
   for (size_t i = 0; i < keep; ++i) {
-    candidates_[i].first = std::exp(candidates_[i].first - m);
-    total += candidates_[i].first;
+    c[i].first = std::exp(c[i].first - m);
+    total += c[i].first;
   }
-  if (opts_.top_p < 1.0f) {
+  if (opts.top_p < 1.0f) {
     double cum = 0.0;
     for (size_t i = 0; i < keep; ++i) {
-      cum += candidates_[i].first / total;
-      if (cum >= opts_.top_p) {
+      cum += c[i].first / total;
+      if (cum >= opts.top_p) {
         keep = i + 1;
         break;
       }
     }
     total = 0.0;
     for (size_t i = 0; i < keep; ++i)
-      total += candidates_[i].first;
+      total += c[i].first;
   }
-  double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  return keep;
+}
+
+/// The candidate at `r` in [0, total) of the cumulative weights.
+int32_t pick(const std::vector<std::pair<float, int32_t>>& c, size_t keep, double r) {
   double cum = 0.0;
   for (size_t i = 0; i < keep; ++i) {
-    cum += candidates_[i].first;
+    cum += c[i].first;
     if (r < cum)
-      return candidates_[i].second;
+      return c[i].second;
   }
-  return candidates_[keep - 1].second;
+  return c[keep - 1].second;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+} // namespace
+
+double position_uniform(uint64_t seed, sample_stream stream, int64_t position) {
+  uint64_t h = splitmix64(seed);
+  h = splitmix64(h ^ (uint64_t(stream) << 56) ^ uint64_t(position));
+  return double(h >> 11) * (1.0 / 9007199254740992.0);  // 53 bits: [0, 1)
+}
+
+int32_t sample_at(const float* logits, int n, const sampler_options& opts, double u,
+                  std::vector<std::pair<float, int32_t>>& scratch) {
+  if (!samples(opts))
+    return argmax(logits, n);
+  double total = 0.0;
+  size_t keep = candidates(logits, n, opts, scratch, total);
+  return pick(scratch, keep, u * total);
+}
+
+void sampling_probabilities(const float* logits, int n, const sampler_options& opts,
+                            std::vector<double>& probs,
+                            std::vector<std::pair<float, int32_t>>& scratch) {
+  double total = 0.0;
+  size_t keep = candidates(logits, n, opts, scratch, total);
+  probs.assign(size_t(n), 0.0);
+  for (size_t i = 0; i < keep; ++i)
+    probs[size_t(scratch[i].second)] = scratch[i].first / total;
+}
+
+int32_t verify_draft(const float* logits, int n, const sampler_options& opts, int32_t draft,
+                     double u_accept, double u_resample, std::vector<double>& probs,
+                     std::vector<std::pair<float, int32_t>>& scratch) {
+  if (!samples(opts))
+    return argmax(logits, n);
+  sampling_probabilities(logits, n, opts, probs, scratch);
+  const double px = draft >= 0 && draft < n ? probs[size_t(draft)] : 0.0;
+  if (u_accept < px)
+    return draft;
+  // The residual max(0, p - q) with q the point mass at the draft: p
+  // without the draft, renormalised.
+  const double rest = 1.0 - px;
+  if (rest <= 0.0)
+    return draft;
+  double r = u_resample * rest, cum = 0.0;
+  int32_t last = -1;
+  for (int i = 0; i < n; ++i) {
+    if (i == draft || probs[size_t(i)] <= 0.0)
+      continue;
+    last = i;
+    cum += probs[size_t(i)];
+    if (r < cum)
+      return i;
+  }
+  return last >= 0 ? last : draft;
+}
+
+int32_t sampler::sample(const float* logits, int n) {
+  if (!samples(opts_))
+    return argmax(logits, n);
+  double total = 0.0;
+  size_t keep = candidates(logits, n, opts_, candidates_, total);
+  double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  return pick(candidates_, keep, r);
 }
 
 } // namespace ceco

@@ -17,6 +17,48 @@ struct sampler_options {
   uint64_t seed = 0;
 };
 
+/// Whether `o` samples (temperature > 0); else tokens are argmax.
+inline bool samples(const sampler_options& o) { return o.temperature > 0.0f; }
+
+/// Where a response's random numbers are used (docs/design.md §5): each
+/// site's draw for a position comes from its own stream.
+enum class sample_stream : uint32_t {
+  cloud = 1,   // a token the cloud decides (and a rejected draft's correction)
+  edge = 2,    // a token an edge exit decides or drafts
+  accept = 3,  // the cloud's accept/reject draw for a draft
+};
+
+/// A uniform number in [0, 1) that depends only on (seed, stream, position):
+/// a position's token is the same whenever and however often it is
+/// computed (rollbacks, catch-up batches, the cloud strategy's batch), so a
+/// seed reproduces a response, and the cloud strategy, naive and
+/// collaborative's cloud tokens agree for one seed.
+double position_uniform(uint64_t seed, sample_stream stream, int64_t position);
+
+/// The token at cumulative probability `u` in [0, 1) of the distribution
+/// `opts` makes of `logits` (temperature, top-k, top-p); argmax when
+/// `opts` is greedy. `scratch` is reused between calls.
+int32_t sample_at(const float* logits, int n, const sampler_options& opts, double u,
+                  std::vector<std::pair<float, int32_t>>& scratch);
+
+/// The probability of each token under `opts` (temperature, top-k, top-p,
+/// renormalised; 0 outside the kept candidates) into `probs` (n entries).
+/// `opts` must sample.
+void sampling_probabilities(const float* logits, int n, const sampler_options& opts,
+                            std::vector<double>& probs,
+                            std::vector<std::pair<float, int32_t>>& scratch);
+
+/// Speculative sampling's verification of one draft (docs/design.md §5):
+/// the draft x was drawn by the edge; the cloud, whose distribution is `p`
+/// (`logits` under `opts`), keeps x with probability p(x) and otherwise
+/// draws from p with x removed (the rule of Leviathan et al. with the draft
+/// distribution taken as the point mass at x, which is lossless for any
+/// draft). Returns the token: x when accepted. `u_accept` and `u_resample`
+/// are independent uniforms in [0, 1).
+int32_t verify_draft(const float* logits, int n, const sampler_options& opts, int32_t draft,
+                     double u_accept, double u_resample, std::vector<double>& probs,
+                     std::vector<std::pair<float, int32_t>>& scratch);
+
 class sampler {
 public:
   explicit sampler(sampler_options opts = {});

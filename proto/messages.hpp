@@ -36,7 +36,7 @@ namespace ceco {
 // -- versions -----------------------------------------------------------------
 
 /// Version of the edge-cloud protocol; a hello with another is refused.
-constexpr uint32_t protocol_version = 3;
+constexpr uint32_t protocol_version = 4;  // 4: sampling on generate and evaluate
 
 // -- errors ---------------------------------------------------------------------
 
@@ -108,6 +108,17 @@ tensor_blob make_blob(const float* data, int32_t rows, int32_t cols, wire_dtype 
 void read_blob(const tensor_blob& b, float* out);
 
 // -- the edge's requests and the cloud's replies --------------------------------
+
+/// How a token is chosen where it is decided (docs/design.md §5): greedy
+/// (argmax) when temperature is 0, else a sample of softmax(logits /
+/// temperature) cut to the top_k (0: all) and then to top_p, drawn with a
+/// uniform that depends on the seed and the position alone.
+struct sampling_params {
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+};
 
 /// The first message of a deployment, both ways.
 struct hello_msg {
@@ -212,6 +223,7 @@ struct generate_request {
   uint64_t session = 0;
   std::vector<int32_t> prompt;
   int32_t max_tokens = 0;
+  sampling_params sampling;  // the cloud samples each token (greedy by default)
 };
 
 struct generate_reply {
@@ -237,6 +249,8 @@ struct session_summary {
 struct evaluate_request {
   uint64_t session = 0;
   tensor_blob exit_states;  // [n_exits, n_embd]
+  int32_t pos = 0;          // the position the states are of: the token after it is decided
+  sampling_params sampling; // how the exit's token is chosen (greedy by default)
 };
 
 /// What the exit heads decided about one position.
@@ -314,6 +328,14 @@ uint64_t session_of(const T& x) {
 }
 } // namespace proto
 
+/// A sampling_params' fields, inside the message that carries it.
+template <class F> void sampling_fields(F& f, sampling_params& x) {
+  f.f32("temperature", x.temperature, 0.0, 100.0);
+  f.i32("top_k", x.top_k, 0, f.lim.vocab);
+  f.f32("top_p", x.top_p, 0.0, 1.0);
+  f.u64("seed", x.seed);
+}
+
 template <class F> void fields(F& f, auth_challenge& x) { f.bytes("server_nonce", x.server_nonce); }
 template <class F> void fields(F& f, auth_response& x) {
   f.bytes("client_nonce", x.client_nonce);
@@ -363,6 +385,7 @@ template <class F> void fields(F& f, generate_request& x) {
   f.u64("session", x.session);
   f.vec("prompt", x.prompt, 1, f.lim.context, 0, f.lim.vocab - 1);
   f.i32("max_tokens", x.max_tokens, 1, f.lim.context);
+  sampling_fields(f, x.sampling);
 }
 template <class F> void fields(F& f, generate_reply& x) {
   f.vec("tokens", x.tokens, 0, f.lim.context, 0, f.lim.vocab - 1);
@@ -378,6 +401,8 @@ template <class F> void fields(F& f, session_summary& x) {
 template <class F> void fields(F& f, evaluate_request& x) {
   f.u64("session", x.session);
   f.blob("exit_states", x.exit_states, 1, f.lim.layers, f.lim.width);
+  f.i32("pos", x.pos, 0, f.lim.context - 1);
+  sampling_fields(f, x.sampling);
 }
 template <class F> void fields(F& f, exit_decision& x) {
   f.i32("exit_layer", x.exit_layer, -1, f.lim.layers);

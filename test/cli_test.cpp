@@ -217,7 +217,7 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
         overhead += 17 + varint_size((p + i) * d * 4);
       CHECK(up == formula + overhead);
     } else if (mode == "cloud") {
-      CHECK(up == formula + 20 + varint_size(p));  // open 0, close 8, generate 12 + the count
+      CHECK(up == formula + 40 + varint_size(p));  // open 0, close 8, generate 32 + the count
       CHECK(j["agreement_with_cloud"] == 1.0);
     } else {
       CHECK(up == 0);

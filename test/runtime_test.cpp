@@ -103,7 +103,8 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
 
   auto cloud = f.sim->run(ids, "cloud", 30);
   // open 0 + close 8 + generate_request: session 8 + ids (prefix + 4 each) + max_tokens 4
-  CHECK(cloud.traffic.bytes_up == 0 + 8 + 8 + 1 + 4 * p + 4);
+  // + sampling 20 (temperature, top_k, top_p, seed)
+  CHECK(cloud.traffic.bytes_up == 0 + 8 + 8 + 1 + 4 * p + 4 + 20);
   CHECK(cloud.traffic.bytes_down > 4 * 30);
 }
 
@@ -623,4 +624,38 @@ TEST_CASE("a cloud site stopped on purpose is no failure") {
   CHECK(downs == 2);
   // The watch saw the same downs; a failure it recorded would show here.
   CHECK(!watch->failure(std::chrono::milliseconds(500)));
+}
+
+TEST_CASE("sampling: the cloud strategy and standalone sample, a seed reproduces a response") {
+  auto ids = std::vector<int32_t>{};
+  auto run = [&](const char* mode, const char* temperature, const char* seed) {
+    // The tuned exit heads: untrained ones put nearly all their mass on one
+    // token, which no temperature of 1 moves.
+    stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0", "model.exits=2,3",
+                   "model.exit_heads=" + std::string(CECO_SOURCE_DIR) +
+                     "/config/models/stories260K-exits-2-3.gguf",
+                   std::string("sampling.temperature=") + temperature,
+                   std::string("sampling.seed=") + seed});
+    if (ids.empty())
+      ids = f.m.vocab.encode("Once upon a time");
+    return f.sim->run(ids, mode, 30).tokens;
+  };
+  for (const char* mode : {"cloud", "standalone"}) {
+    CAPTURE(mode);
+    auto greedy = run(mode, "0", "0");
+    auto a = run(mode, "1.0", "5");
+    CHECK(a == run(mode, "1.0", "5"));
+    CHECK(a != greedy);
+    CHECK(a != run(mode, "1.0", "6"));
+    CHECK(run(mode, "0", "9") == greedy);  // the seed means nothing to greedy decoding
+  }
+}
+
+TEST_CASE("sampling: strategies that do not sample yet refuse a temperature") {
+  stories_sim f({"sampling.temperature=0.7"});
+  auto ids = f.m.vocab.encode("Once upon a time");
+  for (const char* mode : {"naive", "collaborative", "speculative", "exact"}) {
+    CAPTURE(mode);
+    CHECK_THROWS_AS(f.sim->run(ids, mode, 5), config_error);
+  }
 }

@@ -43,3 +43,66 @@ TEST_CASE("top-k and top-p cut the candidates") {
     CHECK(p_two.sample(z.data(), 3) != 2);
   }
 }
+
+TEST_CASE("a position's uniform depends on the seed, the stream and the position alone") {
+  CHECK(position_uniform(7, sample_stream::cloud, 12) == position_uniform(7, sample_stream::cloud, 12));
+  CHECK(position_uniform(7, sample_stream::cloud, 12) != position_uniform(8, sample_stream::cloud, 12));
+  CHECK(position_uniform(7, sample_stream::cloud, 12) != position_uniform(7, sample_stream::edge, 12));
+  CHECK(position_uniform(7, sample_stream::cloud, 12) != position_uniform(7, sample_stream::cloud, 13));
+  double sum = 0;
+  for (int i = 0; i < 10000; ++i) {
+    double u = position_uniform(3, sample_stream::accept, i);
+    REQUIRE(u >= 0.0);
+    REQUIRE(u < 1.0);
+    sum += u;
+  }
+  CHECK(sum / 10000 == doctest::Approx(0.5).epsilon(0.02));
+}
+
+TEST_CASE("sample_at is argmax at temperature 0 and follows the distribution above it") {
+  std::vector<float> z = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  std::vector<std::pair<float, int32_t>> scratch;
+  CHECK(sample_at(z.data(), 3, {}, 0.99, scratch) == 0);
+  sampler_options o{1.0f, 0, 1.0f, 0};
+  CHECK(sample_at(z.data(), 3, o, 0.1, scratch) == 0);
+  CHECK(sample_at(z.data(), 3, o, 0.6, scratch) == 1);
+  CHECK(sample_at(z.data(), 3, o, 0.9, scratch) == 2);
+  std::vector<double> probs;
+  sampling_probabilities(z.data(), 3, {1.0f, 2, 1.0f, 0}, probs, scratch);
+  CHECK(probs[0] == doctest::Approx(0.625));
+  CHECK(probs[2] == 0.0);
+}
+
+TEST_CASE("verifying drafts of any distribution keeps the cloud's distribution (chi-square)") {
+  // The cloud's p and an edge's q that disagree; drafts x ~ q, verified by
+  // verify_draft: the tokens must be distributed as p.
+  std::vector<float> p_logits = {std::log(0.4f), std::log(0.3f), std::log(0.2f), std::log(0.1f)};
+  const std::vector<double> q = {0.1, 0.2, 0.3, 0.4};
+  const sampler_options o{1.0f, 0, 1.0f, 0};
+  std::vector<double> probs;
+  std::vector<std::pair<float, int32_t>> scratch;
+  const int n = 40000;
+  std::vector<int> counts(4);
+  int accepted = 0;
+  for (int i = 0; i < n; ++i) {
+    double u = position_uniform(1, sample_stream::edge, i), cum = 0;
+    int32_t x = 3;
+    for (int t = 0; t < 4; ++t)
+      if (u < (cum += q[size_t(t)])) {
+        x = t;
+        break;
+      }
+    int32_t y = verify_draft(p_logits.data(), 4, o, x, position_uniform(1, sample_stream::accept, i),
+                             position_uniform(1, sample_stream::cloud, i), probs, scratch);
+    accepted += y == x;
+    ++counts[size_t(y)];
+  }
+  const double p[] = {0.4, 0.3, 0.2, 0.1};
+  double chi2 = 0;
+  for (int t = 0; t < 4; ++t)
+    chi2 += (counts[size_t(t)] - n * p[t]) * (counts[size_t(t)] - n * p[t]) / (n * p[t]);
+  MESSAGE("chi-square " << chi2 << " (3 degrees of freedom; p >= 0.01 below 11.34), accepted "
+                        << double(accepted) / n);
+  CHECK(chi2 < 11.34);
+  CHECK(double(accepted) / n == doctest::Approx(0.04 + 0.06 + 0.06 + 0.04).epsilon(0.05));
+}

@@ -258,7 +258,7 @@ TEST_CASE("wire: every field is checked against the model, naming field, bound a
   CHECK(decode_error(g) == "generate_request.prompt: expected 1..32 elements, got 4294967295");
   g = gen;
   put_u32(g, 24, 30);  // within bounds, but the bytes are not there
-  CHECK(decode_error(g) == "generate_request.prompt: the payload ends inside it (needs 120 bytes, 12 left)");
+  CHECK(decode_error(g) == "generate_request.prompt: the payload ends inside it (needs 120 bytes, 32 left)");
 
   // Replies checked on the edge the same way.
   auto reply = bytes_of(infer_reply{3, 10});
