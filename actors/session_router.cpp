@@ -48,12 +48,13 @@ struct router_state {
 
   /// The error for a session that is not (or no longer) here. A lost one
   /// ends for those told of endings (the gateway's count of a connection's
-  /// sessions) when its edge first names it after the loss: ended at the loss
-  /// itself, requests of it already on their way would find it unknown before
-  /// the router could answer session_lost.
-  caf::error missing(uint64_t id) {
+  /// sessions) when its edge closes it (after opening its replacement), or
+  /// when the ids remembered overflow: ended any earlier, requests of it still
+  /// on their way would be refused by the gateway as unknown, and the edge
+  /// would wait for a link that never went down instead of reopening.
+  caf::error missing(uint64_t id, bool closing) {
     if (lost.count(id)) {
-      if (opts.on_end && lost_untold.erase(id))
+      if (closing && opts.on_end && lost_untold.erase(id))
         (*opts.on_end)(id);
       return make_error(ceco_errc::session_lost,
                         fmt::format("session {} was on a cloud worker that went down; open a new "
@@ -95,11 +96,11 @@ using router_ptr = session_router_actor::stateful_pointer<router_state>;
 /// Forwards one message of session `id` to its worker (`send(worker, local
 /// id)` makes the request) and delivers the reply, translated by `fix`.
 template <class Reply, class Send, class Fix>
-caf::result<Reply> route(router_ptr self, uint64_t id, Send send, Fix fix) {
+caf::result<Reply> route(router_ptr self, uint64_t id, bool closing, Send send, Fix fix) {
   auto& st = self->state;
   auto where = st.sessions.find(id);
   if (where == st.sessions.end())
-    return st.missing(id);
+    return st.missing(id, closing);
   const auto worker = where->second.worker;
   auto rp = self->template make_response_promise<Reply>();
   const auto tag = st.next_request++;
@@ -131,7 +132,7 @@ template <class Request, class Fix>
 caf::result<reply_t<Request>> forward(router_ptr self, Request msg, Fix fix) {
   const auto id = msg.session;
   return route<reply_t<Request>>(
-    self, id,
+    self, id, std::is_same_v<Request, close_session>,
     [&](worker_api& w, uint64_t local) {
       msg.session = local;
       return self->request(w, caf::infinite, std::move(msg));
