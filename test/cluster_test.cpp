@@ -370,15 +370,8 @@ TEST_CASE("two gateways over the same workers: one killed mid-response, the edge
 TEST_CASE("a gateway, two workers and edges in network namespaces run where the machine allows it") {
   auto [code, out] = run_shell("bash " + std::string(CECO_SOURCE_DIR) + "/deploy/cluster-netns.sh --binary " +
                                CECO_BINARY + " --edges 4 --max-tokens 10 --json 2>&1");
-  if (code == 77) {
-    if (const char* status = std::getenv("CECO_SKIP_STATUS")) {
-      std::fprintf(stderr, "skipped: network namespaces are not available here: %s\n", out.c_str());
-      std::fflush(nullptr);
-      std::_Exit(std::atoi(status));
-    }
-    MESSAGE("skipped: " << out);
-    return;
-  }
+  if (code == 77)
+    return skip_test("network namespaces are not available here: " + out);
   REQUIRE_MESSAGE(code == 0, out);
   auto lines = json_lines(out);
   REQUIRE_MESSAGE(lines.size() == 4, out);

@@ -77,18 +77,6 @@ bool connection_established(int port) {
   return false;
 }
 
-/// Ends a test that cannot run on this machine. Under CTest (which sets
-/// CECO_SKIP_STATUS and treats that exit status as "skipped") the process
-/// exits with it; run by hand, the test passes with the reason.
-void skip_test(const std::string& why) {
-  if (const char* status = std::getenv("CECO_SKIP_STATUS")) {
-    std::fprintf(stderr, "skipped: %s\n", why.c_str());
-    std::fflush(nullptr);
-    std::_Exit(std::atoi(status));
-  }
-  MESSAGE("skipped: " << why);
-}
-
 std::vector<nlohmann::json> json_lines(const std::string& out) {
   std::vector<nlohmann::json> lines;
   size_t start = 0;
