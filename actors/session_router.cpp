@@ -93,25 +93,30 @@ struct router_state {
 
 using router_ptr = session_router_actor::stateful_pointer<router_state>;
 
-/// Forwards one message of session `id` to its worker (`send(worker, local
-/// id)` makes the request) and delivers the reply, translated by `fix`.
-template <class Reply, class Send, class Fix>
-caf::result<Reply> route(router_ptr self, uint64_t id, bool closing, Send send, Fix fix) {
+constexpr auto keep = [](auto&) {};
+
+/// Forwards a request naming its session (`.session`) to that session's
+/// worker, the id translated, and delivers the reply, translated by `fix`.
+template <class Request, class Fix>
+caf::result<reply_t<Request>> forward(router_ptr self, Request msg, Fix fix) {
+  using reply = reply_t<Request>;
   auto& st = self->state;
+  const auto id = msg.session;
   auto where = st.sessions.find(id);
   if (where == st.sessions.end())
-    return st.missing(id, closing);
+    return st.missing(id, std::is_same_v<Request, close_session>);
   const auto worker = where->second.worker;
-  auto rp = self->template make_response_promise<Reply>();
+  msg.session = where->second.local;
+  auto rp = self->template make_response_promise<reply>();
   const auto tag = st.next_request++;
   st.pending[tag] = {worker, [rp](const caf::error& err) mutable { rp.deliver(err); }};
-  send(st.workers[worker].handle, where->second.local)
+  self->request(st.workers[worker].handle, caf::infinite, std::move(msg))
     .then(
-      [=](Reply& reply) mutable {
+      [=](reply& r) mutable {
         if (!self->state.settle(tag))
           return;
-        fix(reply);
-        rp.deliver(std::move(reply));
+        fix(r);
+        rp.deliver(std::move(r));
       },
       [=](caf::error& err) mutable {
         if (!self->state.settle(tag))
@@ -122,22 +127,6 @@ caf::result<Reply> route(router_ptr self, uint64_t id, bool closing, Send send, 
         rp.deliver(std::move(err));
       });
   return rp;
-}
-
-constexpr auto keep = [](auto&) {};
-
-/// Forwards a request naming its session (`.session`) to that session's
-/// worker, the id translated.
-template <class Request, class Fix>
-caf::result<reply_t<Request>> forward(router_ptr self, Request msg, Fix fix) {
-  const auto id = msg.session;
-  return route<reply_t<Request>>(
-    self, id, std::is_same_v<Request, close_session>,
-    [&](worker_api& w, uint64_t local) {
-      msg.session = local;
-      return self->request(w, caf::infinite, std::move(msg));
-    },
-    fix);
 }
 
 /// The worker that is up with the fewest sessions, among those not yet tried.
