@@ -47,15 +47,18 @@ void ask_generation(self_ptr self, generate_request req) {
       },
       [=](caf::error& err) {
         auto& st = self->state;
+        const bool lost = is(err, ceco_errc::session_lost);
         if (opening) {
           --st.opens_in_flight;
           if (st.finished())
             return opened_after_finish(self, std::nullopt, sent);
-          return finish(self, "open session: " + describe(err));
+          // A worker lost while the session opened is waited for as below;
+          // anything else fails the response, as a failed open does.
+          if (!lost)
+            return finish(self, "open session: " + describe(err));
         }
         if (st.finished())
           return;
-        const bool lost = is(err, ceco_errc::session_lost);
         if ((!is(err, ceco_errc::cloud_unreachable) && !lost) || !st.site.link
             || st.opts.on_cloud_loss == cloud_loss::fail)
           return finish(self, "cloud generate: " + describe(err));
