@@ -50,6 +50,38 @@ caf::result<reply_t<Request>> serve(front_ptr self, const context_manager_actor&
   return self->delegate(contexts, std::move(x));
 }
 
+/// The cloud strategy's first request may open its own session (session 0,
+/// docs/design.md §1): opened here, then the request goes on in it, and the
+/// reply names it. A generation that cannot start closes what it opened.
+caf::result<generate_reply> serve(front_ptr self, const context_manager_actor& contexts,
+                                  const cloud_placed&, generate_request& x) {
+  if (auto err = refuse_stranger(self))
+    return err;
+  if (x.session != 0)
+    return self->delegate(contexts, std::move(x));
+  auto rp = self->make_response_promise<generate_reply>();
+  self->request(contexts, caf::infinite, open_session{})
+    .then(
+      [=](uint64_t id) mutable {
+        auto req = x;
+        req.session = id;
+        self->request(contexts, caf::infinite, std::move(req))
+          .then(
+            [=](generate_reply& r) mutable {
+              r.session = id;
+              rp.deliver(std::move(r));
+            },
+            [=](caf::error& err) mutable {
+              if (!is(err, ceco_errc::session_lost))
+                self->request(contexts, caf::infinite, close_session{id})
+                  .then([](session_summary&) {}, [](caf::error&) {});
+              rp.deliver(std::move(err));
+            });
+      },
+      [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  return rp;
+}
+
 caf::result<exit_decision> serve(front_ptr self, const context_manager_actor& contexts,
                                  const cloud_placed& placed, evaluate_request& x) {
   if (auto err = refuse_stranger(self))

@@ -1,5 +1,6 @@
 #include "actors/cloud_layers.hpp"
 
+#include <optional>
 #include <chrono>
 #include <unordered_map>
 
@@ -45,11 +46,20 @@ struct cloud_layers_state {
   profile_clock clock;     // profile mode: the profile's cloud cost for each piece of work
   // The cloud strategy's generations in progress, stepped together.
   std::unique_ptr<generation_batch> generations;
+  // Each is streamed (docs/design.md §1): the tokens made so far wait for
+  // the session's next poll, at most one of which is held at a time.
   struct generating {
-    caf::typed_response_promise<generate_reply> promise;
-    int64_t cloud_us = 0;  // the steps it took part in
+    uint64_t session = 0;
+    std::vector<int32_t> tokens;  // made so far (complete once done)
+    bool done = false;
+    bool closed = false;          // its session ended: dropped once done
+    caf::error failed;
+    int64_t cloud_us = 0;         // the steps it took part in, not yet reported
+    std::optional<caf::typed_response_promise<generate_reply>> poll;
+    int32_t from = 0;             // the held poll's
   };
-  std::unordered_map<uint64_t, generating> generating_by_id;
+  std::unordered_map<uint64_t, generating> generating_by_id;  // by generation id
+  std::unordered_map<uint64_t, uint64_t> generation_of;       // session -> generation id
   bool stepping = false;  // a (generate_atom) is on its way, or a step is held
   int max_generations = 256;
   static inline const char* name = "cloud_layers";
@@ -170,8 +180,48 @@ caf::result<Reply> reply_after(self_ptr self, clock_type::time_point t0, int64_t
   return rp;
 }
 
-/// One step of every generation in progress; replies to those that finish
-/// once the step's time has passed, then steps again while any is left.
+/// Answers the held poll of generation `id` if it has something new: the
+/// tokens after its `from`, or that it is done (or failed). A done
+/// generation whose last tokens went out (or whose session ended) is
+/// forgotten.
+void answer_poll(cloud_layers_state& st, uint64_t id) {
+  auto it = st.generating_by_id.find(id);
+  if (it == st.generating_by_id.end())
+    return;
+  auto& g = it->second;
+  if (!g.poll) {
+    if (g.closed && g.done) {
+      st.generation_of.erase(g.session);
+      st.generating_by_id.erase(it);
+    }
+    return;
+  }
+  // Without a session (the cloud layers asked directly) nothing can poll:
+  // the one reply comes at the end, with every token.
+  if (!g.done && (g.session == 0 || int32_t(g.tokens.size()) <= g.from))
+    return;
+  if (g.failed) {
+    g.poll->deliver(g.failed);
+  } else {
+    generate_reply r;
+    const auto from = std::min<size_t>(size_t(g.from), g.tokens.size());
+    r.tokens.assign(g.tokens.begin() + ptrdiff_t(from), g.tokens.end());
+    r.cloud_us = g.cloud_us;
+    r.session = g.session;
+    r.done = g.done ? 1 : 0;
+    g.cloud_us = 0;
+    g.poll->deliver(std::move(r));
+  }
+  g.poll.reset();
+  if (g.done) {
+    st.generation_of.erase(g.session);
+    st.generating_by_id.erase(it);
+  }
+}
+
+/// One step of every generation in progress; once the step's time has
+/// passed, answers the polls of those that made a token, then steps again
+/// while any is left.
 void step_generations(self_ptr self) {
   auto& st = self->state;
   auto t0 = clock_type::now();
@@ -182,8 +232,9 @@ void step_generations(self_ptr self) {
   } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
     for (auto id : st.generations->clear()) {
       auto it = st.generating_by_id.find(id);
-      it->second.promise.deliver(make_error(ceco_errc::compute_failed, e.what()));
-      st.generating_by_id.erase(it);
+      it->second.done = true;
+      it->second.failed = make_error(ceco_errc::compute_failed, e.what());
+      answer_poll(st, id);
     }
     st.stepping = false;
     return;
@@ -195,16 +246,34 @@ void step_generations(self_ptr self) {
   }
   // Every generation in progress took part in this step, and has an equal
   // share of it (as sessions of a catch-up step have in the context manager).
-  const int64_t share = cost / int64_t(std::max<size_t>(1, st.generating_by_id.size()));
+  size_t running = 0;
   for (auto& [id, g] : st.generating_by_id)
-    g.cloud_us += share;
-  auto finish = [self, done = std::move(done)]() mutable {
-    auto& st = self->state;
-    for (auto& f : done) {
-      auto it = st.generating_by_id.find(f.id);
-      it->second.promise.deliver(generate_reply{std::move(f.tokens), it->second.cloud_us});
-      st.generating_by_id.erase(it);
+    running += g.done ? 0 : 1;
+  const int64_t share = cost / int64_t(std::max<size_t>(1, running));
+  std::vector<uint64_t> stepped;
+  for (auto& [id, g] : st.generating_by_id)
+    if (!g.done) {
+      g.cloud_us += share;
+      stepped.push_back(id);
     }
+  // What this step made, taken now (the batch moves on at the next step)
+  // and shown to polls once the step's time has passed.
+  std::vector<std::pair<uint64_t, std::vector<int32_t>>> made;
+  for (auto id : stepped)
+    if (auto* t = st.generations->tokens_of(id))
+      made.emplace_back(id, *t);
+  auto finish = [self, done = std::move(done), stepped = std::move(stepped),
+                 made = std::move(made)]() mutable {
+    auto& st = self->state;
+    for (auto& [id, tokens] : made)
+      st.generating_by_id[id].tokens = std::move(tokens);
+    for (auto& f : done) {
+      auto& g = st.generating_by_id[f.id];
+      g.tokens = std::move(f.tokens);
+      g.done = true;
+    }
+    for (auto id : stepped)
+      answer_poll(st, id);
     st.stepping = !st.generations->empty();
     if (st.stepping)
       self->send(self, generate_atom::value);  // after what has arrived meanwhile
@@ -289,10 +358,28 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
       }
     },
     [=](generate_request& req) -> caf::result<generate_reply> {
-      const auto& cfg = self->state.model->config();
+      auto& st = self->state;
+      const auto& cfg = st.model->config();
+      if (auto known = st.generation_of.find(req.session); known != st.generation_of.end()) {
+        // A poll for the next tokens of the session's generation.
+        auto& g = st.generating_by_id[known->second];
+        if (g.poll)
+          return make_error(ceco_errc::session_limit,
+                            "this session's generation already has a poll waiting");
+        if (req.from < 0 || req.from > int32_t(g.tokens.size()))
+          return make_error(ceco_errc::bad_position,
+                            fmt::format("a poll from token {}; the generation has made {}",
+                                        req.from, g.tokens.size()));
+        auto rp = self->make_response_promise<generate_reply>();
+        g.poll = rp;
+        g.from = req.from;
+        answer_poll(st, known->second);
+        return rp;
+      }
       if (req.prompt.empty() || int64_t(req.prompt.size()) > cfg.max_seq)
         return make_error(ceco_errc::bad_position,
-                          fmt::format("a prompt of {} tokens; the context holds 1..{}",
+                          fmt::format("a prompt of {} tokens; the context holds 1..{} (a poll "
+                                      "needs a generation in progress in its session)",
                                       req.prompt.size(), cfg.max_seq));
       if (req.max_tokens < 1 || req.max_tokens > cfg.max_seq)
         return make_error(ceco_errc::bad_position,
@@ -303,7 +390,6 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
           return make_error(ceco_errc::bad_tensor,
                             fmt::format("prompt token {} is id {}; the vocabulary holds 0..{}", i,
                                         req.prompt[i], cfg.vocab_size - 1));
-      auto& st = self->state;
       if (int64_t(st.generating_by_id.size()) >= st.max_generations)
         return make_error(ceco_errc::session_limit,
                           fmt::format("{} generations are in progress, the limit is {} "
@@ -317,12 +403,32 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
         return make_error(ceco_errc::compute_failed, e.what());
       }
       auto rp = self->make_response_promise<generate_reply>();
-      st.generating_by_id.emplace(id, cloud_layers_state::generating{rp, 0});
+      cloud_layers_state::generating g;
+      g.session = req.session;
+      g.poll = rp;
+      g.from = 0;
+      st.generating_by_id.emplace(id, std::move(g));
+      if (req.session != 0)
+        st.generation_of[req.session] = id;
       if (!st.stepping) {
         st.stepping = true;
         self->send(self, generate_atom::value);
       }
       return rp;
+    },
+    [=](close_atom, uint64_t session) {
+      auto& st = self->state;
+      auto known = st.generation_of.find(session);
+      if (known == st.generation_of.end())
+        return;
+      const auto id = known->second;
+      auto& g = st.generating_by_id[id];
+      g.closed = true;
+      if (g.poll) {
+        g.poll->deliver(make_error(ceco_errc::unknown_session, "the session was closed"));
+        g.poll.reset();
+      }
+      answer_poll(st, id);  // forgotten now if done, else once done
     },
     [=](generate_atom) { step_generations(self); },
     [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },

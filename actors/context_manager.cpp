@@ -212,6 +212,9 @@ void dispatch(self_ptr self);
 
 /// The session ends (closed or expired): whoever listens is told.
 void ended(self_ptr self, uint64_t id) {
+  // A streamed generation of the session (cloud strategy) is dropped.
+  if (self->state.layers)
+    self->send(self->state.layers, close_atom::value, id);
   if (self->state.opts.on_end)
     (*self->state.opts.on_end)(id);
 }

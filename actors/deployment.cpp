@@ -24,8 +24,10 @@ namespace ceco {
 
 namespace {
 
-wire_dtype upload_dtype(const settings& s) {
-  return s.upload.dtype == "f32" ? wire_dtype::f32 : wire_dtype::f16;
+/// The dtype of the uploader every strategy but exact shares (and of one
+/// placed on the cloud, which exact never uses): "auto" is f16 there.
+wire_dtype upload_dtype(const settings& s, strategy mode = strategy::collaborative) {
+  return upload_dtype_of(s, mode) == "f32" ? wire_dtype::f32 : wire_dtype::f16;
 }
 
 exit_policy policy_of(const settings& s) {
@@ -252,6 +254,11 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
                 ? spawn_remote_uploader(sys, link)
                 : spawn_uploader(sys, caf::actor_cast<upload_sink>(link_), upload_dtype(s),
                                  std::chrono::seconds(30));
+  // exact verifies its drafts on f32 states unless upload.dtype says f16.
+  exact_uploader_ = upload_dtype(s, strategy::exact) == upload_dtype(s) || s.placement.uploader == "cloud"
+                      ? uploader_
+                      : spawn_uploader(sys, caf::actor_cast<upload_sink>(link_),
+                                       upload_dtype(s, strategy::exact), std::chrono::seconds(30));
   // Last, so a constructor that throws never leaves the clock set.
   if (s.compute.clock == "virtual") {
     sim_clock::use_virtual_time(&sys);  // sys was made by configure_simulation
@@ -264,7 +271,8 @@ deployment::~deployment() {
   for (auto h : {caf::actor_cast<caf::actor>(link_), caf::actor_cast<caf::actor>(edge_layers_),
                  caf::actor_cast<caf::actor>(evaluator_),
                  caf::actor_cast<caf::actor>(local_evaluator_),
-                 caf::actor_cast<caf::actor>(uploader_)})
+                 caf::actor_cast<caf::actor>(uploader_),
+                 caf::actor_cast<caf::actor>(exact_uploader_)})
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
   if (virtual_time_) {
     run_virtual_until(sys_, [] { return false; }, nullptr);  // the actors take their exits
@@ -279,6 +287,8 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
                  caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
   o.mode = mode.value_or(settings_.policy.mode);
+  if (o.mode == strategy::exact)
+    site.uploader = exact_uploader_;
   const char* name = to_string(o.mode);
   if (drafts(o.mode)) {
     // Drafts are decided and uploaded on the edge, token by token.

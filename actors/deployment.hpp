@@ -153,6 +153,7 @@ private:
   exit_evaluator_actor evaluator_;        // where placement.exit_evaluator says
   exit_evaluator_actor local_evaluator_;  // on the edge, always
   uploader_actor uploader_;
+  uploader_actor exact_uploader_;  // exact's own, in its dtype (upload_dtype_of)
   bool virtual_time_ = false;  // this deployment set the process's clock
 };
 

@@ -127,6 +127,9 @@ void opened_after_finish(self_ptr self, std::optional<uint64_t> id,
 }
 
 void open_cloud(self_ptr self) {
+  // The cloud strategy's first request opens its own session: no round trip.
+  if (self->state.is(strategy::cloud))
+    return generate_in_cloud(self);
   auto sent = clock_type::now();
   request_session(
     self, sent,

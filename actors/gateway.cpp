@@ -76,6 +76,20 @@ struct request_visitor {
   wire::connection_id conn;
   uint32_t rid;
   void operator()(wire::open_session&) {
+    open_then(open_session{}, [](uint64_t id) { return id; });
+  }
+  /// The cloud strategy's first request, which opens its own session
+  /// (session 0): counted and owned as an open; polls name the session.
+  void operator()(generate_request& g) {
+    if (g.session != 0)
+      return ask(self, conn, rid, std::move(g));
+    open_then(std::move(g), [](const generate_reply& r) { return r.session; });
+  }
+  /// An open, or a request that opens its session: refused past the
+  /// connection's cap, its session owned by the connection once answered.
+  template <class Request, class IdOf>
+  void open_then(Request req, IdOf id_of) {
+    using reply = reply_t<Request>;
     auto& st = self->state;
     const auto held = st.owners.count(conn) + size_t(st.opening[conn]);
     if (held >= size_t(st.max_sessions_per_connection))
@@ -93,14 +107,15 @@ struct request_visitor {
       if (it != self->state.opening.end() && --it->second <= 0)
         self->state.opening.erase(it);
     };
-    self->request(st.front, caf::infinite, open_session{})
+    self->request(st.front, caf::infinite, std::move(req))
       .then(
-        [self = self, conn = conn, rid = rid, answered](uint64_t id) {
+        [self = self, conn = conn, rid = rid, answered, id_of](reply& r) {
           answered();
+          const uint64_t id = id_of(r);
           if (!self->state.greeted.count(conn))  // closed meanwhile: no one can use it
             return close_orphan(self, id);
           self->state.owners.add(conn, id);
-          answer(self, conn, rid, reply_frame(id));
+          answer(self, conn, rid, reply_frame(std::move(r)));
         },
         [self = self, conn = conn, rid = rid, answered](caf::error& err) {
           answered();
@@ -153,7 +168,9 @@ void handle(self_ptr self, wire::connection_id conn, uint32_t rid, wire::message
                   reply_frame(make_error(ceco_errc::handshake_failed,
                                          "send hello_msg first: this node has not passed the "
                                          "handshake")));
-  if (auto session = wire::session_of(msg); session && !st.owners.owns(conn, *session))
+  const auto* generate = std::get_if<generate_request>(&msg);
+  const bool opens = generate && generate->session == 0;  // opens its own session
+  if (auto session = wire::session_of(msg); session && !opens && !st.owners.owns(conn, *session))
     return answer(self, conn, rid,
                   reply_frame(make_error(
                     ceco_errc::unknown_session,

@@ -142,6 +142,12 @@ caf::typed_response_promise<Reply> relay(self_ptr self, Request x) {
               self->state.count(s, up, up_bytes);
             }
           }
+          if constexpr (std::is_same_v<Request, generate_request>) {
+            if (s == 0 && r.session != 0) {  // opened its own session (docs/design.md §2)
+              s = r.session;
+              self->state.count(s, up, up_bytes);
+            }
+          }
           const int64_t bytes = frames ? reply_frame_bytes(r) : wire_size(r);
           self->state.count(s, down, bytes);
           transmit(self, s, down, bytes, [=]() mutable { rp.deliver(r); });

@@ -14,6 +14,7 @@
 // | infer_request                | edge → context manager  | infer_reply (token id) |
 // | naive_request                | edge → context manager → cloud layers | infer_reply |
 // | generate_request             | edge → context manager → cloud layers | generate_reply |
+// |   (session 0: the cloud front opens a session for it; later ones of the session are long polls) |
 // | close_session                | edge → context manager  | session_summary        |
 // | hello_msg                    | edge → cloud front      | hello_msg (the cloud's)|
 // | evaluate_request             | edge → exit evaluator placed on the cloud | exit_decision |
@@ -473,6 +474,10 @@ using session_router_actor = context_manager_actor::extend<
 /// answers their tokens in one pass. The cloud strategy's generate requests
 /// are batched the same way: every generation in progress takes one step
 /// together, (generate_atom) to itself, and a new one joins at the next step.
+/// A generation is streamed: its session's first generate_request starts it,
+/// every later one is a long poll answered once a token past its `from`
+/// exists (docs/design.md §1). (close_atom, session): the session ended;
+/// its generation's tokens are dropped once it is done.
 /// (deliver_atom, id) is its own timer in profile mode (actors/profile_clock.hpp).
 using cloud_layers_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<cloud_context_ptr>,
@@ -480,6 +485,7 @@ using cloud_layers_actor = caf::typed_actor<
   caf::replies_to<naive_request>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
   caf::reacts_to<generate_atom>,
+  caf::reacts_to<close_atom, uint64_t>,
   caf::reacts_to<deliver_atom, uint64_t>>;
 
 /// Layers [0, split) on the edge with one KV cache per session. Replies with

@@ -65,6 +65,7 @@ struct edge_session_state {
   // link's next epoch.
   bool session_lost = false;
   bool replacing_lost = false;  // the session being opened replaces a lost one (closed then)
+  int32_t cloud_generated = 0;  // cloud strategy: tokens of the generation in progress received
   static inline const char* name = "edge_session";
 
   bool is(strategy s) const { return opts.mode == s; }

@@ -7,43 +7,91 @@
 
 namespace ceco::session_driver {
 
-// -- the cloud strategy: open ─▶ generate ─▶ close ---------------------------------
+// -- the cloud strategy: generate (opening the session) ─▶ polls ─▶ close -----------
 
-void generate_in_cloud(self_ptr self) {
+namespace {
+
+/// One request of the streamed generation: the first (prompt, and session
+/// 0 when it opens its own) or a poll for the tokens after `req.from`.
+void ask_generation(self_ptr self, generate_request req) {
   auto& st = self->state;
-  transition(self, phase::running);
-  ++st.report.cloud_requests;
+  const bool opening = req.session == 0;
+  if (opening)
+    ++st.opens_in_flight;  // a cancel waits for the session it opens, to close it
   auto sent = clock_type::now();
-  self->request(st.site.cloud, st.opts.timeout,
-                generate_request{st.session, st.opts.prompt, st.opts.max_tokens,
-                                 params_of(st.opts.sampling)})
+  const int32_t max_tokens = req.max_tokens;
+  self->request(st.site.cloud, st.opts.timeout, std::move(req))
     .then(
       [=](generate_reply& r) {
-        auto& report = self->state.report;
+        auto& st = self->state;
+        if (opening) {
+          --st.opens_in_flight;
+          if (st.finished())
+            return opened_after_finish(self, r.session, sent);
+          st.session = r.session;
+          st.cloud_sessions.push_back(r.session);
+        } else if (st.finished()) {
+          return;
+        }
         account_round_trip(self, sent, r.cloud_us);
-        for (size_t i = 0; i < r.tokens.size(); ++i)  // not streamed: all come with the reply
-          show_token(self, r.tokens[i], -1, i == 0 ? us_since(sent) : int64_t(-1));
-        report.cloud_tokens = int32_t(report.tokens.size());
-        finish(self);
+        const auto rtt = us_since(sent);
+        for (size_t i = 0; i < r.tokens.size(); ++i) {
+          show_token(self, r.tokens[i], -1, i == 0 ? rtt : int64_t(-1));
+          ++st.report.cloud_tokens;
+        }
+        st.cloud_generated += int32_t(r.tokens.size());
+        if (r.done || int(st.report.tokens.size()) >= st.opts.max_tokens)
+          return finish(self);
+        // The next tokens: one poll outstanding at a time (docs/design.md §1).
+        ask_generation(self, generate_request{st.session, {}, max_tokens, st.cloud_generated});
       },
       [=](caf::error& err) {
         auto& st = self->state;
         const bool lost = is(err, ceco_errc::session_lost);
+        if (opening) {
+          --st.opens_in_flight;
+          if (st.finished())
+            return opened_after_finish(self, std::nullopt, sent);
+          // A worker lost while the session opened is waited for as below;
+          // anything else fails the response, as a failed open does.
+          if (!lost)
+            return finish(self, "open session: " + describe(err));
+        }
+        if (st.finished())
+          return;
         if ((!is(err, ceco_errc::cloud_unreachable) && !lost) || !st.site.link
             || st.opts.on_cloud_loss == cloud_loss::fail)
           return finish(self, "cloud generate: " + describe(err));
         st.session_lost = lost;
-        // Nothing was shown yet (the tokens come with the reply): wait for
-        // the link and generate again in a new session, as if undisturbed.
+        // Wait for the link, then generate the rest in a new session, the
+        // prompt followed by the tokens shown so far: as if undisturbed.
         lose_cloud(self, sent);
         st.holding = true;
         st.loss_deadline = clock_type::now() + (lost ? std::max(st.opts.cloud_loss_wait, st.opts.timeout)
                                                      : st.opts.cloud_loss_wait);
         fmt::print(stderr, "ceco: the cloud was lost mid-generation ({}); waiting up to {} ms "
-                           "to generate again in a new session (policy.cloud_loss_wait_ms)\n",
+                           "to generate the rest in a new session (policy.cloud_loss_wait_ms)\n",
                    describe(err), st.opts.cloud_loss_wait.count());
         watch_link(self);
       });
+}
+
+} // namespace
+
+/// The cloud strategy: its first request opens the session (unless one was
+/// opened to resume) and every token streams back as it is made.
+void generate_in_cloud(self_ptr self) {
+  auto& st = self->state;
+  transition(self, phase::running);
+  const int32_t left = st.opts.max_tokens - int32_t(st.report.tokens.size());
+  if (left <= 0)
+    return finish(self);
+  ++st.report.cloud_requests;
+  std::vector<int32_t> prompt = st.opts.prompt;
+  prompt.insert(prompt.end(), st.report.tokens.begin(), st.report.tokens.end());
+  st.cloud_generated = 0;
+  ask_generation(self, generate_request{st.session, std::move(prompt), left, 0,
+                                        params_of(st.opts.sampling)});
 }
 
 // -- the token loop: naive, standalone, collaborative --------------------------------

@@ -186,8 +186,10 @@ void run_experiment(const experiment_args& a) {
             auto j = report_json(r, sample.prompt, text,
                                  formula_bytes_up(mode, int64_t(ids.size()),
                                                   int64_t(r.tokens.size()), cfg.n_embd,
-                                                  combos[c].s.upload.dtype == "f32" ? 4 : 2));
+                                                  upload_dtype_of(combos[c].s, mode) == "f32" ? 4 : 2));
             j["experiment"] = base.experiment.name;
+            if (auto e = exactness_of(combos[c].s, mode); !e.empty())
+              j["exactness"] = e;
             j["compute"] = compute_label(combos[c].s);
             if (combos[c].s.compute.mode == "profile") {
               j["clock"] = combos[c].s.compute.clock;

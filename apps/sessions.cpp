@@ -471,8 +471,10 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
           auto j = report_json(r, x.prompt, x.text,
                                formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
                                                 m.model->config().n_embd,
-                                                s.upload.dtype == "f32" ? 4 : 2));
+                                                upload_dtype_of(s, mode) == "f32" ? 4 : 2));
           j["compute"] = compute_label(s);
+          if (auto e = exactness_of(s, mode); !e.empty())
+            j["exactness"] = e;
           if (mode == strategy::cloud && !cloud)
             cloud = &r;
           if (cloud) {

@@ -343,7 +343,7 @@ const std::vector<key_spec>& schema() {
     string_key("compute.mode", {"measured", "profile"}, CECO_REF(std::string, compute.mode)),
     string_key("compute.profile", {}, CECO_REF(std::string, compute.profile)),
     string_key("compute.clock", {"real", "virtual"}, CECO_REF(std::string, compute.clock)),
-    string_key("upload.dtype", {"f16", "f32"}, CECO_REF(std::string, upload.dtype)),
+    string_key("upload.dtype", {"auto", "f16", "f32"}, CECO_REF(std::string, upload.dtype)),
     string_key("upload.mode", {"async", "sync"}, CECO_REF(std::string, upload.mode)),
     [] {
       auto names = profile_names();
@@ -405,7 +405,7 @@ const std::vector<key_spec>& schema() {
     float_list_key("sweep.threshold", 0.0, 1000.0, CECO_REF(std::vector<double>, sweep.threshold)),
     int_list_plain_key("sweep.split", 1, max_layers, CECO_REF(std::vector<int>, sweep.split)),
     exits_list_key("sweep.exits", CECO_REF(std::vector<std::vector<int>>, sweep.exits)),
-    string_list_key("sweep.upload_dtype", {"f16", "f32"},
+    string_list_key("sweep.upload_dtype", {"auto", "f16", "f32"},
                     CECO_REF(std::vector<std::string>, sweep.upload_dtype)),
     string_list_key("sweep.link", profile_names(), CECO_REF(std::vector<std::string>, sweep.link)),
     float_list_key("sweep.latency_ms", 0.0, max_link_ms,
@@ -758,6 +758,18 @@ size_t edit_distance(const std::string& a, const std::string& b) {
     }
   }
   return row[b.size()];
+}
+
+std::string upload_dtype_of(const settings& s, strategy mode) {
+  if (s.upload.dtype == "auto")
+    return mode == strategy::exact ? "f32" : "f16";
+  return s.upload.dtype;
+}
+
+std::string exactness_of(const settings& s, strategy mode) {
+  if (mode != strategy::exact)
+    return {};
+  return upload_dtype_of(s, mode) == "f32" ? "exact" : "exact to the f16 split";
 }
 
 } // namespace ceco

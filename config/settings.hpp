@@ -50,7 +50,7 @@ struct settings {
     std::string clock = "real";     // real | virtual (profile mode, ceco sim and experiment)
   } compute;
   struct {
-    std::string dtype = "f16";   // f16 | f32
+    std::string dtype = "auto";  // auto (f32 for exact, else f16) | f16 | f32
     std::string mode = "async";  // async | sync (wait for each upload's ack)
   } upload;
   struct {
@@ -143,6 +143,14 @@ struct settings {
     std::vector<int> workers;        // cluster.local_workers values
   } sweep;
 };
+
+/// The dtype a response of `mode` uploads in ("f16" or "f32"): upload.dtype,
+/// where "auto" is f32 for exact (drafts verified on the states the cloud
+/// would have computed itself) and f16 for every other strategy.
+std::string upload_dtype_of(const settings& s, strategy mode);
+/// How exact a response is: for exact, "exact" with f32 uploads and "exact
+/// to the f16 split" with f16 ones; "" for every other strategy.
+std::string exactness_of(const settings& s, strategy mode);
 
 /// Named links: latency_ms, bandwidth_mbps, jitter_ms.
 struct link_profile {

@@ -148,4 +148,11 @@ std::vector<uint64_t> generation_batch::clear() {
   return ids;
 }
 
+const std::vector<int32_t>* generation_batch::tokens_of(uint64_t id) const {
+  for (auto& s : sequences_)
+    if (s->id == id)
+      return &s->tokens;
+  return nullptr;
+}
+
 } // namespace ceco

@@ -47,6 +47,10 @@ public:
   /// Drops every sequence (after a failed step); their ids.
   std::vector<uint64_t> clear();
 
+  /// The tokens made so far by a sequence still in the batch; null for
+  /// one that is not (finished, or never added).
+  const std::vector<int32_t>* tokens_of(uint64_t id) const;
+
   bool empty() const { return sequences_.empty(); }
   size_t size() const { return sequences_.size(); }
 

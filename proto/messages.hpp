@@ -36,7 +36,7 @@ namespace ceco {
 // -- versions -----------------------------------------------------------------
 
 /// Version of the edge-cloud protocol; a hello with another is refused.
-constexpr uint32_t protocol_version = 4;  // 4: sampling on generate and evaluate
+constexpr uint32_t protocol_version = 4;  // 4: sampling on generate and evaluate; generate streams (from, session, done)
 
 // -- errors ---------------------------------------------------------------------
 
@@ -218,17 +218,25 @@ struct naive_request {
   tensor_blob states;
 };
 
-/// Cloud strategy: the prompt's token ids; the cloud generates everything.
+/// Cloud strategy, streamed (docs/design.md §1, §2): the first request
+/// carries the prompt and starts the generation; `session` 0 asks the cloud
+/// to open a session for it (no open round trip; the reply names it). Every
+/// later request of the session is a long poll, prompt empty: answered as
+/// soon as the generation holds more than `from` tokens (or is done), with
+/// every token since `from`.
 struct generate_request {
   uint64_t session = 0;
-  std::vector<int32_t> prompt;
+  std::vector<int32_t> prompt;  // empty for a poll
   int32_t max_tokens = 0;
+  int32_t from = 0;             // tokens the edge already has
   sampling_params sampling;  // the cloud samples each token (greedy by default)
 };
 
 struct generate_reply {
-  std::vector<int32_t> tokens;
-  int64_t cloud_us = 0;
+  std::vector<int32_t> tokens;  // tokens [from, from + size) of the generation
+  int64_t cloud_us = 0;         // cloud compute since the previous reply
+  uint64_t session = 0;         // the generation's session (opened for it when asked with 0)
+  uint8_t done = 0;             // 1: no token follows
 };
 
 /// Ends a session; answered by its session_summary (the edge layers' own
@@ -383,13 +391,16 @@ template <class F> void fields(F& f, naive_request& x) {
 }
 template <class F> void fields(F& f, generate_request& x) {
   f.u64("session", x.session);
-  f.vec("prompt", x.prompt, 1, f.lim.context, 0, f.lim.vocab - 1);
+  f.vec("prompt", x.prompt, 0, f.lim.context, 0, f.lim.vocab - 1);
   f.i32("max_tokens", x.max_tokens, 1, f.lim.context);
+  f.i32("from", x.from, 0, f.lim.context);
   sampling_fields(f, x.sampling);
 }
 template <class F> void fields(F& f, generate_reply& x) {
   f.vec("tokens", x.tokens, 0, f.lim.context, 0, f.lim.vocab - 1);
   f.i64("cloud_us", x.cloud_us, 0, proto::max_us);
+  f.u64("session", x.session);
+  f.u8("done", x.done, 0, 1);
 }
 template <class F> void fields(F& f, close_session& x) { f.u64("session", x.session); }
 template <class F> void fields(F& f, session_summary& x) {

@@ -163,8 +163,8 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
     }
     else if (j["mode"] == "naive")
       CHECK(up == formula + 16 + 24 + 33 * (messages - 2));
-    else  // a generate frame: its 32 bytes and the sampling parameters' 20
-      CHECK(up == formula + 16 + 24 + 52 * (messages - 2));
+    else  // cloud: no open; the first generate 56 + ids, each long poll 56, close 24
+      CHECK(up == formula + 24 + 56 * (messages - 1));
   }
 }
 

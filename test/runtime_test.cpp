@@ -102,10 +102,39 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   CHECK(naive.traffic.messages_up == 32);
 
   auto cloud = f.sim->run(ids, "cloud", 30);
-  // open 0 + close 8 + generate_request: session 8 + ids (prefix + 4 each) + max_tokens 4
-  // + sampling 20 (temperature, top_k, top_p, seed)
-  CHECK(cloud.traffic.bytes_up == 0 + 8 + 8 + 1 + 4 * p + 4 + 20);
+  // No open: the first generate_request opens its session (session 8 + ids
+  // (prefix + 4 each) + max_tokens 4 + from 4 + sampling 20:
+  // temperature, top_k, top_p, seed); then long polls (no ids:
+  // 8 + 1 + 4 + 4 + 20) for the streamed tokens; close 8.
+  const int64_t polls = cloud.traffic.messages_up - 2;
+  CHECK(polls >= 0);
+  CHECK(polls <= 29);
+  CHECK(cloud.traffic.bytes_up == (8 + 1 + 4 * p + 4 + 4 + 20) + polls * 37 + 8);
+  CHECK(cloud.traffic.messages_down == cloud.traffic.messages_up);
   CHECK(cloud.traffic.bytes_down > 4 * 30);
+}
+
+TEST_CASE("the cloud strategy streams: no open round trip, its first token after one round trip") {
+  // A 50 ms link each way: the first token needs the request up and its
+  // reply down (plus prefill and one step of a tiny model), never a round
+  // trip more for an open; the other tokens stream on long polls.
+  std::vector<int32_t> reference;  // the whole model's, on a link of no delay
+  {
+    stories_sim plain;
+    reference = plain.sim->run(plain.m.vocab.encode("Once upon a time"), "cloud", 8).tokens;
+  }
+  stories_sim f({"link.latency_ms=50", "compute.mode=profile", "compute.profile=paper-a100",
+                 "compute.clock=virtual"});
+  auto ids = f.m.vocab.encode("Once upon a time");
+  auto streamed = f.sim->run(ids, "cloud", 8);
+  REQUIRE(streamed.error.empty());
+  REQUIRE(streamed.tokens.size() == 8);
+  CHECK(streamed.first_token_us >= 100'000);
+  CHECK(streamed.first_token_us < 200'000);  // one round trip, not two
+  CHECK(streamed.total_us > streamed.first_token_us);
+  CHECK(streamed.cloud_requests == 1);
+  CHECK(streamed.traffic.messages_up >= 3);  // the first request, polls, the close
+  CHECK(reference == streamed.tokens);
 }
 
 TEST_CASE("asynchronous upload keeps the edge from waiting on a slow link") {

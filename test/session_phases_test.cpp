@@ -190,7 +190,7 @@ TEST_CASE("session phases: a cloud lost while a finished response closes its ses
   auto stub = sys.spawn([]() -> caf::behavior {
     return {
       [](open_session&) { return uint64_t(7); },
-      [](generate_request&) { return generate_reply{{5, 6, 7}, 0}; },
+      [](generate_request&) { return generate_reply{{5, 6, 7}, 0, 7, 1}; },  // all, done
       [](close_session&) -> caf::result<session_summary> {
         return make_error(ceco_errc::cloud_unreachable, "test: the cloud went at the close");
       },

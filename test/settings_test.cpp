@@ -267,3 +267,18 @@ TEST_CASE("model.context sizes the caches below the file's context length") {
   CHECK(contains(error_of([&] { sim_fixture g({"model.path=" + stories_gguf(), "model.context=100000"}); }),
                  "model.context = 100000 is past the model's context length"));
 }
+
+TEST_CASE("settings: exact uploads f32 unless upload.dtype says f16, and then says so") {
+  settings s;
+  CHECK(s.upload.dtype == "auto");
+  CHECK(upload_dtype_of(s, strategy::exact) == "f32");
+  CHECK(upload_dtype_of(s, strategy::collaborative) == "f16");
+  CHECK(upload_dtype_of(s, strategy::speculative) == "f16");
+  CHECK(exactness_of(s, strategy::exact) == "exact");
+  CHECK(exactness_of(s, strategy::collaborative).empty());
+  s.upload.dtype = "f16";
+  CHECK(upload_dtype_of(s, strategy::exact) == "f16");
+  CHECK(exactness_of(s, strategy::exact) == "exact to the f16 split");
+  s.upload.dtype = "f32";
+  CHECK(upload_dtype_of(s, strategy::collaborative) == "f32");
+}

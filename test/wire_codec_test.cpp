@@ -246,7 +246,7 @@ TEST_CASE("wire: every field is checked against the model, naming field, bound a
   CHECK(decode_error(naive) == "naive_request.states.rows: expected 1..32, got 0");
 
   // generate_request: prompt count, token ids, max_tokens.
-  auto gen = bytes_of(generate_request{1, {1, 2}, 4});  // session(8) count(4) ids max_tokens
+  auto gen = bytes_of(generate_request{1, {1, 2}, 4});  // session(8) count(4) ids max_tokens from
   auto g = gen;
   put_i32(g, 32, 64);
   CHECK(decode_error(g) == "generate_request.prompt[1]: expected 0..63, got 64");
@@ -255,10 +255,10 @@ TEST_CASE("wire: every field is checked against the model, naming field, bound a
   CHECK(decode_error(g) == "generate_request.max_tokens: expected 1..32, got -1");
   g = gen;
   put_u32(g, 24, 0xFFFFFFFF);  // a count no payload can hold: refused, nothing allocated
-  CHECK(decode_error(g) == "generate_request.prompt: expected 1..32 elements, got 4294967295");
+  CHECK(decode_error(g) == "generate_request.prompt: expected 0..32 elements, got 4294967295");
   g = gen;
   put_u32(g, 24, 30);  // within bounds, but the bytes are not there
-  CHECK(decode_error(g) == "generate_request.prompt: the payload ends inside it (needs 120 bytes, 32 left)");
+  CHECK(decode_error(g) == "generate_request.prompt: the payload ends inside it (needs 120 bytes, 36 left)");
 
   // Replies checked on the edge the same way.
   auto reply = bytes_of(infer_reply{3, 10});
