@@ -43,6 +43,8 @@ struct cloud_layers_state {
   at::Tensor logits;       // [vocab], reused by every token request
   at::Tensor step_hidden;  // [rows, n_embd]: final states of a step's requests
   at::Tensor step_logits;  // [rows, vocab]; both grow to the largest step
+  std::vector<double> probs;                        // cloud_choice's, reused
+  std::vector<std::pair<float, int32_t>> scratch;  // likewise
   profile_clock clock;     // profile mode: the profile's cloud cost for each piece of work
   // The cloud strategy's generations in progress, stepped together.
   std::unique_ptr<generation_batch> generations;
@@ -71,10 +73,13 @@ at::Tensor on_device(const tensor_blob& b, const transformer& m) {
   return m.device().is_cpu() ? x : x.to(m.device());
 }
 
-int32_t final_token(cloud_layers_state& st, const at::Tensor& hidden_row) {
+/// The token after `position`, whose final state is `hidden_row`, with no draft.
+int32_t final_token(cloud_layers_state& st, const at::Tensor& hidden_row,
+                    const sampler_options& sampling, int64_t position) {
   st.model->logits_into(hidden_row, st.logits);
   auto cpu = st.logits.is_cpu() ? st.logits : st.logits.to(at::kCPU);
-  return argmax(cpu.data_ptr<float>(), int(cpu.numel()));
+  return cloud_choice(cpu.data_ptr<float>(), int(cpu.numel()), sampling, position, -1, st.probs,
+                      st.scratch);
 }
 
 /// Why `w` cannot be computed, or none.
@@ -156,14 +161,17 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
   auto logits = st.step_logits.narrow(0, 0, n_rows);
   m.logits_rows_into(st.step_hidden.narrow(0, 0, n_rows), logits);
   auto cpu = logits.is_cpu() ? logits : logits.to(at::kCPU);
-  std::vector<int32_t> tokens;
-  for (int64_t r = 0; r < n_rows; ++r)
-    tokens.push_back(argmax(cpu.data_ptr<float>() + r * cfg.vocab_size, cfg.vocab_size));
-  size_t next = 0;
-  for (size_t i = 0; i < step.work.size(); ++i)
-    if (!out.done[i].error)
-      for (size_t j = 0; j < step.work[i].tokens_after.size(); ++j)
-        out.done[i].tokens.push_back(tokens[next++]);
+  const float* row_logits = cpu.data_ptr<float>();
+  for (size_t i = 0; i < step.work.size(); ++i) {
+    if (out.done[i].error)
+      continue;
+    const auto& w = step.work[i];
+    for (size_t j = 0; j < w.tokens_after.size(); ++j, row_logits += cfg.vocab_size) {
+      const int32_t draft = j < w.drafts.size() ? w.drafts[j] : -1;
+      out.done[i].tokens.push_back(cloud_choice(row_logits, cfg.vocab_size, w.sampling,
+                                                w.tokens_after[j], draft, st.probs, st.scratch));
+    }
+  }
 }
 
 using self_ptr = cloud_layers_actor::stateful_pointer<cloud_layers_state>;
@@ -331,8 +339,9 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
         out.compute_us = step_cost(self->state, step, out);
       return reply_after(self, t0, out.compute_us, std::move(out));
     },
-    [=](naive_request& req) -> caf::result<infer_reply> {
+    [=](naive_work& work) -> caf::result<infer_reply> {
       auto t0 = clock_type::now();
+      const auto& req = work.request;
       auto& m = *self->state.model;
       if (auto bad = req.states.check(m.config().n_embd); !bad.empty())
         return make_error(ceco_errc::bad_tensor, "naive states: " + bad);
@@ -347,7 +356,7 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
         auto x = on_device(req.states, m);
         m.forward_layers(x, 0, self->state.split, n_layer, cache);
         infer_reply r;
-        r.token = final_token(self->state, x);
+        r.token = final_token(self->state, x, work.sampling, req.states.rows - 1);
         r.cloud_us = us_since(t0);
         if (auto* p = self->state.clock.profile())
           r.cloud_us = p->layers_us(p->cloud, n_layer - self->state.split, req.states.rows, n_layer)

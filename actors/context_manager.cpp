@@ -56,6 +56,7 @@ struct session_entry {
   std::deque<awaiting_verdict> verdicts;
   bool queued = false;               // in `ready`
   int busy = 0;                      // naive or generate requests at the cloud layers
+  sampler_options sampling;          // how its tokens are chosen (open_session)
   clock_type::time_point last_active;
   int64_t compute_us = 0;
   int64_t gaps = 0;
@@ -333,14 +334,18 @@ void dispatch(self_ptr self) {
     for (auto& r : e.waiting) {
       if (r.pos < e.received) {
         w.tokens_after.push_back(r.pos);
+        w.drafts.push_back(-1);
         e.asked.push_back(std::move(r));
       } else {
         later.push_back(std::move(r));
       }
     }
     e.waiting = std::move(later);
-    for (auto& c : e.checks)
+    for (auto& c : e.checks) {
       w.tokens_after.push_back(c.pos);
+      w.drafts.push_back(c.draft);
+    }
+    w.sampling = e.sampling;
     e.checking = std::move(e.checks);
     e.checks.clear();
     ids.push_back(id);
@@ -384,8 +389,9 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
   self->state.opts = opts;
   schedule_sweep(self);
   return {
-    [=](open_session&) -> caf::result<uint64_t> {
+    [=](open_session& open) -> caf::result<uint64_t> {
       auto& st = self->state;
+      const auto sampling = sampler_of(open.sampling);
       // Sessions still being created count: the limit holds however many
       // opens arrive before the first is answered.
       if (int64_t(st.sessions.size()) + st.opening >= st.opts.max_sessions) {
@@ -424,6 +430,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
             while (self->state.sessions.count(id));
             auto& e = self->state.sessions[id];
             e.ctx = std::move(ctx);
+            e.sampling = sampling;
             e.last_active = clock_type::now();
             rp.deliver(id);
           },
@@ -548,7 +555,11 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
     },
     [=](naive_request& r) -> caf::result<infer_reply> {
       const auto id = r.session;
-      return hand_to_layers<infer_reply>(self, id, std::move(r));
+      auto* session = touch(self, id);
+      if (!session)
+        return unknown(id);
+      const auto sampling = session->sampling;
+      return hand_to_layers<infer_reply>(self, id, naive_work{std::move(r), sampling});
     },
     [=](generate_request& r) -> caf::result<generate_reply> {
       const auto id = r.session;

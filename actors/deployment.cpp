@@ -282,7 +282,8 @@ deployment::~deployment() {
 
 edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
                                              std::optional<strategy> mode, int max_tokens,
-                                             caf::actor token_sink) {
+                                             caf::actor token_sink,
+                                             std::optional<sampler_options> sampling) {
   edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
                  caf::actor_cast<cloud_api>(link_), link_};
   edge_session_options o;
@@ -302,11 +303,8 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
   }
   o.max_draft = settings_.policy.max_draft;
   const auto& smp = settings_.sampling;
-  o.sampling = {float(smp.temperature), smp.top_k, float(smp.top_p), uint64_t(smp.seed)};
-  if (samples(o.sampling) && o.mode != strategy::cloud && o.mode != strategy::standalone)
-    throw config_error(fmt::format(
-      "sampling.temperature = {} samples, which the cloud and standalone strategies do; mode "
-      "'{}' decides tokens greedily only (sampling.temperature = 0)", smp.temperature, name));
+  o.sampling = sampling.value_or(
+    sampler_options{float(smp.temperature), smp.top_k, float(smp.top_p), uint64_t(smp.seed)});
   const auto& loss = settings_.policy.on_cloud_loss;
   o.on_cloud_loss = loss == "wait" || (loss == "auto" && o.mode == strategy::exact)
                       ? cloud_loss::wait
@@ -346,10 +344,16 @@ deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
 
 std::vector<response_report>
 deployment::run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
-                             std::optional<strategy> mode, int max_tokens) {
+                             std::optional<strategy> mode, int max_tokens,
+                             const std::vector<sampler_options>& sampling) {
+  if (!sampling.empty() && sampling.size() != prompts.size())
+    throw config_error(fmt::format("{} prompts, {} sampling options: expected one per prompt",
+                                   prompts.size(), sampling.size()));
   std::vector<edge_session_actor> drivers;
-  for (auto& p : prompts)
-    drivers.push_back(spawn_session(p, mode, max_tokens));
+  for (size_t i = 0; i < prompts.size(); ++i)
+    drivers.push_back(spawn_session(prompts[i], mode, max_tokens, {},
+                                    sampling.empty() ? std::nullopt
+                                                     : std::optional<sampler_options>(sampling[i])));
   caf::scoped_actor self{sys_};
   // All requests go out first, so the sessions run at the same time.
   using handle = decltype(self->request(drivers[0], caf::infinite, run_atom::value));

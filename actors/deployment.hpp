@@ -111,10 +111,12 @@ public:
   /// The same with the strategy by its name (a config_error for an unknown one).
   response_report run(const std::vector<int32_t>& prompt, std::string_view mode,
                       int max_tokens = 0);
-  /// Runs several responses at the same time on the same actors.
+  /// Runs several responses at the same time on the same actors;
+  /// `sampling`, when not empty, holds each one's (else sampling.*).
   std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
                                                 std::optional<strategy> mode = {},
-                                                int max_tokens = 0);
+                                                int max_tokens = 0,
+                                                const std::vector<sampler_options>& sampling = {});
   std::vector<response_report> run_concurrently(const std::vector<std::vector<int32_t>>& prompts,
                                                 std::string_view mode, int max_tokens = 0);
 
@@ -126,9 +128,11 @@ public:
   /// `token_sink`, if valid, receives each token as it is emitted (see
   /// edge_session.hpp). Throws config_error for a mode the placement cannot
   /// run, an empty prompt or one that fills the model's context.
+  /// `sampling` overrides the settings' sampling.* when set.
   edge_session_actor spawn_session(const std::vector<int32_t>& prompt,
                                    std::optional<strategy> mode = {}, int max_tokens = 0,
-                                   caf::actor token_sink = {});
+                                   caf::actor token_sink = {},
+                                   std::optional<sampler_options> sampling = {});
 
   /// The link's epoch: how many times it reconnected, or -1 while the cloud
   /// is lost.

@@ -278,7 +278,8 @@ void draft_forward(self_ptr self) {
           st.context.append(out.split);
         auto split = std::make_shared<tensor_blob>(std::move(out.split));
         self->request(st.site.local_evaluator, st.opts.timeout,
-                      evaluate_request{st.session, std::move(out.exit_states), start + n - 1})
+                      evaluate_request{st.session, std::move(out.exit_states), start + n - 1,
+                                       params_of(st.opts.sampling)})
           .then(
             [=](exit_decision& d) {
               auto& st = self->state;

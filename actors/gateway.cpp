@@ -75,8 +75,8 @@ struct request_visitor {
   self_ptr self;
   wire::connection_id conn;
   uint32_t rid;
-  void operator()(wire::open_session&) {
-    open_then(open_session{}, [](uint64_t id) { return id; });
+  void operator()(wire::open_session& open) {
+    open_then(std::move(open), [](uint64_t id) { return id; });
   }
   /// The cloud strategy's first request, which opens its own session
   /// (session 0): counted and owned as an open; polls name the session.

@@ -256,12 +256,22 @@ using cloud_context_ptr = std::shared_ptr<cloud_context>;
 
 /// One session's share of a cloud step: run its uploaded positions
 /// [start, start + states.rows) through the cloud layers (rows may be 0),
-/// then answer the token after each position in `tokens_after`.
+/// then answer the token after each position in `tokens_after`: the
+/// cloud's choice under the session's `sampling`, verifying `drafts[i]`
+/// when it is a token (docs/design.md §5; -1: no draft).
 struct cloud_work {
   cloud_context_ptr ctx;
   int32_t start = 0;
   tensor_blob states;
   std::vector<int32_t> tokens_after;
+  std::vector<int32_t> drafts;  // one per tokens_after
+  sampler_options sampling;
+};
+
+/// A naive request, with its session's sampling, for the cloud layers.
+struct naive_work {
+  naive_request request;
+  sampler_options sampling;
 };
 
 struct cloud_work_done {
@@ -482,7 +492,7 @@ using session_router_actor = context_manager_actor::extend<
 using cloud_layers_actor = caf::typed_actor<
   caf::replies_to<open_atom>::with<cloud_context_ptr>,
   caf::replies_to<cloud_step>::with<cloud_step_done>,
-  caf::replies_to<naive_request>::with<infer_reply>,
+  caf::replies_to<naive_work>::with<infer_reply>,
   caf::replies_to<generate_request>::with<generate_reply>,
   caf::reacts_to<generate_atom>,
   caf::reacts_to<close_atom, uint64_t>,
@@ -542,5 +552,6 @@ void register_message_types(caf::actor_system_config& cfg);
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_context_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_step)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::naive_work)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cloud_step_done)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ceco::cluster_status)

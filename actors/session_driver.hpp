@@ -118,7 +118,7 @@ void request_session(self_ptr self, clock_type::time_point sent, OnOpen on_open,
                      OnError on_error) {
   auto& st = self->state;
   ++st.opens_in_flight;
-  self->request(st.site.cloud, st.opts.timeout, open_session{})
+  self->request(st.site.cloud, st.opts.timeout, open_session{params_of(st.opts.sampling)})
     .then(
       [=](uint64_t id) {
         --self->state.opens_in_flight;

@@ -142,7 +142,8 @@ std::optional<size_t> pick(const router_state& st, const std::vector<bool>& trie
   return best;
 }
 
-void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, std::vector<bool> tried) {
+void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, open_session open,
+             std::vector<bool> tried) {
   auto& st = self->state;
   auto worker = pick(st, tried);
   if (!worker) {
@@ -167,9 +168,9 @@ void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, std::vec
   const auto tag = st.next_request++;
   st.pending[tag] = {*worker, [=](const caf::error&) mutable {
                        // Down before it answered (its count was reset): the next worker.
-                       open_on(self, rp, tried);
+                       open_on(self, rp, open, tried);
                      }};
-  self->request(st.workers[*worker].handle, caf::infinite, open_session{})
+  self->request(st.workers[*worker].handle, caf::infinite, open)
     .then(
       [=](uint64_t local) mutable {
         auto& st = self->state;
@@ -185,7 +186,7 @@ void open_on(router_ptr self, caf::typed_response_promise<uint64_t> rp, std::vec
           return;
         --self->state.workers[*worker].status.sessions;
         if (is(err, ceco_errc::session_limit))
-          return open_on(self, rp, tried);
+          return open_on(self, rp, open, tried);
         rp.deliver(std::move(err));
       });
 }
@@ -264,9 +265,9 @@ session_router_actor::behavior_type router_fn(router_ptr self, session_router_op
       out.refused_none = st.refused_none;
       return out;
     },
-    [=](open_session&) -> caf::result<uint64_t> {
+    [=](open_session& open) -> caf::result<uint64_t> {
       auto rp = self->make_response_promise<uint64_t>();
-      open_on(self, rp, std::vector<bool>(self->state.workers.size(), false));
+      open_on(self, rp, open, std::vector<bool>(self->state.workers.size(), false));
       return rp;
     },
     [=](upload_msg& m) -> caf::result<int32_t> { return forward(self, std::move(m), keep); },

@@ -23,9 +23,10 @@ namespace ceco::app {
 class generation {
 public:
   generation(caf::actor_system& sys, deployment& edge, const std::vector<int32_t>& prompt,
-             strategy mode, int max_tokens)
+             strategy mode, int max_tokens, std::optional<sampler_options> sampling = {})
     : self_(sys) {
-    session_ = edge.spawn_session(prompt, mode, max_tokens, caf::actor_cast<caf::actor>(self_));
+    session_ = edge.spawn_session(prompt, mode, max_tokens, caf::actor_cast<caf::actor>(self_),
+                                  sampling);
     self_->monitor(session_);
     self_->send(session_, run_atom::value);
   }

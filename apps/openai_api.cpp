@@ -44,10 +44,10 @@ const json* field(const json& body, const char* name) {
   return i == body.end() || i->is_null() ? nullptr : &*i;
 }
 
-double number_in(const json& body, const char* name, double lo, double hi, double fallback) {
+std::optional<double> number_in(const json& body, const char* name, double lo, double hi) {
   const json* v = field(body, name);
   if (!v)
-    return fallback;
+    return std::nullopt;
   if (!v->is_number())
     throw wrong_type(name, "a number", *v);
   double x = v->get<double>();
@@ -223,8 +223,17 @@ completion_request parse_completion_request(const std::string& body, bool chat) 
       r.max_tokens = n;
     }
   }
-  r.temperature = number_in(j, "temperature", 0.0, 2.0, 1.0);
-  r.top_p = number_in(j, "top_p", 0.0, 1.0, 1.0);
+  r.temperature = number_in(j, "temperature", 0.0, 2.0);
+  r.top_p = number_in(j, "top_p", 0.0, 1.0);
+  if (const json* v = field(j, "top_k")) {  // not OpenAI's; llama.cpp's and vLLM's
+    if (!v->is_number_integer())
+      throw wrong_type("top_k", "an integer", *v);
+    const auto k = integer_of(*v, "top_k");
+    if (k < -1)
+      throw bad_request(fmt::format("'top_k' must be -1 or 0 (no limit) or a count, got {}", k),
+                        "top_k");
+    r.top_k = k;
+  }
   if (const json* v = field(j, "seed")) {
     if (!v->is_number_integer())
       throw wrong_type("seed", "an integer", *v);

@@ -51,9 +51,11 @@ struct completion_request {
   std::vector<int64_t> prompt_tokens;         // completions: token ids given as such (any
                                               // int64: checked against the vocabulary later)
   std::optional<int64_t> max_tokens;          // unset: up to the end of the context
-  double temperature = 1.0;
-  double top_p = 1.0;
-  std::optional<int64_t> seed;
+  // Sampling; each unset one is the server's own (sampling.*: greedy by default).
+  std::optional<double> temperature;
+  std::optional<double> top_p;
+  std::optional<int64_t> top_k;               // an extension, as llama.cpp and vLLM take it
+  std::optional<int64_t> seed;                // unset: a new seed per response
   std::vector<std::string> stop;              // at most 4
   bool stream = false;
   bool include_usage = false;                 // stream_options.include_usage

@@ -52,7 +52,7 @@ int64_t unverified_tokens(const response_report& r) {
 
 /// ceco's figures of one response, as `ceco sim --json` gives them, less
 /// the prompt and text the response already carries.
-json ceco_json(const response_report& r) {
+json ceco_json(const response_report& r, const sampler_options& sampling) {
   auto j = report_json(r, {}, {}, 0);
   for (const char* key : {"prompt", "text", "tokens", "formula_bytes_up"})
     j.erase(key);
@@ -61,7 +61,11 @@ json ceco_json(const response_report& r) {
   j["unverified_tokens"] = unverified_tokens(r);
   // What losing the cloud did to this response (policy.on_cloud_loss).
   j["cloud_loss"] = r.degraded_tokens > 0 ? "degraded" : r.resumed > 0 ? "resumed" : "none";
-  j["sampling"] = "greedy";
+  if (samples(sampling))
+    j["sampling"] = {{"temperature", sampling.temperature}, {"top_k", sampling.top_k},
+                     {"top_p", sampling.top_p}, {"seed", sampling.seed}};
+  else
+    j["sampling"] = "greedy";
   return j;
 }
 
@@ -102,6 +106,7 @@ struct prepared {
   std::vector<int32_t> prompt;
   int max_tokens = 0;
   std::vector<std::string> stop;
+  sampler_options sampling;
   clock_type::time_point received;
 };
 
@@ -364,7 +369,24 @@ struct openai_server::impl {
                                     *p.req.max_tokens),
                         "max_tokens", "context_length_exceeded");
     p.max_tokens = p.req.max_tokens ? int(*p.req.max_tokens) : max_seq() - n;
+    p.sampling = sampling_of(p.req);
     return p;
+  }
+
+  /// A request's sampling: each field it sets, else the server's
+  /// sampling.*. The seed: the request's, else the server's when set
+  /// (non-zero), else a new one per response, as OpenAI's API does.
+  sampler_options sampling_of(const completion_request& r) const {
+    const auto& d = s.sampling;
+    sampler_options o{float(r.temperature.value_or(d.temperature)), d.top_k,
+                      float(r.top_p.value_or(d.top_p)), uint64_t(d.seed)};
+    if (r.top_k)  // -1 and 0: no limit
+      o.top_k = int(std::clamp<int64_t>(*r.top_k, 0, m.vocab.vocab_size()));
+    if (r.seed)
+      o.seed = uint64_t(*r.seed);
+    else if (d.seed == 0 && samples(o))
+      o.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+    return o;
   }
 
   /// Runs `p`: `emit` gets each piece of text as it may be sent and says
@@ -378,7 +400,7 @@ struct openai_server::impl {
     out.created = int64_t(std::time(nullptr));
     out.model = id;
     out.prompt_tokens = int(p.prompt.size());
-    generation g(sys, edge, p.prompt, s.policy.mode, p.max_tokens);
+    generation g(sys, edge, p.prompt, s.policy.mode, p.max_tokens, p.sampling);
     text_stream text(m.vocab, p.prompt.back(), p.stop);
     bool first = true, gone = false;
     int used = 0;  // tokens up to the end of the response (a stop included)
@@ -447,7 +469,7 @@ struct openai_server::impl {
       out.finish_reason = "length";
     else
       out.finish_reason = "stop";
-    out.ceco = ceco_json(r);
+    out.ceco = ceco_json(r, p.sampling);
     note.prompt_tokens = out.prompt_tokens;
     note.completion_tokens = out.completion_tokens;
     if (shut)

@@ -36,12 +36,8 @@ uint64_t generation_batch::add(std::vector<int32_t> prompt, int max_tokens, int3
 }
 
 int32_t generation_batch::choose(sequence& s, const float* logits) {
-  const int n = model_->config().vocab_size;
-  if (!samples(s.sampling))
-    return argmax(logits, n);
   const auto pos = int64_t(s.prompt.size() + s.tokens.size()) - 1;
-  return sample_at(logits, n, s.sampling,
-                   position_uniform(s.sampling.seed, sample_stream::cloud, pos), scratch_);
+  return cloud_choice(logits, model_->config().vocab_size, s.sampling, pos, -1, probs_, scratch_);
 }
 
 bool generation_batch::emit(sequence& s, int32_t next) const {

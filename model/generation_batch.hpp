@@ -82,6 +82,7 @@ private:
   at::Tensor logits_;  // [rows, vocab]
   at::Tensor one_logits_;  // [vocab]
   std::vector<std::pair<float, int32_t>> scratch_;  // sampling's candidates
+  std::vector<double> probs_;                        // cloud_choice's (unused without a draft)
 };
 
 } // namespace ceco

@@ -139,6 +139,19 @@ int32_t verify_draft(const float* logits, int n, const sampler_options& opts, in
   return last >= 0 ? last : draft;
 }
 
+int32_t cloud_choice(const float* logits, int n, const sampler_options& opts, int64_t position,
+                     int32_t draft, std::vector<double>& probs,
+                     std::vector<std::pair<float, int32_t>>& scratch) {
+  if (!samples(opts))
+    return argmax(logits, n);
+  const double u_cloud = position_uniform(opts.seed, sample_stream::cloud, position);
+  if (draft < 0)
+    return sample_at(logits, n, opts, u_cloud, scratch);
+  return verify_draft(logits, n, opts, draft,
+                      position_uniform(opts.seed, sample_stream::accept, position), u_cloud, probs,
+                      scratch);
+}
+
 int32_t sampler::sample(const float* logits, int n) {
   if (!samples(opts_))
     return argmax(logits, n);

@@ -59,6 +59,15 @@ int32_t verify_draft(const float* logits, int n, const sampler_options& opts, in
                      double u_accept, double u_resample, std::vector<double>& probs,
                      std::vector<std::pair<float, int32_t>>& scratch);
 
+/// The cloud's token after `position` (docs/design.md §5): argmax when
+/// `opts` is greedy; else, for a position without a draft (`draft` < 0), a
+/// sample with the cloud's draw for the position, and for a drafted one
+/// verify_draft with the position's accept and cloud draws. A draft is
+/// accepted exactly when the result equals it.
+int32_t cloud_choice(const float* logits, int n, const sampler_options& opts, int64_t position,
+                     int32_t draft, std::vector<double>& probs,
+                     std::vector<std::pair<float, int32_t>>& scratch);
+
 class sampler {
 public:
   explicit sampler(sampler_options opts = {});

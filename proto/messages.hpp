@@ -36,7 +36,9 @@ namespace ceco {
 // -- versions -----------------------------------------------------------------
 
 /// Version of the edge-cloud protocol; a hello with another is refused.
-constexpr uint32_t protocol_version = 4;  // 4: sampling on generate and evaluate; generate streams (from, session, done)
+/// 4: sampling on generate and evaluate. 5: generate streams (from,
+/// session, done); open_session carries the session's sampling.
+constexpr uint32_t protocol_version = 5;
 
 // -- errors ---------------------------------------------------------------------
 
@@ -151,8 +153,11 @@ std::string compare_hello(const hello_msg& edge, const hello_msg& cloud);
 std::string mixed_quantization_note(const hello_msg& edge, const hello_msg& cloud);
 
 /// Opens a session on the cloud; answered by open_reply (between actors, by
-/// the session id alone).
-struct open_session {};
+/// the session id alone). `sampling`: how the cloud chooses the session's
+/// tokens (infer, naive) and verifies its drafts (docs/design.md §5).
+struct open_session {
+  sampling_params sampling;
+};
 struct open_reply {
   uint64_t session = 0;
 };
@@ -367,7 +372,7 @@ template <class F> void fields(F& f, hello_msg& x) {
   f.boolean("allow_mixed_quantization", x.allow_mixed_quantization);
 }
 template <class F> void fields(F& f, hello_reply& x) { fields(f, x.hello); }
-template <class F> void fields(F&, open_session&) {}
+template <class F> void fields(F& f, open_session& x) { sampling_fields(f, x.sampling); }
 template <class F> void fields(F& f, open_reply& x) { f.u64("session", x.session); }
 template <class F> void fields(F& f, upload_msg& x) {
   f.u64("session", x.session);

@@ -147,11 +147,11 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
     CHECK(j["degraded_tokens"] == 0);
     CHECK(j["bytes_up"].get<int64_t>() > 0);
     // The link counts the frames it sends: the payload formulas plus each
-    // frame's overhead (README, "Bytes on the wire"), an open and a close.
+    // frame's overhead (README, "Bytes on the wire"), an open (36: its sampling) and a close.
     const int64_t up = j["bytes_up"], formula = j["formula_bytes_up"];
     const int64_t messages = j["messages_up"], requests = j["cloud_requests"];
     if (j["mode"] == "collaborative")
-      CHECK(up == formula + 16 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
+      CHECK(up == formula + 36 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
     else if (j["mode"] == "speculative" || j["mode"] == "exact") {
       // A draft upload is an upload frame plus the epoch and one draft per
       // row (README, "Bytes on the wire"); rollbacks upload positions again.
@@ -159,10 +159,10 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
       const int64_t row_bytes = formula / (j["n_prompt"].get<int64_t>() + 40 - 1);
       CHECK(uploads == messages - 2);
       CHECK(j["verdicts"] == uploads);
-      CHECK(up == 16 + 24 + 45 * uploads + (row_bytes + 4) * positions);
+      CHECK(up == 36 + 24 + 45 * uploads + (row_bytes + 4) * positions);
     }
     else if (j["mode"] == "naive")
-      CHECK(up == formula + 16 + 24 + 33 * (messages - 2));
+      CHECK(up == formula + 36 + 24 + 33 * (messages - 2));
     else  // cloud: no open; the first generate 56 + ids, each long poll 56, close 24
       CHECK(up == formula + 24 + 56 * (messages - 1));
   }

@@ -1,6 +1,9 @@
 #include "test/support.hpp"
 #include "test/cloud_sites.hpp"
 
+#include <array>
+#include <cmath>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -86,14 +89,14 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   REQUIRE(n == 30);
   CHECK(collab.uploaded_positions == p + n - 1);
   CHECK(collab.uploads == n);  // the prompt in one message, then one per generated token but the last
-  // open 0 (no fields) + close 8 (the session) + 12 per cloud request + per upload 21 + length
-  // prefix + payload
-  int64_t expected = 0 + 8 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
+  // open 20 (the sampling) + close 8 (the session) + 12 per cloud request + per upload 21 +
+  // length prefix + payload
+  int64_t expected = 20 + 8 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
   expected += 21 + varbyte(p * d * 2) + (n - 1) * (21 + varbyte(d * 2));
   CHECK(collab.traffic.bytes_up == expected);
 
   auto naive = f.sim->run(ids, "naive", 30);
-  int64_t naive_expected = 0 + 8;
+  int64_t naive_expected = 20 + 8;
   for (int64_t i = 0; i < 30; ++i) {
     int64_t payload = (p + i) * d * 4;
     naive_expected += payload + 17 + varbyte(payload);
@@ -680,11 +683,123 @@ TEST_CASE("sampling: the cloud strategy and standalone sample, a seed reproduces
   }
 }
 
-TEST_CASE("sampling: strategies that do not sample yet refuse a temperature") {
-  stories_sim f({"sampling.temperature=0.7"});
-  auto ids = f.m.vocab.encode("Once upon a time");
+TEST_CASE("sampling: every strategy samples, and a seed reproduces a response whatever the link") {
+  auto ids = std::vector<int32_t>{};
+  auto run = [&](const char* mode, const char* temperature, const char* seed, const char* latency) {
+    stories_sim f({std::string("link.latency_ms=") + latency, "link.jitter_ms=0",
+                   "link.bandwidth_mbps=0", "model.exits=2,3",
+                   "model.exit_heads=" + std::string(CECO_SOURCE_DIR) +
+                     "/config/models/stories260K-exits-2-3.gguf",
+                   "policy.threshold=0.5", std::string("sampling.temperature=") + temperature,
+                   std::string("sampling.seed=") + seed});
+    if (ids.empty())
+      ids = f.m.vocab.encode("Once upon a time");
+    auto r = f.sim->run(ids, mode, 24);
+    CHECK(r.error.empty());
+    return r.tokens;
+  };
   for (const char* mode : {"naive", "collaborative", "speculative", "exact"}) {
     CAPTURE(mode);
-    CHECK_THROWS_AS(f.sim->run(ids, mode, 5), config_error);
+    auto greedy = run(mode, "0", "0", "0");
+    auto a = run(mode, "1.0", "5", "0");
+    // Every draw depends on the seed and the position alone: a slower link
+    // changes when tokens are decided (and how drafts batch), not which.
+    CHECK(a == run(mode, "1.0", "5", "15"));
+    CHECK(a != greedy);
+    CHECK(a != run(mode, "1.0", "6", "0"));
+  }
+}
+
+namespace {
+
+/// Whether two samples of tokens come from one distribution: Pearson's
+/// chi-square test of homogeneity at p >= 0.01, tokens seen fewer than 10
+/// times in both together pooled into one category. The critical value is
+/// Wilson and Hilferty's approximation of the chi-square quantile.
+bool same_distribution(const std::vector<int32_t>& a, const std::vector<int32_t>& b,
+                       double& chi2, int& dof) {
+  std::map<int32_t, std::array<double, 2>> counts;
+  for (auto t : a)
+    counts[t][0] += 1;
+  for (auto t : b)
+    counts[t][1] += 1;
+  std::vector<std::array<double, 2>> cells;
+  std::array<double, 2> rare{0, 0};
+  for (auto& [t, c] : counts)
+    if (c[0] + c[1] < 10) {
+      rare[0] += c[0];
+      rare[1] += c[1];
+    } else {
+      cells.push_back(c);
+    }
+  if (rare[0] + rare[1] > 0)
+    cells.push_back(rare);
+  const double na = double(a.size()), nb = double(b.size()), n = na + nb;
+  chi2 = 0;
+  for (auto& c : cells) {
+    const double total = c[0] + c[1];
+    for (int g = 0; g < 2; ++g) {
+      const double expected = total * (g == 0 ? na : nb) / n;
+      chi2 += (c[size_t(g)] - expected) * (c[size_t(g)] - expected) / expected;
+    }
+  }
+  dof = int(cells.size()) - 1;
+  if (dof < 1)
+    return true;  // one category: nothing can differ
+  const double k = dof, z = 2.3263;  // the normal's 0.99 quantile
+  const double h = 1.0 - 2.0 / (9.0 * k) + z * std::sqrt(2.0 / (9.0 * k));
+  return chi2 < k * h * h * h;
+}
+
+} // namespace
+
+TEST_CASE("sampling: exact keeps the cloud strategy's distribution, speculative collaborative's") {
+  // Tuned heads and a temperature above 1: exits that disagree with the
+  // cloud often, so many drafts are corrected from the residual.
+  stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0", "model.exits=2,3",
+                 "model.exit_heads=" + std::string(CECO_SOURCE_DIR) +
+                   "/config/models/stories260K-exits-2-3.gguf",
+                 "policy.threshold=0.6"});
+  const auto ids = f.m.vocab.encode("The little dog");
+  const size_t n = 400;
+  constexpr int positions = 3;
+  // The token at each of the first positions over n seeds; each strategy
+  // its own seeds, so the two samples are independent.
+  auto tokens = [&](const std::string& mode, uint64_t first_seed, int64_t& corrected) {
+    std::array<std::vector<int32_t>, positions> at;
+    for (size_t done = 0; done < n;) {
+      const size_t batch = std::min<size_t>(50, n - done);
+      std::vector<sampler_options> sampling;
+      for (size_t i = 0; i < batch; ++i)
+        sampling.push_back({1.3f, 0, 1.0f, first_seed + done + i});
+      auto reports = f.sim->run_concurrently(std::vector<std::vector<int32_t>>(batch, ids),
+                                             strategy_of(mode, "mode"), positions, sampling);
+      for (auto& r : reports) {
+        REQUIRE(r.error.empty());
+        REQUIRE(int(r.tokens.size()) == positions);
+        for (int p = 0; p < positions; ++p)
+          at[size_t(p)].push_back(r.tokens[size_t(p)]);
+        corrected += r.rollbacks;
+      }
+      done += batch;
+    }
+    return at;
+  };
+  for (auto [mode, reference] : {std::pair<std::string, std::string>{"exact", "cloud"},
+                                 std::pair<std::string, std::string>{"speculative", "collaborative"}}) {
+    CAPTURE(mode);
+    int64_t corrected = 0, unused = 0;
+    auto got = tokens(mode, 1, corrected);
+    auto want = tokens(reference, 1'000'000, unused);
+    CHECK(corrected > int64_t(n) / 10);  // the residual draws are exercised
+    for (int p = 0; p < positions; ++p) {
+      double chi2 = 0;
+      int dof = 0;
+      const bool same = same_distribution(got[size_t(p)], want[size_t(p)], chi2, dof);
+      MESSAGE(mode << " vs " << reference << ", token " << p << ": chi-square " << chi2 << " ("
+                   << dof << " degrees of freedom), " << corrected << " corrections");
+      CHECK(dof >= 2);  // a distribution with some spread, not a near-certain token
+      CHECK(same);
+    }
   }
 }

@@ -221,6 +221,8 @@ TEST_CASE("OpenAI request bodies: each bad field is a 400 naming it") {
   CHECK(param_of("{" + ok + R"(, "temperature": 3})") == "temperature");
   CHECK(param_of("{" + ok + R"(, "top_p": "1"})") == "top_p");
   CHECK(param_of("{" + ok + R"(, "seed": 1.5})") == "seed");
+  CHECK(param_of("{" + ok + R"(, "top_k": 1.5})") == "top_k");
+  CHECK(param_of("{" + ok + R"(, "top_k": -2})") == "top_k");
   CHECK(param_of("{" + ok + R"(, "stream": "yes"})") == "stream");
   CHECK(param_of("{" + ok + R"(, "stop": ["a","b","c","d","e"]})") == "stop");
   CHECK(param_of("{" + ok + R"(, "n": 2})") == "n");
@@ -539,6 +541,43 @@ TEST_CASE("ceco serve in exact and speculative modes: only final tokens stream, 
     CHECK(streamed.events.back()["ceco"]["rollbacks"].get<int>() >= 0);
     auto m = scrape(s.port);
     CHECK(m["ceco_draft_tokens_total{outcome=\"accepted\"}"] > 0);
+  }
+}
+
+TEST_CASE("ceco serve honours temperature, top_p, top_k and seed in every mode; a seed reproduces a response") {
+  for (auto mode : {"collaborative", "exact"}) {
+    CAPTURE(mode);
+    server s(std::string("--local-cloud --set link.latency_ms=0 --set policy.mode=") + mode);
+    auto text_of = [&](const nlohmann::json& body) {
+      auto r = post(s, "/v1/completions", body.dump());
+      REQUIRE(r.status == 200);
+      return std::pair{r.body["choices"][0]["text"].get<std::string>(), r.body["ceco"]["sampling"]};
+    };
+    auto greedy_body = completion_body("And the LORD said", 24);
+    auto [greedy, greedy_sampling] = text_of(greedy_body);
+    CHECK(greedy_sampling == "greedy");  // the server's default: sampling.temperature = 0
+    auto sampled_body = greedy_body;
+    sampled_body["temperature"] = 1.2;
+    sampled_body["top_p"] = 0.95;
+    sampled_body["top_k"] = 40;
+    sampled_body["seed"] = 11;
+    auto [a, a_sampling] = text_of(sampled_body);
+    CHECK(a_sampling["seed"] == 11);
+    CHECK(a_sampling["top_k"] == 40);
+    CHECK(a_sampling["temperature"].get<double>() == doctest::Approx(1.2));
+    CHECK(a != greedy);
+    CHECK(text_of(sampled_body).first == a);  // the seed reproduces it
+    // Streamed, the same seed gives the same text.
+    auto streamed = post_stream(s, "/v1/completions", sampled_body);
+    CHECK(streamed.done);
+    CHECK(joined(streamed, false) == a);
+    sampled_body["seed"] = 12;
+    CHECK(text_of(sampled_body).first != a);
+    // No seed: each response draws its own.
+    sampled_body.erase("seed");
+    auto [b, b_sampling] = text_of(sampled_body);
+    auto [c, c_sampling] = text_of(sampled_body);
+    CHECK(b_sampling["seed"] != c_sampling["seed"]);
   }
 }
 
