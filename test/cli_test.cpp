@@ -231,7 +231,17 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
   }
   std::ifstream md(out + "/summary.md");
   std::string summary((std::istreambuf_iterator<char>(md)), {});
-  CHECK(summary.find("| collaborative | θ=0.8 |") != std::string::npos);
+  // Each row with its samples x repetitions and its cells with their
+  // intervals over the three samples; the ratios to the cloud over pairs.
+  CHECK(summary.find("| collaborative | θ=0.8 | 3 x 2 | ") != std::string::npos);
+  CHECK(summary.find("95% bootstrap confidence interval") != std::string::npos);
+  CHECK(summary.find("| strategy | setting | pairs | total / cloud |") != std::string::npos);
+  CHECK(summary.find("| collaborative | θ=0.8 | 3 | ") != std::string::npos);
+  CHECK(summary.find("± ") == std::string::npos);
+  std::ifstream gp(out + "/plots.gp");
+  std::string script((std::istreambuf_iterator<char>(gp)), {});
+  CHECK(script.find("with yerrorbars") != std::string::npos);
+  CHECK(script.find("with xyerrorbars") != std::string::npos);
 
   // Interrupted: 30 whole lines and half of the next survive; a rerun
   // completes the rest without repeating any.

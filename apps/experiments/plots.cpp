@@ -13,7 +13,8 @@ using json = nlohmann::json;
 
 namespace {
 
-/// Mean, low and high end of the 95% interval of a metric (zeros where absent).
+/// Mean and 95% interval of a metric (zeros where absent; lo() == hi() ==
+/// mean where there is no interval, an error bar of no length).
 metric_stat stat_of(const group_summary& g, const char* m) {
   auto i = g.stats.find(m);
   return i == g.stats.end() ? metric_stat{} : i->second;
@@ -61,7 +62,7 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
       d << g->keys.at(key).get<double>();
       for (auto& p : plots) {
         auto x = stat_of(*g, p.metric);
-        d << " " << x.mean << " " << x.lo << " " << x.hi;
+        d << " " << x.mean << " " << x.lo() << " " << x.hi();
       }
       d << "\n";
     }
@@ -88,14 +89,11 @@ std::string sweep_plots(const fs::path& dir, const std::vector<group_summary>& g
 
 } // namespace
 
-std::vector<std::string> write_plots(const fs::path& dir, const std::vector<group_summary>& groups,
-                                     size_t n_combos, bool threshold_sweep, bool latency_sweep,
-                                     bool sessions_sweep, bool workers_sweep) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    fmt::print(stderr, "experiment: gnuplot is not installed (deploy/install-deps.sh installs "
-                       "gnuplot-nox); skipping plots\n");
-    return {};
-  }
+std::vector<std::string> write_plot_script(const fs::path& dir,
+                                           const std::vector<group_summary>& groups,
+                                           size_t n_combos, bool threshold_sweep,
+                                           bool latency_sweep, bool sessions_sweep,
+                                           bool workers_sweep) {
   auto label = [&](const group_summary& g) {
     const std::string name = to_string(g.strategy);
     return n_combos > 1 ? name + " " + g.label : name;
@@ -104,13 +102,14 @@ std::vector<std::string> write_plots(const fs::path& dir, const std::vector<grou
   {
     std::ofstream d(dir / "plot_groups.dat");
     d << "# label edge_ms cloud_ms comm_ms total_ms bytes_up cloud_request_rate total_lo "
-         "total_hi bytes_lo bytes_hi\n";
+         "total_hi bytes_lo bytes_hi rate_lo rate_hi\n";
     for (auto& g : groups) {
-      auto total = stat_of(g, "total_ms"), bytes = stat_of(g, "bytes_up");
-      d << fmt::format("\"{}\" {} {} {} {} {} {} {} {} {} {}\n", label(g), mean(g, "edge_ms"),
+      auto total = stat_of(g, "total_ms"), bytes = stat_of(g, "bytes_up"),
+           rate = stat_of(g, "cloud_request_rate");
+      d << fmt::format("\"{}\" {} {} {} {} {} {} {} {} {} {} {} {}\n", label(g), mean(g, "edge_ms"),
                        mean(g, "cloud_ms"), mean(g, "comm_ms"), total.mean,
-                       std::max(1.0, bytes.mean), mean(g, "cloud_request_rate"), total.lo,
-                       total.hi, std::max(1.0, bytes.lo), std::max(1.0, bytes.hi));
+                       std::max(1.0, bytes.mean), rate.mean, total.lo(), total.hi(),
+                       std::max(1.0, bytes.lo()), std::max(1.0, bytes.hi()), rate.lo(), rate.hi());
     }
   }
   std::vector<std::string> made = {"time_breakdown.png", "time_breakdown.svg", "bytes.png", "bytes.svg"};
@@ -139,7 +138,7 @@ set y2tics
 set ytics nomirror
 set title "Bytes per response and cloud request rate"
 set output "bytes.{1}"
-plot "plot_groups.dat" using 0:6:xtic(1) with boxes title "bytes up", "" using 0:6:10:11 with yerrorbars lc rgb "black" pt 0 title "95% interval", "" using 0:7 axes x1y2 with points pt 7 ps 2 title "cloud request rate"
+plot "plot_groups.dat" using 0:6:xtic(1) with boxes title "bytes up", "" using 0:6:10:11 with yerrorbars lc rgb "black" pt 0 title "95% interval", "" using 0:7:12:13 axes x1y2 with yerrorbars pt 7 ps 2 title "cloud request rate, 95% interval"
 unset logscale y
 unset y2label
 unset y2tics
@@ -153,7 +152,8 @@ set ytics mirror
       if (g.strategy == strategy::collaborative) {
         auto total = stat_of(g, "total_ms"), agree = stat_of(g, "agreement_with_cloud");
         d << fmt::format("{} {} {} {} {} {} {}\n", g.keys["threshold"].get<double>(), total.mean,
-                         100 * agree.mean, total.lo, total.hi, 100 * agree.lo, 100 * agree.hi);
+                         100 * agree.mean, total.lo(), total.hi(), 100 * agree.lo(),
+                         100 * agree.hi());
       }
     for (auto [term, ext] : {std::pair{"pngcairo size 900,600", "png"}, std::pair{"svg size 900,600", "svg"}})
       script += fmt::format(R"gp(
@@ -190,6 +190,19 @@ plot "plot_tradeoff.dat" using 2:3 with lines, "" using 2:3:4:5:6:7 with xyerror
                             "p95 ms per token (log)", "capacity_p95"}},
                           made);
   std::ofstream(dir / "plots.gp") << script;
+  return made;
+}
+
+std::vector<std::string> write_plots(const fs::path& dir, const std::vector<group_summary>& groups,
+                                     size_t n_combos, bool threshold_sweep, bool latency_sweep,
+                                     bool sessions_sweep, bool workers_sweep) {
+  auto made = write_plot_script(dir, groups, n_combos, threshold_sweep, latency_sweep,
+                                sessions_sweep, workers_sweep);
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    fmt::print(stderr, "experiment: gnuplot is not installed (deploy/install-deps.sh installs "
+                       "gnuplot-nox); plots.gp is written, the plots are not\n");
+    return {};
+  }
   auto cmd = fmt::format("cd '{}' && gnuplot plots.gp > gnuplot.log 2>&1", dir.string());
   if (std::system(cmd.c_str()) != 0) {
     fmt::print(stderr, "experiment: gnuplot failed; see {}\n", (dir / "gnuplot.log").string());

@@ -30,7 +30,8 @@ const std::vector<std::pair<const char*, const char*>> summary_metrics = {
 
 } // namespace
 
-metric_stat bootstrap(const std::vector<std::vector<double>>& values, int resamples) {
+metric_stat cell_stat(const std::vector<std::vector<double>>& values,
+                      const bootstrap_options& options) {
   metric_stat out;
   std::vector<double> sample_means;
   for (const auto& reps : values) {
@@ -42,37 +43,25 @@ metric_stat bootstrap(const std::vector<std::vector<double>>& values, int resamp
     sample_means.push_back(sum / double(reps.size()));
     out.values += int(reps.size());
   }
-  out.samples = int(sample_means.size());
-  if (sample_means.empty())
-    return out;
-  for (double m : sample_means)
-    out.mean += m;
-  out.mean /= double(sample_means.size());
-  out.lo = out.hi = out.mean;
-  if (out.values < 2)
-    return out;
-  std::vector<const std::vector<double>*> nonempty;
-  for (const auto& reps : values)
-    if (!reps.empty())
-      nonempty.push_back(&reps);
-  std::mt19937_64 rng(0x5eed);
-  std::vector<double> stats(static_cast<size_t>(resamples));
-  for (auto& stat : stats) {
-    double total = 0;
-    for (size_t i = 0; i < nonempty.size(); ++i) {
-      const auto& reps = *nonempty[rng() % nonempty.size()];
-      double sum = 0;
-      for (size_t k = 0; k < reps.size(); ++k)
-        sum += reps[rng() % reps.size()];
-      total += sum / double(reps.size());
-    }
-    stat = total / double(nonempty.size());
-  }
-  std::sort(stats.begin(), stats.end());
-  auto at = [&](double q) { return stats[size_t(q * double(stats.size() - 1) + 0.5)]; };
-  out.lo = at(0.025);
-  out.hi = at(0.975);
+  const estimate e = bootstrap_mean(sample_means, options);
+  out.mean = e.value;
+  out.ci = e.ci;
+  out.samples = e.units;
   return out;
+}
+
+estimate ratio_of_means(const group_summary& g, const group_summary& base,
+                        const std::string& metric, const bootstrap_options& options) {
+  auto mine = g.sample_means.find(metric), theirs = base.sample_means.find(metric);
+  if (mine == g.sample_means.end() || theirs == base.sample_means.end())
+    return {};
+  std::vector<std::pair<double, double>> pairs;
+  for (auto [sample, value] : mine->second) {
+    auto other = theirs->second.find(sample);
+    if (other != theirs->second.end())
+      pairs.emplace_back(value, other->second);
+  }
+  return bootstrap_ratio_of_means(pairs, options);
 }
 
 /// The strategy's name; exact with f16 uploads says it is exact only to the
@@ -122,9 +111,14 @@ std::vector<group_summary> summarize(const std::vector<json>& lines,
         v = tokens > 0 ? v / tokens : 0.0;
       for (auto& [m, per_sample] : values) {
         std::vector<std::vector<double>> table;
-        for (auto& [sample, reps] : per_sample)
+        for (auto& [sample, reps] : per_sample) {
           table.push_back(reps);
-        g.stats[m] = bootstrap(table);
+          double sum = 0;
+          for (double x : reps)
+            sum += x;
+          g.sample_means[m][sample] = sum / double(reps.size());
+        }
+        g.stats[m] = cell_stat(table);
       }
       out.push_back(g);
     }
@@ -157,34 +151,44 @@ void write_csv(const fs::path& path, const std::vector<group_summary>& groups) {
       auto i = g.stats.find(m);
       if (i == g.stats.end())
         out << ",,,";
+      else if (!i->second.ci)  // one sample: a mean, no interval
+        out << fmt::format(",{:.6g},,", i->second.mean);
       else
-        out << fmt::format(",{:.6g},{:.6g},{:.6g}", i->second.mean, i->second.lo, i->second.hi);
+        out << fmt::format(",{:.6g},{:.6g},{:.6g}", i->second.mean, i->second.ci->lo,
+                           i->second.ci->hi);
     }
     out << ",\"" << exit_share_text(g) << "\"\n";
   }
+}
+
+/// Below this many samples summary.md warns that the intervals are rough.
+constexpr int few_samples = 10;
+
+/// "0.862 [0.841, 0.880]": a value and its interval, each through `show`;
+/// "0.862 [n/a]" without an interval (one sample); the bare value where the
+/// interval has no width at the cell's precision (every sample the same).
+template <class Show>
+std::string with_interval(double value, const std::optional<interval>& ci, Show show) {
+  if (!ci)
+    return show(value) + " [n/a]";
+  const std::string lo = show(ci->lo), hi = show(ci->hi);
+  if (lo == hi && lo == show(value))
+    return lo;
+  return fmt::format("{} [{}, {}]", show(value), lo, hi);
 }
 
 std::string cell(const group_summary& g, const char* m, int precision, double scale = 1.0) {
   auto i = g.stats.find(m);
   if (i == g.stats.end())
     return "-";
-  const auto& x = i->second;
-  if (x.lo == x.hi)
-    return fmt::format("{:.{}f}", x.mean * scale, precision);
-  return fmt::format("{:.{}f} [{:.{}f}, {:.{}f}]", x.mean * scale, precision, x.lo * scale,
-                     precision, x.hi * scale, precision);
+  return with_interval(i->second.mean, i->second.ci,
+                       [&](double x) { return fmt::format("{:.{}f}", x * scale, precision); });
 }
 
 /// Each strategy against the cloud strategy of the same setting, beside the
 /// experiment's reference result when it gives one.
 void write_relative_to_cloud(std::ostream& out, const settings& base,
                              const std::vector<group_summary>& groups) {
-  auto mean = [](const group_summary& g, const char* m) -> std::optional<double> {
-    auto i = g.stats.find(m);
-    if (i == g.stats.end())
-      return std::nullopt;
-    return i->second.mean;
-  };
   const auto& ref = base.experiment.reference;
   const bool with_ref = !ref.name.empty() || !ref.total_vs_cloud.empty()
                         || !ref.cloud_compute_vs_cloud.empty();
@@ -204,16 +208,18 @@ void write_relative_to_cloud(std::ostream& out, const settings& base,
     });
     if (cloud == groups.end())
       continue;
-    auto total = mean(g, "total_ms"), cloud_total = mean(*cloud, "total_ms");
-    auto compute = mean(g, "cloud_ms"), cloud_compute = mean(*cloud, "cloud_ms");
-    std::string total_ratio = total && cloud_total && *cloud_total > 0
-                                ? fmt::format("{:.3f}", *total / *cloud_total)
-                                : "-";
-    std::string compute_change = compute && cloud_compute && *cloud_compute > 0
-                                   ? fmt::format("{:+.1f}%", 100.0 * (*compute / *cloud_compute - 1.0))
-                                   : "-";
-    rows += fmt::format("| {} | {} | {} | {} |", to_string(g.strategy), g.label, total_ratio,
-                        compute_change);
+    const estimate total = ratio_of_means(g, *cloud, "total_ms");
+    const estimate compute = ratio_of_means(g, *cloud, "cloud_ms");
+    std::string total_ratio =
+      total.units ? with_interval(total.value, total.ci,
+                                  [](double r) { return fmt::format("{:.3f}", r); })
+                  : "-";
+    std::string compute_change =
+      compute.units ? with_interval(compute.value, compute.ci,
+                                    [](double r) { return fmt::format("{:+.1f}%", 100.0 * (r - 1.0)); })
+                    : "-";
+    rows += fmt::format("| {} | {} | {} | {} | {} |", to_string(g.strategy), g.label, total.units,
+                        total_ratio, compute_change);
     if (with_ref)
       rows += fmt::format(" {} | {} |", given(ref.total_vs_cloud, to_string(g.strategy), false),
                           given(ref.cloud_compute_vs_cloud, to_string(g.strategy), true));
@@ -225,10 +231,13 @@ void write_relative_to_cloud(std::ostream& out, const settings& base,
          "cloud's compute time as a change)";
   if (with_ref)
     out << fmt::format(", beside {}", ref.name.empty() ? "the reference" : ref.name);
-  out << ":\n\n| strategy | setting | total / cloud | cloud compute vs cloud |";
+  out << ". Each is the ratio of the two strategies' means over the samples both ran "
+         "(`pairs`), with a 95% bootstrap interval that resamples those samples in pairs, so a "
+         "prompt that is slow for both moves both sides of the ratio together:\n\n"
+         "| strategy | setting | pairs | total / cloud | cloud compute vs cloud |";
   if (with_ref)
     out << " reference total / cloud | reference cloud compute |";
-  out << (with_ref ? "\n|---|---|---|---|---|---|\n" : "\n|---|---|---|---|\n") << rows;
+  out << (with_ref ? "\n|---|---|---|---|---|---|---|\n" : "\n|---|---|---|---|---|\n") << rows;
 }
 
 void write_markdown(const fs::path& path, const settings& base, const std::string& dataset,
@@ -236,13 +245,25 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
                     const std::vector<std::string>& plots, const profile_fit& fit) {
   std::ofstream out(path);
   out << fmt::format("# {}\n\n", base.experiment.name.empty() ? "experiment" : base.experiment.name);
+  const bootstrap_options bootstrap;
   out << fmt::format("{} samples of {}, up to {} new tokens, {} repetition(s). Each cell: the mean "
-                     "over samples (each sample the mean of its repetitions) and, in brackets, a "
-                     "95% bootstrap interval (2,000 resamples of the samples and, within each, of "
-                     "its repetitions); a cell with one value has no interval. `n` is the cell's "
-                     "samples x repetitions.\n\n",
+                     "over samples (each sample first the mean of its repetitions) and, in "
+                     "brackets, a {:.0f}% bootstrap confidence interval of that mean (percentile "
+                     "interval of {} resamples of the samples, fixed seed): the spread across "
+                     "prompts, with each prompt's repetitions folded into its value. `[n/a]`: one "
+                     "sample, no interval; a bare value: an interval of no width at the precision "
+                     "shown (every sample gave the same). `n` is the row's samples x repetitions.\n\n",
                      n_samples, dataset.empty() ? "the prompt" : dataset,
-                     base.generation.max_tokens, base.experiment.repetitions);
+                     base.generation.max_tokens, base.experiment.repetitions,
+                     100 * bootstrap.level, bootstrap.resamples);
+  const bool few = std::any_of(groups.begin(), groups.end(), [](const group_summary& g) {
+    return g.samples > 1 && g.samples < few_samples;
+  });
+  if (few)
+    out << fmt::format("**Few samples:** a row of fewer than {} samples has a rough interval that "
+                       "tends to be too narrow (a resample can only repeat the few values there "
+                       "are); more samples (experiment.samples) give a trustworthy one.\n\n",
+                       few_samples);
   if (base.compute.mode == "profile") {
     out << fmt::format("**Compute: device profile `{}`.** Edge and cloud times are the profile's "
                        "costs for the work each response did, not measurements on this machine; "
