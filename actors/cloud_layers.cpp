@@ -11,6 +11,8 @@
 #include "actors/cloud_context.hpp"
 #include "actors/hidden_rows.hpp"
 #include "actors/profile_clock.hpp"
+#include "actors/token_chooser.hpp"
+#include "net/auth.hpp"
 #include "model/generation_batch.hpp"
 #include "model/sampler.hpp"
 #include "model/transformer.hpp"
@@ -40,11 +42,11 @@ struct cloud_layers_state {
   std::shared_ptr<const transformer> model;
   int split = 0;
   int32_t eos = 2;
-  at::Tensor logits;       // [vocab], reused by every token request
-  at::Tensor step_hidden;  // [rows, n_embd]: final states of a step's requests
-  at::Tensor step_logits;  // [rows, vocab]; both grow to the largest step
-  std::vector<double> probs;                        // cloud_choice's, reused
-  std::vector<std::pair<float, int32_t>> scratch;  // likewise
+  token_chooser chooser;   // the final head and the choice, for every token asked
+  // With stages (placement.cloud_stages), these layers end at `stage_from`
+  // and the first stage takes the rows on from there.
+  layer_stage_actor stage;
+  int stage_from = 0;
   profile_clock clock;     // profile mode: the profile's cloud cost for each piece of work
   // The cloud strategy's generations in progress, stepped together.
   std::unique_ptr<generation_batch> generations;
@@ -73,13 +75,14 @@ at::Tensor on_device(const tensor_blob& b, const transformer& m) {
   return m.device().is_cpu() ? x : x.to(m.device());
 }
 
-/// The token after `position`, whose final state is `hidden_row`, with no draft.
-int32_t final_token(cloud_layers_state& st, const at::Tensor& hidden_row,
-                    const sampler_options& sampling, int64_t position) {
-  st.model->logits_into(hidden_row, st.logits);
-  auto cpu = st.logits.is_cpu() ? st.logits : st.logits.to(at::kCPU);
-  return cloud_choice(cpu.data_ptr<float>(), int(cpu.numel()), sampling, position, -1, st.probs,
-                      st.scratch);
+/// The layers these cloud layers run: [split, stage_from), or to the end.
+int last_layer(const cloud_layers_state& st) {
+  return st.stage ? st.stage_from : st.model->config().n_layer;
+}
+
+/// A stage's error for one work item as the CAF error it stands for.
+caf::error error_of(const stage_work_done& d) {
+  return make_error(static_cast<ceco_errc>(d.error_code), d.error);
 }
 
 /// Why `w` cannot be computed, or none.
@@ -109,8 +112,11 @@ caf::error check_work(const cloud_layers_state& st, const cloud_work& w) {
 }
 
 /// Catches every valid work item up in one multi-sequence forward, then
-/// answers all requested tokens from one logits product.
-void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
+/// answers all requested tokens from one logits product. With stages, the
+/// rows go on to the first stage instead, as `staged` (its work in the
+/// order of `staged_work`, the indices of step.work).
+void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, stage_step& staged,
+              std::vector<size_t>& staged_work) {
   auto& m = *st.model;
   c10::InferenceMode guard;
   std::vector<at::Tensor> inputs(step.work.size());
@@ -129,7 +135,7 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
     seq_work.push_back(i);
   }
   try {
-    m.forward_sequences(seqs, st.split, m.config().n_layer);
+    m.forward_sequences(seqs, st.split, last_layer(st));
   } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
     for (auto i : seq_work)
       out.done[i].error = make_error(ceco_errc::compute_failed, e.what());
@@ -137,41 +143,53 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out) {
   }
   for (auto i : seq_work) {
     auto& w = step.work[i];
-    w.ctx->final_hidden.narrow(0, w.start, w.states.rows).copy_(inputs[i]);
+    if (!st.stage)
+      w.ctx->final_hidden.narrow(0, w.start, w.states.rows).copy_(inputs[i]);
     w.ctx->computed = w.start + w.states.rows;
   }
-
+  if (st.stage) {
+    for (size_t i = 0; i < step.work.size(); ++i) {
+      if (out.done[i].error)
+        continue;
+      auto& w = step.work[i];
+      stage_work sw;
+      sw.key = w.ctx->stage_key;
+      sw.start = w.start;
+      sw.rows = w.states.rows > 0 ? encode_tensor(inputs[i], wire_dtype::f32)
+                                  : tensor_blob{uint8_t(wire_dtype::f32), 0, m.config().n_embd, {}};
+      sw.tokens_after = std::move(w.tokens_after);
+      sw.drafts = std::move(w.drafts);
+      sw.sampling = params_of(w.sampling);
+      staged.work.push_back(std::move(sw));
+      staged_work.push_back(i);
+    }
+    return;
+  }
   int64_t n_rows = 0;
   for (size_t i = 0; i < step.work.size(); ++i)
     if (!out.done[i].error)
       n_rows += int64_t(step.work[i].tokens_after.size());
   if (n_rows == 0)
     return;
-  const auto& cfg = m.config();
-  if (!st.step_hidden.defined() || st.step_hidden.size(0) < n_rows) {
-    auto opts = at::TensorOptions().dtype(at::kFloat).device(m.device());
-    st.step_hidden = at::empty({n_rows, cfg.n_embd}, opts);
-    st.step_logits = at::empty({n_rows, cfg.vocab_size}, opts);
-  }
-  int64_t row = 0;
-  for (size_t i = 0; i < step.work.size(); ++i)
-    if (!out.done[i].error)
-      for (auto pos : step.work[i].tokens_after)
-        st.step_hidden[row++].copy_(step.work[i].ctx->final_hidden[pos]);
-  auto logits = st.step_logits.narrow(0, 0, n_rows);
-  m.logits_rows_into(st.step_hidden.narrow(0, 0, n_rows), logits);
-  auto cpu = logits.is_cpu() ? logits : logits.to(at::kCPU);
-  const float* row_logits = cpu.data_ptr<float>();
+  auto finals = st.chooser.rows(m, n_rows);
+  std::vector<token_chooser::ask> asks;
+  asks.reserve(size_t(n_rows));
   for (size_t i = 0; i < step.work.size(); ++i) {
     if (out.done[i].error)
       continue;
     const auto& w = step.work[i];
-    for (size_t j = 0; j < w.tokens_after.size(); ++j, row_logits += cfg.vocab_size) {
-      const int32_t draft = j < w.drafts.size() ? w.drafts[j] : -1;
-      out.done[i].tokens.push_back(cloud_choice(row_logits, cfg.vocab_size, w.sampling,
-                                                w.tokens_after[j], draft, st.probs, st.scratch));
+    for (size_t j = 0; j < w.tokens_after.size(); ++j) {
+      finals[int64_t(asks.size())].copy_(w.ctx->final_hidden[w.tokens_after[j]]);
+      asks.push_back({w.tokens_after[j], j < w.drafts.size() ? w.drafts[j] : -1, &w.sampling});
     }
   }
+  std::vector<int32_t> tokens;
+  st.chooser.choose(m, asks, tokens);
+  size_t next = 0;
+  for (size_t i = 0; i < step.work.size(); ++i)
+    if (!out.done[i].error)
+      for (size_t j = 0; j < step.work[i].tokens_after.size(); ++j)
+        out.done[i].tokens.push_back(tokens[next++]);
 }
 
 using self_ptr = cloud_layers_actor::stateful_pointer<cloud_layers_state>;
@@ -306,35 +324,106 @@ int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
   return (rows > 0 ? p.layers_us(p.cloud, L - st.split, rows, L) : 0) + p.heads_us(p.cloud, tokens);
 }
 
+/// The rest of a step at the stages: their tokens (or errors) fill the
+/// work items they carried. A stage that cannot be reached loses the
+/// sessions of the step (their edges open new ones and upload again).
+caf::result<cloud_step_done> on_to_stage(self_ptr self, cloud_step_done out, stage_step staged,
+                                         std::vector<size_t> staged_work) {
+  auto rp = self->make_response_promise<cloud_step_done>();
+  self->request(self->state.stage, caf::infinite, std::move(staged))
+    .then(
+      [=](stage_step_done& r) mutable {
+        for (size_t j = 0; j < staged_work.size() && j < r.done.size(); ++j) {
+          auto& d = out.done[staged_work[j]];
+          if (r.done[j].error_code != 0)
+            d.error = error_of(r.done[j]);
+          else
+            d.tokens = std::move(r.done[j].tokens);
+        }
+        out.compute_us += r.compute_us;
+        rp.deliver(std::move(out));
+      },
+      [=](caf::error& err) mutable {
+        for (auto i : staged_work)
+          out.done[i].error = make_error(ceco_errc::session_lost,
+                                         "the next layer stage failed: " + describe(err));
+        rp.deliver(std::move(out));
+      });
+  return rp;
+}
+
+/// A naive request's rows on through the stages, with no context kept.
+caf::result<infer_reply> naive_on_to_stage(self_ptr self, clock_type::time_point t0,
+                                           const at::Tensor& x, int32_t last,
+                                           const sampler_options& sampling) {
+  stage_step staged;
+  stage_work w;
+  w.rows = encode_tensor(x, wire_dtype::f32);
+  w.tokens_after = {last};
+  w.drafts = {-1};
+  w.sampling = params_of(sampling);
+  staged.work.push_back(std::move(w));
+  const int64_t own_us = us_since(t0);
+  auto rp = self->make_response_promise<infer_reply>();
+  self->request(self->state.stage, caf::infinite, std::move(staged))
+    .then(
+      [=](stage_step_done& r) mutable {
+        if (r.done.size() != 1 || (r.done[0].error_code == 0 && r.done[0].tokens.size() != 1))
+          rp.deliver(make_error(ceco_errc::compute_failed,
+                                "the layer stage answered another step than the one asked"));
+        else if (r.done[0].error_code != 0)
+          rp.deliver(error_of(r.done[0]));
+        else
+          rp.deliver(infer_reply{r.done[0].tokens[0], own_us + r.compute_us});
+      },
+      [=](caf::error& err) mutable {
+        rp.deliver(make_error(ceco_errc::session_lost,
+                              "the next layer stage failed: " + describe(err)));
+      });
+  return rp;
+}
+
 cloud_layers_actor::behavior_type
 cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int split, int32_t eos,
                 int max_generations, std::shared_ptr<const compute_profile> profile,
-                std::shared_ptr<device_timeline> cloud_device) {
+                std::shared_ptr<device_timeline> cloud_device, layer_stage_actor stage,
+                int stage_from) {
   auto& st = self->state;
+  st.stage = std::move(stage);
+  st.stage_from = stage_from;
   st.clock = profile_clock(std::move(profile), std::move(cloud_device));
   st.model = std::move(model);
   st.split = split;
   st.eos = eos;
   st.max_generations = max_generations;
   const auto& cfg = st.model->config();
-  st.logits = at::empty({cfg.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(st.model->device()));
   st.generations = std::make_unique<generation_batch>(st.model);
   const int n_layer = cfg.n_layer;
   return {
     [=](open_atom) -> cloud_context_ptr {
       c10::InferenceMode guard;
       auto& m = *self->state.model;
-      auto ctx = std::make_shared<cloud_context>(m.make_cache(self->state.split, n_layer));
-      ctx->final_hidden = at::zeros({m.config().max_seq, m.config().n_embd},
-                                    at::TensorOptions().dtype(at::kFloat).device(m.device()));
+      auto& st = self->state;
+      auto ctx = std::make_shared<cloud_context>(m.make_cache(st.split, last_layer(st)));
+      if (st.stage) {
+        ctx->stage = st.stage;
+        ctx->stage_key = wire::random_session_id();  // unique among the stage's senders
+      } else {
+        ctx->final_hidden = at::zeros({m.config().max_seq, m.config().n_embd},
+                                      at::TensorOptions().dtype(at::kFloat).device(m.device()));
+      }
       return ctx;
     },
     [=](cloud_step& step) -> caf::result<cloud_step_done> {
       auto t0 = clock_type::now();
       cloud_step_done out;
       out.done.resize(step.work.size());
-      run_step(self->state, step, out);
+      stage_step staged;
+      std::vector<size_t> staged_work;
+      run_step(self->state, step, out, staged, staged_work);
       out.compute_us = us_since(t0);
+      if (!staged.work.empty())
+        return on_to_stage(self, std::move(out), std::move(staged), std::move(staged_work));
       if (self->state.clock.profile())
         out.compute_us = step_cost(self->state, step, out);
       return reply_after(self, t0, out.compute_us, std::move(out));
@@ -352,11 +441,18 @@ cloud_layers_fn(self_ptr self, std::shared_ptr<const transformer> model, int spl
       try {
         c10::InferenceMode guard;
         // Recomputes every position: no state is kept between requests.
-        auto cache = m.make_cache(self->state.split, n_layer, req.states.rows);
+        auto& st = self->state;
+        auto cache = m.make_cache(st.split, last_layer(st), req.states.rows);
         auto x = on_device(req.states, m);
-        m.forward_layers(x, 0, self->state.split, n_layer, cache);
+        m.forward_layers(x, 0, st.split, last_layer(st), cache);
+        const int32_t last = req.states.rows - 1;
+        if (st.stage)  // on through the stages, keeping no context there either
+          return naive_on_to_stage(self, t0, x, last, work.sampling);
+        st.chooser.rows(m, 1)[0].copy_(x[last]);
+        std::vector<int32_t> token;
+        st.chooser.choose(m, {{last, -1, &work.sampling}}, token);
         infer_reply r;
-        r.token = final_token(self->state, x, work.sampling, req.states.rows - 1);
+        r.token = token[0];
         r.cloud_us = us_since(t0);
         if (auto* p = self->state.clock.profile())
           r.cloud_us = p->layers_us(p->cloud, n_layer - self->state.split, req.states.rows, n_layer)
@@ -450,10 +546,10 @@ cloud_layers_actor spawn_cloud_layers(caf::actor_system& sys,
                                       std::shared_ptr<const transformer> model, int split,
                                       int32_t eos, int max_generations,
                                       std::shared_ptr<const compute_profile> profile,
-                                      std::shared_ptr<device_timeline> cloud_device) {
+                                      std::shared_ptr<device_timeline> cloud_device,
+                                      layer_stage_actor stage, int stage_from) {
   return sys.spawn(cloud_layers_fn, std::move(model), split, eos, max_generations,
-                   std::move(profile),
-                   std::move(cloud_device));
+                   std::move(profile), std::move(cloud_device), std::move(stage), stage_from);
 }
 
 } // namespace ceco

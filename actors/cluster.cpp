@@ -61,7 +61,7 @@ worker_api::behavior_type worker_front_fn(front_ptr self, context_manager_actor 
 } // namespace
 
 void configure_cluster(caf::actor_system_config& cfg, const settings& s) {
-  if (s.cluster.role == "single")
+  if (s.cluster.role == "single" && s.cluster.stage_hosts.empty())
     return;
   cfg.load<caf::io::middleman>();
   // A peer that stops answering (cut off, not closed) is dropped after the

@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 
 #include "actors/cloud_layers.hpp"
+#include "actors/layer_stage.hpp"
 #include "actors/cluster.hpp"
 #include "actors/context_manager.hpp"
 #include "actors/edge_layers.hpp"
@@ -125,7 +126,8 @@ void cloud_site::stop() {
     watch->stop();
   for (auto& w : workers)
     w.stop();
-  for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(contexts),
+  for (auto h : {caf::actor_cast<caf::actor>(layers), caf::actor_cast<caf::actor>(stage),
+                 caf::actor_cast<caf::actor>(contexts),
                  caf::actor_cast<caf::actor>(placed.evaluator),
                  caf::actor_cast<caf::actor>(placed.uploader), caf::actor_cast<caf::actor>(front)})
     if (h)
@@ -200,8 +202,11 @@ cloud_site spawn_single_site(caf::actor_system& sys, const settings& s, const si
   auto profile = compute_profile_of(s);
   // The cloud's one GPU: its layers and a cloud-placed exit evaluator take turns.
   auto cloud_device = std::make_shared<device_timeline>();
+  // The stages of placement.cloud_stages, here or on their nodes.
+  c.stage = stage_chain(sys, s, m.model, m.fingerprint, 0);
   c.layers = spawn_cloud_layers(sys, m.model, s.split.layer, m.vocab.eos(),
-                                s.session.max_sessions, profile, cloud_device);
+                                s.session.max_sessions, profile, cloud_device, c.stage,
+                                c.stage ? s.placement.cloud_stages.front() : 0);
   context_manager_options cm;
   cm.ttl = std::chrono::milliseconds(int64_t(s.session.ttl_s * 1000.0));
   cm.max_sessions = s.session.max_sessions;
@@ -216,6 +221,8 @@ cloud_site spawn_single_site(caf::actor_system& sys, const settings& s, const si
   c.contexts = spawn_context_manager(sys, c.layers, m.model->config(), cm);
   finish_site(sys, s, m, c);
   c.watch->add(caf::actor_cast<caf::actor>(c.layers), "cloud layers");
+  if (c.stage)  // a stage lost (its node down) fails the site: its supervisor restarts it
+    c.watch->add(caf::actor_cast<caf::actor>(c.stage), "layer stage");
   c.watch->add(caf::actor_cast<caf::actor>(c.contexts), "context manager");
   return c;
 }

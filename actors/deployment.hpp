@@ -71,6 +71,7 @@ class session_end_hook;
 
 struct cloud_site {
   cloud_layers_actor layers;      // none at a gateway
+  layer_stage_actor stage;        // the first of placement.cloud_stages, if any
   context_manager_actor contexts; // at a gateway: its session router
   session_router_actor router;    // a gateway's (none elsewhere)
   std::vector<cloud_site> workers;  // in-process workers behind the router (cluster.local_workers)

@@ -66,6 +66,9 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<link_counters>("link_counters");
   cfg.add_message_type<response_report>("response_report");
   cfg.add_message_type<cloud_stats>("cloud_stats");
+  cfg.add_message_type<stage_hello>("stage_hello");
+  cfg.add_message_type<stage_step>("stage_step");
+  cfg.add_message_type<stage_step_done>("stage_step_done");
   cfg.add_error_category(ceco_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string what = ctx.match_elements<std::string>() ? ctx.get_as<std::string>(0) : "";
     return fmt::format("ceco::{}: {}", to_string(static_cast<ceco_errc>(code)), what);

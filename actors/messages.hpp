@@ -290,6 +290,85 @@ struct cloud_step_done {
   int64_t compute_us = 0;
 };
 
+// -- layer stages: the cloud layers cut across actors or cluster nodes ---------
+//    (placement.cloud_stages, docs/cluster.md "Layer stages"; never on the
+//    edge wire: CAF's network layer inside the cluster only)
+
+/// One session's share of a stage step: its rows [start, start + rows.rows)
+/// as they enter the stage's first layer (f32 [rows, n_embd]), then, at the
+/// last stage, the cloud's choice of the token after each `tokens_after`
+/// (verifying `drafts`, under `sampling`, as cloud_work). `key` names the
+/// session's context on the stage (its KV cache and final states), cut back
+/// to `start` when rows arrive (a rollback); 0: no context is kept (naive,
+/// every position recomputed).
+struct stage_work {
+  uint64_t key = 0;
+  int32_t start = 0;
+  tensor_blob rows;
+  std::vector<int32_t> tokens_after;
+  std::vector<int32_t> drafts;
+  sampling_params sampling;
+};
+template <class F> void fields(F& f, stage_work& x) {
+  f.u64("key", x.key);
+  f.i32("start", x.start, 0, f.lim.context - 1);
+  f.blob("rows", x.rows, 0, f.lim.context, f.lim.width);
+  f.vec("tokens_after", x.tokens_after, 0, f.lim.context, 0, f.lim.context - 1);
+  f.vec("drafts", x.drafts, 0, f.lim.context, -1, f.lim.vocab - 1);
+  sampling_fields(f, x.sampling);
+}
+
+/// A work item's tokens, one per tokens_after, or why none were made.
+struct stage_work_done {
+  std::vector<int32_t> tokens;
+  uint8_t error_code = 0;  // a ceco_errc; 0: none
+  std::string error;
+};
+template <class F> void fields(F& f, stage_work_done& x) {
+  f.vec("tokens", x.tokens, 0, f.lim.context, 0, f.lim.vocab - 1);
+  f.u8("error_code", x.error_code, 0, 255);
+  f.text("error", x.error, f.lim.max_text);
+}
+
+struct stage_step {
+  std::vector<stage_work> work;
+};
+template <class F> void fields(F& f, stage_step& x) {
+  f.vec("work", x.work, 0, f.lim.context, 0, 0);
+}
+
+struct stage_step_done {
+  std::vector<stage_work_done> done;  // one per work, in order
+  int64_t compute_us = 0;             // this stage's and every later one's
+};
+template <class F> void fields(F& f, stage_step_done& x) {
+  f.vec("done", x.done, 0, f.lim.context, 0, 0);
+  f.i64("compute_us", x.compute_us, 0, proto::max_us);
+}
+
+/// What a stage runs, checked by the node that sends it work: the same
+/// model, and layers [first, n_layer).
+struct stage_hello {
+  uint64_t fingerprint = 0;
+  int32_t n_layer = 0;
+  int32_t first = 0;  // the stage's first layer (and every later stage's after it)
+};
+template <class F> void fields(F& f, stage_hello& x) {
+  f.u64("fingerprint", x.fingerprint);
+  f.i32("n_layer", x.n_layer, 0, f.lim.layers);
+  f.i32("first", x.first, 0, f.lim.layers);
+}
+
+/// Layers [first, last) of the cloud's part, after the cloud layers' own
+/// range (placement.cloud_stages): a stage_step runs every session's rows
+/// through them in one pass and hands them on to the next stage, or, at the
+/// last, through the final norm and classifier to the tokens. (close_atom,
+/// key) forgets a session's context.
+using layer_stage_actor = caf::typed_actor<
+  caf::replies_to<stage_hello>::with<stage_hello>,
+  caf::replies_to<stage_step>::with<stage_step_done>,
+  caf::reacts_to<close_atom, uint64_t>>;
+
 // -- actor interfaces ---------------------------------------------------------
 
 // -- the cloud protocol: one list ---------------------------------------------

@@ -21,6 +21,7 @@
 #include "actors/cluster.hpp"
 #include "actors/deployment.hpp"
 #include "actors/gateway.hpp"
+#include "actors/layer_stage.hpp"
 #include "apps/commands.hpp"
 #include "apps/json_text.hpp"
 #include "apps/prometheus_metrics.hpp"
@@ -114,6 +115,34 @@ std::string listen_address(const std::string& host) {
   return text;
 }
 
+/// A stage node: stage cluster.stage of placement.cloud_stages (and the
+/// stages after it, unless cluster.stage_hosts places them elsewhere) for
+/// the workers that send it work, until SIGINT or SIGTERM.
+void serve_stage(caf::actor_system& sys, const settings& s, const site_model& m,
+                 const sigset_t& stop) {
+  const auto& bounds = s.placement.cloud_stages;
+  const size_t k = size_t(s.cluster.stage - 1);
+  const int n_layer = m.model->config().n_layer;
+  const int last = k + 1 < bounds.size() ? bounds[k + 1] : n_layer;
+  auto next = stage_chain(sys, s, m.model, m.fingerprint, k + 1);
+  auto stage = spawn_layer_stage(sys, m.model, bounds[k], last, next, m.fingerprint);
+  const auto port = publish_layer_stage(sys, s, stage);
+  fmt::print("ceco cloud: stage {} serving {} (layers {}..{} of {}{}, fingerprint {:016x}) to "
+             "workers on {}:{} over {}\n",
+             k + 1, m.path, bounds[k], last - 1, n_layer,
+             next ? ", then the next stage" : ", the final head", m.fingerprint, s.cluster.host,
+             port, describe_cluster_transport(s));
+  std::cout.flush();
+  int sig = 0;
+  while (sig <= 0)
+    sig = sigwaitinfo(&stop, nullptr);
+  fmt::print("ceco cloud: {} received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::cout.flush();
+  stop_layer_stage(sys, s, stage, port);
+  if (next)
+    caf::anon_send_exit(next, caf::exit_reason::user_shutdown);
+}
+
 void run_cloud(const cloud_args& a) {
   auto sets = a.sets;
   if (!a.role.empty())
@@ -161,6 +190,8 @@ void run_cloud(const cloud_args& a) {
     log_refusal(fmt::format("refused the connection from {}: {}: {}{}", peer,
                             wire::to_string(why.code), why.text, hint));
   };
+  if (s.cluster.role == "stage")
+    return serve_stage(sys, s, m, stop);
   auto site = spawn_cloud_site(sys, s, m);
   // A worker faces its gateways only, on its cluster port; a single cloud
   // and a gateway face the edges on the wire protocol.
@@ -297,8 +328,10 @@ void add_cloud_command(CLI::App& app) {
                   "cluster.role: \"worker\" holds sessions and cloud layers for its gateways on "
                   "cluster.host:cluster.port (CAF's network layer, mutual TLS); \"gateway\" faces "
                   "the edges and places each session on one of cluster.workers; \"single\" (the "
-                  "default) is both in one process (see docs/cluster.md)")
-    ->check(CLI::IsMember({"single", "gateway", "worker"}));
+                  "default) is both in one process; \"stage\" runs stage cluster.stage of "
+                  "placement.cloud_stages, a range of the cloud's layers, for the workers listing "
+                  "it in cluster.stage_hosts (see docs/cluster.md)")
+    ->check(CLI::IsMember({"single", "gateway", "worker", "stage"}));
   cmd->add_flag("--insecure", a->insecure,
                 "serve a non-loopback cloud.host with neither TLS nor cloud.secret (a trusted "
                 "network only; the same as cloud.insecure = true)");

@@ -363,6 +363,7 @@ const std::vector<key_spec>& schema() {
     string_key("placement.exit_evaluator", {"edge", "cloud"},
                CECO_REF(std::string, placement.exit_evaluator)),
     string_key("placement.uploader", {"edge", "cloud"}, CECO_REF(std::string, placement.uploader)),
+    int_list_key("placement.cloud_stages", CECO_REF(std::vector<int>, placement.cloud_stages)),
     int_key("generation.max_tokens", 1, 1'000'000, CECO_REF(int, generation.max_tokens)),
     string_key("generation.prompt", {}, CECO_REF(std::string, generation.prompt)),
     float_key("sampling.temperature", 0.0, 100.0, CECO_REF(double, sampling.temperature)),
@@ -383,7 +384,8 @@ const std::vector<key_spec>& schema() {
     string_key("cloud.tls_key", {}, CECO_REF(std::string, cloud.tls_key)),
     string_key("cloud.tls_ca_file", {}, CECO_REF(std::string, cloud.tls_ca_file)),
     string_list_key("cloud.hosts", {}, CECO_REF(std::vector<std::string>, cloud.hosts)),
-    string_key("cluster.role", {"single", "gateway", "worker"}, CECO_REF(std::string, cluster.role)),
+    string_key("cluster.role", {"single", "gateway", "worker", "stage"},
+               CECO_REF(std::string, cluster.role)),
     string_key("cluster.host", {}, CECO_REF(std::string, cluster.host)),
     int_key("cluster.port", 0, 65535, CECO_REF(int, cluster.port)),
     string_list_key("cluster.workers", {}, CECO_REF(std::vector<std::string>, cluster.workers)),
@@ -393,6 +395,8 @@ const std::vector<key_spec>& schema() {
     string_key("cluster.tls_certificate", {}, CECO_REF(std::string, cluster.tls_certificate)),
     string_key("cluster.tls_key", {}, CECO_REF(std::string, cluster.tls_key)),
     string_key("cluster.tls_ca_file", {}, CECO_REF(std::string, cluster.tls_ca_file)),
+    string_list_key("cluster.stage_hosts", {}, CECO_REF(std::vector<std::string>, cluster.stage_hosts)),
+    int_key("cluster.stage", 1, max_layers, CECO_REF(int, cluster.stage)),
     string_key("experiment.name", {}, CECO_REF(std::string, experiment.name)),
     string_key("experiment.dataset", {}, CECO_REF(std::string, experiment.dataset)),
     string_key("experiment.format", {"auto", "alpaca", "xsum", "boolq", "quac", "imdb", "text"},
@@ -577,7 +581,19 @@ void check_cluster(const settings& s) {
     if (!split_host_port(h))
       throw config_error(fmt::format("cloud.hosts: '{}' is not \"host:port\" with a port of "
                                      "1-65535", h));
-  if (c.role == "single")
+  const auto& stages = s.placement.cloud_stages;
+  if (c.stage_hosts.size() > stages.size())
+    throw config_error(fmt::format("cluster.stage_hosts names {} node(s), but "
+                                   "placement.cloud_stages has {} stage(s)",
+                                   c.stage_hosts.size(), stages.size()));
+  for (const auto& h : c.stage_hosts)
+    if (!split_host_port(h))
+      throw config_error(fmt::format("cluster.stage_hosts: '{}' is not \"host:port\" with a port "
+                                     "of 1-65535", h));
+  if (c.role == "stage" && (stages.empty() || c.stage > int(stages.size())))
+    throw config_error(fmt::format("cluster.role = \"stage\" runs stage cluster.stage = {} of "
+                                   "placement.cloud_stages, which has {}", c.stage, stages.size()));
+  if (c.role == "single" && c.stage_hosts.empty())
     return;
   if (files == 0 && !c.insecure)
     throw config_error(fmt::format(
@@ -721,6 +737,16 @@ void check_against_model(const settings& s, const model_config& cfg) {
     throw config_error(fmt::format(
       "split.layer is {}, but the model has {} layers: the edge must run 1..{} of them",
       s.split.layer, cfg.n_layer, cfg.n_layer - 1));
+  const auto& stages = s.placement.cloud_stages;
+  for (size_t i = 0; i < stages.size(); ++i)
+    if (stages[i] <= (i == 0 ? s.split.layer : stages[i - 1]) || stages[i] >= cfg.n_layer)
+      throw config_error(fmt::format(
+        "placement.cloud_stages = [{}]: each boundary must be past split.layer = {} and the one "
+        "before it, and below the model's {} layers (a stage runs at least one layer)",
+        fmt::join(stages, ", "), s.split.layer, cfg.n_layer));
+  if (!stages.empty() && s.compute.mode == "profile")
+    throw config_error("placement.cloud_stages with compute.profile: staged cloud layers are "
+                       "measured only, not yet simulated on a profile's devices");
   for (int e : s.model.exits)
     if (e > s.split.layer)
       throw config_error(fmt::format(

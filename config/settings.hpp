@@ -70,6 +70,10 @@ struct settings {
   struct {
     std::string exit_evaluator = "edge";  // edge | cloud
     std::string uploader = "edge";        // edge | cloud
+    // Cuts the cloud's layers into stages: each boundary (ascending, past
+    // split.layer, below n_layer) starts a range of its own actor or node
+    // (docs/cluster.md "Layer stages"). Empty: one range, [split, L).
+    std::vector<int> cloud_stages;
   } placement;
   struct {
     int max_tokens = 64;
@@ -102,7 +106,7 @@ struct settings {
   } cloud;
   // -- a cloud of several nodes (`ceco cloud --role gateway|worker`; docs/cluster.md) --
   struct {
-    std::string role = "single";       // single | gateway | worker
+    std::string role = "single";       // single | gateway | worker | stage
     std::string host = "127.0.0.1";    // where a worker listens for its gateways
     int port = 7171;                   // a worker's cluster port; 0: any free port (printed)
     std::vector<std::string> workers;  // a gateway's workers, "host:port" each
@@ -112,6 +116,10 @@ struct settings {
     std::string tls_certificate;       // this node's cluster certificate (PEM)
     std::string tls_key;               // its private key (PEM)
     std::string tls_ca_file;           // the cluster CA (PEM): peers it did not sign get nothing
+    // Where each stage of placement.cloud_stages runs, "host:port" each
+    // (a `ceco cloud --role stage`); empty: in this process.
+    std::vector<std::string> stage_hosts;
+    int stage = 1;                     // role stage: which of placement.cloud_stages it runs (1: the first)
   } cluster;
   // -- experiments only (`ceco experiment`) --
   struct {

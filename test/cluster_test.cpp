@@ -85,6 +85,71 @@ TEST_CASE("a router over two workers in one process: every strategy gives the on
   CHECK(st.sessions == 0);  // every session closed, at its worker too
 }
 
+TEST_CASE("cloud layers cut into stages in one process: every strategy gives the one-process tokens and bytes") {
+  const std::string tuned = std::string(CECO_SOURCE_DIR) + "/config/models/stories260K-exits-2-3.gguf";
+  // stories260K has 5 layers: split 3 with one stage from layer 4, and
+  // split 2 with stages from layers 3 and 4 (three ranges of one layer).
+  const std::vector<std::pair<std::vector<std::string>, std::string>> layouts = {
+    {{"split.layer=3", "model.exits=2,3", "model.exit_heads=" + tuned, "policy.threshold=0.6"}, "4"},
+    {{"split.layer=2", "model.exits=1,2", "model.exit_heads=none", "policy.threshold=0.3"}, "3,4"}};
+  for (const auto& [layout, stages] : layouts) {
+    CAPTURE(stages);
+    auto sets = layout;
+    sets.insert(sets.end(), {"model.path=" + stories_gguf(), "link.latency_ms=1"});
+    sim_fixture one(sets);
+    sets.push_back("placement.cloud_stages=" + stages);
+    sim_fixture staged(sets);
+    std::vector<std::vector<int32_t>> prompts;
+    for (auto p : {"Once upon a time", "Lily and Ben went to the park", "The little dog", "One day"})
+      prompts.push_back(one.m.vocab.encode(p));
+    for (auto mode : {"cloud", "naive", "collaborative", "speculative", "exact"}) {
+      CAPTURE(mode);
+      for (bool sampled : {false, true}) {
+        CAPTURE(sampled);
+        std::vector<sampler_options> sampling;
+        if (sampled)
+          for (size_t i = 0; i < prompts.size(); ++i)
+            sampling.push_back({0.9f, 0, 1.0f, 7 + i});
+        auto expected = one.sim->run_concurrently(prompts, strategy_of(mode, "mode"), 24, sampling);
+        auto got = staged.sim->run_concurrently(prompts, strategy_of(mode, "mode"), 24, sampling);
+        for (size_t i = 0; i < got.size(); ++i) {
+          CAPTURE(i);
+          REQUIRE(got[i].error.empty());
+          CHECK(got[i].tokens == expected[i].tokens);
+          CHECK(got[i].rollbacks == expected[i].rollbacks);
+          if (std::string(mode) == "naive" || std::string(mode) == "collaborative")
+            CHECK(got[i].traffic.bytes_up == expected[i].traffic.bytes_up);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("layer stage settings: boundaries inside the cloud's layers, hosts for stages that exist") {
+  auto error_of = [](std::vector<std::string> sets) {
+    sets.insert(sets.begin(), "model.path=" + stories_gguf());
+    try {
+      sim_fixture f(sets);
+    } catch (const config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(error_of({"split.layer=3", "placement.cloud_stages=3"}).find(
+          "placement.cloud_stages = [3]: each boundary must be past split.layer = 3") !=
+        std::string::npos);
+  CHECK(error_of({"split.layer=2", "placement.cloud_stages=4,3"}).find("placement.cloud_stages") !=
+        std::string::npos);
+  CHECK(error_of({"split.layer=3", "placement.cloud_stages=5"}).find("below the model's 5 layers") !=
+        std::string::npos);
+  CHECK(error_of({"placement.cloud_stages=4", "compute.mode=profile", "compute.profile=paper-a100"})
+          .find("not yet") != std::string::npos);
+  CHECK(error_of({"placement.cloud_stages=4", "cluster.insecure=true",
+                  "cluster.stage_hosts=[\"127.0.0.1:1\",\"127.0.0.1:2\"]"})
+          .find("cluster.stage_hosts names 2 node(s), but placement.cloud_stages has 1") !=
+        std::string::npos);
+}
+
 TEST_CASE("cluster settings: roles need certificates or cluster.insecure, and workers as host:port") {
   auto error_of = [](std::vector<std::string> sets) {
     try {
@@ -295,6 +360,60 @@ TEST_CASE("gateway and two worker processes over mutual TLS: one-process tokens,
     edges.join();
     CHECK(check_finished(out, undisturbed[mode]) >= 1);  // the moved sessions, counted
   }
+}
+
+TEST_CASE("cloud layers cut into stages across two nodes: the one-process tokens and edge bytes") {
+  cluster_certs certs;
+  const std::string stages = " --set placement.cloud_stages=4";
+  // The stage node runs layer 4 and the head; the worker layer 3, then
+  // hands each step's rows to it (CAF's network layer, mutual TLS).
+  node_process stage("--role stage --set cluster.port=0 --set cluster.stage=1" + stages +
+                     certs.node("worker2") + stories_model);
+  REQUIRE_MESSAGE(stage.port > 0, stage.banner);
+  CHECK(stage.banner.find("layers 4..4 of 5, the final head") != std::string::npos);
+  node_process worker(fmt::format("--role worker --set cluster.port=0{} --set "
+                                  "'cluster.stage_hosts=[\"127.0.0.1:{}\"]'",
+                                  stages, stage.port) +
+                      certs.node("worker1") + stories_model);
+  REQUIRE_MESSAGE(worker.port > 0, worker.banner);
+  node_process gateway(fmt::format("--role gateway --set cloud.port=0 --set "
+                                   "'cluster.workers=[\"127.0.0.1:{}\"]'",
+                                   worker.port) +
+                         certs.node("gateway") + stories_model,
+                       true);
+  REQUIRE(wait_for_line(gateway, "joined", 5));
+  gateway.stop_reading();
+  node_process single("--set cloud.port=0" + stories_model);
+  REQUIRE(single.port > 0);
+  for (auto mode : {"naive", "collaborative", "speculative", "exact", "cloud"}) {
+    CAPTURE(mode);
+    auto alone = run_ceco(edge_args(single.port, mode));
+    auto staged = run_ceco(edge_args(gateway.port, mode));
+    REQUIRE(alone.status == 0);
+    REQUIRE_MESSAGE(staged.status == 0, staged.out);
+    auto a = json_lines(alone.out), b = json_lines(staged.out);
+    REQUIRE(a.size() == 8);
+    REQUIRE(b.size() == 8);
+    for (size_t i = 0; i < 8; ++i) {
+      CHECK(b[i]["error"].is_null());
+      CHECK(b[i]["tokens"] == a[i]["tokens"]);
+      // The token-by-token strategies send the same bytes on the edge link
+      // (drafts and polls group by timing).
+      if (std::string(mode) == "naive" || std::string(mode) == "collaborative")
+        CHECK(b[i]["bytes_up"] == a[i]["bytes_up"]);
+    }
+  }
+  // The stage's port is a cluster port like a worker's: garbage gets
+  // nothing, and the stage keeps serving the same tokens.
+  std::thread hostile([&] { send_garbage(stage.port, 200); });
+  auto alone = run_ceco(edge_args(single.port, "exact"));
+  auto staged = run_ceco(edge_args(gateway.port, "exact"));
+  hostile.join();
+  REQUIRE(staged.status == 0);
+  auto a = json_lines(alone.out), b = json_lines(staged.out);
+  REQUIRE(b.size() == 8);
+  for (size_t i = 0; i < 8; ++i)
+    CHECK(b[i]["tokens"] == a[i]["tokens"]);
 }
 
 TEST_CASE("a worker's cluster port: a peer without the cluster's certificate, and garbage, get nothing; it keeps serving") {
