@@ -256,7 +256,7 @@ void add_generate_command(CLI::App& app) {
     "--threshold", *theta,
     "confidence (max softmax) an exit needs to fire, the same for every exit; default: each "
     "exit's calibrated threshold when the heads file has them (ceco calibrate-exits), else 0.8");
-  theta_opt->check(CLI::NonNegativeNumber);
+  theta_opt->check(CLI::NonNegativeNumber)->default_str("auto");
   cmd->add_option("--min-exit-layer", a->min_exit_layer,
                   "exits before this layer never fire (shallow untrained exits echo the "
                   "input token)")
