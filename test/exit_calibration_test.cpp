@@ -7,6 +7,7 @@
 #include "model/exit_training.hpp"
 #include "model/generation.hpp"
 #include "model/gguf_writer.hpp"
+#include "proto/messages.hpp"
 #include "test/cloud_sites.hpp"
 
 using namespace ceco;
@@ -275,4 +276,20 @@ TEST_CASE("θ: unset uses the heads' calibrated thresholds, a set policy.thresho
     CHECK(collab.error.empty());
     CHECK(collab.exit_counts[0] == int(collab.tokens.size()));  // θ = 0: the first exit always
   }
+}
+
+TEST_CASE("an exit evaluator on the cloud needs both nodes' θ alike, \"auto\" included") {
+  hello_msg edge, cloud;
+  edge.evaluator_on_cloud = cloud.evaluator_on_cloud = true;
+  edge.min_exit_layer = cloud.min_exit_layer = 1;
+  edge.threshold = cloud.threshold = hello_msg::threshold_auto;
+  CHECK(compare_hello(edge, cloud).empty());
+  cloud.threshold = 0.8f;
+  CHECK(contains(compare_hello(edge, cloud),
+                 "policy.threshold / min_exit_layer of the exit evaluator on the cloud: edge auto / "
+                 "1, cloud 0.8 / 1"));
+  // What a node sends: "auto" unless a number is set.
+  auto s = load_settings("", {});
+  CHECK_FALSE(threshold_override(s).has_value());
+  CHECK(threshold_override(load_settings("", {"policy.threshold=0.7"})) == 0.7f);
 }
