@@ -63,8 +63,8 @@ exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& cal
   }
   for (auto& e : cal.exits)
     if (!e.note.empty())
-      fmt::print("note: exit {} never fires ({}); more calibration text (--text, "
-                 "--self-generated) or a lower --min-tokens may give it a threshold\n",
+      fmt::print("note: exit {}: {}; more calibration text (--text, --self-generated) or a "
+                 "lower --min-tokens may give it a threshold\n",
                  e.layer, e.note);
   heads.set_calibration(thresholds, counts,
                         {opts.target_agreement, opts.min_exit_layer, data_note});
