@@ -474,12 +474,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
                                                 m.model->config().n_embd,
                                                 upload_dtype_of(s, mode) == "f32" ? 4 : 2));
           j["compute"] = compute_label(s);
-          if (uses_exits(mode)) {
-            const auto theta = threshold_override(s);
-            j["threshold"] = theta ? nlohmann::json(*theta) : nlohmann::json("auto");
-            j["thresholds"] = m.heads.thresholds(theta);
-            j["thresholds_from"] = m.heads.threshold_origin(theta);
-          }
+          add_thresholds(j, mode, s, m.heads);
           if (auto e = exactness_of(s, mode); !e.empty())
             j["exactness"] = e;
           if (mode == strategy::cloud && !cloud)
