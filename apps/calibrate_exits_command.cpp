@@ -136,6 +136,12 @@ void add_calibrate_exits_command(CLI::App& app) {
   cmd->add_option("--min-exit-layer", a->calib.min_exit_layer,
                   "exits before this layer never fire (as policy.min_exit_layer)")
     ->capture_default_str();
+  cmd->add_flag("--lookahead", a->calib.lookahead,
+                "calibrate the exits jointly: an exit but the last may take a higher threshold, "
+                "or none, when the exits after it then emit more tokens in all (each still "
+                "meets the target); such thresholds hold only for these exits together, and a "
+                "run selecting other exits ignores them (default: each exit, in order, its "
+                "smallest qualifying threshold)");
   cmd->add_option("--out", a->out, "where to write the heads (default: over --exit-heads)");
   cmd->add_flag("--dry-run", a->dry_run, "print the thresholds, write nothing");
   cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores")->capture_default_str();

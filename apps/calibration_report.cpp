@@ -62,12 +62,12 @@ exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& cal
                                   opts.min_exit_layer));
   }
   for (auto& e : cal.exits)
-    if (!e.note.empty())
+    if (!e.note.empty() && e.threshold > 1.0f && e.note.find("so that") == std::string::npos)
       fmt::print("note: exit {}: {}; more calibration text (--text, --self-generated) or a "
                  "lower --min-tokens may give it a threshold\n",
                  e.layer, e.note);
   heads.set_calibration(thresholds, counts,
-                        {opts.target_agreement, opts.min_exit_layer, data_note});
+                        {opts.target_agreement, opts.min_exit_layer, data_note, opts.lookahead});
   return cal;
 }
 

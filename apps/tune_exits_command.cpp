@@ -33,6 +33,7 @@ struct tune_args {
   bool force = false;  // write --out even over a file when agreement got worse
   double target_agreement = 0;  // > 0: calibrate per-exit thresholds after tuning
   int64_t min_tokens = 100;
+  bool lookahead = false;  // calibration: jointly (calibrate-exits --lookahead)
 };
 
 const std::vector<float> report_thresholds = {0.5f, 0.8f, 0.9f};
@@ -123,6 +124,7 @@ void run_tune(const tune_args& a) {
     opts.target_agreement = a.target_agreement;
     opts.min_tokens = a.min_tokens;
     opts.min_exit_layer = a.min_exit_layer;
+    opts.lookahead = a.lookahead;
     if (half == 0) {
       calibrate_and_report(heads, eval, {}, opts, "the held-out sequence");
     } else {
@@ -194,6 +196,9 @@ void add_tune_exits_command(CLI::App& app) {
                   "with --target-agreement: fewest held-out tokens a threshold may rest on; an "
                   "exit with fewer never fires (1.01)")
     ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--lookahead", a->lookahead,
+                "with --target-agreement: calibrate the exits jointly (see ceco calibrate-exits "
+                "--help)");
   cmd->add_flag("--force", a->force,
                 "write --out over an existing file even when the tuned heads agree with the "
                 "final layer less than untrained ones (otherwise warned and kept)");

@@ -53,6 +53,126 @@ std::vector<float> confidences_at(const exit_calibration_data& d, size_t n, int6
 
 } // namespace
 
+namespace {
+
+struct candidate {
+  float threshold;
+  int64_t fired, agreed;
+};
+
+/// Exit i over the positions the exits before it leave under `chosen`: how
+/// many reach it, and every threshold that qualifies there (at least
+/// min_tokens exits agreeing at the target rate), largest first.
+struct exit_scan {
+  int64_t reaching = 0;
+  std::vector<candidate> qualifying;
+};
+
+exit_scan scan_exit(const exit_calibration_data& data, size_t i, const std::vector<float>& chosen,
+                    const exit_calibration_options& opts) {
+  exit_scan out;
+  std::vector<int64_t> reach;
+  const std::vector<int> earlier(data.layers.begin(), data.layers.begin() + std::ptrdiff_t(i));
+  for (int64_t p = 0; p < data.positions(); ++p)
+    if (i == 0 || first_confident_exit(earlier, confidences_at(data, i, p), chosen,
+                                       opts.min_exit_layer) < 0)
+      reach.push_back(p);
+  out.reaching = int64_t(reach.size());
+  if (data.layers[i] < opts.min_exit_layer)
+    return out;
+  // Most confident first; a threshold is a confidence seen, taking every
+  // position at or above it (ties together).
+  const auto& conf = data.confidence[i];
+  const auto& ok = data.agrees[i];
+  std::sort(reach.begin(), reach.end(),
+            [&](int64_t a, int64_t b) { return conf[size_t(a)] > conf[size_t(b)]; });
+  int64_t fired = 0, agreed = 0;
+  for (size_t k = 0; k < reach.size();) {
+    const float t = conf[size_t(reach[k])];
+    for (; k < reach.size() && conf[size_t(reach[k])] == t; ++k) {
+      ++fired;
+      agreed += ok[size_t(reach[k])] ? 1 : 0;
+    }
+    // Agreement is not monotone in the threshold: every threshold that
+    // meets the target qualifies, not only those above the first miss.
+    if (fired >= opts.min_tokens && double(agreed) >= opts.target_agreement * double(fired))
+      out.qualifying.push_back({t, fired, agreed});
+  }
+  return out;
+}
+
+calibrated_exit exit_at(const exit_calibration_data& data, size_t i, const exit_scan& scan,
+                        const candidate* pick, const exit_calibration_options& opts) {
+  calibrated_exit e;
+  e.layer = data.layers[i];
+  e.reaching = scan.reaching;
+  if (pick) {
+    e.threshold = pick->threshold;
+    e.fired = pick->fired;
+    e.agreed = pick->agreed;
+  }
+  if (e.layer < opts.min_exit_layer)
+    e.note = fmt::format("before min_exit_layer {}: never fires", opts.min_exit_layer);
+  else if (scan.qualifying.empty())
+    e.note = e.reaching < opts.min_tokens
+               ? fmt::format("only {} positions reach it, fewer than {}: never fires", e.reaching,
+                             opts.min_tokens)
+               : fmt::format("no threshold with at least {} exits reaches {:.2f}% agreement: "
+                             "never fires",
+                             opts.min_tokens, 100 * opts.target_agreement);
+  else if (!pick)
+    e.note = fmt::format("never fires, so that the exits after it fire more (its smallest "
+                         "qualifying threshold is {:.4f})",
+                         scan.qualifying.back().threshold);
+  else if (pick->threshold != scan.qualifying.back().threshold)
+    e.note = fmt::format("above its smallest qualifying threshold {:.4f}, so that the exits "
+                         "after it fire more",
+                         scan.qualifying.back().threshold);
+  return e;
+}
+
+/// Calibrates exits [i, n) after the thresholds `chosen` of the exits
+/// before them.
+std::vector<calibrated_exit> calibrate_from(const exit_calibration_data& data, size_t i,
+                                            std::vector<float> chosen,
+                                            const exit_calibration_options& opts,
+                                            bool lookahead) {
+  std::vector<calibrated_exit> out;
+  for (; i < data.layers.size(); ++i) {
+    const auto scan = scan_exit(data, i, chosen, opts);
+    const candidate* pick = scan.qualifying.empty() ? nullptr : &scan.qualifying.back();
+    const bool last = i + 1 == data.layers.size();
+    if (lookahead && !last && !scan.qualifying.empty()) {
+      // Each qualifying threshold (up to 256 of them, the smallest always)
+      // and never firing, judged by the exits it and the later ones
+      // (calibrated in order) emit in all; a tie keeps the smaller one.
+      std::vector<const candidate*> tries;
+      const size_t n = scan.qualifying.size(), step = std::max<size_t>(1, n / 256);
+      for (size_t k = n; k-- > 0;)
+        if ((n - 1 - k) % step == 0 || k == 0)
+          tries.push_back(&scan.qualifying[k]);
+      tries.push_back(nullptr);
+      int64_t best = -1;
+      for (auto* c : tries) {
+        auto next = chosen;
+        next.push_back(c ? c->threshold : never_fire_threshold);
+        int64_t total = c ? c->fired : 0;
+        for (auto& e : calibrate_from(data, i + 1, next, opts, false))
+          total += e.fired;
+        if (total > best) {
+          best = total;
+          pick = c;
+        }
+      }
+    }
+    out.push_back(exit_at(data, i, scan, pick, opts));
+    chosen.push_back(out.back().threshold);
+  }
+  return out;
+}
+
+} // namespace
+
 exit_calibration calibrate_exit_thresholds(const exit_calibration_data& data,
                                            const exit_calibration_options& opts) {
   data.check();
@@ -65,57 +185,7 @@ exit_calibration calibrate_exit_thresholds(const exit_calibration_data& data,
   exit_calibration out;
   out.options = opts;
   out.positions = data.positions();
-  std::vector<float> chosen;  // thresholds of the exits calibrated so far
-  for (size_t i = 0; i < data.layers.size(); ++i) {
-    calibrated_exit e;
-    e.layer = data.layers[i];
-    // The positions that reach this exit: no earlier exit fires on them
-    // under the exit rule with the thresholds chosen so far.
-    std::vector<int64_t> reach;
-    const std::vector<int> earlier(data.layers.begin(), data.layers.begin() + std::ptrdiff_t(i));
-    for (int64_t p = 0; p < out.positions; ++p)
-      if (i == 0 || first_confident_exit(earlier, confidences_at(data, i, p), chosen,
-                                         opts.min_exit_layer) < 0)
-        reach.push_back(p);
-    e.reaching = int64_t(reach.size());
-    if (e.layer < opts.min_exit_layer) {
-      e.note = fmt::format("before min_exit_layer {}: never fires", opts.min_exit_layer);
-    } else {
-      // Most confident first; a threshold is a confidence seen, taking every
-      // position at or above it (ties together).
-      const auto& conf = data.confidence[i];
-      const auto& ok = data.agrees[i];
-      std::sort(reach.begin(), reach.end(), [&](int64_t a, int64_t b) {
-        return conf[size_t(a)] > conf[size_t(b)];
-      });
-      int64_t fired = 0, agreed = 0;
-      bool found = false;
-      for (size_t k = 0; k < reach.size();) {
-        const float t = conf[size_t(reach[k])];
-        for (; k < reach.size() && conf[size_t(reach[k])] == t; ++k) {
-          ++fired;
-          agreed += ok[size_t(reach[k])] ? 1 : 0;
-        }
-        // Agreement is not monotone in the threshold: the smallest one
-        // that meets the target wins, not the first to miss it.
-        if (fired >= opts.min_tokens && double(agreed) >= opts.target_agreement * double(fired)) {
-          e.threshold = t;
-          e.fired = fired;
-          e.agreed = agreed;
-          found = true;
-        }
-      }
-      if (!found)
-        e.note = e.reaching < opts.min_tokens
-                   ? fmt::format("only {} positions reach it, fewer than {}: never fires",
-                                 e.reaching, opts.min_tokens)
-                   : fmt::format("no threshold with at least {} exits reaches {:.2f}% agreement: "
-                                 "never fires",
-                                 opts.min_tokens, 100 * opts.target_agreement);
-    }
-    chosen.push_back(e.threshold);
-    out.exits.push_back(std::move(e));
-  }
+  out.exits = calibrate_from(data, 0, {}, opts, opts.lookahead);
   return out;
 }
 

@@ -7,9 +7,21 @@
 // The exits are calibrated in order, as the exit rule runs them
 // (decide_exit): exit i is calibrated only on the positions that no earlier
 // exit takes at its already chosen threshold, so each threshold is judged on
-// exactly the tokens that exit would emit. A threshold is accepted only when
-// at least `min_tokens` positions fire at it; an exit for which no threshold
+// exactly the tokens that exit would emit. A threshold qualifies only when
+// at least `min_tokens` positions fire at it; an exit for which none
 // qualifies never fires (never_fire_threshold), and the result says why.
+//
+// Greedy, each exit takes its smallest qualifying threshold. That can cost
+// exits in all: a shallow exit taking marginal positions leaves the deeper
+// ones the hard rest. With `lookahead` every exit but the last
+// takes, among its qualifying thresholds (and never firing), the one under
+// which it and the exits after it (each calibrated greedily) emit the most
+// tokens in all; every exit still meets the target on its own, and the last
+// one takes its smallest qualifying threshold. Its thresholds hold only for
+// the exits calibrated together (an exit may even never fire, leaving its
+// positions to a later one), so a heads file says so and a load of other
+// exits does not use them; greedy thresholds stay valid for a prefix of the
+// exits.
 //
 // Plain data, no torch: the confidences and agreements come from
 // model/exit_training.hpp (calibration_data) or from a test.
@@ -38,6 +50,7 @@ struct exit_calibration_options {
   double target_agreement = 0.99;  // in (0, 1]
   int64_t min_tokens = 100;        // fewest firing positions a threshold may rest on
   int min_exit_layer = 1;          // exits before it never fire (as the exit rule)
+  bool lookahead = false;          // true: jointly, see above
 };
 
 struct calibrated_exit {
@@ -49,7 +62,7 @@ struct calibrated_exit {
   double agreement() const { return fired ? double(agreed) / double(fired) : 0.0; }
   /// Wilson score 95% lower bound of the agreement (0 when nothing fired).
   double agreement_lower_95() const;
-  std::string note;  // why it never fires, when it does not
+  std::string note;  // why it never fires, or why above its smallest qualifying threshold
 };
 
 struct exit_calibration {

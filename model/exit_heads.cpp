@@ -112,7 +112,17 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
   exit_heads h;
   h.norm_eps_ = cfg.norm_eps;
   h.source_ = path;
+  if (!in_file_thresholds.empty()
+      && f.get_uint_or("ceco.exit_heads.calibration.joint", 0) != 0 && layers != in_file) {
+    // Calibrated jointly: an exit's threshold depends on the exits after it.
+    h.threshold_note_ = fmt::format(
+      "its thresholds were calibrated for exits {} together, not for {}",
+      fmt::join(in_file, ","), fmt::join(layers, ","));
+    in_file_thresholds.clear();
+    in_file_counts.clear();
+  }
   if (!in_file_thresholds.empty()) {
+    h.calibration_.joint = f.get_uint_or("ceco.exit_heads.calibration.joint", 0) != 0;
     h.calibration_.target_agreement = f.get_float_or("ceco.exit_heads.calibration.target_agreement", 0.0);
     h.calibration_.data = f.get_string_or("ceco.exit_heads.calibration.data", "");
     h.calibration_.min_exit_layer = int(f.get_uint_or("ceco.exit_heads.calibration.min_exit_layer", 1));
@@ -172,6 +182,7 @@ void exit_heads::save(const std::string& path) const {
                   float(calibration_.target_agreement));
     w.set_uint32("ceco.exit_heads.calibration.min_exit_layer",
                  uint32_t(std::max(0, calibration_.min_exit_layer)));
+    w.set_uint32("ceco.exit_heads.calibration.joint", calibration_.joint ? 1 : 0);
     if (!calibration_.data.empty())
       w.set_string("ceco.exit_heads.calibration.data", calibration_.data);
   }
@@ -253,8 +264,9 @@ std::string exit_heads::describe_thresholds(std::optional<float> theta) const {
     return fmt::format("θ = {} for every exit (set)", *theta);
   if (!calibrated())
     return fmt::format("θ = {} for every exit (default; the heads carry no calibrated "
-                       "thresholds)",
-                       default_exit_threshold);
+                       "thresholds{})",
+                       default_exit_threshold,
+                       threshold_note_.empty() ? "" : ": " + threshold_note_);
   std::vector<std::string> parts;
   for (auto& e : heads_)
     parts.push_back(*e.threshold > 1.0f ? fmt::format("exit {} never", e.layer)

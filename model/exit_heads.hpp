@@ -21,6 +21,8 @@
 //   ceco.exit_heads.calibration.target_agreement  float32
 //   ceco.exit_heads.calibration.min_exit_layer    uint32
 //   ceco.exit_heads.calibration.data              string: what it was calibrated on
+//   ceco.exit_heads.calibration.joint             uint32: 1 = for the file's exits together
+//                                                 only (a load of other exits ignores them)
 //   exit.<L>.norm.weight          [n_embd]
 //   exit.<L>.output.weight        [n_embd, vocab] (ggml order; optional)
 //   exit.<L>.adapter_a.weight     [n_embd, hidden]  (optional, with the two below)
@@ -51,6 +53,7 @@ struct exit_heads_calibration {
   double target_agreement = 0;  // share of emitted tokens equal to the final layer's
   int min_exit_layer = 1;
   std::string data;             // what the positions were
+  bool joint = false;           // thresholds for these exits together only (lookahead)
 };
 
 struct exit_head {
@@ -123,6 +126,7 @@ private:
   float norm_eps_ = 1e-5f;
   std::string source_ = "untrained";
   exit_heads_calibration calibration_;
+  std::string threshold_note_;  // why the file's thresholds were not taken
 };
 
 /// Index of the first exit at or after `min_layer` whose confidence reaches

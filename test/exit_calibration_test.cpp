@@ -62,6 +62,10 @@ void check_calibration(const exit_calibration_data& d, const exit_calibration& c
     }
     CHECK(r.fired[i] >= o.min_tokens);
     CHECK(double(r.agreed[i]) >= o.target_agreement * double(r.fired[i]));
+    // Greedy, every exit and, with lookahead, the last is at its smallest
+    // qualifying threshold: one step lower misses the target.
+    if (o.lookahead && i + 1 < t.size())
+      continue;
     const float lower = next_lower(d, t, i, t[i], o.min_exit_layer);
     if (lower >= 0) {
       auto lowered = t;
@@ -94,6 +98,7 @@ TEST_CASE("calibration picks, exit by exit, the smallest threshold that meets th
   exit_calibration_options o;
   o.target_agreement = 0.95;
   o.min_tokens = 10;
+  o.lookahead = false;
   auto cal = calibrate_exit_thresholds(d, o);
   REQUIRE(cal.exits.size() == 2);
   // 51 positions down to 0.50 with one miss agree at 98%; down to 0.40 the
@@ -121,6 +126,16 @@ TEST_CASE("calibration picks, exit by exit, the smallest threshold that meets th
   CHECK(late.exits[1].reaching == 100);
   check_calibration(d, late);
 
+  // Exit 3 is right everywhere exit 2 is unsure: with lookahead exit 2
+  // keeps to its sure positions, and exit 3 takes every position left.
+  o.min_exit_layer = 1;
+  o.lookahead = true;
+  auto ahead = calibrate_exit_thresholds(d, o);
+  check_calibration(d, ahead);
+  auto greedy = apply_exit_rule(d, cal.thresholds(), 1);
+  auto joint = apply_exit_rule(d, ahead.thresholds(), 1);
+  CHECK(joint.total_fired >= greedy.total_fired);
+
   o.target_agreement = 1.5;
   CHECK(contains(error_of([&] { calibrate_exit_thresholds(d, o); }), "target agreement"));
 }
@@ -135,8 +150,15 @@ TEST_CASE("calibrating the shipped stories260K heads meets the target on its cal
     exit_calibration_options o;
     o.target_agreement = target;
     o.min_tokens = 30;
+    o.lookahead = false;
+    auto greedy = calibrate_exit_thresholds(data, o);
+    check_calibration(data, greedy);
+    o.lookahead = true;
     auto cal = calibrate_exit_thresholds(data, o);
     check_calibration(data, cal);
+    // Lookahead never emits fewer tokens in all than greedy calibration.
+    CHECK(apply_exit_rule(data, cal.thresholds(), 1).total_fired
+          >= apply_exit_rule(data, greedy.thresholds(), 1).total_fired);
     // For the record: the best single θ meets the target over all exits
     // together, which lets a worse exit lean on a better one; calibration
     // holds every exit to it, and may exit less often at a low target.
@@ -161,7 +183,7 @@ TEST_CASE("a heads file keeps its calibrated thresholds; an old one without them
 
   temp_dir tmp;
   const auto path = tmp.file("heads.gguf");
-  old.set_calibration({0.93f, never_fire_threshold}, {412, 0}, {0.99, 1, "a test"});
+  old.set_calibration({0.93f, never_fire_threshold}, {412, 0}, {0.99, 1, "a test", false});
   old.save(path);
   auto back = exit_heads::load(path, m);
   REQUIRE(back.calibrated());
@@ -178,6 +200,19 @@ TEST_CASE("a heads file keeps its calibrated thresholds; an old one without them
   // Selecting one exit keeps its own threshold.
   auto only3 = exit_heads::load(path, m, {3});
   CHECK(only3.thresholds(std::nullopt) == std::vector<float>{never_fire_threshold});
+  // Jointly calibrated thresholds hold for the file's exits together only.
+  old.set_calibration({never_fire_threshold, 0.66f}, {0, 900}, {0.99, 1, "a test", true});
+  const auto joint_path = tmp.file("joint.gguf");
+  old.save(joint_path);
+  auto joint = exit_heads::load(joint_path, m);
+  CHECK(joint.calibrated());
+  CHECK(joint.calibration().joint);
+  CHECK(joint.thresholds(std::nullopt) == std::vector<float>{never_fire_threshold, 0.66f});
+  auto joint2 = exit_heads::load(joint_path, m, {2});
+  CHECK_FALSE(joint2.calibrated());
+  CHECK(joint2.thresholds(std::nullopt) == std::vector<float>{default_exit_threshold});
+  CHECK(contains(joint2.describe_thresholds(std::nullopt),
+                 "calibrated for exits 2,3 together, not for 2"));
   // The weights are the same as the old file's.
   {
     c10::InferenceMode guard;
@@ -240,7 +275,7 @@ TEST_CASE("θ: unset uses the heads' calibrated thresholds, a set policy.thresho
   temp_dir tmp;
   // Exit 2 calibrated never to fire, exit 3 always to.
   auto heads = exit_heads::load(shipped_heads(), m);
-  heads.set_calibration({never_fire_threshold, 0.0f}, {0, 100}, {0.99, 1, "a test"});
+  heads.set_calibration({never_fire_threshold, 0.0f}, {0, 100}, {0.99, 1, "a test", false});
   const auto path = tmp.file("heads.gguf");
   heads.save(path);
   auto loaded = exit_heads::load(path, m);
