@@ -32,10 +32,19 @@ wire_dtype upload_dtype(const settings& s, strategy mode = strategy::collaborati
 }
 
 exit_policy policy_of(const settings& s) {
-  return {float(s.policy.threshold), s.policy.min_exit_layer};
+  exit_policy p;
+  p.threshold = threshold_override(s);
+  p.min_exit_layer = s.policy.min_exit_layer;
+  return p;
 }
 
 } // namespace
+
+std::optional<float> threshold_override(const settings& s) {
+  if (!s.policy.threshold)
+    return std::nullopt;
+  return float(*s.policy.threshold);
+}
 
 site_model load_site_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads) {
@@ -110,7 +119,7 @@ hello_msg make_hello(const settings& s, const site_model& m) {
   h.secret = s.cloud.secret;
   h.evaluator_on_cloud = s.placement.exit_evaluator == "cloud";
   h.uploader_on_cloud = s.placement.uploader == "cloud";
-  h.threshold = float(s.policy.threshold);
+  h.threshold = s.policy.threshold ? float(*s.policy.threshold) : hello_msg::threshold_auto;
   h.min_exit_layer = s.policy.min_exit_layer;
   h.upload_dtype = uint8_t(upload_dtype(s));
   return h;

@@ -49,6 +49,10 @@ struct site_model {
 site_model load_site_model(const settings& s, const std::string& default_model,
                          const std::string& default_heads = {});
 
+/// policy.threshold as the exit rule takes it: unset ("auto") leaves each
+/// exit its calibrated threshold (exit_heads::thresholds).
+std::optional<float> threshold_override(const settings& s);
+
 /// The device profile compute.mode = "profile" names (nullptr when
 /// measured); config_error when the mode asks for one and none is named.
 std::shared_ptr<const compute_profile> compute_profile_of(const settings& s);

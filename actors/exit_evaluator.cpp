@@ -26,6 +26,7 @@ struct exit_evaluator_state {
   std::vector<int> layers;
   int n_embd = 0;
   exit_policy policy;
+  std::vector<float> thresholds;  // per exit: policy.threshold, else the heads' own
   profile_clock clock;  // profile mode: the profile's head cost per evaluation
   bool on_cloud = false;
   uint64_t next_device = 0;
@@ -43,6 +44,7 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
   self->state.layers = self->state.heads.layers();
   self->state.n_embd = n_embd;
   self->state.policy = policy;
+  self->state.thresholds = self->state.heads.thresholds(policy.threshold);
   return {
     [=](evaluate_request& r) -> caf::result<exit_decision> {
       auto t0 = clock_type::now();
@@ -66,7 +68,7 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
         d.confidence.push_back(r.confidence);
         tokens.push_back(r.token);
       }
-      auto choice = decide_exit(st.layers, d.confidence, tokens, st.policy.threshold,
+      auto choice = decide_exit(st.layers, d.confidence, tokens, st.thresholds,
                                 st.policy.min_exit_layer);
       d.exit_layer = choice.layer;
       d.token = choice.token;

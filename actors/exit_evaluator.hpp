@@ -6,6 +6,7 @@
 // talks to it through a stand-in.
 
 #include <memory>
+#include <optional>
 
 #include "actors/messages.hpp"
 
@@ -16,7 +17,9 @@ struct compute_profile;
 struct device_timeline;
 
 struct exit_policy {
-  float threshold = 0.8f;
+  /// θ of every exit (policy.threshold); unset: the heads' calibrated
+  /// thresholds, else 0.8 (exit_heads::thresholds).
+  std::optional<float> threshold;
   int min_exit_layer = 1;
 };
 

@@ -12,6 +12,7 @@ void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_sim_command(CLI::App& app);
 void add_tune_exits_command(CLI::App& app);
+void add_calibrate_exits_command(CLI::App& app);
 void add_experiment_command(CLI::App& app);
 void add_cloud_command(CLI::App& app);
 void add_cluster_command(CLI::App& app);

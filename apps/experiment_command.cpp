@@ -191,6 +191,7 @@ void run_experiment(const experiment_args& a) {
             if (auto e = exactness_of(combos[c].s, mode); !e.empty())
               j["exactness"] = e;
             j["compute"] = compute_label(combos[c].s);
+            add_thresholds(j, mode, combos[c].s, m.heads);
             if (combos[c].s.compute.mode == "profile") {
               j["clock"] = combos[c].s.compute.clock;
               // Counted once per batch of concurrent sessions, on its first line.

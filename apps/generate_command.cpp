@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -33,7 +34,7 @@ struct generate_args {
   uint64_t seed = 42;
   std::vector<int> exits;
   std::string exit_heads_file;
-  float threshold = 0.8f;
+  std::optional<float> threshold;  // unset: the heads' calibrated thresholds, else 0.8
   int min_exit_layer = 1;
   int threads = 0;
   std::string device = "cpu";
@@ -75,7 +76,8 @@ std::string read_prompt_file(const std::string& path) {
 void print_exit_report(const generation_result& r, const exit_heads& heads,
                        const generate_args& a, const tokenizer& vocab) {
   auto layers = heads.layers();
-  fmt::print(stderr, "\nexit trace at threshold {} (heads: {}):\n", a.threshold, heads.source());
+  fmt::print(stderr, "\nexit trace, thresholds: {} (heads: {}):\n",
+             heads.describe_thresholds(a.threshold), heads.source());
   std::string header = fmt::format("{:>5}  {:<14} {:>5}  {:>6}", "step", "token", "exit", "agrees");
   for (int l : layers)
     header += fmt::format("  conf@{:<2}", l);
@@ -184,7 +186,10 @@ void run_generate(generate_args a) {
     if (opts.exits) {
       j["exits"] = heads.layers();
       j["exit_heads"] = heads.source();
-      j["threshold"] = a.threshold;
+      // "auto" unless --threshold was given; `thresholds` are the ones used, one per exit.
+      j["threshold"] = a.threshold ? nlohmann::json(*a.threshold) : nlohmann::json("auto");
+      j["thresholds"] = heads.thresholds(a.threshold);
+      j["thresholds_from"] = heads.threshold_origin(a.threshold);
       j["min_exit_layer"] = a.min_exit_layer;
       auto trace = nlohmann::json::array();
       for (auto& s : r.exit_trace) {
@@ -246,9 +251,12 @@ void add_generate_command(CLI::App& app) {
                   "default model (" + default_exit_heads_path() + ") when --model is not given, "
                   "else untrained")
     ->check(CLI::ExistingFile | CLI::IsMember({"none"}));
-  cmd->add_option("--threshold", a->threshold,
-                  "confidence (max softmax) an exit needs to fire")
-    ->capture_default_str()->check(CLI::NonNegativeNumber);
+  auto theta = std::make_shared<float>(0.8f);
+  auto* theta_opt = cmd->add_option(
+    "--threshold", *theta,
+    "confidence (max softmax) an exit needs to fire, the same for every exit; default: each "
+    "exit's calibrated threshold when the heads file has them (ceco calibrate-exits), else 0.8");
+  theta_opt->check(CLI::NonNegativeNumber)->default_str("auto");
   cmd->add_option("--min-exit-layer", a->min_exit_layer,
                   "exits before this layer never fire (shallow untrained exits echo the "
                   "input token)")
@@ -259,7 +267,11 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--json", a->json,
                 "print one JSON object (text, tokens, n_prompt, n_generated, "
                 "decode_tokens_per_s, exit_trace) instead of streaming text");
-  cmd->callback([a] { run_generate(*a); });
+  cmd->callback([a, theta, theta_opt] {
+    if (theta_opt->count() > 0)
+      a->threshold = *theta;
+    run_generate(*a);
+  });
 }
 
 } // namespace ceco::app

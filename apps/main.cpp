@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
   ceco::app::add_bench_command(app);
   ceco::app::add_sim_command(app);
   ceco::app::add_tune_exits_command(app);
+  ceco::app::add_calibrate_exits_command(app);
   ceco::app::add_experiment_command(app);
   ceco::app::add_cloud_command(app);
   ceco::app::add_cluster_command(app);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "actors/deployment.hpp"
+#include "model/exit_heads.hpp"
 #include "model/metrics.hpp"
 
 namespace ceco::app {
@@ -85,6 +87,15 @@ nlohmann::json report_json(const response_report& x, const std::string& prompt,
   if (!x.error.empty())
     j["error"] = x.error;
   return j;
+}
+
+void add_thresholds(nlohmann::json& j, strategy mode, const settings& s, const exit_heads& heads) {
+  if (!uses_exits(mode))
+    return;
+  const auto theta = threshold_override(s);
+  j["threshold"] = theta ? nlohmann::json(*theta) : nlohmann::json("auto");
+  j["thresholds"] = heads.thresholds(theta);
+  j["thresholds_from"] = heads.threshold_origin(theta);
 }
 
 void add_cloud_agreement(nlohmann::json& j, const std::vector<int32_t>& tokens,

@@ -10,6 +10,10 @@
 #include "actors/messages.hpp"
 #include "config/settings.hpp"
 
+namespace ceco {
+class exit_heads;
+}
+
 namespace ceco::app {
 
 /// Bytes up the formulas predict, payload only: collaborative
@@ -22,6 +26,11 @@ int64_t formula_bytes_up(strategy mode, int64_t p, int64_t n, int64_t d,
 /// The fields of `ceco sim --json` (README "ceco sim").
 nlohmann::json report_json(const response_report& r, const std::string& prompt,
                            const std::string& text, int64_t formula_up);
+
+/// Adds, for a strategy that uses exits, the θ the response's exits used:
+/// threshold (policy.threshold's number, or "auto"), thresholds (one per
+/// exit) and thresholds_from ("set", "calibrated", "default").
+void add_thresholds(nlohmann::json& j, strategy mode, const settings& s, const exit_heads& heads);
 
 /// Adds agreement_with_cloud and rouge_l_with_cloud.
 void add_cloud_agreement(nlohmann::json& j, const std::vector<int32_t>& tokens,

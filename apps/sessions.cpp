@@ -1,5 +1,6 @@
 #include "apps/sessions.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -473,6 +474,7 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
                                                 m.model->config().n_embd,
                                                 upload_dtype_of(s, mode) == "f32" ? 4 : 2));
           j["compute"] = compute_label(s);
+          add_thresholds(j, mode, s, m.heads);
           if (auto e = exactness_of(s, mode); !e.empty())
             j["exactness"] = e;
           if (mode == strategy::cloud && !cloud)
@@ -520,6 +522,8 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
       fmt::print("  error: {}\n", r.report->error);
   }
   print_table(rows, modes);
+  if (std::any_of(modes.begin(), modes.end(), [](strategy x) { return uses_exits(x); }))
+    fmt::print("exit thresholds: {}\n", m.heads.describe_thresholds(threshold_override(s)));
   if (s.compute.mode == "profile") {
     fmt::print("(compute: device profile '{}': edge and cloud times are the profile's costs for "
                "the work done, not measurements; tokens and bytes are real{})\n",

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "apps/calibration_report.hpp"
 #include "apps/commands.hpp"
 #include "model/exit_training.hpp"
 #include "model/loader.hpp"
@@ -30,6 +31,9 @@ struct tune_args {
   int min_exit_layer = 1;
   int threads = 0;
   bool force = false;  // write --out even over a file when agreement got worse
+  double target_agreement = 0;  // > 0: calibrate per-exit thresholds after tuning
+  int64_t min_tokens = 100;
+  bool lookahead = false;  // calibration: jointly (calibrate-exits --lookahead)
 };
 
 const std::vector<float> report_thresholds = {0.5f, 0.8f, 0.9f};
@@ -112,6 +116,28 @@ void run_tune(const tune_args& a) {
                                     "than untrained ones ({}): kept the file; --force writes "
                                     "over it", a.out, worse));
   }
+  if (a.target_agreement > 0) {
+    // Calibrated on the first half of the held-out sequences, checked on
+    // the second: neither half was trained on.
+    const size_t half = eval_seqs.size() / 2;
+    exit_calibration_options opts;
+    opts.target_agreement = a.target_agreement;
+    opts.min_tokens = a.min_tokens;
+    opts.min_exit_layer = a.min_exit_layer;
+    opts.lookahead = a.lookahead;
+    if (half == 0) {
+      calibrate_and_report(heads, eval, {}, opts, "the held-out sequence");
+    } else {
+      std::vector<std::vector<int32_t>> cal_seqs(eval_seqs.begin(),
+                                                 eval_seqs.begin() + std::ptrdiff_t(half));
+      std::vector<std::vector<int32_t>> test_seqs(eval_seqs.begin() + std::ptrdiff_t(half),
+                                                  eval_seqs.end());
+      calibrate_and_report(heads, collect_exit_data(model, cal_seqs, a.exits),
+                           collect_exit_data(model, test_seqs, a.exits), opts,
+                           fmt::format("half of tune-exits' held-out sequences ({})",
+                                       a.text.empty() ? "self-generated" : a.text));
+    }
+  }
   heads.save(a.out);
   fmt::print("\nsaved {} heads to {} (use: ceco generate --exit-heads {})\n", heads.size(), a.out,
              a.out);
@@ -160,6 +186,19 @@ void add_tune_exits_command(CLI::App& app) {
     ->capture_default_str();
   cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores")->capture_default_str();
   cmd->add_option("--out", a->out, "where to write the heads (GGUF)")->capture_default_str();
+  cmd->add_option("--target-agreement", a->target_agreement,
+                  "after tuning, calibrate a threshold per exit so that its emitted tokens agree "
+                  "with the final layer at this rate (e.g. 0.99), on half of the held-out "
+                  "sequences, checked on the other half, and store them in --out (see ceco "
+                  "calibrate-exits; 0 = none: θ stays policy.threshold's)")
+    ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--min-tokens", a->min_tokens,
+                  "with --target-agreement: fewest held-out tokens a threshold may rest on; an "
+                  "exit with fewer never fires (1.01)")
+    ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--lookahead", a->lookahead,
+                "with --target-agreement: calibrate the exits jointly (see ceco calibrate-exits "
+                "--help)");
   cmd->add_flag("--force", a->force,
                 "write --out over an existing file even when the tuned heads agree with the "
                 "final layer less than untrained ones (otherwise warned and kept)");

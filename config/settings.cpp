@@ -22,6 +22,7 @@ struct key_spec {
   std::string type;  // for messages
   setter set;
   getter get;
+  std::string bare_word;  // a word --set takes unquoted besides the type, e.g. auto
 };
 
 std::string node_text(const toml::node& n) {
@@ -50,7 +51,7 @@ constexpr double max_link_ms = 60'000.0;  // simulated one-way delays: one minut
 constexpr double max_ttl_s = 2'592'000.0; // thirty days
 
 key_spec int_key(std::string key, int min, int max, std::function<int&(settings&)> ref) {
-  key_spec k{key, "integer", {}, {}};
+  key_spec k{key, "integer", {}, {}, {}};
   k.set = [key, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     auto v = n.value_exact<int64_t>();
     if (!v)
@@ -81,7 +82,7 @@ double checked_number(const std::string& key, double min, double max, bool stric
 
 key_spec float_key(std::string key, double min, double max, std::function<double&(settings&)> ref,
                    bool strictly_greater = false) {
-  key_spec k{key, "number", {}, {}};
+  key_spec k{key, "number", {}, {}, {}};
   k.set = [key, min, max, ref, strictly_greater](settings& s, const toml::node& n,
                                                  const std::string& where) {
     ref(s) = checked_number(key, min, max, strictly_greater, n, where);
@@ -90,12 +91,35 @@ key_spec float_key(std::string key, double min, double max, std::function<double
   return k;
 }
 
+/// A number, or the word `word` for "not set" (std::nullopt).
+key_spec optional_float_key(std::string key, std::string word, double min, double max,
+                            std::function<std::optional<double>&(settings&)> ref) {
+  key_spec k{key, fmt::format("number or \"{}\"", word), {}, {}, {}};
+  k.bare_word = word;
+  k.set = [key, word, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
+    if (auto w = n.value_exact<std::string>()) {
+      if (*w != word)
+        wrong(where, key, fmt::format("a number or \"{}\"", word), n);
+      ref(s).reset();
+      return;
+    }
+    if (!n.is_number())
+      wrong(where, key, fmt::format("a number or \"{}\"", word), n);
+    ref(s) = checked_number(key, min, max, false, n, where);
+  };
+  k.get = [word, ref](const settings& s) {
+    const auto& v = ref(const_cast<settings&>(s));
+    return v ? fmt::format("{}", *v) : fmt::format("\"{}\"", word);
+  };
+  return k;
+}
+
 using number_map = std::map<std::string, double>;
 
 /// One entry of a map of numbers (an absent entry is not set).
 key_spec map_entry_key(std::string key, std::string entry, double min, double max,
                        std::function<number_map&(settings&)> ref) {
-  key_spec k{key, "number", {}, {}};
+  key_spec k{key, "number", {}, {}, {}};
   k.set = [key, entry, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     ref(s)[entry] = checked_number(key, min, max, false, n, where);
   };
@@ -108,7 +132,7 @@ key_spec map_entry_key(std::string key, std::string entry, double min, double ma
 }
 
 key_spec bool_key(std::string key, std::function<bool&(settings&)> ref) {
-  key_spec k{key, "boolean", {}, {}};
+  key_spec k{key, "boolean", {}, {}, {}};
   k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
     auto v = n.value_exact<bool>();
     if (!v)
@@ -121,7 +145,7 @@ key_spec bool_key(std::string key, std::function<bool&(settings&)> ref) {
 
 key_spec string_key(std::string key, std::vector<std::string> allowed,
                     std::function<std::string&(settings&)> ref) {
-  key_spec k{key, "string", {}, {}};
+  key_spec k{key, "string", {}, {}, {}};
   k.set = [key, allowed, ref](settings& s, const toml::node& n, const std::string& where) {
     auto v = n.value_exact<std::string>();
     if (!v)
@@ -138,7 +162,7 @@ key_spec string_key(std::string key, std::vector<std::string> allowed,
 
 /// A strategy by its name (config/strategy.hpp).
 key_spec strategy_key(std::string key, std::function<strategy&(settings&)> ref) {
-  key_spec k{key, "string", {}, {}};
+  key_spec k{key, "string", {}, {}, {}};
   k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
     auto v = n.value_exact<std::string>();
     if (!v)
@@ -156,7 +180,7 @@ key_spec strategy_key(std::string key, std::function<strategy&(settings&)> ref) 
 
 /// A list of strategies by their names.
 key_spec strategy_list_key(std::string key, std::function<std::vector<strategy>&(settings&)> ref) {
-  key_spec k{key, "list of strings", {}, {}};
+  key_spec k{key, "list of strings", {}, {}, {}};
   k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
@@ -184,7 +208,7 @@ key_spec strategy_list_key(std::string key, std::function<std::vector<strategy>&
 }
 
 key_spec int_list_key(std::string key, std::function<std::vector<int>&(settings&)> ref) {
-  key_spec k{key, "list of integers", {}, {}};
+  key_spec k{key, "list of integers", {}, {}, {}};
   k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
@@ -214,7 +238,7 @@ key_spec int_list_key(std::string key, std::function<std::vector<int>&(settings&
 
 key_spec float_list_key(std::string key, double min, double max,
                         std::function<std::vector<double>&(settings&)> ref) {
-  key_spec k{key, "list of numbers", {}, {}};
+  key_spec k{key, "list of numbers", {}, {}, {}};
   k.set = [key, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
@@ -237,7 +261,7 @@ key_spec float_list_key(std::string key, double min, double max,
 
 key_spec string_list_key(std::string key, std::vector<std::string> allowed,
                          std::function<std::vector<std::string>&(settings&)> ref) {
-  key_spec k{key, "list of strings", {}, {}};
+  key_spec k{key, "list of strings", {}, {}, {}};
   k.set = [key, allowed, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
@@ -262,7 +286,7 @@ key_spec string_list_key(std::string key, std::vector<std::string> allowed,
 }
 
 key_spec exits_list_key(std::string key, std::function<std::vector<std::vector<int>>&(settings&)> ref) {
-  key_spec k{key, "list of exit lists", {}, {}};
+  key_spec k{key, "list of exit lists", {}, {}, {}};
   k.set = [key, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
@@ -294,7 +318,7 @@ key_spec exits_list_key(std::string key, std::function<std::vector<std::vector<i
 
 key_spec int_list_plain_key(std::string key, int min, int max,
                             std::function<std::vector<int>&(settings&)> ref) {
-  key_spec k{key, "list of integers", {}, {}};
+  key_spec k{key, "list of integers", {}, {}, {}};
   k.set = [key, min, max, ref](settings& s, const toml::node& n, const std::string& where) {
     auto arr = n.as_array();
     if (!arr)
@@ -338,7 +362,8 @@ const std::vector<key_spec>& schema() {
     string_key("policy.on_cloud_loss", {"auto", "wait", "degrade", "fail"},
                CECO_REF(std::string, policy.on_cloud_loss)),
     int_key("policy.cloud_loss_wait_ms", 0, 3'600'000, CECO_REF(int, policy.cloud_loss_wait_ms)),
-    float_key("policy.threshold", 0.0, 1000.0, CECO_REF(double, policy.threshold)),
+    optional_float_key("policy.threshold", "auto", 0.0, 1000.0,
+                       CECO_REF(std::optional<double>, policy.threshold)),
     int_key("policy.min_exit_layer", 0, max_layers, CECO_REF(int, policy.min_exit_layer)),
     string_key("compute.mode", {"measured", "profile"}, CECO_REF(std::string, compute.mode)),
     string_key("compute.profile", {}, CECO_REF(std::string, compute.profile)),
@@ -502,6 +527,11 @@ void apply_override(settings& s, const std::string& assignment) {
   try {
     doc = toml::parse("v = " + text);
   } catch (const toml::parse_error&) {
+    if (!spec.bare_word.empty() && value == spec.bare_word) {
+      doc.insert_or_assign("v", value);
+      spec.set(s, *doc.get("v"), where);
+      return;
+    }
     if (spec.type != "string")
       throw config_error(fmt::format("{}: {} must be a {}, got '{}'", where, key, spec.type, value));
     doc.insert_or_assign("v", value);  // a bare string

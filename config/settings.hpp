@@ -36,7 +36,9 @@ struct settings {
   } split;
   struct {
     strategy mode = strategy::collaborative;  // config/strategy.hpp
-    double threshold = 0.8;
+    // θ of every exit; unset ("auto"): each exit's calibrated threshold from
+    // the heads file, else 0.8 (model/exit_heads.hpp: exit_heads::thresholds).
+    std::optional<double> threshold;
     int min_exit_layer = 1;
     int max_draft = 16;  // speculative, exact: most tokens ahead of the cloud's verdicts
     // What a response does when the cloud is lost: auto (exact waits, the

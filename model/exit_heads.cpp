@@ -72,15 +72,71 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
     if (std::find(in_file.begin(), in_file.end(), l) == in_file.end())
       throw model_error(fmt::format("{}: no head for the exit after layer {} (the file has {})",
                                     path, l, fmt::join(in_file, ",")));
+  const auto version = f.get_uint_or("ceco.exit_heads.version", 1);
+  if (version < 1 || version > exit_heads_file_version)
+    throw model_error(fmt::format(
+      "{}: ceco.exit_heads.version is {}, expected 1..{} (written by a newer ceco?)", path,
+      version, exit_heads_file_version));
+  // Calibrated thresholds (version 2, optional): one per exit of the file,
+  // in its order, each in [0, {never_fire}].
+  std::vector<double> in_file_thresholds;
+  std::vector<int64_t> in_file_counts;
+  if (f.has("ceco.exit_heads.thresholds")) {
+    in_file_thresholds = f.get_float_array("ceco.exit_heads.thresholds");
+    if (in_file_thresholds.size() != in_file.size())
+      throw model_error(fmt::format(
+        "{}: ceco.exit_heads.thresholds has {} values, expected one per exit in "
+        "ceco.exit_heads.layers ({})",
+        path, in_file_thresholds.size(), in_file.size()));
+    for (size_t i = 0; i < in_file_thresholds.size(); ++i) {
+      const double t = in_file_thresholds[i];
+      if (!(t >= 0.0 && t <= 2.0))
+        throw model_error(fmt::format(
+          "{}: ceco.exit_heads.thresholds[{}] (exit after layer {}) is {}, expected a number "
+          "in [0, 2]",
+          path, i, in_file[i], t));
+    }
+    if (f.has("ceco.exit_heads.calibration.tokens")) {
+      in_file_counts = f.get_int_array("ceco.exit_heads.calibration.tokens");
+      if (in_file_counts.size() != in_file.size())
+        throw model_error(fmt::format(
+          "{}: ceco.exit_heads.calibration.tokens has {} values, expected one per exit ({})",
+          path, in_file_counts.size(), in_file.size()));
+    }
+  } else if (f.has("ceco.exit_heads.calibration.tokens")) {
+    throw model_error(fmt::format("{}: ceco.exit_heads.calibration.tokens without "
+                                  "ceco.exit_heads.thresholds",
+                                  path));
+  }
 
   exit_heads h;
   h.norm_eps_ = cfg.norm_eps;
   h.source_ = path;
+  if (!in_file_thresholds.empty()
+      && f.get_uint_or("ceco.exit_heads.calibration.joint", 0) != 0 && layers != in_file) {
+    // Calibrated jointly: an exit's threshold depends on the exits after it.
+    h.threshold_note_ = fmt::format(
+      "its thresholds were calibrated for exits {} together, not for {}",
+      fmt::join(in_file, ","), fmt::join(layers, ","));
+    in_file_thresholds.clear();
+    in_file_counts.clear();
+  }
+  if (!in_file_thresholds.empty()) {
+    h.calibration_.joint = f.get_uint_or("ceco.exit_heads.calibration.joint", 0) != 0;
+    h.calibration_.target_agreement = f.get_float_or("ceco.exit_heads.calibration.target_agreement", 0.0);
+    h.calibration_.data = f.get_string_or("ceco.exit_heads.calibration.data", "");
+    h.calibration_.min_exit_layer = int(f.get_uint_or("ceco.exit_heads.calibration.min_exit_layer", 1));
+  }
   const auto dev = model.device();
   for (int l : layers) {
     auto n = [&](const char* s) { return fmt::format("exit.{}.{}", l, s); };
     exit_head e;
     e.layer = l;
+    const auto at = size_t(std::find(in_file.begin(), in_file.end(), l) - in_file.begin());
+    if (!in_file_thresholds.empty())
+      e.threshold = float(in_file_thresholds[at]);
+    if (!in_file_counts.empty())
+      e.calibration_tokens = in_file_counts[at];
     e.norm = read_head_tensor(f, n("norm.weight"), {cfg.n_embd}, dev);
     if (f.find(n("output.weight"))) {
       e.output = read_head_tensor(f, n("output.weight"), {cfg.vocab_size, cfg.n_embd}, dev);
@@ -112,6 +168,24 @@ void exit_heads::save(const std::string& path) const {
   w.set_int32_array("ceco.exit_heads.layers", std::vector<int32_t>(exits.begin(), exits.end()));
   w.set_uint32("ceco.exit_heads.n_embd", uint32_t(heads_[0].norm.size(0)));
   w.set_uint32("ceco.exit_heads.vocab_size", uint32_t(heads_[0].output.rows()));
+  w.set_uint32("ceco.exit_heads.version", exit_heads_file_version);
+  if (calibrated()) {
+    std::vector<float> t;
+    std::vector<int32_t> counts;
+    for (auto& e : heads_) {
+      t.push_back(*e.threshold);
+      counts.push_back(int32_t(std::min<int64_t>(e.calibration_tokens, INT32_MAX)));
+    }
+    w.set_float32_array("ceco.exit_heads.thresholds", t);
+    w.set_int32_array("ceco.exit_heads.calibration.tokens", counts);
+    w.set_float32("ceco.exit_heads.calibration.target_agreement",
+                  float(calibration_.target_agreement));
+    w.set_uint32("ceco.exit_heads.calibration.min_exit_layer",
+                 uint32_t(std::max(0, calibration_.min_exit_layer)));
+    w.set_uint32("ceco.exit_heads.calibration.joint", calibration_.joint ? 1 : 0);
+    if (!calibration_.data.empty())
+      w.set_string("ceco.exit_heads.calibration.data", calibration_.data);
+  }
   auto put = [&](const std::string& name, const at::Tensor& t) {
     auto c = t.to(at::kCPU).contiguous();
     std::vector<int64_t> ne(c.sizes().rbegin(), c.sizes().rend());
@@ -131,25 +205,87 @@ void exit_heads::save(const std::string& path) const {
   w.write(path);
 }
 
+namespace {
+
+void check_thresholds(const std::vector<int>& layers, const std::vector<float>& thresholds) {
+  if (thresholds.size() != layers.size())
+    throw model_error(fmt::format("exit decision: {} thresholds for {} exits", thresholds.size(),
+                                  layers.size()));
+}
+
+} // namespace
+
 int first_confident_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
-                         float threshold, int min_layer) {
+                         const std::vector<float>& thresholds, int min_layer) {
+  check_thresholds(layers, thresholds);
   for (size_t i = 0; i < layers.size() && i < confidence.size(); ++i)
-    if (layers[i] >= min_layer && confidence[i] >= threshold)
+    if (layers[i] >= min_layer && confidence[i] >= thresholds[i])
       return int(i);
   return -1;
 }
 
 exit_choice decide_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
-                        const std::vector<int32_t>& tokens, float threshold, int min_layer) {
+                        const std::vector<int32_t>& tokens, const std::vector<float>& thresholds,
+                        int min_layer) {
   if (layers.empty() || tokens.size() != layers.size())
     throw model_error(fmt::format("exit decision: {} tokens for {} exits", tokens.size(),
                                   layers.size()));
   exit_choice c;
-  c.index = first_confident_exit(layers, confidence, threshold, min_layer);
+  c.index = first_confident_exit(layers, confidence, thresholds, min_layer);
   const size_t chosen = c.index >= 0 ? size_t(c.index) : layers.size() - 1;
   c.layer = c.index >= 0 ? layers[chosen] : -1;
   c.token = tokens[chosen];
   return c;
+}
+
+bool exit_heads::calibrated() const {
+  if (heads_.empty())
+    return false;
+  for (auto& e : heads_)
+    if (!e.threshold)
+      return false;
+  return true;
+}
+
+std::vector<float> exit_heads::thresholds(std::optional<float> theta) const {
+  std::vector<float> out;
+  const bool own = !theta && calibrated();
+  for (auto& e : heads_)
+    out.push_back(theta ? *theta : own ? *e.threshold : default_exit_threshold);
+  return out;
+}
+
+std::string exit_heads::threshold_origin(std::optional<float> theta) const {
+  return theta ? "set" : calibrated() ? "calibrated" : "default";
+}
+
+std::string exit_heads::describe_thresholds(std::optional<float> theta) const {
+  if (theta)
+    return fmt::format("θ = {} for every exit (set)", *theta);
+  if (!calibrated())
+    return fmt::format("θ = {} for every exit (default; the heads carry no calibrated "
+                       "thresholds{})",
+                       default_exit_threshold,
+                       threshold_note_.empty() ? "" : ": " + threshold_note_);
+  std::vector<std::string> parts;
+  for (auto& e : heads_)
+    parts.push_back(*e.threshold > 1.0f ? fmt::format("exit {} never", e.layer)
+                                        : fmt::format("exit {} θ = {:.4f}", e.layer, *e.threshold));
+  return fmt::format("calibrated: {} (to {:.2f}% agreement, from the heads file)",
+                     fmt::join(parts, ", "), 100 * calibration_.target_agreement);
+}
+
+void exit_heads::set_calibration(const std::vector<float>& thresholds,
+                                 const std::vector<int64_t>& tokens,
+                                 const exit_heads_calibration& info) {
+  if (thresholds.size() != heads_.size() || tokens.size() != heads_.size())
+    throw model_error(fmt::format("exit heads: {} thresholds and {} token counts for {} exits",
+                                  thresholds.size(), tokens.size(), heads_.size()));
+  for (size_t i = 0; i < heads_.size(); ++i) {
+    heads_[i].threshold = thresholds[i];
+    heads_[i].calibration_tokens = tokens[i];
+  }
+  calibration_ = info;
 }
 
 std::vector<int> exit_heads::layers() const {

@@ -6,18 +6,31 @@
 //     n = n + B · silu(A · n + c)          (optional residual adapter)
 //     logits = W · n                       (W: own matrix, or the model's)
 // Untrained heads reuse the model's final norm and classifier ("logit lens").
-// Confidence is max softmax(logits); an exit fires when confidence >= θ.
+// Confidence is max softmax(logits); an exit fires when confidence >= its θ
+// (docs/design.md §1): policy.threshold when set, else the exit's calibrated
+// threshold from the heads file, else default_exit_threshold.
 //
 // File format: GGUF v3 with
+//   ceco.exit_heads.version       uint32: 2 (absent in files before thresholds: 1)
 //   ceco.exit_heads.layers        int32 array: the exits, ascending
 //   ceco.exit_heads.n_embd        uint32
 //   ceco.exit_heads.vocab_size    uint32
+//   ceco.exit_heads.thresholds    float32 array, one per exit in layers' order
+//                                 (optional: calibrated, model/exit_calibration.hpp)
+//   ceco.exit_heads.calibration.tokens            int32 array: positions each rests on
+//   ceco.exit_heads.calibration.target_agreement  float32
+//   ceco.exit_heads.calibration.min_exit_layer    uint32
+//   ceco.exit_heads.calibration.data              string: what it was calibrated on
+//   ceco.exit_heads.calibration.joint             uint32: 1 = for the file's exits together
+//                                                 only (a load of other exits ignores them)
 //   exit.<L>.norm.weight          [n_embd]
 //   exit.<L>.output.weight        [n_embd, vocab] (ggml order; optional)
 //   exit.<L>.adapter_a.weight     [n_embd, hidden]  (optional, with the two below)
 //   exit.<L>.adapter_a.bias       [hidden]
 //   exit.<L>.adapter_b.weight     [hidden, n_embd]
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +43,19 @@ namespace ceco {
 
 class transformer;
 
+/// The θ of every exit when neither policy.threshold nor the heads file says.
+constexpr float default_exit_threshold = 0.8f;
+/// The heads file's format version this build writes (and the newest it reads).
+constexpr uint32_t exit_heads_file_version = 2;
+
+/// How the thresholds in a heads file were calibrated.
+struct exit_heads_calibration {
+  double target_agreement = 0;  // share of emitted tokens equal to the final layer's
+  int min_exit_layer = 1;
+  std::string data;             // what the positions were
+  bool joint = false;           // thresholds for these exits together only (lookahead)
+};
+
 struct exit_head {
   int layer = 0;          // exit after this many layers
   at::Tensor norm;        // [n_embd]
@@ -38,6 +64,8 @@ struct exit_head {
   at::Tensor adapter_c;   // [hidden]
   at::Tensor adapter_b;   // [n_embd, hidden]
   bool own_output = false;  // false: `output` is the model's classifier
+  std::optional<float> threshold;  // calibrated θ of this exit, when the file has one
+  int64_t calibration_tokens = 0;  // positions at or above it in the calibration
 
   /// The head formula above: h [..., n_embd] -> logits [..., vocab]. Plain
   /// tensor ops, so the trainers run it under autograd.
@@ -72,6 +100,22 @@ public:
   std::vector<int> layers() const;
   const std::string& source() const { return source_; }
 
+  /// Whether every head has a calibrated threshold.
+  bool calibrated() const;
+  /// The θ of each exit, in order: `theta` for all when set (policy.threshold,
+  /// --threshold: the override), else each head's calibrated threshold, else
+  /// default_exit_threshold for all.
+  std::vector<float> thresholds(std::optional<float> theta) const;
+  /// Where thresholds(theta) come from: "set", "calibrated" or "default".
+  std::string threshold_origin(std::optional<float> theta) const;
+  /// One line for reports: the thresholds and where they come from.
+  std::string describe_thresholds(std::optional<float> theta) const;
+  const exit_heads_calibration& calibration() const { return calibration_; }
+  /// Stores calibrated thresholds (one per head, with the positions each
+  /// rests on); save() writes them.
+  void set_calibration(const std::vector<float>& thresholds, const std::vector<int64_t>& tokens,
+                       const exit_heads_calibration& info);
+
   /// h [T, n_embd] -> logits [T, vocab] of head i.
   at::Tensor logits(size_t i, const at::Tensor& h) const;
   /// Head i on one row h [1, n_embd] (on the heads' device).
@@ -81,12 +125,14 @@ private:
   std::vector<exit_head> heads_;
   float norm_eps_ = 1e-5f;
   std::string source_ = "untrained";
+  exit_heads_calibration calibration_;
+  std::string threshold_note_;  // why the file's thresholds were not taken
 };
 
 /// Index of the first exit at or after `min_layer` whose confidence reaches
-/// `threshold`, or -1 when none does.
+/// its threshold (`thresholds`, one per exit), or -1 when none does.
 int first_confident_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
-                         float threshold, int min_layer);
+                         const std::vector<float>& thresholds, int min_layer);
 
 /// The exit decision for one position, from each exit's reading in order.
 struct exit_choice {
@@ -95,6 +141,7 @@ struct exit_choice {
   int32_t token = 0;  // its token; the deepest exit's when none fires
 };
 exit_choice decide_exit(const std::vector<int>& layers, const std::vector<float>& confidence,
-                        const std::vector<int32_t>& tokens, float threshold, int min_layer);
+                        const std::vector<int32_t>& tokens, const std::vector<float>& thresholds,
+                        int min_layer);
 
 } // namespace ceco

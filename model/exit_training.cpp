@@ -226,3 +226,26 @@ std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exi
 }
 
 } // namespace ceco
+
+namespace ceco {
+
+exit_calibration_data calibration_data(const exit_heads& heads, const exit_dataset& data) {
+  if (heads.layers() != data.exits)
+    throw model_error(fmt::format("exit calibration: heads for exits [{}], data for [{}]",
+                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+  c10::InferenceMode guard;
+  exit_calibration_data out;
+  out.layers = data.exits;
+  const auto final_top = data.teacher.argmax(-1);
+  for (size_t i = 0; i < heads.size(); ++i) {
+    auto dev = heads[i].norm.device();
+    auto logits = heads.logits(i, data.hidden[i].to(dev)).to(at::kCPU).to(at::kFloat);
+    auto conf = at::softmax(logits, -1).amax(-1).contiguous();
+    auto agree = (logits.argmax(-1) == final_top).to(at::kByte).contiguous();
+    out.confidence.emplace_back(conf.data_ptr<float>(), conf.data_ptr<float>() + conf.numel());
+    out.agrees.emplace_back(agree.data_ptr<uint8_t>(), agree.data_ptr<uint8_t>() + agree.numel());
+  }
+  return out;
+}
+
+} // namespace ceco

@@ -19,6 +19,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/exit_calibration.hpp"
 #include "model/exit_heads.hpp"
 
 namespace ceco {
@@ -81,5 +82,10 @@ struct exit_quality {
 std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exit_dataset& data,
                                               const std::vector<float>& thresholds,
                                               int min_exit_layer = 1);
+
+/// Each head's confidence and agreement with the final layer at every
+/// position of `data` (the heads' layers must be data's exits), for
+/// calibrate_exit_thresholds.
+exit_calibration_data calibration_data(const exit_heads& heads, const exit_dataset& data);
 
 } // namespace ceco

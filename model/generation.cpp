@@ -46,9 +46,9 @@ void run_layers(const transformer& model, at::Tensor& x, int64_t pos, kv_cache& 
 }
 
 void judge_exits(const generation_options& opts, const std::vector<int>& layers,
-                 int32_t final_token, exit_step& step) {
+                 const std::vector<float>& thresholds, int32_t final_token, exit_step& step) {
   // Standalone measures the deepest exit's token when none fires.
-  auto choice = decide_exit(layers, step.confidence, step.tokens, opts.threshold,
+  auto choice = decide_exit(layers, step.confidence, step.tokens, thresholds,
                             opts.min_exit_layer);
   step.exit_layer = choice.layer;
   step.agrees = choice.token == final_token;
@@ -68,6 +68,7 @@ generation_result generate(const transformer& model, const std::vector<int32_t>&
       cfg.max_seq));
   const bool tracing = opts.exits && !opts.exits->empty();
   const auto exit_layers = tracing ? opts.exits->layers() : std::vector<int>{};
+  const auto thresholds = tracing ? opts.exits->thresholds(opts.threshold) : std::vector<float>{};
 
   c10::InferenceMode guard;
   generation_result r;
@@ -91,7 +92,7 @@ generation_result generate(const transformer& model, const std::vector<int32_t>&
       return false;
     }
     if (step) {
-      judge_exits(opts, exit_layers, next, *step);
+      judge_exits(opts, exit_layers, thresholds, next, *step);
       r.exit_trace.push_back(std::move(*step));
     }
     r.tokens.push_back(next);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,7 @@ struct generation_options {
   bool stop_at_eos = true;
   int32_t eos = 2;
   const exit_heads* exits = nullptr;  // record an exit trace when set
-  float threshold = 0.8f;             // confidence an exit needs to fire
+  std::optional<float> threshold;     // θ of every exit; unset: exit_heads::thresholds
   int min_exit_layer = 1;             // exits before this layer never fire
 };
 

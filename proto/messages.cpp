@@ -130,6 +130,14 @@ void read_blob(const tensor_blob& b, float* out) {
   }
 }
 
+namespace {
+
+std::string threshold_text(float t) {
+  return t == hello_msg::threshold_auto ? std::string("auto") : fmt::format("{}", t);
+}
+
+} // namespace
+
 std::string compare_hello(const hello_msg& edge, const hello_msg& cloud) {
   std::vector<std::string> diffs;
   if (edge.protocol != cloud.protocol)
@@ -162,7 +170,8 @@ std::string compare_hello(const hello_msg& edge, const hello_msg& cloud) {
                                        || edge.min_exit_layer != cloud.min_exit_layer))
     diffs.push_back(fmt::format(
       "policy.threshold / min_exit_layer of the exit evaluator on the cloud: edge {} / {}, "
-      "cloud {} / {}", edge.threshold, edge.min_exit_layer, cloud.threshold, cloud.min_exit_layer));
+      "cloud {} / {}", threshold_text(edge.threshold), edge.min_exit_layer,
+      threshold_text(cloud.threshold), cloud.min_exit_layer));
   if (edge.uploader_on_cloud != cloud.uploader_on_cloud)
     diffs.push_back(fmt::format("placement.uploader: edge \"{}\", cloud \"{}\"",
                                 where(edge.uploader_on_cloud), where(cloud.uploader_on_cloud)));

@@ -138,7 +138,10 @@ struct hello_msg {
   std::string secret;
   bool evaluator_on_cloud = false;  // placement.exit_evaluator = "cloud"
   bool uploader_on_cloud = false;   // placement.uploader = "cloud"
-  float threshold = 0;              // compared when the evaluator is on the cloud
+  float threshold = 0;              // compared when the evaluator is on the cloud;
+                                    // threshold_auto: policy.threshold = "auto"
+  /// policy.threshold unset (each exit's calibrated θ): above any settable θ.
+  static constexpr float threshold_auto = 1e6f;
   int32_t min_exit_layer = 0;       // likewise
   uint8_t upload_dtype = 0;         // compared when the uploader is on the cloud
 };

@@ -64,7 +64,7 @@ TEST_CASE("--help documents every generate flag with its default") {
   for (auto flag : {"--model", "--tokenizer", "--prompt", "--max-tokens", "--temperature", "--top-p",
                     "--seed", "--exits", "--exit-heads", "--threshold", "--min-exit-layer", "--json"})
     CHECK_MESSAGE(!line_of(flag).empty(), flag);
-  CHECK(line_of("--threshold").find("=0.8") != std::string::npos);
+  CHECK(line_of("--threshold").find("=auto") != std::string::npos);
   CHECK(line_of("--max-tokens").find("=128") != std::string::npos);
   CHECK(line_of("--temperature").find("=0") != std::string::npos);
   CHECK(line_of("--seed").find("=42") != std::string::npos);

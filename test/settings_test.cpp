@@ -50,7 +50,7 @@ TEST_CASE("unknown keys, wrong types and impossible values are rejected with key
   };
   CHECK(contains(err("[policy]\nthreshhold = 0.8\n"), "unknown key 'policy.threshhold'"));
   CHECK(contains(err("[polcy]\nthreshold = 0.8\n"), "unknown section [polcy]"));
-  CHECK(contains(err("[policy]\nthreshold = \"high\"\n"), "policy.threshold must be a number, got \"high\""));
+  CHECK(contains(err("[policy]\nthreshold = \"high\"\n"), "policy.threshold must be a number or \"auto\", got \"high\""));
   CHECK(contains(err("[policy]\nthreshold = -0.5\n"), "policy.threshold must be a number >= 0, got -0.5"));
   CHECK(contains(err("[split]\nlayer = 2.5\n"), "split.layer must be an integer, got 2.5"));
   CHECK(contains(err("[policy]\nmode = \"fast\"\n"), "policy.mode must be one of \"cloud\", \"naive\", \"standalone\", \"collaborative\", \"speculative\", \"exact\", got \"fast\""));
@@ -58,7 +58,7 @@ TEST_CASE("unknown keys, wrong types and impossible values are rejected with key
   CHECK(contains(err("[model]\npath = \"missing.gguf\"\n"), "model.path: no such file or folder"));
   CHECK(contains(err("[session]\nttl_s = 0\n"), "session.ttl_s must be a number > 0, got 0"));
   CHECK(contains(err("[link\n"), "s.toml:"));
-  CHECK(contains(err("", {"policy.threshold=abc"}), "policy.threshold must be a number, got 'abc'"));
+  CHECK(contains(err("", {"policy.threshold=abc"}), "policy.threshold must be a number or \"auto\", got 'abc'"));
   CHECK(contains(err("", {"nokey=1"}), "unknown key 'nokey'"));
   CHECK(contains(err("", {"policy.threshold"}), "expected key=value"));
   CHECK(contains(error_of([&] { load_settings(tmp.file("none.toml"), {}); }), "no such configuration file"));

@@ -13,7 +13,8 @@ std::string exits_text(const std::vector<int>& e) {
 
 std::vector<combo> make_combos(const settings& base) {
   combo first;
-  first.keys["threshold"] = base.policy.threshold;
+  first.keys["threshold"] = base.policy.threshold ? nlohmann::json(*base.policy.threshold)
+                                                 : nlohmann::json("auto");
   first.keys["split"] = base.split.layer;
   first.keys["exit_layers"] = base.model.exits;
   first.keys["upload_dtype"] = base.upload.dtype;

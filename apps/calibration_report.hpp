@@ -1,0 +1,27 @@
+#pragma once
+
+// What `ceco calibrate-exits` and `ceco tune-exits --target-agreement`
+// share: calibrating heads' thresholds on one set of positions, checking
+// them on another, and printing both.
+
+#include "model/exit_calibration.hpp"
+
+namespace ceco {
+class exit_heads;
+struct exit_dataset;
+}
+
+namespace ceco::app {
+
+/// Calibrates `heads` on `calibration` (model/exit_calibration.hpp), prints
+/// the thresholds with the positions each rests on, then, on `test`
+/// (positions not used to calibrate; may be empty), the exit rate and
+/// agreement of the best single θ on the calibration positions against the
+/// calibrated thresholds. Stores the thresholds in `heads`; `data_note`
+/// says what the positions were (kept in the heads file).
+exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& calibration,
+                                      const exit_dataset& test,
+                                      const exit_calibration_options& opts,
+                                      const std::string& data_note);
+
+} // namespace ceco::app
