@@ -12,6 +12,9 @@
 # metrics). Node.js and npm (Debian's, unless a node with its npm is already
 # there) run the test that drives `ceco serve` with the official `openai`
 # client, which the end of this script installs into test/openai/ (git-ignored).
+# g++-aarch64-linux-gnu and qemu-user build the quantized kernels for aarch64
+# and run their test under emulation (test/aarch64/run.sh, ctest
+# quant_kernels_aarch64), so x86 CI checks the NEON kernels.
 # libopenblas0 matters: without it libtorch falls back to the reference BLAS
 # and matrix products are 2-20x slower.
 set -euo pipefail
@@ -27,6 +30,7 @@ packages=(
   gnuplot-nox
   bible-kjv
   openssl
+  g++-aarch64-linux-gnu qemu-user
 )
 
 # Root runs apt-get directly (Debian has no sudo by default); a user goes

@@ -12,7 +12,11 @@ namespace ceco::kernels {
 
 namespace {
 
+#if defined(__x86_64__)
 #define CECO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CECO_CLONES  // aarch64: no target_clones in GCC; the baseline has NEON
+#endif
 
 CECO_CLONES
 void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r1,

@@ -7,22 +7,27 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <ATen/Parallel.h>
-#include <cblas.h>
 #include <fmt/format.h>
 
-#include "model/compute_threads.hpp"
 #include "model/config.hpp"
 #include "model/half.hpp"
 #include "model/quant_avx2.hpp"
 #include "model/quant_avx512.hpp"
 #include "model/quant_blocks.hpp"
+#include "model/quant_kernels.hpp"
+#include "model/quant_neon.hpp"
 
 namespace ceco::quant {
 
 namespace {
 
+// x86-64: each loop also compiled for AVX2/FMA, picked at run time. GCC has
+// no target_clones for aarch64, whose baseline already has NEON.
+#if defined(__x86_64__)
 #define CECO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CECO_CLONES
+#endif
 
 CECO_INLINE float round_to_half(float f) {
   return half_bits_to_float(float_to_half(f));
@@ -154,19 +159,6 @@ struct q8_0_layout {
   }
 };
 
-/// 6-bit scale and min j (0..7) of the 12 packed bytes of Q4_K and Q5_K:
-/// j < 4 in the low 6 bits of bytes j and j+4; j >= 4 in the nibbles of
-/// byte j+4 with their top 2 bits in the top bits of bytes j-4 and j.
-CECO_INLINE void k4_scale_min(const uint8_t* s, int j, int& scale, int& min) {
-  if (j < 4) {
-    scale = s[j] & 63;
-    min = s[j + 4] & 63;
-  } else {
-    scale = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-    min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 struct q2_k_layout {
   using block_type = block_q2_k;
   static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
@@ -202,9 +194,7 @@ struct q3_k_layout {
     const uint8_t* sc = CECO_FIELD(b, block_q3_k, scales);
     const float d = load_half(CECO_FIELD(b, block_q3_k, d));
     for (int s = 0; s < 16; ++s) {
-      const int low = s < 8 ? (sc[s] & 15) : (sc[s - 8] >> 4);
-      const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
-      scale[s] = d * float((low | (high << 4)) - 32);
+      scale[s] = d * float(k3_scale(sc, s));
       offset[s] = 0;
     }
     for (int n = 0; n < 2; ++n)
@@ -412,9 +402,6 @@ float dot_bf16(const uint8_t* w, const float* x, int64_t n) {
 
 // -- dispatch -------------------------------------------------------------------
 
-using dot_fn = float (*)(const uint8_t* w, const void* act, int64_t cols);
-using dequantize_fn = void (*)(const uint8_t* src, float* dst, int64_t n);
-
 template <class L>
 float dot32(const uint8_t* w, const void* act, int64_t cols) {
   return dot_blocks32<L>(w, static_cast<const act_block32*>(act), cols / 32);
@@ -442,12 +429,21 @@ void dequantize_act256(const uint8_t* src, float* dst, int64_t n) {
     dst[i] = a[i / 256].d * float(a[i / 256].q[i % 256]);
 }
 
+/// A weight type's kernels: the portable ones, and each instruction set's
+/// dot product where its file has one (null otherwise: the next level
+/// below serves).
 struct kernels {
   type_info info;
   dot_fn portable_dot;
   dequantize_fn dequantize;
-  dot_fn avx2_dot = nullptr;    // AVX2/FMA
-  dot_fn avx512_dot = nullptr;  // AVX-512 and VNNI
+  dot_fn avx2_dot = nullptr;     // AVX2/FMA
+  dot_fn avx512_dot = nullptr;   // AVX-512 and VNNI
+  dot_fn neon_dot = nullptr;     // aarch64 Advanced SIMD
+  dot_fn dotprod_dot = nullptr;  // aarch64 Advanced SIMD with SDOT
+
+  kernels(type_info i, dot_fn portable, dequantize_fn dq, ggml_type t)
+    : info(i), portable_dot(portable), dequantize(dq), avx2_dot(avx2::dot(t)),
+      avx512_dot(avx512::dot(t)), neon_dot(neon::dot(t)), dotprod_dot(neon::dot_dotprod(t)) {}
 
   dot_fn dot() const;
 };
@@ -480,7 +476,8 @@ kernel_level level_from_environment() {
   const char* name = std::getenv("CECO_KERNELS");
   if (!name || !*name)
     return best;
-  for (kernel_level l : {kernel_level::portable, kernel_level::avx2, kernel_level::avx512}) {
+  for (kernel_level l : {kernel_level::portable, kernel_level::avx2, kernel_level::avx512,
+                         kernel_level::neon, kernel_level::dotprod}) {
     if (std::strcmp(name, kernel_level_name(l)) != 0)
       continue;
     if (kernel_level_supported(l))
@@ -489,7 +486,8 @@ kernel_level level_from_environment() {
                  kernel_level_name(best));
     return best;
   }
-  std::fprintf(stderr, "ceco: CECO_KERNELS=%s is none of portable, avx2, avx512; using %s\n",
+  std::fprintf(stderr,
+               "ceco: CECO_KERNELS=%s is none of portable, avx2, avx512, neon, dotprod; using %s\n",
                name, kernel_level_name(best));
   return best;
 }
@@ -509,11 +507,21 @@ kernel_level current_level() {
 }
 
 dot_fn kernels::dot() const {
-  const kernel_level l = current_level();
-  if (l >= kernel_level::avx512 && avx512_dot)
-    return avx512_dot;
-  if (l >= kernel_level::avx2 && avx2_dot)
-    return avx2_dot;
+  switch (current_level()) {
+    case kernel_level::avx512:
+      if (avx512_dot)
+        return avx512_dot;
+      [[fallthrough]];
+    case kernel_level::avx2:
+      return avx2_dot ? avx2_dot : portable_dot;
+    case kernel_level::dotprod:
+      if (dotprod_dot)
+        return dotprod_dot;
+      [[fallthrough]];
+    case kernel_level::neon:
+      return neon_dot ? neon_dot : portable_dot;
+    case kernel_level::portable: break;
+  }
   return portable_dot;
 }
 
@@ -530,55 +538,37 @@ const kernels* find_kernels(ggml_type t) {
                            [](const uint8_t* w, const void* x, int64_t n) {
                              return dot_f32(w, static_cast<const float*>(x), n);
                            },
-                           dequantize_f32};
+                           dequantize_f32, ggml_type::f32};
   static const kernels f16{{"F16", 1, 2, ggml_type::f32},
                            [](const uint8_t* w, const void* x, int64_t n) {
                              return dot_f16(w, static_cast<const float*>(x), n);
                            },
-                           dequantize_f16, avx2::dot(ggml_type::f16)};
+                           dequantize_f16, ggml_type::f16};
   static const kernels bf16{{"BF16", 1, 2, ggml_type::f32},
                             [](const uint8_t* w, const void* x, int64_t n) {
                               return dot_bf16(w, static_cast<const float*>(x), n);
                             },
-                            dequantize_bf16};
+                            dequantize_bf16, ggml_type::bf16};
   static const kernels q4_0{block_info<q4_0_layout>("Q4_0"), dot32<q4_0_layout>,
-                            dequantize_layout<q4_0_layout>,
-                            avx2::dot(ggml_type::q4_0),
-                            avx512::dot(ggml_type::q4_0)};
+                            dequantize_layout<q4_0_layout>, ggml_type::q4_0};
   static const kernels q4_1{block_info<q4_1_layout>("Q4_1"), dot32<q4_1_layout>,
-                            dequantize_layout<q4_1_layout>,
-                            avx2::dot(ggml_type::q4_1),
-                            avx512::dot(ggml_type::q4_1)};
+                            dequantize_layout<q4_1_layout>, ggml_type::q4_1};
   static const kernels q5_0{block_info<q5_0_layout>("Q5_0"), dot32<q5_0_layout>,
-                            dequantize_layout<q5_0_layout>,
-                            avx2::dot(ggml_type::q5_0),
-                            avx512::dot(ggml_type::q5_0)};
+                            dequantize_layout<q5_0_layout>, ggml_type::q5_0};
   static const kernels q5_1{block_info<q5_1_layout>("Q5_1"), dot32<q5_1_layout>,
-                            dequantize_layout<q5_1_layout>,
-                            avx2::dot(ggml_type::q5_1),
-                            avx512::dot(ggml_type::q5_1)};
+                            dequantize_layout<q5_1_layout>, ggml_type::q5_1};
   static const kernels q8_0{block_info<q8_0_layout>("Q8_0"), dot32<q8_0_layout>,
-                            dequantize_layout<q8_0_layout>,
-                            avx2::dot(ggml_type::q8_0),
-                            avx512::dot(ggml_type::q8_0)};
+                            dequantize_layout<q8_0_layout>, ggml_type::q8_0};
   static const kernels q2_k{block_info<q2_k_layout>("Q2_K"), dot256<q2_k_layout>,
-                            dequantize_layout<q2_k_layout>,
-                            avx2::dot(ggml_type::q2_k)};
+                            dequantize_layout<q2_k_layout>, ggml_type::q2_k};
   static const kernels q3_k{block_info<q3_k_layout>("Q3_K"), dot256<q3_k_layout>,
-                            dequantize_layout<q3_k_layout>,
-                            avx2::dot(ggml_type::q3_k)};
+                            dequantize_layout<q3_k_layout>, ggml_type::q3_k};
   static const kernels q4_k{block_info<q4_k_layout>("Q4_K"), dot256<q4_k_layout>,
-                            dequantize_layout<q4_k_layout>,
-                            avx2::dot(ggml_type::q4_k),
-                            avx512::dot(ggml_type::q4_k)};
+                            dequantize_layout<q4_k_layout>, ggml_type::q4_k};
   static const kernels q5_k{block_info<q5_k_layout>("Q5_K"), dot256<q5_k_layout>,
-                            dequantize_layout<q5_k_layout>,
-                            avx2::dot(ggml_type::q5_k),
-                            avx512::dot(ggml_type::q5_k)};
+                            dequantize_layout<q5_k_layout>, ggml_type::q5_k};
   static const kernels q6_k{block_info<q6_k_layout>("Q6_K"), dot256<q6_k_layout>,
-                            dequantize_layout<q6_k_layout>,
-                            avx2::dot(ggml_type::q6_k),
-                            avx512::dot(ggml_type::q6_k)};
+                            dequantize_layout<q6_k_layout>, ggml_type::q6_k};
   switch (t) {
     case ggml_type::f32: return &f32;
     case ggml_type::f16: return &f16;
@@ -605,47 +595,6 @@ const kernels& kernels_of(ggml_type t) {
                                 type_name(t), supported_types()));
 }
 
-bool is_float(ggml_type t) {
-  return t == ggml_type::f32 || t == ggml_type::f16 || t == ggml_type::bf16;
-}
-
-// Below this many weights a thread hand-off costs more than it saves.
-constexpr int64_t parallel_min_weights = 1 << 15;
-
-int thread_count(int requested) {
-  return requested > 0 ? requested : at::get_num_threads();
-}
-
-/// Calls body(r0, r1) on row ranges that cover [0, rows), split over the
-/// compute threads in multiples of 4 rows.
-template <class Body>
-void split_rows(int64_t rows, int64_t cols, int n_threads, Body body) {
-  if (n_threads <= 1 || rows * cols < parallel_min_weights || rows < 2) {
-    body(int64_t(0), rows);
-    return;
-  }
-  parallel_ranges(rows, n_threads, 4, body);
-}
-
-/// Rows per matrix stream. A core keeps only a few cache-line misses in
-/// flight per stream it reads, so one stream of weights leaves most of the
-/// memory bandwidth unused: reading the row range as this many interleaved
-/// streams (rows i, i + n/4, i + 2n/4, i + 3n/4, then i + 1, ...) measured
-/// 1.4-2x the bandwidth of one on Q8_0 and Q6_K matrices. Each row is still
-/// reduced by the same code, so no result depends on it.
-constexpr int64_t row_streams = 4;
-
-/// Calls row(r) for every r in [r0, r1), in row_streams interleaved streams.
-template <class Row>
-void for_rows_interleaved(int64_t r0, int64_t r1, Row row) {
-  const int64_t per = (r1 - r0) / row_streams;
-  for (int64_t i = 0; i < per; ++i)
-    for (int64_t s = 0; s < row_streams; ++s)
-      row(r0 + s * per + i);
-  for (int64_t r = r0 + per * row_streams; r < r1; ++r)
-    row(r);
-}
-
 } // namespace
 
 const char* kernel_level_name(kernel_level l) {
@@ -653,6 +602,8 @@ const char* kernel_level_name(kernel_level l) {
     case kernel_level::portable: return "portable";
     case kernel_level::avx2: return "avx2";
     case kernel_level::avx512: return "avx512";
+    case kernel_level::neon: return "neon";
+    case kernel_level::dotprod: return "dotprod";
   }
   return "?";
 }
@@ -662,14 +613,18 @@ bool kernel_level_supported(kernel_level l) {
     case kernel_level::portable: return true;
     case kernel_level::avx2: return cpu_has_avx2();
     case kernel_level::avx512: return cpu_has_avx512();
+    case kernel_level::neon: return neon::available();
+    case kernel_level::dotprod: return neon::has_dotprod();
   }
   return false;
 }
 
 kernel_level best_kernel_level() {
-  return cpu_has_avx512() ? kernel_level::avx512
-         : cpu_has_avx2() ? kernel_level::avx2
-                          : kernel_level::portable;
+  return cpu_has_avx512()       ? kernel_level::avx512
+         : cpu_has_avx2()       ? kernel_level::avx2
+         : neon::has_dotprod()  ? kernel_level::dotprod
+         : neon::available()    ? kernel_level::neon
+                                : kernel_level::portable;
 }
 
 kernel_level active_kernel_level() {
@@ -763,6 +718,14 @@ float dot_row(ggml_type weight, const void* w_row, const void* activation, int64
   return kernels_of(weight).dot()(static_cast<const uint8_t*>(w_row), activation, cols);
 }
 
+dot_fn active_dot(ggml_type t) {
+  return kernels_of(t).dot();
+}
+
+dequantize_fn dequantizer(ggml_type t) {
+  return kernels_of(t).dequantize;
+}
+
 matrix matrix::view(ggml_type type, const void* data, int64_t rows, int64_t cols,
                     const std::string& name) {
   matrix m;
@@ -772,74 +735,6 @@ matrix matrix::view(ggml_type type, const void* data, int64_t rows, int64_t cols
   m.cols = cols;
   m.row_bytes = tensor_bytes(type, cols, cols, name);
   return m;
-}
-
-void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads) {
-  const dot_fn dot = kernels_of(w.type).dot();
-  const void* act = x;
-  if (!is_float(w.type)) {
-    quantize_activation(w.type, x, scratch, w.cols);
-    act = scratch;
-  }
-  split_rows(w.rows, w.cols, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
-    for_rows_interleaved(r0, r1, [&](int64_t r) { y[r] = dot(w.row(r), act, w.cols); });
-  });
-}
-
-void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
-                  int n_threads) {
-  const dot_fn dot = kernels_of(w.type).dot();
-  const size_t act_bytes = is_float(w.type) ? size_t(w.cols) * sizeof(float)
-                                            : activation_bytes(w.type, w.cols);
-  const auto* acts = static_cast<const uint8_t*>(is_float(w.type) ? static_cast<const void*>(x)
-                                                                  : scratch);
-  if (!is_float(w.type))
-    for (int64_t j = 0; j < n; ++j)
-      quantize_activation(w.type, x + j * w.cols, static_cast<uint8_t*>(scratch) + size_t(j) * act_bytes,
-                          w.cols);
-  split_rows(w.rows, w.cols * n, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
-    for_rows_interleaved(r0, r1, [&](int64_t r) {
-      for (int64_t j = 0; j < n; ++j)
-        y[j * w.rows + r] = dot(w.row(r), acts + size_t(j) * act_bytes, w.cols);
-    });
-  });
-}
-
-namespace {
-
-/// Rows per dequantized tile: about 1 MiB of floats, at least 16 rows.
-int64_t tile_rows(const matrix& w) {
-  return std::min(w.rows, std::max<int64_t>(16, (int64_t(1) << 18) / std::max<int64_t>(1, w.cols)));
-}
-
-} // namespace
-
-size_t matmat_scratch_floats(const matrix& w) {
-  return w.type == ggml_type::f32 ? 0 : size_t(tile_rows(w)) * size_t(w.cols);
-}
-
-void matmat(const matrix& w, const float* x, float* y, int64_t n, float* scratch, int n_threads) {
-  if (n <= 0 || w.rows <= 0)
-    return;
-  if (w.type == ggml_type::f32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(w.rows), int(w.cols), 1.0f, x,
-                int(w.cols), reinterpret_cast<const float*>(w.data), int(w.cols), 0.0f, y,
-                int(w.rows));
-    return;
-  }
-  const auto& k = kernels_of(w.type);
-  const int64_t tile = tile_rows(w);
-  const int threads = thread_count(n_threads);
-  for (int64_t t0 = 0; t0 < w.rows; t0 += tile) {
-    const int64_t t_rows = std::min(tile, w.rows - t0);
-    split_rows(t_rows, w.cols, threads, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        k.dequantize(w.row(t0 + r), scratch + r * w.cols, w.cols);
-    });
-    // y[:, t0 : t0 + t_rows] = x[n, cols] · tile[t_rows, cols]ᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(t_rows), int(w.cols), 1.0f, x,
-                int(w.cols), scratch, int(w.cols), 0.0f, y + t0, int(w.rows));
-  }
 }
 
 } // namespace ceco::quant

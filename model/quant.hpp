@@ -79,11 +79,14 @@ void dequantize_activation(ggml_type weight, const void* activation, float* dst,
 /// One weight row · one activation row made by quantize_activation.
 float dot_row(ggml_type weight, const void* w_row, const void* activation, int64_t cols);
 
-/// The instruction sets of the dot products, lowest first: portable C++,
-/// AVX2 (with FMA and F16C), AVX-512 (F, BW, VL and VNNI). A type without a
-/// kernel of a level takes the next one below it.
-enum class kernel_level { portable, avx2, avx512 };
-/// "portable", "avx2", "avx512".
+/// The instruction sets of the dot products: portable C++; on x86-64
+/// AVX2 (with FMA and F16C) and AVX-512 (F, BW, VL and VNNI); on aarch64
+/// NEON (Advanced SIMD, every ARMv8-A core) and dotprod (NEON with the
+/// SDOT instruction, ARMv8.2-A and later: Cortex-A55/A76 on). A type
+/// without a kernel of a level takes the next one below it on its
+/// architecture (dotprod, neon, portable; avx512, avx2, portable).
+enum class kernel_level { portable, avx2, avx512, neon, dotprod };
+/// "portable", "avx2", "avx512", "neon", "dotprod".
 const char* kernel_level_name(kernel_level l);
 /// Whether this CPU and this build run level l.
 bool kernel_level_supported(kernel_level l);
@@ -91,8 +94,8 @@ bool kernel_level_supported(kernel_level l);
 kernel_level best_kernel_level();
 /// The level the dot products use: the highest this CPU supports, or the
 /// one the environment variable CECO_KERNELS names (portable, avx2,
-/// avx512; a level the CPU lacks or a name it does not know is refused
-/// with a line on stderr, and the best level used).
+/// avx512, neon, dotprod; a level the CPU lacks or a name it does not
+/// know is refused with a line on stderr, and the best level used).
 kernel_level active_kernel_level();
 /// Sets the level (tests, measurements); throws model_error for one the
 /// CPU lacks.
@@ -112,6 +115,8 @@ struct matrix {
                      const std::string& name);
   const uint8_t* row(int64_t r) const { return data + size_t(r) * row_bytes; }
 };
+
+// The matrix products (model/quant_matrix.cpp: threads and BLAS).
 
 /// y[rows] = W · x[cols]. `scratch` holds activation_bytes(w.type, w.cols);
 /// nothing is allocated. Rows are split over n_threads compute threads

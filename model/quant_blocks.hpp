@@ -2,7 +2,8 @@
 
 // GGML's weight blocks as named structs, the 8-bit activation blocks the
 // integer dot products take, and the scalar helpers both kernel files share
-// (model/quant.cpp: portable; model/quant_avx2.cpp: AVX2). Internal to
+// (model/quant.cpp: portable; model/quant_avx2.cpp: AVX2; model/quant_neon.cpp:
+// aarch64 NEON). Internal to
 // model/: read these layouts through quant.hpp. Blocks are read from the
 // mapped file byte by byte, at any alignment: the structs give each field's
 // offset (offsetof) and the block's size, checked against the format below.
@@ -146,6 +147,28 @@ static_assert(sizeof(block_q8_0) == 34);
 static_assert(sizeof(block_q2_k) == 84 && sizeof(block_q3_k) == 110);
 static_assert(sizeof(block_q4_k) == 144 && sizeof(block_q5_k) == 176);
 static_assert(sizeof(block_q6_k) == 210);
+
+/// 6-bit scale and min j (0..7) of the 12 packed bytes of Q4_K and Q5_K:
+/// j < 4 in the low 6 bits of bytes j and j+4; j >= 4 in the nibbles of
+/// byte j+4 with their top 2 bits in the top bits of bytes j-4 and j.
+CECO_INLINE void k4_scale_min(const uint8_t* s, int j, int& scale, int& min) {
+  if (j < 4) {
+    scale = s[j] & 63;
+    min = s[j + 4] & 63;
+  } else {
+    scale = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+/// Scale s (0..15, -32..31) of the 12 packed bytes of Q3_K: its low 4 bits
+/// in the nibbles of bytes 0..7 (s < 8 low, else high of byte s - 8), its
+/// top 2 bits at bits 2 (s / 4) of byte 8 + s % 4; stored biased by 32.
+CECO_INLINE int k3_scale(const uint8_t* sc, int s) {
+  const int low = s < 8 ? (sc[s] & 15) : (sc[s - 8] >> 4);
+  const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+  return (low | (high << 4)) - 32;
+}
 
 /// Where field `member` of block type `B` starts in the block at `b`.
 #define CECO_FIELD(b, B, member) ((b) + offsetof(B, member))

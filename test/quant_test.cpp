@@ -10,6 +10,7 @@
 #include "model/gguf.hpp"
 #include "model/quant.hpp"
 #include "model/weight_matrix.hpp"
+#include "test/quant_random.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -17,68 +18,12 @@ using wtype = quant::ggml_type;
 
 namespace {
 
-const std::vector<wtype> weight_types = {
-  wtype::f32,  wtype::f16,  wtype::bf16, wtype::q4_0, wtype::q4_1,
-  wtype::q5_0, wtype::q5_1, wtype::q8_0, wtype::q2_k, wtype::q3_k,
-  wtype::q4_k, wtype::q5_k, wtype::q6_k};
-
-/// Byte offsets of the f16 scale fields in one block of each type.
-std::vector<int> half_fields(wtype t) {
-  switch (t) {
-    case wtype::q4_0:
-    case wtype::q5_0:
-    case wtype::q8_0: return {0};
-    case wtype::q4_1:
-    case wtype::q5_1:
-    case wtype::q4_k:
-    case wtype::q5_k: return {0, 2};
-    case wtype::q2_k: return {80, 82};
-    case wtype::q3_k: return {108};
-    case wtype::q6_k: return {208};
-    default: return {};
-  }
-}
-
-/// rows x cols weights of type t: random quant bits, finite random scales.
-std::vector<uint8_t> random_weights(wtype t, int64_t rows, int64_t cols, std::mt19937& rng) {
-  const auto& info = *quant::find_info(t);
-  const size_t n_blocks = size_t(rows * cols / info.block_size);
-  std::vector<uint8_t> bytes(n_blocks * size_t(info.block_bytes));
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  if (t == wtype::f32) {
-    for (size_t i = 0; i < n_blocks; ++i) {
-      float v = normal(rng);
-      std::memcpy(bytes.data() + 4 * i, &v, 4);
-    }
-    return bytes;
-  }
-  if (t == wtype::f16 || t == wtype::bf16) {
-    for (size_t i = 0; i < n_blocks; ++i) {
-      float v = normal(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      uint16_t h = t == wtype::f16 ? float_to_half(v) : uint16_t(bits >> 16);
-      std::memcpy(bytes.data() + 2 * i, &h, 2);
-    }
-    return bytes;
-  }
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (auto& b : bytes)
-    b = uint8_t(byte(rng));
-  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
-  for (size_t b = 0; b < n_blocks; ++b)
-    for (int off : half_fields(t)) {
-      uint16_t h = float_to_half((byte(rng) & 1 ? -1.0f : 1.0f) * scale(rng));
-      std::memcpy(bytes.data() + b * size_t(info.block_bytes) + size_t(off), &h, 2);
-    }
-  return bytes;
-}
-
 /// Every kernel level this CPU runs, lowest first.
 std::vector<quant::kernel_level> supported_levels() {
   std::vector<quant::kernel_level> out;
   for (auto l : {quant::kernel_level::portable, quant::kernel_level::avx2,
-                 quant::kernel_level::avx512})
+                 quant::kernel_level::avx512, quant::kernel_level::neon,
+                 quant::kernel_level::dotprod})
     if (quant::kernel_level_supported(l))
       out.push_back(l);
   return out;
@@ -201,11 +146,16 @@ TEST_CASE("kernel levels: names, the best is supported, portable always") {
   CHECK(std::string(quant::kernel_level_name(kernel_level::portable)) == "portable");
   CHECK(std::string(quant::kernel_level_name(kernel_level::avx2)) == "avx2");
   CHECK(std::string(quant::kernel_level_name(kernel_level::avx512)) == "avx512");
+  CHECK(std::string(quant::kernel_level_name(kernel_level::neon)) == "neon");
+  CHECK(std::string(quant::kernel_level_name(kernel_level::dotprod)) == "dotprod");
   CHECK(quant::kernel_level_supported(kernel_level::portable));
   CHECK(quant::kernel_level_supported(quant::best_kernel_level()));
   if (quant::kernel_level_supported(kernel_level::avx512))
     CHECK(quant::kernel_level_supported(kernel_level::avx2));
-  for (kernel_level l : {kernel_level::avx2, kernel_level::avx512})
+  if (quant::kernel_level_supported(kernel_level::dotprod))
+    CHECK(quant::kernel_level_supported(kernel_level::neon));
+  for (kernel_level l : {kernel_level::avx2, kernel_level::avx512, kernel_level::neon,
+                         kernel_level::dotprod})
     if (!quant::kernel_level_supported(l))
       CHECK_THROWS_AS(quant::set_kernel_level(l), model_error);
   MESSAGE("kernel levels this CPU runs: best " << quant::kernel_level_name(quant::best_kernel_level()));

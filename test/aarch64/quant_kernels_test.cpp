@@ -1,0 +1,147 @@
+// The quantized kernels on aarch64, built alone (test/aarch64/CMakeLists.txt)
+// and run under qemu-aarch64 (run.sh): every kernel level the (emulated)
+// CPU runs against the portable kernels and the exact product, for every
+// weight type, with quant_test's tolerances.
+
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/quant.hpp"
+#include "model/quant_neon.hpp"
+#include "test/quant_random.hpp"
+
+using namespace ceco;
+using ceco::test::random_weights;
+using ceco::test::weight_types;
+using wtype = quant::ggml_type;
+using quant::kernel_level;
+
+namespace {
+
+std::vector<kernel_level> supported_levels() {
+  std::vector<kernel_level> out;
+  for (auto l : {kernel_level::portable, kernel_level::avx2, kernel_level::avx512,
+                 kernel_level::neon, kernel_level::dotprod})
+    if (quant::kernel_level_supported(l))
+      out.push_back(l);
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("aarch64: the NEON levels are there, and dotprod only where the CPU has SDOT") {
+  CHECK(quant::kernel_level_supported(kernel_level::portable));
+  CHECK(quant::kernel_level_supported(kernel_level::neon));
+  CHECK_FALSE(quant::kernel_level_supported(kernel_level::avx2));
+  CHECK_FALSE(quant::kernel_level_supported(kernel_level::avx512));
+  CHECK(quant::kernel_level_supported(kernel_level::dotprod) == quant::neon::has_dotprod());
+  CHECK(quant::best_kernel_level() ==
+        (quant::neon::has_dotprod() ? kernel_level::dotprod : kernel_level::neon));
+  if (!quant::neon::has_dotprod())
+    CHECK_THROWS_AS(quant::set_kernel_level(kernel_level::dotprod), model_error);
+  CHECK_THROWS_AS(quant::set_kernel_level(kernel_level::avx2), model_error);
+  // Every weight type has a NEON kernel; every integer one an SDOT kernel.
+  for (wtype t : weight_types) {
+    CAPTURE(quant::type_name(t));
+    const bool has_neon = quant::neon::dot(t) != nullptr;
+    CHECK(has_neon);
+    const bool is_float = t == wtype::f32 || t == wtype::f16 || t == wtype::bf16;
+    const bool has_sdot = quant::neon::dot_dotprod(t) != nullptr;
+    CHECK(has_sdot == !is_float);
+  }
+  MESSAGE("this CPU: best level " << std::string(quant::kernel_level_name(quant::best_kernel_level())));
+}
+
+TEST_CASE("aarch64: every kernel level within quant_test's bounds of the plain product") {
+  // quant_test's first case, its shapes and bounds, one row at a time.
+  std::mt19937 rng(14);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (wtype t : weight_types) {
+    for (int64_t rows : {1, 37, 131}) {
+      const int64_t cols = 512;
+      CAPTURE(quant::type_name(t));
+      CAPTURE(rows);
+      const auto bytes = random_weights(t, rows, cols, rng);
+      const auto w = quant::matrix::view(t, bytes.data(), rows, cols, "w");
+      std::vector<float> x(static_cast<size_t>(cols));
+      for (auto& v : x)
+        v = normal(rng);
+      std::vector<uint8_t> act(quant::activation_bytes(t, cols));
+      quant::quantize_activation(t, x.data(), act.data(), cols);
+      std::vector<float> x_q(static_cast<size_t>(cols)), w_row(static_cast<size_t>(cols));
+      quant::dequantize_activation(t, act.data(), x_q.data(), cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        quant::dequantize_row(t, w.row(r), w_row.data(), cols);
+        double exact = 0, magnitude = 0, exact_x = 0, act_error = 0;
+        for (size_t i = 0; i < size_t(cols); ++i) {
+          exact += double(w_row[i]) * x_q[i];
+          magnitude += std::fabs(double(w_row[i]) * x_q[i]);
+          exact_x += double(w_row[i]) * x[i];
+          act_error += std::fabs(w_row[i]) * std::fabs(x[i] - x_q[i]);
+        }
+        for (kernel_level level : supported_levels()) {
+          const std::string level_name = quant::kernel_level_name(level);
+          CAPTURE(level_name);
+          quant::set_kernel_level(level);
+          const float y = quant::dot_row(t, w.row(r), act.data(), cols);
+          CHECK(std::fabs(y - exact) <= 1e-5 * magnitude + 1e-6);
+          CHECK(std::fabs(y - exact_x) <= act_error + 2e-6 * magnitude + 1e-6);
+        }
+      }
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+}
+
+TEST_CASE("aarch64: every kernel level gives the portable kernels' floats, at any block count") {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const auto levels = supported_levels();
+  for (wtype t : weight_types) {
+    const int64_t block = quant::find_info(t)->block_size;
+    // one block, an odd number of them, many (for the float types, lengths
+    // that leave a tail past the 8-wide steps)
+    for (int64_t cols : {block == 1 ? int64_t(13) : block, 7 * block,
+                         (block == 1 ? 517 : block == 32 ? 96 : 12) * block}) {
+      CAPTURE(quant::type_name(t));
+      CAPTURE(cols);
+      const int64_t rows = 9;
+      const auto bytes = random_weights(t, rows, cols, rng);
+      const auto w = quant::matrix::view(t, bytes.data(), rows, cols, "w");
+      std::vector<float> x(static_cast<size_t>(cols));
+      for (auto& v : x)
+        v = normal(rng);
+      std::vector<uint8_t> act(quant::activation_bytes(t, cols));
+      quant::quantize_activation(t, x.data(), act.data(), cols);
+      std::vector<float> x_q(static_cast<size_t>(cols)), w_row(static_cast<size_t>(cols));
+      quant::dequantize_activation(t, act.data(), x_q.data(), cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        CAPTURE(r);
+        quant::dequantize_row(t, w.row(r), w_row.data(), cols);
+        double magnitude = 0;
+        for (size_t i = 0; i < size_t(cols); ++i)
+          magnitude += std::fabs(double(w_row[i]) * x_q[i]);
+        quant::set_kernel_level(kernel_level::portable);
+        const float portable = quant::dot_row(t, w.row(r), act.data(), cols);
+        for (kernel_level level : levels) {
+          const std::string level_name = quant::kernel_level_name(level);
+          CAPTURE(level_name);
+          quant::set_kernel_level(level);
+          const float y = quant::dot_row(t, w.row(r), act.data(), cols);
+          // float rounding alone apart: quant_test's bound
+          CHECK(std::fabs(y - portable) <= 1e-5 * magnitude + 1e-6);
+          // the blocks of 32 take the portable float operations in order
+          if (block == 32)
+            CHECK(y == portable);
+        }
+      }
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+}
