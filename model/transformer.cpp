@@ -233,9 +233,11 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
   int64_t total_rows = 0;
   for (const auto& s : steps)
     total_rows += s.x->size(0);
-  at::Tensor x;  // [sum T_i, n_embd]
+  at::Tensor x;       // [sum T_i, n_embd]
+  at::Tensor inputs;  // stacked: the steps' own rows, where the result goes
   if (stacked) {
-    x = steps[0].x->as_strided({total_rows, cfg_.n_embd}, {cfg_.n_embd, 1});
+    inputs = steps[0].x->as_strided({total_rows, cfg_.n_embd}, {cfg_.n_embd, 1});
+    x = inputs;
   } else {
     std::vector<at::Tensor> rows;
     rows.reserve(steps.size());
@@ -243,7 +245,6 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
       rows.push_back(*s.x);
     x = at::cat(rows, 0);
   }
-  const at::Tensor inputs = x;  // the stacked inputs, when they are the steps' own rows
   for (int il = first; il < last; ++il) {
     forward_stacked(x, steps.data(), steps.size(), il);
     for (const auto& s : steps)
