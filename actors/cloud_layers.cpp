@@ -47,6 +47,10 @@ struct cloud_layers_state {
   // and the first stage takes the rows on from there.
   layer_stage_actor stage;
   int stage_from = 0;
+  // [rows, n_embd] on the model's device: a step's catch-up input, every
+  // session's uploaded rows decoded straight into it; grows to the largest step.
+  at::Tensor step_input;
+  at::Tensor step_staging;  // [rows, n_embd] on the CPU, for another device
   profile_clock clock;     // profile mode: the profile's cloud cost for each piece of work
   // The cloud strategy's generations in progress, stepped together.
   std::unique_ptr<generation_batch> generations;
@@ -83,6 +87,34 @@ int last_layer(const cloud_layers_state& st) {
 /// A stage's error for one work item as the CAF error it stands for.
 caf::error error_of(const stage_work_done& d) {
   return make_error(static_cast<ceco_errc>(d.error_code), d.error);
+}
+
+/// Room for a step's input of `rows` rows in st.step_input.
+void reserve_step_input(cloud_layers_state& st, int64_t rows) {
+  if (st.step_input.defined() && st.step_input.size(0) >= rows)
+    return;
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(st.model->device());
+  st.step_input = at::empty({std::max<int64_t>(rows, 1), st.model->config().n_embd}, opts);
+}
+
+/// Rows [first_row, first_row + rows.rows) of the step's input, decoded from
+/// the upload blobs as they arrived: the one copy an uploaded row takes on
+/// the cloud in-process (docs/design.md §2). Sessions decoded one after
+/// another lie one after another, so forward_sequences computes them where
+/// they are.
+at::Tensor decode_step_rows(cloud_layers_state& st, const uploaded_rows& rows,
+                            int64_t first_row) {
+  auto view = st.step_input.narrow(0, first_row, rows.rows);
+  if (view.is_cpu()) {
+    decode_rows(rows, view.data_ptr<float>());
+    return view;
+  }
+  if (!st.step_staging.defined() || st.step_staging.size(0) < rows.rows)
+    st.step_staging = at::empty({int64_t(rows.rows), view.size(1)}, at::kFloat);
+  auto staging = st.step_staging.narrow(0, 0, rows.rows);
+  decode_rows(rows, staging.data_ptr<float>());
+  view.copy_(staging);
+  return view;
 }
 
 /// Why `w` cannot be computed, or none.
@@ -122,6 +154,10 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
   std::vector<at::Tensor> inputs(step.work.size());
   std::vector<transformer::sequence_step> seqs;
   std::vector<size_t> seq_work;  // work index of each entry of seqs
+  int64_t step_rows = 0, input_row = 0;
+  for (const auto& w : step.work)
+    step_rows += w.states.rows;
+  reserve_step_input(st, step_rows);
   for (size_t i = 0; i < step.work.size(); ++i) {
     auto& w = step.work[i];
     if (auto err = check_work(st, w)) {
@@ -130,7 +166,8 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
     }
     if (w.states.rows == 0)
       continue;
-    inputs[i] = on_device(w.states, m);
+    inputs[i] = decode_step_rows(st, w.states, input_row);
+    input_row += w.states.rows;
     seqs.push_back({&inputs[i], w.start, &w.ctx->cache});
     seq_work.push_back(i);
   }

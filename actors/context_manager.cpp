@@ -44,7 +44,7 @@ struct session_entry {
   cloud_context_ptr ctx;
   int32_t received = 0;              // positions [0, received) uploaded
   int32_t computed = 0;              // positions [0, computed) caught up
-  std::vector<tensor_blob> pending;  // uploaded, not yet in a step
+  uploaded_rows pending;             // uploaded, not yet in a step
   std::vector<waiting_request> waiting;  // for positions not yet in a step, at most
                                          // max_waiting_requests
   std::vector<waiting_request> asked;    // answered by the step in flight
@@ -102,32 +102,6 @@ caf::error unknown(uint64_t id) {
   return make_error(ceco_errc::unknown_session,
                     fmt::format("session {:016x} is not open (never opened, closed, or expired)",
                                 id));
-}
-
-/// Concatenates blobs of rows into one; mixed dtypes become f32.
-tensor_blob merge(std::vector<tensor_blob>& parts) {
-  if (parts.size() == 1)
-    return std::move(parts.front());
-  tensor_blob out;
-  out.cols = parts.front().cols;
-  bool same = true;
-  for (auto& p : parts) {
-    out.rows += p.rows;
-    same = same && p.dtype == parts.front().dtype;
-  }
-  if (same) {
-    out.dtype = parts.front().dtype;
-    for (auto& p : parts)
-      out.bytes.insert(out.bytes.end(), p.bytes.begin(), p.bytes.end());
-    return out;
-  }
-  std::vector<float> rows(size_t(out.rows) * size_t(out.cols));
-  size_t at = 0;
-  for (auto& p : parts) {
-    read_blob(p, rows.data() + at);
-    at += size_t(p.rows) * size_t(p.cols);
-  }
-  return make_blob(rows.data(), out.rows, out.cols, wire_dtype::f32);
 }
 
 /// Drops the first `n` rows of a blob.
@@ -201,7 +175,7 @@ void settle_verdicts(session_entry& e, int32_t wrong, int32_t cloud_token) {
 /// Whether the next step has something to do for `e`: uploads to catch up
 /// on, or a request whose position is uploaded.
 bool has_work(const session_entry& e) {
-  if (!e.pending.empty())
+  if (e.pending.rows > 0)
     return true;
   for (auto& w : e.waiting)
     if (w.pos < e.received)
@@ -324,12 +298,11 @@ void dispatch(self_ptr self) {
     cloud_work w;
     w.ctx = e.ctx;
     w.start = e.computed;
-    if (!e.pending.empty()) {
-      w.states = merge(e.pending);
-      e.pending.clear();
-    } else {
-      w.states.cols = st.cfg.n_embd;
-    }
+    // The step takes the upload blobs as they came; the cloud layers
+    // decode them straight into their input.
+    w.states = std::move(e.pending);
+    e.pending.clear();
+    w.states.cols = st.cfg.n_embd;
     std::vector<waiting_request> later;
     for (auto& r : e.waiting) {
       if (r.pos < e.received) {
@@ -466,7 +439,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       if (overlap > 0)
         drop_rows(m.states, overlap);
       e.received += m.states.rows;
-      e.pending.push_back(std::move(m.states));
+      e.pending.append(std::move(m.states));
       mark_ready(self, m.session, e);
       return e.received;
     },
@@ -511,7 +484,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       auto rp = self->make_response_promise<verdict>();
       e.verdicts.push_back({m.start + m.states.rows, clock_type::now(), rp});
       e.received += m.states.rows;
-      e.pending.push_back(std::move(m.states));
+      e.pending.append(std::move(m.states));
       mark_ready(self, m.session, e);
       return rp;
     },

@@ -306,6 +306,11 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
   o.mode = mode.value_or(settings_.policy.mode);
   if (o.mode == strategy::exact)
     site.uploader = exact_uploader_;
+  // The edge layers emit split rows in the dtype the uploader sends, so it
+  // converts nothing; an uploader on the cloud gets them in f32 and converts
+  // there.
+  o.split_dtype = settings_.placement.uploader == "cloud" ? wire_dtype::f32
+                                                          : upload_dtype(settings_, o.mode);
   const char* name = to_string(o.mode);
   if (drafts(o.mode)) {
     // Drafts are decided and uploaded on the edge, token by token.

@@ -163,7 +163,7 @@ void resume_drafts(self_ptr self) {
   for (int32_t i = 0; i < rows; ++i)
     if (i + 1 < w.size() && w.awaits_verdict(i + 1))
       drafts[size_t(i)] = w.sequence()[size_t(i + 1)];
-  draft_upload m{st.session, st.epoch, 0, st.context.encode(wire_dtype::f32), std::move(drafts)};
+  draft_upload m{st.session, st.epoch, 0, tensor_blob(st.context), std::move(drafts)};
   ++st.report.uploads;
   st.report.uploaded_positions += rows;
   st.report.verify_bytes += 4 + 4 * int64_t(rows);
@@ -210,7 +210,7 @@ void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const
     st.report.discarded_tokens += w.correct(v.position + 1, v.token);
     st.epoch = v.epoch;
     st.pos = v.position + 1;
-    st.context.truncate(st.pos);
+    keep_rows(st.context, st.pos);
   }
   if (!show_final(self))
     draft_step(self);
@@ -218,7 +218,7 @@ void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const
 
 /// Sends rows [start, start + split.rows) with the draft of the last row
 /// (-1: nothing to verify); the verdict comes back whenever it is ready.
-void upload_draft(self_ptr self, tensor_blob split, int32_t start, int32_t draft) {
+void upload_draft(self_ptr self, tensor_blob&& split, int32_t start, int32_t draft) {
   auto& st = self->state;
   const int32_t rows = split.rows;
   draft_upload m{st.session, st.epoch, start, std::move(split),
@@ -266,7 +266,7 @@ void draft_forward(self_ptr self) {
     return true;
   };
   self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start,
-                std::move(input))
+                std::move(input), uint8_t(st.opts.split_dtype))
     .then(
       [=](edge_output& out) {
         auto& st = self->state;
@@ -274,8 +274,8 @@ void draft_forward(self_ptr self) {
         if (rolled_back())
           return;
         st.pos = start + n;
-        if (st.site.link)
-          st.context.append(out.split);
+        if (st.keeps_context())
+          append_rows(st.context, out.split);
         auto split = std::make_shared<tensor_blob>(std::move(out.split));
         self->request(st.site.local_evaluator, st.opts.timeout,
                       evaluate_request{st.session, std::move(out.exit_states), start + n - 1,

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
 
 #include "actors/hidden_rows.hpp"
 #include "actors/profile_clock.hpp"
@@ -44,13 +45,17 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
   self->state.split = split;
   self->state.exits = std::move(exits);
   return {
-    [=](forward_atom, uint64_t session, int32_t pos,
-        std::vector<int32_t>& tokens) -> caf::result<edge_output> {
+    [=](forward_atom, uint64_t session, int32_t pos, std::vector<int32_t>& tokens,
+        uint8_t split_dtype) -> caf::result<edge_output> {
       auto t0 = clock_type::now();
       auto& st = self->state;
       const auto& m = *st.model;
       if (tokens.empty())
         return make_error(ceco_errc::bad_position, "edge forward of no tokens");
+      if (split_dtype != uint8_t(wire_dtype::f32) && split_dtype != uint8_t(wire_dtype::f16))
+        return make_error(ceco_errc::bad_tensor,
+                          fmt::format("split rows of dtype {}: neither f32 (0) nor f16 (1)",
+                                      split_dtype));
       auto& cache = st.caches[session];
       if (!cache)
         cache = std::make_unique<kv_cache>(m.make_cache(0, st.split));
@@ -62,7 +67,9 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
                            [&](size_t, const at::Tensor& h) { append_last_row(h, exit_rows); });
         const int32_t d = m.config().n_embd;
         edge_output out;
-        out.split = encode_tensor(x, wire_dtype::f32);
+        // The split rows in the dtype they travel in: the one buffer they
+        // take to the cloud (docs/design.md §2).
+        out.split = encode_tensor(x, wire_dtype(split_dtype));
         if (!st.exits.empty())
           out.exit_states = make_blob(exit_rows.data(), int32_t(st.exits.size()), d,
                                       wire_dtype::f32);

@@ -207,7 +207,7 @@ void resume(self_ptr self, int64_t epoch) {
         return resume_drafts(self);
       if (st.context.rows == 0)
         return advance(self);
-      upload(self, st.context.encode(wire_dtype::f32), 0, [=] { advance(self); });
+      upload(self, tensor_blob(st.context), 0, [=] { advance(self); });
     },
     [=](const caf::error&) {  // not yet: stay on the edge
       transition(self, phase::degraded);
@@ -238,7 +238,7 @@ void reopen(self_ptr self, clock_type::time_point sent, bool reupload, std::func
       ++st.report.resumed;
       if (!reupload || st.context.rows == 0)
         return again();
-      upload(self, st.context.encode(wire_dtype::f32), 0, again);
+      upload(self, tensor_blob(st.context), 0, again);
     },
     [=](const caf::error& err) {
       transition(self, phase::degraded);
@@ -367,6 +367,8 @@ edge_session_actor::behavior_type edge_session_fn(self_ptr self, edge_site site,
   auto& st = self->state;
   st.site = std::move(site);
   st.opts = std::move(opts);
+  if (st.is(strategy::naive))
+    st.opts.split_dtype = wire_dtype::f32;  // naive sends f32 (docs/design.md §2)
   st.report.mode = st.opts.mode;
   st.report.prompt = st.opts.prompt;
   st.report.exit_layers.assign(st.opts.exits.begin(), st.opts.exits.end());

@@ -96,6 +96,9 @@ struct edge_session_options {
   cloud_loss on_cloud_loss = cloud_loss::degrade;
   std::chrono::milliseconds cloud_loss_wait{10'000};  // see cloud_loss
   std::chrono::milliseconds timeout{30'000};  // per cloud request
+  // The dtype the edge layers emit split rows in: the uploader's, so it
+  // converts nothing. Naive's rows are f32 whatever this says.
+  wire_dtype split_dtype = wire_dtype::f32;
   caf::actor token_sink;      // receives each token as it is emitted; may be invalid
   // How tokens are chosen where they are decided (sampling.*): the cloud
   // strategy's cloud and standalone's exits; greedy elsewhere.

@@ -49,6 +49,38 @@ at::Tensor to_tensor(const tensor_blob& b) {
   return x;
 }
 
+void decode_rows(const uploaded_rows& rows, float* out) {
+  for (const auto& part : rows.parts) {
+    read_blob(part, out);
+    out += size_t(part.rows) * size_t(part.cols);
+  }
+}
+
+void append_rows(tensor_blob& rows, const tensor_blob& more) {
+  if (rows.rows == 0) {
+    rows.dtype = more.dtype;
+    rows.cols = more.cols;
+    rows.bytes.clear();
+  }
+  if (more.dtype == rows.dtype) {
+    rows.bytes.insert(rows.bytes.end(), more.bytes.begin(), more.bytes.end());
+  } else {
+    // No path of the runtime mixes dtypes in one session: converted through f32.
+    std::vector<float> values(size_t(more.rows) * size_t(more.cols));
+    read_blob(more, values.data());
+    auto converted = make_blob(values.data(), more.rows, more.cols, wire_dtype(rows.dtype));
+    rows.bytes.insert(rows.bytes.end(), converted.bytes.begin(), converted.bytes.end());
+  }
+  rows.rows += more.rows;
+}
+
+void keep_rows(tensor_blob& rows, int32_t n) {
+  if (n >= rows.rows)
+    return;
+  rows.rows = std::max(n, 0);
+  rows.bytes.resize(size_t(rows.rows) * size_t(rows.cols) * element_size(rows.dtype));
+}
+
 tensor_blob transcode(tensor_blob b, wire_dtype dtype, std::vector<float>& scratch) {
   if (b.dtype == uint8_t(dtype))
     return b;

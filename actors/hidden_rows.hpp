@@ -1,12 +1,17 @@
 #pragma once
 
 // Rows of hidden states on their way from the edge layers to the cloud
-// layers, and their wire form. One path:
+// layers, and their wire form. One owned buffer (docs/design.md §2):
 //
-//   edge layers   tensor [T, n_embd] ─encode(f32)─▶ tensor_blob (edge_output)
-//   session       appends each run to its context (hidden_rows, f32)
-//   uploader      the only place the dtype changes: f32 ─▶ upload.dtype
-//   cloud         tensor_blob ─to_tensor─▶ the cloud layers' input
+//   edge layers   tensor [T, n_embd] ─encode_tensor─▶ tensor_blob in the
+//                 session's wire dtype (edge_output.split)
+//   session       moves it to the uploader; keeps a copy (its context) only
+//                 to send again: naive, and after losing the cloud
+//   uploader      passes it on (converts only rows of another dtype: an
+//                 uploader placed on the cloud gets f32)
+//   link, front,  move it (a remote cloud: encoded once into its frame,
+//   context mgr   decoded once from it)
+//   cloud layers  decode_rows ─▶ the step's stacked input, in place
 //
 // No torch in this header: at::Tensor is only declared.
 
@@ -39,6 +44,14 @@ struct hidden_rows {
   /// These rows as a blob of `dtype` (f16 rounds to nearest even).
   tensor_blob encode(wire_dtype dtype) const;
 };
+
+/// The rows of every part, in order, as f32 into out[rows.rows * rows.cols].
+void decode_rows(const uploaded_rows& rows, float* out);
+/// Appends the rows of a checked blob to `rows` (same width) in `rows`'
+/// dtype; an empty `rows` takes the blob's.
+void append_rows(tensor_blob& rows, const tensor_blob& more);
+/// Keeps the first `n` rows of a blob (a rollback).
+void keep_rows(tensor_blob& rows, int32_t n);
 
 /// A 2-D f32 tensor (any device) straight into a blob of `dtype`.
 tensor_blob encode_tensor(const at::Tensor& x, wire_dtype dtype);

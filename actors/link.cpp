@@ -108,7 +108,7 @@ int64_t hidden_bytes(const T& x) {
 /// is lost, every request it has not answered fails at once (CAF would
 /// otherwise hold them until their timeouts).
 template <class Request, class Reply = reply_t<Request>>
-caf::typed_response_promise<Reply> relay(self_ptr self, Request x) {
+caf::typed_response_promise<Reply> relay(self_ptr self, Request&& x) {
   const uint64_t session = proto::session_of(x);
   auto rp = self->template make_response_promise<Reply>();
   if (self->state.down) {

@@ -33,6 +33,31 @@ caf::error make_error(ceco_errc code, std::string what) {
   return caf::error(static_cast<uint8_t>(code), ceco_category, caf::make_message(std::move(what)));
 }
 
+void uploaded_rows::append(tensor_blob&& part) {
+  rows += part.rows;
+  cols = part.cols;
+  parts.push_back(std::move(part));
+}
+
+void uploaded_rows::clear() {
+  rows = 0;
+  parts.clear();
+}
+
+std::string uploaded_rows::check(int32_t expected_cols) const {
+  int64_t sum = 0;
+  for (const auto& part : parts) {
+    if (auto bad = part.check(expected_cols); !bad.empty())
+      return bad;
+    if (part.cols != cols)
+      return fmt::format("a part of rows of {} values among rows of {}", part.cols, cols);
+    sum += part.rows;
+  }
+  if (sum != rows)
+    return fmt::format("{} rows, but the parts hold {}", rows, sum);
+  return {};
+}
+
 std::string describe(const caf::error& err) {
   if (!err)
     return "no error";

@@ -254,6 +254,23 @@ int64_t wire_size(const T& x) {
 struct cloud_context;
 using cloud_context_ptr = std::shared_ptr<cloud_context>;
 
+/// A session's uploaded rows not yet computed, [rows, cols], as they came:
+/// one blob per upload (f16 or f32), in position order. The cloud layers
+/// decode the parts straight into a step's input (decode_rows in
+/// hidden_rows.hpp), so they are never concatenated first.
+struct uploaded_rows {
+  int32_t rows = 0;
+  int32_t cols = 0;
+  std::vector<tensor_blob> parts;
+
+  /// Appends the rows of a checked blob (moved, never copied).
+  void append(tensor_blob&& part);
+  void clear();
+  /// Empty when every part is a consistent blob of `expected_cols` values
+  /// per row (0: any) and they hold `rows` rows, else what is wrong.
+  std::string check(int32_t expected_cols) const;
+};
+
 /// One session's share of a cloud step: run its uploaded positions
 /// [start, start + states.rows) through the cloud layers (rows may be 0),
 /// then answer the token after each position in `tokens_after`: the
@@ -262,7 +279,7 @@ using cloud_context_ptr = std::shared_ptr<cloud_context>;
 struct cloud_work {
   cloud_context_ptr ctx;
   int32_t start = 0;
-  tensor_blob states;
+  uploaded_rows states;
   std::vector<int32_t> tokens_after;
   std::vector<int32_t> drafts;  // one per tokens_after
   sampler_options sampling;
@@ -578,11 +595,12 @@ using cloud_layers_actor = caf::typed_actor<
   caf::reacts_to<deliver_atom, uint64_t>>;
 
 /// Layers [0, split) on the edge with one KV cache per session. Replies with
-/// the split-layer states of every position and the exit layers' states of
-/// the last one.
+/// the split-layer states of every position, in the wire dtype of the last
+/// argument (wire_dtype: what the session's uploader sends), and the exit
+/// layers' states of the last one (f32).
 /// (deliver_atom, id): its own timer in profile mode.
 using edge_layers_actor = caf::typed_actor<
-  caf::replies_to<forward_atom, uint64_t, int32_t, std::vector<int32_t>>::with<edge_output>,
+  caf::replies_to<forward_atom, uint64_t, int32_t, std::vector<int32_t>, uint8_t>::with<edge_output>,
   caf::reacts_to<close_atom, uint64_t>,
   caf::reacts_to<deliver_atom, uint64_t>>;
 

@@ -42,9 +42,10 @@ struct edge_session_state {
   int64_t link_epoch = 0;                // the link's epoch when the cloud session opened
   int32_t pos = 0;                       // next position the edge computes
   std::vector<int32_t> input;            // tokens of the next edge step
-  // Every split state so far: naive sends them all each token;
-  // collaborative re-uploads them to a new cloud session after a loss.
-  hidden_rows context;
+  // Every split state so far, in opts.split_dtype, when keeps_context():
+  // naive sends them all each token; collaborative, speculative and exact
+  // upload them again to a new cloud session after a loss.
+  tensor_blob context;
   int32_t uploads_in_flight = 0;
   int32_t opens_in_flight = 0;  // a cancelled session waits for them to close what they open
   clock_type::time_point started;
@@ -74,6 +75,13 @@ struct edge_session_state {
   bool token_by_token() const { return is(strategy::collaborative) || drafting(); }
   bool degraded() const { return at == phase::degraded || at == phase::resuming; }
   bool finished() const { return at == phase::closing || at == phase::reporting; }
+  /// Whether the split states are kept (context): naive's every token, and
+  /// a response that may resume after losing the cloud (a link, and
+  /// policy.on_cloud_loss other than "fail"); else each is only uploaded.
+  bool keeps_context() const {
+    return is(strategy::naive)
+           || (bool(site.link) && opts.on_cloud_loss != cloud_loss::fail && token_by_token());
+  }
 };
 
 using self_ptr = edge_session_actor::stateful_pointer<edge_session_state>;
@@ -143,7 +151,7 @@ void forward(self_ptr self);
 void evaluate(self_ptr self, std::shared_ptr<tensor_blob> states, int32_t last);
 /// Sends rows [start, start + split.rows) (collaborative); `next` runs once
 /// sent (or acknowledged, with upload.mode = "sync").
-void upload(self_ptr self, const tensor_blob& split, int32_t start, std::function<void()> next);
+void upload(self_ptr self, tensor_blob&& split, int32_t start, std::function<void()> next);
 /// Counts an upload as acknowledged (or failed); the last one lets a
 /// finished response close its cloud session.
 void upload_settled(self_ptr self);

@@ -129,7 +129,9 @@ int exit_index_of(const edge_session_state& st, int32_t layer) {
 void ask_naive(self_ptr self) {
   auto& st = self->state;
   ++st.report.cloud_requests;
-  naive_request req{st.session, st.context.encode(wire_dtype::f32)};
+  // A copy: every naive request carries the whole sequence (f32: naive's
+  // split rows always are, see spawn_edge_session).
+  naive_request req{st.session, tensor_blob(st.context)};
   auto sent = clock_type::now();
   self->request(st.site.cloud, st.opts.timeout, std::move(req))
     .then(
@@ -236,13 +238,14 @@ void upload_settled(self_ptr self) {
     close_cloud(self);
 }
 
-void upload(self_ptr self, const tensor_blob& split, int32_t start, std::function<void()> next) {
+void upload(self_ptr self, tensor_blob&& split, int32_t start, std::function<void()> next) {
   auto& st = self->state;
   ++st.report.uploads;
   st.report.uploaded_positions += split.rows;
   ++st.uploads_in_flight;
   auto sent = clock_type::now();
-  auto h = self->request(st.site.uploader, st.opts.timeout, upload_states{{st.session, start, split}});
+  auto h = self->request(st.site.uploader, st.opts.timeout,
+                         upload_states{{st.session, start, std::move(split)}});
   if (!st.opts.sync_upload) {
     // Asynchronous: the token loop goes on at once; the ack only settles
     // the count. A lost upload surfaces as the failure of the cloud request
@@ -268,7 +271,8 @@ void forward(self_ptr self) {
   auto& st = self->state;
   const int32_t start = st.pos;
   const auto n = int32_t(st.input.size());
-  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start, st.input)
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start, st.input,
+                uint8_t(st.opts.split_dtype))
     .then(
       [=](edge_output& out) {
         auto& st = self->state;
@@ -277,15 +281,13 @@ void forward(self_ptr self) {
         st.report.edge_us += out.compute_us;
         st.pos = start + n;
         const int32_t last = start + n - 1;
-        if (st.is(strategy::naive) || (st.is(strategy::collaborative) && st.site.link))
-          st.context.append(out.split);
+        if (st.keeps_context())
+          append_rows(st.context, out.split);
         if (st.is(strategy::naive))
           return ask_naive(self);
         if (st.is(strategy::collaborative) && !st.degraded()) {
-          auto shared = std::make_shared<edge_output>(std::move(out));
-          upload(self, shared->split, start, [=] {
-            evaluate(self, std::make_shared<tensor_blob>(std::move(shared->exit_states)), last);
-          });
+          auto exit_states = std::make_shared<tensor_blob>(std::move(out.exit_states));
+          upload(self, std::move(out.split), start, [=] { evaluate(self, exit_states, last); });
           return;
         }
         evaluate(self, std::make_shared<tensor_blob>(std::move(out.exit_states)), last);

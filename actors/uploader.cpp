@@ -27,7 +27,9 @@ uploader_actor::behavior_type uploader_fn(uploader_actor::stateful_pointer<uploa
       auto& st = self->state;
       if (auto bad = up.states.check(0); !bad.empty())
         return make_error(ceco_errc::bad_tensor, "upload: " + bad);
-      // The one place on the way to the cloud where the dtype changes.
+      // Rows in another dtype than this uploader's are converted here: those
+      // an uploader placed on the cloud gets (f32). The edge layers write the
+      // rows of an uploader on the edge in its dtype, so they pass as they are.
       upload_msg msg{up.session, up.start, transcode(std::move(up.states), st.dtype, st.rows)};
       auto rp = self->make_response_promise<int32_t>();
       self->request(st.cloud, st.timeout, std::move(msg))

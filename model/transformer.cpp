@@ -159,6 +159,28 @@ void transformer::forward_layers(at::Tensor& x, int64_t pos, int first, int last
     x.copy_(h);
 }
 
+namespace {
+
+/// Whether the steps' inputs are consecutive rows of one contiguous f32
+/// tensor, in step order (each step's first row right after the previous
+/// step's last), so that together they are one [sum T_i, n_embd] tensor.
+bool stacked_in_order(const std::vector<transformer::sequence_step>& steps) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const auto& x = *steps[i].x;
+    if (!x.is_contiguous() || x.scalar_type() != at::kFloat)
+      return false;
+    if (i == 0)
+      continue;
+    const auto& prev = *steps[i - 1].x;
+    if (!x.is_alias_of(prev) || x.device() != prev.device()
+        || x.data_ptr<float>() != prev.data_ptr<float>() + prev.numel())
+      return false;
+  }
+  return true;
+}
+
+} // namespace
+
 void transformer::forward_sequences(const std::vector<sequence_step>& steps, int first,
                                     int last) const {
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -180,34 +202,57 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
       forward_layers(*s.x, s.pos, first, last, *s.cache);
     return;
   }
+  // Inputs already stacked (consecutive rows of one tensor, in step order,
+  // as the cloud layers decode uploads) are computed where they are: no
+  // gathering into one tensor and no copying back.
+  const bool stacked = stacked_in_order(steps);
   bool decode_rows = fast_decode_;
   for (const auto& s : steps)
     decode_rows = decode_rows && s.x->size(0) == 1 && s.x->is_cpu();
   if (decode_rows) {
     // The cloud's steady state: one new position per session.
     const int64_t d = cfg_.n_embd;
-    thread_local std::vector<float> x;
-    x.resize(steps.size() * size_t(d));
-    for (size_t i = 0; i < steps.size(); ++i)
-      std::copy_n(steps[i].x->data_ptr<float>(), d, x.data() + int64_t(i) * d);
+    thread_local std::vector<float> gathered;
+    float* x = steps[0].x->data_ptr<float>();
+    if (!stacked) {
+      gathered.resize(steps.size() * size_t(d));
+      for (size_t i = 0; i < steps.size(); ++i)
+        std::copy_n(steps[i].x->data_ptr<float>(), d, gathered.data() + int64_t(i) * d);
+      x = gathered.data();
+    }
     for (int il = first; il < last; ++il) {
-      forward_rows_cpu(x.data(), steps.data(), steps.size(), il);
+      forward_rows_cpu(x, steps.data(), steps.size(), il);
       for (const auto& s : steps)
         s.cache->set_length(il, int(s.pos + 1));
     }
-    for (size_t i = 0; i < steps.size(); ++i)
-      std::copy_n(x.data() + int64_t(i) * d, d, steps[i].x->data_ptr<float>());
+    if (!stacked)
+      for (size_t i = 0; i < steps.size(); ++i)
+        std::copy_n(gathered.data() + int64_t(i) * d, d, steps[i].x->data_ptr<float>());
     return;
   }
-  std::vector<at::Tensor> rows;
-  rows.reserve(steps.size());
+  int64_t total_rows = 0;
   for (const auto& s : steps)
-    rows.push_back(*s.x);
-  auto x = at::cat(rows, 0);  // [sum T_i, n_embd]
+    total_rows += s.x->size(0);
+  at::Tensor x;       // [sum T_i, n_embd]
+  at::Tensor inputs;  // stacked: the steps' own rows, where the result goes
+  if (stacked) {
+    inputs = steps[0].x->as_strided({total_rows, cfg_.n_embd}, {cfg_.n_embd, 1});
+    x = inputs;
+  } else {
+    std::vector<at::Tensor> rows;
+    rows.reserve(steps.size());
+    for (const auto& s : steps)
+      rows.push_back(*s.x);
+    x = at::cat(rows, 0);
+  }
   for (int il = first; il < last; ++il) {
     forward_stacked(x, steps.data(), steps.size(), il);
     for (const auto& s : steps)
       s.cache->set_length(il, int(s.pos + s.x->size(0)));
+  }
+  if (stacked) {
+    inputs.copy_(x);
+    return;
   }
   int64_t row = 0;
   for (const auto& s : steps) {

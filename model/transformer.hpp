@@ -70,7 +70,10 @@ public:
   /// rounding), but the projections and the feed-forward run as one matrix
   /// product over the rows of all sequences, so the weights are read once
   /// per layer instead of once per sequence. Attention stays per sequence.
-  /// Checks every step before computing any.
+  /// Inputs that are consecutive rows of one contiguous tensor, in step
+  /// order (the cloud layers decode uploads so), are computed where they
+  /// are; others are gathered first and copied back. Checks every step
+  /// before computing any.
   void forward_sequences(const std::vector<sequence_step>& steps, int first, int last) const;
 
   /// Final norm and classifier: h [T, n_embd] -> logits [T, vocab].

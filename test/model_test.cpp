@@ -156,10 +156,10 @@ float step_alone_vs_together(const transformer& m, int split, const std::vector<
                              std::vector<kv_cache>& together_caches) {
   const int L = m.config().n_layer;
   auto seq = reference_sequence();
-  std::vector<kv_cache> alone_caches;
-  std::vector<at::Tensor> alone, together;
+  std::vector<kv_cache> alone_caches, stacked_caches;
+  std::vector<at::Tensor> alone, together, rows_of_items;
   for (auto& it : items) {
-    for (auto* caches : {&alone_caches, &together_caches}) {
+    for (auto* caches : {&alone_caches, &together_caches, &stacked_caches}) {
       caches->push_back(m.make_cache(split, L));
       if (it.prefix > 0) {
         // Layers [split, L) take the hidden states of layers [0, split).
@@ -175,23 +175,43 @@ float step_alone_vs_together(const transformer& m, int split, const std::vector<
     auto rows = x.narrow(0, int64_t(it.prefix), int64_t(it.rows)).contiguous();
     alone.push_back(rows.clone());
     together.push_back(rows.clone());
+    rows_of_items.push_back(rows);
   }
-  std::vector<transformer::sequence_step> steps;
+  // The same inputs as consecutive rows of one tensor (as the cloud layers
+  // decode uploads): computed where they are, to the same bits.
+  auto stacked_rows = at::cat(rows_of_items, 0);
+  std::vector<at::Tensor> stacked;
+  int64_t row = 0;
+  for (auto& it : items) {
+    stacked.push_back(stacked_rows.narrow(0, row, int64_t(it.rows)));
+    row += int64_t(it.rows);
+  }
+  const auto* stacked_data = stacked_rows.data_ptr<float>();
+  std::vector<transformer::sequence_step> steps, stacked_steps;
   for (size_t i = 0; i < items.size(); ++i) {
     m.forward_layers(alone[i], int64_t(items[i].prefix), split, L, alone_caches[i]);
     steps.push_back({&together[i], int64_t(items[i].prefix), &together_caches[i]});
+    stacked_steps.push_back({&stacked[i], int64_t(items[i].prefix), &stacked_caches[i]});
   }
   m.forward_sequences(steps, split, L);
+  m.forward_sequences(stacked_steps, split, L);
+  CHECK(stacked_rows.data_ptr<float>() == stacked_data);
   float worst = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     const auto n = int64_t(items[i].prefix + items[i].rows);
     CHECK(together_caches[i].length() == n);
+    CHECK(stacked_caches[i].length() == n);
+    CHECK(at::equal(stacked[i], together[i]));
     worst = std::max(worst, max_abs_diff(alone[i], together[i]));
     for (int il = split; il < L; ++il) {
       worst = std::max(worst, max_abs_diff(alone_caches[i].keys(il).narrow(0, 0, n),
                                            together_caches[i].keys(il).narrow(0, 0, n)));
       worst = std::max(worst, max_abs_diff(alone_caches[i].values(il).narrow(0, 0, n),
                                            together_caches[i].values(il).narrow(0, 0, n)));
+      CHECK(at::equal(stacked_caches[i].keys(il).narrow(0, 0, n),
+                      together_caches[i].keys(il).narrow(0, 0, n)));
+      CHECK(at::equal(stacked_caches[i].values(il).narrow(0, 0, n),
+                      together_caches[i].values(il).narrow(0, 0, n)));
     }
   }
   return worst;

@@ -7,8 +7,15 @@
 #include <mutex>
 #include <thread>
 
+#include "actors/cloud_context.hpp"
+#include "actors/cloud_front.hpp"
+#include "actors/cloud_layers.hpp"
+#include "actors/context_manager.hpp"
 #include "actors/deployment.hpp"
+#include "actors/edge_layers.hpp"
 #include "actors/hidden_rows.hpp"
+#include "actors/link.hpp"
+#include "actors/uploader.hpp"
 #include "actors/wire_bridge.hpp"
 #include "model/metrics.hpp"
 
@@ -589,6 +596,117 @@ TEST_CASE("hidden rows: from a tensor to the wire and back, and the uploader's t
   context.append(encode_tensor(x.narrow(0, 0, 2), wire_dtype::f32));
   context.append(encode_tensor(x.narrow(0, 2, 3), wire_dtype::f32));
   CHECK(context.encode(wire_dtype::f32) == f32);
+}
+
+TEST_CASE("in one process an uploaded row reaches the cloud step in the buffer the edge layers made") {
+  // docs/design.md §2: the edge layers' split rows, already in the wire
+  // dtype, are moved through the session, the uploader, the link, the
+  // cloud front and the context manager into the cloud step, which decodes
+  // them into its input: the bytes the step sees are the edge's own.
+  stories_sim f({"split.layer=3", "model.exits=2,3"});
+  auto& sys = *f.sys;
+  const auto cfg = f.m.model->config();
+  auto layers = spawn_cloud_layers(sys, f.m.model, 3, f.m.vocab.eos(), 8);
+  // In front of the cloud layers: notes where each step's rows lie, passes all on.
+  struct seen_parts {
+    std::mutex mu;
+    std::vector<const uint8_t*> data;
+  };
+  auto seen = std::make_shared<seen_parts>();
+  auto tap = sys.spawn([layers, seen](cloud_layers_actor::pointer self)
+                         -> cloud_layers_actor::behavior_type {
+    return {
+      [=](open_atom a) -> caf::result<cloud_context_ptr> { return self->delegate(layers, a); },
+      [=](cloud_step& step) -> caf::result<cloud_step_done> {
+        {
+          std::lock_guard<std::mutex> lock(seen->mu);
+          for (auto& w : step.work)
+            for (auto& part : w.states.parts)
+              seen->data.push_back(part.bytes.data());
+        }
+        return self->delegate(layers, std::move(step));
+      },
+      [=](naive_work& w) -> caf::result<infer_reply> { return self->delegate(layers, std::move(w)); },
+      [=](generate_request& r) -> caf::result<generate_reply> {
+        return self->delegate(layers, std::move(r));
+      },
+      [=](generate_atom a) { self->send(layers, a); },
+      [=](close_atom a, uint64_t id) { self->send(layers, a, id); },
+      [=](deliver_atom a, uint64_t id) { self->send(layers, a, id); },
+    };
+  });
+  auto contexts = spawn_context_manager(sys, tap, cfg, context_manager_options{});
+  auto front = spawn_cloud_front(sys, contexts, cloud_placed{}, make_hello(f.s, f.m));
+  auto link = spawn_link(sys, front, link_options{});
+  auto uploader = spawn_uploader(sys, caf::actor_cast<upload_sink>(link), wire_dtype::f16,
+                                 std::chrono::seconds(30));
+  auto edge = spawn_edge_layers(sys, f.m.model, 3, {2, 3});
+  caf::scoped_actor self{sys};
+  const auto timeout = std::chrono::seconds(30);
+  uint64_t session = 0;
+  self->request(link, timeout, open_session{})
+    .receive([&](uint64_t id) { session = id; }, [&](caf::error& e) { FAIL(describe(e)); });
+  REQUIRE(session != 0);
+  auto prompt = f.m.vocab.encode("Once upon a time");
+  for (int32_t pos = 0, n = 0; pos < int32_t(prompt.size()) + 3; pos += n) {
+    // The prompt in one run, then one position at a time.
+    std::vector<int32_t> run = pos == 0 ? prompt : std::vector<int32_t>{prompt[0]};
+    n = int32_t(run.size());
+    tensor_blob split;
+    self->request(edge, timeout, forward_atom::value, uint64_t(1), pos, run,
+                  uint8_t(wire_dtype::f16))
+      .receive([&](edge_output& out) { split = std::move(out.split); },
+               [&](caf::error& e) { FAIL(describe(e)); });
+    REQUIRE(split.rows == n);
+    CHECK(split.dtype == uint8_t(wire_dtype::f16));
+    const uint8_t* made = split.bytes.data();
+    {
+      // Only steps after this buffer was made: an address seen before could be reused.
+      std::lock_guard<std::mutex> lock(seen->mu);
+      seen->data.clear();
+    }
+    self->request(uploader, timeout, upload_states{{session, pos, std::move(split)}})
+      .receive([&](int32_t) {}, [&](caf::error& e) { FAIL(describe(e)); });
+    // The token after the run's last position: its step has run when it comes.
+    self->request(link, timeout, infer_request{session, pos + n - 1})
+      .receive([&](infer_reply&) {}, [&](caf::error& e) { FAIL(describe(e)); });
+    std::lock_guard<std::mutex> lock(seen->mu);
+    CHECK(std::find(seen->data.begin(), seen->data.end(), made) != seen->data.end());
+  }
+  // Rows in another dtype than the uploader's are converted on the way: the
+  // step sees another buffer (what every upload took before the edge layers
+  // wrote the wire dtype).
+  const int32_t pos = int32_t(prompt.size()) + 3;
+  tensor_blob f32_split;
+  self->request(edge, timeout, forward_atom::value, uint64_t(1), pos, std::vector<int32_t>{prompt[0]},
+                uint8_t(wire_dtype::f32))
+    .receive([&](edge_output& out) { f32_split = std::move(out.split); },
+             [&](caf::error& e) { FAIL(describe(e)); });
+  CHECK(f32_split.dtype == uint8_t(wire_dtype::f32));
+  const uint8_t* made = f32_split.bytes.data();
+  {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    seen->data.clear();
+  }
+  self->request(uploader, timeout, upload_states{{session, pos, std::move(f32_split)}})
+    .receive([&](int32_t) {}, [&](caf::error& e) { FAIL(describe(e)); });
+  self->request(link, timeout, infer_request{session, pos})
+    .receive([&](infer_reply&) {}, [&](caf::error& e) { FAIL(describe(e)); });
+  {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    CHECK(!seen->data.empty());
+    CHECK(std::find(seen->data.begin(), seen->data.end(), made) == seen->data.end());
+  }
+  cloud_context_ptr ctx;
+  self->request(contexts, timeout, get_atom::value, session)
+    .receive([&](cloud_context_ptr& x) { ctx = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+  REQUIRE(ctx);
+  CHECK(computed_positions(*ctx) == pos + 1);
+  for (auto h : {caf::actor_cast<caf::actor>(edge), caf::actor_cast<caf::actor>(uploader),
+                 caf::actor_cast<caf::actor>(link), caf::actor_cast<caf::actor>(front),
+                 caf::actor_cast<caf::actor>(contexts), caf::actor_cast<caf::actor>(tap),
+                 caf::actor_cast<caf::actor>(layers)})
+    self->send_exit(h, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("the link counts a message's bytes without serialising it") {
