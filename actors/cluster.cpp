@@ -1,4 +1,5 @@
 #include "actors/cluster.hpp"
+#include "actors/cluster_port.hpp"
 
 #include <chrono>
 #include <set>
@@ -86,25 +87,12 @@ worker_api spawn_worker_front(caf::actor_system& sys, context_manager_actor cont
 }
 
 uint16_t publish_worker(caf::actor_system& sys, const settings& s, const worker_api& front) {
-  const auto& host = s.cluster.host;
-  auto port = uint16_t(s.cluster.port);
-  auto bound = uses_tls(s) ? caf::openssl::publish(front, port, host.c_str(), true)
-                           : sys.middleman().publish(front, port, host.c_str(), true);
-  if (!bound)
-    throw config_error(fmt::format("cluster: cannot listen on {}:{} (cluster.host, cluster.port): "
-                                   "{}", host, port, sys.render(bound.error())));
-  return *bound;
+  return publish_on_cluster_port(sys, s, front);
 }
 
 void stop_worker(caf::actor_system& sys, const settings& s, const worker_api& front,
                  uint16_t port) {
-  // The OpenSSL module's middleman actor speaks the io middleman's protocol
-  // (its unpublish helper does not compile against CAF 0.17's atoms).
-  auto mm = uses_tls(s) ? sys.openssl_manager().actor_handle() : sys.middleman().actor_handle();
-  caf::scoped_actor self{sys};
-  self->request(mm, std::chrono::seconds(5), caf::unpublish_atom::value, front.address(), port)
-    .receive([] {}, [](caf::error&) {});
-  caf::anon_send_exit(front, caf::exit_reason::user_shutdown);
+  stop_on_cluster_port(sys, s, front, port);
 }
 
 worker_joiner::worker_joiner(caf::actor_system& sys, const settings& s,
@@ -149,8 +137,7 @@ size_t worker_joiner::join_now() {
     if (stopping_ || up.count(address))
       continue;
     auto [host, port] = *split_host_port(address);  // checked by the settings
-    auto worker = uses_tls(settings_) ? caf::openssl::remote_actor<worker_api>(sys_, host, port)
-                                      : sys_.middleman().remote_actor<worker_api>(host, port);
+    auto worker = connect_on_cluster_port<worker_api>(sys_, settings_, host, uint16_t(port));
     // Each failure is logged once, until it changes (a worker that is not up
     // yet is tried again after cluster.join_interval_ms).
     auto failed = [&](const std::string& why) {
@@ -159,10 +146,7 @@ size_t worker_joiner::join_now() {
       last_failure_[address] = why;
     };
     if (!worker) {
-      failed(fmt::format("cannot connect: {}{}", sys_.render(worker.error()),
-                         uses_tls(settings_) ? " (not up, or its certificate is not signed by "
-                                               "cluster.tls_ca_file, or ours not by its)"
-                                             : " (not up?)"));
+      failed(describe(worker.error()));
       continue;
     }
     std::string refused;

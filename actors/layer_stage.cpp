@@ -10,6 +10,7 @@
 #include <caf/openssl/all.hpp>
 #include <fmt/format.h>
 
+#include "actors/cluster_port.hpp"
 #include "actors/hidden_rows.hpp"
 #include "actors/token_chooser.hpp"
 #include "model/transformer.hpp"
@@ -274,8 +275,6 @@ layer_stage_actor::behavior_type layer_stage_fn(stage_ptr self,
   };
 }
 
-bool uses_tls(const settings& s) { return !s.cluster.insecure; }
-
 /// The stage on `address`, its hello checked; retried for a while, as a
 /// stage node may start after the node that sends it work.
 layer_stage_actor connect_stage(caf::actor_system& sys, const settings& s,
@@ -285,10 +284,9 @@ layer_stage_actor connect_stage(caf::actor_system& sys, const settings& s,
   for (int attempt = 0; attempt < 40; ++attempt) {
     if (attempt > 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    auto stage = uses_tls(s) ? caf::openssl::remote_actor<layer_stage_actor>(sys, host, port)
-                             : sys.middleman().remote_actor<layer_stage_actor>(host, port);
+    auto stage = connect_on_cluster_port<layer_stage_actor>(sys, s, host, uint16_t(port));
     if (!stage) {
-      why = fmt::format("cannot connect: {}", sys.render(stage.error()));
+      why = describe(stage.error());
       continue;
     }
     caf::scoped_actor self{sys};
@@ -300,10 +298,7 @@ layer_stage_actor connect_stage(caf::actor_system& sys, const settings& s,
     throw config_error(fmt::format("layer stage {} (cluster.stage_hosts) refused: {}", address,
                                    refused));
   }
-  throw config_error(fmt::format("layer stage {} (cluster.stage_hosts): {}{}", address, why,
-                                 uses_tls(s) ? " (not up, or its certificate is not signed by "
-                                               "cluster.tls_ca_file, or ours not by its)"
-                                             : " (not up?)"));
+  throw config_error(fmt::format("layer stage {} (cluster.stage_hosts): {}", address, why));
 }
 
 } // namespace
@@ -331,23 +326,12 @@ layer_stage_actor stage_chain(caf::actor_system& sys, const settings& s,
 
 uint16_t publish_layer_stage(caf::actor_system& sys, const settings& s,
                              const layer_stage_actor& stage) {
-  const auto& host = s.cluster.host;
-  auto port = uint16_t(s.cluster.port);
-  auto bound = uses_tls(s) ? caf::openssl::publish(stage, port, host.c_str(), true)
-                           : sys.middleman().publish(stage, port, host.c_str(), true);
-  if (!bound)
-    throw config_error(fmt::format("cluster: cannot listen on {}:{} (cluster.host, cluster.port): "
-                                   "{}", host, port, sys.render(bound.error())));
-  return *bound;
+  return publish_on_cluster_port(sys, s, stage);
 }
 
 void stop_layer_stage(caf::actor_system& sys, const settings& s, const layer_stage_actor& stage,
                       uint16_t port) {
-  auto mm = uses_tls(s) ? sys.openssl_manager().actor_handle() : sys.middleman().actor_handle();
-  caf::scoped_actor self{sys};
-  self->request(mm, std::chrono::seconds(5), caf::unpublish_atom::value, stage.address(), port)
-    .receive([] {}, [](caf::error&) {});
-  caf::anon_send_exit(stage, caf::exit_reason::user_shutdown);
+  stop_on_cluster_port(sys, s, stage, port);
 }
 
 } // namespace ceco
