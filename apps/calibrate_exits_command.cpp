@@ -54,12 +54,7 @@ void run_calibrate(const calibrate_args& a) {
   std::vector<std::vector<int32_t>> seqs;
   std::string note;
   if (!a.text.empty()) {
-    std::ifstream in(a.text);
-    if (!in)
-      throw model_error(fmt::format("--text {}: cannot open", a.text));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    seqs = text_sequences(m.vocab, ss.str(), seq_len);
+    seqs = text_file_sequences(m.vocab, a.text, seq_len, "--text");
     note = fmt::format("text {}", a.text);
   } else {
     fmt::print(stderr, "calibrate-exits: sampling {} tokens from the model itself (seed {})...\n",

@@ -62,12 +62,7 @@ void run_tune(const tune_args& a) {
 
   std::vector<std::vector<int32_t>> seqs;
   if (!a.text.empty()) {
-    std::ifstream in(a.text);
-    if (!in)
-      throw model_error(fmt::format("--text {}: cannot open", a.text));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    seqs = text_sequences(m.vocab, ss.str(), seq_len);
+    seqs = text_file_sequences(m.vocab, a.text, seq_len, "--text");
     fmt::print(stderr, "tune-exits: {} sequences of up to {} tokens from {}\n", seqs.size(),
                seq_len, a.text);
   } else {

@@ -1,6 +1,8 @@
 #include "model/exit_training.hpp"
 
+#include <fstream>
 #include <random>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -42,6 +44,17 @@ std::vector<std::vector<int32_t>> self_generated_sequences(const transformer& mo
     out.push_back(std::move(seq));
   }
   return out;
+}
+
+std::vector<std::vector<int32_t>> text_file_sequences(const tokenizer& vocab,
+                                                      const std::string& path, int seq_len,
+                                                      const char* flag) {
+  std::ifstream in(path);
+  if (!in)
+    throw model_error(fmt::format("{} {}: cannot open", flag, path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text_sequences(vocab, text.str(), seq_len);
 }
 
 std::vector<std::vector<int32_t>> text_sequences(const tokenizer& vocab, const std::string& text,

@@ -45,6 +45,11 @@ std::vector<std::vector<int32_t>> self_generated_sequences(const transformer& mo
 /// A text cut into sequences of `seq_len` tokens, each starting with BOS.
 std::vector<std::vector<int32_t>> text_sequences(const tokenizer& vocab, const std::string& text,
                                                  int seq_len);
+/// text_sequences of the file at `path`; model_error naming `flag` and the
+/// path when it cannot be read.
+std::vector<std::vector<int32_t>> text_file_sequences(const tokenizer& vocab,
+                                                      const std::string& path, int seq_len,
+                                                      const char* flag);
 exit_dataset collect_exit_data(const transformer& model,
                                const std::vector<std::vector<int32_t>>& sequences,
                                const std::vector<int>& exits);
