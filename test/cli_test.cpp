@@ -96,7 +96,7 @@ TEST_CASE("ceco bench --json reports decode speed on a real and on a random mode
   CHECK(nlohmann::json::parse(random.out)["n_layer"] == 5);
 }
 
-TEST_CASE("ceco bench --shape --type builds the weights in that type; --type with --model is refused") {
+TEST_CASE("ceco bench --shape --type builds the weights in that type: --type with --model is refused") {
   auto r = run_ceco("bench --shape 260K --type Q4_K_M --tokens 4 --json");
   REQUIRE(r.status == 0);
   auto j = nlohmann::json::parse(r.out);
@@ -276,7 +276,7 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
   CHECK(other.out.find("holds results of different settings") != std::string::npos);
 }
 
-TEST_CASE("ceco edge adds no link delay by default; a file's [link] and --set still apply") {
+TEST_CASE("ceco edge adds no link delay by default: a file's [link] and --set still apply") {
   auto has = [](const std::string& out, const std::string& line) {
     return out.find(line + "\n") != std::string::npos;
   };

@@ -416,7 +416,7 @@ TEST_CASE("cloud layers cut into stages across two nodes: the one-process tokens
     CHECK(b[i]["tokens"] == a[i]["tokens"]);
 }
 
-TEST_CASE("a worker's cluster port: a peer without the cluster's certificate, and garbage, get nothing; it keeps serving") {
+TEST_CASE("a worker's cluster port: a peer without the cluster's certificate, and garbage, get nothing, and it keeps serving") {
   cluster_certs certs;
   node_process w1("--role worker --set cluster.port=0" + certs.node("worker1") + stories_model);
   node_process w2("--role worker --set cluster.port=0" + certs.node("worker2") + stories_model);

@@ -172,7 +172,7 @@ TEST_CASE("calibrating the shipped stories260K heads meets the target on its cal
   }
 }
 
-TEST_CASE("a heads file keeps its calibrated thresholds; an old one without them still loads") {
+TEST_CASE("a heads file keeps its calibrated thresholds: an old one without them still loads") {
   const auto& m = *load_stories("gguf").model;
   // The shipped file predates thresholds: it loads, uncalibrated, at 0.8.
   auto old = exit_heads::load(shipped_heads(), m);

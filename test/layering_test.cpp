@@ -102,3 +102,25 @@ TEST_CASE("layers: a lower layer never includes a higher one") {
   auto actors = violations("actors", {"actors", "model", "config", "proto", "net"}, {});
   CHECK_MESSAGE(actors.empty(), join(actors));
 }
+
+TEST_CASE("test names: none holds a semicolon, which would split it into two CTest tests that run nothing") {
+  // doctest_discover_tests hands each name to CMake as a list element: a ';'
+  // cuts it in two, and neither half names a test case, so both "pass".
+  const std::regex name_re(R"re(TEST_CASE\("([^"]*)")re");
+  int names = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(fs::path(CECO_SOURCE_DIR) / "test")) {
+    if (!entry.is_regular_file() || entry.path().extension() != ".cpp")
+      continue;
+    std::ifstream in(entry.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      std::smatch m;
+      if (!std::regex_search(line, m, name_re))
+        continue;
+      ++names;
+      CHECK_MESSAGE(m[1].str().find(';') == std::string::npos,
+                    entry.path().filename().string() << ": TEST_CASE(\"" << m[1].str() << "\")");
+    }
+  }
+  CHECK(names > 200);
+}

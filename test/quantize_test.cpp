@@ -565,7 +565,7 @@ TEST_CASE("on tiny256 Q3_K and Q2_K err as much more than the reference's Q4_K a
   CHECK(q2_ratio < 4.2);
 }
 
-TEST_CASE("the 2- and 3-bit mixes assign types as llama-quantize; names are case-blind and carry llama.cpp's file type") {
+TEST_CASE("the 2- and 3-bit mixes assign types as llama-quantize: names are case-blind and carry llama.cpp's file type") {
   using role = quant::matrix_role;
   auto ft = [](const char* name) { return quant::parse_file_type(name, "TYPE"); };
   CHECK(ft("q4_k_m").name == "Q4_K_M");

@@ -544,7 +544,7 @@ TEST_CASE("ceco serve in exact and speculative modes: only final tokens stream, 
   }
 }
 
-TEST_CASE("ceco serve honours temperature, top_p, top_k and seed in every mode; a seed reproduces a response") {
+TEST_CASE("ceco serve honours temperature, top_p, top_k and seed in every mode: a seed reproduces a response") {
   for (auto mode : {"collaborative", "exact"}) {
     CAPTURE(mode);
     server s(std::string("--local-cloud --set link.latency_ms=0 --set policy.mode=") + mode);

@@ -150,7 +150,7 @@ TEST_CASE("exact gives exactly the cloud strategy's tokens, speculative exactly 
   check_exactness(1);
 }
 
-TEST_CASE("after a rollback the cloud session equals a fresh one fed the final tokens; stale uploads change nothing") {
+TEST_CASE("after a rollback the cloud session equals a fresh one fed the final tokens: stale uploads change nothing") {
   auto s = load_settings("", {"model.path=" + stories_gguf(), "split.layer=3"});
   auto m = load_site_model(s, stories_gguf());
   const auto& model = *m.model;
