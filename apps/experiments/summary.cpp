@@ -246,14 +246,14 @@ void write_markdown(const fs::path& path, const settings& base, const std::strin
   std::ofstream out(path);
   out << fmt::format("# {}\n\n", base.experiment.name.empty() ? "experiment" : base.experiment.name);
   const bootstrap_options bootstrap;
-  out << fmt::format("{} samples of {}, up to {} new tokens, {} repetition(s). Each cell: the mean "
+  out << fmt::format("{} sample{} of {}, up to {} new tokens, {} repetition(s). Each cell: the mean "
                      "over samples (each sample first the mean of its repetitions) and, in "
                      "brackets, a {:.0f}% bootstrap confidence interval of that mean (percentile "
                      "interval of {} resamples of the samples, fixed seed): the spread across "
                      "prompts, with each prompt's repetitions folded into its value. `[n/a]`: one "
                      "sample, no interval; a bare value: an interval of no width at the precision "
                      "shown (every sample gave the same). `n` is the row's samples x repetitions.\n\n",
-                     n_samples, dataset.empty() ? "the prompt" : dataset,
+                     n_samples, n_samples == 1 ? "" : "s", dataset.empty() ? "the prompt" : dataset,
                      base.generation.max_tokens, base.experiment.repetitions,
                      100 * bootstrap.level, bootstrap.resamples);
   const bool few = std::any_of(groups.begin(), groups.end(), [](const group_summary& g) {
