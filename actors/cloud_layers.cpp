@@ -10,6 +10,7 @@
 
 #include "actors/cloud_context.hpp"
 #include "actors/hidden_rows.hpp"
+#include "actors/layer_stage.hpp"
 #include "actors/profile_clock.hpp"
 #include "actors/token_chooser.hpp"
 #include "net/auth.hpp"
@@ -366,26 +367,28 @@ int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
 /// sessions of the step (their edges open new ones and upload again).
 caf::result<cloud_step_done> on_to_stage(self_ptr self, cloud_step_done out, stage_step staged,
                                          std::vector<size_t> staged_work) {
+  std::vector<size_t> asked;  // tokens each work item asks, one per tokens_after
+  for (const auto& w : staged.work)
+    asked.push_back(w.tokens_after.size());
   auto rp = self->make_response_promise<cloud_step_done>();
+  auto deliver = [=](caf::expected<stage_step_done> reply) mutable {
+    auto done = stage_results(reply, staged_work.size(), out.compute_us);
+    for (size_t j = 0; j < staged_work.size(); ++j) {
+      auto& d = out.done[staged_work[j]];
+      if (done[j].error_code != 0)
+        d.error = error_of(done[j]);
+      else if (done[j].tokens.size() != asked[j])
+        d.error = make_error(ceco_errc::compute_failed,
+                             fmt::format("the layer stage answered {} tokens of {}",
+                                         done[j].tokens.size(), asked[j]));
+      else
+        d.tokens = std::move(done[j].tokens);
+    }
+    rp.deliver(std::move(out));
+  };
   self->request(self->state.stage, caf::infinite, std::move(staged))
-    .then(
-      [=](stage_step_done& r) mutable {
-        for (size_t j = 0; j < staged_work.size() && j < r.done.size(); ++j) {
-          auto& d = out.done[staged_work[j]];
-          if (r.done[j].error_code != 0)
-            d.error = error_of(r.done[j]);
-          else
-            d.tokens = std::move(r.done[j].tokens);
-        }
-        out.compute_us += r.compute_us;
-        rp.deliver(std::move(out));
-      },
-      [=](caf::error& err) mutable {
-        for (auto i : staged_work)
-          out.done[i].error = make_error(ceco_errc::session_lost,
-                                         "the next layer stage failed: " + describe(err));
-        rp.deliver(std::move(out));
-      });
+    .then([=](stage_step_done& r) mutable { deliver(std::move(r)); },
+          [=](caf::error& err) mutable { deliver(std::move(err)); });
   return rp;
 }
 
@@ -402,21 +405,21 @@ caf::result<infer_reply> naive_on_to_stage(self_ptr self, clock_type::time_point
   staged.work.push_back(std::move(w));
   const int64_t own_us = us_since(t0);
   auto rp = self->make_response_promise<infer_reply>();
+  auto deliver = [=](caf::expected<stage_step_done> reply) mutable {
+    int64_t cloud_us = own_us;
+    auto done = stage_results(reply, 1, cloud_us);
+    if (done[0].error_code != 0)
+      rp.deliver(error_of(done[0]));
+    else if (done[0].tokens.size() != 1)
+      rp.deliver(make_error(ceco_errc::compute_failed,
+                            fmt::format("the layer stage answered {} tokens of 1",
+                                        done[0].tokens.size())));
+    else
+      rp.deliver(infer_reply{done[0].tokens[0], cloud_us});
+  };
   self->request(self->state.stage, caf::infinite, std::move(staged))
-    .then(
-      [=](stage_step_done& r) mutable {
-        if (r.done.size() != 1 || (r.done[0].error_code == 0 && r.done[0].tokens.size() != 1))
-          rp.deliver(make_error(ceco_errc::compute_failed,
-                                "the layer stage answered another step than the one asked"));
-        else if (r.done[0].error_code != 0)
-          rp.deliver(error_of(r.done[0]));
-        else
-          rp.deliver(infer_reply{r.done[0].tokens[0], own_us + r.compute_us});
-      },
-      [=](caf::error& err) mutable {
-        rp.deliver(make_error(ceco_errc::session_lost,
-                              "the next layer stage failed: " + describe(err)));
-      });
+    .then([=](stage_step_done& r) mutable { deliver(std::move(r)); },
+          [=](caf::error& err) mutable { deliver(std::move(err)); });
   return rp;
 }
 

@@ -168,20 +168,15 @@ caf::result<stage_step_done> run_stage(stage_ptr self, stage_step& step) {
     if (onward.work.empty())
       return out;
     auto rp = self->make_response_promise<stage_step_done>();
+    auto deliver = [=](caf::expected<stage_step_done> reply) mutable {
+      auto done = stage_results(reply, carried.size(), out.compute_us);
+      for (size_t j = 0; j < carried.size(); ++j)
+        out.done[carried[j]] = std::move(done[j]);
+      rp.deliver(std::move(out));
+    };
     self->request(st.next, caf::infinite, std::move(onward))
-      .then(
-        [=](stage_step_done& r) mutable {
-          for (size_t j = 0; j < carried.size() && j < r.done.size(); ++j)
-            out.done[carried[j]] = std::move(r.done[j]);
-          out.compute_us += r.compute_us;
-          rp.deliver(std::move(out));
-        },
-        [=](caf::error& err) mutable {
-          for (auto i : carried)
-            out.done[i] = failed(ceco_errc::session_lost,
-                                 "the next layer stage failed: " + describe(err));
-          rp.deliver(std::move(out));
-        });
+      .then([=](stage_step_done& r) mutable { deliver(std::move(r)); },
+            [=](caf::error& err) mutable { deliver(std::move(err)); });
     return rp;
   }
   // The last stage: final states kept, then every token asked, in one product.
@@ -302,6 +297,21 @@ layer_stage_actor connect_stage(caf::actor_system& sys, const settings& s,
 }
 
 } // namespace
+
+std::vector<stage_work_done> stage_results(caf::expected<stage_step_done>& reply, size_t sent,
+                                           int64_t& compute_us) {
+  std::string why;
+  if (!reply)
+    why = "the next layer stage failed: " + describe(reply.error());
+  else if (reply->done.size() != sent)
+    why = fmt::format("the next layer stage answered {} work items of {}", reply->done.size(),
+                      sent);
+  if (why.empty()) {
+    compute_us += reply->compute_us;
+    return std::move(reply->done);
+  }
+  return std::vector<stage_work_done>(sent, failed(ceco_errc::session_lost, why));
+}
 
 layer_stage_actor spawn_layer_stage(caf::actor_system& sys,
                                     std::shared_ptr<const transformer> model, int first,

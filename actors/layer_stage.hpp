@@ -28,6 +28,13 @@ layer_stage_actor spawn_layer_stage(caf::actor_system& sys,
                                     std::shared_ptr<const transformer> model, int first,
                                     int last, layer_stage_actor next, uint64_t fingerprint);
 
+/// A stage's reply to a step of `sent` work items, one done per item: as
+/// it came, or, from a stage that could not be reached (`reply` an error)
+/// or answered another number of items, every item failed (session_lost:
+/// their edges open new sessions and upload again).
+std::vector<stage_work_done> stage_results(caf::expected<stage_step_done>& reply, size_t sent,
+                                           int64_t& compute_us);
+
 /// Each range of the cloud's part after its first one, by placement: the
 /// stages of `s.placement.cloud_stages` from index `from` on, spawned here
 /// or, for a boundary with an address in cluster.stage_hosts, reached on
