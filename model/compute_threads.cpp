@@ -1,4 +1,5 @@
 #include "model/compute_threads.hpp"
+#include "model/blas_coretype.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -25,21 +26,11 @@ namespace ceco {
 
 void use_fast_blas_kernels(char** argv) {
 #if defined(__x86_64__)
-  // OpenBLAS picks its kernels for the CPU model as it loads and falls back
-  // to its slowest x86-64 ones (Prescott, SSE3) for a model it does not
-  // know: Debian 12's OpenBLAS on a recent Xeon prefilled 5x slower so.
-  // OPENBLAS_CORETYPE names the kernels instead, but is read only as the
-  // library loads: hence the restart, once, with it set from the CPU's
-  // features. A value the user set is left alone.
+  // See model/blas_coretype.hpp. A value the user set is left alone.
   if (!openblas_get_corename || std::getenv("OPENBLAS_CORETYPE") ||
-      std::string(openblas_get_corename()) != "Prescott")
+      std::string(openblas_get_corename()) != openblas_generic_core)
     return;
-  const char* core = nullptr;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    core = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    core = "Haswell";
+  const char* core = openblas_coretype_for_cpu();
   // This program's file, by its own path (the process keeps its name), and
   // only if argv[0] names it: not under a loader or a tool such as valgrind.
   char self[4096];

@@ -15,7 +15,8 @@ void set_blas_threads(int n);
 /// Restarts the program (execv of /proc/self/exe with `argv`) with
 /// OPENBLAS_CORETYPE set from the CPU's features when OpenBLAS did not know
 /// the CPU and fell back to its generic kernels; returns otherwise. Call it
-/// first in main.
+/// first in a main that links libtorch (the test program; `ceco` itself
+/// sets the variable in its launcher, before the engine starts).
 void use_fast_blas_kernels(char** argv);
 /// The BLAS and its kernels, as the library names them: "OpenBLAS Haswell".
 std::string blas_kernels();

@@ -71,6 +71,73 @@ TEST_CASE("--help documents every generate flag with its default") {
   CHECK(line_of("--prompt").find("=And God said") != std::string::npos);
 }
 
+TEST_CASE("ceco answers --help and --version as the engine does, and runs the engine for the rest") {
+  // Both programs run under the same argv[0], which the texts print.
+  auto as_ceco = [](const std::string& binary, const std::string& args) {
+    return run_shell("bash -c 'exec -a ceco " + binary + " " + args + "' 2>&1");
+  };
+  // The commands, and the subcommands of each, as the top help lists them.
+  auto subcommands = [](const std::string& help) {
+    std::vector<std::string> names;
+    std::istringstream lines(help.substr(std::min(help.size(), help.find("Subcommands:"))));
+    std::string line;
+    std::getline(lines, line);
+    while (std::getline(lines, line) && line.rfind("  ", 0) == 0) {
+      std::istringstream words(line);
+      std::string name;
+      words >> name;
+      names.push_back(name);
+    }
+    return names;
+  };
+  auto top = as_ceco(CECO_BINARY, "--help");
+  REQUIRE(top.status == 0);
+  CHECK(top.out == as_ceco(CECO_ENGINE_BINARY, "--help").out);
+  CHECK(top.out.find("Usage: ceco [OPTIONS] SUBCOMMAND") != std::string::npos);
+  std::vector<std::string> commands;
+  for (const auto& c : subcommands(top.out)) {
+    commands.push_back(c);
+    for (const auto& sub : subcommands(as_ceco(CECO_ENGINE_BINARY, c + " --help").out))
+      commands.push_back(c + " " + sub);
+  }
+  CHECK(commands.size() >= 15);  // 14 commands and `cluster status`
+  for (const auto& c : commands) {
+    auto launcher = as_ceco(CECO_BINARY, c + " --help");
+    auto engine = as_ceco(CECO_ENGINE_BINARY, c + " --help");
+    CHECK_MESSAGE(launcher.status == 0, c);
+    CHECK_MESSAGE(launcher.out == engine.out, c);
+    CHECK_MESSAGE(launcher.out.find("Usage: ceco " + c) != std::string::npos, c);
+  }
+  CHECK(as_ceco(CECO_BINARY, "bench -h").out == as_ceco(CECO_ENGINE_BINARY, "bench -h").out);
+  auto version = as_ceco(CECO_BINARY, "--version");
+  CHECK(version.status == 0);
+  CHECK(version.out == as_ceco(CECO_ENGINE_BINARY, "--version").out);
+  // The launcher loads no libtorch: that is what makes it instant.
+  auto libraries = run_shell("ldd " + std::string(CECO_BINARY) + " 2>&1");
+  CHECK(libraries.out.find("libtorch") == std::string::npos);
+  CHECK(run_shell("ldd " + std::string(CECO_ENGINE_BINARY) + " 2>&1").out.find("libtorch") !=
+        std::string::npos);
+  // Every other line is the engine's: errors, options before --help, work.
+  auto unknown = as_ceco(CECO_BINARY, "genrate --help");
+  CHECK(unknown.status == 1);
+  CHECK(unknown.out.find("did you mean 'generate'") != std::string::npos);
+  CHECK(as_ceco(CECO_BINARY, "tokenize --text hi --help").out ==
+        as_ceco(CECO_ENGINE_BINARY, "tokenize --text hi --help").out);
+  auto tokens = run_ceco("tokenize --text \"In the beginning\"");
+  CHECK(tokens.status == 0);
+  CHECK(tokens.out == run_shell(std::string(CECO_ENGINE_BINARY) +
+                                " tokenize --text \"In the beginning\" 2>&1").out);
+  // Without the engine beside it, the launcher says which file it needs.
+  temp_dir tmp;
+  std::filesystem::copy_file(CECO_BINARY, tmp.file("ceco"));
+  std::filesystem::permissions(tmp.file("ceco"), std::filesystem::perms::owner_exec,
+                               std::filesystem::perm_options::add);
+  CHECK(run_shell(tmp.file("ceco") + " --version 2>&1").out == version.out);
+  auto alone = run_shell(tmp.file("ceco") + " generate --max-tokens 1 2>&1");
+  CHECK(alone.status == 2);
+  CHECK(alone.out.find("cannot run the engine " + tmp.file("ceco-engine")) != std::string::npos);
+}
+
 TEST_CASE("bad input exits non-zero with a message naming the problem") {
   auto missing = run_ceco("generate --model /nonexistent/model.gguf");
   CHECK(missing.status == 1);
