@@ -59,7 +59,8 @@ void read_shape(const std::string& path, model_config& cfg, training_options& op
   };
   const std::map<std::string, std::vector<std::string>> known = {
     {"model", {"dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size", "context_length", "rope_theta"}},
-    {"train", {"steps", "batch", "seq_len", "lr", "warmup", "seed", "exit_weight"}},
+    {"train", {"steps", "batch", "seq_len", "lr", "warmup", "seed", "exit_weight", "exit_distill",
+               "layer_dropout"}},
   };
   for (auto&& [section, node] : t) {
     auto k = known.find(std::string(section.str()));
@@ -86,6 +87,16 @@ void read_shape(const std::string& path, model_config& cfg, training_options& op
   opts.warmup = get_int("train", "warmup", 50);
   opts.seed = uint64_t(get_int("train", "seed", 1));
   opts.exit_weight = float(get_float("train", "exit_weight", 0.5));
+  opts.exit_distill = float(get_float("train", "exit_distill", 0.0));
+  if (opts.exit_distill > 1)
+    throw config_error(fmt::format("{}: train.exit_distill is {}; expected 0..1 (the share of an "
+                                   "exit's loss distilled from the final layer)",
+                                   path, opts.exit_distill));
+  opts.layer_dropout = float(get_float("train", "layer_dropout", 0.0));
+  if (opts.layer_dropout > 0.9)
+    throw config_error(fmt::format("{}: train.layer_dropout is {}; expected 0..0.9 (the last "
+                                   "layer's skip rate)",
+                                   path, opts.layer_dropout));
 }
 
 void run_train(const train_args& a) {
@@ -154,7 +165,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--config", a->shape,
                   "shape and training settings (TOML: [model] dim, n_layers, n_heads, n_kv_heads, "
                   "hidden_dim, vocab_size, context_length; [train] steps, batch, seq_len, lr, "
-                  "warmup, seed, exit_weight; see config/models/kjv.toml)")
+                  "warmup, seed, exit_weight, exit_distill, layer_dropout; see config/models/kjv.toml)")
     ->required()->check(CLI::ExistingFile);
   cmd->add_option("--exits", a->exits, "exit layers trained with the model, e.g. 2,3")->delimiter(',');
   cmd->add_option("--out", a->out, "folder for model.gguf and exits.gguf")->required();

@@ -37,9 +37,12 @@ struct model_trainer::params {
 namespace {
 
 /// Final logits and each exit's, for tokens [B, T]: the reference layer
-/// (model/layer.hpp) over whole windows, under autograd.
+/// (model/layer.hpp) over whole windows, under autograd. With `dropout`
+/// (training), layer il is skipped for each sequence with probability
+/// dropout · il / (n_layer - 1), drawn from `gen`.
 std::vector<at::Tensor> forward(model_trainer::params& p, const model_config& c,
-                                const std::vector<int>& exits, const at::Tensor& tokens) {
+                                const std::vector<int>& exits, const at::Tensor& tokens,
+                                float dropout = 0, at::Generator* gen = nullptr) {
   const int64_t B = tokens.size(0), T = tokens.size(1);
   auto x = p.emb.index_select(0, tokens.flatten()).view({B, T, c.n_embd});
   auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -48,7 +51,14 @@ std::vector<at::Tensor> forward(model_trainer::params& p, const model_config& c,
   };
   std::vector<at::Tensor> out;
   for (int il = 0; il < c.n_layer; ++il) {
-    x = layer_forward(x, p.layers[size_t(il)], c.norm_eps, attend);
+    const double skip = c.n_layer > 1 ? double(dropout) * il / (c.n_layer - 1) : 0.0;
+    if (skip > 0 && gen) {
+      // keep [B, 1, 1]: 1 where the sequence runs this layer
+      auto keep = at::bernoulli(at::full({B, 1, 1}, 1.0 - skip), *gen);
+      x = x + keep * (layer_forward(x, p.layers[size_t(il)], c.norm_eps, attend) - x);
+    } else {
+      x = layer_forward(x, p.layers[size_t(il)], c.norm_eps, attend);
+    }
     for (size_t e = 0; e < exits.size(); ++e)
       if (exits[e] == il + 1) {
         exit_head head;  // the logit lens with its own norm, tied classifier
@@ -69,6 +79,10 @@ model_trainer::model_trainer(model_config cfg, training_options opts)
   for (int e : opts_.exits)
     if (e < 1 || e >= cfg_.n_layer)
       throw model_error(fmt::format("--exits: exit after layer {} is outside 1..{}", e, cfg_.n_layer - 1));
+  if (!(opts_.exit_distill >= 0 && opts_.exit_distill <= 1))
+    throw model_error(fmt::format("train: exit_distill is {}; expected 0..1", opts_.exit_distill));
+  if (!(opts_.layer_dropout >= 0 && opts_.layer_dropout <= 0.9f))
+    throw model_error(fmt::format("train: layer_dropout is {}; expected 0..0.9", opts_.layer_dropout));
   auto gen = at::make_generator<at::CPUGeneratorImpl>(opts_.seed);
   const int64_t d = cfg_.n_embd, dkv = cfg_.n_embd_kv(), ff = cfg_.n_ff;
   const double std_out = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
@@ -98,6 +112,8 @@ void model_trainer::train(const std::vector<int32_t>& tokens,
   auto params = p_->all();
   torch::optim::AdamW opt(params, torch::optim::AdamWOptions(opts_.lr).betas({0.9, 0.95}).weight_decay(0.01));
   std::mt19937_64 rng(opts_.seed);
+  // Layer dropout's draws, apart from the initialisation's.
+  auto dropout_gen = at::make_generator<at::CPUGeneratorImpl>(opts_.seed ^ 0x5eed'dd0f'0ca7'1a7eULL);
   std::uniform_int_distribution<int64_t> start(0, int64_t(tokens.size()) - T - 1);
   for (int step = 0; step < opts_.steps; ++step) {
     // Warmup, then cosine decay to a tenth.
@@ -116,17 +132,29 @@ void model_trainer::train(const std::vector<int32_t>& tokens,
       ys.push_back(data.narrow(0, s + 1, T));
     }
     auto x = at::stack(xs), y = at::stack(ys).flatten();
-    auto outs = forward(*p_, cfg_, opts_.exits, x);
+    auto outs = forward(*p_, cfg_, opts_.exits, x, opts_.layer_dropout, &dropout_gen);
     auto ce = [&](const at::Tensor& logits) {
       return at::cross_entropy_loss(logits.reshape({-1, cfg_.vocab_size}), y);
     };
     auto loss = ce(outs[0]);
     auto final_loss = loss.item<float>();
     if (outs.size() > 1) {
-      auto exit_loss = ce(outs[1]);
+      at::Tensor teacher;  // the final layer's log-probabilities [B·T, V], no gradient
+      if (opts_.exit_distill > 0)
+        teacher = at::log_softmax(outs[0].detach().reshape({-1, cfg_.vocab_size}), -1);
+      auto exit_loss = [&](const at::Tensor& logits) {
+        auto l = ce(logits);
+        if (opts_.exit_distill <= 0)
+          return l;
+        auto student = at::log_softmax(logits.reshape({-1, cfg_.vocab_size}), -1);
+        // KL(teacher || student), averaged over positions
+        auto kl = (teacher.exp() * (teacher - student)).sum(-1).mean();
+        return (1 - opts_.exit_distill) * l + opts_.exit_distill * kl;
+      };
+      auto exits_loss = exit_loss(outs[1]);
       for (size_t i = 2; i < outs.size(); ++i)
-        exit_loss = exit_loss + ce(outs[i]);
-      loss = loss + opts_.exit_weight * exit_loss / double(outs.size() - 1);
+        exits_loss = exits_loss + exit_loss(outs[i]);
+      loss = loss + opts_.exit_weight * exits_loss / double(outs.size() - 1);
     }
     opt.zero_grad();
     loss.backward();

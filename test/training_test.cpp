@@ -87,3 +87,53 @@ TEST_CASE("training lowers the loss, and the written GGUF computes what the trai
   model.logits_into(row, out);
   CHECK((out - expected[-1]).abs().max().item<float>() < 1e-4f);
 }
+
+TEST_CASE("layer dropout and exit distillation train a model, seeded, and bad values are refused") {
+  auto text = shakespeare(30000);
+  auto vocab = train_bpe(text, 400);
+  auto tokens = encode_corpus(vocab, text);
+  model_config cfg{32, 64, 3, 4, 2, vocab.vocab_size(), 64};
+  training_options opts;
+  opts.exits = {1, 2};
+  opts.steps = 30;
+  opts.batch = 8;
+  opts.seq_len = 32;
+  opts.lr = 1e-2f;
+  opts.warmup = 5;
+  std::vector<int32_t> ids(tokens.begin(), tokens.begin() + 20);
+  auto trained_logits = [&](const training_options& o) {
+    model_trainer trainer(cfg, o);
+    float before = trainer.evaluate(tokens, 4);
+    trainer.train(tokens);
+    float after = trainer.evaluate(tokens, 4);
+    MESSAGE("dropout " << o.layer_dropout << " distill " << o.exit_distill << ": loss " << before
+                       << " -> " << after);
+    CHECK(after < before - 0.3f);
+    return trainer.logits(ids);
+  };
+  auto plain = trained_logits(opts);
+  auto layerskip = opts;
+  layerskip.layer_dropout = 0.5f;
+  layerskip.exit_distill = 0.5f;
+  auto skipped = trained_logits(layerskip);
+  CHECK(at::equal(skipped, trained_logits(layerskip)));  // the same seed, the same model
+  CHECK(!at::allclose(skipped, plain));                 // and they do change the training
+  auto distill_only = opts;
+  distill_only.exit_distill = 1.0f;
+  CHECK(!at::allclose(trained_logits(distill_only), plain));
+
+  auto refused = [&](float distill, float dropout) {
+    auto o = opts;
+    o.exit_distill = distill;
+    o.layer_dropout = dropout;
+    try {
+      model_trainer trainer(cfg, o);
+    } catch (const model_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(refused(1.5f, 0) == "train: exit_distill is 1.5; expected 0..1");
+  CHECK(refused(0, 0.95f) == "train: layer_dropout is 0.95; expected 0..0.9");
+  CHECK(refused(0, -0.1f).find("layer_dropout is -0.1") != std::string::npos);
+}
