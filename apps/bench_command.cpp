@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <iostream>
@@ -32,6 +33,7 @@ struct bench_args {
   std::string tokenizer;
   std::string shape;
   std::string type;  // --type of the random weights; empty: F32
+  std::string save;  // write the --shape model to this GGUF file instead of measuring
   // llama-bench's pp512 / tg128; where the model's context is shorter and
   // neither is given, the prompt is shortened (then the decode) to fit.
   int tokens = 128;
@@ -171,8 +173,8 @@ void run_bench(bench_args a) {
       int64_t(cfg.vocab_size) * d * (shape.tied_output ? 1 : 2) +
       int64_t(cfg.n_layer) * (2 * d * d + 2 * d * cfg.n_embd_kv() + 3 * d * cfg.n_ff);
     if (!a.json)
-      fmt::print(stderr, "building random {} model in {} (seed {})...\n", a.shape, opts.type.name,
-                 a.seed);
+      fmt::print(stderr, "{} random {} model in {} (seed {})...\n",
+                 a.save.empty() ? "building" : "writing", a.shape, opts.type.name, a.seed);
     if (!a.json && n_matrix_weights > 100'000'000) {  // seconds: show the layers
       const char* end = isatty(STDERR_FILENO) ? "\r" : "\n";
       opts.on_layer = [end](int done, int n) {
@@ -180,10 +182,32 @@ void run_bench(bench_args a) {
       };
     }
     auto t0 = bench_clock::now();
+    source = fmt::format("random {} {}", shape_name(a.shape), opts.type.name);
+    if (!a.save.empty()) {
+      write_random_gguf(a.save, fmt::format("ceco {} (seed {})", source, a.seed), cfg, a.seed,
+                        opts);
+      const auto bytes = std::filesystem::file_size(a.save);
+      if (a.json) {
+        nlohmann::json j;
+        j["model"] = source;
+        j["saved"] = a.save;
+        j["bytes"] = bytes;
+        j["context_length"] = cfg.max_seq;
+        j["build_s"] = seconds_since(t0);
+        std::cout << j.dump() << "\n";
+      } else {
+        fmt::print("wrote {}: {} (seed {}), {:.1f} MiB, context {}, in {:.1f} s\n", a.save,
+                   source, a.seed, double(bytes) / (1 << 20), cfg.max_seq, seconds_since(t0));
+      }
+      return;
+    }
     weights = random_weights(cfg, a.seed, opts);
     build_s = seconds_since(t0);
-    source = fmt::format("random {} {}", shape_name(a.shape), opts.type.name);
   } else {
+    if (!a.save.empty())
+      throw model_error(fmt::format(
+        "bench: --save {} writes a --shape model; give --shape (a --model file is already a file)",
+        a.save));
     if (!a.type.empty())
       throw model_error(fmt::format(
         "bench: --type {} applies to --shape only; a --model file keeps its own weight types",
@@ -317,6 +341,12 @@ void add_bench_command(CLI::App& app) {
                   "weight type of the --shape model (default F32): " + quant::file_type_names() +
                     " (case-blind); the _S/_M/_L mixes and Q2_K assign types per matrix as llama-quantize "
                     "does");
+  cmd->add_option("--save", a->save,
+                  "write the --shape model (its --type and --seed) to this GGUF file instead of "
+                  "measuring it, one tensor at a time: architecture llama, tensors named as "
+                  "llama.cpp names them, a synthetic SentencePiece vocabulary, context of "
+                  "--prompt-tokens + --tokens + 1 (at least the shape's own). `ceco bench --model "
+                  "FILE` and the reference's llama-bench -m FILE then measure the same weights");
   auto* tokens = cmd->add_option("--tokens", a->tokens,
                                  "tokens to decode (llama-bench's tg128; unless given, fewer "
                                  "where the model's context is shorter)")

@@ -43,4 +43,19 @@ struct random_weights_options {
 model_weights random_weights(const model_config& cfg, uint64_t seed,
                              const random_weights_options& opts = {});
 
+/// The model random_weights(cfg, seed, opts) builds, written as a GGUF v3
+/// file at `path` that ceco's loader and the reference implementation's
+/// both read: architecture "llama" with its metadata (context_length is
+/// cfg.max_seq), tensors named as llama.cpp names them (no output.weight
+/// when tied), norms F32, general.file_type as llama-quantize sets it, and
+/// a synthetic SentencePiece vocabulary of cfg.vocab_size pieces (<unk>,
+/// <s>, </s>, the 256 byte pieces, then made-up words; at least 259).
+/// General.name is `name`. Each matrix is generated while the file is
+/// written, one at a time, so the model is never whole in memory; on_layer
+/// reports the layers written. Written under a temporary name and renamed
+/// when complete; throws model_error naming `path`.
+void write_random_gguf(const std::string& path, const std::string& name,
+                       const model_config& cfg, uint64_t seed,
+                       const random_weights_options& opts = {});
+
 } // namespace ceco

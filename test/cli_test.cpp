@@ -175,6 +175,26 @@ TEST_CASE("ceco bench --shape --type builds the weights in that type: --type wit
   CHECK(refused.out.find("--type Q8_0 applies to --shape only") != std::string::npos);
 }
 
+TEST_CASE("ceco bench --save writes the --shape model to a GGUF file that bench --model measures") {
+  temp_dir tmp;
+  auto out = tmp.file("random.gguf");
+  auto saved = run_ceco("bench --shape 260K --type Q4_K_M --seed 3 --save " + out);
+  REQUIRE(saved.status == 0);
+  CHECK(saved.out.find("wrote " + out + ": random 260K Q4_K_M (seed 3)") != std::string::npos);
+  auto r = run_ceco("bench --model " + out + " --tokens 4 --prompt-tokens 8 --json");
+  REQUIRE(r.status == 0);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["matrix_types"] == nlohmann::json{{"F16", 5}, {"Q5_0", 29}, {"Q8_0", 3}});
+  CHECK(j["vocab_size"] == 512);
+  auto with_model = run_ceco("bench --model " + out + " --save " + tmp.file("again.gguf"));
+  CHECK(with_model.status == 1);
+  CHECK(with_model.out.find("give --shape") != std::string::npos);
+  auto unwritable = run_ceco("bench --shape 260K --save " + tmp.file("no/such/dir.gguf"));
+  CHECK(unwritable.status == 1);
+  CHECK(unwritable.out.find(tmp.file("no/such/dir.gguf") + ": cannot open for writing") !=
+        std::string::npos);
+}
+
 TEST_CASE("ceco tune-exits writes heads that generate loads") {
   temp_dir tmp;
   auto out = tmp.file("heads.gguf");

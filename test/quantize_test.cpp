@@ -621,3 +621,78 @@ TEST_CASE("the 2- and 3-bit mixes assign types as llama-quantize: names are case
   // Other matrices take the base type.
   CHECK(quant::matrix_type(ft("Q3_K_M"), role::other, 0, n, 512) == wtype::q3_k);
 }
+
+TEST_CASE("a random model saved as GGUF loads back with its types, a vocabulary and the same logits") {
+  c10::InferenceMode guard;
+  test::temp_dir tmp;
+  auto logits_of = [](const model_config& cfg, model_weights w) {
+    transformer model(cfg, std::move(w), c10::Device("cpu"));
+    auto cache = model.make_cache(0, cfg.n_layer);
+    auto x = model.embed({1, 17, 300, 5, 511});
+    model.forward_layers(x, 0, 0, cfg.n_layer, cache);
+    return model.logits(x);
+  };
+  auto shape = shape_preset("260K");
+  // 260K's rows of 64 take the K-quants' fallbacks; a copy with rows of 256
+  // and a tied output takes the K-quants themselves.
+  auto wide = shape;
+  wide.config.n_embd = 256;
+  wide.config.n_ff = 512;
+  wide.config.n_layer = 2;
+  wide.tied_output = true;
+  for (const auto& [label, s] : {std::pair{"260K", shape}, std::pair{"wide", wide}}) {
+    for (const std::string type : {"F32", "Q8_0", "Q4_K_M", "Q6_K"}) {
+      CAPTURE(label);
+      CAPTURE(type);
+      random_weights_options opts;
+      opts.type = quant::parse_file_type(type, "--type");
+      opts.tied_output = s.tied_output;
+      int layers_reported = 0;
+      opts.on_layer = [&](int done, int n) {
+        CHECK(done == layers_reported + 1);
+        CHECK(n == s.config.n_layer);
+        layers_reported = done;
+      };
+      const auto path = tmp.file(std::string(label) + "-" + type + ".gguf");
+      write_random_gguf(path, "test", s.config, 5, opts);
+      CHECK(layers_reported == s.config.n_layer);
+      opts.on_layer = nullptr;
+      auto memory = random_weights(s.config, 5, opts);
+
+      gguf_file f(path);
+      CHECK(f.get_string("general.architecture") == "llama");
+      CHECK(f.get_uint("general.file_type") == opts.type.llama_ftype);
+      CHECK(bool(f.find("output.weight")) == !s.tied_output);
+      CHECK(f.get("blk.0.attn_norm.weight").type == wtype::f32);
+      CHECK(f.get("blk.0.attn_v.weight").type == memory.layers[0].wv.type());
+      CHECK(f.get("token_embd.weight").type == memory.tok_embd.type());
+
+      auto loaded = load_model(path);
+      CHECK(loaded.config.n_embd == s.config.n_embd);
+      CHECK(loaded.config.n_head_kv == s.config.n_head_kv);
+      CHECK(loaded.config.max_seq == s.config.max_seq);
+      CHECK(loaded.config.rope_theta == s.config.rope_theta);
+      CHECK(loaded.weights.output.same_as(loaded.weights.tok_embd) == s.tied_output);
+      // The vocabulary: specials, byte pieces, and text that round-trips.
+      CHECK(loaded.vocab.vocab_size() == s.config.vocab_size);
+      CHECK(loaded.vocab.piece(1) == "<s>");
+      CHECK(loaded.vocab.piece(3 + 0x41) == "<0x41>");
+      const std::string text = "a bc def, {xyz}!";
+      CHECK(loaded.vocab.decode(loaded.vocab.encode(text)) == text);
+
+      auto want = logits_of(s.config, std::move(memory));
+      auto got = logits_of(loaded.config, std::move(loaded.weights));
+      CHECK(at::equal(want, got));
+    }
+  }
+  // Errors name the file.
+  random_weights_options opts;
+  CHECK(test::error_of([&] {
+          write_random_gguf(tmp.file("missing/x.gguf"), "test", shape.config, 5, opts);
+        }).find(tmp.file("missing/x.gguf")) == 0);
+  auto small = shape.config;
+  small.vocab_size = 100;
+  CHECK(test::error_of([&] { write_random_gguf(tmp.file("small.gguf"), "test", small, 5, opts); })
+          .find(tmp.file("small.gguf") + ": a vocabulary of 100 tokens") == 0);
+  CHECK(!std::filesystem::exists(tmp.file("small.gguf")));
+}
