@@ -204,12 +204,15 @@ TEST_CASE("settings fuzzer: each accepted combination runs undegraded, each refu
     {"upload.dtype", {"f16", "f32"}},
     {"policy.max_draft", {"1", "16"}},
     {"model.context", {"0", "16", "64"}},
-    {"model.kv_dtype", {"f16", "f32"}},
   };
   std::mt19937 rng(28005);
+  // The cache's dtype from a generator of its own, so that the draws of
+  // the keys above stay the combinations this test has always run.
+  std::mt19937 kv_dtype_rng(16);
   int accepted = 0, refused = 0;
   for (int round = 0; round < 60; ++round) {
-    std::vector<std::string> sets = {"model.path=" + stories_gguf(), "link.bandwidth_mbps=0"};
+    std::vector<std::string> sets = {"model.path=" + stories_gguf(), "link.bandwidth_mbps=0",
+                                     kv_dtype_rng() % 2 ? "model.kv_dtype=f16" : "model.kv_dtype=f32"};
     for (auto& c : space)
       if (rng() % 2)
         sets.push_back(c.key + "=" + c.values[rng() % c.values.size()]);
