@@ -55,6 +55,7 @@ site_model load_site_model(const settings& s, const std::string& default_model,
     loaded.config.max_seq = s.model.context;
   auto model = std::make_shared<transformer>(loaded.config, std::move(loaded.weights),
                                              parse_device(s.model.device));
+  model->set_kv_dtype(parse_kv_dtype(s.model.kv_dtype, "model.kv_dtype"));
   std::string heads = s.model.exit_heads;
   if (heads.empty() && s.model.path.empty())
     heads = default_heads;

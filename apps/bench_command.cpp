@@ -43,6 +43,7 @@ struct bench_args {
   int threads = 0;  // all cores, as generate
   uint64_t seed = 1;
   std::string device = "cpu";
+  std::string kv_dtype = "f32";
   int sessions = 1;
   bool json = false;
 };
@@ -243,6 +244,9 @@ void run_bench(bench_args a) {
   for (const auto& [name, n] : matrix_types)
     types += fmt::format("{}{} {}", types.empty() ? "" : ", ", n, name);
   transformer model(cfg, std::move(weights), device);
+  model.set_kv_dtype(parse_kv_dtype(a.kv_dtype, "--kv-dtype"));
+  // generate()'s cache: every layer, sized for the model's context.
+  const int64_t kv_bytes = kv_cache::bytes_for(cfg, 0, cfg.n_layer, cfg.max_seq, model.cache_dtype());
 
   std::mt19937 rng(uint32_t(a.seed));
   std::vector<int32_t> prompt{1};
@@ -257,6 +261,8 @@ void run_bench(bench_args a) {
       j["n_params"] = n_params;
       j["threads"] = at::get_num_threads();
       j["sessions"] = a.sessions;
+      j["kv_dtype"] = kv_dtype_name(model.cache_dtype());
+      j["kv_bytes_per_session"] = kv_bytes;
       j["decode_tokens_per_s_one_at_a_time"] = alone;
       j["decode_tokens_per_s_together"] = together;
       std::cout << j.dump() << "\n";
@@ -265,6 +271,8 @@ void run_bench(bench_args a) {
     fmt::print("model     {} ({:.2f}M parameters, dim {}, {} layers, vocab {})\n", source,
                double(n_params) / 1e6, cfg.n_embd, cfg.n_layer, cfg.vocab_size);
     fmt::print("threads   {} on {}\n", at::get_num_threads(), a.device);
+    fmt::print("kv cache  {:.1f} MiB per session ({}, {} positions)\n", double(kv_bytes) / (1 << 20),
+               kv_dtype_name(model.cache_dtype()), cfg.max_seq);
     fmt::print("decode of {} sessions, {} tokens each after {} prompt tokens:\n", a.sessions,
                a.tokens, a.prompt_tokens);
     fmt::print("  one session at a time  {:>9.1f} tokens/s\n", alone);
@@ -298,6 +306,9 @@ void run_bench(bench_args a) {
     j["prefill_tokens_per_s"] = r.prefill_tokens_per_s();
     j["decode_tokens_per_s"] = r.decode_tokens_per_s();
     j["weight_bytes"] = weight_bytes;
+    j["kv_dtype"] = kv_dtype_name(model.cache_dtype());
+    j["kv_bytes"] = kv_bytes;
+    j["kv_positions"] = cfg.max_seq;
     j["matrix_types"] = matrix_types;
     j["rss_bytes"] = resident_bytes("VmRSS");
     j["peak_rss_bytes"] = resident_bytes("VmHWM");
@@ -316,6 +327,8 @@ void run_bench(bench_args a) {
   fmt::print("decode    {:>5} tokens  {:>9.1f} tokens/s\n", r.decode_steps,
              r.decode_tokens_per_s());
   fmt::print("weights   {:.1f} MiB in matrices ({})\n", double(weight_bytes) / (1 << 20), types);
+  fmt::print("kv cache  {:.1f} MiB ({}, {} positions of {} layers)\n", double(kv_bytes) / (1 << 20),
+             kv_dtype_name(model.cache_dtype()), cfg.max_seq, cfg.n_layer);
   if (!a.shape.empty())
     fmt::print("built     in {:.1f} s\n", build_s);
   fmt::print("resident  {:.1f} MiB, peak {:.1f} MiB\n", double(resident_bytes("VmRSS")) / (1 << 20),
@@ -364,6 +377,10 @@ void add_bench_command(CLI::App& app) {
                   "the cloud does for concurrent sessions, and compare")
     ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--kv-dtype", a->kv_dtype,
+                  "what the KV cache holds keys and values in: f16 (half the bytes each decoded "
+                  "token's attention reads) or f32")
+    ->capture_default_str()->check(CLI::IsMember({"f16", "f32"}));
   cmd->add_flag("--json", a->json, "print one JSON object (decode_tokens_per_s, ...)");
   cmd->callback([a, tokens, prompt_tokens] {
     a->tokens_given = tokens->count() > 0;

@@ -38,6 +38,7 @@ struct generate_args {
   int min_exit_layer = 1;
   int threads = 0;
   std::string device = "cpu";
+  std::string kv_dtype = "f32";
   bool json = false;
 };
 
@@ -122,6 +123,7 @@ void run_generate(generate_args a) {
   auto device = parse_device(a.device);
   auto m = load_model(a.model.empty() ? default_model_path() : a.model, a.tokenizer);
   transformer model(m.config, std::move(m.weights), device);
+  model.set_kv_dtype(parse_kv_dtype(a.kv_dtype, "--kv-dtype"));
 
   exit_heads heads;
   std::string heads_file = a.exit_heads_file;
@@ -264,6 +266,10 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores")
     ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--kv-dtype", a->kv_dtype,
+                  "what the KV cache holds keys and values in: f16 (half the bytes each "
+                  "decoded token's attention reads) or f32 (unrounded)")
+    ->capture_default_str()->check(CLI::IsMember({"f16", "f32"}));
   cmd->add_flag("--json", a->json,
                 "print one JSON object (text, tokens, n_prompt, n_generated, "
                 "decode_tokens_per_s, exit_trace) instead of streaming text");

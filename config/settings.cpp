@@ -356,6 +356,7 @@ const std::vector<key_spec>& schema() {
     string_key("model.exit_heads", {}, CECO_REF(std::string, model.exit_heads)),
     string_key("model.device", {}, CECO_REF(std::string, model.device)),
     int_key("model.context", 0, max_context_length, CECO_REF(int, model.context)),
+    string_key("model.kv_dtype", {"f16", "f32"}, CECO_REF(std::string, model.kv_dtype)),
     int_key("split.layer", 1, max_layers, CECO_REF(int, split.layer)),
     strategy_key("policy.mode", CECO_REF(strategy, policy.mode)),
     int_key("policy.max_draft", 1, 256, CECO_REF(int, policy.max_draft)),

@@ -30,6 +30,7 @@ struct settings {
                              // the built-in model, else untrained; "none" = untrained
     std::string device = "cpu";
     int context = 0;         // positions caches are sized for; 0 = the model's context length
+    std::string kv_dtype = "f32";  // what the KV caches hold: f32 | f16 (half the bytes)
   } model;
   struct {
     int layer = 3;  // layers the edge runs

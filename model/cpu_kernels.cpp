@@ -5,6 +5,7 @@
 
 #include "model/compute_threads.hpp"
 #include "model/half.hpp"
+#include "model/kv_f16.hpp"
 
 #include <ATen/Parallel.h>
 
@@ -145,6 +146,24 @@ void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const f
 
 namespace {
 
+/// Each head h of [h0, h1): its scores [n_pos] at scores + h * n_pos made
+/// exp(score - max), and 1 / their sum into weight_of[h].
+inline __attribute__((always_inline)) void softmax_heads(int64_t h0, int64_t h1, float* scores,
+                                                         int64_t n_pos, float* weight_of) {
+  for (int64_t h = h0; h < h1; ++h) {
+    float* sh = scores + h * n_pos;
+    float m = -INFINITY;
+    for (int64_t t = 0; t < n_pos; ++t)
+      m = std::max(m, sh[t]);
+    float sum = 0;
+    for (int64_t t = 0; t < n_pos; ++t) {
+      sh[t] = std::exp(sh[t] - m);
+      sum += sh[t];
+    }
+    weight_of[h] = 1.0f / sum;
+  }
+}
+
 /// Heads [h0, h1) of attention(), in position-major passes: each cached
 /// row of keys, then of values, is read once for all these heads, in
 /// order, as a single stream. Each head's scores, softmax and weighted sum
@@ -162,18 +181,7 @@ void attend_heads(int64_t h0, int64_t h1, float* out, const float* q, const floa
     for (int64_t h = h0; h < h1; ++h)
       scores[h * n_pos + t] = dot(q + h * head_dim, kt + (h / group) * head_dim, head_dim) * scale;
   }
-  for (int64_t h = h0; h < h1; ++h) {
-    float* sh = scores + h * n_pos;
-    float m = -INFINITY;
-    for (int64_t t = 0; t < n_pos; ++t)
-      m = std::max(m, sh[t]);
-    float sum = 0;
-    for (int64_t t = 0; t < n_pos; ++t) {
-      sh[t] = std::exp(sh[t] - m);
-      sum += sh[t];
-    }
-    weight_of[h] = 1.0f / sum;
-  }
+  softmax_heads(h0, h1, scores, n_pos, weight_of);
   std::fill(out + h0 * head_dim, out + h1 * head_dim, 0.0f);
   for (int64_t t = 0; t < n_pos; ++t) {
     const float* vt = v + t * kv_stride;
@@ -192,6 +200,21 @@ void attention(float* out, const float* q, const float* k, const float* v, int64
   const int n_threads = work < parallel_min_work ? 1 : int(std::min<int64_t>(at::get_num_threads(), n_head));
   parallel_ranges(n_head, n_threads, 1, [&](int64_t h0, int64_t h1) {
     attend_heads(h0, h1, out, q, k, v, n_pos, n_head, n_head_kv, head_dim, scores);
+  });
+}
+
+void attention(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t n_pos,
+               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores) {
+  // As the f32 attention: heads split over the compute threads, each pass
+  // position-major over the heads of one thread.
+  const int64_t work = n_pos * n_head * head_dim;
+  const int n_threads = work < parallel_min_work ? 1 : int(std::min<int64_t>(at::get_num_threads(), n_head));
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  float* weight_of = scores + n_head * n_pos;  // [n_head]: 1 / each head's softmax sum
+  parallel_ranges(n_head, n_threads, 1, [&](int64_t h0, int64_t h1) {
+    f16_scores(h0, h1, q, k, n_pos, n_head, n_head_kv, head_dim, scale, scores);
+    softmax_heads(h0, h1, scores, n_pos, weight_of);
+    f16_weighted_values(h0, h1, out, v, scores, weight_of, n_pos, n_head, n_head_kv, head_dim);
   });
 }
 
@@ -226,11 +249,14 @@ float dot_lanes(const float* a, const float* b, int64_t n) {
 
 } // namespace
 
-void attention_f16(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
-                   int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* q16) {
+void attention_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v,
+                   int64_t n_pos, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                   float* scratch) {
   const int64_t kv_stride = n_head_kv * head_dim;
   const int64_t group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(float(head_dim));
+  float* q16 = scratch;            // [head_dim]: the head's query at f16 precision
+  float* row = scratch + head_dim;  // [head_dim]: one cached key or value head as floats
   for (int64_t h = 0; h < n_head; ++h) {
     std::copy_n(q + h * head_dim, head_dim, q16);
     round_to_f16(q16, head_dim);
@@ -239,7 +265,8 @@ void attention_f16(float* out, const float* q, const float* k, const float* v, i
     std::fill_n(acc, head_dim, 0.0f);
     float sum = 0, max = -INFINITY;
     for (int64_t t = 0; t < n_pos; ++t) {
-      const float s = dot_lanes(q16, k + t * kv_stride + off, head_dim) * scale;
+      load_f16(row, k + t * kv_stride + off, head_dim);
+      const float s = dot_lanes(q16, row, head_dim) * scale;
       float ms = 1, vs = 1;
       if (s > max) {  // a new maximum rescales what is accumulated
         ms = std::exp(max - s);
@@ -249,9 +276,9 @@ void attention_f16(float* out, const float* q, const float* k, const float* v, i
       } else {
         vs = std::exp(s - max);
       }
-      const float* vt = v + t * kv_stride + off;
+      load_f16(row, v + t * kv_stride + off, head_dim);
       for (int64_t i = 0; i < head_dim; ++i)
-        acc[i] = half_to_float(float_to_half(std::fma(vt[i], vs, acc[i])));
+        acc[i] = half_to_float(float_to_half(std::fma(row[i], vs, acc[i])));
       sum = sum * ms + vs;
     }
     const float inv = 1.0f / sum;

@@ -26,13 +26,17 @@ void rope(float* v, int64_t n_heads, int64_t head_dim, const float* cos, const f
 /// out: [n_head * head_dim]; scores: n_head * (n_pos + 1) floats of scratch.
 void attention(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
                int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores);
+/// The same over an f16 cache (IEEE half bits): the same operations, each
+/// key and value converted to float as it is read (model/kv_f16.hpp).
+void attention(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t n_pos,
+               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* scores);
 /// The same as the reference implementation's CPU flash attention over an
-/// f16 cache: k and v hold f16 values (see round_to_f16), q is rounded to
-/// f16, each score is a dot product in 4 × 8 f32 lanes, and the weighted
-/// values accumulate in f16 under an online softmax. q16: head_dim floats
-/// of scratch.
-void attention_f16(float* out, const float* q, const float* k, const float* v, int64_t n_pos,
-                   int64_t n_head, int64_t n_head_kv, int64_t head_dim, float* q16);
+/// f16 cache: q is rounded to f16, each score is a dot product in 4 × 8 f32
+/// lanes, and the weighted values accumulate in f16 under an online
+/// softmax. k, v: f16 as in attention(); scratch: 2 * head_dim floats.
+void attention_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v,
+                   int64_t n_pos, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                   float* scratch);
 /// x[i] = the nearest f16 value of x[i] (ties to even).
 void round_to_f16(float* x, int64_t n);
 /// a = silu(a) ⊙ b

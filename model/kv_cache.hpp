@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +10,16 @@
 
 namespace ceco {
 
+/// What a cache holds its keys and values in. f16 halves the bytes that
+/// attention reads at every decoded token (and the memory of each session);
+/// f32 keeps the projections' values unrounded.
+enum class kv_dtype { f16, f32 };
+/// "f16" or "f32".
+const char* kv_dtype_name(kv_dtype t);
+/// "f16" or "f32" into a kv_dtype; throws model_error naming `where` (an
+/// option or a settings key) for any other text.
+kv_dtype parse_kv_dtype(const std::string& text, const std::string& where);
+
 /// Per-sequence state for the layers [first, last) one node runs: keys and
 /// values for every position so far, preallocated to `capacity` positions,
 /// plus the attention scratch of one-token decoding. Never shared between
@@ -16,7 +27,12 @@ namespace ceco {
 class kv_cache {
 public:
   kv_cache(const model_config& cfg, int first_layer, int last_layer, int capacity,
-           c10::Device device);
+           c10::Device device, kv_dtype dtype = kv_dtype::f32);
+
+  /// Bytes of keys and values that `capacity` positions of layers
+  /// [first_layer, last_layer) take in `dtype`.
+  static int64_t bytes_for(const model_config& cfg, int first_layer, int last_layer,
+                           int capacity, kv_dtype dtype);
 
   int first_layer() const { return first_; }
   int last_layer() const { return last_; }
@@ -29,8 +45,10 @@ public:
   /// Forgets positions >= n (all layers); the next forward may start at n.
   void truncate(int n);
 
-  at::Tensor& keys(int il) { return k_[size_t(il - first_)]; }    // [capacity, n_embd_kv]
-  at::Tensor& values(int il) { return v_[size_t(il - first_)]; }  // [capacity, n_embd_kv]
+  kv_dtype dtype() const { return dtype_; }
+  // [capacity, n_embd_kv], at::kHalf or at::kFloat as dtype() says
+  at::Tensor& keys(int il) { return k_[size_t(il - first_)]; }
+  at::Tensor& values(int il) { return v_[size_t(il - first_)]; }
 
   /// Bytes held by keys and values.
   int64_t bytes() const;
@@ -43,6 +61,7 @@ private:
   int first_;
   int last_;
   int capacity_;
+  kv_dtype dtype_;
   std::vector<at::Tensor> k_;
   std::vector<at::Tensor> v_;
   std::vector<int> length_;

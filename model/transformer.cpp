@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "model/cpu_kernels.hpp"
+#include "model/kv_f16.hpp"
 #include "model/layer.hpp"
 
 namespace ceco {
@@ -65,7 +66,8 @@ void transformer::set_reference_numerics(bool on) {
 }
 
 kv_cache transformer::make_cache(int first, int last, int capacity) const {
-  return kv_cache(cfg_, first, last, capacity > 0 ? capacity : cfg_.max_seq, device_);
+  return kv_cache(cfg_, first, last, capacity > 0 ? capacity : cfg_.max_seq, device_,
+                  cache_dtype());
 }
 
 at::Tensor transformer::embed(const std::vector<int32_t>& ids) const {
@@ -264,41 +266,71 @@ void transformer::forward_sequences(const std::vector<sequence_step>& steps, int
 at::Tensor transformer::attend(const at::Tensor& q_raw, const at::Tensor& k_raw,
                               const at::Tensor& v, int64_t pos, int il, kv_cache& cache) const {
   const int64_t n = q_raw.size(0);
+  // copy_ rounds into an f16 cache; attention reads every position as it
+  // was stored, the new ones too, so that a prefill sees what decoding will.
   cache.keys(il).narrow(0, pos, n).copy_(rope(k_raw, rope_, pos, cfg_.n_head_kv));
   cache.values(il).narrow(0, pos, n).copy_(v);
-  return causal_attention(rope(q_raw, rope_, pos, cfg_.n_head),
-                          cache.keys(il).narrow(0, 0, pos + n),
-                          cache.values(il).narrow(0, 0, pos + n), pos, cfg_);
+  auto keys = cache.keys(il).narrow(0, 0, pos + n);
+  auto values = cache.values(il).narrow(0, 0, pos + n);
+  if (keys.scalar_type() != at::kFloat) {
+    keys = keys.to(at::kFloat);
+    values = values.to(at::kFloat);
+  }
+  return causal_attention(rope(q_raw, rope_, pos, cfg_.n_head), keys, values, pos, cfg_);
 }
 
 namespace {
 
-float* q16_scratch(int64_t head_dim) {
-  thread_local std::vector<float> q16;
-  q16.resize(size_t(head_dim));
-  return q16.data();
+/// Floats of scratch that grow once per thread: the one-token path
+/// allocates nothing per token.
+float* thread_scratch(int64_t floats) {
+  thread_local std::vector<float> scratch;
+  if (int64_t(scratch.size()) < floats)
+    scratch.resize(size_t(floats));
+  return scratch.data();
+}
+
+/// The IEEE half bits of an f16 cache tensor.
+uint16_t* f16_rows(at::Tensor& t) {
+  return reinterpret_cast<uint16_t*>(t.data_ptr<at::Half>());
 }
 
 } // namespace
 
-void transformer::attend_one_cpu(float* out, float* q, int64_t pos, int il,
-                                 kv_cache& cache) const {
+void transformer::attend_one_cpu(float* out, float* q, const float* k, const float* v,
+                                 int64_t pos, int il, kv_cache& cache) const {
   const int64_t d_kv = cfg_.n_embd_kv(), hd = cfg_.head_dim();
   const float* cos = rope_.cos.data_ptr<float>() + pos * (hd / 2);
   const float* sin = rope_.sin.data_ptr<float>() + pos * (hd / 2);
-  float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
   kernels::rope(q, cfg_.n_head, hd, cos, sin, cfg_.rope_halves);
-  kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin, cfg_.rope_halves);
-  if (reference_numerics_) {
-    kernels::round_to_f16(k_row, d_kv);
-    kernels::round_to_f16(cache.values(il).data_ptr<float>() + pos * d_kv, d_kv);
-    kernels::attention_f16(out, q, cache.keys(il).data_ptr<float>(),
-                           cache.values(il).data_ptr<float>(), pos + 1, cfg_.n_head,
-                           cfg_.n_head_kv, hd, q16_scratch(hd));
+  if (cache.dtype() == kv_dtype::f32) {
+    if (reference_numerics_)
+      throw model_error(
+        "forward: reference numerics need an f16 cache, and this one holds f32 (a cache made "
+        "before set_reference_numerics(true)?)");
+    float* k_row = cache.keys(il).data_ptr<float>() + pos * d_kv;
+    std::copy_n(k, d_kv, k_row);
+    std::copy_n(v, d_kv, cache.values(il).data_ptr<float>() + pos * d_kv);
+    kernels::rope(k_row, cfg_.n_head_kv, hd, cos, sin, cfg_.rope_halves);
+    kernels::attention(out, q, cache.keys(il).data_ptr<float>(),
+                       cache.values(il).data_ptr<float>(), pos + 1, cfg_.n_head, cfg_.n_head_kv,
+                       hd, cache.scores());
     return;
   }
-  kernels::attention(out, q, cache.keys(il).data_ptr<float>(), cache.values(il).data_ptr<float>(),
-                     pos + 1, cfg_.n_head, cfg_.n_head_kv, hd, cache.scores());
+  // f16: the key rotated in f32, then both rows rounded into the cache.
+  float* k_rotated = thread_scratch(d_kv + 2 * hd);
+  std::copy_n(k, d_kv, k_rotated);
+  kernels::rope(k_rotated, cfg_.n_head_kv, hd, cos, sin, cfg_.rope_halves);
+  kernels::store_f16(f16_rows(cache.keys(il)) + pos * d_kv, k_rotated, d_kv);
+  kernels::store_f16(f16_rows(cache.values(il)) + pos * d_kv, v, d_kv);
+  const uint16_t* keys = f16_rows(cache.keys(il));
+  const uint16_t* values = f16_rows(cache.values(il));
+  if (reference_numerics_)
+    kernels::attention_f16(out, q, keys, values, pos + 1, cfg_.n_head, cfg_.n_head_kv, hd,
+                           k_rotated + d_kv);
+  else
+    kernels::attention(out, q, keys, values, pos + 1, cfg_.n_head, cfg_.n_head_kv, hd,
+                       cache.scores());
 }
 
 // The rows of one or more sequences stacked in x: the reference layer, with
@@ -316,12 +348,9 @@ void transformer::forward_stacked(at::Tensor& x, const sequence_step* steps, siz
       auto& cache = *s.cache;
       if (fast_decode_ && n == 1 && x.is_cpu()) {
         // One decode position: plain loops, no per-op dispatch.
-        std::copy_n(k.data_ptr<float>() + row * d_kv, d_kv,
-                    cache.keys(il).data_ptr<float>() + s.pos * d_kv);
-        std::copy_n(v.data_ptr<float>() + row * d_kv, d_kv,
-                    cache.values(il).data_ptr<float>() + s.pos * d_kv);
-        attend_one_cpu(att.data_ptr<float>() + row * d, q.data_ptr<float>() + row * d, s.pos, il,
-                       cache);
+        attend_one_cpu(att.data_ptr<float>() + row * d, q.data_ptr<float>() + row * d,
+                       k.data_ptr<float>() + row * d_kv, v.data_ptr<float>() + row * d_kv, s.pos,
+                       il, cache);
       } else {
         att.narrow(0, row, n).copy_(attend(q.narrow(0, row, n), k.narrow(0, row, n),
                                            v.narrow(0, row, n), s.pos, il, cache));
@@ -376,9 +405,8 @@ void transformer::forward_rows_cpu(float* x, const sequence_step* steps, size_t 
         kernels::add(y + i * width, bias->data_ptr<float>(), width);
   for (int64_t i = 0; i < n; ++i) {
     const auto& s = steps[i];
-    std::copy_n(k.data() + i * d_kv, d_kv, s.cache->keys(il).data_ptr<float>() + s.pos * d_kv);
-    std::copy_n(v.data() + i * d_kv, d_kv, s.cache->values(il).data_ptr<float>() + s.pos * d_kv);
-    attend_one_cpu(att.data() + i * d, q.data() + i * d, s.pos, il, *s.cache);
+    attend_one_cpu(att.data() + i * d, q.data() + i * d, k.data() + i * d_kv,
+                   v.data() + i * d_kv, s.pos, il, *s.cache);
   }
   project_rows(w.wo, att.data(), xb.data(), n);
   kernels::add(x, xb.data(), n * d);

@@ -30,7 +30,17 @@ public:
   c10::Device device() const { return device_; }
 
   /// A cache for layers [first, last); capacity 0 means the model's max_seq.
+  /// It holds cache_dtype() values.
   kv_cache make_cache(int first, int last, int capacity = 0) const;
+
+  /// What the caches made from now on hold keys and values in: f32 by
+  /// default; f16 halves the bytes that each decoded token's attention
+  /// reads, at f16's precision (see model.kv_dtype in config/sim.toml).
+  /// Caches made before keep theirs.
+  void set_kv_dtype(kv_dtype t) { kv_dtype_ = t; }
+  /// set_kv_dtype's, or f16 while reference numerics are on (the
+  /// reference implementation's cache is f16).
+  kv_dtype cache_dtype() const { return reference_numerics_ ? kv_dtype::f16 : kv_dtype_; }
 
   /// ids [T] -> hidden states [T, n_embd].
   at::Tensor embed(const std::vector<int32_t>& ids) const;
@@ -90,10 +100,11 @@ public:
   void set_fast_decode(bool on) { fast_decode_ = on; }
 
   /// Arithmetic as the reference implementation (llama.cpp) does it by
-  /// default on CPU: keys and values held at f16 precision, queries rounded
+  /// default on CPU: keys and values held in an f16 cache (whatever
+  /// set_kv_dtype says; a cache made earlier in f32 is refused), queries rounded
   /// to f16, flash attention's online softmax accumulating the weighted
   /// values in f16, and RoPE angles rounded as it makes them. Off by default
-  /// (f32 throughout, more accurate); on, every position of a CPU model
+  /// (f32 arithmetic, more accurate); on, every position of a CPU model
   /// takes the one-token path, row by row. With quantized weights the
   /// activations are rounded to 8 bits, so a rounding difference upstream
   /// can move the logits by a whole 8-bit step: this lets ceco reproduce
@@ -115,9 +126,11 @@ private:
   /// the cache and returns the attention output [T, n_embd].
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
                     int il, kv_cache& cache) const;
-  /// The same for one position on CPU into raw rows (k and v already in the
-  /// cache rows of pos; q rotated in place).
-  void attend_one_cpu(float* out, float* q, int64_t pos, int il, kv_cache& cache) const;
+  /// The same for one position on CPU into raw rows: q [n_embd] rotated in
+  /// place; k and v [n_embd_kv] of position pos, k not yet rotated, are
+  /// stored into the cache in its dtype.
+  void attend_one_cpu(float* out, float* q, const float* k, const float* v, int64_t pos, int il,
+                      kv_cache& cache) const;
 
   model_config cfg_;
   model_weights w_;
@@ -125,6 +138,7 @@ private:
   rope_table rope_;
   bool fast_decode_ = true;
   bool reference_numerics_ = false;
+  kv_dtype kv_dtype_ = kv_dtype::f32;
 };
 
 } // namespace ceco

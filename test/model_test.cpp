@@ -1,8 +1,14 @@
 #include "test/support.hpp"
 
+#include <random>
+
+#include "model/cpu_kernels.hpp"
 #include "model/exit_heads.hpp"
 #include "model/generation.hpp"
 #include "model/generation_batch.hpp"
+#include "model/half.hpp"
+#include "model/kv_f16.hpp"
+#include "model/quant.hpp"
 
 using namespace ceco;
 using namespace ceco::test;
@@ -111,6 +117,205 @@ TEST_CASE("cached one-token decoding equals a full recompute") {
       CHECK(logits.argmax().item<int64_t>() == full[int64_t(i)].argmax().item<int64_t>());
     }
   }
+}
+
+namespace {
+
+/// Logits [seq.size(), vocab] after each position of seq, decoded one
+/// token at a time (the CPU decode path) into a cache of `dtype`.
+at::Tensor decoded_logits(transformer& m, const std::vector<int32_t>& seq, kv_dtype dtype) {
+  m.set_kv_dtype(dtype);
+  const int L = m.config().n_layer;
+  auto cache = m.make_cache(0, L);
+  auto x = at::empty({1, m.config().n_embd});
+  auto out = at::empty({int64_t(seq.size()), m.config().vocab_size});
+  auto logits = at::empty({m.config().vocab_size});
+  for (size_t i = 0; i < seq.size(); ++i) {
+    m.embed_into(seq[i], x);
+    m.forward_layers(x, int64_t(i), 0, L, cache);
+    m.logits_into(x, logits);
+    out[int64_t(i)].copy_(logits);
+  }
+  return out;
+}
+
+/// Logits [seq.size(), vocab] of seq prefilled at once (the libtorch path)
+/// into a cache of `dtype`.
+at::Tensor prefilled_logits(transformer& m, const std::vector<int32_t>& seq, kv_dtype dtype) {
+  m.set_kv_dtype(dtype);
+  return m.logits(forward_all(m, seq));
+}
+
+} // namespace
+
+TEST_CASE("an f16 KV cache keeps the logits near an f32 cache's: stories260K and the built-in model") {
+  c10::InferenceMode guard;
+  const auto& s = load_stories("gguf");
+  const auto builtin = load_model(std::string(CECO_SOURCE_DIR) + "/config/models/kjv/model.gguf");
+  struct model_case {
+    std::string name;
+    const loaded_model* files;
+    std::vector<int32_t> seq;
+  };
+  const std::vector<model_case> cases = {
+    {"stories260K", &s.files, reference_sequence()},
+    {"built-in", &builtin,
+     builtin.vocab.encode("The LORD is my shepherd; I shall not want. He maketh me to lie down in "
+                          "green pastures: he leadeth me beside the still waters.", true)},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    transformer m(c.files->config, c.files->weights, c10::Device(c10::kCPU));
+    CHECK(m.cache_dtype() == kv_dtype::f32);  // the default
+    // Decoded and prefilled f16 caches each round their own f32 keys: they
+    // agree to f16's precision, not to f32's 1e-4.
+    const auto decoded16 = decoded_logits(m, c.seq, kv_dtype::f16);
+    const auto prefilled16 = prefilled_logits(m, c.seq, kv_dtype::f16);
+    MESSAGE(c.name << ": f16 decoded against prefilled " << max_abs_diff(decoded16, prefilled16));
+    CHECK(max_abs_diff(decoded16, prefilled16) <= 0.05f);
+    CHECK(at::equal(decoded16.argmax(1), prefilled16.argmax(1)));
+    for (bool decode : {true, false}) {
+      CAPTURE(decode);
+      auto of = [&](kv_dtype t) {
+        return decode ? decoded_logits(m, c.seq, t) : prefilled_logits(m, c.seq, t);
+      };
+      const auto f32 = of(kv_dtype::f32), f16 = of(kv_dtype::f16);
+      const float diff = max_abs_diff(f16, f32);
+      const float range = f32.abs().max().item<float>();
+      MESSAGE(c.name << (decode ? " decoded" : " prefilled") << ": largest logit difference "
+                     << diff << " (logits up to " << range << ")");
+      CHECK(diff > 0.0f);  // the cache did hold f16
+      CHECK(diff <= 0.05f);  // measured 0.013 (stories260K), 0.002 (built-in)
+      CHECK(at::equal(f16.argmax(1), f32.argmax(1)));
+    }
+  }
+}
+
+TEST_CASE("an f16 cache holds 2 bytes a value and rolls back as an f32 cache does") {
+  c10::InferenceMode guard;
+  const auto& s = load_stories("gguf");
+  transformer m(s.files.config, s.files.weights, c10::Device(c10::kCPU));
+  const int L = m.config().n_layer;
+  const auto& cfg = m.config();
+  CHECK(kv_cache::bytes_for(cfg, 0, L, 64, kv_dtype::f32) ==
+        2 * kv_cache::bytes_for(cfg, 0, L, 64, kv_dtype::f16));
+  auto seq = reference_sequence();
+  std::vector<int32_t> first(seq.begin(), seq.begin() + 12);
+  std::vector<int32_t> second(seq.begin(), seq.begin() + 7);  // the same 7, then others
+  for (int32_t t : {400, 17, 250, 9, 33})
+    second.push_back(t);
+  for (auto dtype : {kv_dtype::f16, kv_dtype::f32}) {
+    CAPTURE(kv_dtype_name(dtype));
+    m.set_kv_dtype(dtype);
+    auto cache = m.make_cache(0, L, 64);
+    CHECK(cache.dtype() == dtype);
+    CHECK((cache.keys(0).scalar_type() == (dtype == kv_dtype::f16 ? at::kHalf : at::kFloat)));
+    CHECK(cache.bytes() == kv_cache::bytes_for(cfg, 0, L, 64, dtype));
+    CHECK(cache.bytes() == int64_t(2 * L * 64 * cfg.n_embd_kv() * (dtype == kv_dtype::f16 ? 2 : 4)));
+    for (bool fast : {true, false}) {
+      CAPTURE(fast);
+      m.set_fast_decode(fast);
+      // Decode `first`, roll back to 7 positions, decode the rest of `second`.
+      auto x = at::empty({1, cfg.n_embd});
+      auto logits = at::empty({cfg.vocab_size});
+      auto rolled = m.make_cache(0, L, 64);
+      for (size_t i = 0; i < first.size(); ++i) {
+        m.embed_into(first[i], x);
+        m.forward_layers(x, int64_t(i), 0, L, rolled);
+      }
+      rolled.truncate(7);
+      CHECK(rolled.length() == 7);
+      auto fresh = m.make_cache(0, L, 64);
+      for (size_t i = 0; i < 7; ++i) {
+        m.embed_into(second[i], x);
+        m.forward_layers(x, int64_t(i), 0, L, fresh);
+      }
+      for (size_t i = 7; i < second.size(); ++i) {
+        auto a = at::empty({1, cfg.n_embd}), b = at::empty({1, cfg.n_embd});
+        m.embed_into(second[i], a);
+        m.embed_into(second[i], b);
+        m.forward_layers(a, int64_t(i), 0, L, rolled);
+        m.forward_layers(b, int64_t(i), 0, L, fresh);
+        CHECK(at::equal(a, b));
+      }
+      for (int il = 0; il < L; ++il) {
+        CHECK(at::equal(rolled.keys(il).narrow(0, 0, 12), fresh.keys(il).narrow(0, 0, 12)));
+        CHECK(at::equal(rolled.values(il).narrow(0, 0, 12), fresh.values(il).narrow(0, 0, 12)));
+      }
+    }
+    m.set_fast_decode(true);
+  }
+}
+
+TEST_CASE("f16 attention equals f32 attention over the same f16 values, at every kernel level") {
+  std::mt19937 rng(2024);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct shape {
+    int64_t n_pos, n_head, n_head_kv, head_dim;
+  };
+  // Head sizes with and without a tail past 8 and 16 lanes; grouped
+  // query heads; a long context that splits the heads over threads.
+  const std::vector<shape> shapes = {
+    {1, 4, 4, 8}, {37, 8, 2, 64}, {50, 6, 3, 20}, {129, 4, 1, 72}, {5, 2, 2, 3}, {400, 12, 12, 64}};
+  using quant::kernel_level;
+  int levels = 0;
+  for (auto level : {kernel_level::portable, kernel_level::avx2, kernel_level::avx512,
+                     kernel_level::neon, kernel_level::dotprod}) {
+    if (!quant::kernel_level_supported(level))
+      continue;
+    CAPTURE(quant::kernel_level_name(level));
+    quant::set_kernel_level(level);
+    ++levels;
+    for (const auto& sh : shapes) {
+      CAPTURE(sh.n_pos);
+      CAPTURE(sh.head_dim);
+      const int64_t n_kv = sh.n_pos * sh.n_head_kv * sh.head_dim, d = sh.n_head * sh.head_dim;
+      std::vector<float> q(static_cast<size_t>(d)), k(static_cast<size_t>(n_kv)), v(static_cast<size_t>(n_kv));
+      for (auto* x : {&q, &k, &v})
+        for (auto& e : *x)
+          e = normal(rng);
+      k[0] = 70000.0f;  // past f16's largest: infinity, as float_to_half
+      k[1] = 1e-6f;      // an f16 subnormal
+      // The f16 rows, by store_f16 and by the portable conversion, bit for bit.
+      std::vector<uint16_t> k16(k.size()), v16(v.size());
+      kernels::store_f16(k16.data(), k.data(), n_kv);
+      kernels::store_f16(v16.data(), v.data(), n_kv);
+      int mismatched = 0;
+      for (int64_t i = 0; i < n_kv; ++i)
+        mismatched += (k16[size_t(i)] != float_to_half(k[size_t(i)])) +
+                      (v16[size_t(i)] != float_to_half(v[size_t(i)]));
+      CHECK(mismatched == 0);
+      std::vector<float> back(k.size());
+      kernels::load_f16(back.data(), k16.data(), n_kv);
+      for (int64_t i = 0; i < n_kv; ++i)
+        mismatched += back[size_t(i)] != half_to_float(k16[size_t(i)]);
+      CHECK(mismatched == 0);
+      k[0] = 3.0f;  // the attention below on finite keys
+      k16[0] = float_to_half(k[0]);
+      std::vector<float> kr(k.size()), vr(v.size());
+      for (int64_t i = 0; i < n_kv; ++i) {
+        kr[size_t(i)] = half_to_float(k16[size_t(i)]);
+        vr[size_t(i)] = half_to_float(v16[size_t(i)]);
+      }
+      std::vector<float> scores(static_cast<size_t>(sh.n_head * (sh.n_pos + 1)));
+      std::vector<float> out32(static_cast<size_t>(d)), out16(static_cast<size_t>(d)), exact(static_cast<size_t>(d));
+      kernels::attention(out32.data(), q.data(), kr.data(), vr.data(), sh.n_pos, sh.n_head,
+                         sh.n_head_kv, sh.head_dim, scores.data());
+      kernels::attention(out16.data(), q.data(), k16.data(), v16.data(), sh.n_pos, sh.n_head,
+                         sh.n_head_kv, sh.head_dim, scores.data());
+      kernels::attention(exact.data(), q.data(), k.data(), v.data(), sh.n_pos, sh.n_head,
+                         sh.n_head_kv, sh.head_dim, scores.data());
+      float same_values = 0, unrounded = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        same_values = std::max(same_values, std::fabs(out16[size_t(i)] - out32[size_t(i)]));
+        unrounded = std::max(unrounded, std::fabs(out16[size_t(i)] - exact[size_t(i)]));
+      }
+      CHECK(same_values <= 1e-5f);  // only the order of the sums differs
+      CHECK(unrounded <= 1e-2f);    // f16 keeps 11 significant bits
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+  CHECK(levels >= 1);
 }
 
 TEST_CASE("a batched catch-up equals one-by-one decoding, outputs and cache alike") {

@@ -206,9 +206,13 @@ TEST_CASE("settings fuzzer: each accepted combination runs undegraded, each refu
     {"model.context", {"0", "16", "64"}},
   };
   std::mt19937 rng(28005);
+  // The cache's dtype from a generator of its own, so that the draws of
+  // the keys above stay the combinations this test has always run.
+  std::mt19937 kv_dtype_rng(16);
   int accepted = 0, refused = 0;
   for (int round = 0; round < 60; ++round) {
-    std::vector<std::string> sets = {"model.path=" + stories_gguf(), "link.bandwidth_mbps=0"};
+    std::vector<std::string> sets = {"model.path=" + stories_gguf(), "link.bandwidth_mbps=0",
+                                     kv_dtype_rng() % 2 ? "model.kv_dtype=f16" : "model.kv_dtype=f32"};
     for (auto& c : space)
       if (rng() % 2)
         sets.push_back(c.key + "=" + c.values[rng() % c.values.size()]);
@@ -266,6 +270,27 @@ TEST_CASE("model.context sizes the caches below the file's context length") {
   CHECK(r.tokens.size() == 4);
   CHECK(contains(error_of([&] { sim_fixture g({"model.path=" + stories_gguf(), "model.context=100000"}); }),
                  "model.context = 100000 is past the model's context length"));
+}
+
+TEST_CASE("model.kv_dtype: f32 by default, f16 on request, reaching the model's caches") {
+  CHECK(settings{}.model.kv_dtype == "f32");
+  CHECK(contains(error_of([] { load_settings("", {"model.kv_dtype=bf16"}); }),
+                 "model.kv_dtype must be one of \"f16\", \"f32\", got \"bf16\""));
+  temp_dir tmp;
+  const auto file = write(tmp, "[model]\nkv_dtype = 16\n");
+  CHECK(contains(error_of([&] { load_settings(file, {}); }), "model.kv_dtype must be a string, got 16"));
+  CHECK(contains(error_of([] { parse_kv_dtype("half", "--kv-dtype"); }),
+                 "--kv-dtype: expected f16 or f32, got \"half\""));
+  for (const char* dtype : {"f16", "f32"}) {
+    CAPTURE(dtype);
+    sim_fixture f({"model.path=" + stories_gguf(), std::string("model.kv_dtype=") + dtype,
+                   "link.latency_ms=0"});
+    CHECK(kv_dtype_name(f.m.model->cache_dtype()) == std::string(dtype));
+    CHECK(f.m.model->make_cache(0, 1, 4).dtype() == parse_kv_dtype(dtype, "test"));
+    auto r = f.sim->run(f.m.vocab.encode("Once upon a time"), "collaborative", 4);
+    CHECK(r.error.empty());
+    CHECK(r.tokens.size() == 4);
+  }
 }
 
 TEST_CASE("settings: exact uploads f32 unless upload.dtype says f16, and then says so") {

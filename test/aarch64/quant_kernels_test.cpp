@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "model/config.hpp"
+#include "model/half.hpp"
+#include "model/kv_f16.hpp"
 #include "model/quant.hpp"
 #include "model/quant_neon.hpp"
 #include "test/quant_random.hpp"
@@ -141,6 +143,67 @@ TEST_CASE("aarch64: every kernel level gives the portable kernels' floats, at an
             CHECK(y == portable);
         }
       }
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+}
+
+TEST_CASE("aarch64: f16 KV rows and their attention passes at every level equal the portable code") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // Head sizes with and without a tail past 8 lanes; grouped query heads.
+  struct shape {
+    int64_t n_pos, n_head, n_head_kv, head_dim;
+  };
+  for (const auto& sh : {shape{1, 4, 4, 8}, shape{37, 8, 2, 64}, shape{19, 6, 3, 20}, shape{5, 2, 2, 3}}) {
+    CAPTURE(sh.head_dim);
+    const int64_t n_kv = sh.n_pos * sh.n_head_kv * sh.head_dim, d = sh.n_head * sh.head_dim;
+    std::vector<float> q(static_cast<size_t>(d)), k(static_cast<size_t>(n_kv)), v(static_cast<size_t>(n_kv));
+    for (auto* x : {&q, &k, &v})
+      for (auto& e : *x)
+        e = normal(rng);
+    k[0] = 70000.0f;  // past f16's largest: infinity
+    k[1] = 1e-6f;     // an f16 subnormal
+    std::vector<float> scores(static_cast<size_t>(sh.n_head * sh.n_pos)), weight_of(static_cast<size_t>(sh.n_head));
+    for (auto& e : scores)
+      e = std::exp(normal(rng));
+    for (auto& e : weight_of)
+      e = 1.0f / float(sh.n_pos);
+    std::vector<uint16_t> k16(k.size()), v16(v.size());
+    std::vector<float> ref_scores(scores.size()), ref_out(static_cast<size_t>(d));
+    for (auto level : supported_levels()) {
+      CAPTURE(quant::kernel_level_name(level));
+      quant::set_kernel_level(level);
+      kernels::store_f16(k16.data(), k.data(), n_kv);
+      kernels::store_f16(v16.data(), v.data(), n_kv);
+      int mismatched = 0;
+      for (int64_t i = 0; i < n_kv; ++i)
+        mismatched += (k16[size_t(i)] != float_to_half(k[size_t(i)])) +
+                      (v16[size_t(i)] != float_to_half(v[size_t(i)]));
+      CHECK(mismatched == 0);
+      std::vector<float> back(k.size());
+      kernels::load_f16(back.data(), v16.data(), n_kv);
+      for (int64_t i = 0; i < n_kv; ++i)
+        mismatched += back[size_t(i)] != half_to_float(v16[size_t(i)]);
+      CHECK(mismatched == 0);
+      k16[0] = float_to_half(3.0f);  // finite keys for the scores
+      std::vector<float> s(scores.size()), out(static_cast<size_t>(d));
+      kernels::f16_scores(0, sh.n_head, q.data(), k16.data(), sh.n_pos, sh.n_head, sh.n_head_kv,
+                          sh.head_dim, 0.125f, s.data());
+      kernels::f16_weighted_values(0, sh.n_head, out.data(), v16.data(), scores.data(),
+                                   weight_of.data(), sh.n_pos, sh.n_head, sh.n_head_kv,
+                                   sh.head_dim);
+      if (level == kernel_level::portable) {
+        ref_scores = s;
+        ref_out = out;
+        continue;
+      }
+      float worst = 0;
+      for (size_t i = 0; i < s.size(); ++i)
+        worst = std::max(worst, std::fabs(s[i] - ref_scores[i]));
+      for (size_t i = 0; i < out.size(); ++i)
+        worst = std::max(worst, std::fabs(out[i] - ref_out[i]));
+      CHECK(worst <= 1e-4f);  // only the order of the sums differs
     }
   }
   quant::set_kernel_level(quant::best_kernel_level());
