@@ -440,12 +440,19 @@ struct kernels {
   dot_fn avx512_dot = nullptr;   // AVX-512 and VNNI
   dot_fn neon_dot = nullptr;     // aarch64 Advanced SIMD
   dot_fn dotprod_dot = nullptr;  // aarch64 Advanced SIMD with SDOT
+  // Four rows at once, where the level's file has them: each row's floats
+  // are its single-row kernel's.
+  dot4_fn avx2_dot4 = nullptr;
+  dot4_fn avx512_dot4 = nullptr;
 
   kernels(type_info i, dot_fn portable, dequantize_fn dq, ggml_type t)
     : info(i), portable_dot(portable), dequantize(dq), avx2_dot(avx2::dot(t)),
-      avx512_dot(avx512::dot(t)), neon_dot(neon::dot(t)), dotprod_dot(neon::dot_dotprod(t)) {}
+      avx512_dot(avx512::dot(t)), neon_dot(neon::dot(t)), dotprod_dot(neon::dot_dotprod(t)),
+      avx2_dot4(avx2::dot4(t)), avx512_dot4(avx512::dot4(t)) {}
 
   dot_fn dot() const;
+  /// The four-row kernel of the level dot() picks; null where it has none.
+  dot4_fn dot4() const;
 };
 
 bool cpu_has_avx2() {
@@ -523,6 +530,18 @@ dot_fn kernels::dot() const {
     case kernel_level::portable: break;
   }
   return portable_dot;
+}
+
+dot4_fn kernels::dot4() const {
+  switch (current_level()) {
+    case kernel_level::avx512:
+      if (avx512_dot)
+        return avx512_dot4;
+      [[fallthrough]];
+    case kernel_level::avx2:
+      return avx2_dot ? avx2_dot4 : nullptr;
+    default: return nullptr;
+  }
 }
 
 constexpr ggml_type act32_type = ggml_type::q8_0;
@@ -718,8 +737,31 @@ float dot_row(ggml_type weight, const void* w_row, const void* activation, int64
   return kernels_of(weight).dot()(static_cast<const uint8_t*>(w_row), activation, cols);
 }
 
+void dot_rows4(ggml_type weight, const void* const w_rows[4], const void* activation,
+               int64_t cols, float out[4]) {
+  const kernels& k = kernels_of(weight);
+  const uint8_t* w[4];
+  for (int r = 0; r < 4; ++r)
+    w[r] = static_cast<const uint8_t*>(w_rows[r]);
+  if (dot4_fn four = k.dot4()) {
+    four(w, activation, cols, out);
+    return;
+  }
+  const dot_fn one = k.dot();
+  for (int r = 0; r < 4; ++r)
+    out[r] = one(w[r], activation, cols);
+}
+
+bool has_dot4(ggml_type weight) {
+  return kernels_of(weight).dot4() != nullptr;
+}
+
 dot_fn active_dot(ggml_type t) {
   return kernels_of(t).dot();
+}
+
+dot4_fn active_dot4(ggml_type t) {
+  return kernels_of(t).dot4();
 }
 
 dequantize_fn dequantizer(ggml_type t) {

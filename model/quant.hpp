@@ -78,6 +78,12 @@ void quantize_activation(ggml_type weight, const float* x, void* dst, int64_t co
 void dequantize_activation(ggml_type weight, const void* activation, float* dst, int64_t cols);
 /// One weight row · one activation row made by quantize_activation.
 float dot_row(ggml_type weight, const void* w_row, const void* activation, int64_t cols);
+/// Four weight rows · one activation row: out[r] = dot_row(weight, w_rows[r],
+/// ...), bit for bit, in one pass where the active kernel level has a
+/// four-row kernel for the type (has_dot4), else row by row.
+void dot_rows4(ggml_type weight, const void* const w_rows[4], const void* activation,
+               int64_t cols, float out[4]);
+bool has_dot4(ggml_type weight);
 
 /// The instruction sets of the dot products: portable C++; on x86-64
 /// AVX2 (with FMA and F16C) and AVX-512 (F, BW, VL and VNNI); on aarch64

@@ -103,28 +103,50 @@ struct avx2_q8_0 {
 /// stream of them.
 constexpr int prefetch_ahead = 2048;
 
-/// A row of a 32-element type (V: its values and block) · activation blocks of 32.
-/// Every block starts with its f16 scale d; those with an offset follow it with m.
+/// R rows of a 32-element type (V: its values and block) · activation
+/// blocks of 32 (out[r]: row w[r]). Every block starts with its f16 scale
+/// d; those with an offset follow it with m. The rows share the activation
+/// loads; each row's floats are the single row's.
+template <class V, int R>
+CECO_AVX2_INLINE void dot32_rows_avx2(const uint8_t* const* w, const void* act, int64_t cols,
+                                      float* out) {
+  const auto* a = static_cast<const act_block32*>(act);
+  __m256 acc[R];
+  float offsets[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    offsets[r] = 0;
+  }
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    const __m256i y = load32(a[b].q);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = w[r] + b * sizeof(typename V::block_type);
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead, _MM_HINT_T0);
+      const __m256i x = V::values(blk);
+      __m256i sums;
+      if constexpr (V::has_offset) {  // unsigned values: no sign trick needed
+        sums = _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
+        offsets[r] += half_f16c(CECO_FIELD(blk, typename V::block_type, m)) * a[b].s;
+      } else {
+        sums = signed_dot(x, y);
+      }
+      const float d = half_f16c(CECO_FIELD(blk, typename V::block_type, d)) * a[b].d;
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    out[r] = hsum(acc[r]) + offsets[r];
+}
+
 template <class V>
 CECO_AVX2 float dot32_avx2(const uint8_t* w, const void* act, int64_t cols) {
-  const auto* a = static_cast<const act_block32*>(act);
-  __m256 acc = _mm256_setzero_ps();
-  float offsets = 0;
-  for (int64_t b = 0; b < cols / 32; ++b) {
-    const uint8_t* blk = w + b * sizeof(typename V::block_type);
-    _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead, _MM_HINT_T0);
-    const __m256i x = V::values(blk), y = load32(a[b].q);
-    __m256i sums;
-    if constexpr (V::has_offset) {  // unsigned values: no sign trick needed
-      sums = _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
-      offsets += half_f16c(CECO_FIELD(blk, typename V::block_type, m)) * a[b].s;
-    } else {
-      sums = signed_dot(x, y);
-    }
-    const float d = half_f16c(CECO_FIELD(blk, typename V::block_type, d)) * a[b].d;
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
-  }
-  return hsum(acc) + offsets;
+  float out;
+  dot32_rows_avx2<V, 1>(&w, act, cols, &out);
+  return out;
+}
+template <class V>
+CECO_AVX2 void dot32_4_avx2(const uint8_t* const* w, const void* act, int64_t cols, float* out) {
+  dot32_rows_avx2<V, 4>(w, act, cols, out);
 }
 
 /// K-quant blocks as 8 vectors of 32 unsigned values (0..63) and a scale
@@ -259,75 +281,209 @@ struct avx2_q2_k {
   }
 };
 
-template <class U>
-CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
+/// R rows of a K-quant type (out[r]: row w[r]). The rows share the
+/// activation sums of 32 and the products of the bias with the
+/// activations; each row's floats are the single row's.
+template <class U, int R>
+CECO_AVX2_INLINE void dot256_rows_avx2(const uint8_t* const* w, const void* act, int64_t cols,
+                                       float* out) {
   const auto* a = static_cast<const act_block256*>(act);
-  __m256 acc = _mm256_setzero_ps();
-  float min_total = 0;  // min_sum::dmin_then_d and d_dmin
+  __m256 acc[R];
+  float min_total[R];  // min_sum::dmin_then_d and d_dmin
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    min_total[r] = 0;
+  }
+  constexpr bool block_mins =
+    U::mins_kind == min_sum::dmin_then_d || U::mins_kind == min_sum::d_dmin;
   for (int64_t b = 0; b < cols / 256; ++b) {
     constexpr int block_bytes = int(sizeof(typename U::block_type));
-    const uint8_t* blk = w + b * block_bytes;
-    for (int line = 0; line < block_bytes; line += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead + line, _MM_HINT_T0);
-    __m256i q[8];
-    // 16-bit, per sub-block of 16, or of 32 in the low half
-    __m256i scale = _mm256_setzero_si256(), mins = _mm256_setzero_si256();
-    U::unpack(blk, q, scale, mins);
-    const float d = a[b].d * half_f16c(blk + U::d_at);
     const __m256i act_sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].sums));
-    if (U::mins_kind == min_sum::lanes8) {
-      // lane l: the mins and activation sums of sub-blocks 2l and 2l + 1
-      const __m256i prod = _mm256_madd_epi16(mins, act_sums);
-      const float dmin = -a[b].d * half_f16c(blk + U::dmin_at);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
-    }
-    __m256i scales[8];
-    if (U::sub == 32) {
-      const __m256i eight = _mm256_permute4x64_epi64(scale, 0x44);  // scales 0..7 twice
+    __m128i sums32 = _mm_setzero_si128();
+    if (block_mins)
+      sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(act_sums),
+                              _mm256_extracti128_si256(act_sums, 1));
+    __m256i bias_products[8];
+    if (U::bias != 0)
       for (int v = 0; v < 8; ++v)
-        scales[v] = _mm256_shuffle_epi8(eight, _mm256_set1_epi16(int16_t(0x0100 + 0x0202 * v)));
-    } else {
-      // Vector v covers sub-blocks 2v (low lane) and 2v + 1 (high lane).
-      const __m256i first = _mm256_permute4x64_epi64(scale, 0x44);   // scales 0..7 twice
-      const __m256i second = _mm256_permute4x64_epi64(scale, 0xEE);  // scales 8..15 twice
-      for (int v = 0; v < 4; ++v) {
-        const char lo = char(4 * v), hi = char(4 * v + 2);
-        const __m256i pick = _mm256_setr_epi8(
-          lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo,
-          char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), hi, char(hi + 1), hi,
-          char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi,
-          char(hi + 1), hi, char(hi + 1));
-        scales[v] = _mm256_shuffle_epi8(first, pick);
-        scales[v + 4] = _mm256_shuffle_epi8(second, pick);
+        bias_products[v] = _mm256_maddubs_epi16(_mm256_set1_epi8(U::bias), load32(a[b].q + 32 * v));
+    __m128i min_prod[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = w[r] + b * block_bytes;
+      for (int line = 0; line < block_bytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blk) + prefetch_ahead + line, _MM_HINT_T0);
+      __m256i q[8];
+      // 16-bit, per sub-block of 16, or of 32 in the low half
+      __m256i scale = _mm256_setzero_si256(), mins = _mm256_setzero_si256();
+      U::unpack(blk, q, scale, mins);
+      const float d = a[b].d * half_f16c(blk + U::d_at);
+      if (U::mins_kind == min_sum::lanes8) {
+        // lane l: the mins and activation sums of sub-blocks 2l and 2l + 1
+        const __m256i prod = _mm256_madd_epi16(mins, act_sums);
+        const float dmin = -a[b].d * half_f16c(blk + U::dmin_at);
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc[r]);
       }
-    }
-    // Lane k of the sums holds elements 4k..4k+3 (mod 32) of every vector.
-    __m256i sums = _mm256_setzero_si256();
-    for (int v = 0; v < 8; ++v) {
-      const __m256i y = load32(a[b].q + 32 * v);
-      __m256i products = _mm256_maddubs_epi16(q[v], y);
-      if (U::bias != 0)
-        products = _mm256_sub_epi16(products, _mm256_maddubs_epi16(_mm256_set1_epi8(U::bias), y));
-      sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, scales[v]));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
-    if (U::mins_kind == min_sum::dmin_then_d || U::mins_kind == min_sum::d_dmin) {
+      __m256i scales[8];
+      if (U::sub == 32) {
+        const __m256i eight = _mm256_permute4x64_epi64(scale, 0x44);  // scales 0..7 twice
+        for (int v = 0; v < 8; ++v)
+          scales[v] = _mm256_shuffle_epi8(eight, _mm256_set1_epi16(int16_t(0x0100 + 0x0202 * v)));
+      } else {
+        // Vector v covers sub-blocks 2v (low lane) and 2v + 1 (high lane).
+        const __m256i first = _mm256_permute4x64_epi64(scale, 0x44);   // scales 0..7 twice
+        const __m256i second = _mm256_permute4x64_epi64(scale, 0xEE);  // scales 8..15 twice
+        for (int v = 0; v < 4; ++v) {
+          const char lo = char(4 * v), hi = char(4 * v + 2);
+          const __m256i pick = _mm256_setr_epi8(
+            lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo,
+            char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), lo, char(lo + 1), hi, char(hi + 1), hi,
+            char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi, char(hi + 1), hi,
+            char(hi + 1), hi, char(hi + 1));
+          scales[v] = _mm256_shuffle_epi8(first, pick);
+          scales[v + 4] = _mm256_shuffle_epi8(second, pick);
+        }
+      }
+      // Lane k of the sums holds elements 4k..4k+3 (mod 32) of every vector.
+      __m256i sums = _mm256_setzero_si256();
+      for (int v = 0; v < 8; ++v) {
+        const __m256i y = load32(a[b].q + 32 * v);
+        __m256i products = _mm256_maddubs_epi16(q[v], y);
+        if (U::bias != 0)
+          products = _mm256_sub_epi16(products, bias_products[v]);
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, scales[v]));
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc[r]);
       // Over the 8 sub-blocks of 32: their mins times the sums of their
       // two activation sums of 16.
-      const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(act_sums),
-                                            _mm256_extracti128_si256(act_sums, 1));
-      __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(mins, 1), sums32);
-      prod = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0x4E));
-      prod = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0xB1));
-      const int32_t total = _mm_cvtsi128_si32(prod);
-      const float dmin = half_f16c(blk + U::dmin_at);
-      if (U::mins_kind == min_sum::dmin_then_d)
-        min_total += a[b].d * (-dmin * float(total));
-      else
-        min_total += (-a[b].d * dmin) * float(total);
+      if (block_mins)
+        min_prod[r] = _mm_madd_epi16(_mm256_extracti128_si256(mins, 1), sums32);
+    }
+    if (block_mins) {
+      int32_t total[R];
+      if constexpr (R == 4) {
+        // lane r: row r's total
+        const __m128i t = _mm_hadd_epi32(_mm_hadd_epi32(min_prod[0], min_prod[1]),
+                                         _mm_hadd_epi32(min_prod[2], min_prod[3]));
+        total[0] = _mm_cvtsi128_si32(t);
+        total[1] = _mm_extract_epi32(t, 1);
+        total[2] = _mm_extract_epi32(t, 2);
+        total[3] = _mm_extract_epi32(t, 3);
+      } else {
+        for (int r = 0; r < R; ++r) {
+          __m128i prod = _mm_add_epi32(min_prod[r], _mm_shuffle_epi32(min_prod[r], 0x4E));
+          prod = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0xB1));
+          total[r] = _mm_cvtsi128_si32(prod);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const float dmin = half_f16c(w[r] + b * block_bytes + U::dmin_at);
+        if (U::mins_kind == min_sum::dmin_then_d)
+          min_total[r] += a[b].d * (-dmin * float(total[r]));
+        else
+          min_total[r] += (-a[b].d * dmin) * float(total[r]);
+      }
     }
   }
-  return hsum(acc) + min_total;
+  for (int r = 0; r < R; ++r)
+    out[r] = hsum(acc[r]) + min_total[r];
+}
+
+/// Four rows of Q4_K (U = avx2_q4_k) or Q5_K (avx2_q5_k): each row's
+/// integer lanes and floats are dot256_avx2's, the block overhead done
+/// once for the four rows. d, dmin and the 12 bytes of scales and mins are
+/// the first 16 bytes of a block: two rows' per vector, unpacked together
+/// as k4_scales_mins unpacks one, into bytes [8 scales, 8 mins] per row;
+/// the mins' totals and the f16 scales of the four rows come from vectors.
+template <class U>
+CECO_AVX2 void dot_q45_k_4_avx2(const uint8_t* const* w, const void* act, int64_t cols,
+                                float* out) {
+  using B = typename U::block_type;
+  static_assert(offsetof(B, d) == 0 && offsetof(B, dmin) == 2 && offsetof(B, scales) == 4);
+  const auto* a = static_cast<const act_block256*>(act);
+  const __m256i low4 = _mm256_set1_epi8(15), low6 = _mm256_set1_epi8(0x3f);
+  const __m256i top2 = _mm256_set1_epi8(0x30);
+  // Per 128-bit lane (one row), dwords [d dmin, u0, u1, u2]: u2 >> 4 for
+  // the mins' low nibbles.
+  const __m256i u2_shift = _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4);
+  __m256 acc[4];
+  float min_total[4];
+  for (int r = 0; r < 4; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    min_total[r] = 0;
+  }
+  for (int64_t b = 0; b < cols / 256; ++b) {
+    constexpr int block_bytes = int(sizeof(B));
+    const uint8_t* blk[4];
+    for (int r = 0; r < 4; ++r) {
+      blk[r] = w[r] + b * block_bytes;
+      for (int line = 0; line < block_bytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blk[r]) + prefetch_ahead + line, _MM_HINT_T0);
+    }
+    // packed[p], lane l: row 2p + l's [8 scales, 8 mins] as bytes
+    __m256i heads[2], packed[2];
+    for (int p = 0; p < 2; ++p) {
+      heads[p] = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[2 * p + 1])),
+                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[2 * p])));
+      const __m256i words_a = _mm256_shuffle_epi32(heads[p], 0xED);  // u0, u2, u1, u2
+      const __m256i words_b = _mm256_shuffle_epi32(heads[p], 0xA5);  // u0, u0, u1, u1
+      const __m256i high =
+        _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(words_a, u2_shift), low4),
+                        _mm256_and_si256(_mm256_srli_epi32(words_b, 2), top2));
+      packed[p] = _mm256_and_si256(_mm256_blend_epi32(words_a, high, 0xAA), low6);
+    }
+    // The mins of rows 0 and 2 (1 and 3) as words, times the activation
+    // sums of 32.
+    const __m256i act_sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].sums));
+    const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(act_sums),
+                                          _mm256_extracti128_si256(act_sums, 1));
+    const __m256i sums32_2 = _mm256_broadcastsi128_si256(sums32);
+    const __m256i mins = _mm256_unpackhi_epi64(packed[0], packed[1]);  // lanes: [0, 2], [1, 3]
+    const __m256i prod_02 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(mins)), sums32_2);
+    const __m256i prod_13 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(mins, 1)), sums32_2);
+    __m256i totals = _mm256_hadd_epi32(prod_02, prod_13);
+    totals = _mm256_hadd_epi32(totals, totals);  // lanes: [0, 1, 0, 1], [2, 3, 2, 3]
+    alignas(32) int32_t total[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(total), totals);
+    // d and dmin: [row 0, row 2, row 1, row 3]
+    const __m256i firsts = _mm256_unpacklo_epi32(heads[0], heads[1]);
+    alignas(32) float halves[8];
+    _mm256_store_ps(halves, _mm256_cvtph_ps(_mm256_castsi256_si128(
+                              _mm256_permute4x64_epi64(firsts, 0x08))));
+    static constexpr int total_at[4] = {0, 1, 4, 5}, half_at[4] = {0, 4, 2, 6};
+    for (int r = 0; r < 4; ++r) {
+      __m256i q[8], unused_scale, unused_mins;
+      U::unpack(blk[r], q, unused_scale, unused_mins);
+      // all 8 scale bytes of the row in every qword, each picked as 16 words
+      const __m256i eight = r % 2 ? _mm256_permute4x64_epi64(packed[r / 2], 0xAA)
+                                  : _mm256_permute4x64_epi64(packed[r / 2], 0x00);
+      __m256i sums = _mm256_setzero_si256();
+      for (int v = 0; v < 8; ++v) {
+        const __m256i scale = _mm256_shuffle_epi8(eight, _mm256_set1_epi16(int16_t(0x8000 + v)));
+        const __m256i products = _mm256_maddubs_epi16(q[v], load32(a[b].q + 32 * v));
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, scale));
+      }
+      const float d = a[b].d * halves[half_at[r]];
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc[r]);
+      const float dmin = halves[half_at[r] + 1];
+      if (U::mins_kind == min_sum::dmin_then_d)
+        min_total[r] += a[b].d * (-dmin * float(total[total_at[r]]));
+      else
+        min_total[r] += (-a[b].d * dmin) * float(total[total_at[r]]);
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    out[r] = hsum(acc[r]) + min_total[r];
+}
+
+template <class U>
+CECO_AVX2 float dot256_avx2(const uint8_t* w, const void* act, int64_t cols) {
+  float out;
+  dot256_rows_avx2<U, 1>(&w, act, cols, &out);
+  return out;
+}
+template <class U>
+CECO_AVX2 void dot256_4_avx2(const uint8_t* const* w, const void* act, int64_t cols, float* out) {
+  dot256_rows_avx2<U, 4>(w, act, cols, out);
 }
 
 CECO_AVX2 float dot_f16_avx2(const uint8_t* w, const void* act, int64_t n) {
@@ -386,10 +542,27 @@ dot_fn dot(ggml_type t) {
   }
 }
 
+dot4_fn dot4(ggml_type t) {
+  switch (t) {
+    case ggml_type::q4_0: return dot32_4_avx2<avx2_q4_0>;
+    case ggml_type::q4_1: return dot32_4_avx2<avx2_q4_1>;
+    case ggml_type::q5_0: return dot32_4_avx2<avx2_q5_0>;
+    case ggml_type::q5_1: return dot32_4_avx2<avx2_q5_1>;
+    case ggml_type::q8_0: return dot32_4_avx2<avx2_q8_0>;
+    case ggml_type::q2_k: return dot256_4_avx2<avx2_q2_k>;
+    case ggml_type::q3_k: return dot256_4_avx2<avx2_q3_k>;
+    case ggml_type::q4_k: return dot_q45_k_4_avx2<avx2_q4_k>;
+    case ggml_type::q5_k: return dot_q45_k_4_avx2<avx2_q5_k>;
+    case ggml_type::q6_k: return dot256_4_avx2<avx2_q6_k>;
+    default: return nullptr;
+  }
+}
+
 #else
 
 bool available() { return false; }
 dot_fn dot(ggml_type) { return nullptr; }
+dot4_fn dot4(ggml_type) { return nullptr; }
 
 #endif
 

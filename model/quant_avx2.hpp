@@ -19,4 +19,9 @@ bool available();
 /// another architecture).
 dot_fn dot(ggml_type t);
 
+/// Four rows at once: out[r] = dot(t)(w[r], act, cols), bit for bit.
+using dot4_fn = void (*)(const uint8_t* const* w, const void* act, int64_t cols, float* out);
+/// The four-row AVX2 dot product of a weight type; null where there is none.
+dot4_fn dot4(ggml_type t);
+
 } // namespace ceco::quant::avx2

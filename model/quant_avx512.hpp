@@ -19,4 +19,9 @@ using dot_fn = float (*)(const uint8_t* w, const void* act, int64_t cols);
 /// only where the CPU has AVX-512 F, BW, VL and VNNI (quant.cpp checks).
 dot_fn dot(ggml_type t);
 
+/// Four rows at once: out[r] = dot(t)(w[r], act, cols), bit for bit.
+using dot4_fn = void (*)(const uint8_t* const* w, const void* act, int64_t cols, float* out);
+/// The four-row dot product of a weight type; null where there is none.
+dot4_fn dot4(ggml_type t);
+
 } // namespace ceco::quant::avx512

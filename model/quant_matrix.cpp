@@ -39,17 +39,23 @@ void split_rows(int64_t rows, int64_t cols, int n_threads, Body body) {
 /// flight per stream it reads, so one stream of weights leaves most of the
 /// memory bandwidth unused: reading the row range as this many interleaved
 /// streams (rows i, i + n/4, i + 2n/4, i + 3n/4, then i + 1, ...) measured
-/// 1.4-2x the bandwidth of one on Q8_0 and Q6_K matrices. Each row is still
-/// reduced by the same code, so no result depends on it.
+/// 1.4-2x the bandwidth of one on Q8_0 and Q6_K matrices. The four rows of
+/// a step go to the type's four-row kernel where the kernel level has one
+/// (the block overhead and the activation loads shared, four independent
+/// chains), which gives each row the single-row kernel's floats bit for bit,
+/// so no result depends on it.
 constexpr int64_t row_streams = 4;
 
-/// Calls row(r) for every r in [r0, r1), in row_streams interleaved streams.
-template <class Row>
-void for_rows_interleaved(int64_t r0, int64_t r1, Row row) {
+/// Calls rows4(r) for each group of row_streams rows r[0..3] in [r0, r1),
+/// one row from each interleaved stream, then row(r) for the rows left.
+template <class Rows4, class Row>
+void for_rows_interleaved(int64_t r0, int64_t r1, Rows4 rows4, Row row) {
+  static_assert(row_streams == 4);
   const int64_t per = (r1 - r0) / row_streams;
-  for (int64_t i = 0; i < per; ++i)
-    for (int64_t s = 0; s < row_streams; ++s)
-      row(r0 + s * per + i);
+  for (int64_t i = 0; i < per; ++i) {
+    const int64_t r[4] = {r0 + i, r0 + per + i, r0 + 2 * per + i, r0 + 3 * per + i};
+    rows4(r);
+  }
   for (int64_t r = r0 + per * row_streams; r < r1; ++r)
     row(r);
 }
@@ -58,19 +64,35 @@ void for_rows_interleaved(int64_t r0, int64_t r1, Row row) {
 
 void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads) {
   const dot_fn dot = active_dot(w.type);
+  const dot4_fn dot4 = active_dot4(w.type);
   const void* act = x;
   if (!is_float(w.type)) {
     quantize_activation(w.type, x, scratch, w.cols);
     act = scratch;
   }
   split_rows(w.rows, w.cols, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
-    for_rows_interleaved(r0, r1, [&](int64_t r) { y[r] = dot(w.row(r), act, w.cols); });
+    for_rows_interleaved(
+      r0, r1,
+      [&](const int64_t* r) {
+        if (dot4) {
+          const uint8_t* rows[4] = {w.row(r[0]), w.row(r[1]), w.row(r[2]), w.row(r[3])};
+          float out[4];
+          dot4(rows, act, w.cols, out);
+          for (int k = 0; k < 4; ++k)
+            y[r[k]] = out[k];
+        } else {
+          for (int k = 0; k < 4; ++k)
+            y[r[k]] = dot(w.row(r[k]), act, w.cols);
+        }
+      },
+      [&](int64_t r) { y[r] = dot(w.row(r), act, w.cols); });
   });
 }
 
 void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
                   int n_threads) {
   const dot_fn dot = active_dot(w.type);
+  const dot4_fn dot4 = active_dot4(w.type);
   const size_t act_bytes = is_float(w.type) ? size_t(w.cols) * sizeof(float)
                                             : activation_bytes(w.type, w.cols);
   const auto* acts = static_cast<const uint8_t*>(is_float(w.type) ? static_cast<const void*>(x)
@@ -80,10 +102,27 @@ void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* sc
       quantize_activation(w.type, x + j * w.cols, static_cast<uint8_t*>(scratch) + size_t(j) * act_bytes,
                           w.cols);
   split_rows(w.rows, w.cols * n, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
-    for_rows_interleaved(r0, r1, [&](int64_t r) {
-      for (int64_t j = 0; j < n; ++j)
-        y[j * w.rows + r] = dot(w.row(r), acts + size_t(j) * act_bytes, w.cols);
-    });
+    for_rows_interleaved(
+      r0, r1,
+      [&](const int64_t* r) {
+        const uint8_t* rows[4] = {w.row(r[0]), w.row(r[1]), w.row(r[2]), w.row(r[3])};
+        for (int64_t j = 0; j < n; ++j) {
+          const uint8_t* act = acts + size_t(j) * act_bytes;
+          if (dot4) {
+            float out[4];
+            dot4(rows, act, w.cols, out);
+            for (int k = 0; k < 4; ++k)
+              y[j * w.rows + r[k]] = out[k];
+          } else {
+            for (int k = 0; k < 4; ++k)
+              y[j * w.rows + r[k]] = dot(rows[k], act, w.cols);
+          }
+        }
+      },
+      [&](int64_t r) {
+        for (int64_t j = 0; j < n; ++j)
+          y[j * w.rows + r] = dot(w.row(r), acts + size_t(j) * act_bytes, w.cols);
+      });
   });
 }
 

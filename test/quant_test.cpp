@@ -1,5 +1,6 @@
 #include "test/support.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -36,6 +37,12 @@ std::vector<float> dequantized(wtype t, const std::vector<uint8_t>& bytes, int64
   for (int64_t r = 0; r < rows; ++r)
     quant::dequantize_row(t, bytes.data() + size_t(r) * row_bytes, out.data() + r * cols, cols);
   return out;
+}
+
+uint32_t float_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return bits;
 }
 
 } // namespace
@@ -138,6 +145,77 @@ TEST_CASE("each kernel level this CPU runs gives the AVX2 kernels' floats bit fo
       }
     }
   }
+  quant::set_kernel_level(quant::best_kernel_level());
+}
+
+TEST_CASE("four-row kernels give each row's single-row floats bit for bit, and matvec uses them at any row count") {
+  std::mt19937 rng(25);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (quant::kernel_level level : supported_levels()) {
+    const std::string level_name = quant::kernel_level_name(level);
+    CAPTURE(level_name);
+    quant::set_kernel_level(level);
+    for (wtype t : weight_types) {
+      const int64_t block = quant::find_info(t)->block_size;
+      CAPTURE(quant::type_name(t));
+      if (block == 1)
+        continue;
+      for (int64_t cols : {block, 7 * block, (block == 32 ? 96 : 12) * block}) {
+        CAPTURE(cols);
+        const int64_t rows = 11;
+        auto bytes = random_weights(t, rows, cols, rng);
+        auto w = quant::matrix::view(t, bytes.data(), rows, cols, "w");
+        std::vector<float> x(static_cast<size_t>(cols));
+        for (auto& v : x)
+          v = normal(rng);
+        std::vector<uint8_t> act(quant::activation_bytes(t, cols));
+        quant::quantize_activation(t, x.data(), act.data(), cols);
+        std::vector<float> single(static_cast<size_t>(rows));
+        for (int64_t r = 0; r < rows; ++r)
+          single[size_t(r)] = quant::dot_row(t, w.row(r), act.data(), cols);
+        // rows in order, apart, repeated, backwards
+        for (std::array<int64_t, 4> pick : {std::array<int64_t, 4>{0, 1, 2, 3},
+                                            std::array<int64_t, 4>{10, 3, 7, 5},
+                                            std::array<int64_t, 4>{4, 4, 9, 4},
+                                            std::array<int64_t, 4>{8, 6, 2, 0}}) {
+          const void* four[4] = {w.row(pick[0]), w.row(pick[1]), w.row(pick[2]), w.row(pick[3])};
+          float out[4] = {NAN, NAN, NAN, NAN};
+          quant::dot_rows4(t, four, act.data(), cols, out);
+          for (int k = 0; k < 4; ++k)
+            CHECK(float_to_bits(out[k]) == float_to_bits(single[size_t(pick[k])]));
+        }
+        // matvec and matvec_batch: groups of 4 and the rows left, every row
+        // as the single-row kernel gives it
+        for (int64_t n_rows : {int64_t(1), int64_t(4), int64_t(5), int64_t(7), int64_t(11)}) {
+          CAPTURE(n_rows);
+          auto part = quant::matrix::view(t, bytes.data(), n_rows, cols, "w");
+          for (int threads : {1, 2}) {
+            std::vector<float> y(static_cast<size_t>(n_rows), NAN);
+            std::vector<uint8_t> scratch(act.size());
+            quant::matvec(part, x.data(), y.data(), scratch.data(), threads);
+            for (int64_t r = 0; r < n_rows; ++r)
+              CHECK(float_to_bits(y[size_t(r)]) == float_to_bits(single[size_t(r)]));
+            std::vector<float> xs(x);
+            xs.insert(xs.end(), x.begin(), x.end());
+            std::vector<float> ys(static_cast<size_t>(2 * n_rows), NAN);
+            std::vector<uint8_t> scratch2(2 * act.size());
+            quant::matvec_batch(part, xs.data(), ys.data(), 2, scratch2.data(), threads);
+            for (int64_t r = 0; r < n_rows; ++r) {
+              CHECK(float_to_bits(ys[size_t(r)]) == float_to_bits(single[size_t(r)]));
+              CHECK(float_to_bits(ys[size_t(n_rows + r)]) == float_to_bits(single[size_t(r)]));
+            }
+          }
+        }
+      }
+    }
+  }
+  if (quant::kernel_level_supported(quant::kernel_level::avx2)) {
+    quant::set_kernel_level(quant::kernel_level::avx2);
+    for (wtype t : {wtype::q4_k, wtype::q5_k, wtype::q6_k, wtype::q8_0, wtype::q4_0})
+      CHECK(quant::has_dot4(t));
+  }
+  quant::set_kernel_level(quant::kernel_level::portable);
+  CHECK_FALSE(quant::has_dot4(wtype::q4_k));
   quant::set_kernel_level(quant::best_kernel_level());
 }
 
