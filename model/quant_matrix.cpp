@@ -24,11 +24,14 @@ int thread_count(int requested) {
   return requested > 0 ? requested : at::get_num_threads();
 }
 
+/// Whether a product of this size is done faster by one thread than handed off.
+bool rows_times_cols_small(int64_t rows, int64_t cols) { return rows * cols < parallel_min_weights; }
+
 /// Calls body(r0, r1) on row ranges that cover [0, rows), split over the
 /// compute threads in multiples of 4 rows.
 template <class Body>
 void split_rows(int64_t rows, int64_t cols, int n_threads, Body body) {
-  if (n_threads <= 1 || rows * cols < parallel_min_weights || rows < 2) {
+  if (n_threads <= 1 || rows_times_cols_small(rows, cols) || rows < 2) {
     body(int64_t(0), rows);
     return;
   }
@@ -150,16 +153,31 @@ void matmat(const matrix& w, const float* x, float* y, int64_t n, float* scratch
   }
   const dequantize_fn dequantize = dequantizer(w.type);
   const int64_t tile = tile_rows(w);
-  const int threads = thread_count(n_threads);
+  // OpenBLAS runs one thread per call (set_compute_threads: its own threads
+  // would fight the chunk pool's), so each compute thread dequantizes a
+  // part of the tile and multiplies that part itself: one contiguous part
+  // per thread, whole groups of 4 rows, so that each product stays large.
+  const int threads = int(std::min<int64_t>(thread_count(n_threads), std::max<int64_t>(1, tile / 16)));
   for (int64_t t0 = 0; t0 < w.rows; t0 += tile) {
     const int64_t t_rows = std::min(tile, w.rows - t0);
-    split_rows(t_rows, w.cols, threads, [&](int64_t r0, int64_t r1) {
+    const int64_t per_part = (t_rows / threads + 3) / 4 * 4;
+    const int64_t parts = per_part > 0 ? (t_rows + per_part - 1) / per_part : 1;
+    auto part = [&](int64_t i) {
+      const int64_t r0 = i * per_part, r1 = std::min(t_rows, r0 + per_part);
+      if (r0 >= r1)
+        return;
       for (int64_t r = r0; r < r1; ++r)
         dequantize(w.row(t0 + r), scratch + r * w.cols, w.cols);
-    });
-    // y[:, t0 : t0 + t_rows] = x[n, cols] · tile[t_rows, cols]ᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(t_rows), int(w.cols), 1.0f, x,
-                int(w.cols), scratch, int(w.cols), 0.0f, y + t0, int(w.rows));
+      // y[:, t0 + r0 : t0 + r1] = x[n, cols] · tile[r0 : r1, cols]ᵀ
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(r1 - r0), int(w.cols), 1.0f,
+                  x, int(w.cols), scratch + r0 * w.cols, int(w.cols), 0.0f, y + t0 + r0,
+                  int(w.rows));
+    };
+    if (parts <= 1 || rows_times_cols_small(t_rows, w.cols))
+      for (int64_t i = 0; i < parts; ++i)
+        part(i);
+    else
+      parallel_chunks(parts, threads, part);
   }
 }
 
