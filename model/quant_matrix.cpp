@@ -66,30 +66,7 @@ void for_rows_interleaved(int64_t r0, int64_t r1, Rows4 rows4, Row row) {
 } // namespace
 
 void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_threads) {
-  const dot_fn dot = active_dot(w.type);
-  const dot4_fn dot4 = active_dot4(w.type);
-  const void* act = x;
-  if (!is_float(w.type)) {
-    quantize_activation(w.type, x, scratch, w.cols);
-    act = scratch;
-  }
-  split_rows(w.rows, w.cols, thread_count(n_threads), [&](int64_t r0, int64_t r1) {
-    for_rows_interleaved(
-      r0, r1,
-      [&](const int64_t* r) {
-        if (dot4) {
-          const uint8_t* rows[4] = {w.row(r[0]), w.row(r[1]), w.row(r[2]), w.row(r[3])};
-          float out[4];
-          dot4(rows, act, w.cols, out);
-          for (int k = 0; k < 4; ++k)
-            y[r[k]] = out[k];
-        } else {
-          for (int k = 0; k < 4; ++k)
-            y[r[k]] = dot(w.row(r[k]), act, w.cols);
-        }
-      },
-      [&](int64_t r) { y[r] = dot(w.row(r), act, w.cols); });
-  });
+  matvec_batch(w, x, y, 1, scratch, n_threads);
 }
 
 void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
