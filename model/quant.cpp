@@ -11,9 +11,11 @@
 
 #include "model/config.hpp"
 #include "model/half.hpp"
+#include "model/quant_layouts.hpp"
 #include "model/quant_avx2.hpp"
 #include "model/quant_avx512.hpp"
 #include "model/quant_blocks.hpp"
+#include "model/quant_gemm.hpp"
 #include "model/quant_kernels.hpp"
 #include "model/quant_neon.hpp"
 
@@ -74,215 +76,6 @@ void quantize_act256(const float* x, act_block256* out, int64_t n_blocks) {
     out[b].d = amax > 0 ? 1.0f / id : 0.0f;
   }
 }
-
-// -- weight layouts -----------------------------------------------------------
-// Each layout unpacks one block into signed 8-bit values q[block] and, per
-// sub-block of `sub` elements, a scale and an offset: x = scale * q + offset.
-// Dequantization and the dot products share these, so the layout lives in
-// one place.
-
-struct q4_0_layout {
-  using block_type = block_q4_0;
-  static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = false;
-  // d: f16 | qs[16]: element l in the low nibble of qs[l], l+16 in the high
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    scale[0] = load_half(CECO_FIELD(b, block_q4_0, d));
-    offset[0] = 0;
-    const uint8_t* qs = CECO_FIELD(b, block_q4_0, qs);
-    for (int l = 0; l < 16; ++l) {
-      q[l] = int8_t((qs[l] & 15) - 8);
-      q[l + 16] = int8_t((qs[l] >> 4) - 8);
-    }
-  }
-};
-
-struct q4_1_layout {
-  using block_type = block_q4_1;
-  static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = true;
-  // d: f16 | m: f16 | qs[16]; x = d * q + m
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    scale[0] = load_half(CECO_FIELD(b, block_q4_1, d));
-    offset[0] = load_half(CECO_FIELD(b, block_q4_1, m));
-    const uint8_t* qs = CECO_FIELD(b, block_q4_1, qs);
-    for (int l = 0; l < 16; ++l) {
-      q[l] = int8_t(qs[l] & 15);
-      q[l + 16] = int8_t(qs[l] >> 4);
-    }
-  }
-};
-
-struct q5_0_layout {
-  using block_type = block_q5_0;
-  static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = false;
-  // d: f16 | qh: u32, bit i the fifth bit of element i | qs[16] as Q4_0
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    scale[0] = load_half(CECO_FIELD(b, block_q5_0, d));
-    offset[0] = 0;
-    const uint32_t qh = load_u32(CECO_FIELD(b, block_q5_0, qh));
-    const uint8_t* qs = CECO_FIELD(b, block_q5_0, qs);
-    for (int l = 0; l < 16; ++l) {
-      q[l] = int8_t(((qs[l] & 15) | (((qh >> l) & 1) << 4)) - 16);
-      q[l + 16] = int8_t(((qs[l] >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16);
-    }
-  }
-};
-
-struct q5_1_layout {
-  using block_type = block_q5_1;
-  static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = true;
-  // d: f16 | m: f16 | qh: u32 | qs[16]; x = d * q + m
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    scale[0] = load_half(CECO_FIELD(b, block_q5_1, d));
-    offset[0] = load_half(CECO_FIELD(b, block_q5_1, m));
-    const uint32_t qh = load_u32(CECO_FIELD(b, block_q5_1, qh));
-    const uint8_t* qs = CECO_FIELD(b, block_q5_1, qs);
-    for (int l = 0; l < 16; ++l) {
-      q[l] = int8_t((qs[l] & 15) | (((qh >> l) & 1) << 4));
-      q[l + 16] = int8_t((qs[l] >> 4) | (((qh >> (l + 16)) & 1) << 4));
-    }
-  }
-};
-
-struct q8_0_layout {
-  using block_type = block_q8_0;
-  static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = false;
-  // d: f16 | qs[32]: int8
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    scale[0] = load_half(CECO_FIELD(b, block_q8_0, d));
-    offset[0] = 0;
-    std::memcpy(q, CECO_FIELD(b, block_q8_0, qs), 32);
-  }
-};
-
-struct q2_k_layout {
-  using block_type = block_q2_k;
-  static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
-  static constexpr bool has_offset = true;
-  // scales[16]: scale (low nibble) and min (high) per 16 | qs[64]: 2 bits |
-  // d: f16 | dmin: f16. Element 128n + 32j + l is bits 2j of qs[32n + l].
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    const uint8_t* sc = CECO_FIELD(b, block_q2_k, scales);
-    const uint8_t* qs = CECO_FIELD(b, block_q2_k, qs);
-    const float d = load_half(CECO_FIELD(b, block_q2_k, d));
-    const float dmin = load_half(CECO_FIELD(b, block_q2_k, dmin));
-    for (int s = 0; s < 16; ++s) {
-      scale[s] = d * float(sc[s] & 15);
-      offset[s] = -dmin * float(sc[s] >> 4);
-    }
-    for (int n = 0; n < 2; ++n)
-      for (int j = 0; j < 4; ++j)
-        for (int l = 0; l < 32; ++l)
-          q[128 * n + 32 * j + l] = int8_t((qs[32 * n + l] >> (2 * j)) & 3);
-  }
-};
-
-struct q3_k_layout {
-  using block_type = block_q3_k;
-  static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
-  static constexpr bool has_offset = false;
-  // hmask[32] | qs[64]: low 2 bits | scales[12]: 16 6-bit scales, biased
-  // by 32 | d: f16. Element 128n + 32j + l: low bits 2j of qs[32n + l];
-  // high bit 4n + j of hmask[l], where a clear bit subtracts 4.
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    const uint8_t* hmask = CECO_FIELD(b, block_q3_k, hmask);
-    const uint8_t* qs = CECO_FIELD(b, block_q3_k, qs);
-    const uint8_t* sc = CECO_FIELD(b, block_q3_k, scales);
-    const float d = load_half(CECO_FIELD(b, block_q3_k, d));
-    for (int s = 0; s < 16; ++s) {
-      scale[s] = d * float(k3_scale(sc, s));
-      offset[s] = 0;
-    }
-    for (int n = 0; n < 2; ++n)
-      for (int j = 0; j < 4; ++j)
-        for (int l = 0; l < 32; ++l) {
-          const int low = (qs[32 * n + l] >> (2 * j)) & 3;
-          const int high = (hmask[l] >> (4 * n + j)) & 1;
-          q[128 * n + 32 * j + l] = int8_t(low - (high ? 0 : 4));
-        }
-  }
-};
-
-struct q4_k_layout {
-  using block_type = block_q4_k;
-  static constexpr int block = 256, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = true;
-  // d: f16 | dmin: f16 | scales[12]: 8 6-bit scales and mins | qs[128].
-  // Each 64 elements take 32 bytes: low nibbles first, then high nibbles.
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    const float d = load_half(CECO_FIELD(b, block_q4_k, d));
-    const float dmin = load_half(CECO_FIELD(b, block_q4_k, dmin));
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      k4_scale_min(CECO_FIELD(b, block_q4_k, scales), j, sc, m);
-      scale[j] = d * float(sc);
-      offset[j] = -dmin * float(m);
-    }
-    const uint8_t* qs = CECO_FIELD(b, block_q4_k, qs);
-    for (int c = 0; c < 4; ++c)
-      for (int l = 0; l < 32; ++l) {
-        q[64 * c + l] = int8_t(qs[32 * c + l] & 15);
-        q[64 * c + 32 + l] = int8_t(qs[32 * c + l] >> 4);
-      }
-  }
-};
-
-struct q5_k_layout {
-  using block_type = block_q5_k;
-  static constexpr int block = 256, bytes = sizeof(block_type), sub = 32;
-  static constexpr bool has_offset = true;
-  // d | dmin | scales[12] as Q4_K | qh[32]: fifth bits | qs[128] as Q4_K.
-  // The fifth bit of element 32s + l is bit s of qh[l].
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    const float d = load_half(CECO_FIELD(b, block_q5_k, d));
-    const float dmin = load_half(CECO_FIELD(b, block_q5_k, dmin));
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      k4_scale_min(CECO_FIELD(b, block_q5_k, scales), j, sc, m);
-      scale[j] = d * float(sc);
-      offset[j] = -dmin * float(m);
-    }
-    const uint8_t* qh = CECO_FIELD(b, block_q5_k, qh);
-    const uint8_t* qs = CECO_FIELD(b, block_q5_k, qs);
-    for (int c = 0; c < 4; ++c)
-      for (int l = 0; l < 32; ++l) {
-        q[64 * c + l] = int8_t((qs[32 * c + l] & 15) | (((qh[l] >> (2 * c)) & 1) << 4));
-        q[64 * c + 32 + l] = int8_t((qs[32 * c + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4));
-      }
-  }
-};
-
-struct q6_k_layout {
-  using block_type = block_q6_k;
-  static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
-  static constexpr bool has_offset = false;
-  // ql[128]: low 4 bits | qh[64]: high 2 bits | scales[16]: int8 | d: f16.
-  // Per 128 elements (h): ql + 64h, qh + 32h; element 32k + l of the half
-  // takes the low or high nibble of ql[l] / ql[l + 32] and bits 2k of qh[l].
-  static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-    const float d = load_half(CECO_FIELD(b, block_q6_k, d));
-    const auto* sc = reinterpret_cast<const int8_t*>(CECO_FIELD(b, block_q6_k, scales));
-    for (int s = 0; s < 16; ++s) {
-      scale[s] = d * float(sc[s]);
-      offset[s] = 0;
-    }
-    for (int h = 0; h < 2; ++h) {
-      const uint8_t* ql = CECO_FIELD(b, block_q6_k, ql) + 64 * h;
-      const uint8_t* qh = CECO_FIELD(b, block_q6_k, qh) + 32 * h;
-      int8_t* qo = q + 128 * h;
-      for (int l = 0; l < 32; ++l) {
-        qo[l] = int8_t(((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
-        qo[l + 32] = int8_t(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
-        qo[l + 64] = int8_t(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-        qo[l + 96] = int8_t(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-      }
-    }
-  }
-};
 
 // -- per-layout kernels ---------------------------------------------------------
 
@@ -762,6 +555,14 @@ dot_fn active_dot(ggml_type t) {
 
 dot4_fn active_dot4(ggml_type t) {
   return kernels_of(t).dot4();
+}
+
+const gemm::kernels* active_gemm(ggml_type t) {
+  return current_level() == kernel_level::avx512 ? avx512::gemm_kernels(t) : nullptr;
+}
+
+bool matmat_is_integer(ggml_type t) {
+  return !is_float(t) && find_kernels(t) && active_gemm(t) != nullptr;
 }
 
 dequantize_fn dequantizer(ggml_type t) {

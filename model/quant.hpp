@@ -9,8 +9,11 @@
 // K-quants, as Q8_0 and Q8_K but with f32 scales) and
 // every weight row is reduced with integer dot products per sub-block,
 // reading each weight byte once. Float types (F32, F16, BF16) take the f32
-// activation as it is. Batched paths dequantize a tile of rows to f32 and
-// multiply it with BLAS.
+// activation as it is. The batched product (matmat) quantizes each activation
+// row to 8 bits per 32 values and forms integer products against weights
+// unpacked once for all rows (model/quant_gemm.hpp) where the kernel level
+// has such kernels (AVX-512/VNNI); elsewhere it dequantizes a tile of rows to
+// f32 and multiplies it with BLAS.
 
 #include <cstddef>
 #include <cstdint>
@@ -136,10 +139,16 @@ void matvec(const matrix& w, const float* x, float* y, void* scratch, int n_thre
 void matvec_batch(const matrix& w, const float* x, float* y, int64_t n, void* scratch,
                   int n_threads = 0);
 
+/// Whether matmat forms integer products of 8-bit activations for weight
+/// type t at the active kernel level (else it multiplies f32 activations
+/// with dequantized tiles).
+bool matmat_is_integer(ggml_type t);
 /// Floats of scratch matmat needs for `w`.
 size_t matmat_scratch_floats(const matrix& w);
-/// y[n, rows]: row j is W · x[j] for the n inputs x[n, cols]. Dequantizes a
-/// tile of rows at a time into `scratch` and multiplies it with BLAS.
+/// y[n, rows]: row j is W · x[j] for the n inputs x[n, cols]: integer
+/// products of 8-bit activations where the kernel level has them for the
+/// type (see above; `scratch` unused), else a tile of dequantized rows at a
+/// time in `scratch`, multiplied with BLAS.
 void matmat(const matrix& w, const float* x, float* y, int64_t n, float* scratch,
             int n_threads = 0);
 

@@ -23,6 +23,11 @@
   defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define CECO_AVX512_KERNELS 1
 #include <immintrin.h>
+// GCC 12's AVX-512 intrinsics start some results from an undefined vector
+// (_mm512_undefined_*), which -Wuninitialized reports at every use (fixed
+// in GCC 13): the warnings say nothing of this file's code.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 #include <type_traits>

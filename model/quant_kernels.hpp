@@ -26,6 +26,13 @@ dot_fn active_dot(ggml_type t);
 /// The four-row dot product of weight type t at the active kernel level:
 /// null where that level has none (call the dot_fn per row).
 dot4_fn active_dot4(ggml_type t);
+namespace gemm {
+struct kernels;
+}
+/// The integer matrix product of weight type t at the active kernel level
+/// (model/quant_gemm.hpp): null where that level has none, and matmat
+/// multiplies tiles of dequantized rows with BLAS.
+const gemm::kernels* active_gemm(ggml_type t);
 /// dst[n] = the f32 values of n elements of type t; throws as active_dot.
 dequantize_fn dequantizer(ggml_type t);
 

@@ -1,16 +1,21 @@
 // The matrix products over the kernels of model/quant.cpp: quantized
 // matvec (one activation row, or several, against each weight row read
-// once) split over the compute threads, and matmat, BLAS over tiles of
-// dequantized rows. The torch thread count and BLAS are needed here only.
+// once) split over the compute threads, and matmat: the integer matrix
+// product (model/quant_gemm.hpp) where the kernel level has one, else BLAS
+// over tiles of dequantized rows. The torch thread count and BLAS are
+// needed here only.
 
 #include "model/quant.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <cblas.h>
 
 #include "model/compute_threads.hpp"
+#include "model/quant_gemm.hpp"
 #include "model/quant_kernels.hpp"
 
 namespace ceco::quant {
@@ -113,6 +118,35 @@ int64_t tile_rows(const matrix& w) {
   return std::min(w.rows, std::max<int64_t>(16, (int64_t(1) << 18) / std::max<int64_t>(1, w.cols)));
 }
 
+/// `bytes` bytes of v from a 64-byte boundary; v grows once, to the most asked.
+uint8_t* aligned_scratch(std::vector<uint8_t>& v, size_t bytes) {
+  if (v.size() < bytes + 64)
+    v.resize(bytes + 64);
+  const auto misalign = reinterpret_cast<uintptr_t>(v.data()) % 64;
+  return v.data() + (misalign ? 64 - misalign : 0);
+}
+
+/// matmat with 8-bit activations and integer products: each activation row
+/// quantized once, then each group of rows repacked once for all of them.
+void integer_matmat(const gemm::kernels& kernels, const matrix& w, const float* x, float* y,
+                    int64_t n, int n_threads) {
+  const int64_t chunks = w.cols / 32;
+  thread_local std::vector<uint8_t> act_buffer;
+  auto* act = reinterpret_cast<gemm::act_block*>(
+    aligned_scratch(act_buffer, size_t(n * chunks) * sizeof(gemm::act_block)));
+  const int threads = thread_count(n_threads);
+  parallel_ranges(n, rows_times_cols_small(n, w.cols) ? 1 : threads, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+      kernels.quantize(x + j * w.cols, act + j * chunks, w.cols);
+  });
+  parallel_ranges(w.rows, rows_times_cols_small(w.rows, w.cols * n) ? 1 : threads, gemm::group_rows,
+                  [&](int64_t r0, int64_t r1) {
+                    thread_local std::vector<uint8_t> group;
+                    kernels.rows(w, r0, r1, act, n, y,
+                                 aligned_scratch(group, gemm::group_scratch_bytes(w.cols)));
+                  });
+}
+
 } // namespace
 
 size_t matmat_scratch_floats(const matrix& w) {
@@ -126,6 +160,10 @@ void matmat(const matrix& w, const float* x, float* y, int64_t n, float* scratch
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(w.rows), int(w.cols), 1.0f, x,
                 int(w.cols), reinterpret_cast<const float*>(w.data), int(w.cols), 0.0f, y,
                 int(w.rows));
+    return;
+  }
+  if (const gemm::kernels* kernels = active_gemm(w.type)) {
+    integer_matmat(*kernels, w, x, y, n, n_threads);
     return;
   }
   const dequantize_fn dequantize = dequantizer(w.type);

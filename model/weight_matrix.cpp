@@ -80,7 +80,7 @@ at::Tensor weight_matrix::project(const at::Tensor& x) const {
   auto in = x.reshape({-1, cols()}).to(at::kFloat).contiguous();
   const int64_t n = in.size(0);
   auto out = at::empty({n, rows()}, in.options());
-  if (n < integer_rows_max) {
+  if (n < (quant::matmat_is_integer(blocks_.type) ? integer_matmat_rows_min : integer_rows_max)) {
     matvec_rows(in.data_ptr<float>(), out.data_ptr<float>(), n);
   } else {
     thread_local std::vector<float> tile;

@@ -39,6 +39,21 @@ std::vector<float> dequantized(wtype t, const std::vector<uint8_t>& bytes, int64
   return out;
 }
 
+/// x[n, cols] as the integer matmat quantizes it (model/quant_gemm.hpp):
+/// per 32 values d = max|x| / 127, q = round-to-even(x * 127 / max|x|).
+std::vector<float> gemm_activations(const std::vector<float>& x) {
+  std::vector<float> out(x.size());
+  for (size_t b = 0; b < x.size(); b += 32) {
+    float amax = 0;
+    for (size_t i = b; i < b + 32; ++i)
+      amax = std::max(amax, std::fabs(x[i]));
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    for (size_t i = b; i < b + 32; ++i)
+      out[i] = amax / 127.0f * std::nearbyint(x[i] * id);
+  }
+  return out;
+}
+
 uint32_t float_to_bits(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
@@ -260,6 +275,9 @@ TEST_CASE("quantized batches: matvec_batch equals matvec per input, matmat equal
       CHECK(std::equal(y_one.begin(), y_one.end(), y_batch.begin() + j * rows));
     }
 
+    // Many inputs: matmat, integer products of 8-bit activations where the
+    // kernel level has them, else BLAS on the f32 activations.
+    const std::vector<float> x_used = quant::matmat_is_integer(t) ? gemm_activations(x) : x;
     std::vector<float> scratch(quant::matmat_scratch_floats(w));
     for (int threads : {1, 2}) {
       std::vector<float> y(size_t(n * rows), NAN);
@@ -268,13 +286,70 @@ TEST_CASE("quantized batches: matvec_batch equals matvec per input, matmat equal
         for (int64_t r = 0; r < rows; ++r) {
           double exact = 0, magnitude = 0;
           for (int64_t i = 0; i < cols; ++i) {
-            exact += double(w_f32[r * cols + i]) * x[j * cols + i];
-            magnitude += std::fabs(double(w_f32[r * cols + i]) * x[j * cols + i]);
+            exact += double(w_f32[r * cols + i]) * x_used[j * cols + i];
+            magnitude += std::fabs(double(w_f32[r * cols + i]) * x_used[j * cols + i]);
           }
           CHECK(std::fabs(y[j * rows + r] - exact) <= 1e-5 * magnitude + 1e-6);
         }
     }
   }
+}
+
+TEST_CASE("integer matmat: every row and input the weights times the 8-bit activations, at each kernel level") {
+  std::mt19937 rng(151);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // 77 rows: four full groups of 16 and a part; 13 inputs: 8 + 4 + 1.
+  const int64_t rows = 77, cols = 512, n = 13;
+  std::vector<float> x(size_t(n * cols));
+  for (auto& v : x)
+    v = normal(rng) * (1.0f + float(&v - x.data()) / float(cols));  // rows of different scales
+  x[5] = 0;
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // a block of zeros
+  const auto x_q = gemm_activations(x);
+  for (size_t b = 0; b < x.size(); b += 32) {  // half a step of max|x| / 127 per block
+    float amax = 0;
+    for (size_t i = b; i < b + 32; ++i)
+      amax = std::max(amax, std::fabs(x[i]));
+    for (size_t i = b; i < b + 32; ++i)
+      REQUIRE(std::fabs(x[i] - x_q[i]) <= amax / 254.0f * 1.0001f);
+  }
+  int integer_types = 0;
+  for (quant::kernel_level level : supported_levels()) {
+    quant::set_kernel_level(level);
+    const std::string level_name = quant::kernel_level_name(level);
+    CAPTURE(level_name);
+    for (wtype t : weight_types) {
+      if (!quant::matmat_is_integer(t))
+        continue;
+      ++integer_types;
+      CAPTURE(quant::type_name(t));
+      auto bytes = random_weights(t, rows, cols, rng);
+      auto w = quant::matrix::view(t, bytes.data(), rows, cols, "w");
+      auto w_f32 = dequantized(t, bytes, rows, cols);
+      std::vector<float> first;
+      for (int threads : {1, 2, 3}) {
+        CAPTURE(threads);
+        std::vector<float> y(size_t(n * rows), NAN), scratch(quant::matmat_scratch_floats(w));
+        quant::matmat(w, x.data(), y.data(), n, scratch.data(), threads);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t r = 0; r < rows; ++r) {
+            double exact = 0, magnitude = 0;
+            for (int64_t i = 0; i < cols; ++i) {
+              exact += double(w_f32[r * cols + i]) * x_q[j * cols + i];
+              magnitude += std::fabs(double(w_f32[r * cols + i]) * x_q[j * cols + i]);
+            }
+            // Only float rounding separates the kernel from the plain product.
+            CHECK(std::fabs(y[j * rows + r] - exact) <= 1e-5 * magnitude + 1e-6);
+          }
+        if (first.empty())
+          first = y;
+        else
+          CHECK(y == first);  // rows never depend on the split
+      }
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+  MESSAGE("integer matmat kernels checked: " << integer_types << " (type, level) pairs");
 }
 
 TEST_CASE("block layouts decode known values") {
@@ -511,9 +586,24 @@ TEST_CASE("a weight matrix of blocks projects, multiplies and looks up rows like
   CHECK(error_of([&] { w.tensor("training"); }).find("training needs fp32 weights, but they are held as Q4_K") !=
         std::string::npos);
 
-  // Many rows: BLAS over dequantized tiles, the fp32 product.
+  // Many rows: BLAS over dequantized tiles, the fp32 product, or integer
+  // products of 8-bit activations, each within its quantization error.
   auto many = at::randn({weight_matrix::integer_rows_max + 5, cols});
-  CHECK(at::allclose(w.project(many), f.project(many), 1e-4, 1e-4));
+  if (quant::matmat_is_integer(wtype::q4_k)) {
+    auto x_q = at::from_blob(gemm_activations(std::vector<float>(many.data_ptr<float>(),
+                                                                 many.data_ptr<float>() + many.numel()))
+                               .data(),
+                             many.sizes())
+                 .clone();
+    // Float rounding only, against the size of the terms summed.
+    auto error = (w.project(many) - f.project(x_q)).abs();
+    auto bound = at::matmul(x_q.abs(), f.tensor("test").abs().t()) * 1e-5 + 1e-6;
+    CHECK_MESSAGE((error <= bound).all().item<bool>(),
+                  "worst error " << error.max().item<float>() << ", bound there "
+                                 << bound.flatten()[error.argmax()].item<float>());
+  } else {
+    CHECK(at::allclose(w.project(many), f.project(many), 1e-4, 1e-4));
+  }
 
   // Few rows: the decode path's 8-bit products, each input's row exactly as
   // a single matvec computes it, and close to the fp32 product.
