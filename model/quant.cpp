@@ -558,7 +558,11 @@ dot4_fn active_dot4(ggml_type t) {
 }
 
 const gemm::kernels* active_gemm(ggml_type t) {
-  return current_level() == kernel_level::avx512 ? avx512::gemm_kernels(t) : nullptr;
+  switch (current_level()) {
+    case kernel_level::avx512: return avx512::gemm_kernels(t);
+    case kernel_level::dotprod: return neon::gemm_kernels_dotprod(t);
+    default: return nullptr;
+  }
 }
 
 bool matmat_is_integer(ggml_type t) {

@@ -9,12 +9,14 @@
 // The weights are repacked a group of 16 rows at a time into a scratch
 // buffer the caller owns: per chunk of 32 columns, 8 steps of 64 bytes, step
 // k holding bytes 4k..4k+3 of each of the 16 rows (row i at bytes 4i..4i+3),
-// each byte the unpacked value plus 128 (unsigned, as the vpdpbusd product
-// takes it); then, per sub-block of the type in the chunk, the 16 rows'
-// scales and their 16 offsets as floats. One instruction then forms four
-// products for each of the 16 rows against the same four activation bytes,
-// and a group's sums come out as one vector per activation row, with no
-// horizontal sums. model/quant_gemm_avx512.cpp: the AVX-512/VNNI kernels.
+// each byte the unpacked value, plus 128 on x86 (unsigned, as vpdpbusd
+// takes it), signed on aarch64 (as SDOT takes it); then, per sub-block of
+// the type in the chunk, the 16 rows' scales and their 16 offsets as floats
+// (model/quant_gemm_repack.hpp). One instruction then forms four products
+// for each of 16 rows (vpdpbusd) or 4 rows (SDOT by lane) against the same
+// four activation bytes, and a group's sums come out as vectors of rows per
+// activation row, with no horizontal sums. The kernels:
+// model/quant_gemm_avx512.cpp (AVX-512/VNNI) and quant_gemm_neon.cpp (SDOT).
 
 #include <cstddef>
 #include <cstdint>
@@ -24,9 +26,9 @@
 namespace ceco::quant::gemm {
 
 /// 32 activations x ≈ d * q, q in -127..127, with the sums the products
-/// need: the offsets of the types that have them multiply sum(q), and
-/// storing weights as q_w + 128 adds 128 * sum(q) to every integer product,
-/// which the kernels start their sums at minus.
+/// need: the offsets of the types that have them multiply sum(q), and on
+/// x86 storing weights as q_w + 128 adds 128 * sum(q) to every integer
+/// product, which the kernels start their sums at minus.
 struct act_block {
   int8_t q[32];
   float d;
@@ -68,3 +70,12 @@ namespace ceco::quant::avx512 {
 const gemm::kernels* gemm_kernels(ggml_type t);
 
 } // namespace ceco::quant::avx512
+
+namespace ceco::quant::neon {
+
+/// The SDOT kernels of weight type t; null for a type without them or on
+/// another architecture. Call only where the CPU has the dot-product
+/// extension (neon::has_dotprod).
+const gemm::kernels* gemm_kernels_dotprod(ggml_type t);
+
+} // namespace ceco::quant::neon

@@ -2,8 +2,8 @@
 // model/quant_gemm.hpp). Built with those instruction sets, as
 // quant_avx512.cpp is, and for the same reason it calls nothing of another
 // header that the linker could keep in an AVX-512 copy: no std templates,
-// only the always-inline block helpers and the layouts, which
-// quant_layouts.hpp keeps file-local.
+// only the always-inline block helpers, and the layouts and the repacking,
+// which quant_layouts.hpp and quant_gemm_repack.hpp keep file-local.
 //
 // Per group of 16 weight rows and 8 activation rows, a chunk of 32 columns
 // costs 8 vector loads of weights (kept in registers for all 8 activation
@@ -24,7 +24,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#include "model/quant_layouts.hpp"
+#include "model/quant_gemm_repack.hpp"
 #endif
 
 namespace ceco::quant::avx512 {
@@ -32,11 +32,6 @@ namespace ceco::quant::avx512 {
 #if defined(CECO_AVX512_GEMM)
 
 namespace {
-
-/// Bytes of one repacked chunk of 32 columns of a group: the 8 steps of 64
-/// bytes, then per sub-block 16 scales and 16 offsets.
-template <int Sub>
-constexpr size_t chunk_bytes = 512 + (32 / Sub) * 128;
 
 /// The largest of 16 floats.
 CECO_INLINE float max_of(__m512 v) {
@@ -83,41 +78,6 @@ void quantize(const float* x, gemm::act_block* out, int64_t cols) {
   }
 }
 
-/// Repacks rows [0, n_rows) of the group at `rows` (rows n_rows..15 as
-/// zeros) into out, as model/quant_gemm.hpp lays it out.
-template <class L>
-void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t cols,
-                  uint8_t* out) {
-  constexpr int n_sub = L::block / L::sub, subs_per_chunk = 32 / L::sub;
-  constexpr size_t cb = chunk_bytes<L::sub>;
-  const int64_t n_blocks = cols / L::block;
-  for (int i = 0; i < 16; ++i) {
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      alignas(64) int8_t q[L::block];
-      float scale[n_sub], offset[n_sub];
-      if (i < n_rows) {
-        L::unpack(rows + size_t(i) * row_bytes + size_t(b) * L::bytes, q, scale, offset);
-      } else {
-        __builtin_memset(q, 0, sizeof q);
-        for (int s = 0; s < n_sub; ++s)
-          scale[s] = offset[s] = 0;
-      }
-      for (int c = 0; c < L::block / 32; ++c) {
-        uint8_t* chunk = out + size_t(b * (L::block / 32) + c) * cb;
-        for (int k = 0; k < 8; ++k) {
-          const uint32_t word = load_u32(reinterpret_cast<const uint8_t*>(q) + 32 * c + 4 * k) ^ 0x80808080u;
-          __builtin_memcpy(chunk + 64 * k + 4 * i, &word, 4);
-        }
-        auto* f = reinterpret_cast<float*>(chunk + 512);
-        for (int s = 0; s < subs_per_chunk; ++s) {
-          f[32 * s + i] = scale[c * subs_per_chunk + s];
-          f[32 * s + 16 + i] = offset[c * subs_per_chunk + s];
-        }
-      }
-    }
-  }
-}
-
 CECO_INLINE __m512i broadcast_u32(const int8_t* p) {
   return _mm512_set1_epi32(int32_t(load_u32(reinterpret_cast<const uint8_t*>(p))));
 }
@@ -127,7 +87,7 @@ CECO_INLINE __m512i broadcast_u32(const int8_t* p) {
 template <int Sub, bool Offset, int C>
 void multiply(const uint8_t* group, int64_t chunks, const gemm::act_block* act, int64_t act_stride,
               float* y, int64_t y_stride, __mmask16 mask) {
-  constexpr size_t cb = chunk_bytes<Sub>;
+  constexpr size_t cb = gemm_chunk_bytes<Sub>;
   __m512 total[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
@@ -180,7 +140,7 @@ void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, i
   const int64_t chunks = w.cols / 32;
   for (int64_t g = r0; g < r1; g += 16) {
     const int64_t n_rows = r1 - g < 16 ? r1 - g : 16;
-    repack_group<L>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
+    repack_group<L, 0x80808080u>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
     const __mmask16 mask = __mmask16((1u << n_rows) - 1);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)

@@ -6,7 +6,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +17,8 @@
 #include "model/half.hpp"
 #include "model/kv_f16.hpp"
 #include "model/quant.hpp"
+#include "model/quant_gemm.hpp"
+#include "model/quant_kernels.hpp"
 #include "model/quant_neon.hpp"
 #include "test/quant_random.hpp"
 
@@ -204,6 +208,75 @@ TEST_CASE("aarch64: f16 KV rows and their attention passes at every level equal 
       for (size_t i = 0; i < out.size(); ++i)
         worst = std::max(worst, std::fabs(out[i] - ref_out[i]));
       CHECK(worst <= 1e-4f);  // only the order of the sums differs
+    }
+  }
+  quant::set_kernel_level(quant::best_kernel_level());
+}
+
+TEST_CASE("aarch64: the integer matrix product at dotprod is the weights times the 8-bit activations") {
+  std::mt19937 rng(152);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // 37 rows: two groups of 16 and a part; 5 inputs: 2 + 2 + 1.
+  const int64_t rows = 37, cols = 512, n = 5, chunks = cols / 32;
+  std::vector<float> x(size_t(n * cols));
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = normal(rng) * float(1 + i / size_t(cols));  // inputs of different scales
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);    // a block of zeros
+  quant::set_kernel_level(kernel_level::neon);
+  for (wtype t : weight_types)
+    CHECK(quant::active_gemm(t) == nullptr);  // plain NEON: dequantized tiles and BLAS
+  if (!quant::neon::has_dotprod()) {
+    MESSAGE("no SDOT on this CPU: matmat multiplies dequantized tiles");
+    quant::set_kernel_level(quant::best_kernel_level());
+    return;
+  }
+  quant::set_kernel_level(kernel_level::dotprod);
+  std::vector<uint8_t> buffer(quant::gemm::group_scratch_bytes(cols));
+  uint8_t* scratch = buffer.data() + (64 - reinterpret_cast<uintptr_t>(buffer.data()) % 64) % 64;
+  for (wtype t : weight_types) {
+    CAPTURE(quant::type_name(t));
+    const quant::gemm::kernels* kernels = quant::active_gemm(t);
+    const bool is_float = t == wtype::f32 || t == wtype::f16 || t == wtype::bf16;
+    CHECK((kernels != nullptr) == !is_float);
+    if (!kernels)
+      continue;
+    std::vector<quant::gemm::act_block> act(size_t(n * chunks));
+    for (int64_t j = 0; j < n; ++j)
+      kernels->quantize(x.data() + j * cols, act.data() + j * chunks, cols);
+    std::vector<float> x_q(x.size());
+    for (size_t b = 0; b < act.size(); ++b) {
+      float amax = 0;
+      int32_t sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        amax = std::max(amax, std::fabs(x[32 * b + size_t(i)]));
+        sum += act[b].q[i];
+      }
+      REQUIRE(act[b].neg128_sum32 == -128 * sum);
+      REQUIRE(act[b].sum32 == float(sum));
+      for (int i = 0; i < 32; ++i) {
+        x_q[32 * b + size_t(i)] = act[b].d * float(act[b].q[i]);
+        REQUIRE(std::fabs(x[32 * b + size_t(i)] - x_q[32 * b + size_t(i)]) <= amax / 254.0f * 1.0001f);
+      }
+    }
+    auto bytes = random_weights(t, rows, cols, rng);
+    auto w = quant::matrix::view(t, bytes.data(), rows, cols, "w");
+    std::vector<float> y(size_t(n * rows), NAN), y_split(y.size(), NAN);
+    kernels->rows(w, 0, rows, act.data(), n, y.data(), scratch);
+    kernels->rows(w, 0, 16, act.data(), n, y_split.data(), scratch);
+    kernels->rows(w, 16, rows, act.data(), n, y_split.data(), scratch);
+    CHECK(y == y_split);  // rows never depend on the split
+    std::vector<float> w_row(cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      quant::dequantize_row(t, w.row(r), w_row.data(), cols);
+      for (int64_t j = 0; j < n; ++j) {
+        double exact = 0, magnitude = 0;
+        for (int64_t i = 0; i < cols; ++i) {
+          exact += double(w_row[size_t(i)]) * x_q[size_t(j * cols + i)];
+          magnitude += std::fabs(double(w_row[size_t(i)]) * x_q[size_t(j * cols + i)]);
+        }
+        // Only float rounding separates the kernel from the plain product.
+        CHECK(std::fabs(y[size_t(j * rows + r)] - exact) <= 1e-5 * magnitude + 1e-6);
+      }
     }
   }
   quant::set_kernel_level(quant::best_kernel_level());

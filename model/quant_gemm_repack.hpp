@@ -1,0 +1,60 @@
+#pragma once
+
+// The repacking of the integer matrix product (layout: model/quant_gemm.hpp),
+// shared by its per-ISA kernels. File-local, as quant_layouts.hpp is, so
+// that each kernel file keeps its own copy compiled for its instruction set.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "model/quant_layouts.hpp"
+
+namespace ceco::quant {
+
+namespace {
+
+/// Bytes of one repacked chunk of 32 columns of a group: 8 steps of 64
+/// bytes, then per sub-block of Sub values 16 scales and 16 offsets.
+template <int Sub>
+constexpr size_t gemm_chunk_bytes = 512 + (32 / Sub) * 128;
+
+/// Repacks rows [0, n_rows) of the group at `rows` (rows n_rows..15 as
+/// zeros) into out (64-byte aligned). Each weight byte is the layout's
+/// signed value XOR Flip: 0x80808080 stores it plus 128, as an unsigned
+/// byte (x86's vpdpbusd takes u8 × s8); 0 keeps it signed (SDOT: s8 × s8).
+template <class L, uint32_t Flip>
+void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t cols,
+                  uint8_t* out) {
+  constexpr int n_sub = L::block / L::sub, subs_per_chunk = 32 / L::sub;
+  constexpr size_t cb = gemm_chunk_bytes<L::sub>;
+  const int64_t n_blocks = cols / L::block;
+  for (int i = 0; i < 16; ++i) {
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      alignas(64) int8_t q[L::block];
+      float scale[n_sub], offset[n_sub];
+      if (i < n_rows) {
+        L::unpack(rows + size_t(i) * row_bytes + size_t(b) * L::bytes, q, scale, offset);
+      } else {
+        __builtin_memset(q, 0, sizeof q);
+        for (int s = 0; s < n_sub; ++s)
+          scale[s] = offset[s] = 0;
+      }
+      for (int c = 0; c < L::block / 32; ++c) {
+        uint8_t* chunk = out + size_t(b * (L::block / 32) + c) * cb;
+        for (int k = 0; k < 8; ++k) {
+          const uint32_t word = load_u32(reinterpret_cast<const uint8_t*>(q) + 32 * c + 4 * k) ^ Flip;
+          __builtin_memcpy(chunk + 64 * k + 4 * i, &word, 4);
+        }
+        auto* f = reinterpret_cast<float*>(chunk + 512);
+        for (int s = 0; s < subs_per_chunk; ++s) {
+          f[32 * s + i] = scale[c * subs_per_chunk + s];
+          f[32 * s + 16 + i] = offset[c * subs_per_chunk + s];
+        }
+      }
+    }
+  }
+}
+
+} // namespace
+
+} // namespace ceco::quant
