@@ -157,24 +157,14 @@ void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, i
 }
 
 template <class L>
-constexpr gemm::kernels kernels_of{quantize, rows<L>};
+struct table {
+  static constexpr gemm::kernels kernels{quantize, rows<L>};
+};
 
 } // namespace
 
 const gemm::kernels* gemm_kernels_dotprod(ggml_type t) {
-  switch (t) {
-    case ggml_type::q4_0: return &kernels_of<q4_0_layout>;
-    case ggml_type::q4_1: return &kernels_of<q4_1_layout>;
-    case ggml_type::q5_0: return &kernels_of<q5_0_layout>;
-    case ggml_type::q5_1: return &kernels_of<q5_1_layout>;
-    case ggml_type::q8_0: return &kernels_of<q8_0_layout>;
-    case ggml_type::q2_k: return &kernels_of<q2_k_layout>;
-    case ggml_type::q3_k: return &kernels_of<q3_k_layout>;
-    case ggml_type::q4_k: return &kernels_of<q4_k_layout>;
-    case ggml_type::q5_k: return &kernels_of<q5_k_layout>;
-    case ggml_type::q6_k: return &kernels_of<q6_k_layout>;
-    default: return nullptr;
-  }
+  return kernels_by_layout<table>(t);
 }
 
 #pragma GCC pop_options

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "model/quant_gemm.hpp"
 #include "model/quant_layouts.hpp"
 
 namespace ceco::quant {
@@ -52,6 +53,25 @@ void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t
         }
       }
     }
+  }
+}
+
+/// &Table<L>::kernels for the layout L of weight type t; null for a type
+/// without one (the float types). Each kernel file's table of its kernels.
+template <template <class> class Table>
+const gemm::kernels* kernels_by_layout(ggml_type t) {
+  switch (t) {
+    case ggml_type::q4_0: return &Table<q4_0_layout>::kernels;
+    case ggml_type::q4_1: return &Table<q4_1_layout>::kernels;
+    case ggml_type::q5_0: return &Table<q5_0_layout>::kernels;
+    case ggml_type::q5_1: return &Table<q5_1_layout>::kernels;
+    case ggml_type::q8_0: return &Table<q8_0_layout>::kernels;
+    case ggml_type::q2_k: return &Table<q2_k_layout>::kernels;
+    case ggml_type::q3_k: return &Table<q3_k_layout>::kernels;
+    case ggml_type::q4_k: return &Table<q4_k_layout>::kernels;
+    case ggml_type::q5_k: return &Table<q5_k_layout>::kernels;
+    case ggml_type::q6_k: return &Table<q6_k_layout>::kernels;
+    default: return nullptr;
   }
 }
 
