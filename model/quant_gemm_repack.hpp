@@ -27,31 +27,42 @@ template <class L, uint32_t Flip>
 void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t cols,
                   uint8_t* out) {
   constexpr int n_sub = L::block / L::sub, subs_per_chunk = 32 / L::sub;
+  constexpr int words = L::block / 4;
   constexpr size_t cb = gemm_chunk_bytes<L::sub>;
   const int64_t n_blocks = cols / L::block;
-  for (int i = 0; i < 16; ++i) {
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      alignas(64) int8_t q[L::block];
-      float scale[n_sub], offset[n_sub];
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    // The block of each of the 16 rows unpacked, then written out step by
+    // step, each step's 16 words contiguous.
+    alignas(64) uint32_t q[16][words];
+    alignas(64) float scale[n_sub][16], offset[n_sub][16];
+    for (int i = 0; i < 16; ++i) {
+      alignas(64) int8_t values[L::block];
+      float row_scale[n_sub], row_offset[n_sub];
       if (i < n_rows) {
-        L::unpack(rows + size_t(i) * row_bytes + size_t(b) * L::bytes, q, scale, offset);
+        L::unpack(rows + size_t(i) * row_bytes + size_t(b) * L::bytes, values, row_scale, row_offset);
       } else {
-        __builtin_memset(q, 0, sizeof q);
+        __builtin_memset(values, 0, sizeof values);
         for (int s = 0; s < n_sub; ++s)
-          scale[s] = offset[s] = 0;
+          row_scale[s] = row_offset[s] = 0;
       }
-      for (int c = 0; c < L::block / 32; ++c) {
-        uint8_t* chunk = out + size_t(b * (L::block / 32) + c) * cb;
-        for (int k = 0; k < 8; ++k) {
-          const uint32_t word = load_u32(reinterpret_cast<const uint8_t*>(q) + 32 * c + 4 * k) ^ Flip;
-          __builtin_memcpy(chunk + 64 * k + 4 * i, &word, 4);
-        }
-        auto* f = reinterpret_cast<float*>(chunk + 512);
-        for (int s = 0; s < subs_per_chunk; ++s) {
-          f[32 * s + i] = scale[c * subs_per_chunk + s];
-          f[32 * s + 16 + i] = offset[c * subs_per_chunk + s];
-        }
+      __builtin_memcpy(q[i], values, sizeof values);
+      for (int s = 0; s < n_sub; ++s) {
+        scale[s][i] = row_scale[s];
+        offset[s][i] = row_offset[s];
       }
+    }
+    for (int c = 0; c < L::block / 32; ++c) {
+      uint8_t* chunk = out + size_t(b * (L::block / 32) + c) * cb;
+      auto* step = reinterpret_cast<uint32_t*>(chunk);
+      for (int k = 0; k < 8; ++k)
+        for (int i = 0; i < 16; ++i)
+          step[16 * k + i] = q[i][8 * c + k] ^ Flip;
+      auto* f = reinterpret_cast<float*>(chunk + 512);
+      for (int s = 0; s < subs_per_chunk; ++s)
+        for (int i = 0; i < 16; ++i) {
+          f[32 * s + i] = scale[c * subs_per_chunk + s][i];
+          f[32 * s + 16 + i] = offset[c * subs_per_chunk + s][i];
+        }
     }
   }
 }

@@ -54,10 +54,10 @@ public:
   /// products, or BLAS over dequantized tiles with fp32 activations).
   at::Tensor project(const at::Tensor& x) const;
   /// Where matmat is integer products it costs about one unpacking of the
-  /// weights plus little per row, and pays from about 8 rows (measured on
-  /// 2048 x 2048 Q4_K, Q6_K and Q8_0: equal at 6-12 rows, 2x faster at 24);
-  /// BLAS over dequantized tiles pays from about 32.
-  static constexpr int64_t integer_matmat_rows_min = 8;
+  /// weights plus little per row, and pays from about 6 rows (measured on
+  /// 2048 x 2048 Q4_K, Q6_K and Q8_0: equal at 3-6 rows, 1.3-1.9x faster at
+  /// 8, 2.1-2.8x at 16); BLAS over dequantized tiles pays from about 32.
+  static constexpr int64_t integer_matmat_rows_min = 6;
   static constexpr int64_t integer_rows_max = 32;
   /// Row r in fp32 into out[cols] (an embedding lookup).
   void row_into(int64_t r, float* out) const;
