@@ -560,6 +560,7 @@ dot4_fn active_dot4(ggml_type t) {
 const gemm::kernels* active_gemm(ggml_type t) {
   switch (current_level()) {
     case kernel_level::avx512: return avx512::gemm_kernels(t);
+    case kernel_level::avx2: return avx2::gemm_kernels(t);
     case kernel_level::dotprod: return neon::gemm_kernels_dotprod(t);
     default: return nullptr;
   }

@@ -507,12 +507,6 @@ CECO_AVX2 float dot_f16_avx2(const uint8_t* w, const void* act, int64_t n) {
   return s;
 }
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-}
-
 #endif  // __x86_64__
 
 } // namespace

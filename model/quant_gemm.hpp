@@ -9,14 +9,16 @@
 // The weights are repacked a group of 16 rows at a time into a scratch
 // buffer the caller owns: per chunk of 32 columns, 8 steps of 64 bytes, step
 // k holding bytes 4k..4k+3 of each of the 16 rows (row i at bytes 4i..4i+3),
-// each byte the unpacked value, plus 128 on x86 (unsigned, as vpdpbusd
-// takes it), signed on aarch64 (as SDOT takes it); then, per sub-block of
+// each byte the unpacked value, made unsigned on x86 (as vpdpbusd and
+// vpmaddubsw take it), signed on aarch64 (as SDOT takes it); then, per sub-block of
 // the type in the chunk, the 16 rows' scales and their 16 offsets as floats
 // (model/quant_gemm_repack.hpp). One instruction then forms four products
 // for each of 16 rows (vpdpbusd) or 4 rows (SDOT by lane) against the same
 // four activation bytes, and a group's sums come out as vectors of rows per
 // activation row, with no horizontal sums. The kernels:
-// model/quant_gemm_avx512.cpp (AVX-512/VNNI) and quant_gemm_neon.cpp (SDOT).
+// model/quant_gemm_avx512.cpp (AVX-512/VNNI), quant_gemm_avx2.cpp (AVX2's
+// vpmaddubsw, which needs the bytes small: stored as value - min_value) and
+// quant_gemm_neon.cpp (SDOT).
 
 #include <cstddef>
 #include <cstdint>
@@ -70,6 +72,15 @@ namespace ceco::quant::avx512 {
 const gemm::kernels* gemm_kernels(ggml_type t);
 
 } // namespace ceco::quant::avx512
+
+namespace ceco::quant::avx2 {
+
+/// The AVX2 kernels of weight type t (not Q8_0, whose bytes would saturate
+/// vpmaddubsw); null for a type without them or on another architecture.
+/// Call only where the CPU has AVX2, FMA and F16C.
+const gemm::kernels* gemm_kernels(ggml_type t);
+
+} // namespace ceco::quant::avx2
 
 namespace ceco::quant::neon {
 

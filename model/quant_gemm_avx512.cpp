@@ -140,7 +140,7 @@ void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, i
   const int64_t chunks = w.cols / 32;
   for (int64_t g = r0; g < r1; g += 16) {
     const int64_t n_rows = r1 - g < 16 ? r1 - g : 16;
-    repack_group<L, 0x80808080u>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
+    repack_group<L, 128>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
     const __mmask16 mask = __mmask16((1u << n_rows) - 1);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)

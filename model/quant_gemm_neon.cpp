@@ -145,7 +145,7 @@ void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, i
   const int64_t chunks = w.cols / 32;
   for (int64_t g = r0; g < r1; g += 16) {
     const int n_rows = int(r1 - g < 16 ? r1 - g : 16);
-    repack_group<L, 0u>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
+    repack_group<L, 0>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
     int64_t j = 0;
     for (; j + 2 <= n; j += 2)
       multiply<L::sub, L::has_offset, 2>(scratch, chunks, act + j * chunks, chunks,

@@ -21,9 +21,12 @@ constexpr size_t gemm_chunk_bytes = 512 + (32 / Sub) * 128;
 
 /// Repacks rows [0, n_rows) of the group at `rows` (rows n_rows..15 as
 /// zeros) into out (64-byte aligned). Each weight byte is the layout's
-/// signed value XOR Flip: 0x80808080 stores it plus 128, as an unsigned
-/// byte (x86's vpdpbusd takes u8 × s8); 0 keeps it signed (SDOT: s8 × s8).
-template <class L, uint32_t Flip>
+/// signed value plus Bias, modulo 256: 128 makes it an unsigned byte for
+/// AVX-512's vpdpbusd (u8 × s8); -L::min_value does too, and keeps the
+/// 4-to-6-bit types within 0..63 for AVX2's vpmaddubsw, whose 16-bit pair
+/// sums would saturate past that; 0 keeps it signed (SDOT: s8 × s8). Rows
+/// n_rows..15 hold the byte of value 0.
+template <class L, int Bias>
 void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t cols,
                   uint8_t* out) {
   constexpr int n_sub = L::block / L::sub, subs_per_chunk = 32 / L::sub;
@@ -45,6 +48,8 @@ void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t
         for (int s = 0; s < n_sub; ++s)
           row_scale[s] = row_offset[s] = 0;
       }
+      for (int j = 0; j < L::block; ++j)
+        values[j] = int8_t(uint8_t(values[j]) + uint8_t(Bias));
       __builtin_memcpy(q[i], values, sizeof values);
       for (int s = 0; s < n_sub; ++s) {
         scale[s][i] = row_scale[s];
@@ -56,7 +61,7 @@ void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t
       auto* step = reinterpret_cast<uint32_t*>(chunk);
       for (int k = 0; k < 8; ++k)
         for (int i = 0; i < 16; ++i)
-          step[16 * k + i] = q[i][8 * c + k] ^ Flip;
+          step[16 * k + i] = q[i][8 * c + k];
       auto* f = reinterpret_cast<float*>(chunk + 512);
       for (int s = 0; s < subs_per_chunk; ++s)
         for (int i = 0; i < 16; ++i) {

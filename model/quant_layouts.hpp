@@ -19,12 +19,14 @@ namespace ceco::quant {
 
 namespace {
 
-// x = scale * q + offset for each element of a sub-block of `sub` elements.
+// x = scale * q + offset for each element of a sub-block of `sub` elements;
+// q runs from min_value to min_value + 2^bits - 1.
 
 struct q4_0_layout {
   using block_type = block_q4_0;
   static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = false;
+  static constexpr int min_value = -8;  // the least q unpack gives
   // d: f16 | qs[16]: element l in the low nibble of qs[l], l+16 in the high
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
     scale[0] = load_half(CECO_FIELD(b, block_q4_0, d));
@@ -41,6 +43,7 @@ struct q4_1_layout {
   using block_type = block_q4_1;
   static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = true;
+  static constexpr int min_value = 0;  // the least q unpack gives
   // d: f16 | m: f16 | qs[16]; x = d * q + m
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
     scale[0] = load_half(CECO_FIELD(b, block_q4_1, d));
@@ -57,6 +60,7 @@ struct q5_0_layout {
   using block_type = block_q5_0;
   static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = false;
+  static constexpr int min_value = -16;  // the least q unpack gives
   // d: f16 | qh: u32, bit i the fifth bit of element i | qs[16] as Q4_0
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
     scale[0] = load_half(CECO_FIELD(b, block_q5_0, d));
@@ -74,6 +78,7 @@ struct q5_1_layout {
   using block_type = block_q5_1;
   static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = true;
+  static constexpr int min_value = 0;  // the least q unpack gives
   // d: f16 | m: f16 | qh: u32 | qs[16]; x = d * q + m
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
     scale[0] = load_half(CECO_FIELD(b, block_q5_1, d));
@@ -91,6 +96,7 @@ struct q8_0_layout {
   using block_type = block_q8_0;
   static constexpr int block = 32, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = false;
+  static constexpr int min_value = -128;  // the least q unpack gives
   // d: f16 | qs[32]: int8
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
     scale[0] = load_half(CECO_FIELD(b, block_q8_0, d));
@@ -103,6 +109,7 @@ struct q2_k_layout {
   using block_type = block_q2_k;
   static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
   static constexpr bool has_offset = true;
+  static constexpr int min_value = 0;  // the least q unpack gives
   // scales[16]: scale (low nibble) and min (high) per 16 | qs[64]: 2 bits |
   // d: f16 | dmin: f16. Element 128n + 32j + l is bits 2j of qs[32n + l].
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
@@ -125,6 +132,7 @@ struct q3_k_layout {
   using block_type = block_q3_k;
   static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
   static constexpr bool has_offset = false;
+  static constexpr int min_value = -4;  // the least q unpack gives
   // hmask[32] | qs[64]: low 2 bits | scales[12]: 16 6-bit scales, biased
   // by 32 | d: f16. Element 128n + 32j + l: low bits 2j of qs[32n + l];
   // high bit 4n + j of hmask[l], where a clear bit subtracts 4.
@@ -151,6 +159,7 @@ struct q4_k_layout {
   using block_type = block_q4_k;
   static constexpr int block = 256, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = true;
+  static constexpr int min_value = 0;  // the least q unpack gives
   // d: f16 | dmin: f16 | scales[12]: 8 6-bit scales and mins | qs[128].
   // Each 64 elements take 32 bytes: low nibbles first, then high nibbles.
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
@@ -175,6 +184,7 @@ struct q5_k_layout {
   using block_type = block_q5_k;
   static constexpr int block = 256, bytes = sizeof(block_type), sub = 32;
   static constexpr bool has_offset = true;
+  static constexpr int min_value = 0;  // the least q unpack gives
   // d | dmin | scales[12] as Q4_K | qh[32]: fifth bits | qs[128] as Q4_K.
   // The fifth bit of element 32s + l is bit s of qh[l].
   static CECO_INLINE void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
@@ -200,6 +210,7 @@ struct q6_k_layout {
   using block_type = block_q6_k;
   static constexpr int block = 256, bytes = sizeof(block_type), sub = 16;
   static constexpr bool has_offset = false;
+  static constexpr int min_value = -32;  // the least q unpack gives
   // ql[128]: low 4 bits | qh[64]: high 2 bits | scales[16]: int8 | d: f16.
   // Per 128 elements (h): ql + 64h, qh + 32h; element 32k + l of the half
   // takes the low or high nibble of ql[l] / ql[l + 32] and bits 2k of qh[l].
