@@ -75,8 +75,8 @@ const gemm::kernels* gemm_kernels(ggml_type t);
 
 namespace ceco::quant::avx2 {
 
-/// The AVX2 kernels of weight type t (not Q8_0, whose bytes would saturate
-/// vpmaddubsw); null for a type without them or on another architecture.
+/// The AVX2 kernels of weight type t; null for a type without them or on
+/// another architecture.
 /// Call only where the CPU has AVX2, FMA and F16C.
 const gemm::kernels* gemm_kernels(ggml_type t);
 

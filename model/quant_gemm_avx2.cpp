@@ -4,8 +4,9 @@
 // saturating 16-bit lanes, and vpmaddwd adds those pairs into 32 bits. The
 // weights are stored as q - min_value, 0..63 for the 2-to-6-bit types, so
 // two steps' pair sums (at most 2 × 2 × 63 × 127) still fit 16 bits and
-// one vpmaddwd serves both. Q8_0, whose bytes span 0..255, would saturate
-// and keeps matmat's dequantized tiles and BLAS.
+// one vpmaddwd serves both. Q8_0's bytes, stored as such, would span
+// 0..255 and saturate: they stay signed and are multiplied as |w| by a
+// with w's sign (vpsignb), each step widened on its own.
 //
 // A group's 16 rows are two vectors per step (rows 0-7, rows 8-15); each
 // pair of steps loads them once for two activation rows. Only this file's
@@ -78,16 +79,25 @@ void quantize(const float* x, gemm::act_block* out, int64_t cols) {
 }
 
 /// The i32 sums, per row of 8, of steps K and K + 1 of half h (rows 8h..8h+7)
-/// against the activation bytes of those steps.
-template <int K>
+/// against the activation bytes of those steps. Signed: the bytes are
+/// signed values (Q8_0), multiplied as |w| by a with w's sign, and each
+/// step's pair sums (up to 2 × 128 × 127) are widened on their own.
+template <int K, bool Signed>
 inline __attribute__((always_inline)) __m256i two_steps(const uint8_t* g, int h, const int8_t* aq) {
   const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(g + 64 * K + 32 * h));
   const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(g + 64 * (K + 1) + 32 * h));
   const __m256i a0 = _mm256_set1_epi32(int32_t(load_u32(reinterpret_cast<const uint8_t*>(aq) + 4 * K)));
   const __m256i a1 =
     _mm256_set1_epi32(int32_t(load_u32(reinterpret_cast<const uint8_t*>(aq) + 4 * (K + 1))));
-  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
-  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (Signed) {
+    const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(a0, w0));
+    const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(a1, w1));
+    return _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+  } else {
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
+    return _mm256_madd_epi16(pairs, ones);
+  }
 }
 
 /// y[c * y_stride + i] = row i of the repacked group · activation row c,
@@ -109,20 +119,20 @@ void multiply(const uint8_t* group, int64_t chunks, const gemm::act_block* act, 
         if constexpr (Sub == 32) {
           // Bias * sum(q) is what the stored weights add to the products.
           __m256i acc = _mm256_set1_epi32(-Bias * int32_t(a.sum32));
-          acc = _mm256_add_epi32(acc, two_steps<0>(g, h, a.q));
-          acc = _mm256_add_epi32(acc, two_steps<2>(g, h, a.q));
-          acc = _mm256_add_epi32(acc, two_steps<4>(g, h, a.q));
-          acc = _mm256_add_epi32(acc, two_steps<6>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<0, Bias == 0>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<2, Bias == 0>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<4, Bias == 0>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<6, Bias == 0>(g, h, a.q));
           t = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_load_ps(f + 8 * h));
           if constexpr (Offset)
             t = _mm256_fmadd_ps(_mm256_load_ps(f + 16 + 8 * h), _mm256_set1_ps(a.sum32), t);
         } else {
           __m256i acc0 = _mm256_set1_epi32(-Bias * int32_t(a.sum16[0]));
           __m256i acc1 = _mm256_set1_epi32(-Bias * int32_t(a.sum16[1]));
-          acc0 = _mm256_add_epi32(acc0, two_steps<0>(g, h, a.q));
-          acc0 = _mm256_add_epi32(acc0, two_steps<2>(g, h, a.q));
-          acc1 = _mm256_add_epi32(acc1, two_steps<4>(g, h, a.q));
-          acc1 = _mm256_add_epi32(acc1, two_steps<6>(g, h, a.q));
+          acc0 = _mm256_add_epi32(acc0, two_steps<0, Bias == 0>(g, h, a.q));
+          acc0 = _mm256_add_epi32(acc0, two_steps<2, Bias == 0>(g, h, a.q));
+          acc1 = _mm256_add_epi32(acc1, two_steps<4, Bias == 0>(g, h, a.q));
+          acc1 = _mm256_add_epi32(acc1, two_steps<6, Bias == 0>(g, h, a.q));
           t = _mm256_mul_ps(_mm256_cvtepi32_ps(acc0), _mm256_load_ps(f + 8 * h));
           t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc1), _mm256_load_ps(f + 32 + 8 * h), t);
           if constexpr (Offset) {
@@ -148,10 +158,15 @@ void multiply(const uint8_t* group, int64_t chunks, const gemm::act_block* act, 
   }
 }
 
+/// The bias of type L's stored bytes: -min_value makes them 0..63 for the
+/// 2-to-6-bit types; Q8_0's (-128..127) stay signed, bias 0.
+template <class L>
+constexpr int stored_bias = L::min_value < -32 ? 0 : -L::min_value;
+
 template <class L>
 void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, int64_t n, float* y,
           uint8_t* scratch) {
-  constexpr int bias = -L::min_value;
+  constexpr int bias = stored_bias<L>;
   const int64_t chunks = w.cols / 32;
   for (int64_t g = r0; g < r1; g += 16) {
     const int n_rows = int(r1 - g < 16 ? r1 - g : 16);
@@ -174,8 +189,7 @@ struct table {
 } // namespace
 
 const gemm::kernels* gemm_kernels(ggml_type t) {
-  // Q8_0's stored bytes span 0..255: vpmaddubsw's pair sums would saturate.
-  return t == ggml_type::q8_0 ? nullptr : kernels_by_layout<table>(t);
+  return kernels_by_layout<table>(t);
 }
 
 #pragma GCC pop_options

@@ -23,8 +23,9 @@ constexpr size_t gemm_chunk_bytes = 512 + (32 / Sub) * 128;
 /// zeros) into out (64-byte aligned). Each weight byte is the layout's
 /// signed value plus Bias, modulo 256: 128 makes it an unsigned byte for
 /// AVX-512's vpdpbusd (u8 × s8); -L::min_value does too, and keeps the
-/// 4-to-6-bit types within 0..63 for AVX2's vpmaddubsw, whose 16-bit pair
-/// sums would saturate past that; 0 keeps it signed (SDOT: s8 × s8). Rows
+/// 2-to-6-bit types within 0..63 for AVX2's vpmaddubsw, whose 16-bit pair
+/// sums would saturate past that; 0 keeps it signed (SDOT: s8 × s8; AVX2's
+/// Q8_0 by sign). Rows
 /// n_rows..15 hold the byte of value 0.
 template <class L, int Bias>
 void repack_group(const uint8_t* rows, size_t row_bytes, int64_t n_rows, int64_t cols,
