@@ -12,8 +12,9 @@
 // activation as it is. The batched product (matmat) quantizes each activation
 // row to 8 bits per 32 values and forms integer products against weights
 // unpacked once for all rows (model/quant_gemm.hpp) where the kernel level
-// has such kernels (AVX-512/VNNI); elsewhere it dequantizes a tile of rows to
-// f32 and multiplies it with BLAS.
+// has such kernels (AVX-512/VNNI, AVX2, aarch64 SDOT); elsewhere (plain
+// NEON, portable) it dequantizes a tile of rows to f32 and multiplies it
+// with BLAS.
 
 #include <cstddef>
 #include <cstdint>

@@ -17,8 +17,8 @@
 // four activation bytes, and a group's sums come out as vectors of rows per
 // activation row, with no horizontal sums. The kernels:
 // model/quant_gemm_avx512.cpp (AVX-512/VNNI), quant_gemm_avx2.cpp (AVX2's
-// vpmaddubsw, which needs the bytes small: stored as value - min_value) and
-// quant_gemm_neon.cpp (SDOT).
+// vpmaddubsw, which needs the bytes small: stored as value - min_value, and
+// Q8_0 signed, multiplied by sign) and quant_gemm_neon.cpp (SDOT).
 
 #include <cstddef>
 #include <cstdint>
