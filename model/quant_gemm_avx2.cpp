@@ -102,7 +102,7 @@ inline __attribute__((always_inline)) __m256i two_steps(const uint8_t* g, int h,
 
 /// y[c * y_stride + i] = row i of the repacked group · activation row c,
 /// for C activation rows (act + c * act_stride) and rows i < n_rows.
-template <int Sub, bool Offset, int Bias, int C>
+template <int Sub, bool Offset, int Bias, bool Signed, int C>
 void multiply(const uint8_t* group, int64_t chunks, const gemm::act_block* act, int64_t act_stride,
               float* y, int64_t y_stride, int n_rows) {
   constexpr size_t cb = gemm_chunk_bytes<Sub>;
@@ -119,20 +119,20 @@ void multiply(const uint8_t* group, int64_t chunks, const gemm::act_block* act, 
         if constexpr (Sub == 32) {
           // Bias * sum(q) is what the stored weights add to the products.
           __m256i acc = _mm256_set1_epi32(-Bias * int32_t(a.sum32));
-          acc = _mm256_add_epi32(acc, two_steps<0, Bias == 0>(g, h, a.q));
-          acc = _mm256_add_epi32(acc, two_steps<2, Bias == 0>(g, h, a.q));
-          acc = _mm256_add_epi32(acc, two_steps<4, Bias == 0>(g, h, a.q));
-          acc = _mm256_add_epi32(acc, two_steps<6, Bias == 0>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<0, Signed>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<2, Signed>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<4, Signed>(g, h, a.q));
+          acc = _mm256_add_epi32(acc, two_steps<6, Signed>(g, h, a.q));
           t = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_load_ps(f + 8 * h));
           if constexpr (Offset)
             t = _mm256_fmadd_ps(_mm256_load_ps(f + 16 + 8 * h), _mm256_set1_ps(a.sum32), t);
         } else {
           __m256i acc0 = _mm256_set1_epi32(-Bias * int32_t(a.sum16[0]));
           __m256i acc1 = _mm256_set1_epi32(-Bias * int32_t(a.sum16[1]));
-          acc0 = _mm256_add_epi32(acc0, two_steps<0, Bias == 0>(g, h, a.q));
-          acc0 = _mm256_add_epi32(acc0, two_steps<2, Bias == 0>(g, h, a.q));
-          acc1 = _mm256_add_epi32(acc1, two_steps<4, Bias == 0>(g, h, a.q));
-          acc1 = _mm256_add_epi32(acc1, two_steps<6, Bias == 0>(g, h, a.q));
+          acc0 = _mm256_add_epi32(acc0, two_steps<0, Signed>(g, h, a.q));
+          acc0 = _mm256_add_epi32(acc0, two_steps<2, Signed>(g, h, a.q));
+          acc1 = _mm256_add_epi32(acc1, two_steps<4, Signed>(g, h, a.q));
+          acc1 = _mm256_add_epi32(acc1, two_steps<6, Signed>(g, h, a.q));
           t = _mm256_mul_ps(_mm256_cvtepi32_ps(acc0), _mm256_load_ps(f + 8 * h));
           t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc1), _mm256_load_ps(f + 32 + 8 * h), t);
           if constexpr (Offset) {
@@ -158,10 +158,14 @@ void multiply(const uint8_t* group, int64_t chunks, const gemm::act_block* act, 
   }
 }
 
-/// The bias of type L's stored bytes: -min_value makes them 0..63 for the
-/// 2-to-6-bit types; Q8_0's (-128..127) stay signed, bias 0.
+/// Whether type L's bytes are stored signed (Q8_0's -128..127, which no
+/// bias brings within 0..63) and multiplied by sign.
 template <class L>
-constexpr int stored_bias = L::min_value < -32 ? 0 : -L::min_value;
+constexpr bool stored_signed = L::min_value < -32;
+/// The bias of type L's stored bytes: -min_value makes them 0..63 for the
+/// 2-to-6-bit types; signed bytes keep theirs, bias 0.
+template <class L>
+constexpr int stored_bias = stored_signed<L> ? 0 : -L::min_value;
 
 template <class L>
 void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, int64_t n, float* y,
@@ -173,10 +177,10 @@ void rows(const matrix& w, int64_t r0, int64_t r1, const gemm::act_block* act, i
     repack_group<L, bias>(w.data + size_t(g) * w.row_bytes, w.row_bytes, n_rows, w.cols, scratch);
     int64_t j = 0;
     for (; j + 2 <= n; j += 2)
-      multiply<L::sub, L::has_offset, bias, 2>(scratch, chunks, act + j * chunks, chunks,
+      multiply<L::sub, L::has_offset, bias, stored_signed<L>, 2>(scratch, chunks, act + j * chunks, chunks,
                                                y + j * w.rows + g, w.rows, n_rows);
     for (; j < n; ++j)
-      multiply<L::sub, L::has_offset, bias, 1>(scratch, chunks, act + j * chunks, chunks,
+      multiply<L::sub, L::has_offset, bias, stored_signed<L>, 1>(scratch, chunks, act + j * chunks, chunks,
                                                y + j * w.rows + g, w.rows, n_rows);
   }
 }
