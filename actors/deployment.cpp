@@ -260,7 +260,9 @@ deployment::deployment(caf::actor_system& sys, const settings& s, const site_mod
   lo.reconnect = std::move(reconnect);
   link_ = spawn_link(sys, remote_cloud, lo);
   auto profile = compute_profile_of(s);
-  edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits, profile);
+  edge_stops_ = std::make_shared<edge_step_stops>();
+  edge_layers_ = spawn_edge_layers(sys, m.model, s.split.layer, s.model.exits, profile,
+                                   edge_stops_);
   // The edge always has its own evaluator: standalone runs, and a session
   // that lost the cloud continues, without the network.
   local_evaluator_ = spawn_exit_evaluator(sys, m.heads, cfg.n_embd, policy_of(s), profile);
@@ -302,7 +304,7 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
                                              caf::actor token_sink,
                                              std::optional<sampler_options> sampling) {
   edge_site site{edge_layers_, evaluator_, local_evaluator_, uploader_,
-                 caf::actor_cast<cloud_api>(link_), link_};
+                 caf::actor_cast<cloud_api>(link_), link_, edge_stops_};
   edge_session_options o;
   o.mode = mode.value_or(settings_.policy.mode);
   if (o.mode == strategy::exact)

@@ -28,6 +28,8 @@
 
 namespace ceco {
 
+class edge_step_stops;
+
 class transformer;
 
 /// The model, its exit heads and tokenizer, loaded and checked once.
@@ -159,6 +161,7 @@ private:
   cloud_site cloud_;  // empty with a remote cloud
   link_actor link_;
   edge_layers_actor edge_layers_;
+  std::shared_ptr<edge_step_stops> edge_stops_;
   exit_evaluator_actor evaluator_;        // where placement.exit_evaluator says
   exit_evaluator_actor local_evaluator_;  // on the edge, always
   uploader_actor uploader_;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "actors/edge_layers.hpp"
 #include "actors/session_driver.hpp"
 
 namespace ceco::session_driver {
@@ -184,6 +185,16 @@ void resume_drafts(self_ptr self) {
     draft_step(self);
 }
 
+/// The edge step in flight drafts after a token the cloud just corrected:
+/// it ends after its layer in progress instead of running to its end
+/// (edge_step_stops), so the edge begins the corrected sequence sooner.
+void stop_edge_step(self_ptr self) {
+  auto& st = self->state;
+  if (st.site.stops)
+    st.site.stops->stop(st.edge_id);
+  self->send(st.site.layers, cancel_atom::value, st.edge_id);
+}
+
 /// A verdict on the draft upload of rows ..last sent at `epoch`.
 void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const verdict& v) {
   auto& st = self->state;
@@ -211,6 +222,8 @@ void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const
     st.epoch = v.epoch;
     st.pos = v.position + 1;
     keep_rows(st.context, st.pos);
+    if (st.computing)
+      stop_edge_step(self);
   }
   if (!show_final(self))
     draft_step(self);
@@ -266,13 +279,16 @@ void draft_forward(self_ptr self) {
     return true;
   };
   self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start,
-                std::move(input), uint8_t(st.opts.split_dtype))
+                std::move(input), uint8_t(st.opts.split_dtype),
+                st.site.stops ? st.site.stops->ticket(st.edge_id) : uint64_t(0))
     .then(
       [=](edge_output& out) {
         auto& st = self->state;
         st.report.edge_us += out.compute_us;
         if (rolled_back())
           return;
+        if (out.split.rows == 0)  // only a rolled-back step is ever stopped
+          return finish(self, "edge layers: a step stopped without a rollback");
         st.pos = start + n;
         if (st.keeps_context())
           append_rows(st.context, out.split);

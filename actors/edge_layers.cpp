@@ -33,20 +33,23 @@ struct edge_layers_state {
   std::vector<int> exits;
   std::unordered_map<uint64_t, std::unique_ptr<kv_cache>> caches;
   profile_clock clock;  // profile mode: the profile's time for each forward
+  std::shared_ptr<edge_step_stops> stops;  // may be null: steps run to their end
   static inline const char* name = "edge_layers";
 };
 
 edge_layers_actor::behavior_type
 edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
                std::shared_ptr<const transformer> model, int split, std::vector<int> exits,
-               std::shared_ptr<const compute_profile> profile) {
+               std::shared_ptr<const compute_profile> profile,
+               std::shared_ptr<edge_step_stops> stops) {
   self->state.model = std::move(model);
   self->state.clock = profile_clock(std::move(profile));
   self->state.split = split;
   self->state.exits = std::move(exits);
+  self->state.stops = std::move(stops);
   return {
     [=](forward_atom, uint64_t session, int32_t pos, std::vector<int32_t>& tokens,
-        uint8_t split_dtype) -> caf::result<edge_output> {
+        uint8_t split_dtype, uint64_t ticket) -> caf::result<edge_output> {
       auto t0 = clock_type::now();
       auto& st = self->state;
       const auto& m = *st.model;
@@ -63,23 +66,49 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
         c10::InferenceMode guard;
         auto x = m.embed(tokens);
         std::vector<float> exit_rows;
-        m.forward_to_exits(x, pos, 0, st.split, *cache, st.exits,
-                           [&](size_t, const at::Tensor& h) { append_last_row(h, exit_rows); });
+        // One layer at a time (forward_to_exits' walk), so that a stopped
+        // step ends before its next layer. Layers cached but never finished
+        // by a stopped step are overwritten by the rollback's next step,
+        // which begins at or before this one's position.
+        int layers_run = 0;
+        size_t next_exit = 0;
+        for (; layers_run < st.split; ++layers_run) {
+          if (st.stops && st.stops->stopped(session, ticket))
+            break;
+          m.forward_layers(x, pos, layers_run, layers_run + 1, *cache);
+          if (next_exit < st.exits.size() && st.exits[next_exit] == layers_run + 1) {
+            append_last_row(x, exit_rows);
+            ++next_exit;
+          }
+        }
+        const bool stopped = layers_run < st.split;
         const int32_t d = m.config().n_embd;
         edge_output out;
-        // The split rows in the dtype they travel in: the one buffer they
-        // take to the cloud (docs/design.md §2).
-        out.split = encode_tensor(x, wire_dtype(split_dtype));
-        if (!st.exits.empty())
-          out.exit_states = make_blob(exit_rows.data(), int32_t(st.exits.size()), d,
-                                      wire_dtype::f32);
+        if (!stopped) {
+          // The split rows in the dtype they travel in: the one buffer they
+          // take to the cloud (docs/design.md §2).
+          out.split = encode_tensor(x, wire_dtype(split_dtype));
+          if (!st.exits.empty())
+            out.exit_states = make_blob(exit_rows.data(), int32_t(st.exits.size()), d,
+                                        wire_dtype::f32);
+        }
         out.compute_us = us_since(t0);
         if (auto* p = st.clock.profile()) {
-          out.compute_us = p->layers_us(p->edge, st.split, int64_t(tokens.size()),
-                                        m.config().n_layer);
+          const int n_layer = m.config().n_layer;
+          const auto rows = int64_t(tokens.size());
+          // A layer of this model stands for target_layers / n_layer of the
+          // target's, each of which runs to its end once begun.
+          const int pieces = std::max(1, int(std::lround(double(layers_run) * p->target_layers
+                                                         / std::max(n_layer, 1))));
+          const int64_t cost_us = p->layers_us(p->edge, layers_run, rows, n_layer);
           auto rp = self->make_response_promise<edge_output>();
-          st.clock.hold(self, session, t0, out.compute_us,
-                        [rp, out = std::move(out)]() mutable { rp.deliver(std::move(out)); });
+          st.clock.hold_in_pieces(self, session, t0, cost_us, pieces,
+                                  [rp, cost_us, out = std::move(out)](int64_t took_us) mutable {
+                                    if (took_us < cost_us)  // stopped (clock.stop)
+                                      out = edge_output{};
+                                    out.compute_us = took_us;
+                                    rp.deliver(std::move(out));
+                                  });
           return rp;
         }
         return out;
@@ -87,9 +116,12 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
         return make_error(ceco_errc::compute_failed, e.what());
       }
     },
+    [=](cancel_atom, uint64_t session) { self->state.clock.stop(self, session); },
     [=](close_atom, uint64_t session) {
       self->state.caches.erase(session);
       self->state.clock.forget(session);
+      if (self->state.stops)
+        self->state.stops->forget(session);
     },
     [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
   };
@@ -100,8 +132,30 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
 edge_layers_actor spawn_edge_layers(caf::actor_system& sys,
                                     std::shared_ptr<const transformer> model, int split,
                                     std::vector<int> exits,
-                                    std::shared_ptr<const compute_profile> profile) {
-  return sys.spawn(edge_layers_fn, std::move(model), split, std::move(exits), std::move(profile));
+                                    std::shared_ptr<const compute_profile> profile,
+                                    std::shared_ptr<edge_step_stops> stops) {
+  return sys.spawn(edge_layers_fn, std::move(model), split, std::move(exits), std::move(profile),
+                   std::move(stops));
+}
+
+uint64_t edge_step_stops::ticket(uint64_t session) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = stops_.find(session);
+  return it == stops_.end() ? 0 : it->second;
+}
+
+void edge_step_stops::stop(uint64_t session) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++stops_[session];
+}
+
+bool edge_step_stops::stopped(uint64_t session, uint64_t ticket) const {
+  return this->ticket(session) != ticket;
+}
+
+void edge_step_stops::forget(uint64_t session) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stops_.erase(session);
 }
 
 } // namespace ceco

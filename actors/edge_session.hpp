@@ -52,6 +52,7 @@
 // as at any end (an open still in flight is closed when it answers).
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -62,6 +63,8 @@
 
 namespace ceco {
 
+class edge_step_stops;
+
 struct edge_site {
   edge_layers_actor layers;
   exit_evaluator_actor evaluator;        // may be a stand-in for one on the cloud
@@ -69,6 +72,7 @@ struct edge_site {
   uploader_actor uploader;
   cloud_api cloud;  // a link in a simulation, the remote front in a deployment
   link_actor link;  // where traffic is counted; may be invalid (no counts)
+  std::shared_ptr<edge_step_stops> stops;  // the edge layers' (may be null)
 };
 
 /// Where a session is; see the diagram above.

@@ -102,7 +102,8 @@ std::string describe(const caf::error& err);
 
 // -- edge-local payloads (serialisable, so any actor may live on any node) ---
 
-/// Edge layers' output for a run of positions.
+/// Edge layers' output for a run of positions; no rows at all when the
+/// step was stopped (edge_step_stops).
 struct edge_output {
   tensor_blob split;        // [T, n_embd] hidden states after the split layer
   tensor_blob exit_states;  // [n_exits, n_embd] last row after each exit layer
@@ -598,9 +599,14 @@ using cloud_layers_actor = caf::typed_actor<
 /// the split-layer states of every position, in the wire dtype of the last
 /// argument (wire_dtype: what the session's uploader sends), and the exit
 /// layers' states of the last one (f32).
-/// (deliver_atom, id): its own timer in profile mode.
+/// The last argument is the session's edge_step_stops ticket when it asked
+/// (0 where nothing is ever stopped); (cancel_atom, session): the session's
+/// step in flight is no longer wanted; (deliver_atom, id): its own timer in
+/// profile mode.
 using edge_layers_actor = caf::typed_actor<
-  caf::replies_to<forward_atom, uint64_t, int32_t, std::vector<int32_t>, uint8_t>::with<edge_output>,
+  caf::replies_to<forward_atom, uint64_t, int32_t, std::vector<int32_t>, uint8_t,
+                  uint64_t>::with<edge_output>,
+  caf::reacts_to<cancel_atom, uint64_t>,
   caf::reacts_to<close_atom, uint64_t>,
   caf::reacts_to<deliver_atom, uint64_t>>;
 

@@ -4,7 +4,12 @@
 #include "test/support.hpp"
 #include "test/cloud_sites.hpp"
 
+#include <caf/all.hpp>
+#include <fmt/format.h>
+
 #include "actors/deployment.hpp"
+#include "actors/profile_clock.hpp"
+#include "actors/sim_clock.hpp"
 #include "config/compute_profile.hpp"
 
 using namespace ceco;
@@ -197,4 +202,76 @@ TEST_CASE("an exit evaluator placed on the cloud takes turns with the cloud laye
                       << evaluations << " us");
   CHECK(busy > evaluations);
   CHECK(makespan >= busy);
+}
+
+namespace {
+
+struct holder_state {
+  profile_clock clock;
+  static inline const char* name = "holder";
+};
+
+} // namespace
+
+TEST_CASE("profile time: work held in pieces stops after the piece in progress and frees its "
+          "device") {
+  caf::actor_system_config cfg;
+  configure_virtual_time(cfg);
+  caf::actor_system sys{cfg};
+  sim_clock::use_virtual_time(&sys);
+  auto profile = std::make_shared<const compute_profile>(load_compute_profile("paper-a100"));
+  struct delivery {
+    char work;
+    int64_t took_us;
+    int64_t at_us;
+  };
+  auto log = std::make_shared<std::vector<delivery>>();
+  const auto t0 = sim_clock::now();
+  auto since_us = [t0] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(sim_clock::now() - t0).count();
+  };
+  auto holder = sys.spawn([=](caf::stateful_actor<holder_state>* self) -> caf::behavior {
+    self->state.clock = profile_clock(profile);
+    return {
+      [=](run_atom, char work, int64_t cost_us, int pieces) {
+        self->state.clock.hold_in_pieces(self, 1, sim_clock::now(), cost_us, pieces,
+                                         [=](int64_t took_us) {
+                                           log->push_back({work, took_us, since_us()});
+                                         });
+      },
+      [=](cancel_atom) { self->state.clock.stop(self, 1); },
+      [=](deliver_atom, uint64_t id) { self->state.clock.release(id); },
+    };
+  });
+  auto at = [&](int64_t us, auto... xs) {
+    caf::delayed_anon_send(holder, std::chrono::microseconds(us), xs...);
+  };
+  // A: 16 pieces of 1 ms, stopped 5.3 ms in: it ends with its sixth piece.
+  at(0, run_atom::value, 'A', int64_t(16'000), 16);
+  at(5'300, cancel_atom::value);
+  // B, one piece arriving meanwhile, begins when A ends, not when A would have.
+  at(5'400, run_atom::value, 'B', int64_t(3'000), 1);
+  // C, a single piece, is never stopped.
+  at(10'000, run_atom::value, 'C', int64_t(4'000), 1);
+  at(11'000, cancel_atom::value);
+  // E, queued behind D and stopped before it began, takes no time.
+  at(20'000, run_atom::value, 'D', int64_t(2'000), 1);
+  at(20'001, run_atom::value, 'E', int64_t(8'000), 8);
+  at(21'000, cancel_atom::value);
+  // F, stopped exactly at the end of its second piece, ends there.
+  at(40'000, run_atom::value, 'F', int64_t(4'000), 4);
+  at(42'000, cancel_atom::value);
+  // G, stopped after it ended: nothing changes.
+  at(50'000, run_atom::value, 'G', int64_t(2'000), 2);
+  at(53'000, cancel_atom::value);
+  run_virtual_until(sys, [&] { return log->size() == 7; }, "held work");
+  caf::anon_send_exit(holder, caf::exit_reason::user_shutdown);
+  run_virtual_until(sys, [] { return false; }, nullptr);
+  sim_clock::use_virtual_time(nullptr);
+  std::vector<std::string> got;
+  for (const auto& d : *log)
+    got.push_back(fmt::format("{} {} {}", d.work, d.took_us, d.at_us));
+  CHECK(got == std::vector<std::string>{"A 6000 6000", "B 3000 9000", "C 4000 14000",
+                                        "D 2000 22000", "E 0 22000", "F 2000 42000",
+                                        "G 2000 52000"});
 }

@@ -654,7 +654,7 @@ TEST_CASE("in one process an uploaded row reaches the cloud step in the buffer t
     n = int32_t(run.size());
     tensor_blob split;
     self->request(edge, timeout, forward_atom::value, uint64_t(1), pos, run,
-                  uint8_t(wire_dtype::f16))
+                  uint8_t(wire_dtype::f16), uint64_t(0))
       .receive([&](edge_output& out) { split = std::move(out.split); },
                [&](caf::error& e) { FAIL(describe(e)); });
     REQUIRE(split.rows == n);
@@ -679,7 +679,7 @@ TEST_CASE("in one process an uploaded row reaches the cloud step in the buffer t
   const int32_t pos = int32_t(prompt.size()) + 3;
   tensor_blob f32_split;
   self->request(edge, timeout, forward_atom::value, uint64_t(1), pos, std::vector<int32_t>{prompt[0]},
-                uint8_t(wire_dtype::f32))
+                uint8_t(wire_dtype::f32), uint64_t(0))
     .receive([&](edge_output& out) { f32_split = std::move(out.split); },
              [&](caf::error& e) { FAIL(describe(e)); });
   CHECK(f32_split.dtype == uint8_t(wire_dtype::f32));
@@ -706,6 +706,49 @@ TEST_CASE("in one process an uploaded row reaches the cloud step in the buffer t
                  caf::actor_cast<caf::actor>(link), caf::actor_cast<caf::actor>(front),
                  caf::actor_cast<caf::actor>(contexts), caf::actor_cast<caf::actor>(tap),
                  caf::actor_cast<caf::actor>(layers)})
+    self->send_exit(h, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("an edge step asked before its session's stop ends with no rows and leaves nothing "
+          "behind") {
+  stories_sim f({"split.layer=3", "model.exits=2,3"});
+  auto& sys = *f.sys;
+  auto stops = std::make_shared<edge_step_stops>();
+  auto edge = spawn_edge_layers(sys, f.m.model, 3, {2, 3}, nullptr, stops);
+  auto plain = spawn_edge_layers(sys, f.m.model, 3, {2, 3});  // never stopped
+  caf::scoped_actor self{sys};
+  const auto timeout = std::chrono::seconds(30);
+  auto forward = [&](const edge_layers_actor& layers, int32_t pos, std::vector<int32_t> tokens,
+                     uint64_t ticket) {
+    edge_output got;
+    self->request(layers, timeout, forward_atom::value, uint64_t(7), pos, std::move(tokens),
+                  uint8_t(wire_dtype::f32), ticket)
+      .receive([&](edge_output& out) { got = std::move(out); },
+               [&](caf::error& e) { FAIL(describe(e)); });
+    return got;
+  };
+  auto prompt = f.m.vocab.encode("Once upon a time");
+  const auto P = int32_t(prompt.size());
+  REQUIRE(forward(edge, 0, prompt, stops->ticket(7)).split.rows == P);
+  forward(plain, 0, prompt, 0);
+  // A draft step asked, then a rollback stops it before it ran a layer.
+  const uint64_t before = stops->ticket(7);
+  stops->stop(7);
+  CHECK(stops->stopped(7, before));
+  auto stopped = forward(edge, P, {prompt[1], prompt[2]}, before);
+  CHECK(stopped.split.rows == 0);
+  CHECK(stopped.exit_states.rows == 0);
+  // The next step, asked after the stop, runs, and gives the rows of an
+  // edge that never ran the stopped one.
+  CHECK_FALSE(stops->stopped(7, stops->ticket(7)));
+  auto after = forward(edge, P, {prompt[0]}, stops->ticket(7));
+  auto reference = forward(plain, P, {prompt[0]}, 0);
+  REQUIRE(after.split.rows == 1);
+  CHECK(after.split.bytes == reference.split.bytes);
+  CHECK(after.exit_states.bytes == reference.exit_states.bytes);
+  // Other sessions' steps are not stopped.
+  CHECK_FALSE(stops->stopped(8, stops->ticket(8)));
+  for (auto h : {edge, plain})
     self->send_exit(h, caf::exit_reason::user_shutdown);
 }
 
