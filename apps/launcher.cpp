@@ -16,6 +16,7 @@
 #include <string>
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "apps/help_texts.hpp"
@@ -130,6 +131,17 @@ int main(int argc, char** argv) {
   // libgomp reads it as it loads, so it is set here; a value the user set
   // is kept.
   setenv("OMP_WAIT_POLICY", "passive", 0);
+  // SIGINT and SIGTERM stay blocked across execv, so the threads that
+  // libraries start while the engine loads, before its main, never take
+  // them. `ceco cloud` and `ceco serve` wait for them on their main thread;
+  // one taken by such a thread ends the process at once, without its
+  // shutdown (an exit by SIGTERM, seen in the soak). The engine's main takes
+  // them back for its own thread first thing.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigprocmask(SIG_BLOCK, &stop_signals, nullptr);
   const std::string engine = engine_path();
   execv(engine.c_str(), argv);
   std::fprintf(stderr,

@@ -13,6 +13,7 @@
 // runs every other command line here.
 
 #include <algorithm>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -188,6 +189,15 @@ int main(int argc, char** argv) {
   // Run as `ceco`, the launcher has set OPENBLAS_CORETYPE where it matters
   // and this returns at once; run as itself, it may restart with it.
   ceco::use_fast_blas_kernels(argv);
+  // The launcher blocked SIGINT and SIGTERM for the threads started while
+  // the engine loaded (apps/launcher.cpp); this thread takes them again, so
+  // Ctrl-C ends a command as ever. `ceco cloud` and `ceco serve` block them
+  // again before starting threads of their own, and wait for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
   auto app_owner = make_app();
   CLI::App& app = *app_owner;
   if (auto message = unknown_command(app, argc, argv); !message.empty()) {
