@@ -153,8 +153,11 @@ TEST_CASE("session phases: a cloud unreachable at the open degrades the response
 }
 
 TEST_CASE("session phases: a lost cloud degrades the response, a reconnected one resumes it") {
-  // Every token is a cloud request (threshold above 1), 1 ms each way.
-  auto s = stories_settings({"policy.threshold=1.5", "link.latency_ms=1", "link.bandwidth_mbps=0"});
+  // Every token is a cloud request (threshold above 1), 1 ms each way. In
+  // profile mode each step takes the profile's time: the edge alone cannot
+  // finish the response before the link reconnects (runtime_test.cpp).
+  auto s = stories_settings({"policy.threshold=1.5", "link.latency_ms=1", "link.bandwidth_mbps=0",
+                             "compute.mode=profile", "compute.profile=paper-a100"});
   auto m = load_site_model(s, stories_gguf());
   caf::actor_system_config cfg;
   configure_actor_system(cfg, 2);
@@ -164,10 +167,10 @@ TEST_CASE("session phases: a lost cloud degrades the response, a reconnected one
   {
     deployment sim(sys, s, m, clouds.first.front, clouds.reconnect);
     std::thread killer([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(40));  // the response takes >= 120 ms
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the response takes ~1 s
       clouds.first.stop();
     });
-    r = sim.run(m.vocab.encode("Once upon a time"), "collaborative", 60);
+    r = sim.run(m.vocab.encode("Once upon a time"), "collaborative", 30);
     killer.join();
   }
   CAPTURE(fmt::format("{}", fmt::join(r.phases, " ")));
