@@ -60,7 +60,7 @@ caf::result<generate_reply> serve(front_ptr self, const context_manager_actor& c
   if (x.session != 0)
     return self->delegate(contexts, std::move(x));
   auto rp = self->make_response_promise<generate_reply>();
-  self->request(contexts, caf::infinite, open_session{x.sampling})
+  self->request(contexts, caf::infinite, open_session{x.sampling, {}})
     .then(
       [=](uint64_t id) mutable {
         auto req = x;

@@ -103,39 +103,57 @@ void reserve_step_input(cloud_layers_state& st, int64_t rows) {
 /// the cloud in-process (docs/design.md §2). Sessions decoded one after
 /// another lie one after another, so forward_sequences computes them where
 /// they are.
-at::Tensor decode_step_rows(cloud_layers_state& st, const uploaded_rows& rows,
-                            int64_t first_row) {
+void decode_step_rows(cloud_layers_state& st, const uploaded_rows& rows, int64_t first_row) {
   auto view = st.step_input.narrow(0, first_row, rows.rows);
   if (view.is_cpu()) {
     decode_rows(rows, view.data_ptr<float>());
-    return view;
+    return;
   }
   if (!st.step_staging.defined() || st.step_staging.size(0) < rows.rows)
     st.step_staging = at::empty({int64_t(rows.rows), view.size(1)}, at::kFloat);
   auto staging = st.step_staging.narrow(0, 0, rows.rows);
   decode_rows(rows, staging.data_ptr<float>());
   view.copy_(staging);
-  return view;
+}
+
+/// The split rows of prompt tokens at positions [pos, pos + tokens.size()),
+/// computed here over layers [0, split) (open_session.prompt), into rows
+/// [first_row, ...) of the step's input: the cloud's own states, where an
+/// upload would bring the edge's.
+void prompt_rows(cloud_layers_state& st, const std::vector<int32_t>& tokens, int32_t pos,
+                 int64_t first_row) {
+  const auto& m = *st.model;
+  const auto n = int64_t(tokens.size());
+  auto cache = m.make_cache(0, st.split, int(pos + n));
+  auto x = m.embed(tokens);
+  m.forward_layers(x, pos, 0, st.split, cache);
+  st.step_input.narrow(0, first_row, n).copy_(x);
 }
 
 /// Why `w` cannot be computed, or none.
 caf::error check_work(const cloud_layers_state& st, const cloud_work& w) {
   const auto& cfg = st.model->config();
   auto& ctx = *w.ctx;
-  if (w.states.rows > 0) {
-    if (auto bad = w.states.check(cfg.n_embd); !bad.empty())
-      return make_error(ceco_errc::bad_tensor, "catch-up states: " + bad);
+  if (w.rows() > 0) {
+    if (w.states.rows > 0)
+      if (auto bad = w.states.check(cfg.n_embd); !bad.empty())
+        return make_error(ceco_errc::bad_tensor, "catch-up states: " + bad);
+    for (size_t i = 0; i < w.prompt.size(); ++i)
+      if (w.prompt[i] < 0 || w.prompt[i] >= cfg.vocab_size)
+        return make_error(ceco_errc::bad_tensor,
+                          fmt::format("prompt token {} is id {}; the vocabulary holds 0..{}", i,
+                                      w.prompt[i], cfg.vocab_size - 1));
     if (w.start != ctx.computed)
       return make_error(ceco_errc::bad_position,
                         fmt::format("catch-up from position {}, but {} are computed", w.start,
                                     ctx.computed));
-    if (int64_t(w.start) + w.states.rows > ctx.cache.capacity())
+    if (int64_t(w.start) + w.rows() > ctx.cache.capacity())
       return make_error(ceco_errc::bad_position,
                         fmt::format("catch-up of positions {}..{} exceeds the context of {}",
-                                    w.start, int64_t(w.start) + w.states.rows - 1,
+                                    w.start, int64_t(w.start) + w.rows() - 1,
                                     ctx.cache.capacity()));
   }
-  const int64_t computed = ctx.computed + int64_t(w.states.rows);
+  const int64_t computed = ctx.computed + int64_t(w.rows());
   for (auto pos : w.tokens_after)
     if (pos < 0 || pos >= computed)
       return make_error(ceco_errc::bad_position,
@@ -157,7 +175,7 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
   std::vector<size_t> seq_work;  // work index of each entry of seqs
   int64_t step_rows = 0, input_row = 0;
   for (const auto& w : step.work)
-    step_rows += w.states.rows;
+    step_rows += w.rows();
   reserve_step_input(st, step_rows);
   for (size_t i = 0; i < step.work.size(); ++i) {
     auto& w = step.work[i];
@@ -165,10 +183,20 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
       out.done[i].error = std::move(err);
       continue;
     }
-    if (w.states.rows == 0)
+    if (w.rows() == 0)
       continue;
-    inputs[i] = decode_step_rows(st, w.states, input_row);
-    input_row += w.states.rows;
+    if (!w.prompt.empty()) {
+      try {
+        prompt_rows(st, w.prompt, w.start, input_row);
+      } catch (const std::exception& e) {  // model_error, or libtorch's c10::Error
+        out.done[i].error = make_error(ceco_errc::compute_failed, e.what());
+        continue;
+      }
+    }
+    if (w.states.rows > 0)
+      decode_step_rows(st, w.states, input_row + int64_t(w.prompt.size()));
+    inputs[i] = st.step_input.narrow(0, input_row, w.rows());
+    input_row += w.rows();
     seqs.push_back({&inputs[i], w.start, &w.ctx->cache});
     seq_work.push_back(i);
   }
@@ -182,8 +210,8 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
   for (auto i : seq_work) {
     auto& w = step.work[i];
     if (!st.stage)
-      w.ctx->final_hidden.narrow(0, w.start, w.states.rows).copy_(inputs[i]);
-    w.ctx->computed = w.start + w.states.rows;
+      w.ctx->final_hidden.narrow(0, w.start, w.rows()).copy_(inputs[i]);
+    w.ctx->computed = w.start + w.rows();
   }
   if (st.stage) {
     for (size_t i = 0; i < step.work.size(); ++i) {
@@ -193,7 +221,7 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
       stage_work sw;
       sw.key = w.ctx->stage_key;
       sw.start = w.start;
-      sw.rows = w.states.rows > 0 ? encode_tensor(inputs[i], wire_dtype::f32)
+      sw.rows = w.rows() > 0 ? encode_tensor(inputs[i], wire_dtype::f32)
                                   : tensor_blob{uint8_t(wire_dtype::f32), 0, m.config().n_embd, {}};
       sw.tokens_after = std::move(w.tokens_after);
       sw.drafts = std::move(w.drafts);
@@ -347,19 +375,22 @@ void step_generations(self_ptr self) {
   st.clock.hold(self, 0, t0, cost, std::move(finish));  // the one cloud device
 }
 
-/// The profile's cost of a step: its catch-up rows through layers
-/// [split, L) and one classifier row per token answered.
+/// The profile's cost of a step: its prompt rows through layers [0, split),
+/// its catch-up rows through layers [split, L) and one classifier row per
+/// token answered.
 int64_t step_cost(const cloud_layers_state& st, const cloud_step& step,
                   const cloud_step_done& done) {
   const auto& p = *st.clock.profile();
   const int L = st.model->config().n_layer;
-  int64_t rows = 0, tokens = 0;
+  int64_t rows = 0, prompt = 0, tokens = 0;
   for (size_t i = 0; i < step.work.size(); ++i)
     if (!done.done[i].error) {
-      rows += step.work[i].states.rows;
+      rows += step.work[i].rows();
+      prompt += int64_t(step.work[i].prompt.size());
       tokens += int64_t(step.work[i].tokens_after.size());
     }
-  return (rows > 0 ? p.layers_us(p.cloud, L - st.split, rows, L) : 0) + p.heads_us(p.cloud, tokens);
+  return (prompt > 0 ? p.layers_us(p.cloud, st.split, prompt, L) : 0)
+         + (rows > 0 ? p.layers_us(p.cloud, L - st.split, rows, L) : 0) + p.heads_us(p.cloud, tokens);
 }
 
 /// The rest of a step at the stages: their tokens (or errors) fill the

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "actors/cloud_layers.hpp"
+#include "actors/hidden_rows.hpp"
 #include "actors/sim_clock.hpp"
 #include "net/auth.hpp"
 
@@ -44,7 +45,8 @@ struct session_entry {
   cloud_context_ptr ctx;
   int32_t received = 0;              // positions [0, received) uploaded
   int32_t computed = 0;              // positions [0, computed) caught up
-  uploaded_rows pending;             // uploaded, not yet in a step
+  std::vector<int32_t> prompt;       // open_session's prompt, not yet in a step
+  uploaded_rows pending;             // uploaded, not yet in a step (after the prompt)
   std::vector<waiting_request> waiting;  // for positions not yet in a step, at most
                                          // max_waiting_requests
   std::vector<waiting_request> asked;    // answered by the step in flight
@@ -102,13 +104,6 @@ caf::error unknown(uint64_t id) {
   return make_error(ceco_errc::unknown_session,
                     fmt::format("session {:016x} is not open (never opened, closed, or expired)",
                                 id));
-}
-
-/// Drops the first `n` rows of a blob.
-void drop_rows(tensor_blob& b, int32_t n) {
-  size_t row_bytes = b.bytes.size() / size_t(b.rows);
-  b.bytes.erase(b.bytes.begin(), b.bytes.begin() + std::ptrdiff_t(size_t(n) * row_bytes));
-  b.rows -= n;
 }
 
 void fail_all(session_entry& e, const caf::error& err) {
@@ -175,7 +170,7 @@ void settle_verdicts(session_entry& e, int32_t wrong, int32_t cloud_token) {
 /// Whether the next step has something to do for `e`: uploads to catch up
 /// on, or a request whose position is uploaded.
 bool has_work(const session_entry& e) {
-  if (e.pending.rows > 0)
+  if (e.pending.rows > 0 || !e.prompt.empty())
     return true;
   for (auto& w : e.waiting)
     if (w.pos < e.received)
@@ -298,6 +293,8 @@ void dispatch(self_ptr self) {
     cloud_work w;
     w.ctx = e.ctx;
     w.start = e.computed;
+    w.prompt = std::move(e.prompt);
+    e.prompt.clear();
     // The step takes the upload blobs as they came; the cloud layers
     // decode them straight into their input.
     w.states = std::move(e.pending);
@@ -322,7 +319,7 @@ void dispatch(self_ptr self) {
     e.checking = std::move(e.checks);
     e.checks.clear();
     ids.push_back(id);
-    targets.push_back(e.computed + w.states.rows);
+    targets.push_back(e.computed + w.rows());
     step.work.push_back(std::move(w));
   }
   if (ids.empty())
@@ -365,6 +362,16 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
     [=](open_session& open) -> caf::result<uint64_t> {
       auto& st = self->state;
       const auto sampling = sampler_of(open.sampling);
+      if (int64_t(open.prompt.size()) >= st.cfg.max_seq)
+        return make_error(ceco_errc::bad_position,
+                          fmt::format("open_session: a prompt of {} tokens; the context of {} "
+                                      "holds at most {} before the edge's first upload",
+                                      open.prompt.size(), st.cfg.max_seq, st.cfg.max_seq - 1));
+      for (size_t i = 0; i < open.prompt.size(); ++i)
+        if (open.prompt[i] < 0 || open.prompt[i] >= st.cfg.vocab_size)
+          return make_error(ceco_errc::bad_tensor,
+                            fmt::format("open_session: prompt token {} is id {}; the vocabulary "
+                                        "holds 0..{}", i, open.prompt[i], st.cfg.vocab_size - 1));
       // Sessions still being created count: the limit holds however many
       // opens arrive before the first is answered.
       if (int64_t(st.sessions.size()) + st.opening >= st.opts.max_sessions) {
@@ -405,7 +412,12 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
             e.ctx = std::move(ctx);
             e.sampling = sampling;
             e.last_active = clock_type::now();
+            // The prompt's rows are computed at once, while the reply
+            // travels and the edge computes its own.
+            e.received = int32_t(open.prompt.size());
+            e.prompt = std::move(open.prompt);
             rp.deliver(id);
+            mark_ready(self, id, e);
           },
           [=](caf::error& err) mutable {
             --self->state.opening;

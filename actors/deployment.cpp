@@ -314,6 +314,7 @@ edge_session_actor deployment::spawn_session(const std::vector<int32_t>& prompt,
   // there.
   o.split_dtype = settings_.placement.uploader == "cloud" ? wire_dtype::f32
                                                           : upload_dtype(settings_, o.mode);
+  o.prompt_to_cloud = prompt_to_cloud_of(settings_, o.mode);
   const char* name = to_string(o.mode);
   if (drafts(o.mode)) {
     // Drafts are decided and uploaded on the edge, token by token.

@@ -233,6 +233,7 @@ void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const
 /// (-1: nothing to verify); the verdict comes back whenever it is ready.
 void upload_draft(self_ptr self, tensor_blob&& split, int32_t start, int32_t draft) {
   auto& st = self->state;
+  skip_cloud_prompt_rows(st, split, start);
   const int32_t rows = split.rows;
   draft_upload m{st.session, st.epoch, start, std::move(split),
                  std::vector<int32_t>(size_t(rows), -1)};

@@ -90,6 +90,14 @@ void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t clou
   self->state.report.comm_us += std::max<int64_t>(0, rtt - cloud_us);
 }
 
+void skip_cloud_prompt_rows(const edge_session_state& st, tensor_blob& split, int32_t& start) {
+  const int32_t skip = std::min(st.cloud_prompt_rows - start, split.rows);
+  if (skip <= 0)
+    return;
+  drop_rows(split, skip);
+  start += skip;
+}
+
 /// The cloud is out of reach: the response goes on on the edge alone.
 void lose_cloud(self_ptr self, clock_type::time_point sent) {
   transition(self, phase::degraded);
@@ -106,12 +114,13 @@ void close_lost_session(self_ptr self, uint64_t lost) {
     .then([](session_summary&) {}, [](caf::error&) {});
 }
 
-void opened(self_ptr self, uint64_t id, clock_type::time_point sent) {
+void opened(self_ptr self, uint64_t id, clock_type::time_point sent, int32_t prompt_rows) {
   auto& st = self->state;
   if (st.replacing_lost && st.session != 0 && st.session != id)
     close_lost_session(self, st.session);
   st.replacing_lost = false;
   st.session = id;
+  st.cloud_prompt_rows = prompt_rows;
   st.cloud_sessions.push_back(id);
   st.report.comm_us += us_since(sent);
 }
@@ -121,7 +130,7 @@ void opened(self_ptr self, uint64_t id, clock_type::time_point sent) {
 void opened_after_finish(self_ptr self, std::optional<uint64_t> id,
                          clock_type::time_point sent) {
   if (id)
-    opened(self, *id, sent);
+    opened(self, *id, sent, 0);
   if (self->state.uploads_in_flight == 0)
     id ? close_cloud(self) : collect_traffic(self);
 }
@@ -131,8 +140,13 @@ void open_cloud(self_ptr self) {
   if (self->state.is(strategy::cloud))
     return generate_in_cloud(self);
   auto sent = clock_type::now();
+  // Every prompt token but the last: the edge uploads the last row with the
+  // step that decides the first token.
+  const auto prompt_rows = self->state.opts.prompt_to_cloud
+                             ? std::max<int32_t>(int32_t(self->state.opts.prompt.size()) - 1, 0)
+                             : 0;
   request_session(
-    self, sent,
+    self, sent, prompt_rows,
     [=] {
       if (self->state.is(strategy::cloud))
         return generate_in_cloud(self);
@@ -188,7 +202,7 @@ void resume(self_ptr self, int64_t epoch) {
   st.replacing_lost = st.session_lost;
   st.session_lost = false;
   request_session(
-    self, clock_type::now(),
+    self, clock_type::now(), 0,
     [=] {
       auto& st = self->state;
       transition(self, phase::running);
@@ -230,7 +244,7 @@ void reopen(self_ptr self, clock_type::time_point sent, bool reupload, std::func
   fmt::print(stderr, "ceco: the cloud lost this response's session (its worker went down); "
                      "opening a new one\n");
   request_session(
-    self, clock_type::now(),
+    self, clock_type::now(), 0,
     [=] {
       auto& st = self->state;
       transition(self, phase::running);

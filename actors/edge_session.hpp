@@ -103,6 +103,10 @@ struct edge_session_options {
   // The dtype the edge layers emit split rows in: the uploader's, so it
   // converts nothing. Naive's rows are f32 whatever this says.
   wire_dtype split_dtype = wire_dtype::f32;
+  // Collaborative, speculative, exact: the open carries the prompt's tokens
+  // but the last, and the cloud computes their split rows itself; the edge
+  // uploads from the prompt's last row on (upload.prompt, docs/design.md §2).
+  bool prompt_to_cloud = false;
   caf::actor token_sink;      // receives each token as it is emitted; may be invalid
   // How tokens are chosen where they are decided (sampling.*): the cloud
   // strategy's cloud and standalone's exits; greedy elsewhere.

@@ -1,5 +1,7 @@
 #include "actors/hidden_rows.hpp"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 
 namespace ceco {
@@ -79,6 +81,13 @@ void keep_rows(tensor_blob& rows, int32_t n) {
     return;
   rows.rows = std::max(n, 0);
   rows.bytes.resize(size_t(rows.rows) * size_t(rows.cols) * element_size(rows.dtype));
+}
+
+void drop_rows(tensor_blob& rows, int32_t n) {
+  n = std::clamp(n, 0, rows.rows);
+  const size_t row_bytes = size_t(rows.cols) * element_size(rows.dtype);
+  rows.bytes.erase(rows.bytes.begin(), rows.bytes.begin() + std::ptrdiff_t(size_t(n) * row_bytes));
+  rows.rows -= n;
 }
 
 tensor_blob transcode(tensor_blob b, wire_dtype dtype, std::vector<float>& scratch) {

@@ -52,6 +52,9 @@ void decode_rows(const uploaded_rows& rows, float* out);
 void append_rows(tensor_blob& rows, const tensor_blob& more);
 /// Keeps the first `n` rows of a blob (a rollback).
 void keep_rows(tensor_blob& rows, int32_t n);
+/// Drops the first `n` rows of a blob (rows another upload or the cloud
+/// itself already gave).
+void drop_rows(tensor_blob& rows, int32_t n);
 
 /// A 2-D f32 tensor (any device) straight into a blob of `dtype`.
 tensor_blob encode_tensor(const at::Tensor& x, wire_dtype dtype);

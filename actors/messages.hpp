@@ -272,18 +272,25 @@ struct uploaded_rows {
   std::string check(int32_t expected_cols) const;
 };
 
-/// One session's share of a cloud step: run its uploaded positions
-/// [start, start + states.rows) through the cloud layers (rows may be 0),
+/// One session's share of a cloud step: run its positions [start, start +
+/// rows()) through the cloud layers (rows may be 0),
 /// then answer the token after each position in `tokens_after`: the
 /// cloud's choice under the session's `sampling`, verifying `drafts[i]`
 /// when it is a token (docs/design.md §5; -1: no draft).
 struct cloud_work {
   cloud_context_ptr ctx;
   int32_t start = 0;
+  // Positions [start, start + prompt.size()) as tokens: the cloud layers
+  // compute their split rows over layers [0, split) (open_session.prompt).
+  // `states` holds the uploaded rows after them.
+  std::vector<int32_t> prompt;
   uploaded_rows states;
   std::vector<int32_t> tokens_after;
   std::vector<int32_t> drafts;  // one per tokens_after
   sampler_options sampling;
+
+  /// The positions this work computes: the prompt's and the uploaded.
+  int32_t rows() const { return int32_t(prompt.size()) + states.rows; }
 };
 
 /// A naive request, with its session's sampling, for the cloud layers.

@@ -37,6 +37,7 @@ struct edge_session_state {
   response_report report;
   caf::typed_response_promise<response_report> promise;
   uint64_t session = 0;                  // the current cloud session
+  int32_t cloud_prompt_rows = 0;         // positions it computed from the prompt's tokens
   uint64_t edge_id = 0;                  // the edge layers' cache for this response
   std::vector<uint64_t> cloud_sessions;  // every one this response opened
   int64_t link_epoch = 0;                // the link's epoch when the cloud session opened
@@ -100,7 +101,7 @@ void show_token(self_ptr self, int32_t token, int32_t exit_layer, int64_t cloud_
 void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t cloud_us);
 /// The cloud is out of reach: the response goes on on the edge alone.
 void lose_cloud(self_ptr self, clock_type::time_point sent);
-void opened(self_ptr self, uint64_t id, clock_type::time_point sent);
+void opened(self_ptr self, uint64_t id, clock_type::time_point sent, int32_t prompt_rows);
 void opened_after_finish(self_ptr self, std::optional<uint64_t> id, clock_type::time_point sent);
 /// Once the link is back (its epoch past link_epoch): a new cloud session.
 void resume(self_ptr self, int64_t epoch);
@@ -119,20 +120,31 @@ void finish(self_ptr self, const std::string& error = {});
 void close_cloud(self_ptr self);
 void collect_traffic(self_ptr self, size_t i = 0);
 
+/// Rows of `split` (positions [start, ...)) that the cloud session computed
+/// itself from the prompt's tokens are not uploaded: drops them, moving
+/// `start` past them.
+void skip_cloud_prompt_rows(const edge_session_state& st, tensor_blob& split, int32_t& start);
+
 /// Opens a cloud session: `on_open` runs once it is open, `on_error` with
 /// the error; a response that finished meanwhile closes what it opened.
+/// `prompt_rows`: the prompt's first tokens the open carries, whose split
+/// rows the cloud computes itself (opts.prompt_to_cloud; 0 when every row
+/// is uploaded, as after a loss).
 template <class OnOpen, class OnError>
-void request_session(self_ptr self, clock_type::time_point sent, OnOpen on_open,
-                     OnError on_error) {
+void request_session(self_ptr self, clock_type::time_point sent, int32_t prompt_rows,
+                     OnOpen on_open, OnError on_error) {
   auto& st = self->state;
   ++st.opens_in_flight;
-  self->request(st.site.cloud, st.opts.timeout, open_session{params_of(st.opts.sampling)})
+  open_session open{params_of(st.opts.sampling),
+                    std::vector<int32_t>(st.opts.prompt.begin(),
+                                         st.opts.prompt.begin() + prompt_rows)};
+  self->request(st.site.cloud, st.opts.timeout, std::move(open))
     .then(
       [=](uint64_t id) {
         --self->state.opens_in_flight;
         if (self->state.finished())
           return opened_after_finish(self, id, sent);
-        opened(self, id, sent);
+        opened(self, id, sent, prompt_rows);
         on_open();
       },
       [=](caf::error& err) {

@@ -240,6 +240,7 @@ void upload_settled(self_ptr self) {
 
 void upload(self_ptr self, tensor_blob&& split, int32_t start, std::function<void()> next) {
   auto& st = self->state;
+  skip_cloud_prompt_rows(st, split, start);
   ++st.report.uploads;
   st.report.uploaded_positions += split.rows;
   ++st.uploads_in_flight;

@@ -184,9 +184,8 @@ void run_experiment(const experiment_args& a) {
             const auto& r = batch[k];
             auto text = m.vocab.decode(r.tokens, ids.back());
             auto j = report_json(r, sample.prompt, text,
-                                 formula_bytes_up(mode, int64_t(ids.size()),
-                                                  int64_t(r.tokens.size()), cfg.n_embd,
-                                                  upload_dtype_of(combos[c].s, mode) == "f32" ? 4 : 2));
+                                 formula_bytes_up(combos[c].s, mode, int64_t(ids.size()),
+                                                  int64_t(r.tokens.size()), cfg.n_embd));
             j["experiment"] = base.experiment.name;
             if (auto e = exactness_of(combos[c].s, mode); !e.empty())
               j["exactness"] = e;

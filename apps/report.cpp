@@ -1,5 +1,7 @@
 #include "apps/report.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "actors/deployment.hpp"
@@ -20,12 +22,19 @@ std::string describe_link_delay(const settings& s) {
   return out + " (link.*)";
 }
 
-int64_t formula_bytes_up(strategy mode, int64_t p, int64_t n, int64_t d, int64_t dtype_bytes) {
+int64_t formula_bytes_up(const settings& s, strategy mode, int64_t p, int64_t n, int64_t d) {
+  const int64_t dtype_bytes = upload_dtype_of(s, mode) == "f32" ? 4 : 2;
   switch (mode) {
     case strategy::collaborative:
     case strategy::speculative:
-    case strategy::exact:
-      return n > 0 ? (p + n - 1) * d * dtype_bytes : 0;  // the last token's state is never needed
+    case strategy::exact: {
+      if (n == 0)
+        return 0;
+      // The last token's state is never needed; with the prompt's tokens
+      // the cloud computes every prompt row but the last itself.
+      const int64_t from_tokens = prompt_to_cloud_of(s, mode) ? std::max<int64_t>(p - 1, 0) : 0;
+      return from_tokens * 4 + (p - from_tokens + n - 1) * d * dtype_bytes;
+    }
     case strategy::naive: {
       int64_t total = 0;
       for (int64_t i = 0; i < n; ++i)

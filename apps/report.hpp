@@ -16,12 +16,13 @@ class exit_heads;
 
 namespace ceco::app {
 
-/// Bytes up the formulas predict, payload only: collaborative
-/// (p + n - 1)·d·dtype, naive Σ_{i<n} (p + i)·d·4, cloud 4p, standalone 0;
-/// speculative and exact as collaborative when nothing is rolled back (each
-/// rollback uploads the positions after it again).
-int64_t formula_bytes_up(strategy mode, int64_t p, int64_t n, int64_t d,
-                         int64_t dtype_bytes);
+/// Bytes up the formulas predict for a response of `mode` under `s`
+/// (upload.dtype, upload.prompt), payload only: collaborative
+/// (p + n - 1)·d·dtype, or with the prompt's tokens 4(p - 1) + n·d·dtype;
+/// naive Σ_{i<n} (p + i)·d·4, cloud 4p, standalone 0; speculative and exact
+/// as collaborative when nothing is rolled back (each rollback uploads the
+/// positions after it again).
+int64_t formula_bytes_up(const settings& s, strategy mode, int64_t p, int64_t n, int64_t d);
 
 /// The fields of `ceco sim --json` (README "ceco sim").
 nlohmann::json report_json(const response_report& r, const std::string& prompt,

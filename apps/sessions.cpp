@@ -470,9 +470,8 @@ void run_sessions(session_args a, const remote_cloud_fn& remote) {
             lost = deployed;
           row x{&r, prompts[i], m.vocab.decode(r.tokens, ids.back())};
           auto j = report_json(r, x.prompt, x.text,
-                               formula_bytes_up(mode, int64_t(ids.size()), int64_t(r.tokens.size()),
-                                                m.model->config().n_embd,
-                                                upload_dtype_of(s, mode) == "f32" ? 4 : 2));
+                               formula_bytes_up(s, mode, int64_t(ids.size()), int64_t(r.tokens.size()),
+                                                m.model->config().n_embd));
           j["compute"] = compute_label(s);
           add_thresholds(j, mode, s, m.heads);
           if (auto e = exactness_of(s, mode); !e.empty())

@@ -371,6 +371,7 @@ const std::vector<key_spec>& schema() {
     string_key("compute.clock", {"real", "virtual"}, CECO_REF(std::string, compute.clock)),
     string_key("upload.dtype", {"auto", "f16", "f32"}, CECO_REF(std::string, upload.dtype)),
     string_key("upload.mode", {"async", "sync"}, CECO_REF(std::string, upload.mode)),
+    string_key("upload.prompt", {"auto", "states", "tokens"}, CECO_REF(std::string, upload.prompt)),
     [] {
       auto names = profile_names();
       names.insert(names.begin(), "");
@@ -821,6 +822,12 @@ std::string upload_dtype_of(const settings& s, strategy mode) {
   if (s.upload.dtype == "auto")
     return mode == strategy::exact ? "f32" : "f16";
   return s.upload.dtype;
+}
+
+bool prompt_to_cloud_of(const settings& s, strategy mode) {
+  if (mode != strategy::collaborative && mode != strategy::speculative && mode != strategy::exact)
+    return false;
+  return s.upload.prompt == "tokens" || (s.upload.prompt == "auto" && mode == strategy::exact);
 }
 
 std::string exactness_of(const settings& s, strategy mode) {

@@ -55,6 +55,7 @@ struct settings {
   struct {
     std::string dtype = "auto";  // auto (f32 for exact, else f16) | f16 | f32
     std::string mode = "async";  // async | sync (wait for each upload's ack)
+    std::string prompt = "auto";  // auto (tokens for exact, else states) | states | tokens
   } upload;
   struct {
     std::string profile;           // "" = the keys below; lan | wan | paper set them
@@ -159,6 +160,11 @@ struct settings {
 /// where "auto" is f32 for exact (drafts verified on the states the cloud
 /// would have computed itself) and f16 for every other strategy.
 std::string upload_dtype_of(const settings& s, strategy mode);
+/// Whether a response of `mode` opens its cloud session with the prompt's
+/// tokens (but the last), whose split rows the cloud then computes itself:
+/// upload.prompt "tokens", or "auto" for exact; never for naive, cloud and
+/// standalone, which upload no rows one by one.
+bool prompt_to_cloud_of(const settings& s, strategy mode);
 /// How exact a response is: for exact, "exact" with f32 uploads and "exact
 /// to the f16 split" with f16 ones; "" for every other strategy.
 std::string exactness_of(const settings& s, strategy mode);

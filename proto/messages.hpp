@@ -37,8 +37,9 @@ namespace ceco {
 
 /// Version of the edge-cloud protocol; a hello with another is refused.
 /// 4: sampling on generate and evaluate. 5: generate streams (from,
-/// session, done); open_session carries the session's sampling.
-constexpr uint32_t protocol_version = 5;
+/// session, done); open_session carries the session's sampling. 6:
+/// open_session carries prompt tokens whose split rows the cloud computes.
+constexpr uint32_t protocol_version = 6;
 
 // -- errors ---------------------------------------------------------------------
 
@@ -158,8 +159,12 @@ std::string mixed_quantization_note(const hello_msg& edge, const hello_msg& clou
 /// Opens a session on the cloud; answered by open_reply (between actors, by
 /// the session id alone). `sampling`: how the cloud chooses the session's
 /// tokens (infer, naive) and verifies its drafts (docs/design.md §5).
+/// `prompt`: the tokens of positions [0, prompt.size()), whose split rows
+/// the cloud computes itself over layers [0, split) (upload.prompt =
+/// "tokens", docs/design.md §2); the edge's uploads begin after them.
 struct open_session {
   sampling_params sampling;
+  std::vector<int32_t> prompt;
 };
 struct open_reply {
   uint64_t session = 0;
@@ -375,7 +380,10 @@ template <class F> void fields(F& f, hello_msg& x) {
   f.boolean("allow_mixed_quantization", x.allow_mixed_quantization);
 }
 template <class F> void fields(F& f, hello_reply& x) { fields(f, x.hello); }
-template <class F> void fields(F& f, open_session& x) { sampling_fields(f, x.sampling); }
+template <class F> void fields(F& f, open_session& x) {
+  sampling_fields(f, x.sampling);
+  f.vec("prompt", x.prompt, 0, f.lim.context - 1, 0, f.lim.vocab - 1);
+}
 template <class F> void fields(F& f, open_reply& x) { f.u64("session", x.session); }
 template <class F> void fields(F& f, upload_msg& x) {
   f.u64("session", x.session);

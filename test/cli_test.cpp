@@ -295,11 +295,11 @@ TEST_CASE("the smoke experiment writes results, summaries and plots with consist
     if (mode == "collaborative") {
       int64_t uploads = j["uploads"], requests = j["cloud_requests"];
       CHECK(formula == (p + n - 1) * d * 2);
-      // open 20 (the sampling) + close 8 (README, "Bytes on the wire")
-      CHECK(up == formula + 28 + 12 * requests + 21 * uploads + varint_size(p * d * 2) +
+      // open 21 (the sampling, no prompt ids) + close 8 (README, "Bytes on the wire")
+      CHECK(up == formula + 29 + 12 * requests + 21 * uploads + varint_size(p * d * 2) +
                     (uploads - 1) * varint_size(d * 2));
     } else if (mode == "naive") {
-      int64_t overhead = 28;  // open 20 + close 8
+      int64_t overhead = 29;  // open 21 + close 8
       for (int64_t i = 0; i < n; ++i)
         overhead += 17 + varint_size((p + i) * d * 4);
       CHECK(up == formula + overhead);

@@ -147,22 +147,27 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
     CHECK(j["degraded_tokens"] == 0);
     CHECK(j["bytes_up"].get<int64_t>() > 0);
     // The link counts the frames it sends: the payload formulas plus each
-    // frame's overhead (README, "Bytes on the wire"), an open (36: its sampling) and a close.
+    // frame's overhead (README, "Bytes on the wire"), an open (40: its
+    // sampling and the prompt's ids it carries, 4 each) and a close.
     const int64_t up = j["bytes_up"], formula = j["formula_bytes_up"];
     const int64_t messages = j["messages_up"], requests = j["cloud_requests"];
+    const int64_t p = j["n_prompt"];
     if (j["mode"] == "collaborative")
-      CHECK(up == formula + 36 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
+      CHECK(up == formula + 40 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
     else if (j["mode"] == "speculative" || j["mode"] == "exact") {
       // A draft upload is an upload frame plus the epoch and one draft per
       // row (README, "Bytes on the wire"); rollbacks upload positions again.
+      // exact's open carries the prompt's ids but the last (upload.prompt =
+      // "auto"), and its uploads begin at the prompt's last row.
+      const int64_t from_tokens = j["mode"] == "exact" ? p - 1 : 0;
       const int64_t uploads = j["uploads"], positions = j["uploaded_positions"];
-      const int64_t row_bytes = formula / (j["n_prompt"].get<int64_t>() + 40 - 1);
+      const int64_t row_bytes = (formula - 4 * from_tokens) / (p - from_tokens + 40 - 1);
       CHECK(uploads == messages - 2);
       CHECK(j["verdicts"] == uploads);
-      CHECK(up == 36 + 24 + 45 * uploads + (row_bytes + 4) * positions);
+      CHECK(up == 40 + 4 * from_tokens + 24 + 45 * uploads + (row_bytes + 4) * positions);
     }
     else if (j["mode"] == "naive")
-      CHECK(up == formula + 36 + 24 + 33 * (messages - 2));
+      CHECK(up == formula + 40 + 24 + 33 * (messages - 2));
     else  // cloud: no open; the first generate 56 + ids, each long poll 56, close 24
       CHECK(up == formula + 24 + 56 * (messages - 1));
   }

@@ -96,14 +96,14 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   REQUIRE(n == 30);
   CHECK(collab.uploaded_positions == p + n - 1);
   CHECK(collab.uploads == n);  // the prompt in one message, then one per generated token but the last
-  // open 20 (the sampling) + close 8 (the session) + 12 per cloud request + per upload 21 +
-  // length prefix + payload
-  int64_t expected = 20 + 8 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
+  // open 21 (the sampling, no prompt ids) + close 8 (the session) + 12 per cloud request +
+  // per upload 21 + length prefix + payload
+  int64_t expected = 21 + 8 + 12 * collab.cloud_requests + (p + n - 1) * d * 2;
   expected += 21 + varbyte(p * d * 2) + (n - 1) * (21 + varbyte(d * 2));
   CHECK(collab.traffic.bytes_up == expected);
 
   auto naive = f.sim->run(ids, "naive", 30);
-  int64_t naive_expected = 20 + 8;
+  int64_t naive_expected = 21 + 8;
   for (int64_t i = 0; i < 30; ++i) {
     int64_t payload = (p + i) * d * 4;
     naive_expected += payload + 17 + varbyte(payload);
@@ -122,6 +122,34 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   CHECK(cloud.traffic.bytes_up == (8 + 1 + 4 * p + 4 + 4 + 20) + polls * 37 + 8);
   CHECK(cloud.traffic.messages_down == cloud.traffic.messages_up);
   CHECK(cloud.traffic.bytes_down > 4 * 30);
+}
+
+TEST_CASE("with upload.prompt = tokens the open carries the prompt's ids but the last, the cloud computes their rows, and the tokens stay the cloud's") {
+  // Every token a cloud request (threshold above 1), f32 uploads: collaborative
+  // and exact give the cloud strategy's tokens, whichever way the prompt goes up.
+  stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0", "policy.threshold=1.5",
+                 "upload.dtype=f32", "upload.prompt=tokens"});
+  const int64_t d = 64;
+  for (auto& prompt : test_prompts) {
+    CAPTURE(prompt);
+    auto ids = f.m.vocab.encode(prompt);
+    const int64_t p = int64_t(ids.size());
+    auto cloud = f.sim->run(ids, "cloud", 30);
+    auto collab = f.sim->run(ids, "collaborative", 30);
+    CHECK(collab.error.empty());
+    CHECK(collab.tokens == cloud.tokens);
+    const int64_t n = int64_t(collab.tokens.size());
+    // The uploads begin at the prompt's last row: one row each.
+    CHECK(collab.uploaded_positions == n);
+    CHECK(collab.uploads == n);
+    // open 21 + 4 per id, close 8, 12 per request, each upload 21 + length + one f32 row
+    CHECK(collab.traffic.bytes_up ==
+          21 + 4 * (p - 1) + 8 + 12 * collab.cloud_requests + n * (21 + varbyte(d * 4) + d * 4));
+    auto exact = f.sim->run(ids, "exact", 30);
+    CHECK(exact.error.empty());
+    CHECK(exact.tokens == cloud.tokens);
+    CHECK(f.sim->cloud_state().sessions == 0);
+  }
 }
 
 TEST_CASE("the cloud strategy streams: no open round trip, its first token after one round trip") {
@@ -452,6 +480,31 @@ TEST_CASE("the context manager answers bad messages with errors and keeps servin
                CHECK(s.positions == 4);
                CHECK(s.gaps == 1);
              },
+             [&](caf::error& e) { FAIL(describe(e)); });
+
+  // An open's prompt ids: each in the vocabulary, fewer than the context.
+  auto error_of_open = [&](open_session m) {
+    std::string out;
+    self->request(cm, std::chrono::seconds(5), std::move(m))
+      .receive([&](uint64_t) { out = "opened"; }, [&](caf::error& e) { out = describe(e); });
+    return out;
+  };
+  CHECK(error_of_open({{}, {1, 512}}).find("bad_tensor: open_session: prompt token 1 is id 512; "
+                                           "the vocabulary holds 0..511") == 0);
+  CHECK(error_of_open({{}, std::vector<int32_t>(2048, 1)}).find("a prompt of 2048 tokens") !=
+        std::string::npos);
+  // A good one: its rows are computed, and the uploads go on after them.
+  uint64_t with_prompt = 0;
+  self->request(cm, std::chrono::seconds(5), open_session{{}, {1, 403, 407}})
+    .receive([&](uint64_t x) { with_prompt = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+  CHECK(error_of_upload({with_prompt, 0, good}) == "accepted");  // positions 0..2 again, then none
+  CHECK(error_of_upload({with_prompt, 4, good}).find("position_gap") == 0);
+  CHECK(error_of_upload({with_prompt, 3, good}) == "accepted");
+  self->request(cm, std::chrono::seconds(5), infer_request{with_prompt, 5})
+    .receive([&](infer_reply& r) { CHECK(r.token >= 0); },
+             [&](caf::error& e) { FAIL(describe(e)); });
+  self->request(cm, std::chrono::seconds(5), close_session{with_prompt})
+    .receive([&](session_summary& s) { CHECK(s.positions == 6); },
              [&](caf::error& e) { FAIL(describe(e)); });
 }
 
