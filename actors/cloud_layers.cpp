@@ -153,6 +153,8 @@ caf::error check_work(const cloud_layers_state& st, const cloud_work& w) {
                                     w.start, int64_t(w.start) + w.rows() - 1,
                                     ctx.cache.capacity()));
   }
+  if (auto bad = w.q.check(w.tokens_after.size(), cfg.vocab_size); !bad.empty())
+    return make_error(ceco_errc::bad_tensor, "catch-up drafts: " + bad);
   const int64_t computed = ctx.computed + int64_t(w.rows());
   for (auto pos : w.tokens_after)
     if (pos < 0 || pos >= computed)
@@ -225,6 +227,7 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
                                   : tensor_blob{uint8_t(wire_dtype::f32), 0, m.config().n_embd, {}};
       sw.tokens_after = std::move(w.tokens_after);
       sw.drafts = std::move(w.drafts);
+      sw.q = std::move(w.q);
       sw.sampling = params_of(w.sampling);
       staged.work.push_back(std::move(sw));
       staged_work.push_back(i);
@@ -244,9 +247,11 @@ void run_step(cloud_layers_state& st, cloud_step& step, cloud_step_done& out, st
     if (out.done[i].error)
       continue;
     const auto& w = step.work[i];
+    size_t q_offset = 0;
     for (size_t j = 0; j < w.tokens_after.size(); ++j) {
       finals[int64_t(asks.size())].copy_(w.ctx->final_hidden[w.tokens_after[j]]);
-      asks.push_back({w.tokens_after[j], j < w.drafts.size() ? w.drafts[j] : -1, &w.sampling});
+      asks.push_back({w.tokens_after[j], j < w.drafts.size() ? w.drafts[j] : -1, &w.sampling,
+                      entry_q(w.q, j, q_offset)});
     }
   }
   std::vector<int32_t> tokens;

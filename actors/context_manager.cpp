@@ -54,6 +54,7 @@ struct session_entry {
   // the draft uploads waiting for their verdicts (in position order).
   int32_t epoch = 0;
   std::vector<draft_check> checks;    // rows not yet in a step
+  draft_distributions checks_q;       // their drafts' distributions, an entry each
   std::vector<draft_check> checking;  // rows of the step in flight
   std::deque<awaiting_verdict> verdicts;
   bool queued = false;               // in `ready`
@@ -116,6 +117,7 @@ void fail_all(session_entry& e, const caf::error& err) {
     v.promise.deliver(err);
   e.verdicts.clear();
   e.checks.clear();
+  e.checks_q.clear();
   e.checking.clear();
 }
 
@@ -130,6 +132,7 @@ void roll_back(session_entry& e, int32_t wrong) {
   rewind(*e.ctx, keep);
   e.pending.clear();
   e.checks.clear();
+  e.checks_q.clear();
   std::vector<waiting_request> still;
   for (auto& w : e.waiting) {
     if (w.pos < keep)
@@ -179,6 +182,25 @@ bool has_work(const session_entry& e) {
 }
 
 void dispatch(self_ptr self);
+
+/// Empty when each draft sent with its distribution is among its
+/// candidates with a weight, and no row without a draft has one; else what
+/// is wrong.
+std::string drafts_among_candidates(const draft_upload& m) {
+  size_t at = 0;
+  for (size_t i = 0; i < m.q.counts.size(); ++i) {
+    const auto n = size_t(m.q.counts[i]);
+    if (n > 0 && m.drafts[i] < 0)
+      return fmt::format("row {} has no draft but a draft distribution of {} candidates", i, n);
+    bool found = n == 0;
+    for (size_t j = at; j < at + n; ++j)
+      found = found || (m.q.tokens[j] == m.drafts[i] && m.q.weights[j] > 0.0f);
+    if (!found)
+      return fmt::format("row {}'s draft {} is not among its {} candidates", i, m.drafts[i], n);
+    at += n;
+  }
+  return {};
+}
 
 /// The session ends (closed or expired): whoever listens is told.
 void ended(self_ptr self, uint64_t id) {
@@ -311,6 +333,12 @@ void dispatch(self_ptr self) {
       }
     }
     e.waiting = std::move(later);
+    if (!e.checks.empty()) {
+      // The token requests' entries first (no draft), then the checks'.
+      w.q = std::move(e.checks_q);
+      w.q.counts.insert(w.q.counts.begin(), w.tokens_after.size(), 0);
+      e.checks_q.clear();
+    }
     for (auto& c : e.checks) {
       w.tokens_after.push_back(c.pos);
       w.drafts.push_back(c.draft);
@@ -476,6 +504,10 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
           return make_error(ceco_errc::bad_tensor,
                             fmt::format("draft upload: drafts[{}] is {}; expected -1 (none) or a "
                                         "token id 0..{}", i, m.drafts[i], st.cfg.vocab_size - 1));
+      if (auto bad = m.q.check(m.drafts.size(), st.cfg.vocab_size); !bad.empty())
+        return make_error(ceco_errc::bad_tensor, "draft upload: " + bad);
+      if (auto bad = drafts_among_candidates(m); !bad.empty())
+        return make_error(ceco_errc::bad_tensor, "draft upload: " + bad);
       if (m.start != e.received || int64_t(m.start) + m.states.rows > st.cfg.max_seq) {
         if (m.start > e.received)
           ++e.gaps;
@@ -491,8 +523,10 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
                                       "verdicts, the limit is {}", e.verdicts.size(),
                                       max_waiting_requests));
       for (int32_t i = 0; i < m.states.rows; ++i)
-        if (m.drafts[size_t(i)] >= 0)
+        if (m.drafts[size_t(i)] >= 0) {
           e.checks.push_back({m.start + i, m.drafts[size_t(i)]});
+          e.checks_q.append(m.q, size_t(i));
+        }
       auto rp = self->make_response_promise<verdict>();
       e.verdicts.push_back({m.start + m.states.rows, clock_type::now(), rp});
       e.received += m.states.rows;

@@ -35,6 +35,7 @@ exit_policy policy_of(const settings& s) {
   exit_policy p;
   p.threshold = threshold_override(s);
   p.min_exit_layer = s.policy.min_exit_layer;
+  p.draft_candidates = s.policy.draft_candidates;
   return p;
 }
 

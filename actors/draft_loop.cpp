@@ -164,7 +164,9 @@ void resume_drafts(self_ptr self) {
   for (int32_t i = 0; i < rows; ++i)
     if (i + 1 < w.size() && w.awaits_verdict(i + 1))
       drafts[size_t(i)] = w.sequence()[size_t(i + 1)];
-  draft_upload m{st.session, st.epoch, 0, tensor_blob(st.context), std::move(drafts)};
+  // Their distributions are not kept: each is verified as a point mass,
+  // which keeps the cloud's distribution for any draft (docs/design.md §5).
+  draft_upload m{st.session, st.epoch, 0, tensor_blob(st.context), std::move(drafts), {}};
   ++st.report.uploads;
   st.report.uploaded_positions += rows;
   st.report.verify_bytes += 4 + 4 * int64_t(rows);
@@ -230,17 +232,29 @@ void on_verdict(self_ptr self, int32_t epoch, int32_t first, int32_t last, const
 }
 
 /// Sends rows [start, start + split.rows) with the draft of the last row
-/// (-1: nothing to verify); the verdict comes back whenever it is ready.
-void upload_draft(self_ptr self, tensor_blob&& split, int32_t start, int32_t draft) {
+/// (-1: nothing to verify) and, when sampled, the distribution it was drawn
+/// from (its candidates; none: a point mass); the verdict comes back
+/// whenever it is ready.
+void upload_draft(self_ptr self, tensor_blob&& split, int32_t start, int32_t draft,
+                  std::vector<int32_t>&& q_tokens, std::vector<float>&& q_weights) {
   auto& st = self->state;
   skip_cloud_prompt_rows(st, split, start);
   const int32_t rows = split.rows;
   draft_upload m{st.session, st.epoch, start, std::move(split),
-                 std::vector<int32_t>(size_t(rows), -1)};
+                 std::vector<int32_t>(size_t(rows), -1), {}};
   m.drafts.back() = draft;
+  if (draft >= 0 && !q_tokens.empty()) {
+    m.q.counts.assign(size_t(rows), 0);
+    m.q.counts.back() = int32_t(q_tokens.size());
+    m.q.tokens = std::move(q_tokens);
+    m.q.weights = std::move(q_weights);
+  }
   ++st.report.uploads;
   st.report.uploaded_positions += rows;
-  st.report.verify_bytes += 4 + 4 * int64_t(rows);  // the epoch and the drafts
+  // The epoch, the drafts and their distributions (a count per row, 8
+  // bytes per candidate).
+  st.report.verify_bytes += 4 + 4 * int64_t(rows) + 4 * int64_t(m.q.counts.size())
+                            + 8 * int64_t(m.q.tokens.size());
   ++st.uploads_in_flight;
   const int32_t epoch = st.epoch;
   const uint64_t session = st.session;
@@ -317,11 +331,14 @@ void draft_forward(self_ptr self) {
                 if (st.is(strategy::exact) || !confident)
                   ++st.report.unverified_tokens;
               }
-              st.window.draft(d.token, origin, verify);
+              // A token the cloud verifies is the draft, drawn from the
+              // distribution that goes up with it (docs/design.md §5).
+              st.window.draft(verify ? d.draft : d.token, origin, verify);
               if (verify)
                 ++st.report.drafts;
               if (!st.degraded())
-                upload_draft(self, std::move(*split), start, verify ? d.token : -1);
+                upload_draft(self, std::move(*split), start, verify ? d.draft : -1,
+                             std::move(d.q_tokens), std::move(d.q_weights));
               st.computing = false;
               if (!show_final(self))
                 draft_step(self);

@@ -13,6 +13,9 @@
 
 namespace ceco {
 
+static_assert(max_draft_candidates == proto::max_candidates,
+              "a draft distribution's bound on the wire is the sampler's");
+
 namespace {
 
 using clock_type = sim_clock;
@@ -30,6 +33,7 @@ struct exit_evaluator_state {
   profile_clock clock;  // profile mode: the profile's head cost per evaluation
   bool on_cloud = false;
   uint64_t next_device = 0;
+  std::vector<std::pair<float, int32_t>> scratch;  // the sampler's, reused
   static inline const char* name = "exit_evaluator";
 };
 
@@ -72,14 +76,20 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
                                 st.policy.min_exit_layer);
       d.exit_layer = choice.layer;
       d.token = choice.token;
+      d.draft = choice.token;
       if (const auto opts = sampler_of(r.sampling); samples(opts)) {
         // The firing exit's distribution (or the deepest exit's), sampled
-        // with the edge's draw for this position (docs/design.md §5).
+        // with the edge's draw for this position (docs/design.md §5); a
+        // draft from the same distribution cut to its likeliest tokens.
         const size_t i = choice.index >= 0 ? size_t(choice.index) : st.heads.size() - 1;
         auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
-        std::vector<std::pair<float, int32_t>> scratch;
-        d.token = sample_at(logits.data_ptr<float>(), int(logits.numel()), opts,
-                            position_uniform(opts.seed, sample_stream::edge, r.pos), scratch);
+        const auto u = position_uniform(opts.seed, sample_stream::edge, r.pos);
+        const int n = int(logits.numel());
+        d.token = sample_at(logits.data_ptr<float>(), n, opts, u, st.scratch);
+        d.draft = d.token;
+        if (st.policy.draft_candidates > 0)
+          d.draft = draft_from(logits.data_ptr<float>(), n, opts, st.policy.draft_candidates, u,
+                               d.q_tokens, d.q_weights, st.scratch);
       }
       d.compute_us = us_since(t0);
       if (auto* p = st.clock.profile()) {

@@ -21,6 +21,10 @@ struct exit_policy {
   /// thresholds, else 0.8 (exit_heads::thresholds).
   std::optional<float> threshold;
   int min_exit_layer = 1;
+  /// Sampled drafts come from the exit's distribution cut to this many
+  /// likeliest tokens, which go up with the draft (policy.draft_candidates;
+  /// 0: none, the draft verified as a point mass).
+  int draft_candidates = 16;
 };
 
 /// With a profile (compute.mode = "profile") each evaluation takes the

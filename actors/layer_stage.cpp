@@ -104,6 +104,10 @@ stage_context* context_for(stage_ptr self, stage_work& w, std::unique_ptr<stage_
     ctx.computed = w.start;
   }
   const int32_t computed = ctx.computed + w.rows.rows;
+  if (auto bad = w.q.check(w.tokens_after.size(), st.model->config().vocab_size); !bad.empty()) {
+    why = failed(ceco_errc::bad_tensor, "stage work: " + bad);
+    return nullptr;
+  }
   for (auto pos : w.tokens_after)
     if (pos < 0 || (!st.next && pos >= (w.key == 0 ? w.rows.rows : computed))) {
       why = failed(ceco_errc::bad_position,
@@ -195,10 +199,12 @@ caf::result<stage_step_done> run_stage(stage_ptr self, stage_step& step) {
     const bool kept = w.key != 0;
     if (kept && w.rows.rows > 0)
       ctxs[i]->final_hidden.narrow(0, w.start, w.rows.rows).copy_(inputs[i]);
+    size_t q_offset = 0;
     for (size_t j = 0; j < w.tokens_after.size(); ++j) {
       const auto pos = w.tokens_after[j];
       finals[int64_t(asks.size())].copy_(kept ? ctxs[i]->final_hidden[pos] : inputs[i][pos]);
-      asks.push_back({pos, j < w.drafts.size() ? w.drafts[j] : -1, &sampling[i]});
+      asks.push_back({pos, j < w.drafts.size() ? w.drafts[j] : -1, &sampling[i],
+                      entry_q(w.q, j, q_offset)});
     }
   }
   std::vector<int32_t> tokens;

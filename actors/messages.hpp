@@ -287,6 +287,7 @@ struct cloud_work {
   uploaded_rows states;
   std::vector<int32_t> tokens_after;
   std::vector<int32_t> drafts;  // one per tokens_after
+  draft_distributions q;        // the drafts' distributions, an entry per tokens_after
   sampler_options sampling;
 
   /// The positions this work computes: the prompt's and the uploaded.
@@ -332,6 +333,7 @@ struct stage_work {
   tensor_blob rows;
   std::vector<int32_t> tokens_after;
   std::vector<int32_t> drafts;
+  draft_distributions q;  // an entry per tokens_after, as cloud_work
   sampling_params sampling;
 };
 template <class F> void fields(F& f, stage_work& x) {
@@ -340,6 +342,7 @@ template <class F> void fields(F& f, stage_work& x) {
   f.blob("rows", x.rows, 0, f.lim.context, f.lim.width);
   f.vec("tokens_after", x.tokens_after, 0, f.lim.context, 0, f.lim.context - 1);
   f.vec("drafts", x.drafts, 0, f.lim.context, -1, f.lim.vocab - 1);
+  draft_q_fields(f, x.q, f.lim.context);
   sampling_fields(f, x.sampling);
 }
 

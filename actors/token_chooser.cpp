@@ -29,7 +29,7 @@ void token_chooser::choose(const transformer& m, const std::vector<ask>& asks,
   static const sampler_options greedy;
   for (const auto& a : asks) {
     tokens.push_back(cloud_choice(row, vocab, a.sampling ? *a.sampling : greedy, a.position,
-                                  a.draft, probs_, scratch_));
+                                  a.draft, a.q, probs_, scratch_));
     row += vocab;
   }
 }

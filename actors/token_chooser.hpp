@@ -14,10 +14,21 @@
 #include <ATen/core/Tensor.h>
 
 #include "model/sampler.hpp"
+#include "proto/messages.hpp"
 
 namespace ceco {
 
 class transformer;
+
+/// Entry `i` of `q` for the sampler, the entries before it holding `offset`
+/// candidates; moves `offset` past it. No counts: a point mass.
+inline draft_q entry_q(const draft_distributions& q, size_t i, size_t& offset) {
+  if (i >= q.counts.size() || q.counts[i] == 0)
+    return {};
+  draft_q out{q.tokens.data() + offset, q.weights.data() + offset, q.counts[i]};
+  offset += size_t(q.counts[i]);
+  return out;
+}
 
 class token_chooser {
 public:
@@ -27,6 +38,7 @@ public:
     int64_t position = 0;
     int32_t draft = -1;
     const sampler_options* sampling = nullptr;
+    draft_q q;  // the draft's distribution (count 0: the point mass)
   };
 
   /// Room for the final states of `n` rows, [n, n_embd] on the model's

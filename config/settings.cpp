@@ -10,6 +10,8 @@
 #include <fmt/ranges.h>
 #include <toml++/toml.h>
 
+#include "model/sampler.hpp"
+
 namespace ceco {
 
 namespace {
@@ -360,6 +362,8 @@ const std::vector<key_spec>& schema() {
     int_key("split.layer", 1, max_layers, CECO_REF(int, split.layer)),
     strategy_key("policy.mode", CECO_REF(strategy, policy.mode)),
     int_key("policy.max_draft", 1, 256, CECO_REF(int, policy.max_draft)),
+    int_key("policy.draft_candidates", 0, max_draft_candidates,
+            CECO_REF(int, policy.draft_candidates)),
     string_key("policy.on_cloud_loss", {"auto", "wait", "degrade", "fail"},
                CECO_REF(std::string, policy.on_cloud_loss)),
     int_key("policy.cloud_loss_wait_ms", 0, 3'600'000, CECO_REF(int, policy.cloud_loss_wait_ms)),

@@ -42,6 +42,7 @@ struct settings {
     std::optional<double> threshold;
     int min_exit_layer = 1;
     int max_draft = 16;  // speculative, exact: most tokens ahead of the cloud's verdicts
+    int draft_candidates = 16;  // sampled drafts: candidates of their distribution sent (0: none)
     // What a response does when the cloud is lost: auto (exact waits, the
     // others degrade) | wait | degrade | fail; see config/sim.toml.
     std::string on_cloud_loss = "auto";

@@ -37,7 +37,7 @@ uint64_t generation_batch::add(std::vector<int32_t> prompt, int max_tokens, int3
 
 int32_t generation_batch::choose(sequence& s, const float* logits) {
   const auto pos = int64_t(s.prompt.size() + s.tokens.size()) - 1;
-  return cloud_choice(logits, model_->config().vocab_size, s.sampling, pos, -1, probs_, scratch_);
+  return cloud_choice(logits, model_->config().vocab_size, s.sampling, pos, -1, {}, probs_, scratch_);
 }
 
 bool generation_batch::emit(sequence& s, int32_t next) const {

@@ -112,12 +112,84 @@ void sampling_probabilities(const float* logits, int n, const sampler_options& o
     probs[size_t(scratch[i].second)] = scratch[i].first / total;
 }
 
+int32_t draft_from(const float* logits, int n, const sampler_options& opts, int max_candidates,
+                   double u, std::vector<int32_t>& tokens, std::vector<float>& weights,
+                   std::vector<std::pair<float, int32_t>>& scratch) {
+  double total = 0.0;
+  const size_t keep = std::min(candidates(logits, n, opts, scratch, total),
+                               size_t(std::clamp(max_candidates, 1, max_draft_candidates)));
+  tokens.clear();
+  weights.clear();
+  double kept = 0.0;
+  for (size_t i = 0; i < keep; ++i)
+    kept += scratch[i].first;
+  double sum = 0.0;  // of the f32 weights, in order: as the cloud adds them
+  for (size_t i = 0; i < keep; ++i) {
+    tokens.push_back(scratch[i].second);
+    weights.push_back(float(scratch[i].first / kept));
+    sum += weights.back();
+  }
+  const double r = u * sum;
+  double cum = 0.0;
+  for (size_t i = 0; i < keep; ++i)
+    if (r < (cum += weights[i]))
+      return tokens[i];
+  return tokens[keep - 1];
+}
+
+namespace {
+
+/// q(token) of a draft distribution with `count` > 0.
+double q_of(const draft_q& q, double total, int32_t token) {
+  for (int i = 0; i < q.count; ++i)
+    if (q.tokens[i] == token)
+      return double(q.weights[i]) / total;
+  return 0.0;
+}
+
+/// Leviathan et al.'s rule with the draft's distribution known: keep x with
+/// probability min(1, p(x) / q(x)), else draw from max(0, p - q).
+int32_t verify_with_q(int n, int32_t draft, const draft_q& q, double u_accept, double u_resample,
+                      std::vector<double>& probs) {
+  double total = 0.0;
+  for (int i = 0; i < q.count; ++i)
+    total += q.weights[i];
+  const double px = probs[size_t(draft)], qx = q_of(q, total, draft);
+  if (u_accept * qx < px)
+    return draft;
+  // The residual, in place: p(y) - q(y) where positive.
+  for (int i = 0; i < q.count; ++i)
+    if (q.tokens[i] >= 0 && q.tokens[i] < n)
+      probs[size_t(q.tokens[i])] = std::max(0.0, probs[size_t(q.tokens[i])] - q.weights[i] / total);
+  double rest = 0.0;
+  for (int i = 0; i < n; ++i)
+    rest += probs[size_t(i)];
+  if (rest <= 0.0)
+    return draft;
+  const double r = u_resample * rest;
+  double cum = 0.0;
+  int32_t last = draft;
+  for (int i = 0; i < n; ++i) {
+    if (probs[size_t(i)] <= 0.0)
+      continue;
+    last = i;
+    if (r < (cum += probs[size_t(i)]))
+      return i;
+  }
+  return last;
+}
+
+} // namespace
+
 int32_t verify_draft(const float* logits, int n, const sampler_options& opts, int32_t draft,
-                     double u_accept, double u_resample, std::vector<double>& probs,
+                     const draft_q& q, double u_accept, double u_resample,
+                     std::vector<double>& probs,
                      std::vector<std::pair<float, int32_t>>& scratch) {
   if (!samples(opts))
     return argmax(logits, n);
   sampling_probabilities(logits, n, opts, probs, scratch);
+  if (q.count > 0 && draft >= 0 && draft < n)
+    return verify_with_q(n, draft, q, u_accept, u_resample, probs);
   const double px = draft >= 0 && draft < n ? probs[size_t(draft)] : 0.0;
   if (u_accept < px)
     return draft;
@@ -140,14 +212,14 @@ int32_t verify_draft(const float* logits, int n, const sampler_options& opts, in
 }
 
 int32_t cloud_choice(const float* logits, int n, const sampler_options& opts, int64_t position,
-                     int32_t draft, std::vector<double>& probs,
+                     int32_t draft, const draft_q& q, std::vector<double>& probs,
                      std::vector<std::pair<float, int32_t>>& scratch) {
   if (!samples(opts))
     return argmax(logits, n);
   const double u_cloud = position_uniform(opts.seed, sample_stream::cloud, position);
   if (draft < 0)
     return sample_at(logits, n, opts, u_cloud, scratch);
-  return verify_draft(logits, n, opts, draft,
+  return verify_draft(logits, n, opts, draft, q,
                       position_uniform(opts.seed, sample_stream::accept, position), u_cloud, probs,
                       scratch);
 }

@@ -48,15 +48,40 @@ void sampling_probabilities(const float* logits, int n, const sampler_options& o
                             std::vector<double>& probs,
                             std::vector<std::pair<float, int32_t>>& scratch);
 
+/// The distribution a draft was drawn from, as the cloud receives it: q(y)
+/// = weights[i] / (the sum of weights, added in order) for y = tokens[i],
+/// 0 for every other token. `count` 0: unknown, taken as the point mass at
+/// the draft.
+struct draft_q {
+  const int32_t* tokens = nullptr;
+  const float* weights = nullptr;
+  int count = 0;
+};
+
+/// The most candidates a draft distribution carries (policy.draft_candidates).
+constexpr int max_draft_candidates = 64;
+
+/// An edge's draft (docs/design.md §5): the sampling distribution of
+/// `logits` under `opts` cut to its `max_candidates` likeliest tokens (and to
+/// what top-k and top-p keep), renormalised, into `tokens` and `weights`
+/// (f32: the numbers the cloud verifies with); returns the token drawn from
+/// exactly those weights at `u` in [0, 1). `opts` must sample.
+int32_t draft_from(const float* logits, int n, const sampler_options& opts, int max_candidates,
+                   double u, std::vector<int32_t>& tokens, std::vector<float>& weights,
+                   std::vector<std::pair<float, int32_t>>& scratch);
+
 /// Speculative sampling's verification of one draft (docs/design.md §5):
-/// the draft x was drawn by the edge; the cloud, whose distribution is `p`
-/// (`logits` under `opts`), keeps x with probability p(x) and otherwise
-/// draws from p with x removed (the rule of Leviathan et al. with the draft
-/// distribution taken as the point mass at x, which is lossless for any
-/// draft). Returns the token: x when accepted. `u_accept` and `u_resample`
-/// are independent uniforms in [0, 1).
+/// the draft x was drawn by the edge from `q`; the cloud, whose distribution
+/// is `p` (`logits` under `opts`), keeps x with probability min(1, p(x) /
+/// q(x)) and otherwise draws from the normalised residual max(0, p - q)
+/// (the rule of Leviathan et al.). With q unknown (count 0) it is taken as
+/// the point mass at x, which is lossless for any draft: x is kept with
+/// probability p(x), else a token is drawn from p without x. Returns the
+/// token: x when accepted. `u_accept` and `u_resample` are independent
+/// uniforms in [0, 1).
 int32_t verify_draft(const float* logits, int n, const sampler_options& opts, int32_t draft,
-                     double u_accept, double u_resample, std::vector<double>& probs,
+                     const draft_q& q, double u_accept, double u_resample,
+                     std::vector<double>& probs,
                      std::vector<std::pair<float, int32_t>>& scratch);
 
 /// The cloud's token after `position` (docs/design.md §5): argmax when
@@ -65,7 +90,7 @@ int32_t verify_draft(const float* logits, int n, const sampler_options& opts, in
 /// verify_draft with the position's accept and cloud draws. A draft is
 /// accepted exactly when the result equals it.
 int32_t cloud_choice(const float* logits, int n, const sampler_options& opts, int64_t position,
-                     int32_t draft, std::vector<double>& probs,
+                     int32_t draft, const draft_q& q, std::vector<double>& probs,
                      std::vector<std::pair<float, int32_t>>& scratch);
 
 class sampler {

@@ -78,6 +78,54 @@ bool is_link_error(ceco_errc code) {
   return false;
 }
 
+std::string draft_distributions::check(size_t entries, int32_t vocab) const {
+  if (!counts.empty() && counts.size() != entries)
+    return fmt::format("{} draft distributions for {} drafts (expected one per draft, or none)",
+                       counts.size(), entries);
+  size_t total = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] < 0 || counts[i] > proto::max_candidates)
+      return fmt::format("draft distribution {} has {} candidates; expected 0..{}", i, counts[i],
+                         proto::max_candidates);
+    total += size_t(counts[i]);
+  }
+  if (tokens.size() != total || weights.size() != total)
+    return fmt::format("draft distributions count {} candidates, but carry {} tokens and {} "
+                       "weights", total, tokens.size(), weights.size());
+  size_t at = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    double sum = 0.0;
+    for (int32_t j = 0; j < counts[i]; ++j, ++at) {
+      if (tokens[at] < 0 || tokens[at] >= vocab)
+        return fmt::format("draft distribution {}: candidate {} is id {}; the vocabulary holds "
+                           "0..{}", i, j, tokens[at], vocab - 1);
+      if (!(weights[at] >= 0.0f && weights[at] <= 1.0f))
+        return fmt::format("draft distribution {}: candidate {} has weight {}; expected 0..1", i,
+                           j, weights[at]);
+      sum += weights[at];
+    }
+    if (counts[i] > 0 && !(sum > 0.0))
+      return fmt::format("draft distribution {} has no weight", i);
+  }
+  return {};
+}
+
+void draft_distributions::append(const draft_distributions& from, size_t i) {
+  if (from.counts.empty())
+    return append_none();
+  size_t first = 0;
+  for (size_t k = 0; k < i; ++k)
+    first += size_t(from.counts[k]);
+  const auto n = size_t(from.counts[i]);
+  counts.push_back(int32_t(n));
+  tokens.insert(tokens.end(), from.tokens.begin() + std::ptrdiff_t(first),
+                from.tokens.begin() + std::ptrdiff_t(first + n));
+  weights.insert(weights.end(), from.weights.begin() + std::ptrdiff_t(first),
+                 from.weights.begin() + std::ptrdiff_t(first + n));
+}
+
+void draft_distributions::append_none() { counts.push_back(0); }
+
 std::string tensor_blob::check(int32_t expected_cols) const {
   size_t elem;
   if (dtype == uint8_t(wire_dtype::f32))

@@ -38,7 +38,8 @@ namespace ceco {
 /// Version of the edge-cloud protocol; a hello with another is refused.
 /// 4: sampling on generate and evaluate. 5: generate streams (from,
 /// session, done); open_session carries the session's sampling. 6:
-/// open_session carries prompt tokens whose split rows the cloud computes.
+/// open_session carries prompt tokens whose split rows the cloud computes;
+/// draft uploads and exit decisions carry draft distributions.
 constexpr uint32_t protocol_version = 6;
 
 // -- errors ---------------------------------------------------------------------
@@ -194,6 +195,30 @@ struct infer_reply {
   int64_t cloud_us = 0;  // time the request spent in the cloud
 };
 
+/// The distributions drafts were drawn from (docs/design.md §5), one entry
+/// per draft of a message, flattened: entry i has counts[i] candidates (0:
+/// none sent, the draft taken as a point mass), whose tokens and weights
+/// follow those of entry i - 1; q(y) is y's weight over the entry's total.
+/// No counts at all: every entry a point mass.
+struct draft_distributions {
+  std::vector<int32_t> counts;
+  std::vector<int32_t> tokens;
+  std::vector<float> weights;
+
+  /// Empty when consistent for `entries` entries and a vocabulary of
+  /// `vocab`, else what is wrong.
+  std::string check(size_t entries, int32_t vocab) const;
+  /// Appends entry `i` of `from` (a consistent one) as this one's next.
+  void append(const draft_distributions& from, size_t i);
+  /// Appends a point-mass entry.
+  void append_none();
+  void clear() {
+    counts.clear();
+    tokens.clear();
+    weights.clear();
+  }
+};
+
 /// Split-layer states of positions [start, start + states.rows) of a
 /// speculative or exact response, with what the cloud is to verify:
 /// drafts[i] is the token the edge chose after position start + i, or -1
@@ -205,6 +230,7 @@ struct draft_upload {
   int32_t start = 0;
   tensor_blob states;
   std::vector<int32_t> drafts;  // one per row
+  draft_distributions q;        // one entry per row (a row without a draft: none)
 };
 
 enum class verdict_outcome : uint8_t {
@@ -280,6 +306,13 @@ struct exit_decision {
   int32_t token = 0;                // that exit's token, else the deepest exit's
   std::vector<float> confidence;    // per exit
   int64_t compute_us = 0;
+  // The token to draft when the cloud verifies it (speculative, exact): when
+  // sampling with policy.draft_candidates, drawn from that exit's
+  // distribution cut to them, which q_tokens and q_weights give; else
+  // `token`, and no candidates.
+  int32_t draft = 0;
+  std::vector<int32_t> q_tokens;
+  std::vector<float> q_weights;
 };
 
 /// An upload_msg of split-layer states (f32) for an uploader, on the edge or
@@ -329,6 +362,7 @@ struct error_frame {
 namespace proto {
 constexpr int64_t max_us = 86'400'000'000;  // durations in a reply: one day
 constexpr int64_t max_count = 1'000'000'000;
+constexpr int64_t max_candidates = 64;  // a draft distribution's (model/sampler.hpp)
 
 template <class T, class = void>
 struct has_session : std::false_type {};
@@ -436,6 +470,16 @@ template <class F> void fields(F& f, exit_decision& x) {
   f.i32("token", x.token, 0, f.lim.vocab - 1);
   f.vec("confidence", x.confidence, 0, f.lim.layers, 0.0, 1.001);  // softmax maxima
   f.i64("compute_us", x.compute_us, 0, proto::max_us);
+  f.i32("draft", x.draft, 0, f.lim.vocab - 1);
+  f.vec("q_tokens", x.q_tokens, 0, proto::max_candidates, 0, f.lim.vocab - 1);
+  f.vec("q_weights", x.q_weights, 0, proto::max_candidates, 0.0, 1.0);
+}
+/// A draft_distributions of `entries` entries (0 or `entries` counts).
+template <class F> void draft_q_fields(F& f, draft_distributions& x, int64_t entries) {
+  const int64_t most = entries * proto::max_candidates;
+  f.vec("q_counts", x.counts, 0, entries, 0, proto::max_candidates);
+  f.vec("q_tokens", x.tokens, 0, most, 0, f.lim.vocab - 1);
+  f.vec("q_weights", x.weights, 0, most, 0.0, 1.0);
 }
 template <class F> void fields(F& f, draft_upload& x) {
   f.u64("session", x.session);
@@ -445,6 +489,7 @@ template <class F> void fields(F& f, draft_upload& x) {
   // One draft per row: the largest frame has as many as the context.
   const int64_t rows = F::largest ? int64_t(f.lim.context) : int64_t(x.states.rows);
   f.vec("drafts", x.drafts, rows, rows, -1, f.lim.vocab - 1);
+  draft_q_fields(f, x.q, rows);
 }
 template <class F> void fields(F& f, verdict& x) {
   f.u8("outcome", x.outcome, 0, 2);

@@ -155,8 +155,9 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
     if (j["mode"] == "collaborative")
       CHECK(up == formula + 40 + 24 + 37 * (messages - 2 - requests) + 28 * requests);
     else if (j["mode"] == "speculative" || j["mode"] == "exact") {
-      // A draft upload is an upload frame plus the epoch and one draft per
-      // row (README, "Bytes on the wire"); rollbacks upload positions again.
+      // A draft upload is an upload frame plus the epoch, one draft per row
+      // and three counts of draft distributions, greedy drafts carrying none
+      // (README, "Bytes on the wire"); rollbacks upload positions again.
       // exact's open carries the prompt's ids but the last (upload.prompt =
       // "auto"), and its uploads begin at the prompt's last row.
       const int64_t from_tokens = j["mode"] == "exact" ? p - 1 : 0;
@@ -164,7 +165,7 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
       const int64_t row_bytes = (formula - 4 * from_tokens) / (p - from_tokens + 40 - 1);
       CHECK(uploads == messages - 2);
       CHECK(j["verdicts"] == uploads);
-      CHECK(up == 40 + 4 * from_tokens + 24 + 45 * uploads + (row_bytes + 4) * positions);
+      CHECK(up == 40 + 4 * from_tokens + 24 + 57 * uploads + (row_bytes + 4) * positions);
     }
     else if (j["mode"] == "naive")
       CHECK(up == formula + 40 + 24 + 33 * (messages - 2));

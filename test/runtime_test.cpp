@@ -579,9 +579,11 @@ TEST_CASE("every cross-site message round-trips through CAF's binary serialiser"
   CHECK(u.session == 0x1234567890abcdefULL);
   CHECK(u.start == 17);
   CHECK(u.states == blob16);
-  auto du = round_trip(draft_upload{5, 2, 17, blob16, {-1, 431}});
+  auto du = round_trip(draft_upload{5, 2, 17, blob16, {-1, 431}, {{0, 2}, {431, 7}, {0.5f, 0.5f}}});
   CHECK((du.session == 5 && du.epoch == 2 && du.start == 17 && du.states == blob16
          && du.drafts == std::vector<int32_t>{-1, 431}));
+  CHECK((du.q.counts == std::vector<int32_t>{0, 2} && du.q.tokens == std::vector<int32_t>{431, 7}
+         && du.q.weights == std::vector<float>{0.5f, 0.5f}));
   auto v = round_trip(verdict{uint8_t(verdict_outcome::corrected), 3, 20, 431, 55});
   CHECK((v.what() == verdict_outcome::corrected && v.epoch == 3 && v.position == 20
          && v.token == 431 && v.cloud_us == 55));
@@ -971,18 +973,22 @@ bool same_distribution(const std::vector<int32_t>& a, const std::vector<int32_t>
 
 } // namespace
 
-TEST_CASE("sampling: exact keeps the cloud strategy's distribution, speculative collaborative's") {
+/// exact's tokens are distributed as the cloud strategy's, speculative's as
+/// collaborative's, with drafts verified through `candidates` of their
+/// distribution (policy.draft_candidates; 0: as point masses).
+static void check_sampled_verification(const std::string& candidates) {
   // Tuned heads and a temperature above 1: exits that disagree with the
   // cloud often, so many drafts are corrected from the residual.
   stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0", "model.exits=2,3",
                  "model.exit_heads=" + std::string(CECO_SOURCE_DIR) +
                    "/config/models/stories260K-exits-2-3.gguf",
-                 "policy.threshold=0.6"});
+                 "policy.threshold=0.6", "policy.draft_candidates=" + candidates});
   const auto ids = f.m.vocab.encode("The little dog");
   const size_t n = 400;
   constexpr int positions = 3;
   // The token at each of the first positions over n seeds; each strategy
   // its own seeds, so the two samples are independent.
+  int64_t drafts = 0, accepted = 0;
   auto tokens = [&](const std::string& mode, uint64_t first_seed, int64_t& corrected) {
     std::array<std::vector<int32_t>, positions> at;
     for (size_t done = 0; done < n;) {
@@ -998,6 +1004,8 @@ TEST_CASE("sampling: exact keeps the cloud strategy's distribution, speculative 
         for (int p = 0; p < positions; ++p)
           at[size_t(p)].push_back(r.tokens[size_t(p)]);
         corrected += r.rollbacks;
+        drafts += r.drafts;
+        accepted += r.accepted_drafts;
       }
       done += batch;
     }
@@ -1007,7 +1015,10 @@ TEST_CASE("sampling: exact keeps the cloud strategy's distribution, speculative 
                                  std::pair<std::string, std::string>{"speculative", "collaborative"}}) {
     CAPTURE(mode);
     int64_t corrected = 0, unused = 0;
+    drafts = accepted = 0;
     auto got = tokens(mode, 1, corrected);
+    MESSAGE(mode << " with " << candidates << " candidates: " << accepted << " of " << drafts
+                 << " drafts accepted");
     auto want = tokens(reference, 1'000'000, unused);
     CHECK(corrected > int64_t(n) / 10);  // the residual draws are exercised
     for (int p = 0; p < positions; ++p) {
@@ -1020,4 +1031,12 @@ TEST_CASE("sampling: exact keeps the cloud strategy's distribution, speculative 
       CHECK(same);
     }
   }
+}
+
+TEST_CASE("sampling: exact keeps the cloud strategy's distribution, speculative collaborative's") {
+  check_sampled_verification("16");
+}
+
+TEST_CASE("sampling: drafts verified as point masses keep the same distributions") {
+  check_sampled_verification("0");
 }

@@ -92,7 +92,7 @@ TEST_CASE("verifying drafts of any distribution keeps the cloud's distribution (
         x = t;
         break;
       }
-    int32_t y = verify_draft(p_logits.data(), 4, o, x, position_uniform(1, sample_stream::accept, i),
+    int32_t y = verify_draft(p_logits.data(), 4, o, x, {}, position_uniform(1, sample_stream::accept, i),
                              position_uniform(1, sample_stream::cloud, i), probs, scratch);
     accepted += y == x;
     ++counts[size_t(y)];
@@ -105,4 +105,42 @@ TEST_CASE("verifying drafts of any distribution keeps the cloud's distribution (
                         << double(accepted) / n);
   CHECK(chi2 < 11.34);
   CHECK(double(accepted) / n == doctest::Approx(0.04 + 0.06 + 0.06 + 0.04).epsilon(0.05));
+}
+
+TEST_CASE("verifying drafts with their distribution keeps the cloud's and accepts sum min(p, q) (chi-square)") {
+  // The edge's exit: logits of its own, a draft distribution cut to its 3
+  // likeliest tokens (draft_from), drawn with the edge's uniform; the cloud
+  // verifies with those exact weights.
+  std::vector<float> p_logits = {std::log(0.4f), std::log(0.3f), std::log(0.2f), std::log(0.1f)};
+  std::vector<float> q_logits = {std::log(0.1f), std::log(0.2f), std::log(0.3f), std::log(0.4f)};
+  const sampler_options o{1.0f, 0, 1.0f, 0};
+  std::vector<double> probs;
+  std::vector<std::pair<float, int32_t>> scratch;
+  std::vector<int32_t> q_tokens;
+  std::vector<float> q_weights;
+  const int n = 40000;
+  std::vector<int> counts(4), drafted(4);
+  int accepted = 0;
+  for (int i = 0; i < n; ++i) {
+    int32_t x = draft_from(q_logits.data(), 4, o, 3, position_uniform(1, sample_stream::edge, i),
+                           q_tokens, q_weights, scratch);
+    REQUIRE(q_tokens == std::vector<int32_t>{3, 2, 1});
+    ++drafted[size_t(x)];
+    draft_q q{q_tokens.data(), q_weights.data(), int(q_tokens.size())};
+    int32_t y = verify_draft(p_logits.data(), 4, o, x, q, position_uniform(1, sample_stream::accept, i),
+                             position_uniform(1, sample_stream::cloud, i), probs, scratch);
+    accepted += y == x;
+    ++counts[size_t(y)];
+  }
+  CHECK(drafted[0] == 0);  // cut: not among the 3 candidates
+  const double p[] = {0.4, 0.3, 0.2, 0.1};
+  double chi2 = 0;
+  for (int t = 0; t < 4; ++t)
+    chi2 += (counts[size_t(t)] - n * p[t]) * (counts[size_t(t)] - n * p[t]) / (n * p[t]);
+  MESSAGE("chi-square " << chi2 << " (3 degrees of freedom; p >= 0.01 below 11.34), accepted "
+                        << double(accepted) / n);
+  CHECK(chi2 < 11.34);
+  // q = (0, 2, 3, 4) / 9: sum min(p, q) = 0 + 2/9 + 0.2 + 0.1, against
+  // sum q p = (0.6 + 0.6 + 0.4) / 9 for the point mass.
+  CHECK(double(accepted) / n == doctest::Approx(2.0 / 9 + 0.3).epsilon(0.03));
 }

@@ -243,6 +243,28 @@ TEST_CASE("after a rollback the cloud session equals a fresh one fed the final t
     .receive([&](verdict&) { FAIL("a gap was accepted"); },
              [&](caf::error& e) { CHECK(is(e, ceco_errc::position_gap)); });
 
+  // A draft's distribution must be consistent and hold the draft: refused
+  // naming what is wrong, and nothing is computed over.
+  const int32_t vocab = model.config().vocab_size;
+  auto refused = [&](draft_upload m) {
+    std::string why;
+    self->request(site.contexts, caf::infinite, std::move(m))
+      .receive([&](verdict&) { why = "accepted"; }, [&](caf::error& e) { why = describe(e); });
+    return why;
+  };
+  CHECK(refused({a, 1, P + 2, rows_of(right, P + 2, P + 3), {greedy[3]},
+                 {{2}, {(greedy[3] + 1) % vocab, (greedy[3] + 2) % vocab}, {0.5f, 0.5f}}})
+          .find("bad_tensor: draft upload: row 0's draft " + std::to_string(greedy[3]) +
+                " is not among its 2 candidates") == 0);
+  CHECK(refused({a, 1, P + 2, rows_of(right, P + 2, P + 3), {greedy[3]},
+                 {{3}, {greedy[3]}, {1.0f}}})
+          .find("draft distributions count 3 candidates, but carry 1 tokens and 1 weights") !=
+        std::string::npos);
+  CHECK(refused({a, 1, P + 2, rows_of(right, P + 2, P + 3), {greedy[3]},
+                 {{1}, {greedy[3]}, {-0.5f}}})
+          .find("has weight -0.5; expected 0..1") != std::string::npos);
+  CHECK(computed_positions(*ctx_a) == P + 2);
+
   // The edge continues from the cloud's token: position P+2 of the right sequence.
   v = send({a, 1, P + 2, rows_of(right, P + 2, P + 3), {greedy[3]}});
   CHECK(v.what() == verdict_outcome::accepted);

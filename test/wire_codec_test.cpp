@@ -65,6 +65,9 @@ std::vector<message> samples() {
   decision.token = 63;
   decision.confidence = {0.25f, 1.0f};
   decision.compute_us = 77;
+  decision.draft = 5;
+  decision.q_tokens = {5, 63};
+  decision.q_weights = {0.5f, 0.5f};
   return {challenge,
           response,
           proof,
@@ -87,7 +90,8 @@ std::vector<message> samples() {
           ping{7},
           pong{7},
           error_frame{uint8_t(ceco_errc::unknown_session), "session 42 is not open"},
-          draft_upload{42, 3, 7, blob(2, 16, wire_dtype::f16, 5), {-1, 63}},
+          draft_upload{42, 3, 7, blob(2, 16, wire_dtype::f16, 5), {-1, 63},
+                       {{0, 2}, {63, 5}, {0.75f, 0.25f}}},
           verdict{uint8_t(verdict_outcome::corrected), 4, 8, 17, 321}};
 }
 
@@ -201,7 +205,12 @@ TEST_CASE("wire: headers are refused before the payload is read") {
         "infer_request frame: payload size expected at most 12 bytes, got 13");
   // The largest naive request: 32 x 16 fp32 rows.
   CHECK(max_payload_of(frame_type::naive_request, limits) == 8 + 9 + 32 * 16 * 4);
-  CHECK(limits.max_payload == 1 + 4 + limits.max_text);  // the longest error text
+  // The largest draft upload: 32 x 16 fp32 rows, a draft and a draft
+  // distribution of 64 candidates (8 bytes each) per row.
+  CHECK(max_payload_of(frame_type::draft_upload, limits) ==
+        8 + 4 + 4 + 9 + 32 * 16 * 4 + 4 + 32 * 4 + 4 + 32 * 4 + 2 * (4 + 32 * 64 * 4));
+  CHECK(limits.max_payload == max_payload_of(frame_type::draft_upload, limits));
+  CHECK(limits.max_payload > 1 + 4 + limits.max_text);  // the longest error text
   // A frame cap below a type's maximum wins.
   auto capped = limits;
   capped.max_payload = 100;
