@@ -85,11 +85,16 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
         auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
         const auto u = position_uniform(opts.seed, sample_stream::edge, r.pos);
         const int n = int(logits.numel());
-        d.token = sample_at(logits.data_ptr<float>(), n, opts, u, st.scratch);
-        d.draft = d.token;
-        if (st.policy.draft_candidates > 0)
-          d.draft = draft_from(logits.data_ptr<float>(), n, opts, st.policy.draft_candidates, u,
-                               d.q_tokens, d.q_weights, st.scratch);
+        if (st.policy.draft_candidates > 0) {
+          auto both = sample_with_draft(logits.data_ptr<float>(), n, opts,
+                                        st.policy.draft_candidates, u, d.q_tokens, d.q_weights,
+                                        st.scratch);
+          d.token = both.token;
+          d.draft = both.draft;
+        } else {
+          d.token = sample_at(logits.data_ptr<float>(), n, opts, u, st.scratch);
+          d.draft = d.token;
+        }
       }
       d.compute_us = us_since(t0);
       if (auto* p = st.clock.profile()) {

@@ -112,12 +112,15 @@ void sampling_probabilities(const float* logits, int n, const sampler_options& o
     probs[size_t(scratch[i].second)] = scratch[i].first / total;
 }
 
-int32_t draft_from(const float* logits, int n, const sampler_options& opts, int max_candidates,
-                   double u, std::vector<int32_t>& tokens, std::vector<float>& weights,
-                   std::vector<std::pair<float, int32_t>>& scratch) {
+exit_sample sample_with_draft(const float* logits, int n, const sampler_options& opts,
+                              int max_candidates, double u, std::vector<int32_t>& tokens,
+                              std::vector<float>& weights,
+                              std::vector<std::pair<float, int32_t>>& scratch) {
   double total = 0.0;
-  const size_t keep = std::min(candidates(logits, n, opts, scratch, total),
-                               size_t(std::clamp(max_candidates, 1, max_draft_candidates)));
+  const size_t all = candidates(logits, n, opts, scratch, total);
+  exit_sample out;
+  out.token = pick(scratch, all, u * total);
+  const size_t keep = std::min(all, size_t(std::clamp(max_candidates, 1, max_draft_candidates)));
   tokens.clear();
   weights.clear();
   double kept = 0.0;
@@ -131,10 +134,13 @@ int32_t draft_from(const float* logits, int n, const sampler_options& opts, int 
   }
   const double r = u * sum;
   double cum = 0.0;
+  out.draft = tokens[keep - 1];
   for (size_t i = 0; i < keep; ++i)
-    if (r < (cum += weights[i]))
-      return tokens[i];
-  return tokens[keep - 1];
+    if (r < (cum += weights[i])) {
+      out.draft = tokens[i];
+      break;
+    }
+  return out;
 }
 
 namespace {

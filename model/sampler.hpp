@@ -61,14 +61,20 @@ struct draft_q {
 /// The most candidates a draft distribution carries (policy.draft_candidates).
 constexpr int max_draft_candidates = 64;
 
-/// An edge's draft (docs/design.md §5): the sampling distribution of
-/// `logits` under `opts` cut to its `max_candidates` likeliest tokens (and to
-/// what top-k and top-p keep), renormalised, into `tokens` and `weights`
-/// (f32: the numbers the cloud verifies with); returns the token drawn from
-/// exactly those weights at `u` in [0, 1). `opts` must sample.
-int32_t draft_from(const float* logits, int n, const sampler_options& opts, int max_candidates,
-                   double u, std::vector<int32_t>& tokens, std::vector<float>& weights,
-                   std::vector<std::pair<float, int32_t>>& scratch);
+/// An edge exit's two tokens at `u` in [0, 1), from one sort of `logits`
+/// (`opts` must sample): `token`, sample_at's (the exit's own choice), and
+/// `draft` (docs/design.md §5), drawn from the sampling distribution cut to
+/// its `max_candidates` likeliest tokens (and to what top-k and top-p keep)
+/// and renormalised, which go into `tokens` and `weights` (f32: the very
+/// numbers the draft is drawn from, which the cloud verifies with).
+struct exit_sample {
+  int32_t token = 0;
+  int32_t draft = 0;
+};
+exit_sample sample_with_draft(const float* logits, int n, const sampler_options& opts,
+                              int max_candidates, double u, std::vector<int32_t>& tokens,
+                              std::vector<float>& weights,
+                              std::vector<std::pair<float, int32_t>>& scratch);
 
 /// Speculative sampling's verification of one draft (docs/design.md §5):
 /// the draft x was drawn by the edge from `q`; the cloud, whose distribution

@@ -109,7 +109,7 @@ TEST_CASE("verifying drafts of any distribution keeps the cloud's distribution (
 
 TEST_CASE("verifying drafts with their distribution keeps the cloud's and accepts sum min(p, q) (chi-square)") {
   // The edge's exit: logits of its own, a draft distribution cut to its 3
-  // likeliest tokens (draft_from), drawn with the edge's uniform; the cloud
+  // likeliest tokens (sample_with_draft), drawn with the edge's uniform; the cloud
   // verifies with those exact weights.
   std::vector<float> p_logits = {std::log(0.4f), std::log(0.3f), std::log(0.2f), std::log(0.1f)};
   std::vector<float> q_logits = {std::log(0.1f), std::log(0.2f), std::log(0.3f), std::log(0.4f)};
@@ -122,8 +122,10 @@ TEST_CASE("verifying drafts with their distribution keeps the cloud's and accept
   std::vector<int> counts(4), drafted(4);
   int accepted = 0;
   for (int i = 0; i < n; ++i) {
-    int32_t x = draft_from(q_logits.data(), 4, o, 3, position_uniform(1, sample_stream::edge, i),
-                           q_tokens, q_weights, scratch);
+    const double u = position_uniform(1, sample_stream::edge, i);
+    auto both = sample_with_draft(q_logits.data(), 4, o, 3, u, q_tokens, q_weights, scratch);
+    CHECK(both.token == sample_at(q_logits.data(), 4, o, u, scratch));
+    int32_t x = both.draft;
     REQUIRE(q_tokens == std::vector<int32_t>{3, 2, 1});
     ++drafted[size_t(x)];
     draft_q q{q_tokens.data(), q_weights.data(), int(q_tokens.size())};
