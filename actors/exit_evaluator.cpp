@@ -85,7 +85,8 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
         auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
         const auto u = position_uniform(opts.seed, sample_stream::edge, r.pos);
         const int n = int(logits.numel());
-        if (st.policy.draft_candidates > 0) {
+        // Drafting needs the evaluator on the edge: one on the cloud sends none.
+        if (st.policy.draft_candidates > 0 && !st.on_cloud) {
           auto both = sample_with_draft(logits.data_ptr<float>(), n, opts,
                                         st.policy.draft_candidates, u, d.q_tokens, d.q_weights,
                                         st.scratch);

@@ -73,6 +73,16 @@ TEST_CASE("sample_at is argmax at temperature 0 and follows the distribution abo
   CHECK(probs[2] == 0.0);
 }
 
+/// Pearson's chi-square of `counts` (n draws) against the verification
+/// tests' cloud distribution p = (0.4, 0.3, 0.2, 0.1).
+static double chi_square_vs_cloud(const std::vector<int>& counts, int n) {
+  const double p[] = {0.4, 0.3, 0.2, 0.1};
+  double chi2 = 0;
+  for (int t = 0; t < 4; ++t)
+    chi2 += (counts[size_t(t)] - n * p[t]) * (counts[size_t(t)] - n * p[t]) / (n * p[t]);
+  return chi2;
+}
+
 TEST_CASE("verifying drafts of any distribution keeps the cloud's distribution (chi-square)") {
   // The cloud's p and an edge's q that disagree; drafts x ~ q, verified by
   // verify_draft: the tokens must be distributed as p.
@@ -97,10 +107,7 @@ TEST_CASE("verifying drafts of any distribution keeps the cloud's distribution (
     accepted += y == x;
     ++counts[size_t(y)];
   }
-  const double p[] = {0.4, 0.3, 0.2, 0.1};
-  double chi2 = 0;
-  for (int t = 0; t < 4; ++t)
-    chi2 += (counts[size_t(t)] - n * p[t]) * (counts[size_t(t)] - n * p[t]) / (n * p[t]);
+  const double chi2 = chi_square_vs_cloud(counts, n);
   MESSAGE("chi-square " << chi2 << " (3 degrees of freedom; p >= 0.01 below 11.34), accepted "
                         << double(accepted) / n);
   CHECK(chi2 < 11.34);
@@ -135,10 +142,7 @@ TEST_CASE("verifying drafts with their distribution keeps the cloud's and accept
     ++counts[size_t(y)];
   }
   CHECK(drafted[0] == 0);  // cut: not among the 3 candidates
-  const double p[] = {0.4, 0.3, 0.2, 0.1};
-  double chi2 = 0;
-  for (int t = 0; t < 4; ++t)
-    chi2 += (counts[size_t(t)] - n * p[t]) * (counts[size_t(t)] - n * p[t]) / (n * p[t]);
+  const double chi2 = chi_square_vs_cloud(counts, n);
   MESSAGE("chi-square " << chi2 << " (3 degrees of freedom; p >= 0.01 below 11.34), accepted "
                         << double(accepted) / n);
   CHECK(chi2 < 11.34);
