@@ -46,6 +46,7 @@ struct session_entry {
   int32_t received = 0;              // positions [0, received) uploaded
   int32_t computed = 0;              // positions [0, computed) caught up
   std::vector<int32_t> prompt;       // open_session's prompt, not yet in a step
+  int32_t prompt_rows = 0;           // positions [0, prompt_rows) computed from it
   uploaded_rows pending;             // uploaded, not yet in a step (after the prompt)
   std::vector<waiting_request> waiting;  // for positions not yet in a step, at most
                                          // max_waiting_requests
@@ -162,7 +163,9 @@ void settle_verdicts(session_entry& e, int32_t wrong, int32_t cloud_token) {
       e.verdicts.clear();
       return;
     }
-    if (v.end > e.computed)
+    // Its rows computed and its drafts checked: a draft on a row the cloud
+    // computed from the prompt is checked in a step after that row's.
+    if (v.end > e.computed || (!e.checks.empty() && e.checks.front().pos < v.end))
       return;
     v.promise.deliver(
       verdict{uint8_t(verdict_outcome::accepted), e.epoch, -1, 0, us_since(v.arrived)});
@@ -173,7 +176,8 @@ void settle_verdicts(session_entry& e, int32_t wrong, int32_t cloud_token) {
 /// Whether the next step has something to do for `e`: uploads to catch up
 /// on, or a request whose position is uploaded.
 bool has_work(const session_entry& e) {
-  if (e.pending.rows > 0 || !e.prompt.empty())
+  // Drafts may wait on rows the cloud computed from the prompt alone.
+  if (e.pending.rows > 0 || !e.prompt.empty() || !e.checks.empty())
     return true;
   for (auto& w : e.waiting)
     if (w.pos < e.received)
@@ -393,7 +397,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       if (int64_t(open.prompt.size()) >= st.cfg.max_seq)
         return make_error(ceco_errc::bad_position,
                           fmt::format("open_session: a prompt of {} tokens; the context of {} "
-                                      "holds at most {} before the edge's first upload",
+                                      "holds at most {}, leaving room for a generated token",
                                       open.prompt.size(), st.cfg.max_seq, st.cfg.max_seq - 1));
       for (size_t i = 0; i < open.prompt.size(); ++i)
         if (open.prompt[i] < 0 || open.prompt[i] >= st.cfg.vocab_size)
@@ -443,6 +447,7 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
             // The prompt's rows are computed at once, while the reply
             // travels and the edge computes its own.
             e.received = int32_t(open.prompt.size());
+            e.prompt_rows = e.received;
             e.prompt = std::move(open.prompt);
             rp.deliver(id);
             mark_ready(self, id, e);
@@ -508,7 +513,13 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
         return make_error(ceco_errc::bad_tensor, "draft upload: " + bad);
       if (auto bad = drafts_among_candidates(m); !bad.empty())
         return make_error(ceco_errc::bad_tensor, "draft upload: " + bad);
-      if (m.start != e.received || int64_t(m.start) + m.states.rows > st.cfg.max_seq) {
+      // Rows the cloud computed from the open's prompt, and nothing after
+      // them yet: an upload may begin inside them (the edge's first, whose
+      // last prompt row carries its draft); the cloud keeps its own rows.
+      const bool over_prompt = m.start < e.received && e.received == e.prompt_rows &&
+                               int64_t(m.start) + m.states.rows >= e.received;
+      if ((m.start != e.received && !over_prompt) ||
+          int64_t(m.start) + m.states.rows > st.cfg.max_seq) {
         if (m.start > e.received)
           ++e.gaps;
         return make_error(m.start > e.received ? ceco_errc::position_gap : ceco_errc::bad_position,
@@ -529,8 +540,11 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
         }
       auto rp = self->make_response_promise<verdict>();
       e.verdicts.push_back({m.start + m.states.rows, clock_type::now(), rp});
+      if (const int32_t held = e.received - m.start; held > 0)
+        drop_rows(m.states, held);
       e.received += m.states.rows;
-      e.pending.append(std::move(m.states));
+      if (m.states.rows > 0)
+        e.pending.append(std::move(m.states));
       mark_ready(self, m.session, e);
       return rp;
     },

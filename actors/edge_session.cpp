@@ -91,7 +91,9 @@ void account_round_trip(self_ptr self, clock_type::time_point sent, int64_t clou
 }
 
 void skip_cloud_prompt_rows(const edge_session_state& st, tensor_blob& split, int32_t& start) {
-  const int32_t skip = std::min(st.cloud_prompt_rows - start, split.rows);
+  // The last row stays: it carries the step's draft (or, collaborative, the
+  // cloud drops it as a re-send).
+  const int32_t skip = std::min(st.cloud_prompt_rows - start, split.rows - 1);
   if (skip <= 0)
     return;
   drop_rows(split, skip);
@@ -140,11 +142,11 @@ void open_cloud(self_ptr self) {
   if (self->state.is(strategy::cloud))
     return generate_in_cloud(self);
   auto sent = clock_type::now();
-  // Every prompt token but the last: the edge uploads the last row with the
-  // step that decides the first token.
-  const auto prompt_rows = self->state.opts.prompt_to_cloud
-                             ? std::max<int32_t>(int32_t(self->state.opts.prompt.size()) - 1, 0)
-                             : 0;
+  // The whole prompt: the cloud computes it through every layer while the
+  // edge computes its own, and the edge's first token needs no row of the
+  // prompt's from the edge (its first upload's row is one the cloud holds).
+  const auto prompt_rows =
+    self->state.opts.prompt_to_cloud ? int32_t(self->state.opts.prompt.size()) : 0;
   request_session(
     self, sent, prompt_rows,
     [=] {

@@ -104,8 +104,9 @@ struct edge_session_options {
   // converts nothing. Naive's rows are f32 whatever this says.
   wire_dtype split_dtype = wire_dtype::f32;
   // Collaborative, speculative, exact: the open carries the prompt's tokens
-  // but the last, and the cloud computes their split rows itself; the edge
-  // uploads from the prompt's last row on (upload.prompt, docs/design.md §2).
+  // and the cloud computes their rows itself; the edge's uploads begin at
+  // the prompt's last row, which the cloud already holds and drops, keeping
+  // its draft (upload.prompt, docs/design.md §2).
   bool prompt_to_cloud = false;
   caf::actor token_sink;      // receives each token as it is emitted; may be invalid
   // How tokens are chosen where they are decided (sampling.*): the cloud

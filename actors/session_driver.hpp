@@ -121,8 +121,8 @@ void close_cloud(self_ptr self);
 void collect_traffic(self_ptr self, size_t i = 0);
 
 /// Rows of `split` (positions [start, ...)) that the cloud session computed
-/// itself from the prompt's tokens are not uploaded: drops them, moving
-/// `start` past them.
+/// itself from the prompt's tokens are not uploaded, but for the last:
+/// drops them, moving `start` past them.
 void skip_cloud_prompt_rows(const edge_session_state& st, tensor_blob& split, int32_t& start);
 
 /// Opens a cloud session: `on_open` runs once it is open, `on_error` with

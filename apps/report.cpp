@@ -30,10 +30,12 @@ int64_t formula_bytes_up(const settings& s, strategy mode, int64_t p, int64_t n,
     case strategy::exact: {
       if (n == 0)
         return 0;
-      // The last token's state is never needed; with the prompt's tokens
-      // the cloud computes every prompt row but the last itself.
-      const int64_t from_tokens = prompt_to_cloud_of(s, mode) ? std::max<int64_t>(p - 1, 0) : 0;
-      return from_tokens * 4 + (p - from_tokens + n - 1) * d * dtype_bytes;
+      // The last token's state is never needed. With the prompt's tokens
+      // the cloud computes the prompt itself, and the uploads begin at its
+      // last row (which carries the first draft).
+      if (prompt_to_cloud_of(s, mode))
+        return 4 * p + n * d * dtype_bytes;
+      return (p + n - 1) * d * dtype_bytes;
     }
     case strategy::naive: {
       int64_t total = 0;

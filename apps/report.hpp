@@ -18,7 +18,7 @@ namespace ceco::app {
 
 /// Bytes up the formulas predict for a response of `mode` under `s`
 /// (upload.dtype, upload.prompt), payload only: collaborative
-/// (p + n - 1)·d·dtype, or with the prompt's tokens 4(p - 1) + n·d·dtype;
+/// (p + n - 1)·d·dtype, or with the prompt's tokens 4p + n·d·dtype;
 /// naive Σ_{i<n} (p + i)·d·4, cloud 4p, standalone 0; speculative and exact
 /// as collaborative when nothing is rolled back (each rollback uploads the
 /// positions after it again).

@@ -162,7 +162,7 @@ struct settings {
 /// would have computed itself) and f16 for every other strategy.
 std::string upload_dtype_of(const settings& s, strategy mode);
 /// Whether a response of `mode` opens its cloud session with the prompt's
-/// tokens (but the last), whose split rows the cloud then computes itself:
+/// tokens, which the cloud then computes itself:
 /// upload.prompt "tokens", or "auto" for exact; never for naive, cloud and
 /// standalone, which upload no rows one by one.
 bool prompt_to_cloud_of(const settings& s, strategy mode);

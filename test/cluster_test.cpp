@@ -386,7 +386,7 @@ TEST_CASE("cloud layers cut into stages across two nodes: the one-process tokens
   node_process single("--set cloud.port=0" + stories_model);
   REQUIRE(single.port > 0);
   for (auto mode : {"naive", "collaborative", "speculative", "exact", "cloud"}) {
-    CAPTURE(mode);
+    CAPTURE(std::string(mode));
     auto alone = run_ceco(edge_args(single.port, mode));
     auto staged = run_ceco(edge_args(gateway.port, mode));
     REQUIRE(alone.status == 0);

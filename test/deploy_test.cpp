@@ -158,11 +158,12 @@ TEST_CASE("two nodes over loopback: collaborative, speculative and exact above t
       // A draft upload is an upload frame plus the epoch, one draft per row
       // and three counts of draft distributions, greedy drafts carrying none
       // (README, "Bytes on the wire"); rollbacks upload positions again.
-      // exact's open carries the prompt's ids but the last (upload.prompt =
-      // "auto"), and its uploads begin at the prompt's last row.
-      const int64_t from_tokens = j["mode"] == "exact" ? p - 1 : 0;
+      // exact's open carries the prompt's ids (upload.prompt = "auto"), and
+      // its uploads begin at the prompt's last row: 40 rows in all.
+      const bool ids = j["mode"] == "exact";
+      const int64_t from_tokens = ids ? p : 0;
       const int64_t uploads = j["uploads"], positions = j["uploaded_positions"];
-      const int64_t row_bytes = (formula - 4 * from_tokens) / (p - from_tokens + 40 - 1);
+      const int64_t row_bytes = (formula - 4 * from_tokens) / (ids ? 40 : p + 40 - 1);
       CHECK(uploads == messages - 2);
       CHECK(j["verdicts"] == uploads);
       CHECK(up == 40 + 4 * from_tokens + 24 + 57 * uploads + (row_bytes + 4) * positions);

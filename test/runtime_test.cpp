@@ -124,7 +124,7 @@ TEST_CASE("bytes up equal the docs/design.md formulas plus the documented per-me
   CHECK(cloud.traffic.bytes_down > 4 * 30);
 }
 
-TEST_CASE("with upload.prompt = tokens the open carries the prompt's ids but the last, the cloud computes their rows, and the tokens stay the cloud's") {
+TEST_CASE("with upload.prompt = tokens the open carries the prompt's ids, the cloud computes their rows, and the tokens stay the cloud's") {
   // Every token a cloud request (threshold above 1), f32 uploads: collaborative
   // and exact give the cloud strategy's tokens, whichever way the prompt goes up.
   stories_sim f({"link.latency_ms=0", "link.bandwidth_mbps=0", "policy.threshold=1.5",
@@ -144,7 +144,7 @@ TEST_CASE("with upload.prompt = tokens the open carries the prompt's ids but the
     CHECK(collab.uploads == n);
     // open 21 + 4 per id, close 8, 12 per request, each upload 21 + length + one f32 row
     CHECK(collab.traffic.bytes_up ==
-          21 + 4 * (p - 1) + 8 + 12 * collab.cloud_requests + n * (21 + varbyte(d * 4) + d * 4));
+          21 + 4 * p + 8 + 12 * collab.cloud_requests + n * (21 + varbyte(d * 4) + d * 4));
     auto exact = f.sim->run(ids, "exact", 30);
     CHECK(exact.error.empty());
     CHECK(exact.tokens == cloud.tokens);

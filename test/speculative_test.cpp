@@ -369,3 +369,56 @@ TEST_CASE("an exact response told to degrade that loses the cloud finishes, says
     ++same;
   CHECK(same > 0);
 }
+
+TEST_CASE("a draft on the last row of a prompt the cloud computes from its ids is verified, however early it comes") {
+  // In profile mode the cloud's prompt step takes the profile's time (real
+  // clock), so a draft upload sent right after the open arrives while the
+  // step is in flight; its verdict must wait for the check, not only the rows.
+  auto s = load_settings("", {"model.path=" + stories_gguf(), "split.layer=3",
+                              "compute.mode=profile", "compute.profile=paper-a100"});
+  auto m = load_site_model(s, stories_gguf());
+  const auto& model = *m.model;
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, 2);
+  caf::actor_system sys{cfg};
+  auto site = spawn_cloud_site(sys, s, m);
+  caf::scoped_actor self{sys};
+  auto prompt = m.vocab.encode("Once upon a time");
+  const auto P = int32_t(prompt.size());
+  generation_options g;
+  g.max_tokens = 1;
+  g.stop_at_eos = false;
+  const int32_t next = generate(model, prompt, g).tokens.at(0);
+  const int32_t wrong = (next + 1) % model.config().vocab_size;
+  // The edge's row P-1 (the cloud keeps its own).
+  std::vector<float> zeros(size_t(model.config().n_embd), 0.0f);
+  auto row = make_blob(zeros.data(), 1, model.config().n_embd, wire_dtype::f32);
+  for (int32_t draft : {wrong, next}) {
+    CAPTURE(draft);
+    uint64_t id = 0;
+    self->request(site.contexts, caf::infinite, open_session{{}, prompt})
+      .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+    verdict v;
+    self->request(site.contexts, caf::infinite, draft_upload{id, 0, P - 1, row, {draft}, {}})
+      .receive([&](verdict& x) { v = x; }, [&](caf::error& e) { FAIL(describe(e)); });
+    if (draft == wrong) {
+      CHECK(v.what() == verdict_outcome::corrected);
+      CHECK(v.position == P - 1);
+      CHECK(v.token == next);
+    } else {
+      CHECK(v.what() == verdict_outcome::accepted);
+    }
+    // Once a row past the prompt is held, an upload beginning inside the
+    // prompt is refused.
+    self->request(site.contexts, caf::infinite, draft_upload{id, v.epoch, P, row, {-1}, {}})
+      .receive([&](verdict& x) { CHECK(x.what() == verdict_outcome::accepted); },
+               [&](caf::error& e) { FAIL(describe(e)); });
+    self->request(site.contexts, caf::infinite,
+                  draft_upload{id, v.epoch, P - 1, row, {-1}, {}})
+      .receive([&](verdict&) { FAIL("an overlap past the prompt was accepted"); },
+               [&](caf::error& e) { CHECK(describe(e).find("bad_position") == 0); });
+    self->request(site.contexts, caf::infinite, close_session{id})
+      .receive([](session_summary&) {}, [&](caf::error& e) { FAIL(describe(e)); });
+  }
+  site.stop();
+}
