@@ -165,7 +165,10 @@ void settle_verdicts(session_entry& e, int32_t wrong, int32_t cloud_token) {
     }
     // Its rows computed and its drafts checked: a draft on a row the cloud
     // computed from the prompt is checked in a step after that row's.
-    if (v.end > e.computed || (!e.checks.empty() && e.checks.front().pos < v.end))
+    const auto before = [&](const std::vector<draft_check>& c) {
+      return !c.empty() && c.front().pos < v.end;
+    };
+    if (v.end > e.computed || before(e.checks) || before(e.checking))
       return;
     v.promise.deliver(
       verdict{uint8_t(verdict_outcome::accepted), e.epoch, -1, 0, us_since(v.arrived)});
@@ -545,6 +548,9 @@ context_manager_actor::behavior_type context_manager_fn(self_ptr self, cloud_lay
       e.received += m.states.rows;
       if (m.states.rows > 0)
         e.pending.append(std::move(m.states));
+      // Nothing to compute or check (a row the cloud holds, without a
+      // draft): answered now, as no step would.
+      settle_verdicts(e, -1, 0);
       mark_ready(self, m.session, e);
       return rp;
     },
