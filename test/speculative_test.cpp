@@ -150,24 +150,47 @@ TEST_CASE("exact gives exactly the cloud strategy's tokens, speculative exactly 
   check_exactness(1);
 }
 
-TEST_CASE("after a rollback the cloud session equals a fresh one fed the final tokens: stale uploads change nothing") {
-  auto s = load_settings("", {"model.path=" + stories_gguf(), "split.layer=3"});
-  auto m = load_site_model(s, stories_gguf());
-  const auto& model = *m.model;
-  const int split = 3;
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg, 2);
-  caf::actor_system sys{cfg};
-  auto site = spawn_cloud_site(sys, s, m);
-  caf::scoped_actor self{sys};
+namespace {
 
-  // The full model's greedy continuation: the final tokens.
-  auto prompt = m.vocab.encode("Once upon a time");
+/// A cloud site of its own on stories260K (split 3, and `sets`), an actor
+/// to ask it, and a prompt with the full model's greedy continuation.
+struct stories_cloud {
+  stories_cloud(std::vector<std::string> sets, int continuation) {
+    sets.insert(sets.begin(), {"model.path=" + stories_gguf(), "split.layer=3"});
+    s = load_settings("", sets);
+    m = load_site_model(s, stories_gguf());
+    configure_actor_system(cfg, 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    site = spawn_cloud_site(*sys, s, m);
+    self = std::make_unique<caf::scoped_actor>(*sys);
+    prompt = m.vocab.encode("Once upon a time");
+    generation_options g;
+    g.max_tokens = continuation;
+    g.stop_at_eos = false;
+    greedy = generate(*m.model, prompt, g).tokens;
+  }
+  ~stories_cloud() { site.stop(); }
+  settings s;
+  site_model m;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  cloud_site site;
+  std::unique_ptr<caf::scoped_actor> self;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> greedy;  // the full model's tokens after the prompt
+};
+
+} // namespace
+
+TEST_CASE("after a rollback the cloud session equals a fresh one fed the final tokens: stale uploads change nothing") {
+  stories_cloud f({}, 4);
+  const auto& model = *f.m.model;
+  const int split = 3;
+  auto& site = f.site;
+  auto& self = *f.self;
+  const auto& prompt = f.prompt;
   const auto P = int32_t(prompt.size());
-  generation_options g;
-  g.max_tokens = 4;
-  g.stop_at_eos = false;
-  auto greedy = generate(model, prompt, g).tokens;  // t_P .. t_{P+3}
+  const auto& greedy = f.greedy;  // t_P .. t_{P+3}
   REQUIRE(greedy.size() == 4);
   const int32_t wrong = (greedy[2] + 1) % model.config().vocab_size;
 
@@ -288,7 +311,6 @@ TEST_CASE("after a rollback the cloud session equals a fresh one fed the final t
   }
   CHECK(at::allclose(ctx_a->final_hidden.narrow(0, 0, n), ctx_b->final_hidden.narrow(0, 0, n),
                      1e-5, 1e-5));
-  site.stop();
 }
 
 TEST_CASE("concurrent exact sessions with rollbacks never see each other's state") {
@@ -374,21 +396,13 @@ TEST_CASE("a draft on the last row of a prompt the cloud computes from its ids i
   // In profile mode the cloud's prompt step takes the profile's time (real
   // clock), so a draft upload sent right after the open arrives while the
   // step is in flight; its verdict must wait for the check, not only the rows.
-  auto s = load_settings("", {"model.path=" + stories_gguf(), "split.layer=3",
-                              "compute.mode=profile", "compute.profile=paper-a100"});
-  auto m = load_site_model(s, stories_gguf());
-  const auto& model = *m.model;
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg, 2);
-  caf::actor_system sys{cfg};
-  auto site = spawn_cloud_site(sys, s, m);
-  caf::scoped_actor self{sys};
-  auto prompt = m.vocab.encode("Once upon a time");
+  stories_cloud f({"compute.mode=profile", "compute.profile=paper-a100"}, 1);
+  const auto& model = *f.m.model;
+  auto& site = f.site;
+  auto& self = *f.self;
+  const auto& prompt = f.prompt;
   const auto P = int32_t(prompt.size());
-  generation_options g;
-  g.max_tokens = 1;
-  g.stop_at_eos = false;
-  const int32_t next = generate(model, prompt, g).tokens.at(0);
+  const int32_t next = f.greedy.at(0);
   const int32_t wrong = (next + 1) % model.config().vocab_size;
   // The edge's row P-1 (the cloud keeps its own).
   std::vector<float> zeros(size_t(model.config().n_embd), 0.0f);
@@ -435,5 +449,4 @@ TEST_CASE("a draft on the last row of a prompt the cloud computes from its ids i
     self->request(site.contexts, caf::infinite, close_session{id})
       .receive([](session_summary&) {}, [&](caf::error& e) { FAIL(describe(e)); });
   }
-  site.stop();
 }
