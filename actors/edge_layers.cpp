@@ -66,21 +66,14 @@ edge_layers_fn(edge_layers_actor::stateful_pointer<edge_layers_state> self,
         c10::InferenceMode guard;
         auto x = m.embed(tokens);
         std::vector<float> exit_rows;
-        // One layer at a time (forward_to_exits' walk), so that a stopped
-        // step ends before its next layer. Layers cached but never finished
-        // by a stopped step are overwritten by the rollback's next step,
-        // which begins at or before this one's position.
-        int layers_run = 0;
-        size_t next_exit = 0;
-        for (; layers_run < st.split; ++layers_run) {
-          if (st.stops && st.stops->stopped(session, ticket))
-            break;
-          m.forward_layers(x, pos, layers_run, layers_run + 1, *cache);
-          if (next_exit < st.exits.size() && st.exits[next_exit] == layers_run + 1) {
-            append_last_row(x, exit_rows);
-            ++next_exit;
-          }
-        }
+        // One layer at a time, so that a stopped step ends before its next
+        // layer. Layers cached but never finished by a stopped step are
+        // overwritten by the rollback's next step, which begins at or
+        // before this one's position.
+        const int layers_run = m.forward_to_exits_while(
+          x, pos, 0, st.split, *cache, st.exits,
+          [&](size_t, const at::Tensor& h) { append_last_row(h, exit_rows); },
+          [&] { return !st.stops || !st.stops->stopped(session, ticket); });
         const bool stopped = layers_run < st.split;
         const int32_t d = m.config().n_embd;
         edge_output out;

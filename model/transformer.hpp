@@ -70,6 +70,25 @@ public:
     forward_layers(x, pos, done, last, cache);
   }
 
+  /// forward_to_exits one layer at a time, asking go_on() before each and
+  /// stopping there when it answers false (a step the edge no longer
+  /// needs); returns the layers run, last - first when never stopped.
+  template <class OnExit, class GoOn>
+  int forward_to_exits_while(at::Tensor& x, int64_t pos, int first, int last, kv_cache& cache,
+                             const std::vector<int>& exits, OnExit&& on_exit,
+                             GoOn&& go_on) const {
+    check_exits(exits, first, last);
+    size_t next_exit = 0;
+    for (int il = first; il < last; ++il) {
+      if (!go_on())
+        return il - first;
+      forward_layers(x, pos, il, il + 1, cache);
+      if (next_exit < exits.size() && exits[next_exit] == il + 1)
+        on_exit(next_exit++, static_cast<const at::Tensor&>(x));
+    }
+    return last - first;
+  }
+
   /// One step of several independent sequences (one per session) at once.
   struct sequence_step {
     at::Tensor* x;    // [T_i, n_embd], updated in place

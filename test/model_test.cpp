@@ -1,5 +1,6 @@
 #include "test/support.hpp"
 
+#include <algorithm>
 #include <random>
 
 #include "model/cpu_kernels.hpp"
@@ -96,6 +97,36 @@ TEST_CASE("split forward: edge layers 0..k then cloud layers k..L equal the unsp
       m.forward_layers(b, int64_t(i), 0, L, unsplit);
       REQUIRE(max_abs_diff(a, b) <= 1e-5f);
     }
+  }
+}
+
+TEST_CASE("forward_to_exits_while runs forward_to_exits' layers and exits, and stops before the layer it is told to") {
+  c10::InferenceMode guard;
+  const auto& m = *load_stories("gguf").model;
+  const int L = m.config().n_layer;
+  auto seq = reference_sequence();
+  std::vector<int32_t> prompt(seq.begin(), seq.begin() + 8);
+  const std::vector<int> exits = {2, 3};
+  std::vector<at::Tensor> want;
+  auto all = m.make_cache(0, L);
+  auto x = m.embed(prompt);
+  m.forward_to_exits(x, 0, 0, L, all, exits, [&](size_t, const at::Tensor& h) { want.push_back(h.clone()); });
+  for (int stop_at = 0; stop_at <= L; ++stop_at) {
+    CAPTURE(stop_at);
+    std::vector<at::Tensor> got;
+    int asked = 0;
+    auto cache = m.make_cache(0, L);
+    auto y = m.embed(prompt);
+    const int ran = m.forward_to_exits_while(
+      y, 0, 0, L, cache, exits, [&](size_t, const at::Tensor& h) { got.push_back(h.clone()); },
+      [&] { return asked++ < stop_at; });
+    CHECK(ran == stop_at);
+    CHECK(got.size() == size_t(std::count_if(exits.begin(), exits.end(),
+                                             [&](int e) { return e <= stop_at; })));
+    for (size_t i = 0; i < got.size(); ++i)
+      CHECK(max_abs_diff(got[i], want[i]) == 0.0f);
+    if (stop_at == L)
+      CHECK(max_abs_diff(y, x) <= 1e-5f);
   }
 }
 
