@@ -275,9 +275,13 @@ void print_regime(regime_run& run, const std::vector<row>& measured) {
 }
 
 /// Whether host:port answers a TLS ClientHello as a TLS server does (a
-/// handshake record or an alert), within a second. A plain ceco cloud sends
-/// its challenge at once, so an edge whose handshake timed out asks this.
+/// handshake record or an alert), within the handshake's own patience (5 s:
+/// a loaded TLS cloud answered after more than the 1 s this once allowed,
+/// and the edge retried). A plain ceco cloud sends its challenge at once
+/// and closes over these bytes, so an edge whose handshake timed out asks
+/// this, and waits long only on a cloud that is hung anyway.
 bool speaks_tls(const std::string& host, int port) {
+  constexpr int answer_ms = 5000;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -296,7 +300,7 @@ bool speaks_tls(const std::string& host, int port) {
     if (::send(sock, hello.data(), hello.size(), MSG_NOSIGNAL) == ssize_t(hello.size())) {
       pollfd p{sock, POLLIN, 0};
       uint8_t reply[2] = {};
-      if (::poll(&p, 1, 1000) == 1 && ::recv(sock, reply, 2, MSG_WAITALL) == 2)
+      if (::poll(&p, 1, answer_ms) == 1 && ::recv(sock, reply, 2, MSG_WAITALL) == 2)
         tls = (reply[0] == 0x15 || reply[0] == 0x16) && reply[1] == 0x03;
     }
   }
