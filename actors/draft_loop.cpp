@@ -293,10 +293,8 @@ void draft_forward(self_ptr self) {
     draft_step(self);
     return true;
   };
-  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start,
-                std::move(input), uint8_t(st.opts.split_dtype),
-                st.site.stops ? st.site.stops->ticket(st.edge_id) : uint64_t(0))
-    .then(
+  edge_forward(
+      self, start, std::move(input), st.site.stops ? st.site.stops->ticket(st.edge_id) : uint64_t(0),
       [=](edge_output& out) {
         auto& st = self->state;
         st.report.edge_us += out.compute_us;

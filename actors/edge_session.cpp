@@ -124,7 +124,10 @@ void opened(self_ptr self, uint64_t id, clock_type::time_point sent, int32_t pro
   st.session = id;
   st.cloud_prompt_rows = prompt_rows;
   st.cloud_sessions.push_back(id);
-  st.report.comm_us += us_since(sent);
+  // The edge waited for the open only from when its prefill was done, if
+  // that ran alongside (start_prefill); not at all if it still runs.
+  if (!st.prefill.in_flight)
+    st.report.comm_us += us_since(std::max(sent, st.prefill.ready_at));
 }
 
 /// An open answered after the response was cancelled: the session it
@@ -168,6 +171,49 @@ void open_cloud(self_ptr self) {
     });
 }
 
+/// Hands the early prefill's result to the first step's handlers, once
+/// both are there.
+void hand_over_prefill(self_ptr self) {
+  auto& p = self->state.prefill;
+  if (!p.result || !p.on_out)
+    return;
+  auto result = std::move(*p.result);
+  auto on_out = std::move(p.on_out);
+  auto on_error = std::move(p.on_error);
+  p.result.reset();
+  p.on_out = nullptr;
+  p.on_error = nullptr;
+  if (result)
+    return on_out(*result);
+  auto err = result.error();
+  on_error(err);
+}
+
+void start_prefill(self_ptr self) {
+  auto& st = self->state;
+  st.prefill.in_flight = true;
+  auto arrived = [=](caf::expected<edge_output> result) {
+    auto& p = self->state.prefill;
+    p.in_flight = false;
+    p.ready_at = clock_type::now();
+    p.result = std::move(result);
+    hand_over_prefill(self);
+  };
+  // Nothing stops it: there is no draft to roll back yet.
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, int32_t(0),
+                st.opts.prompt, uint8_t(st.opts.split_dtype), uint64_t(0))
+    .then([=](edge_output& out) { arrived(std::move(out)); },
+          [=](caf::error& err) { arrived(std::move(err)); });
+}
+
+void take_prefill(self_ptr self, std::function<void(edge_output&)> on_out,
+                  std::function<void(caf::error&)> on_error) {
+  auto& p = self->state.prefill;
+  p.on_out = std::move(on_out);
+  p.on_error = std::move(on_error);
+  hand_over_prefill(self);
+}
+
 void start(self_ptr self) {
   auto& st = self->state;
   st.started = clock_type::now();
@@ -179,6 +225,10 @@ void start(self_ptr self) {
     return step(self);
   }
   transition(self, phase::opening);
+  // Every strategy but the cloud's runs the prompt through the edge layers
+  // first: they do it during the open's round trip.
+  if (!st.is(strategy::cloud) && !st.opts.prompt.empty())
+    start_prefill(self);
   if (!st.site.link)
     return open_cloud(self);
   // The link's epoch now: a reconnection later is what lets a session that

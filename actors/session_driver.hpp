@@ -30,6 +30,20 @@ inline int64_t us_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - t0).count();
 }
 
+/// The prompt's edge step, asked for with the open so that the edge
+/// computes the prompt during the open's round trip instead of after it;
+/// the token loop's first edge step takes its result (edge_forward).
+struct early_prefill {
+  bool in_flight = false;
+  std::optional<caf::expected<edge_output>> result;  // arrived, not yet taken
+  clock_type::time_point ready_at;                    // when it arrived
+  // The token loop's first step, once it asked for it.
+  std::function<void(edge_output&)> on_out;
+  std::function<void(caf::error&)> on_error;
+
+  bool pending() const { return in_flight || result; }
+};
+
 struct edge_session_state {
   edge_site site;
   edge_session_options opts;
@@ -68,6 +82,7 @@ struct edge_session_state {
   bool session_lost = false;
   bool replacing_lost = false;  // the session being opened replaces a lost one (closed then)
   int32_t cloud_generated = 0;  // cloud strategy: tokens of the generation in progress received
+  early_prefill prefill;        // the prompt's edge step, started with the open
   static inline const char* name = "edge_session";
 
   bool is(strategy s) const { return opts.mode == s; }
@@ -153,6 +168,26 @@ void request_session(self_ptr self, clock_type::time_point sent, int32_t prompt_
           return opened_after_finish(self, std::nullopt, sent);
         on_error(err);
       });
+}
+
+/// Starts the prompt's edge step (early_prefill) alongside the open.
+void start_prefill(self_ptr self);
+/// Hands the early prefill to the first step's handlers, now or when it arrives.
+void take_prefill(self_ptr self, std::function<void(edge_output&)> on_out,
+                  std::function<void(caf::error&)> on_error);
+
+/// The edge layers over `input` at positions [start, ...): the early
+/// prefill's result for the prompt's step when one was started, else a
+/// request (`ticket`: the step's stop ticket, 0 for none).
+template <class OnOut, class OnError>
+void edge_forward(self_ptr self, int32_t start, std::vector<int32_t> input, uint64_t ticket,
+                  OnOut on_out, OnError on_error) {
+  auto& st = self->state;
+  if (start == 0 && st.prefill.pending())
+    return take_prefill(self, std::move(on_out), std::move(on_error));
+  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start,
+                std::move(input), uint8_t(st.opts.split_dtype), ticket)
+    .then(std::move(on_out), std::move(on_error));
 }
 
 // -- token_loop.cpp -----------------------------------------------------------------

@@ -273,9 +273,8 @@ void forward(self_ptr self) {
   const int32_t start = st.pos;
   const auto n = int32_t(st.input.size());
   // Nothing stops these steps: only drafting rolls back.
-  self->request(st.site.layers, st.opts.timeout, forward_atom::value, st.edge_id, start, st.input,
-                uint8_t(st.opts.split_dtype), uint64_t(0))
-    .then(
+  edge_forward(
+      self, start, st.input, uint64_t(0),
       [=](edge_output& out) {
         auto& st = self->state;
         if (st.finished())

@@ -159,6 +159,37 @@ TEST_CASE("on virtual time a profile run's times are the profile's formulas exac
   }
 }
 
+TEST_CASE("on virtual time the edge computes the prompt during the open's round trip") {
+  // A 50 ms link each way and θ = 0, so that every token exits on the edge:
+  // the first token waits for the longer of the open's round trip and the
+  // prompt's edge step (here the round trip), then the exit head, where it
+  // once waited for the round trip and then the prompt's step.
+  auto sets = profiled;
+  sets.insert(sets.end(), {"link.latency_ms=50", "compute.clock=virtual", "policy.threshold=0"});
+  builtin_sim f(sets);
+  const auto p = load_compute_profile("paper-a100");
+  const int L = f.m.model->config().n_layer;
+  auto ids = f.m.vocab.encode("And the LORD said unto Moses");
+  const int64_t round_trip = 100'000;
+  const int64_t prefill = p.layers_us(p.edge, 2, int64_t(ids.size()), L);
+  REQUIRE(prefill < round_trip);
+  for (const char* mode : {"collaborative", "speculative"}) {
+    CAPTURE(mode);
+    auto r = f.sim->run(ids, mode, 4);
+    REQUIRE(r.error.empty());
+    CHECK(r.first_token_us == round_trip + p.heads_us(p.edge, 1));
+    // The open's round trip overlapped the prefill: the edge waited on the
+    // network only for the rest of it.
+    CHECK(r.comm_us <= round_trip - prefill);
+  }
+  // Naive asks the cloud for every token: a round trip more, and the
+  // cloud's layers over the prompt, but not the edge's prompt step after the open.
+  auto naive = f.sim->run(ids, "naive", 4);
+  REQUIRE(naive.error.empty());
+  CHECK(naive.first_token_us < 2 * round_trip + prefill + p.layers_us(p.cloud, 2, int64_t(ids.size()), L)
+                                   + p.heads_us(p.cloud, 1));
+}
+
 TEST_CASE("virtual time is refused where time is real") {
   CHECK(error_of([] { check_clock(load_settings("", {"compute.clock=virtual"}), true); })
           .find("needs compute.mode = \"profile\"") != std::string::npos);
