@@ -190,6 +190,18 @@ bool has_work(const session_entry& e) {
 
 void dispatch(self_ptr self);
 
+/// Whether a token request or a draft of `e` is after a row computed in an
+/// earlier step.
+bool answerable_now(const session_entry& e) {
+  for (auto& c : e.checks)
+    if (c.pos < e.computed)
+      return true;
+  for (auto& w : e.waiting)
+    if (w.pos < e.computed)
+      return true;
+  return false;
+}
+
 /// Empty when each draft sent with its distribution is among its
 /// candidates with a weight, and no row without a draft has one; else what
 /// is wrong.
@@ -322,16 +334,25 @@ void dispatch(self_ptr self) {
     cloud_work w;
     w.ctx = e.ctx;
     w.start = e.computed;
-    w.prompt = std::move(e.prompt);
-    e.prompt.clear();
-    // The step takes the upload blobs as they came; the cloud layers
-    // decode them straight into their input.
-    w.states = std::move(e.pending);
-    e.pending.clear();
+    // Tokens after rows computed in earlier steps (a draft on the prompt's
+    // last row, which the cloud computed from the prompt's ids) take a
+    // classifier row each: they are answered in a step of their own rather
+    // than after the layers over rows that came meanwhile, which wait for
+    // the next step.
+    const bool answer_first = (e.pending.rows > 0 || !e.prompt.empty()) && answerable_now(e);
+    const int32_t answerable = answer_first ? e.computed : e.received;
+    if (!answer_first) {
+      w.prompt = std::move(e.prompt);
+      e.prompt.clear();
+      // The step takes the upload blobs as they came; the cloud layers
+      // decode them straight into their input.
+      w.states = std::move(e.pending);
+      e.pending.clear();
+    }
     w.states.cols = st.cfg.n_embd;
     std::vector<waiting_request> later;
     for (auto& r : e.waiting) {
-      if (r.pos < e.received) {
+      if (r.pos < answerable) {
         w.tokens_after.push_back(r.pos);
         w.drafts.push_back(-1);
         e.asked.push_back(std::move(r));
@@ -340,19 +361,35 @@ void dispatch(self_ptr self) {
       }
     }
     e.waiting = std::move(later);
-    if (!e.checks.empty()) {
-      // The token requests' entries first (no draft), then the checks'.
-      w.q = std::move(e.checks_q);
-      w.q.counts.insert(w.q.counts.begin(), w.tokens_after.size(), 0);
-      e.checks_q.clear();
+    // The checks of this step (position order) and their drafts'
+    // distributions: all of them, but those after rows not yet computed
+    // when the step answers first.
+    auto checks = std::move(e.checks);
+    auto checks_q = std::move(e.checks_q);
+    e.checks.clear();
+    e.checks_q.clear();
+    if (answer_first) {
+      std::vector<draft_check> now;
+      draft_distributions now_q;
+      for (size_t i = 0; i < checks.size(); ++i) {
+        const bool answered = checks[i].pos < answerable;
+        (answered ? now : e.checks).push_back(checks[i]);
+        (answered ? now_q : e.checks_q).append(checks_q, i);
+      }
+      checks = std::move(now);
+      checks_q = std::move(now_q);
     }
-    for (auto& c : e.checks) {
+    if (!checks.empty()) {
+      // The token requests' entries first (no draft), then the checks'.
+      w.q = std::move(checks_q);
+      w.q.counts.insert(w.q.counts.begin(), w.tokens_after.size(), 0);
+    }
+    for (auto& c : checks) {
       w.tokens_after.push_back(c.pos);
       w.drafts.push_back(c.draft);
     }
     w.sampling = e.sampling;
-    e.checking = std::move(e.checks);
-    e.checks.clear();
+    e.checking = std::move(checks);
     ids.push_back(id);
     targets.push_back(e.computed + w.rows());
     step.work.push_back(std::move(w));

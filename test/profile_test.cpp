@@ -190,6 +190,28 @@ TEST_CASE("on virtual time the edge computes the prompt during the open's round 
                                    + p.heads_us(p.cloud, 1));
 }
 
+TEST_CASE("on virtual time exact's first token comes when the cloud strategy's does, however soon "
+          "the edge's next row arrives") {
+  // exact's prompt goes up as ids: the cloud computes it while the edge
+  // does. With a long prompt the edge's next row reaches the cloud before
+  // the prompt's step ends; the draft on the prompt's last row is verified
+  // in a step of its own (a classifier row), not after the layers over
+  // that next row.
+  builtin_sim f({"compute.mode=profile", "compute.profile=paper-a100", "split.layer=2",
+                 "model.exits=2", "link.profile=paper", "compute.clock=virtual"});
+  std::string text;
+  for (int i = 0; i < 8; ++i)
+    text += "And the LORD spake unto Moses, saying, Speak unto the children of Israel. ";
+  auto ids = f.m.vocab.encode(text);
+  REQUIRE(ids.size() >= 120);
+  REQUIRE(ids.size() < 200);
+  auto cloud = f.sim->run(ids, "cloud", 4);
+  auto exact = f.sim->run(ids, "exact", 4);
+  REQUIRE(exact.error.empty());
+  CHECK(exact.tokens == cloud.tokens);
+  CHECK(exact.first_token_us <= cloud.first_token_us);
+}
+
 TEST_CASE("virtual time is refused where time is real") {
   CHECK(error_of([] { check_clock(load_settings("", {"compute.clock=virtual"}), true); })
           .find("needs compute.mode = \"profile\"") != std::string::npos);
