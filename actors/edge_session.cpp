@@ -116,6 +116,14 @@ void close_lost_session(self_ptr self, uint64_t lost) {
     .then([](session_summary&) {}, [](caf::error&) {});
 }
 
+/// When the edge began to wait for an open sent at `sent`: once its
+/// prefill, which runs alongside the first open (start_prefill), was done;
+/// now if it still runs.
+clock_type::time_point open_wait_start(const edge_session_state& st,
+                                       clock_type::time_point sent) {
+  return st.prefill.in_flight ? clock_type::now() : std::max(sent, st.prefill.ready_at);
+}
+
 void opened(self_ptr self, uint64_t id, clock_type::time_point sent, int32_t prompt_rows) {
   auto& st = self->state;
   if (st.replacing_lost && st.session != 0 && st.session != id)
@@ -124,10 +132,7 @@ void opened(self_ptr self, uint64_t id, clock_type::time_point sent, int32_t pro
   st.session = id;
   st.cloud_prompt_rows = prompt_rows;
   st.cloud_sessions.push_back(id);
-  // The edge waited for the open only from when its prefill was done, if
-  // that ran alongside (start_prefill); not at all if it still runs.
-  if (!st.prefill.in_flight)
-    st.report.comm_us += us_since(std::max(sent, st.prefill.ready_at));
+  st.report.comm_us += us_since(open_wait_start(st, sent));
 }
 
 /// An open answered after the response was cancelled: the session it
@@ -163,7 +168,7 @@ void open_cloud(self_ptr self) {
       if (st.token_by_token() && st.site.link && is(err, ceco_errc::cloud_unreachable)) {
         // Start on the edge alone; the response resumes collaboratively
         // if the link reconnects while it runs.
-        lose_cloud(self, sent);
+        lose_cloud(self, open_wait_start(st, sent));
         fmt::print(stderr, "ceco: the cloud is unreachable; starting on the edge alone\n");
         return loop(self);
       }

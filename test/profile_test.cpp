@@ -190,6 +190,22 @@ TEST_CASE("on virtual time the edge computes the prompt during the open's round 
                                    + p.heads_us(p.cloud, 1));
 }
 
+TEST_CASE("on virtual time an open shorter than the edge's prompt step costs nothing") {
+  // The first token comes after the edge's own prompt step and head, and
+  // the edge never waited on the network (θ = 0: every token exits).
+  auto sets = profiled;
+  sets.insert(sets.end(), {"link.latency_ms=1", "compute.clock=virtual", "policy.threshold=0"});
+  builtin_sim f(sets);
+  const auto p = load_compute_profile("paper-a100");
+  auto ids = f.m.vocab.encode("And the LORD said unto Moses");
+  const int64_t prefill = p.layers_us(p.edge, 2, int64_t(ids.size()), f.m.model->config().n_layer);
+  REQUIRE(prefill > 2'000);
+  auto r = f.sim->run(ids, "collaborative", 4);
+  REQUIRE(r.error.empty());
+  CHECK(r.first_token_us == prefill + p.heads_us(p.edge, 1));
+  CHECK(r.comm_us == 0);
+}
+
 TEST_CASE("on virtual time exact's first token comes when the cloud strategy's does, however soon "
           "the edge's next row arrives") {
   // exact's prompt goes up as ids: the cloud computes it while the edge
