@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "apps/calibration_report.hpp"
 #include "apps/commands.hpp"
@@ -27,6 +28,7 @@ struct calibrate_args {
   std::vector<int> exits;
   std::string text;
   int64_t self_generated = 40000;
+  std::vector<float> temperatures{1.0f, 0.0f};  // of the self-generated text
   int seq_len = 128;
   uint64_t seed = 7;  // tune-exits samples with seed 1: other sequences
   double test_share = 0.3;
@@ -57,10 +59,14 @@ void run_calibrate(const calibrate_args& a) {
     seqs = text_file_sequences(m.vocab, a.text, seq_len, "--text");
     note = fmt::format("text {}", a.text);
   } else {
-    fmt::print(stderr, "calibrate-exits: sampling {} tokens from the model itself (seed {})...\n",
-               a.self_generated, a.seed);
-    seqs = self_generated_sequences(model, a.self_generated, seq_len, m.vocab.bos(), a.seed);
-    note = fmt::format("{} tokens sampled from the model, seed {}", a.self_generated, a.seed);
+    fmt::print(stderr,
+               "calibrate-exits: sampling {} tokens from the model itself (seed {}, temperature "
+               "{})...\n",
+               a.self_generated, a.seed, fmt::join(a.temperatures, ","));
+    seqs = self_generated_sequences(model, a.self_generated, seq_len, m.vocab.bos(), a.seed,
+                                   a.temperatures);
+    note = fmt::format("{} tokens sampled from the model, seed {}, temperature {}",
+                       a.self_generated, a.seed, fmt::join(a.temperatures, ","));
   }
   if (seqs.size() < 2)
     throw model_error(fmt::format("calibrate-exits: {} sequence(s) of data, need at least two "
@@ -114,6 +120,14 @@ void add_calibrate_exits_command(CLI::App& app) {
                   "calibrate on this many tokens sampled from the model itself (the default; "
                   "needs no data)")
     ->capture_default_str()->excludes(text)->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", a->temperatures,
+                  fmt::format("with --self-generated: sampling temperatures, sequences "
+                              "alternating between them, e.g. 1,0; 0 = greedy, each greedy "
+                              "sequence continuing {} tokens sampled at temperature 1 so that "
+                              "they differ. Thresholds hold for the decoding they were chosen "
+                              "on: text sampled at 1 makes exits agree less on greedy text",
+                              greedy_opening_tokens))
+    ->delimiter(',')->capture_default_str()->excludes(text)->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", a->seed, "seed of the self-generated text")->capture_default_str();
   cmd->add_option("--seq-len", a->seq_len, "tokens per sequence")
     ->capture_default_str()->check(CLI::PositiveNumber);

@@ -256,7 +256,8 @@ void add_generate_command(CLI::App& app) {
   auto theta = std::make_shared<float>(0.8f);
   auto* theta_opt = cmd->add_option(
     "--threshold", *theta,
-    "confidence (max softmax) an exit needs to fire, the same for every exit; default: each "
+    "confidence an exit needs to fire (its confidence classifier's estimate of agreement, "
+    "else its max softmax), the same for every exit; default: each "
     "exit's calibrated threshold when the heads file has them (ceco calibrate-exits), else 0.8");
   theta_opt->check(CLI::NonNegativeNumber)->default_str("auto");
   cmd->add_option("--min-exit-layer", a->min_exit_layer,

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "apps/calibration_report.hpp"
 #include "apps/commands.hpp"
@@ -24,6 +25,7 @@ struct tune_args {
   std::vector<int> exits{2, 3};
   std::string text;
   int64_t self_generated = 80000;
+  std::vector<float> temperatures{1.0f, 0.0f};  // of the self-generated text
   int seq_len = 128;
   double holdout = 0.1;
   std::string out = "exit-heads.gguf";
@@ -66,8 +68,10 @@ void run_tune(const tune_args& a) {
     fmt::print(stderr, "tune-exits: {} sequences of up to {} tokens from {}\n", seqs.size(),
                seq_len, a.text);
   } else {
-    fmt::print(stderr, "tune-exits: sampling {} tokens from the model itself...\n", a.self_generated);
-    seqs = self_generated_sequences(model, a.self_generated, seq_len, m.vocab.bos(), a.train.seed);
+    fmt::print(stderr, "tune-exits: sampling {} tokens from the model itself (temperature {})...\n",
+               a.self_generated, fmt::join(a.temperatures, ","));
+    seqs = self_generated_sequences(model, a.self_generated, seq_len, m.vocab.bos(), a.train.seed,
+                                   a.temperatures);
   }
   if (seqs.size() < 2)
     throw model_error("tune-exits: need at least two sequences of data");
@@ -153,6 +157,14 @@ void add_tune_exits_command(CLI::App& app) {
   cmd->add_option("--self-generated", a->self_generated,
                   "train on this many tokens sampled from the model itself (needs no data)")
     ->capture_default_str()->excludes(text)->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", a->temperatures,
+                  fmt::format("with --self-generated: sampling temperatures, sequences "
+                              "alternating between them, e.g. 1,0; 0 = greedy, each greedy "
+                              "sequence continuing {} tokens sampled at temperature 1 so that "
+                              "they differ. Thresholds hold for the decoding they were chosen "
+                              "on: text sampled at 1 makes exits agree less on greedy text",
+                              greedy_opening_tokens))
+    ->delimiter(',')->capture_default_str()->excludes(text)->check(CLI::NonNegativeNumber);
   cmd->add_option("--seq-len", a->seq_len, "tokens per training sequence")
     ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--holdout", a->holdout, "share of sequences held out for the report")
@@ -172,6 +184,15 @@ void add_tune_exits_command(CLI::App& app) {
   cmd->add_option("--adapter-hidden", a->train.adapter_hidden,
                   "units of the residual adapter n + B·silu(A·n + c); 0 = none")
     ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--confidence-units", a->train.confidence_units,
+                  "units of each head's confidence classifier, trained after the head to "
+                  "estimate whether its token equals the final layer's (CALM's early-exit "
+                  "classifier; an exit then fires on that estimate); 0 = none: confidence is "
+                  "the head's max softmax")
+    ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--confidence-steps", a->train.confidence_steps,
+                  "optimizer steps of each confidence classifier")
+    ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_flag("!--shared-output", a->train.own_output,
                 "keep the model's classifier instead of training one per head");
   cmd->add_option("--min-exit-layer", a->min_exit_layer,

@@ -35,7 +35,7 @@ namespace ceco {
 /// Above any softmax probability: an exit with this threshold never fires.
 constexpr float never_fire_threshold = 1.01f;
 
-/// Per exit and position: the head's confidence (max softmax probability)
+/// Per exit and position: the head's confidence (exit_head::confidence)
 /// and whether its argmax equals the final layer's.
 struct exit_calibration_data {
   std::vector<int> layers;                    // the exits, ascending

@@ -153,6 +153,18 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
       e.adapter_c = read_head_tensor(f, n("adapter_a.bias"), {hidden}, dev);
       e.adapter_b = read_head_tensor(f, n("adapter_b.weight"), {cfg.n_embd, hidden}, dev);
     }
+    if (auto a = f.find(n("confidence_a.weight"))) {
+      const int64_t features = cfg.n_embd + confidence_extra_features;
+      if (a->ne.size() != 2 || a->ne[0] != features)
+        throw model_error(fmt::format(
+          "{}: tensor '{}' has shape {}, expected [{}, units] (n_embd + {} features)", path,
+          n("confidence_a.weight"), a->shape_string(), features, confidence_extra_features));
+      int64_t units = a->ne[1];
+      e.confidence_a = read_head_tensor(f, n("confidence_a.weight"), {units, features}, dev);
+      e.confidence_c = read_head_tensor(f, n("confidence_a.bias"), {units}, dev);
+      e.confidence_b = read_head_tensor(f, n("confidence_b.weight"), {units}, dev);
+      e.confidence_d = read_head_tensor(f, n("confidence_b.bias"), {1}, dev);
+    }
     h.heads_.push_back(std::move(e));
   }
   return h;
@@ -200,6 +212,12 @@ void exit_heads::save(const std::string& path) const {
       put(n("adapter_a.weight"), e.adapter_a);
       put(n("adapter_a.bias"), e.adapter_c);
       put(n("adapter_b.weight"), e.adapter_b);
+    }
+    if (e.confidence_a.defined()) {
+      put(n("confidence_a.weight"), e.confidence_a);
+      put(n("confidence_a.bias"), e.confidence_c);
+      put(n("confidence_b.weight"), e.confidence_b);
+      put(n("confidence_b.bias"), e.confidence_d);
     }
   }
   w.write(path);
@@ -302,13 +320,44 @@ at::Tensor exit_head::logits(const at::Tensor& h, float norm_eps) const {
   return project(n, output);
 }
 
+at::Tensor exit_head::confidence_features(const at::Tensor& h, const at::Tensor& logits,
+                                          float norm_eps) {
+  auto z = logits.to(at::kFloat);
+  auto logp = at::log_softmax(z, -1);
+  auto top2 = std::get<0>(z.topk(2, -1));
+  auto hf = h.to(at::kFloat);
+  auto plain = hf * at::rsqrt(hf.pow(2).mean(-1, true) + norm_eps);
+  return at::cat({plain, logp.amax(-1, true), top2.narrow(-1, 0, 1) - top2.narrow(-1, 1, 1),
+                  -(logp.exp() * logp).sum(-1, true)},
+                 -1);
+}
+
+at::Tensor exit_head::confidence(const at::Tensor& h, const at::Tensor& logits,
+                                 float norm_eps) const {
+  if (!confidence_a.defined())
+    return at::softmax(logits.to(at::kFloat), -1).amax(-1);
+  auto f = confidence_features(h, logits, norm_eps);
+  auto units = at::silu(at::matmul(f, confidence_a.t()) + confidence_c);
+  return at::sigmoid(at::matmul(units, confidence_b) + confidence_d);
+}
+
+at::Tensor exit_heads::confidence(size_t i, const at::Tensor& h, const at::Tensor& logits) const {
+  c10::InferenceMode guard;
+  return heads_.at(i).confidence(h, logits, norm_eps_);
+}
+
 at::Tensor exit_heads::logits(size_t i, const at::Tensor& h) const {
   c10::InferenceMode guard;
   return heads_.at(i).logits(h, norm_eps_);
 }
 
 exit_reading exit_heads::read(size_t i, const at::Tensor& h) const {
-  auto z = logits(i, h).to(at::kCPU).contiguous();
+  auto z = logits(i, h);
+  if (heads_.at(i).has_confidence_classifier()) {
+    auto c = confidence(i, h, z).to(at::kCPU).item<float>();
+    return {c, int32_t(z.argmax(-1).item<int64_t>())};
+  }
+  z = z.to(at::kCPU).contiguous();
   const int n = int(z.numel());
   return {max_probability(z.data_ptr<float>(), n), argmax(z.data_ptr<float>(), n)};
 }

@@ -6,12 +6,19 @@
 //     n = n + B · silu(A · n + c)          (optional residual adapter)
 //     logits = W · n                       (W: own matrix, or the model's)
 // Untrained heads reuse the model's final norm and classifier ("logit lens").
-// Confidence is max softmax(logits); an exit fires when confidence >= its θ
+// Confidence is max softmax(logits), or, for a head with a confidence
+// classifier (CALM's early-exit classifier, trained by ceco tune-exits), its
+// estimate that the head's argmax equals the final layer's:
+//     f = [rmsnorm(h) without weight, log max softmax, top-1 − top-2 logit,
+//          entropy of softmax]                                   [n_embd + 3]
+//     confidence = sigmoid(b · silu(A · f + c) + d)
+// An exit fires when confidence >= its θ
 // (docs/design.md §1): policy.threshold when set, else the exit's calibrated
 // threshold from the heads file, else default_exit_threshold.
 //
 // File format: GGUF v3 with
-//   ceco.exit_heads.version       uint32: 2 (absent in files before thresholds: 1)
+//   ceco.exit_heads.version       uint32: 3 (2 before confidence classifiers, absent
+//                                 in files before thresholds: 1)
 //   ceco.exit_heads.layers        int32 array: the exits, ascending
 //   ceco.exit_heads.n_embd        uint32
 //   ceco.exit_heads.vocab_size    uint32
@@ -28,6 +35,10 @@
 //   exit.<L>.adapter_a.weight     [n_embd, hidden]  (optional, with the two below)
 //   exit.<L>.adapter_a.bias       [hidden]
 //   exit.<L>.adapter_b.weight     [hidden, n_embd]
+//   exit.<L>.confidence_a.weight  [n_embd + 3, units]  (optional, with the three below)
+//   exit.<L>.confidence_a.bias    [units]
+//   exit.<L>.confidence_b.weight  [units]
+//   exit.<L>.confidence_b.bias    [1]
 
 #include <cstdint>
 #include <optional>
@@ -46,7 +57,9 @@ class transformer;
 /// The θ of every exit when neither policy.threshold nor the heads file says.
 constexpr float default_exit_threshold = 0.8f;
 /// The heads file's format version this build writes (and the newest it reads).
-constexpr uint32_t exit_heads_file_version = 2;
+constexpr uint32_t exit_heads_file_version = 3;
+/// Inputs of a confidence classifier beyond the hidden state (see above).
+constexpr int64_t confidence_extra_features = 3;
 
 /// How the thresholds in a heads file were calibrated.
 struct exit_heads_calibration {
@@ -63,6 +76,10 @@ struct exit_head {
   at::Tensor adapter_a;   // [hidden, n_embd] or undefined
   at::Tensor adapter_c;   // [hidden]
   at::Tensor adapter_b;   // [n_embd, hidden]
+  at::Tensor confidence_a;  // [units, n_embd + 3] or undefined: confidence is max softmax
+  at::Tensor confidence_c;  // [units]
+  at::Tensor confidence_b;  // [units]
+  at::Tensor confidence_d;  // [1]
   bool own_output = false;  // false: `output` is the model's classifier
   std::optional<float> threshold;  // calibrated θ of this exit, when the file has one
   int64_t calibration_tokens = 0;  // positions at or above it in the calibration
@@ -70,11 +87,18 @@ struct exit_head {
   /// The head formula above: h [..., n_embd] -> logits [..., vocab]. Plain
   /// tensor ops, so the trainers run it under autograd.
   at::Tensor logits(const at::Tensor& h, float norm_eps) const;
+  /// The classifier's input f (above) for h [..., n_embd] and its logits.
+  static at::Tensor confidence_features(const at::Tensor& h, const at::Tensor& logits,
+                                        float norm_eps);
+  /// Confidence [...] of h [..., n_embd] with its logits [..., vocab]: the
+  /// classifier's when the head has one, else max softmax.
+  at::Tensor confidence(const at::Tensor& h, const at::Tensor& logits, float norm_eps) const;
+  bool has_confidence_classifier() const { return confidence_a.defined(); }
 };
 
 /// What one head says about one position.
 struct exit_reading {
-  float confidence = 0;  // max softmax probability
+  float confidence = 0;  // the head's confidence (classifier, else max softmax)
   int32_t token = 0;     // argmax
 };
 
@@ -118,8 +142,11 @@ public:
 
   /// h [T, n_embd] -> logits [T, vocab] of head i.
   at::Tensor logits(size_t i, const at::Tensor& h) const;
+  /// Confidence [T] of head i for h [T, n_embd] and its logits [T, vocab].
+  at::Tensor confidence(size_t i, const at::Tensor& h, const at::Tensor& logits) const;
   /// Head i on one row h [1, n_embd] (on the heads' device).
   exit_reading read(size_t i, const at::Tensor& h) const;
+  float norm_eps() const { return norm_eps_; }
 
 private:
   std::vector<exit_head> heads_;

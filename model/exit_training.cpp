@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 #include <torch/optim/adamw.h>
@@ -26,21 +27,41 @@ exit_dataset exit_dataset::slice(int64_t begin, int64_t end) const {
 }
 
 std::vector<std::vector<int32_t>> self_generated_sequences(const transformer& model, int64_t n_tokens,
-                                                           int seq_len, int32_t bos, uint64_t seed) {
+                                                           int seq_len, int32_t bos, uint64_t seed,
+                                                           const std::vector<float>& temperatures) {
+  if (temperatures.empty())
+    throw model_error("self-generated text: no sampling temperature given");
+  for (float t : temperatures)
+    if (!(t >= 0.0f))
+      throw model_error(fmt::format("self-generated text: temperature {} is not >= 0", t));
   std::vector<std::vector<int32_t>> out;
   int64_t total = 0;
+  const int length = std::min(seq_len, model.config().max_seq - 2);
   generation_options opts;
-  opts.max_tokens = std::min(seq_len, model.config().max_seq - 2);
   opts.stop_at_eos = true;
-  opts.sampling.temperature = 1.0f;
   for (uint64_t i = 0; total < n_tokens; ++i) {
-    opts.sampling.seed = seed * 1000003 + i;
-    auto r = generate(model, {bos}, opts);
-    if (r.tokens.empty())
-      continue;
+    const float temperature = temperatures[i % temperatures.size()];
     std::vector<int32_t> seq{bos};
-    seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
-    total += int64_t(r.tokens.size());
+    opts.sampling.seed = seed * 1000003 + i;
+    bool ended = false;
+    if (temperature == 0.0f) {
+      opts.sampling.temperature = 1.0f;
+      std::mt19937_64 rng(opts.sampling.seed);
+      const int most = std::max(greedy_opening_tokens, length / 4);
+      opts.max_tokens = std::min(std::uniform_int_distribution<int>(greedy_opening_tokens, most)(rng), length);
+      auto opening = generate(model, seq, opts);
+      seq.insert(seq.end(), opening.tokens.begin(), opening.tokens.end());
+      ended = opening.stop_reason != "max_tokens";
+    }
+    opts.sampling.temperature = temperature;
+    opts.max_tokens = length - int(seq.size() - 1);
+    if (!ended && opts.max_tokens > 0) {
+      auto r = generate(model, seq, opts);
+      seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
+    }
+    if (seq.size() < 2)
+      continue;
+    total += int64_t(seq.size() - 1);
     out.push_back(std::move(seq));
   }
   return out;
@@ -191,7 +212,70 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
       h.adapter_b = b.detach().to(dev);
     }
   }
+  if (opts.confidence_units > 0)
+    train_confidence_classifiers(heads, data, opts);
   return heads;
+}
+
+void train_confidence_classifiers(exit_heads& heads, const exit_dataset& data,
+                                  const exit_training_options& opts) {
+  if (opts.confidence_units <= 0)
+    throw model_error(fmt::format("confidence classifier: {} units, need at least one",
+                                  opts.confidence_units));
+  if (heads.layers() != data.exits)
+    throw model_error(fmt::format("confidence classifier: heads for exits [{}], data for [{}]",
+                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+  const int64_t n = data.size();
+  if (n == 0)
+    throw model_error("confidence classifier: no training positions");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(opts.seed + 7919);
+  at::Tensor final_top;
+  {
+    at::NoGradGuard no_grad;
+    final_top = data.teacher.argmax(-1);
+  }
+  for (size_t i = 0; i < heads.size(); ++i) {
+    auto& head = heads[i];
+    // The inputs and targets, computed once, in slices: a [slice, vocab]
+    // logits block at a time.
+    at::Tensor features, target;
+    {
+      c10::InferenceMode guard;
+      std::vector<at::Tensor> f, t;
+      const int64_t slice = 4096;
+      const auto dev = head.norm.device();
+      for (int64_t from = 0; from < n; from += slice) {
+        auto h = data.hidden[i].narrow(0, from, std::min(slice, n - from)).to(dev);
+        auto z = heads.logits(i, h);
+        f.push_back(exit_head::confidence_features(h, z, heads.norm_eps()).to(at::kCPU));
+        t.push_back((z.argmax(-1).to(at::kCPU) == final_top.narrow(0, from, h.size(0)))
+                      .to(at::kFloat));
+      }
+      features = at::cat(f).clone();
+      target = at::cat(t).clone();
+    }
+    const int64_t d = features.size(1), units = opts.confidence_units;
+    auto a = at::normal(0.0, 1.0 / std::sqrt(double(d)), {units, d}, gen).set_requires_grad(true);
+    auto c = at::zeros({units}).set_requires_grad(true);
+    auto b = at::zeros({units}).set_requires_grad(true);
+    auto bias = at::zeros({1}).set_requires_grad(true);
+    torch::optim::AdamW optimizer({a, c, b, bias},
+                                  torch::optim::AdamWOptions(opts.lr).weight_decay(0.0));
+    for (int step = 0; step < opts.confidence_steps; ++step) {
+      auto idx = at::randint(0, n, {std::min<int64_t>(2 * int64_t(opts.batch), n)}, gen, at::kLong);
+      auto units_out = at::silu(at::matmul(features.index_select(0, idx), a.t()) + c);
+      auto z = at::matmul(units_out, b) + bias;
+      auto loss = at::binary_cross_entropy_with_logits(z, target.index_select(0, idx));
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+    }
+    const auto dev = head.norm.device();
+    head.confidence_a = a.detach().to(dev);
+    head.confidence_c = c.detach().to(dev);
+    head.confidence_b = b.detach().to(dev);
+    head.confidence_d = bias.detach().to(dev);
+  }
 }
 
 std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exit_dataset& data,
@@ -204,8 +288,10 @@ std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exi
   std::vector<exit_quality> out;
   for (size_t i = 0; i < heads.size(); ++i) {
     auto dev = heads[i].norm.device();
-    auto logits = heads.logits(i, data.hidden[i].to(dev)).to(at::kCPU);
-    conf.push_back(at::softmax(logits, -1).amax(-1));
+    auto h = data.hidden[i].to(dev);
+    auto logits_dev = heads.logits(i, h);
+    conf.push_back(heads.confidence(i, h, logits_dev).to(at::kCPU));
+    auto logits = logits_dev.to(at::kCPU);
     agree.push_back(logits.argmax(-1) == final_top);
     exit_quality q;
     q.layer = heads[i].layer;
@@ -252,8 +338,10 @@ exit_calibration_data calibration_data(const exit_heads& heads, const exit_datas
   const auto final_top = data.teacher.argmax(-1);
   for (size_t i = 0; i < heads.size(); ++i) {
     auto dev = heads[i].norm.device();
-    auto logits = heads.logits(i, data.hidden[i].to(dev)).to(at::kCPU).to(at::kFloat);
-    auto conf = at::softmax(logits, -1).amax(-1).contiguous();
+    auto h = data.hidden[i].to(dev);
+    auto logits_dev = heads.logits(i, h);
+    auto conf = heads.confidence(i, h, logits_dev).to(at::kCPU).to(at::kFloat).contiguous();
+    auto logits = logits_dev.to(at::kCPU).to(at::kFloat);
     auto agree = (logits.argmax(-1) == final_top).to(at::kByte).contiguous();
     out.confidence.emplace_back(conf.data_ptr<float>(), conf.data_ptr<float>() + conf.numel());
     out.agrees.emplace_back(agree.data_ptr<uint8_t>(), agree.data_ptr<uint8_t>() + agree.numel());

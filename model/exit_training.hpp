@@ -38,10 +38,20 @@ struct exit_dataset {
   exit_dataset slice(int64_t begin, int64_t end) const;
 };
 
-/// Samples sequences from the model itself (temperature 1), `seq_len`
-/// tokens each after BOS, until `n_tokens` tokens are collected.
+/// Fewest tokens a greedy self-generated sequence samples (at temperature
+/// 1) before it continues greedily: greedy decoding from BOS alone would
+/// give the same sequence every time, and a short opening often does too
+/// ("Once upon a time").
+constexpr int greedy_opening_tokens = 4;
+/// Samples sequences from the model itself, `seq_len` tokens each after
+/// BOS, until `n_tokens` tokens are collected. Sequence i is sampled at
+/// temperatures[i % size] (at least one), so held-out tails hold each
+/// temperature; 0 is greedy after a sampled opening of
+/// greedy_opening_tokens .. max(that, seq_len / 4) tokens (drawn per
+/// sequence).
 std::vector<std::vector<int32_t>> self_generated_sequences(const transformer& model, int64_t n_tokens,
-                                                           int seq_len, int32_t bos, uint64_t seed);
+                                                           int seq_len, int32_t bos, uint64_t seed,
+                                                           const std::vector<float>& temperatures = {1.0f});
 /// A text cut into sequences of `seq_len` tokens, each starting with BOS.
 std::vector<std::vector<int32_t>> text_sequences(const tokenizer& vocab, const std::string& text,
                                                  int seq_len);
@@ -63,13 +73,25 @@ struct exit_training_options {
   int batch = 256;
   float lr = 3e-3f;
   uint64_t seed = 1;
+  /// Units of each head's confidence classifier (model/exit_heads.hpp),
+  /// trained after the head to tell whether its argmax equals the final
+  /// layer's; 0 = none (confidence is max softmax).
+  int confidence_units = 64;
+  int confidence_steps = 3000;
 };
 
-/// Trains one head per exit of `data`; `progress(exit_index, step, loss)`
-/// is called every few steps.
+/// Trains one head per exit of `data`, then (opts.confidence_units > 0)
+/// its confidence classifier; `progress(exit_index, step, loss)` is called
+/// every few steps of each head.
 exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
                             const exit_training_options& opts,
                             const std::function<void(size_t, int, float)>& progress = {});
+
+/// Trains a confidence classifier for each head (replacing any it has) on
+/// `data`: binary cross-entropy against whether the head's argmax equals the
+/// final layer's.
+void train_confidence_classifiers(exit_heads& heads, const exit_dataset& data,
+                                  const exit_training_options& opts);
 
 struct exit_quality {
   struct at_threshold {

@@ -33,7 +33,7 @@ struct exit_step {
   int exit_layer = -1;            // first exit that fires, -1 if none
   bool agrees = false;            // that exit's token (the deepest exit's
                                   // when none fires) equals the final token
-  std::vector<float> confidence;  // per exit, max softmax probability
+  std::vector<float> confidence;  // per exit, exit_head::confidence
   std::vector<int32_t> tokens;    // per exit, argmax
 };
 

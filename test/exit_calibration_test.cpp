@@ -255,7 +255,7 @@ TEST_CASE("a heads file keeps its calibrated thresholds: an old one without them
     w.set_uint32("ceco.exit_heads.version", 99);
   });
   e = error_of([&] { exit_heads::load(newer, m); });
-  CHECK(contains(e, "newer.gguf: ceco.exit_heads.version is 99, expected 1..2"));
+  CHECK(contains(e, "newer.gguf: ceco.exit_heads.version is 99, expected 1..3"));
   // A well-formed hand-written file without thresholds loads (version 1).
   auto plain = write_heads("plain.gguf", [](gguf_writer&) {});
   CHECK_FALSE(exit_heads::load(plain, m).calibrated());

@@ -1,7 +1,12 @@
 #include "test/support.hpp"
 
+#include "model/exit_calibration.hpp"
 #include "model/exit_training.hpp"
 #include "model/generation.hpp"
+#include "model/gguf.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 using namespace ceco;
 using namespace ceco::test;
@@ -27,6 +32,7 @@ TEST_CASE("tuning exit heads on self-generated text beats the untrained heads, r
 
   exit_training_options opts;
   opts.steps = 200;
+  opts.confidence_units = 0;  // max softmax: the heads alone (the classifier: below)
   auto heads = train_exit_heads(m, train, opts);
   auto again = train_exit_heads(m, train, opts);
   {
@@ -72,4 +78,90 @@ TEST_CASE("the shipped stories260K heads exit early on a quarter of the tokens a
   MESSAGE(t.exited << " of " << t.tokens << " tokens exited, " << t.agree << " agree");
   CHECK(t.exited >= t.tokens / 4);
   CHECK(t.agree >= 0.9 * t.exited);
+}
+
+TEST_CASE("greedy self-generated sequences continue a sampled opening greedily, each its own") {
+  const auto& m = *load_stories("gguf").model;
+  auto seqs = self_generated_sequences(m, 400, 40, 1, 5, {0.0f});
+  REQUIRE(seqs.size() >= 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    const auto& s = seqs[i];
+    REQUIRE(s.size() == 41);
+    // Some opening of 4 .. 10 sampled tokens continues greedily into the rest.
+    bool greedy_after_opening = false;
+    for (int k = greedy_opening_tokens; k <= 10 && !greedy_after_opening; ++k) {
+      std::vector<int32_t> opening(s.begin(), s.begin() + 1 + k);
+      generation_options greedy;
+      greedy.max_tokens = int(s.size()) - int(opening.size());
+      auto r = generate(m, opening, greedy);
+      greedy_after_opening = std::vector<int32_t>(s.begin() + 1 + k, s.end()) == r.tokens;
+    }
+    CHECK(greedy_after_opening);
+  }
+  CHECK(seqs[0] != seqs[1]);
+  // Alternating temperatures: sequence 0 sampled at 1 is the one a plain
+  // temperature-1 run gives first.
+  auto both = self_generated_sequences(m, 400, 40, 1, 5, {1.0f, 0.0f});
+  CHECK(both[0] == self_generated_sequences(m, 10, 40, 1, 5)[0]);
+  CHECK(both[1] == seqs[1]);
+  CHECK(error_of([&] { self_generated_sequences(m, 10, 40, 1, 5, {}); }).find("temperature")
+        != std::string::npos);
+  CHECK(error_of([&] { self_generated_sequences(m, 10, 40, 1, 5, {-1.0f}); })
+          .find("temperature -1 is not >= 0") != std::string::npos);
+}
+
+TEST_CASE("a confidence classifier tells agreeing positions apart better than max softmax, and "
+          "keeps in the heads file") {
+  const auto& m = *load_stories("gguf").model;
+  auto seqs = self_generated_sequences(m, 12000, 96, 1, 3, {1.0f, 0.0f});
+  std::vector<std::vector<int32_t>> train_seqs(seqs.begin(), seqs.end() - 30);
+  std::vector<std::vector<int32_t>> eval_seqs(seqs.end() - 30, seqs.end());
+  auto train = collect_exit_data(m, train_seqs, {2, 3});
+  auto eval = collect_exit_data(m, eval_seqs, {2, 3});
+  exit_training_options opts;
+  opts.steps = 300;
+  opts.confidence_units = 0;
+  auto plain = train_exit_heads(m, train, opts);
+  CHECK_FALSE(plain[0].has_confidence_classifier());
+  auto judged = plain;
+  opts.confidence_units = 32;
+  opts.confidence_steps = 1500;
+  train_confidence_classifiers(judged, train, opts);
+  REQUIRE(judged[0].has_confidence_classifier());
+  CHECK(judged[0].confidence_a.sizes() == at::IntArrayRef{32, 64 + confidence_extra_features});
+
+  // The same heads, the same tokens: only the confidence differs. Calibrated
+  // to 95% on the held-out positions, the classifier lets more of them exit.
+  exit_calibration_options o;
+  o.target_agreement = 0.95;
+  o.min_tokens = 30;
+  auto by_softmax = calibrate_exit_thresholds(calibration_data(plain, eval), o);
+  auto by_classifier = calibrate_exit_thresholds(calibration_data(judged, eval), o);
+  auto fired = [](const exit_calibration& c) {
+    int64_t n = 0;
+    for (auto& e : c.exits)
+      n += e.fired;
+    return n;
+  };
+  MESSAGE("held-out positions exiting at 95%: max softmax " << fired(by_softmax)
+          << ", classifier " << fired(by_classifier) << " of " << eval.size());
+  CHECK(fired(by_classifier) > fired(by_softmax) * 11 / 10);
+
+  temp_dir tmp;
+  const auto path = tmp.file("judged.gguf");
+  judged.save(path);
+  auto back = exit_heads::load(path, m);
+  REQUIRE(back[1].has_confidence_classifier());
+  auto rows = eval.hidden[1].narrow(0, 0, 50);
+  {
+    c10::InferenceMode guard;
+    auto z = back.logits(1, rows);
+    CHECK((back.confidence(1, rows, z) - judged.confidence(1, rows, judged.logits(1, rows)))
+            .abs().max().item<float>() == 0.0f);
+    auto one = back.read(1, rows.narrow(0, 7, 1));
+    CHECK(one.confidence == doctest::Approx(back.confidence(1, rows, z)[7].item<float>()));
+    CHECK(one.token == z[7].argmax().item<int64_t>());
+  }
+  CHECK(gguf_file(path).get_uint("ceco.exit_heads.version") == exit_heads_file_version);
 }
