@@ -14,7 +14,7 @@ std::string builtin(const char* file) {
 
 } // namespace
 
-TEST_CASE("the built-in model has learned its corpus and exits early at 0.8 with agreement") {
+TEST_CASE("the built-in model has learned its corpus and exits early at its calibrated thresholds with agreement") {
   auto m = load_model(builtin("model.gguf"));
   CHECK(m.config.n_layer == 4);
   transformer model(m.config, m.weights, c10::Device(c10::kCPU));
@@ -36,8 +36,8 @@ TEST_CASE("the built-in model has learned its corpus and exits early at 0.8 with
 
   generation_options opts;
   opts.max_tokens = 80;
-  opts.exits = &heads;
-  opts.threshold = 0.8f;
+  opts.exits = &heads;  // the heads file's thresholds, calibrated to 99%
+  REQUIRE(heads.calibrated());
   opts.eos = m.vocab.eos();
   exit_tally t;
   for (auto p : {"And God said", "In the beginning", "Blessed are the"}) {
@@ -45,7 +45,7 @@ TEST_CASE("the built-in model has learned its corpus and exits early at 0.8 with
     CHECK(m.vocab.decode(r.tokens).find(" the ") != std::string::npos);
     t.add(r.exit_trace);
   }
-  MESSAGE(t.exited << " of " << t.tokens << " tokens exited at 0.8, " << t.agree << " agree");
-  CHECK(t.exited >= t.tokens / 10);
-  CHECK(t.agree >= 0.9 * t.exited);
+  MESSAGE(t.exited << " of " << t.tokens << " tokens exited, " << t.agree << " agree");
+  CHECK(t.exited >= t.tokens / 3);
+  CHECK(t.agree >= 0.97 * t.exited);
 }
