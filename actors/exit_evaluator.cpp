@@ -82,7 +82,7 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
         // with the edge's draw for this position (docs/design.md §5); a
         // draft from the same distribution cut to its likeliest tokens.
         const size_t i = choice.index >= 0 ? size_t(choice.index) : st.heads.size() - 1;
-        auto logits = st.heads.logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
+        auto logits = st.heads.sampling_logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
         const auto u = position_uniform(opts.seed, sample_stream::edge, r.pos);
         const int n = int(logits.numel());
         // Drafting needs the evaluator on the edge: one on the cloud sends none.

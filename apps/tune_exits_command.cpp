@@ -98,6 +98,16 @@ void run_tune(const tune_args& a) {
       fmt::print(stderr, "\n");
   };
   auto heads = train_exit_heads(model, train, a.train, progress);
+  // The distribution an exit samples from, matched to the final layer's.
+  const auto overlap = fit_sampling_temperatures(heads, train);
+  fmt::print("\nsampling temperature (the head's logits are divided by it before an exit's "
+             "token or draft is sampled; overlap Σ min(p, q) with the final layer's "
+             "distribution on the training positions, at 1 and at it: the share of drafts "
+             "exact accepts at temperature 1):\n");
+  for (size_t i = 0; i < heads.size(); ++i)
+    fmt::print("  exit {}: {:.2f}  overlap {:.1f}% -> {:.1f}%\n", heads[i].layer,
+               heads[i].sampling_temperature, 100 * overlap[i].first,
+               100 * overlap[i].second);
   const auto after = evaluate_exit_heads(heads, eval, report_thresholds, a.min_exit_layer);
   print_quality("after tuning, held-out positions:", after);
   // Heads worse than the untrained ones: said, and not written over a file

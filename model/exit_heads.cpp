@@ -109,6 +109,23 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
                                   path));
   }
 
+  // Sampling temperatures (optional): one per exit of the file, each > 0.
+  std::vector<double> in_file_sampling;
+  if (f.has("ceco.exit_heads.sampling_temperatures")) {
+    in_file_sampling = f.get_float_array("ceco.exit_heads.sampling_temperatures");
+    if (in_file_sampling.size() != in_file.size())
+      throw model_error(fmt::format(
+        "{}: ceco.exit_heads.sampling_temperatures has {} values, expected one per exit in "
+        "ceco.exit_heads.layers ({})",
+        path, in_file_sampling.size(), in_file.size()));
+    for (size_t i = 0; i < in_file_sampling.size(); ++i)
+      if (!(in_file_sampling[i] > 0.0 && in_file_sampling[i] <= 100.0))
+        throw model_error(fmt::format(
+          "{}: ceco.exit_heads.sampling_temperatures[{}] (exit after layer {}) is {}, expected "
+          "a number in (0, 100]",
+          path, i, in_file[i], in_file_sampling[i]));
+  }
+
   exit_heads h;
   h.norm_eps_ = cfg.norm_eps;
   h.source_ = path;
@@ -137,6 +154,8 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
       e.threshold = float(in_file_thresholds[at]);
     if (!in_file_counts.empty())
       e.calibration_tokens = in_file_counts[at];
+    if (!in_file_sampling.empty())
+      e.sampling_temperature = float(in_file_sampling[at]);
     e.norm = read_head_tensor(f, n("norm.weight"), {cfg.n_embd}, dev);
     if (f.find(n("output.weight"))) {
       e.output = read_head_tensor(f, n("output.weight"), {cfg.vocab_size, cfg.n_embd}, dev);
@@ -197,6 +216,16 @@ void exit_heads::save(const std::string& path) const {
     w.set_uint32("ceco.exit_heads.calibration.joint", calibration_.joint ? 1 : 0);
     if (!calibration_.data.empty())
       w.set_string("ceco.exit_heads.calibration.data", calibration_.data);
+  }
+  {
+    std::vector<float> temperatures;
+    bool any = false;
+    for (auto& e : heads_) {
+      temperatures.push_back(e.sampling_temperature);
+      any = any || e.sampling_temperature != 1.0f;
+    }
+    if (any)
+      w.set_float32_array("ceco.exit_heads.sampling_temperatures", temperatures);
   }
   auto put = [&](const std::string& name, const at::Tensor& t) {
     auto c = t.to(at::kCPU).contiguous();
@@ -344,6 +373,12 @@ at::Tensor exit_head::confidence(const at::Tensor& h, const at::Tensor& logits,
 at::Tensor exit_heads::confidence(size_t i, const at::Tensor& h, const at::Tensor& logits) const {
   c10::InferenceMode guard;
   return heads_.at(i).confidence(h, logits, norm_eps_);
+}
+
+at::Tensor exit_heads::sampling_logits(size_t i, const at::Tensor& h) const {
+  auto z = logits(i, h);
+  const float t = heads_.at(i).sampling_temperature;
+  return t == 1.0f ? z : z / t;
 }
 
 at::Tensor exit_heads::logits(size_t i, const at::Tensor& h) const {

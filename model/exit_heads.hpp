@@ -30,6 +30,9 @@
 //   ceco.exit_heads.calibration.data              string: what it was calibrated on
 //   ceco.exit_heads.calibration.joint             uint32: 1 = for the file's exits together
 //                                                 only (a load of other exits ignores them)
+//   ceco.exit_heads.sampling_temperatures  float32 array, one per exit (optional, 1 when
+//                                 absent): the head's logits are divided by it before an
+//                                 exit's token or draft is sampled (fitted by tune-exits)
 //   exit.<L>.norm.weight          [n_embd]
 //   exit.<L>.output.weight        [n_embd, vocab] (ggml order; optional)
 //   exit.<L>.adapter_a.weight     [n_embd, hidden]  (optional, with the two below)
@@ -82,6 +85,10 @@ struct exit_head {
   at::Tensor confidence_d;  // [1]
   bool own_output = false;  // false: `output` is the model's classifier
   std::optional<float> threshold;  // calibrated θ of this exit, when the file has one
+  /// Divides the logits before sampling: fitted so that softmax(logits / it)
+  /// overlaps most with the final layer's distribution (Σ min(p, q)). The
+  /// exit decision and its argmax do not use it.
+  float sampling_temperature = 1.0f;
   int64_t calibration_tokens = 0;  // positions at or above it in the calibration
 
   /// The head formula above: h [..., n_embd] -> logits [..., vocab]. Plain
@@ -142,6 +149,8 @@ public:
 
   /// h [T, n_embd] -> logits [T, vocab] of head i.
   at::Tensor logits(size_t i, const at::Tensor& h) const;
+  /// Head i's logits for sampling: logits(i, h) / its sampling_temperature.
+  at::Tensor sampling_logits(size_t i, const at::Tensor& h) const;
   /// Confidence [T] of head i for h [T, n_embd] and its logits [T, vocab].
   at::Tensor confidence(size_t i, const at::Tensor& h, const at::Tensor& logits) const;
   /// Head i on one row h [1, n_embd] (on the heads' device).

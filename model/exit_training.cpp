@@ -217,6 +217,40 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
   return heads;
 }
 
+std::vector<std::pair<double, double>> fit_sampling_temperatures(exit_heads& heads,
+                                                                 const exit_dataset& data) {
+  if (heads.layers() != data.exits)
+    throw model_error(fmt::format("sampling temperature: heads for exits [{}], data for [{}]",
+                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+  const int64_t n = data.size();
+  if (n == 0)
+    throw model_error("sampling temperature: no positions to fit on");
+  c10::InferenceMode guard;
+  const int64_t used = std::min<int64_t>(n, 16384);
+  auto rows = at::linspace(0, double(n - 1), used).to(at::kLong);
+  auto teacher_p = at::softmax(data.teacher.index_select(0, rows).to(at::kFloat), -1);
+  std::vector<std::pair<double, double>> out;
+  for (size_t i = 0; i < heads.size(); ++i) {
+    const auto dev = heads[i].norm.device();
+    auto z = heads.logits(i, data.hidden[i].index_select(0, rows).to(dev)).to(at::kCPU).to(at::kFloat);
+    // Σ min(p, q): the share of drafts from q that speculative sampling
+    // accepts against p, 1 − their total variation distance.
+    auto overlap = [&](double t) {
+      return at::minimum(teacher_p, at::softmax(z / t, -1)).sum(-1).mean().item<double>();
+    };
+    const double at_one = overlap(1.0);
+    double best_t = 1.0, best = at_one;
+    for (int k = 10; k <= 80; ++k) {
+      const double t = 0.05 * k;
+      if (const double v = overlap(t); v > best)
+        best = v, best_t = t;
+    }
+    heads[i].sampling_temperature = float(best_t);
+    out.emplace_back(at_one, best);
+  }
+  return out;
+}
+
 void train_confidence_classifiers(exit_heads& heads, const exit_dataset& data,
                                   const exit_training_options& opts) {
   if (opts.confidence_units <= 0)

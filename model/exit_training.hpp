@@ -87,6 +87,15 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
                             const exit_training_options& opts,
                             const std::function<void(size_t, int, float)>& progress = {});
 
+/// Sets each head's sampling_temperature to the one on a grid (0.5 .. 4,
+/// step 0.05) whose softmax(logits / it) overlaps most with the final
+/// layer's distribution over `data` (mean Σ min(p, q), the rate at which
+/// speculative sampling accepts its drafts; at most 16,384 positions,
+/// evenly spaced); returns that overlap at 1 and at the fitted temperature,
+/// per head.
+std::vector<std::pair<double, double>> fit_sampling_temperatures(exit_heads& heads,
+                                                                 const exit_dataset& data);
+
 /// Trains a confidence classifier for each head (replacing any it has) on
 /// `data`: binary cross-entropy against whether the head's argmax equals the
 /// final layer's.

@@ -165,3 +165,55 @@ TEST_CASE("a confidence classifier tells agreeing positions apart better than ma
   }
   CHECK(gguf_file(path).get_uint("ceco.exit_heads.version") == exit_heads_file_version);
 }
+
+TEST_CASE("a fitted sampling temperature undoes a head's overconfidence, and keeps in the heads "
+          "file") {
+  const auto& m = *load_stories("gguf").model;
+  auto seqs = self_generated_sequences(m, 8000, 96, 1, 4, {1.0f, 0.0f});
+  std::vector<std::vector<int32_t>> train_seqs(seqs.begin(), seqs.end() - 20);
+  std::vector<std::vector<int32_t>> eval_seqs(seqs.end() - 20, seqs.end());
+  auto train = collect_exit_data(m, train_seqs, {2, 3});
+  auto eval = collect_exit_data(m, eval_seqs, {2, 3});
+  exit_training_options opts;
+  opts.steps = 300;
+  opts.confidence_units = 0;
+  auto heads = train_exit_heads(m, train, opts);
+  CHECK(heads[0].sampling_temperature == 1.0f);
+  auto fitted = fit_sampling_temperatures(heads, train);
+  // The same heads with every logit doubled: far too sure of themselves.
+  auto sharp = heads;
+  for (size_t i = 0; i < sharp.size(); ++i) {
+    c10::InferenceMode guard;
+    sharp[i].output = weight_matrix(sharp[i].output.tensor("test") * 2.0f);
+    sharp[i].sampling_temperature = 1.0f;
+  }
+  auto overlap = fit_sampling_temperatures(sharp, train);
+  c10::InferenceMode guard;
+  auto teacher = at::softmax(eval.teacher, -1);
+  for (size_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    const float t = sharp[i].sampling_temperature;
+    MESSAGE("exit " << sharp[i].layer << ": fitted " << heads[i].sampling_temperature
+            << ", doubled logits " << t << ", training overlap " << overlap[i].first << " -> "
+            << overlap[i].second << " (" << fitted[i].second << " before doubling)");
+    CHECK(t == doctest::Approx(2.0f * heads[i].sampling_temperature).epsilon(0.06));
+    CHECK(overlap[i].second == doctest::Approx(fitted[i].second).epsilon(0.01));
+    // On held-out positions too, its drafts are accepted more often
+    // (Σ min(p, q)) than at temperature 1.
+    auto z = sharp.logits(i, eval.hidden[i]);
+    auto accept_at = [&](float s) {
+      return at::minimum(teacher, at::softmax(z / s, -1)).sum(-1).mean().item<double>();
+    };
+    CHECK(accept_at(t) > accept_at(1.0f) + 0.05);
+    CHECK((sharp.sampling_logits(i, eval.hidden[i]) - z / t).abs().max().item<float>() < 1e-5f);
+  }
+  temp_dir tmp;
+  const auto path = tmp.file("tempered.gguf");
+  sharp.save(path);
+  auto back = exit_heads::load(path, m);
+  CHECK(back[0].sampling_temperature == sharp[0].sampling_temperature);
+  CHECK(back[1].sampling_temperature == sharp[1].sampling_temperature);
+  // One exit of the file keeps its own.
+  auto three = exit_heads::load(path, m, {3});
+  CHECK(three[0].sampling_temperature == sharp[1].sampling_temperature);
+}
