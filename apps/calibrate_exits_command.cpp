@@ -120,14 +120,7 @@ void add_calibrate_exits_command(CLI::App& app) {
                   "calibrate on this many tokens sampled from the model itself (the default; "
                   "needs no data)")
     ->capture_default_str()->excludes(text)->check(CLI::PositiveNumber);
-  cmd->add_option("--temperature", a->temperatures,
-                  fmt::format("with --self-generated: sampling temperatures, sequences "
-                              "alternating between them, e.g. 1,0; 0 = greedy, each greedy "
-                              "sequence continuing {} tokens sampled at temperature 1 so that "
-                              "they differ. Thresholds hold for the decoding they were chosen "
-                              "on: text sampled at 1 makes exits agree less on greedy text",
-                              greedy_opening_tokens))
-    ->delimiter(',')->capture_default_str()->excludes(text)->check(CLI::NonNegativeNumber);
+  add_temperature_option(*cmd, a->temperatures, text);
   cmd->add_option("--seed", a->seed, "seed of the self-generated text")->capture_default_str();
   cmd->add_option("--seq-len", a->seq_len, "tokens per sequence")
     ->capture_default_str()->check(CLI::PositiveNumber);

@@ -1,5 +1,6 @@
 #include "apps/calibration_report.hpp"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "model/exit_heads.hpp"
@@ -69,6 +70,18 @@ exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& cal
   heads.set_calibration(thresholds, counts,
                         {opts.target_agreement, opts.min_exit_layer, data_note, opts.lookahead});
   return cal;
+}
+
+void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures, CLI::Option* text) {
+  cmd.add_option("--temperature", temperatures,
+                 fmt::format("with --self-generated: sampling temperatures, sequences alternating "
+                             "between them, e.g. 1,0; 0 = greedy, each greedy sequence continuing "
+                             "an opening of {} to seq-len/4 tokens sampled at temperature 1, so "
+                             "that they differ. Thresholds hold for the decoding they were "
+                             "chosen on: text sampled at 1 alone makes exits agree less on greedy "
+                             "text",
+                             greedy_opening_tokens))
+    ->delimiter(',')->capture_default_str()->excludes(text)->check(CLI::Range(0.0, 100.0));
 }
 
 } // namespace ceco::app

@@ -2,9 +2,17 @@
 
 // What `ceco calibrate-exits` and `ceco tune-exits --target-agreement`
 // share: calibrating heads' thresholds on one set of positions, checking
-// them on another, and printing both.
+// them on another, and printing both; the temperatures of their
+// self-generated text.
+
+#include <vector>
 
 #include "model/exit_calibration.hpp"
+
+namespace CLI {
+class App;
+class Option;
+}
 
 namespace ceco {
 class exit_heads;
@@ -23,5 +31,9 @@ exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& cal
                                       const exit_dataset& test,
                                       const exit_calibration_options& opts,
                                       const std::string& data_note);
+
+/// `--temperature` of the self-generated text (model/exit_training.hpp:
+/// self_generated_sequences), excluding `text` (the --text option).
+void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures, CLI::Option* text);
 
 } // namespace ceco::app
