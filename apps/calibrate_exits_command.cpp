@@ -120,7 +120,7 @@ void add_calibrate_exits_command(CLI::App& app) {
                   "calibrate on this many tokens sampled from the model itself (the default; "
                   "needs no data)")
     ->capture_default_str()->excludes(text)->check(CLI::PositiveNumber);
-  add_temperature_option(*cmd, a->temperatures, text);
+  add_temperature_option(*cmd, a->temperatures);
   cmd->add_option("--seed", a->seed, "seed of the self-generated text")->capture_default_str();
   cmd->add_option("--seq-len", a->seq_len, "tokens per sequence")
     ->capture_default_str()->check(CLI::PositiveNumber);
@@ -147,7 +147,10 @@ void add_calibrate_exits_command(CLI::App& app) {
   cmd->add_option("--out", a->out, "where to write the heads (default: over --exit-heads)");
   cmd->add_flag("--dry-run", a->dry_run, "print the thresholds, write nothing");
   cmd->add_option("--threads", a->threads, "compute threads; 0 = all cores")->capture_default_str();
-  cmd->callback([a] { run_calibrate(*a); });
+  cmd->callback([a, cmd] {
+    check_temperature_option(*cmd);
+    run_calibrate(*a);
+  });
 }
 
 } // namespace ceco::app

@@ -72,7 +72,7 @@ exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& cal
   return cal;
 }
 
-void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures, CLI::Option* text) {
+void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures) {
   cmd.add_option("--temperature", temperatures,
                  fmt::format("with --self-generated: sampling temperatures, sequences alternating "
                              "between them, e.g. 1,0; 0 = greedy, each greedy sequence continuing "
@@ -81,7 +81,14 @@ void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures, CLI
                              "chosen on: text sampled at 1 alone makes exits agree less on greedy "
                              "text",
                              greedy_opening_tokens))
-    ->delimiter(',')->capture_default_str()->excludes(text)->check(CLI::Range(0.0, 100.0));
+    ->delimiter(',')->capture_default_str()->check(CLI::Range(0.0, 100.0));
+}
+
+void check_temperature_option(const CLI::App& cmd) {
+  // Checked here rather than by CLI11's excludes: --text would then list two
+  // exclusions in an order that varies from run to run in its --help.
+  if (cmd.count("--text") > 0 && cmd.count("--temperature") > 0)
+    throw model_error("--temperature applies to --self-generated text; --text is read as it is");
 }
 
 } // namespace ceco::app

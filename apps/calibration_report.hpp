@@ -11,7 +11,6 @@
 
 namespace CLI {
 class App;
-class Option;
 }
 
 namespace ceco {
@@ -33,7 +32,9 @@ exit_calibration calibrate_and_report(exit_heads& heads, const exit_dataset& cal
                                       const std::string& data_note);
 
 /// `--temperature` of the self-generated text (model/exit_training.hpp:
-/// self_generated_sequences), excluding `text` (the --text option).
-void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures, CLI::Option* text);
+/// self_generated_sequences); check_temperature_option, in the command's
+/// callback, refuses it beside --text.
+void add_temperature_option(CLI::App& cmd, std::vector<float>& temperatures);
+void check_temperature_option(const CLI::App& cmd);
 
 } // namespace ceco::app

@@ -109,7 +109,11 @@ void run_tune(const tune_args& a) {
                heads[i].sampling_temperature, 100 * overlap[i].first,
                100 * overlap[i].second);
   const auto after = evaluate_exit_heads(heads, eval, report_thresholds, a.min_exit_layer);
-  print_quality("after tuning, held-out positions:", after);
+  print_quality(a.train.confidence_units > 0
+                  ? "after tuning, held-out positions (θ now on the confidence classifiers' "
+                    "scale, their estimate of agreement, not the max softmax above):"
+                  : "after tuning, held-out positions:",
+                after);
   // Heads worse than the untrained ones: said, and not written over a file
   // that may hold better ones unless --force.
   std::string worse;
@@ -167,7 +171,7 @@ void add_tune_exits_command(CLI::App& app) {
   cmd->add_option("--self-generated", a->self_generated,
                   "train on this many tokens sampled from the model itself (needs no data)")
     ->capture_default_str()->excludes(text)->check(CLI::PositiveNumber);
-  add_temperature_option(*cmd, a->temperatures, text);
+  add_temperature_option(*cmd, a->temperatures);
   cmd->add_option("--seq-len", a->seq_len, "tokens per training sequence")
     ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--holdout", a->holdout, "share of sequences held out for the report")
@@ -221,7 +225,8 @@ void add_tune_exits_command(CLI::App& app) {
   cmd->add_flag("--force", a->force,
                 "write --out over an existing file even when the tuned heads agree with the "
                 "final layer less than untrained ones (otherwise warned and kept)");
-  cmd->callback([a] {
+  cmd->callback([a, cmd] {
+    check_temperature_option(*cmd);
     if (a->train.loss == "next" && a->text.empty())
       throw model_error("--loss next needs --text: self-generated data has no true next token "
                         "beyond the model's own");

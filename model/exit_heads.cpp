@@ -199,7 +199,12 @@ void exit_heads::save(const std::string& path) const {
   w.set_int32_array("ceco.exit_heads.layers", std::vector<int32_t>(exits.begin(), exits.end()));
   w.set_uint32("ceco.exit_heads.n_embd", uint32_t(heads_[0].norm.size(0)));
   w.set_uint32("ceco.exit_heads.vocab_size", uint32_t(heads_[0].output.rows()));
-  w.set_uint32("ceco.exit_heads.version", exit_heads_file_version);
+  // Version 3 only where it is needed (a confidence classifier), so that
+  // builds before it still read files without one.
+  bool classifier = false;
+  for (auto& e : heads_)
+    classifier = classifier || e.has_confidence_classifier();
+  w.set_uint32("ceco.exit_heads.version", classifier ? exit_heads_file_version : 2);
   if (calibrated()) {
     std::vector<float> t;
     std::vector<int32_t> counts;

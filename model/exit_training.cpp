@@ -272,10 +272,9 @@ void train_confidence_classifiers(exit_heads& heads, const exit_dataset& data,
     auto& head = heads[i];
     // The inputs and targets, computed once, in slices: a [slice, vocab]
     // logits block at a time.
-    at::Tensor features, target;
+    std::vector<at::Tensor> f, t;
     {
       c10::InferenceMode guard;
-      std::vector<at::Tensor> f, t;
       const int64_t slice = 4096;
       const auto dev = head.norm.device();
       for (int64_t from = 0; from < n; from += slice) {
@@ -285,9 +284,10 @@ void train_confidence_classifiers(exit_heads& heads, const exit_dataset& data,
         t.push_back((z.argmax(-1).to(at::kCPU) == final_top.narrow(0, from, h.size(0)))
                       .to(at::kFloat));
       }
-      features = at::cat(f).clone();
-      target = at::cat(t).clone();
     }
+    // Outside inference mode, so that autograd may read them.
+    auto features = at::cat(f).clone();
+    auto target = at::cat(t).clone();
     const int64_t d = features.size(1), units = opts.confidence_units;
     auto a = at::normal(0.0, 1.0 / std::sqrt(double(d)), {units, d}, gen).set_requires_grad(true);
     auto c = at::zeros({units}).set_requires_grad(true);

@@ -468,7 +468,7 @@ template <class F> void fields(F& f, evaluate_request& x) {
 template <class F> void fields(F& f, exit_decision& x) {
   f.i32("exit_layer", x.exit_layer, -1, f.lim.layers);
   f.i32("token", x.token, 0, f.lim.vocab - 1);
-  f.vec("confidence", x.confidence, 0, f.lim.layers, 0.0, 1.001);  // softmax maxima
+  f.vec("confidence", x.confidence, 0, f.lim.layers, 0.0, 1.001);  // exit_head::confidence, in [0, 1]
   f.i64("compute_us", x.compute_us, 0, proto::max_us);
   f.i32("draft", x.draft, 0, f.lim.vocab - 1);
   f.vec("q_tokens", x.q_tokens, 0, proto::max_candidates, 0, f.lim.vocab - 1);

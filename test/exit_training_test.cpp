@@ -210,6 +210,9 @@ TEST_CASE("a fitted sampling temperature undoes a head's overconfidence, and kee
   temp_dir tmp;
   const auto path = tmp.file("tempered.gguf");
   sharp.save(path);
+  // No classifier: the file stays version 2, which builds before
+  // classifiers read (ignoring the temperatures).
+  CHECK(gguf_file(path).get_uint("ceco.exit_heads.version") == 2);
   auto back = exit_heads::load(path, m);
   CHECK(back[0].sampling_temperature == sharp[0].sampling_temperature);
   CHECK(back[1].sampling_temperature == sharp[1].sampling_temperature);
