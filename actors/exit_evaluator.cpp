@@ -34,6 +34,7 @@ struct exit_evaluator_state {
   bool on_cloud = false;
   uint64_t next_device = 0;
   std::vector<std::pair<float, int32_t>> scratch;  // the sampler's, reused
+  std::vector<at::Tensor> logits;  // per exit, the last evaluation's (sampled from)
   static inline const char* name = "exit_evaluator";
 };
 
@@ -67,8 +68,9 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
         x = x.to(device);
       exit_decision d;
       std::vector<int32_t> tokens;
+      st.logits.resize(st.heads.size());
       for (size_t i = 0; i < st.heads.size(); ++i) {
-        auto r = st.heads.read(i, x.narrow(0, int64_t(i), 1));
+        auto r = st.heads.read(i, x.narrow(0, int64_t(i), 1), &st.logits[i]);
         d.confidence.push_back(r.confidence);
         tokens.push_back(r.token);
       }
@@ -77,12 +79,14 @@ exit_evaluator_fn(exit_evaluator_actor::stateful_pointer<exit_evaluator_state> s
       d.exit_layer = choice.layer;
       d.token = choice.token;
       d.draft = choice.token;
-      if (const auto opts = sampler_of(r.sampling); samples(opts)) {
-        // The firing exit's distribution (or the deepest exit's), sampled
-        // with the edge's draw for this position (docs/design.md §5); a
-        // draft from the same distribution cut to its likeliest tokens.
+      if (const auto asked = sampler_of(r.sampling); samples(asked)) {
+        // The firing exit's distribution (or the deepest exit's) at its
+        // sampling temperature, sampled with the edge's draw for this
+        // position (docs/design.md §5); a draft from the same distribution
+        // cut to its likeliest tokens. The logits are read()'s.
         const size_t i = choice.index >= 0 ? size_t(choice.index) : st.heads.size() - 1;
-        auto logits = st.heads.sampling_logits(i, x.narrow(0, int64_t(i), 1)).to(at::kCPU).to(at::kFloat).contiguous();
+        const auto opts = st.heads.sampling_options(i, asked);
+        const auto& logits = st.logits[i];
         const auto u = position_uniform(opts.seed, sample_stream::edge, r.pos);
         const int n = int(logits.numel());
         // Drafting needs the evaluator on the edge: one on the cloud sends none.

@@ -48,6 +48,24 @@ at::Tensor read_head_tensor(const gguf_file& f, const std::string& name, std::ve
   return read_gguf_tensor(f, name, shape).to(device);
 }
 
+/// The float array `key`: one value per exit of the file (`in_file`), each
+/// one `valid` accepts (`range` says which, in the error).
+std::vector<double> per_exit_floats(const gguf_file& f, const std::string& key,
+                                    const std::vector<int>& in_file, const std::string& path,
+                                    bool (*valid)(double), const char* range) {
+  auto values = f.get_float_array(key);
+  if (values.size() != in_file.size())
+    throw model_error(fmt::format(
+      "{}: {} has {} values, expected one per exit in ceco.exit_heads.layers ({})", path, key,
+      values.size(), in_file.size()));
+  for (size_t i = 0; i < values.size(); ++i)
+    if (!valid(values[i]))
+      throw model_error(fmt::format(
+        "{}: {}[{}] (exit after layer {}) is {}, expected a number in {}", path, key, i,
+        in_file[i], values[i], range));
+  return values;
+}
+
 } // namespace
 
 exit_heads exit_heads::load(const std::string& path, const transformer& model,
@@ -82,20 +100,8 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
   std::vector<double> in_file_thresholds;
   std::vector<int64_t> in_file_counts;
   if (f.has("ceco.exit_heads.thresholds")) {
-    in_file_thresholds = f.get_float_array("ceco.exit_heads.thresholds");
-    if (in_file_thresholds.size() != in_file.size())
-      throw model_error(fmt::format(
-        "{}: ceco.exit_heads.thresholds has {} values, expected one per exit in "
-        "ceco.exit_heads.layers ({})",
-        path, in_file_thresholds.size(), in_file.size()));
-    for (size_t i = 0; i < in_file_thresholds.size(); ++i) {
-      const double t = in_file_thresholds[i];
-      if (!(t >= 0.0 && t <= 2.0))
-        throw model_error(fmt::format(
-          "{}: ceco.exit_heads.thresholds[{}] (exit after layer {}) is {}, expected a number "
-          "in [0, 2]",
-          path, i, in_file[i], t));
-    }
+    in_file_thresholds = per_exit_floats(f, "ceco.exit_heads.thresholds", in_file, path,
+                                         [](double t) { return t >= 0.0 && t <= 2.0; }, "[0, 2]");
     if (f.has("ceco.exit_heads.calibration.tokens")) {
       in_file_counts = f.get_int_array("ceco.exit_heads.calibration.tokens");
       if (in_file_counts.size() != in_file.size())
@@ -111,20 +117,9 @@ exit_heads exit_heads::load(const std::string& path, const transformer& model,
 
   // Sampling temperatures (optional): one per exit of the file, each > 0.
   std::vector<double> in_file_sampling;
-  if (f.has("ceco.exit_heads.sampling_temperatures")) {
-    in_file_sampling = f.get_float_array("ceco.exit_heads.sampling_temperatures");
-    if (in_file_sampling.size() != in_file.size())
-      throw model_error(fmt::format(
-        "{}: ceco.exit_heads.sampling_temperatures has {} values, expected one per exit in "
-        "ceco.exit_heads.layers ({})",
-        path, in_file_sampling.size(), in_file.size()));
-    for (size_t i = 0; i < in_file_sampling.size(); ++i)
-      if (!(in_file_sampling[i] > 0.0 && in_file_sampling[i] <= 100.0))
-        throw model_error(fmt::format(
-          "{}: ceco.exit_heads.sampling_temperatures[{}] (exit after layer {}) is {}, expected "
-          "a number in (0, 100]",
-          path, i, in_file[i], in_file_sampling[i]));
-  }
+  if (f.has("ceco.exit_heads.sampling_temperatures"))
+    in_file_sampling = per_exit_floats(f, "ceco.exit_heads.sampling_temperatures", in_file, path,
+                                       [](double t) { return t > 0.0 && t <= 100.0; }, "(0, 100]");
 
   exit_heads h;
   h.norm_eps_ = cfg.norm_eps;
@@ -380,10 +375,9 @@ at::Tensor exit_heads::confidence(size_t i, const at::Tensor& h, const at::Tenso
   return heads_.at(i).confidence(h, logits, norm_eps_);
 }
 
-at::Tensor exit_heads::sampling_logits(size_t i, const at::Tensor& h) const {
-  auto z = logits(i, h);
-  const float t = heads_.at(i).sampling_temperature;
-  return t == 1.0f ? z : z / t;
+sampler_options exit_heads::sampling_options(size_t i, sampler_options o) const {
+  o.temperature *= heads_.at(i).sampling_temperature;
+  return o;
 }
 
 at::Tensor exit_heads::logits(size_t i, const at::Tensor& h) const {
@@ -391,15 +385,17 @@ at::Tensor exit_heads::logits(size_t i, const at::Tensor& h) const {
   return heads_.at(i).logits(h, norm_eps_);
 }
 
-exit_reading exit_heads::read(size_t i, const at::Tensor& h) const {
+exit_reading exit_heads::read(size_t i, const at::Tensor& h, at::Tensor* logits_out) const {
   auto z = logits(i, h);
-  if (heads_.at(i).has_confidence_classifier()) {
-    auto c = confidence(i, h, z).to(at::kCPU).item<float>();
-    return {c, int32_t(z.argmax(-1).item<int64_t>())};
-  }
-  z = z.to(at::kCPU).contiguous();
+  const bool classifier = heads_.at(i).has_confidence_classifier();
+  const float c = classifier ? confidence(i, h, z).to(at::kCPU).item<float>() : 0.0f;
+  z = z.to(at::kCPU).to(at::kFloat).contiguous();
   const int n = int(z.numel());
-  return {max_probability(z.data_ptr<float>(), n), argmax(z.data_ptr<float>(), n)};
+  exit_reading r{classifier ? c : max_probability(z.data_ptr<float>(), n),
+                 argmax(z.data_ptr<float>(), n)};
+  if (logits_out)
+    *logits_out = z;
+  return r;
 }
 
 } // namespace ceco

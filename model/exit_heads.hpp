@@ -51,6 +51,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "model/config.hpp"
+#include "model/sampler.hpp"
 #include "model/weight_matrix.hpp"
 
 namespace ceco {
@@ -149,12 +150,16 @@ public:
 
   /// h [T, n_embd] -> logits [T, vocab] of head i.
   at::Tensor logits(size_t i, const at::Tensor& h) const;
-  /// Head i's logits for sampling: logits(i, h) / its sampling_temperature.
-  at::Tensor sampling_logits(size_t i, const at::Tensor& h) const;
+  /// How head i's token or draft is sampled at `o`: o with its temperature
+  /// times the head's sampling_temperature, i.e. from softmax(logits / τ)
+  /// at o's temperature, without a divided copy of the logits.
+  sampler_options sampling_options(size_t i, sampler_options o) const;
   /// Confidence [T] of head i for h [T, n_embd] and its logits [T, vocab].
   at::Tensor confidence(size_t i, const at::Tensor& h, const at::Tensor& logits) const;
-  /// Head i on one row h [1, n_embd] (on the heads' device).
-  exit_reading read(size_t i, const at::Tensor& h) const;
+  /// Head i on one row h [1, n_embd] (on the heads' device); `logits`, when
+  /// given, receives the row's logits (f32, on the CPU, contiguous), for a
+  /// caller that samples from them.
+  exit_reading read(size_t i, const at::Tensor& h, at::Tensor* logits = nullptr) const;
   float norm_eps() const { return norm_eps_; }
 
 private:

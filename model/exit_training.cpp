@@ -16,6 +16,17 @@
 
 namespace ceco {
 
+namespace {
+
+/// Throws model_error unless `heads` are for exactly `data`'s exits.
+void check_same_exits(const exit_heads& heads, const exit_dataset& data, const char* what) {
+  if (heads.layers() != data.exits)
+    throw model_error(fmt::format("{}: heads for exits [{}], data for [{}]", what,
+                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+}
+
+} // namespace
+
 exit_dataset exit_dataset::slice(int64_t begin, int64_t end) const {
   exit_dataset out;
   out.exits = exits;
@@ -219,9 +230,7 @@ exit_heads train_exit_heads(const transformer& model, const exit_dataset& data,
 
 std::vector<std::pair<double, double>> fit_sampling_temperatures(exit_heads& heads,
                                                                  const exit_dataset& data) {
-  if (heads.layers() != data.exits)
-    throw model_error(fmt::format("sampling temperature: heads for exits [{}], data for [{}]",
-                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+  check_same_exits(heads, data, "sampling temperature");
   const int64_t n = data.size();
   if (n == 0)
     throw model_error("sampling temperature: no positions to fit on");
@@ -256,9 +265,7 @@ void train_confidence_classifiers(exit_heads& heads, const exit_dataset& data,
   if (opts.confidence_units <= 0)
     throw model_error(fmt::format("confidence classifier: {} units, need at least one",
                                   opts.confidence_units));
-  if (heads.layers() != data.exits)
-    throw model_error(fmt::format("confidence classifier: heads for exits [{}], data for [{}]",
-                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+  check_same_exits(heads, data, "confidence classifier");
   const int64_t n = data.size();
   if (n == 0)
     throw model_error("confidence classifier: no training positions");
@@ -363,9 +370,7 @@ std::vector<exit_quality> evaluate_exit_heads(const exit_heads& heads, const exi
 namespace ceco {
 
 exit_calibration_data calibration_data(const exit_heads& heads, const exit_dataset& data) {
-  if (heads.layers() != data.exits)
-    throw model_error(fmt::format("exit calibration: heads for exits [{}], data for [{}]",
-                                  fmt::join(heads.layers(), ","), fmt::join(data.exits, ",")));
+  check_same_exits(heads, data, "exit calibration");
   c10::InferenceMode guard;
   exit_calibration_data out;
   out.layers = data.exits;

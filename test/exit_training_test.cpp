@@ -17,6 +17,16 @@ std::string shipped_heads() {
   return std::string(CECO_SOURCE_DIR) + "/config/models/stories260K-exits-2-3.gguf";
 }
 
+/// Exits 2 and 3's data over `tokens` self-generated at temperatures 1 and
+/// 0 (seed `seed`): for training, and the last `held` sequences held out.
+std::pair<exit_dataset, exit_dataset> sampled_and_greedy_data(const transformer& m, int64_t tokens,
+                                                              uint64_t seed, size_t held) {
+  auto seqs = self_generated_sequences(m, tokens, 96, 1, seed, {1.0f, 0.0f});
+  std::vector<std::vector<int32_t>> train_seqs(seqs.begin(), seqs.end() - std::ptrdiff_t(held));
+  std::vector<std::vector<int32_t>> eval_seqs(seqs.end() - std::ptrdiff_t(held), seqs.end());
+  return {collect_exit_data(m, train_seqs, {2, 3}), collect_exit_data(m, eval_seqs, {2, 3})};
+}
+
 } // namespace
 
 TEST_CASE("tuning exit heads on self-generated text beats the untrained heads, reproducibly") {
@@ -114,11 +124,7 @@ TEST_CASE("greedy self-generated sequences continue a sampled opening greedily, 
 TEST_CASE("a confidence classifier tells agreeing positions apart better than max softmax, and "
           "keeps in the heads file") {
   const auto& m = *load_stories("gguf").model;
-  auto seqs = self_generated_sequences(m, 12000, 96, 1, 3, {1.0f, 0.0f});
-  std::vector<std::vector<int32_t>> train_seqs(seqs.begin(), seqs.end() - 30);
-  std::vector<std::vector<int32_t>> eval_seqs(seqs.end() - 30, seqs.end());
-  auto train = collect_exit_data(m, train_seqs, {2, 3});
-  auto eval = collect_exit_data(m, eval_seqs, {2, 3});
+  auto [train, eval] = sampled_and_greedy_data(m, 12000, 3, 30);
   exit_training_options opts;
   opts.steps = 300;
   opts.confidence_units = 0;
@@ -169,11 +175,7 @@ TEST_CASE("a confidence classifier tells agreeing positions apart better than ma
 TEST_CASE("a fitted sampling temperature undoes a head's overconfidence, and keeps in the heads "
           "file") {
   const auto& m = *load_stories("gguf").model;
-  auto seqs = self_generated_sequences(m, 8000, 96, 1, 4, {1.0f, 0.0f});
-  std::vector<std::vector<int32_t>> train_seqs(seqs.begin(), seqs.end() - 20);
-  std::vector<std::vector<int32_t>> eval_seqs(seqs.end() - 20, seqs.end());
-  auto train = collect_exit_data(m, train_seqs, {2, 3});
-  auto eval = collect_exit_data(m, eval_seqs, {2, 3});
+  auto [train, eval] = sampled_and_greedy_data(m, 8000, 4, 20);
   exit_training_options opts;
   opts.steps = 300;
   opts.confidence_units = 0;
@@ -205,7 +207,13 @@ TEST_CASE("a fitted sampling temperature undoes a head's overconfidence, and kee
       return at::minimum(teacher, at::softmax(z / s, -1)).sum(-1).mean().item<double>();
     };
     CHECK(accept_at(t) > accept_at(1.0f) + 0.05);
-    CHECK((sharp.sampling_logits(i, eval.hidden[i]) - z / t).abs().max().item<float>() < 1e-5f);
+    // Sampled at temperature T, the exit draws from softmax(z / (T·t)).
+    sampler_options at_08;
+    at_08.temperature = 0.8f;
+    at_08.top_p = 0.9f;
+    const auto tempered = sharp.sampling_options(i, at_08);
+    CHECK(tempered.temperature == doctest::Approx(0.8f * t));
+    CHECK(tempered.top_p == 0.9f);
   }
   temp_dir tmp;
   const auto path = tmp.file("tempered.gguf");
